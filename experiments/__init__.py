@@ -1,0 +1,1 @@
+"""What one run does: configuration, data, training, metrics, probes and plots."""

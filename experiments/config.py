@@ -1,0 +1,373 @@
+"""Typed run configuration: one frozen dataclass per concern, defaults stated once.
+
+Every field is addressed by a dotted key (``data.batch_size``, ``model.norm``,
+``schedule.gamma``, ``seed``) from YAML files, grid axes and ``--set key=value``.
+Unknown keys and wrong types raise :class:`ConfigError`, which names the key and
+the fix. This module imports neither torch nor mlflow: grid validation and
+``orch --help`` go through it and must stay fast.
+
+Defaults follow the seed study's early-stopping recipe: SGD lr 0.1, StepLR step 5
+gamma 0.2, at most 50 epochs, patience 5 on validation loss, batch 128, n=2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from models._checks import NORM_NAMES, norm_constraint_error
+
+DATASET_NAMES = ("digits", "cifar10", "imagefolder")
+# PyYAML (YAML 1.1) reads 1e-3 as a string; numeric fields take it as the number it plainly is.
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """Bad configuration input: names the source, the dotted key and the fix."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.key = key
+        self.source = source
+        self.problem = message
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # one of DATASET_NAMES
+    root: str | None = None  # dataset folder (cifar10, imagefolder); ~ is expanded
+    download: bool = False  # cifar10 only: let torchvision fetch the archive
+    val_size: float = 0.2  # carved from the training split: a fraction (< 1) or a count (>= 1)
+    test_size: float = 0.2  # carved from the training split only when the dataset has no test split
+    split_seed: int = 0  # fixed seed of the train/val(/test) carve, independent of `seed`
+    batch_size: int = 128  # training batch, images per optimizer step
+    eval_batch_size: int = 1024  # evaluation batch; does not change results
+    augment: bool = False  # pad-4-and-crop plus horizontal flip on training batches
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    norm: str = "bn"  # one of NORM_NAMES
+    depth_n: int = 2  # blocks per stage: 6n+2 weighted layers
+    widths: tuple[int, int, int] = (16, 32, 64)  # channels of the three stages
+    gn_groups: int = 16  # GroupNorm groups (norm=gn)
+    bin_rho: float = 0.5  # initial Batch-Instance gate (norm=bin)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # SGD learning rate
+    momentum: float = 0.0
+    weight_decay: float = 0.0  # never applied to Batch-Instance gates
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    step_size: int = 5  # StepLR: epochs between decays
+    gamma: float = 0.2  # StepLR: multiplicative decay
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 50
+    patience: int = 5  # epochs without a new best validation loss before stopping
+    compile: bool = False  # torch.compile the model (pays off on CUDA for long runs)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0  # model init, batch order and augmentation
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "seed"}
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+FIELD_TYPES: dict[str, Any] = {"seed": int}
+for _section, _cls in _SECTION_CLASSES.items():
+    for _name, _type in _field_types(_cls).items():
+        FIELD_TYPES[f"{_section}.{_name}"] = _type
+
+KEYS: tuple[str, ...] = tuple(FIELD_TYPES)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) if a is not type(None) else "null" for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} integers"
+    return str(tp)
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the type of dotted ``key`` and return it normalised.
+
+    Raises:
+        ConfigError: unknown key or a value of the wrong type.
+    """
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"unknown key; valid keys: {', '.join(KEYS)}", key=key)
+    return _coerce(FIELD_TYPES[key], value, key)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    bad = ConfigError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+    if tp in (int, float) and isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        value = float(value)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                pass
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    raise TypeError(f"unsupported config field type {tp!r}")  # a bug here, not user input
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → dotted keys. Keys that already contain dots are kept as given."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and key in SECTIONS:
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def build(values: Mapping[str, Any] | None = None, *, source: str | None = None) -> RunConfig:
+    """Build a RunConfig from a nested or dotted mapping over the defaults.
+
+    Raises:
+        ConfigError: an unknown key or a wrong type (checked for every key).
+    """
+    flat = flatten(values or {})
+    sections: dict[str, dict[str, Any]] = {s: {} for s in _SECTION_CLASSES}
+    seed = RunConfig.seed
+    for key, value in flat.items():
+        try:
+            value = coerce(key, value)
+        except ConfigError as err:
+            raise ConfigError(err.problem, key=key, source=source) from None
+        if key == "seed":
+            seed = value
+        else:
+            section, name = key.split(".", 1)
+            sections[section][name] = value
+    return RunConfig(seed=seed, **{s: cls(**sections[s]) for s, cls in _SECTION_CLASSES.items()})
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=0.05"`` → ``("optim.lr", 0.05)``; the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set optim.lr=0.05)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"unknown key in --set; valid keys: {', '.join(KEYS)}", key=key)
+    return key, value
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into one ConfigError naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read the file ({err.strerror}); check the path", source=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"invalid YAML{where}: {problem}; fix the syntax", source=str(p)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}", source=str(p))
+    return data
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults ← YAML file ← ``--set`` overrides, then :func:`check`."""
+    values = flatten(load_yaml(path)) if path else {}
+    source = str(path) if path else None
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key] = value
+    cfg = build(values, source=source)
+    check(cfg, source=source)
+    return cfg
+
+
+def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True) -> None:
+    """Range, name and compatibility checks that need no torch.
+
+    Args:
+        check_paths: also check that the dataset folder exists; ``False`` skips only
+            that filesystem check (a dry run on a machine without the data).
+
+    Raises:
+        ConfigError: the first problem found, naming the key and the fix.
+    """
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(msg, key=key, source=source)
+
+    d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
+    if d.name not in DATASET_NAMES:
+        fail("data.name", f"unknown dataset {d.name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if m.norm not in NORM_NAMES:
+        fail("model.norm", f"unknown norm {m.norm!r}; choose one of {', '.join(NORM_NAMES)}")
+    positive = {
+        "data.batch_size": d.batch_size,
+        "data.eval_batch_size": d.eval_batch_size,
+        "data.val_size": d.val_size,
+        "data.test_size": d.test_size,
+        "model.depth_n": m.depth_n,
+        "model.gn_groups": m.gn_groups,
+        "optim.lr": o.lr,
+        "schedule.step_size": s.step_size,
+        "schedule.gamma": s.gamma,
+        "train.max_epochs": t.max_epochs,
+        "train.patience": t.patience,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            fail(key, f"must be greater than 0, got {value}")
+    if any(w <= 0 for w in m.widths):
+        fail("model.widths", f"every width must be greater than 0, got {list(m.widths)}")
+    for key, value in {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay}.items():
+        if value < 0:
+            fail(key, f"must be 0 or more, got {value}")
+    if o.momentum >= 1:
+        fail("optim.momentum", f"must be below 1, got {o.momentum}")
+    if not 0 <= m.bin_rho <= 1:
+        fail("model.bin_rho", f"the Batch-Instance gate lies in [0, 1], got {m.bin_rho}")
+    if s.gamma > 1:
+        fail("schedule.gamma", f"a decay factor above 1 grows the learning rate; use a value in (0, 1], got {s.gamma}")
+    for key, size in (("data.val_size", d.val_size), ("data.test_size", d.test_size)):
+        if size >= 1 and not float(size).is_integer():
+            fail(key, f"a value of 1 or more is a count of examples and must be whole, got {size}")
+    problem = norm_constraint_error(m.norm, m.widths, groups=m.gn_groups)
+    if problem:
+        fail("model.gn_groups" if m.norm == "gn" else "model.norm", problem)
+    if d.name in ("cifar10", "imagefolder"):
+        if not d.root:
+            fail("data.root", f"dataset {d.name!r} needs data.root, the folder that holds it")
+        root = Path(d.root).expanduser()
+        if check_paths and d.name == "imagefolder" and not (root / "train").is_dir():
+            fail(
+                "data.root",
+                f"{root} has no train/ folder; point data.root at a tree with train/<class>/*.jpg "
+                "(e.g. extract cifar10-jpeg.tar.xz and use its cifar10/ folder)",
+            )
+        if check_paths and d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
+            fail(
+                "data.root",
+                f"no CIFAR-10 at {root} (expected {root / 'cifar-10-batches-py'}); "
+                "set data.download=true to fetch it, or use data.name=imagefolder on an extracted JPEG tree",
+            )
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Nested plain-Python form (tuples as lists), as written to config.yaml."""
+
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    out: dict[str, Any] = {}
+    for section in _SECTION_CLASSES:
+        out[section] = {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, section)).items()}
+    out["seed"] = cfg.seed
+    return out
+
+
+def to_flat(cfg: RunConfig) -> dict[str, Any]:
+    """Dotted keys → values: the MLflow params of a run."""
+    return flatten(to_dict(cfg))
+
+
+def run_key(cfg: RunConfig) -> str:
+    """Deterministic id of a resolved config: the same settings give the same key,
+    whatever the YAML formatting or key order that produced them."""
+    canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
