@@ -1,0 +1,34 @@
+"""Classification metrics, computed by scikit-learn on predicted and true labels."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
+    """Accuracy, F1 micro and F1 macro as ``{prefix}_acc``, ``{prefix}_f1_micro``, ``{prefix}_f1_macro``."""
+    return {
+        f"{prefix}_acc": float(accuracy_score(y_true, y_pred)),
+        f"{prefix}_f1_micro": float(f1_score(y_true, y_pred, average="micro")),
+        f"{prefix}_f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with rows = true class, columns = predicted class."""
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """scikit-learn's classification report as a dict (precision, recall, F1, support per class)."""
+    return classification_report(
+        y_true,
+        y_pred,
+        labels=list(range(len(class_names))),
+        target_names=list(class_names),
+        output_dict=True,
+        zero_division=0,
+    )

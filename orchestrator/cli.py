@@ -1,0 +1,335 @@
+"""The ``orch`` command: thin wrappers that parse, call and map errors to exit codes.
+
+Exit codes: 0 done, 1 some work failed, 2 bad input (nothing was started), 130 interrupted.
+Heavy imports (torch, mlflow, optuna) happen inside the commands that need them, so
+``orch --help`` and grid validation stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from orchestrator import __version__
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class BadInput(click.ClickException):
+    """A user mistake: one message naming the problem and the fix; exit code 2."""
+
+    exit_code = 2
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from experiments.config import ConfigError
+    from orchestrator.tracking import TrackingError
+
+    types: list[type[BaseException]] = [ConfigError, TrackingError]
+    if "experiments.data" in sys.modules:
+        types.append(sys.modules["experiments.data"].DatasetError)
+    if "orchestrator.errors" in sys.modules:
+        types.append(sys.modules["orchestrator.errors"].OrchInputError)
+    return tuple(types)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's input errors into exit 2 with one line (a traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _bad_input_types() as err:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise BadInput(str(err)) from None
+
+    return wrapper
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", metavar="URI", envvar=None,
+    help="MLflow tracking URI (sqlite:///PATH.db or http://HOST:PORT). "
+         "Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.",
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config value by dotted key, e.g. --set optim.lr=0.05 (repeatable).",
+)
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where to train: CUDA when available under auto.",
+)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="orch")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for input errors.")
+def cli(debug: bool) -> None:
+    """orch: sweep orchestration with experiment tracking for training-recipe ablations.
+
+    \b
+    orch run [CONFIG.yaml]        train one configuration, logged to MLflow
+    orch sweep GRID.yaml          run every point of a grid (resumable)
+    orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
+    orch report                   the study's table: accuracy and F1 per split
+    orch ui                       browse runs in MLflow's UI
+    """
+
+
+@cli.command("run")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@set_option
+@tracking_uri_option
+@click.option("--experiment", default="orch", show_default=True, help="MLflow experiment name.")
+@device_option
+@click.option("--run-name", default=None, help="MLflow run name (default: <norm>-bs<batch>-s<seed>).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
+@handle_errors
+def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: str | None, experiment: str,
+            device: str, run_name: str | None, quiet: bool) -> None:
+    """Train one configuration (defaults: the digits dataset) as one MLflow run.
+
+    CONFIG.yaml holds config sections (data, model, optim, schedule, train, seed);
+    --set overrides single keys. Exits 1 if training fails (the run is recorded FAILED).
+    """
+    from experiments.config import load
+    from orchestrator import tracking
+
+    cfg = load(config_file, overrides)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    _check_device(device)
+
+    from orchestrator.runner import raise_on_sigterm, run_tracked, summary_line
+
+    raise_on_sigterm()
+    exp_id = tracking.ensure_experiment(uri, experiment)
+    name = run_name or f"{cfg.model.norm}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    try:
+        code, run_id, summary = run_tracked(cfg, uri=uri, experiment_id=exp_id, run_name=name, device=device,
+                                            quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the run is recorded KILLED", err=True)
+        sys.exit(130)
+    if code == 0 and not quiet:
+        click.echo(f"run {run_id} FINISHED  {summary_line(summary)}", err=True)
+    sys.exit(code)
+
+
+@cli.command("sweep")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="List every point and whether it is done; start nothing.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel points on the CPU (torch threads are divided among them).")
+@click.option("--gpus", default=None, metavar="0,1,...",
+              help="GPU indices to use; default: every visible GPU (none: the CPU).")
+@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points packed on each GPU at once.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Retries of a point that fails before it is recorded FAILED.")
+@click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure.")
+@click.option("--rerun", is_flag=True, help="Run every point again, even those already finished.")
+@click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
+@tracking_uri_option
+@device_option
+@set_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@handle_errors
+def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, runs_per_gpu: int,
+              max_retries: int, fail_fast: bool, rerun: bool, metric: str, tracking_uri: str | None,
+              device: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
+
+    \b
+    Rerunning the same grid resumes it: finished points are skipped, failed, killed
+    and missing ones run. Exit codes: 0 all finished, 1 some failed, 2 bad grid,
+    130 interrupted (Ctrl-C; running points are recorded KILLED).
+    """
+    from orchestrator import tracking
+    from orchestrator.grid import load_grid
+
+    spec = load_grid(grid_file, overrides, check_data=not dry_run)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if dry_run:
+        _print_dry_run(spec, uri)
+        return
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    if gpu_list and device == "cpu":
+        raise BadInput("--gpus and --device cpu contradict each other; drop one")
+    tracking.check_reachable(uri)
+    from orchestrator.sweep import run_sweep
+
+    sys.exit(run_sweep(spec, uri, workers=workers, gpus=gpu_list, runs_per_gpu=runs_per_gpu,
+                       max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
+                       metric=metric))
+
+
+def _print_dry_run(spec: Any, uri: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.tracking import peek_finished_keys
+
+    done = peek_finished_keys(uri, spec.name)
+    table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("run name")
+    for axis in (*spec.axes, "seed"):
+        table.add_column(axis)
+    table.add_column("status")
+    n_done = 0
+    for r in spec.runs:
+        status = "?" if done is None else ("done" if r.run_key in done else "pending")
+        n_done += status == "done"
+        table.add_row(str(r.index), r.name, *(str(r.point.get(a, "")) for a in (*spec.axes, "seed")), status)
+    console = Console(width=200 if not sys.stdout.isatty() else None)
+    console.print(table)
+    if done is None:
+        console.print(f"{len(spec.runs)} points; status unknown (store {uri} not readable without mlflow)")
+    else:
+        console.print(f"{len(spec.runs)} points: {n_done} done, {len(spec.runs) - n_done} pending  (store {uri})")
+    missing = _missing_data_root(spec)
+    if missing:
+        console.print(f"note: {missing}")
+
+
+def _missing_data_root(spec: Any) -> str | None:
+    from experiments.config import ConfigError, check
+
+    for r in spec.runs:
+        try:
+            check(r.config)
+        except ConfigError as err:
+            return f"a real run would stop here: {err}"
+    return None
+
+
+def _resolve_sweep(uri: str, experiment: str | None, sweep: str):
+    """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
+    from orchestrator import tracking
+
+    if experiment:
+        exp_id = tracking.experiment_id(uri, experiment)
+        if exp_id is None:
+            names = ", ".join(tracking.experiment_names(uri)) or "none"
+            raise BadInput(f"no experiment {experiment!r} in {uri}; experiments: {names}")
+        exp_ids = [exp_id]
+    else:
+        exp_ids = [e.experiment_id for e in tracking.client(uri).search_experiments()]
+    parents = tracking.sweep_parents(uri, exp_ids)
+    if not parents:
+        where = f"experiment {experiment!r}" if experiment else uri
+        raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
+    if sweep in ("latest", "", None):
+        parent = parents[0]
+    else:
+        matches = [p for p in parents if p.data.tags.get("orch.sweep", "").startswith(sweep)]
+        if not matches:
+            known = ", ".join(f"{p.data.tags.get('orch.sweep')} ({p.info.run_name})" for p in parents[:20])
+            raise BadInput(f"no sweep {sweep!r}; sweeps: {known}")
+        parent = matches[0]
+    return parent.info.experiment_id, parent
+
+
+def _sweep_data(uri: str, experiment: str | None, sweep: str):
+    from orchestrator import compare, tracking
+    from orchestrator.sweep import sweep_records
+
+    exp_id, parent = _resolve_sweep(uri, experiment, sweep)
+    sweep_id = parent.data.tags["orch.sweep"]
+    records = sweep_records(uri, exp_id, sweep_id)
+    points = tracking.download_json(uri, parent.info.run_id, "points.json")
+    expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
+                for p in points]
+    return records, expected
+
+
+@cli.command("compare")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the one of the newest sweep).")
+@click.option("--sweep", default="latest", show_default=True, help="Sweep id (a prefix is enough) or 'latest'.")
+@click.option("--metric", required=True, help="Summary metric to rank by, e.g. val_f1_macro or test_acc.")
+@click.option("--group-by", default=None, metavar="AXES",
+              help="Comma-separated dotted keys to group by (default: the sweep's axes).")
+@click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True)
+@click.option("--baseline", default=None, metavar="KEY=VALUE",
+              help="Paired per-seed differences against this setting, e.g. model.norm=bn_torch.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown", "json"]), default="table",
+              show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best K rows only.")
+@tracking_uri_option
+@handle_errors
+def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str | None, direction: str,
+                baseline: str | None, fmt: str, top: int | None, tracking_uri: str | None) -> None:
+    """Rank the settings of a sweep: mean ± std over seeds, n finished / n expected."""
+    from orchestrator import compare, tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    records, expected = _sweep_data(uri, experiment, sweep)
+    keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
+    try:
+        result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
+                                 baseline=baseline, top=top)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    click.echo(compare.render(result, fmt))
+
+
+@cli.command("report")
+@click.option("--experiment", default=None, help="MLflow experiment (default: the one of the newest sweep).")
+@click.option("--sweep", default="latest", show_default=True, help="Sweep id (a prefix is enough) or 'latest'.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@tracking_uri_option
+@handle_errors
+def report_cmd(experiment: str | None, sweep: str, fmt: str, tracking_uri: str | None) -> None:
+    """The study's table: one row per (setting, split) with Accuracy, F1 micro, F1 macro."""
+    from orchestrator import compare, tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    records, expected = _sweep_data(uri, experiment, sweep)
+    try:
+        click.echo(compare.report(records, expected, fmt=fmt))
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+
+
+@cli.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
+@click.option("--port", type=int, default=5000, show_default=True)
+@tracking_uri_option
+@handle_errors
+def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
+    """Browse runs, curves and artifacts in MLflow's UI on the configured store."""
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"{uri} is a tracking server: open it in a browser.")
+        return
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop", err=True)
+    os.execv(sys.executable, cmd)
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+
+
+def main() -> None:
+    # Commands are registered at import time by their modules, which keep heavy imports lazy.
+    cli(prog_name="orch")
+
+
+if __name__ == "__main__":
+    main()
