@@ -1,0 +1,475 @@
+"""Local scheduler: slots, one child process per point, retries, Ctrl-C, resume.
+
+One scheduler process hands out the points, so no two slots ever claim the same point.
+A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one
+of N CPU workers with the cores divided among them. Each point runs in its own process
+(``python -m orchestrator.point``) for fault isolation and a clean CUDA state; it logs
+straight to MLflow under the sweep's parent run and reports progress as JSON lines.
+
+Children die with the scheduler (``PR_SET_PDEATHSIG``): a SIGKILLed sweep leaves no
+orphans, only runs left RUNNING, which the next invocation marks FAILED and reruns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from experiments.config import to_dict
+from orchestrator.grid import RunSpec
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None  # CUDA_VISIBLE_DEVICES value, None on the CPU
+    threads: int  # torch threads on the CPU (0: torch's default)
+
+    @property
+    def label(self) -> str:
+        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+
+
+def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
+    """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
+    if device != "cpu" and not gpus:
+        gpus = visible_gpus() if device in ("auto", "cuda") else []
+    if gpus and device != "cpu":
+        slots = [Slot(i, g, 0) for i, (g, _) in enumerate((g, k) for g in gpus for k in range(runs_per_gpu))]
+        return slots
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return [Slot(i, None, threads) for i in range(workers)]
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices that ``nvidia-smi`` lists (respecting CUDA_VISIBLE_DEVICES), without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass
+class Task:
+    spec: RunSpec
+    attempt: int = 1
+    run_id: str | None = None
+    epoch: int = 0
+    max_epochs: int = 0
+    started: float = 0.0
+    slot: Slot | None = None
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    ended: bool = False  # the child reported its end event
+    summary: dict = field(default_factory=dict)
+    last_f1: float | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)  # point names
+    failed: dict[str, str] = field(default_factory=dict)  # point name -> last reason
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the scheduler dies, however it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Scheduler:
+    """Runs a list of points over slots; reports through ``display``."""
+
+    def __init__(
+        self,
+        *,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_id: str,
+        slots: list[Slot],
+        device: str,
+        max_retries: int,
+        fail_fast: bool,
+        display: Any,
+        log_dir: Path | None = None,
+    ):
+        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
+        self.sweep_id, self.slots, self.device = sweep_id, slots, device
+        self.max_retries, self.fail_fast, self.display = max_retries, fail_fast, display
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"orch-{sweep_id}-"))
+        self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
+        self.stop_requested = False
+
+    # -- child processes -------------------------------------------------------------
+    def _spawn(self, task: Task, slot: Slot) -> None:
+        spec = task.spec
+        job = {
+            "config": to_dict(spec.config),
+            "uri": self.uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "run_name": spec.name,
+            "device": "cuda" if slot.gpu is not None else "cpu",
+            "tags": {
+                "orch.kind": "point",
+                "orch.sweep": self.sweep_id,
+                "orch.point": spec.point_label,
+                "orch.setting": spec.setting,
+                "orch.attempt": str(task.attempt),
+                "orch.slot": slot.label,
+            },
+        }
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env["ORCH_THREADS"] = str(slot.threads)
+            env["OMP_NUM_THREADS"] = str(slot.threads)
+        task.log_path = self.log_dir / f"{spec.name}-attempt{task.attempt}.log"
+        log = open(task.log_path, "w")
+        task.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.point"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        task.proc.stdin.write(json.dumps(job))
+        task.proc.stdin.close()
+        task.slot, task.started, task.ended = slot, time.time(), False
+        threading.Thread(target=self._read_events, args=(task, task.proc), daemon=True).start()
+
+    def _read_events(self, task: Task, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                self.events.put((task, json.loads(line)))
+            except json.JSONDecodeError:
+                continue
+        proc.wait()
+        self.events.put((task, None))  # the process is gone
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self, points: Sequence[RunSpec]) -> Outcome:
+        from orchestrator import tracking
+
+        outcome = Outcome()
+        pending: list[Task] = [Task(p) for p in points]
+        running: dict[int, Task] = {}  # slot index -> task
+        free = list(self.slots)
+        t0 = time.time()
+        self.display.start(len(points), self.slots)
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous_term = signal.signal(signal.SIGTERM, self._on_sigint)
+        try:
+            while pending or running:
+                if self.stop_requested:
+                    break
+                while pending and free and not (self.fail_fast and outcome.failed):
+                    task, slot = pending.pop(0), free.pop(0)
+                    self._spawn(task, slot)
+                    running[slot.index] = task
+                    self.display.started(task)
+                if not running:
+                    break
+                try:
+                    task, event = self.events.get(timeout=0.5)
+                except queue.Empty:
+                    self.display.tick()
+                    continue
+                if event is not None:
+                    self._on_event(task, event)
+                    continue
+                # The child process has exited.
+                del running[task.slot.index]
+                free.append(task.slot)
+                free.sort(key=lambda s: s.index)
+                code = task.proc.returncode
+                if code == 0:
+                    outcome.finished.append(task.spec.name)
+                    self.display.finished(task)
+                    continue
+                reason = self._close_dead_run(task, code, tracking)
+                task.reasons.append(reason)
+                if code == 130 and self.stop_requested:
+                    continue
+                if task.attempt <= self.max_retries and not self.stop_requested:
+                    self.display.retrying(task, reason)
+                    pending.insert(0, Task(task.spec, attempt=task.attempt + 1, reasons=task.reasons))
+                else:
+                    outcome.failed[task.spec.name] = reason
+                    self.display.failed(task, reason)
+            outcome.skipped = [t.spec.name for t in pending]
+        finally:
+            if running or self.stop_requested:
+                outcome.interrupted = self.stop_requested
+                self._stop_all(running, tracking)
+            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
+            outcome.seconds = time.time() - t0
+            self.display.stop()
+        return outcome
+
+    def _on_sigint(self, signum, frame) -> None:  # noqa: ARG002
+        if self.stop_requested:  # a second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.display.note("stopping: running points are being closed as KILLED (Ctrl-C again to force)")
+
+    def _on_event(self, task: Task, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "started":
+            task.run_id = event.get("run_id")
+        elif kind == "epoch":
+            task.epoch, task.max_epochs = event.get("epoch", 0), event.get("max_epochs", 0)
+            self.display.progress(task, event)
+        elif kind == "end":
+            task.ended = True
+            task.summary = event.get("summary") or {}
+
+    def _close_dead_run(self, task: Task, code: int, tracking) -> str:
+        """Make sure the run of a child that did not finish is closed, and say why."""
+        if code == 1:
+            reason = self._failure_reason(task, tracking) or "training raised an exception"
+        elif code == 130:
+            return "interrupted"
+        elif code < 0:
+            reason = f"process died ({signal.Signals(-code).name})"
+        else:
+            reason = f"process exited with code {code}"
+        if task.run_id and tracking.run_status(self.uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
+            tracking.end_run(self.uri, task.run_id, tracking.FAILED, reason, self._log_tail(task))
+        elif not task.run_id:
+            reason += f" before its MLflow run started; log: {task.log_path}"
+            tail = self._log_tail(task).strip().splitlines()
+            if tail:
+                reason += f" ({tail[-1][:300]})"
+        return reason
+
+    def _failure_reason(self, task: Task, tracking) -> str | None:
+        if not task.run_id:
+            return None
+        try:
+            return tracking.client(self.uri).get_run(task.run_id).data.tags.get("orch.failure_reason")
+        except Exception:  # noqa: BLE001
+            return None
+
+    @staticmethod
+    def _log_tail(task: Task, lines: int = 60) -> str:
+        try:
+            return "\n".join(task.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _stop_all(self, running: dict[int, Task], tracking) -> None:
+        """SIGTERM every child, wait for them to close their runs KILLED, then make sure."""
+        for task in running.values():
+            if task.proc and task.proc.poll() is None:
+                task.proc.send_signal(signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE_SECONDS
+        for task in running.values():
+            if not task.proc:
+                continue
+            try:
+                task.proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                task.proc.kill()
+                task.proc.wait()
+        for task in running.values():
+            run_id = task.run_id or self._drain_run_id(task)
+            if run_id and tracking.run_status(self.uri, run_id) in (tracking.RUNNING, "SCHEDULED"):
+                tracking.end_run(self.uri, run_id, tracking.KILLED, "interrupted: the sweep was stopped")
+
+    def _drain_run_id(self, task: Task) -> str | None:
+        while True:
+            try:
+                t, event = self.events.get_nowait()
+            except queue.Empty:
+                return task.run_id
+            if event and event.get("event") == "started":
+                t.run_id = event.get("run_id")
+
+
+# ------------------------------------------------------------------------- display
+
+
+class PlainDisplay:
+    """One line per event, for logs, CI and pipes."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.total = 0
+        self.n_done = 0
+        self.n_failed = 0
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, total: int, slots: Sequence[Slot]) -> None:
+        self.total = total
+        where = ", ".join(s.label for s in slots)
+        self._say(f"running {total} point(s) on {len(slots)} slot(s): {where}")
+
+    def started(self, task: Task) -> None:
+        retry = f" (attempt {task.attempt})" if task.attempt > 1 else ""
+        self._say(f"  start   {task.spec.name} on {task.slot.label}{retry}")
+
+    def progress(self, task: Task, event: dict) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def finished(self, task: Task) -> None:
+        self.n_done += 1
+        secs = time.time() - task.started
+        f1 = task.summary.get("val_f1_macro")
+        score = f"  val_f1_macro {f1:.4f}" if isinstance(f1, (int, float)) else ""
+        self._say(f"  done    {task.spec.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
+
+    def retrying(self, task: Task, reason: str) -> None:
+        self._say(f"  retry   {task.spec.name}: {reason}")
+
+    def failed(self, task: Task, reason: str) -> None:
+        self.n_failed += 1
+        self._say(f"  FAILED  {task.spec.name}  [{self.n_done + self.n_failed}/{self.total}]: {reason}")
+
+    def note(self, text: str) -> None:
+        self._say(text)
+
+    def stop(self) -> None:
+        pass
+
+
+class LiveDisplay(PlainDisplay):
+    """A live table on a terminal: counts, elapsed, ETA, and each running point's epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.running: dict[str, Task] = {}
+        self.durations: list[float] = []
+        self.t0 = time.time()
+        self.live = None
+        self.slots = 1
+        self.notes: list[str] = []
+
+    def start(self, total: int, slots: Sequence[Slot]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.total, self.slots, self.t0 = total, max(1, len(slots)), time.time()
+        self.live = Live(self._render(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def _render(self):
+        from rich.table import Table
+
+        elapsed = time.time() - self.t0
+        remaining = self.total - self.n_done - self.n_failed
+        eta = "–"
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            eta = _fmt_seconds(mean * remaining / self.slots)
+        head = (f"done {self.n_done}  running {len(self.running)}  failed {self.n_failed}  "
+                f"pending {remaining - len(self.running)}   elapsed {_fmt_seconds(elapsed)}  eta {eta}")
+        table = Table(title=head, title_justify="left", expand=False)
+        table.add_column("point")
+        table.add_column("slot")
+        table.add_column("epoch", justify="right")
+        table.add_column("val_f1_macro", justify="right")
+        table.add_column("time", justify="right")
+        for task in self.running.values():
+            f1 = task.last_f1
+            table.add_row(task.spec.name, task.slot.label,
+                          f"{task.epoch}/{task.max_epochs}" if task.max_epochs else "starting",
+                          f"{f1:.4f}" if isinstance(f1, float) else "", _fmt_seconds(time.time() - task.started))
+        for text in self.notes[-5:]:
+            table.add_row(f"[dim]{text}[/dim]", "", "", "", "")
+        return table
+
+    def _update(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def started(self, task: Task) -> None:
+        self.running[task.spec.name] = task
+        self._update()
+
+    def progress(self, task: Task, event: dict) -> None:
+        task.last_f1 = event.get("val_f1_macro")
+        self._update()
+
+    def tick(self) -> None:
+        self._update()
+
+    def finished(self, task: Task) -> None:
+        self.running.pop(task.spec.name, None)
+        self.durations.append(time.time() - task.started)
+        self.n_done += 1
+        self._update()
+
+    def retrying(self, task: Task, reason: str) -> None:
+        self.running.pop(task.spec.name, None)
+        self.notes.append(f"retry {task.spec.name}: {reason}")
+        self._update()
+
+    def failed(self, task: Task, reason: str) -> None:
+        self.running.pop(task.spec.name, None)
+        self.n_failed += 1
+        self.notes.append(f"FAILED {task.spec.name}: {reason}")
+        self._update()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self._update()
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self._update()
+            self.live.stop()
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def make_display(quiet: bool) -> PlainDisplay:
+    if not quiet and sys.stderr.isatty():
+        return LiveDisplay()
+    return PlainDisplay(quiet=quiet)
+

@@ -1,0 +1,70 @@
+"""Child process of a sweep: ``python -m orchestrator.point`` runs one point.
+
+Reads a JSON job from stdin, runs it through :func:`orchestrator.runner.run_tracked`, and
+reports to the parent as JSON lines on the original stdout (``started``, ``epoch``,
+``end``). Everything else that would go to stdout (library chatter) is sent to stderr,
+which the parent keeps as the point's log. The exit code is the run's: 0 FINISHED,
+1 FAILED, 130 KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+
+def _event_stream() -> TextIO:
+    """Keep a private handle on stdout for events; point fd 1 at stderr for everything else."""
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return events
+
+
+def main() -> int:
+    events = _event_stream()
+
+    def emit(**event: Any) -> None:
+        events.write(json.dumps(event) + "\n")
+        events.flush()
+
+    job = json.loads(sys.stdin.read())
+    from orchestrator.runner import EXIT_INTERRUPTED, raise_on_sigterm
+
+    raise_on_sigterm()
+    threads = int(os.environ.get("ORCH_THREADS", "0"))
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+    from experiments.config import build
+    from orchestrator.runner import run_tracked
+
+    cfg = build(job["config"])
+    max_epochs = cfg.train.max_epochs
+    try:
+        code, run_id, summary = run_tracked(
+            cfg,
+            uri=job["uri"],
+            experiment_id=job["experiment_id"],
+            run_name=job.get("run_name"),
+            tags=job.get("tags"),
+            parent_run_id=job.get("parent_run_id"),
+            device=job.get("device", "auto"),
+            quiet=False,
+            on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid()),
+            on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=max_epochs,
+                                        val_f1_macro=v.get("val_f1_macro"), val_loss=v.get("val_loss")),
+        )
+    except KeyboardInterrupt:
+        emit(event="end", code=EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    emit(event="end", code=code, run_id=run_id, summary=summary)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

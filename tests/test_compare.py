@@ -1,0 +1,465 @@
+"""compare.py and summary_plots.py on synthetic records, checked against numpy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from orchestrator.compare import (
+    FORMATS,
+    CompareResult,
+    ExpectedPoint,
+    RunRecord,
+    compare,
+    render,
+    report,
+    summary_rows,
+)
+from orchestrator.summary_plots import metric_by_axis, val_curves
+
+NORMS = ("bn_torch", "bn", "gn")
+BATCHES = (8, 128)
+SEEDS = (0, 1, 2)
+SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")]
+
+
+def setting_of(norm: str, bs: int) -> str:
+    return f"model.norm={norm},data.batch_size={bs}"
+
+
+def expected_grid(norms=NORMS, batches=BATCHES, seeds=SEEDS) -> list[ExpectedPoint]:
+    return [
+        ExpectedPoint(
+            name=f"{n}-bs{b}-s{s}",
+            run_key=f"key-{n}-{b}-{s}",
+            point={"model.norm": n, "data.batch_size": b, "seed": s},
+            setting=setting_of(n, b),
+        )
+        for n in norms
+        for b in batches
+        for s in seeds
+    ]
+
+
+def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None) -> RunRecord:
+    p = ep.point
+    all_tags = {
+        "orch.sweep": "sweep-1",
+        "orch.run_key": ep.run_key,
+        "orch.point": f"{ep.setting},seed={p['seed']}",
+        "orch.setting": ep.setting,
+        "orch.kind": "point",
+    }
+    all_tags.update(tags or {})
+    return RunRecord(
+        run_id=run_id or f"run-{ep.name}-{start}",
+        name=ep.name,
+        status=status,
+        params={"model.norm": p["model.norm"], "data.batch_size": str(p["data.batch_size"]),
+                "seed": str(p["seed"]), "data.name": "cifar10", "optim.lr": "0.1"},
+        metrics=metrics,
+        tags=all_tags,
+        start_time=start,
+    )
+
+
+def random_metrics(rng: np.random.Generator) -> dict[str, float]:
+    m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_METRICS}
+    m["best_epoch"] = float(rng.integers(1, 30))
+    m["epoch/val_acc"] = 0.1  # latest per-epoch value: never a summary metric
+    return m
+
+
+@pytest.fixture
+def sweep():
+    """3 norms × 2 batch sizes × 3 seeds, all finished, plus the value table."""
+    rng = np.random.default_rng(1234)
+    expected = expected_grid()
+    records = [record(ep, random_metrics(rng), start=100 + i) for i, ep in enumerate(expected)]
+    return expected, records
+
+
+def values_for(records, metric, **point):
+    """Independent reference: the metric of each finished record matching ``point``, by seed."""
+    out = {}
+    for r in records:
+        if r.status != "FINISHED" or r.tags.get("orch.trial_state") == "PRUNED":
+            continue
+        if all(r.params[k] == str(v) for k, v in point.items()):
+            out[r.params["seed"]] = r.metrics[metric]
+    return out
+
+
+def row_for(result: CompareResult, **group):
+    hits = [r for r in result.rows if all(str(r.group[k]) == str(v) for k, v in group.items())]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_means_stds_counts_match_numpy(sweep):
+    expected, records = sweep
+    result = compare(records, expected, "val_f1_macro")
+    assert result.group_keys == ("model.norm", "data.batch_size")
+    assert len(result.rows) == len(NORMS) * len(BATCHES)
+    for norm in NORMS:
+        for bs in BATCHES:
+            vals = np.array(list(values_for(records, "val_f1_macro", **{"model.norm": norm, "data.batch_size": bs}).values()))
+            row = row_for(result, **{"model.norm": norm, "data.batch_size": bs})
+            assert row.mean == pytest.approx(vals.mean())
+            assert row.std == pytest.approx(vals.std(ddof=1))
+            assert row.min == pytest.approx(vals.min()) and row.max == pytest.approx(vals.max())
+            assert (row.n_finished, row.n_expected) == (3, 3)
+            assert sorted(row.values) == pytest.approx(sorted(vals))
+            assert sorted(row.seeds) == ["0", "1", "2"]
+    means = [r.mean for r in result.rows]
+    assert means == sorted(means, reverse=True)
+    assert [r.rank for r in result.rows] == list(range(1, 7))
+
+
+def test_failed_pruned_and_reruns(sweep):
+    expected, records = sweep
+    gn8 = [ep for ep in expected if ep.setting == setting_of("gn", 8)]
+    records = list(records)
+    # A failed later attempt of seed 0 does not replace its finished run.
+    records.append(record(gn8[0], {"val_f1_macro": 0.0}, status="FAILED", start=10_000))
+    # A pruned trial with the same run key as seed 1 is never a result.
+    records.append(record(gn8[1], {"val_f1_macro": 1.0}, start=10_001,
+                          tags={"orch.kind": "trial", "orch.trial_state": "PRUNED"}))
+    # A rerun of seed 2 (same run key, later start) replaces the earlier result ...
+    records.append(record(gn8[2], {"val_f1_macro": 0.123}, start=10_002))
+    # ... and an even older finished duplicate does not.
+    records.append(record(gn8[2], {"val_f1_macro": 0.999}, start=1))
+    # A run from outside the grid is ignored.
+    stranger = ExpectedPoint("ln-bs8-s0", "key-ln", {"model.norm": "ln", "data.batch_size": 8, "seed": 0},
+                             setting_of("ln", 8))
+    records.append(record(stranger, {"val_f1_macro": 0.5}, start=5))
+
+    result = compare(records, expected, "val_f1_macro")
+    row = row_for(result, **{"model.norm": "gn", "data.batch_size": 8})
+    original = {r.params["seed"]: r.metrics["val_f1_macro"] for r in sweep[1] if r.name in {e.name for e in gn8}}
+    want = np.array([original["0"], original["1"], 0.123])
+    assert row.n_finished == 3 and row.n_expected == 3
+    assert sorted(row.values) == pytest.approx(sorted(want))
+    assert row.mean == pytest.approx(want.mean())
+    assert row.std == pytest.approx(want.std(ddof=1))
+    assert result.n_ignored == 1
+    assert all(r.group["model.norm"] != "ln" for r in result.rows)
+
+
+def test_missing_and_failed_points_count_as_expected_only(sweep):
+    expected, records = sweep
+    dropped = {"gn-bs128-s2", "gn-bs128-s1"}
+    records = [r for r in records if r.name not in dropped]
+    failed_ep = next(ep for ep in expected if ep.name == "gn-bs128-s1")
+    records.append(record(failed_ep, {}, status="FAILED", start=50_000))
+    # A whole setting that never ran sorts last with no rank.
+    records = [r for r in records if not r.name.startswith("bn-bs8-")]
+    result = compare(records, expected, "val_f1_macro")
+    row = row_for(result, **{"model.norm": "gn", "data.batch_size": 128})
+    assert (row.n_finished, row.n_expected) == (1, 3)
+    assert math.isnan(row.std)
+    last = result.rows[-1]
+    assert last.group == {"model.norm": "bn", "data.batch_size": 8}
+    assert (last.n_finished, last.n_expected, last.rank) == (0, 3, None)
+    assert math.isnan(last.mean)
+
+
+def test_direction_min_and_top(sweep):
+    expected, records = sweep
+    asc = compare(records, expected, "val_f1_macro", direction="min")
+    means = [r.mean for r in asc.rows]
+    assert means == sorted(means)
+    desc = compare(records, expected, "val_f1_macro", top=2)
+    assert len(desc.rows) == 2
+    assert desc.rows[0].mean == pytest.approx(max(means))
+    with pytest.raises(ValueError, match="direction"):
+        compare(records, expected, "val_f1_macro", direction="up")
+
+
+def test_group_by_subset_pools_other_axes(sweep):
+    expected, records = sweep
+    for key in ("model.norm", "norm"):  # dotted or short name
+        result = compare(records, expected, "test_acc", group_by=[key])
+        assert result.group_keys == ("model.norm",)
+        assert len(result.rows) == len(NORMS)
+        for norm in NORMS:
+            vals = np.array([r.metrics["test_acc"] for r in records if r.params["model.norm"] == norm])
+            row = row_for(result, **{"model.norm": norm})
+            assert (row.n_finished, row.n_expected) == (6, 6)
+            assert row.mean == pytest.approx(vals.mean())
+            assert row.std == pytest.approx(vals.std(ddof=1))
+    # A param that is not an axis groups by the records' values.
+    by_data = compare(records, expected, "test_acc", group_by=["data.name"])
+    assert [(r.group["data.name"], r.n_finished, r.n_expected) for r in by_data.rows] == [("cifar10", 18, 18)]
+    with pytest.raises(ValueError, match="model.norm"):
+        compare(records, expected, "test_acc", group_by=["nonsense"])
+
+
+def test_no_expected_counts_records(sweep):
+    _, records = sweep
+    records = records + [record(expected_grid()[0], {}, status="RUNNING", start=99_999)]
+    result = compare(records, None, "val_acc")
+    assert result.group_keys == ("model.norm", "data.batch_size")
+    row = row_for(result, **{"model.norm": "bn_torch", "data.batch_size": 8})
+    # The running rerun shares the run key: still 3 records, 3 finished.
+    assert (row.n_finished, row.n_expected) == (3, 3)
+    vals = np.array(list(values_for(records, "val_acc", **{"model.norm": "bn_torch", "data.batch_size": 8}).values()))
+    assert row.mean == pytest.approx(vals.mean())
+
+
+def test_baseline_paired_deltas(sweep):
+    expected, records = sweep
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    assert result.baseline == "model.norm=bn_torch"
+    for norm in NORMS:
+        for bs in BATCHES:
+            row = row_for(result, **{"model.norm": norm, "data.batch_size": bs})
+            mine = values_for(records, "val_f1_macro", **{"model.norm": norm, "data.batch_size": bs})
+            base = values_for(records, "val_f1_macro", **{"model.norm": "bn_torch", "data.batch_size": bs})
+            diffs = np.array([mine[s] - base[s] for s in sorted(mine)])
+            assert row.n_pairs == 3
+            assert row.delta_mean == pytest.approx(diffs.mean())
+            assert row.delta_std == pytest.approx(diffs.std(ddof=1))
+            if norm == "bn_torch":
+                assert row.delta_mean == 0.0 and row.delta_std == 0.0
+
+    # Batch size as the baseline key, pairs matched on norm and seed; one seed missing.
+    records = [r for r in records if r.name != "gn-bs128-s1"]
+    result = compare(records, expected, "val_f1_macro", baseline="batch_size=128")
+    row = row_for(result, **{"model.norm": "gn", "data.batch_size": 8})
+    mine = values_for(records, "val_f1_macro", **{"model.norm": "gn", "data.batch_size": 8})
+    base = values_for(records, "val_f1_macro", **{"model.norm": "gn", "data.batch_size": 128})
+    diffs = np.array([mine[s] - base[s] for s in sorted(base)])
+    assert row.n_pairs == 2
+    assert row.delta_mean == pytest.approx(diffs.mean())
+    assert row.delta_std == pytest.approx(diffs.std(ddof=1))
+
+
+def test_baseline_on_pooled_rows_pairs_on_the_pooled_axis(sweep):
+    expected, records = sweep
+    result = compare(records, expected, "val_acc", group_by=["model.norm"], baseline="model.norm=bn")
+    row = row_for(result, **{"model.norm": "gn"})
+    diffs = []
+    for bs in BATCHES:
+        mine = values_for(records, "val_acc", **{"model.norm": "gn", "data.batch_size": bs})
+        base = values_for(records, "val_acc", **{"model.norm": "bn", "data.batch_size": bs})
+        diffs += [mine[s] - base[s] for s in mine]
+    assert row.n_pairs == 6
+    assert row.delta_mean == pytest.approx(np.mean(diffs))
+    assert row.delta_std == pytest.approx(np.std(diffs, ddof=1))
+
+
+def test_errors_list_what_exists(sweep):
+    expected, records = sweep
+    with pytest.raises(ValueError) as err:
+        compare(records, expected, "val_f1")
+    msg = str(err.value)
+    assert "val_f1" in msg and "val_f1_macro" in msg and "test_acc" in msg
+    assert msg.index("val_f1_macro") < msg.index("epoch/val_acc")  # summary metrics first
+    with pytest.raises(ValueError) as err:
+        compare(records, expected, "val_acc", baseline="model.norm=batchnorm")
+    assert all(v in str(err.value) for v in NORMS)
+    with pytest.raises(ValueError, match="key=value"):
+        compare(records, expected, "val_acc", baseline="bn_torch")
+    with pytest.raises(ValueError, match="grouping key"):
+        compare(records, expected, "val_acc", group_by=["data.batch_size"], baseline="model.norm=bn")
+
+
+def test_no_finished_runs_gives_empty_rows_not_an_error():
+    expected = expected_grid(norms=("gn",), batches=(8,))
+    result = compare([], expected, "val_acc")
+    assert [(r.n_finished, r.n_expected) for r in result.rows] == [(0, 3)]
+    assert "0/3" in render(result, "table")
+
+
+# --------------------------------------------------------------------------- render
+
+
+@pytest.fixture
+def result_with_baseline(sweep):
+    expected, records = sweep
+    records = [r for r in records if r.name != "gn-bs8-s2"]
+    return compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+
+
+def test_render_json(result_with_baseline):
+    rows = json.loads(render(result_with_baseline, "json"))
+    assert len(rows) == len(result_with_baseline.rows)
+    for got, row in zip(rows, result_with_baseline.rows):
+        assert got["model.norm"] == row.group["model.norm"]
+        assert got["data.batch_size"] == row.group["data.batch_size"]
+        assert got["mean"] == pytest.approx(np.mean(got["values"]))
+        assert got["std"] == pytest.approx(np.std(got["values"], ddof=1))
+        assert got["n_finished"] == len(got["values"]) and got["n_expected"] == 3
+        assert got["delta_mean"] == pytest.approx(row.delta_mean)
+        assert got["n_pairs"] == row.n_pairs
+
+
+def test_render_json_nan_is_null(sweep):
+    expected, records = sweep
+    records = [r for r in records if not r.name.startswith("gn-bs8-s") or r.name.endswith("s0")]
+    rows = json.loads(render(compare(records, expected, "val_acc"), "json"))
+    gn8 = next(r for r in rows if r["model.norm"] == "gn" and r["data.batch_size"] == 8)
+    assert gn8["std"] is None and gn8["n_finished"] == 1
+
+
+def test_render_csv(result_with_baseline):
+    rows = list(csv.DictReader(io.StringIO(render(result_with_baseline, "csv"))))
+    assert len(rows) == 6
+    assert {"model.norm", "data.batch_size", "mean", "std", "n_finished", "n_expected",
+            "delta_mean", "delta_std", "n_pairs"} <= set(rows[0])
+    for got, row in zip(rows, result_with_baseline.rows):
+        assert float(got["mean"]) == pytest.approx(row.mean)
+        assert float(got["std"]) == pytest.approx(row.std)
+        assert int(got["n_finished"]) == row.n_finished
+        assert float(got["delta_mean"]) == pytest.approx(row.delta_mean)
+
+
+def test_render_markdown_and_table(result_with_baseline):
+    md = render(result_with_baseline, "markdown")
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| rank") and "val_f1_macro mean ± std" in lines[0]
+    assert lines[1].startswith("|---") and set(lines[1]) <= set("|-: ")
+    assert len(lines) == 2 + 6
+    best = result_with_baseline.rows[0]
+    assert f"{best.mean:.4f} ± {best.std:.4f}" in lines[2]
+    assert "2/3" in md  # gn bs8 lost one seed
+
+    table = render(result_with_baseline, "table")
+    assert "val_f1_macro mean ± std" in table
+    assert "norm" in table and "batch_size" in table and "Δ vs norm=bn_torch" in table
+    assert f"{best.mean:.4f}" in table and "3/3" in table
+    assert "\x1b[" not in table  # plain text, no ANSI codes
+
+
+def test_render_every_format_and_unknown(result_with_baseline):
+    for fmt in FORMATS:
+        assert render(result_with_baseline, fmt).strip()
+    with pytest.raises(ValueError, match="markdown"):
+        render(result_with_baseline, "xlsx")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def md_rows(text: str) -> list[list[str]]:
+    lines = text.strip().splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_report_single_seed():
+    expected = expected_grid(seeds=(0,))
+    rng = np.random.default_rng(7)
+    records = [record(ep, random_metrics(rng), start=i) for i, ep in enumerate(expected)]
+    text = report(records, expected)
+    header = text.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro"]
+    rows = md_rows(text)
+    assert len(rows) == 3 * len(NORMS) * len(BATCHES)
+    labels = [r[0] for r in rows[::3]]
+    assert labels == [f"{n} bs{b}" for n in NORMS for b in BATCHES]  # expected order
+    assert all(r[0] == "" for i, r in enumerate(rows) if i % 3)
+    assert [r[1] for r in rows[:3]] == ["train", "val", "test"]
+    for i, rec in enumerate(records):
+        for j, split in enumerate(("train", "val", "test")):
+            cells = rows[3 * i + j][2:]
+            want = [f"{rec.metrics[f'{split}_{m}']:.3f}" for m in ("acc", "f1_micro", "f1_macro")]
+            assert cells == want
+
+
+def test_report_three_seeds(sweep):
+    expected, records = sweep
+    rows = md_rows(report(records, expected))
+    assert len(rows) == 18
+    i = 3 * (NORMS.index("gn") * len(BATCHES) + BATCHES.index(8)) + 1  # gn bs8, val
+    assert rows[i - 1][0] == "gn bs8" and rows[i][1] == "val"
+    vals = np.array(list(values_for(records, "val_f1_micro", **{"model.norm": "gn", "data.batch_size": 8}).values()))
+    assert rows[i][3] == f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}"
+
+    csv_rows = list(csv.DictReader(io.StringIO(report(records, expected, fmt="csv"))))
+    assert list(csv_rows[0]) == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro"]
+    assert len(csv_rows) == 18 and csv_rows[i]["F1 micro"] == rows[i][3]
+    assert csv_rows[i]["Setting"] == "gn bs8"  # csv repeats the label on every row
+
+
+def test_report_missing_setting_shows_dash(sweep):
+    expected, records = sweep
+    records = [r for r in records if not r.name.startswith("bn-bs128")]
+    rows = md_rows(report(records, expected))
+    i = 3 * (NORMS.index("bn") * len(BATCHES) + BATCHES.index(128))
+    assert rows[i][0] == "bn bs128" and rows[i][2:] == ["–", "–", "–"]
+
+
+# --------------------------------------------------------------------------- summary rows
+
+
+def test_summary_rows(sweep):
+    expected, records = sweep
+    records = [r for r in records if r.name != "bn-bs8-s1"]
+    failed_ep = next(ep for ep in expected if ep.name == "gn-bs8-s0")
+    records.append(record(failed_ep, {}, status="FAILED", start=90_000, run_id="rerun-failed"))
+    rows = summary_rows(records, expected)
+    assert [r["name"] for r in rows] == [ep.name for ep in expected]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["bn-bs8-s1"]["status"] == "missing" and by_name["bn-bs8-s1"]["run_id"] is None
+    assert by_name["gn-bs8-s0"]["status"] == "FAILED" and by_name["gn-bs8-s0"]["run_id"] == "rerun-failed"
+    row = by_name["bn_torch-bs128-s2"]
+    rec = next(r for r in records if r.name == "bn_torch-bs128-s2")
+    assert row["status"] == "FINISHED" and row["run_id"] == rec.run_id
+    assert (row["model.norm"], row["data.batch_size"], row["seed"]) == ("bn_torch", 128, 2)
+    assert row["val_f1_macro"] == rec.metrics["val_f1_macro"] and row["best_epoch"] == rec.metrics["best_epoch"]
+    assert not any("/" in k for r in rows for k in r)
+    assert len({tuple(r) for r in rows}) == 1  # same keys everywhere: DictWriter-ready
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_metric_by_axis_bars(sweep, tmp_path):
+    expected, records = sweep
+    records = [r for r in records if not r.name.startswith("gn-bs128")]  # one group without runs
+    result = compare(records, expected, "val_f1_macro")
+    fig = metric_by_axis(result, "val_f1_macro", "model.norm")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 5  # 3 norms × 2 batch sizes, minus the empty group
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(NORMS)
+    assert len(ax.get_legend().get_texts()) == 2
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert heights == pytest.approx(sorted(r.mean for r in result.rows if r.n_finished))
+    fig.savefig(tmp_path / "by_norm.png")
+    assert (tmp_path / "by_norm.png").stat().st_size > 0
+
+    # One axis only, from JSON rows, short axis name: one bar per value, no legend.
+    single = compare(records, expected, "val_acc", group_by=["data.batch_size"])
+    fig = metric_by_axis(json.loads(render(single, "json")), None, "batch_size")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 and ax.get_legend() is None
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "128"]
+    fig.savefig(tmp_path / "by_bs.png")
+    with pytest.raises(ValueError, match="axis"):
+        metric_by_axis(single, "val_acc", "model.norm")
+
+
+def test_val_curves(tmp_path):
+    curves = {
+        "gn bs8": [[0.1, 0.3, 0.5, 0.6], [0.2, 0.35, 0.5], [0.15, 0.3]],
+        "bn bs8": [[0.3, 0.5, 0.7, 0.75, 0.76]],
+        "ln bs8": [],
+    }
+    fig = val_curves(curves, "val_acc")
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2
+    gn = ax.lines[0]
+    assert list(gn.get_xdata()) == [1, 2, 3, 4]
+    assert gn.get_ydata() == pytest.approx([0.15, (0.3 + 0.35 + 0.3) / 3, 0.5, 0.6])
+    assert len(ax.get_legend().get_texts()) == 2
+    fig.savefig(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0

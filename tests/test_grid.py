@@ -1,0 +1,513 @@
+"""Grid files → SweepSpec: expansion, names, ids, overrides and validation errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from experiments.config import ConfigError, build, check, run_key
+from orchestrator.grid import (
+    DEFAULT_SPACE,
+    ParamSpace,
+    SweepSpec,
+    describe_point,
+    load_grid,
+    run_name,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS = ROOT / "experiments" / "grids"
+BAD = Path(__file__).resolve().parent / "grids" / "bad"
+NORMS = ["bn_torch", "bn", "in", "bin", "ln", "gn", "nn"]
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def grid(tmp_path: Path, text: str, overrides: tuple[str, ...] = (), **kw) -> SweepSpec:
+    return load_grid(write(tmp_path, text), overrides, **kw)
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def test_demo_grid_expands_to_fourteen_runs_in_file_order():
+    spec = load_grid(GRIDS / "demo.yaml")
+    assert spec.name == "demo"
+    assert spec.axes == ("model.norm", "data.batch_size")
+    assert spec.seeds == (0,)
+    assert [r.index for r in spec.runs] == list(range(14))
+    # first axis slowest, second fastest
+    assert [(r.point["model.norm"], r.point["data.batch_size"]) for r in spec.runs] == [
+        (n, b) for n in NORMS for b in (8, 128)
+    ]
+    assert spec.runs[0].name == "bn_torch-bs8-s0"
+    assert spec.runs[11].name == "gn-bs128-s0"
+    for r in spec.runs:
+        assert r.config.data.name == "digits"
+        assert (r.config.train.max_epochs, r.config.train.patience) == (4, 3)
+        assert r.config.model.widths == (16, 32, 64)
+        assert r.run_key == run_key(r.config)
+    assert len({r.run_key for r in spec.runs}) == 14
+    assert len({r.name for r in spec.runs}) == 14
+
+
+def test_runs_are_seed_major(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid:
+          model.norm: [bn, gn]
+          data.batch_size: [8, 128]
+        seeds: [0, 1, 2]
+    """)
+    assert len(spec.runs) == 12
+    assert [r.name for r in spec.runs[:5]] == ["bn-bs8-s0", "bn-bs128-s0", "gn-bs8-s0", "gn-bs128-s0", "bn-bs8-s1"]
+    assert [r.config.seed for r in spec.runs] == [0] * 4 + [1] * 4 + [2] * 4
+    assert spec.settings == (
+        "model.norm=bn,data.batch_size=8",
+        "model.norm=bn,data.batch_size=128",
+        "model.norm=gn,data.batch_size=8",
+        "model.norm=gn,data.batch_size=128",
+    )
+
+
+def test_point_labels_and_settings():
+    spec = load_grid(GRIDS / "demo.yaml")
+    run = next(r for r in spec.runs if r.name == "gn-bs8-s0")
+    assert run.point == {"model.norm": "gn", "data.batch_size": 8, "seed": 0}
+    assert run.setting == "model.norm=gn,data.batch_size=8"
+    assert run.point_label == "model.norm=gn,data.batch_size=8,seed=0"
+    assert describe_point(run.point) == run.point_label
+
+
+def test_seeds_only_grid(tmp_path):
+    spec = grid(tmp_path, """
+        name: repeats
+        base: {model.norm: gn}
+        seeds: [3, 1]
+    """)
+    assert spec.axes == ()
+    assert [r.name for r in spec.runs] == ["s3", "s1"]
+    assert [r.setting for r in spec.runs] == ["", ""]
+    assert [r.point_label for r in spec.runs] == ["seed=3", "seed=1"]
+    assert spec.runs[0].config.model.norm == "gn"
+
+
+def test_default_seed_and_nested_or_dotted_sections(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        base:
+          data: {name: digits, batch_size: 32}
+          optim.lr: 0.05
+        grid:
+          model: {norm: [bn, gn]}
+    """)
+    assert spec.seeds == (0,)
+    assert spec.axes == ("model.norm",)
+    assert spec.runs[1].config.data.batch_size == 32
+    assert spec.runs[1].config.optim.lr == 0.05
+    assert spec.runs[1].name == "gn-s0"
+
+
+def test_include_and_exclude(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid:
+          model.norm: [bn, gn, nn]
+          data.batch_size: [8, 128]
+        seeds: [0, 1]
+        exclude:
+          - {model.norm: nn, data.batch_size: 8}
+          - {model.norm: gn, data.batch_size: 128}
+        include:
+          - {model.norm: gn, model.gn_groups: 8}
+          - {model.norm: ln, data.batch_size: 8}
+    """)
+    assert spec.axes == ("model.norm", "data.batch_size", "model.gn_groups")
+    names = [r.name for r in spec.runs]
+    assert names[:6] == ["bn-bs8-s0", "bn-bs128-s0", "gn-bs8-s0", "nn-bs128-s0", "gn-bs128-gn_groups8-s0", "ln-bs8-s0"]
+    assert len(spec.runs) == 12 and names[6] == "bn-bs8-s1"
+    inc = spec.runs[4]
+    # an include entry sits on base: unset axes take their base/default values
+    assert inc.point == {"model.norm": "gn", "data.batch_size": 128, "model.gn_groups": 8, "seed": 0}
+    assert inc.config.model.gn_groups == 8
+    assert inc.point_label == "model.norm=gn,data.batch_size=128,model.gn_groups=8,seed=0"
+    # grid points do not carry keys that only include entries set
+    assert "model.gn_groups" not in spec.runs[0].point
+    assert spec.runs[0].config.model.gn_groups == 16
+
+
+def test_include_only_grid(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        include:
+          - {model.norm: bn}
+          - {model.norm: gn, data.batch_size: 8}
+    """)
+    assert spec.axes == ("model.norm", "data.batch_size")
+    assert [r.name for r in spec.runs] == ["bn-s0", "gn-bs8-s0"]
+
+
+def test_run_names():
+    assert run_name({"model.norm": "gn", "data.batch_size": 8, "seed": 0}) == "gn-bs8-s0"
+    assert run_name({"optim.lr": 0.05, "schedule.gamma": 0.2, "schedule.step_size": 5, "seed": 1}) == (
+        "lr0.05-gamma0.2-step5-s1"
+    )
+    assert run_name({"model.depth_n": 3, "data.name": "digits", "seed": 2}) == "n3-digits-s2"
+    assert run_name({"data.augment": True, "train.compile": False, "seed": 0}) == "augment-no-compile-s0"
+    assert run_name({"optim.momentum": 0.9, "model.widths": (8, 16, 32), "seed": 0}) == "momentum0.9-widths8x16x32-s0"
+    assert run_name({"seed": 0}) == "s0"
+
+
+def test_colliding_names_get_their_index(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid:
+          data.root: [a/x, a_x]
+    """)
+    assert [r.name for r in spec.runs] == ["roota_x-s0-0", "roota_x-s0-1"]
+
+
+def test_scientific_notation_is_a_number(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid:
+          optim.lr: [1e-3, 0.1]
+    """)
+    assert [r.config.optim.lr for r in spec.runs] == [0.001, 0.1]
+    assert spec.runs[0].name == "lr0.001-s0"
+
+
+# ---------------------------------------------------------------- ids
+
+
+SAME_A = """
+name: ids
+base:
+  data: {name: digits, batch_size: 64}
+  optim: {lr: 0.05}
+grid:
+  model.norm: [bn, gn]
+seeds: [0, 1]
+"""
+
+# The same content: other key order, flow vs block style, dotted vs nested, comments.
+SAME_B = """
+# a comment
+seeds: [0,
+        1]
+grid: {model.norm: [bn, gn]}
+base:
+  optim.lr: 5.0e-2
+  data.batch_size: 64
+  data:
+    name: digits
+name: "ids"
+"""
+
+
+def test_sweep_id_ignores_formatting_and_key_order(tmp_path):
+    a = load_grid(write(tmp_path, SAME_A, "a.yaml"))
+    b = load_grid(write(tmp_path, SAME_B, "b.yaml"))
+    assert len(a.sweep_id) == 12 and int(a.sweep_id, 16) >= 0
+    assert a.sweep_id == b.sweep_id
+    assert [r.run_key for r in a.runs] == [r.run_key for r in b.runs]
+
+
+def test_sweep_id_changes_with_a_value_or_the_name(tmp_path):
+    a = load_grid(write(tmp_path, SAME_A, "a.yaml"))
+    c = load_grid(write(tmp_path, SAME_A.replace("lr: 0.05", "lr: 0.06"), "c.yaml"))
+    d = load_grid(write(tmp_path, SAME_A.replace("name: ids", "name: ids2"), "d.yaml"))
+    e = load_grid(write(tmp_path, SAME_A.replace("seeds: [0, 1]", "seeds: [0, 2]"), "e.yaml"))
+    assert len({a.sweep_id, c.sweep_id, d.sweep_id, e.sweep_id}) == 4
+
+
+def test_run_key_is_the_resolved_config(tmp_path):
+    explicit = grid(tmp_path, """
+        name: t
+        base: {optim: {lr: 0.1}, schedule: {step_size: 5, gamma: 0.2}, model: {widths: [16, 32, 64]}}
+        grid: {model.norm: [gn]}
+    """)
+    defaults = grid(tmp_path, """
+        name: other
+        include: [{model.norm: gn}]
+    """)
+    assert explicit.runs[0].run_key == defaults.runs[0].run_key
+    assert explicit.runs[0].run_key == run_key(build({"model.norm": "gn"}))
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_override_replaces_an_axis():
+    spec = load_grid(GRIDS / "demo.yaml", ["model.norm=gn"])
+    assert [r.name for r in spec.runs] == ["gn-bs8-s0", "gn-bs128-s0"]
+    assert spec.axes == ("model.norm", "data.batch_size")
+    assert spec.sweep_id != load_grid(GRIDS / "demo.yaml").sweep_id
+
+
+def test_override_sets_base_and_seed():
+    spec = load_grid(GRIDS / "demo.yaml", ["optim.lr=0.05", "train.max_epochs=2", "seed=4"])
+    assert len(spec.runs) == 14
+    assert {(r.config.optim.lr, r.config.train.max_epochs, r.config.seed) for r in spec.runs} == {(0.05, 2, 4)}
+    assert spec.runs[0].name == "bn_torch-bs8-s4"
+
+
+def test_override_drops_include_entries_that_disagree(tmp_path):
+    path = write(tmp_path, """
+        name: t
+        grid: {data.batch_size: [8]}
+        include:
+          - {model.norm: gn, model.gn_groups: 8}
+          - {model.norm: ln}
+    """)
+    spec = load_grid(path, ["model.norm=ln"])
+    assert [r.name for r in spec.runs] == ["bs8-s0", "bs128-ln-s0"]
+    assert spec.runs[0].config.model.norm == "ln"
+
+
+def test_errors_name_the_include_entry_as_written_after_overrides_drop_some(tmp_path):
+    path = write(tmp_path, """
+        name: t
+        grid: {data.batch_size: [8]}
+        include:
+          - {model.norm: gn}
+          - {model.norm: ln, optim.lr: -1.0}
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_grid(path, ["model.norm=ln"])
+    assert info.value.key == "include[1].optim.lr"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ("model.nrom=gn", "--set model.nrom", "unknown key"),
+        ("data.batch_size=big", "--set data.batch_size", "expected an integer"),
+        ("optim.lr=0", "--set optim.lr", "greater than 0"),
+        ("model.norm=xx", "--set model.norm", "unknown norm"),
+        ("seed=-1", "--set seed", "expected a seed"),
+        ("lr", "--set", "key=value"),
+    ],
+)
+def test_bad_override(override, key, message):
+    with pytest.raises(ConfigError) as info:
+        load_grid(GRIDS / "demo.yaml", [override])
+    assert info.value.key == key
+    assert message in info.value.problem
+
+
+# ---------------------------------------------------------------- shipped grids
+
+
+def test_seed_grids_load_without_data():
+    norms = load_grid(GRIDS / "seed_norms.yaml", check_data=False)
+    assert norms.name == "seed-norms" and norms.seeds == (0, 1, 2)
+    assert len(norms.runs) == 21
+    assert {r.point["model.norm"] for r in norms.runs} == set(NORMS)
+    cfg = norms.runs[0].config
+    assert (cfg.data.name, cfg.data.root, cfg.data.val_size, cfg.data.batch_size) == (
+        "imagefolder", "~/data/cifar10", 10000, 128,
+    )
+    assert (cfg.optim.lr, cfg.schedule.step_size, cfg.schedule.gamma) == (0.1, 5, 0.2)
+    assert (cfg.train.max_epochs, cfg.train.patience) == (50, 5)
+
+    batch = load_grid(GRIDS / "seed_batch.yaml", check_data=False)
+    assert batch.name == "seed-batch" and len(batch.runs) == 12
+    assert batch.settings == (
+        "model.norm=bn,data.batch_size=8",
+        "model.norm=bn,data.batch_size=128",
+        "model.norm=gn,data.batch_size=8",
+        "model.norm=gn,data.batch_size=128",
+    )
+    assert batch.runs[0].config.schedule == cfg.schedule
+
+
+def test_seed_grids_check_the_data_root(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_grid(GRIDS / "seed_norms.yaml", [f"data.root={tmp_path / 'nowhere'}"])
+    assert info.value.key == "--set data.root"
+    (tmp_path / "cifar10" / "train").mkdir(parents=True)
+    spec = load_grid(GRIDS / "seed_norms.yaml", [f"data.root={tmp_path / 'cifar10'}"])
+    assert len(spec.runs) == 21
+
+
+def test_tune_grid():
+    spec = load_grid(GRIDS / "tune.yaml")
+    assert spec.name == "tune-demo" and len(spec.runs) == 1
+    assert spec.runs[0].config.train.max_epochs == 6
+    tune = spec.tune
+    assert (tune.metric, tune.direction, tune.n_trials) == ("val_f1_macro", "maximize", 8)
+    assert tune.space == (
+        ParamSpace("schedule.step_size", "int", 1, 6, False, None, None),
+        ParamSpace("schedule.gamma", "float", 0.05, 0.9, True, None, None),
+    )
+
+
+def test_tune_defaults_and_suggest(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        tune:
+          space:
+            model.norm: {type: categorical, choices: [bn, gn]}
+            optim.lr: {type: float, low: 0.01, high: 0.5, step: 0.01}
+    """)
+    assert spec.tune.metric == "val_f1_macro" and spec.tune.direction == "maximize"
+    assert spec.tune.n_trials is None
+    norm, lr = spec.tune.space
+    assert norm.choices == ("bn", "gn")
+
+    class Trial:
+        def suggest_categorical(self, name, choices):
+            return (name, choices)
+
+        def suggest_float(self, name, low, high, *, step=None, log=False):
+            return (name, low, high, step, log)
+
+    assert norm.suggest(Trial()) == ("model.norm", ["bn", "gn"])
+    assert lr.suggest(Trial()) == ("optim.lr", 0.01, 0.5, 0.01, False)
+
+    default = grid(tmp_path, "name: t\ntune: {}\n").tune
+    assert [p.key for p in default.space] == list(DEFAULT_SPACE)
+    assert grid(tmp_path, "name: t\n").tune is None
+
+
+# ---------------------------------------------------------------- imports
+
+
+def test_grid_loading_imports_neither_torch_nor_mlflow():
+    code = textwrap.dedent(f"""
+        import sys
+        from orchestrator.grid import load_grid
+        spec = load_grid({str(GRIDS / 'demo.yaml')!r})
+        assert len(spec.runs) == 14
+        heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- bad grids
+
+# file → (expected key path, substring of the message). Key None: a file-level error.
+BAD_GRIDS: dict[str, tuple[str | None, str]] = {
+    "yaml_syntax.yaml": (None, "invalid YAML at line 4"),
+    "top_not_mapping.yaml": (None, "mapping at the top level"),
+    "empty_file.yaml": ("name", "missing"),
+    "unknown_top_key.yaml": ("grids", "did you mean grid?"),
+    "missing_name.yaml": ("name", "missing"),
+    "empty_name.yaml": ("name", "empty"),
+    "name_not_string.yaml": ("name", "expected a string"),
+    "unknown_axis.yaml": ("grid.model.nrom", "did you mean model.norm?"),
+    "unknown_base_key.yaml": ("base.optim.learning_rate", "valid keys"),
+    "wrong_type_batch.yaml": ("grid.data.batch_size", "expected an integer, got 'large'"),
+    "wrong_type_base.yaml": ("base.train.max_epochs", "expected an integer"),
+    "axis_not_list.yaml": ("grid.model.norm", "write model.norm: [gn]"),
+    "empty_axis.yaml": ("grid.data.batch_size", "empty"),
+    "duplicate_axis_value.yaml": ("grid.model.norm", "bn appears twice"),
+    "duplicate_yaml_key.yaml": ("grid.model.norm", "given twice (lines 3 and 5)"),
+    "widths_axis_flat.yaml": ("grid.model.widths", "list of lists"),
+    "section_not_mapping.yaml": ("base.data", "is a section"),
+    "base_list_value.yaml": ("base.model.norm", "move the key under grid"),
+    "seed_in_base.yaml": ("base.seed", "seeds: [0, 1, 2]"),
+    "seed_axis.yaml": ("grid.seed", "seeds are not a grid axis"),
+    "unknown_norm.yaml": ("grid.model.norm", "unknown norm 'batchnorm'"),
+    "unknown_dataset.yaml": ("base.data.name", "unknown dataset 'mnist'"),
+    "gn_groups_not_dividing.yaml": ("base.model.gn_groups", "cannot be split into 12 groups"),
+    "gn_widths_axis.yaml": ("grid.model.widths", "12 channels cannot be split into 16 groups"),
+    "negative_batch.yaml": ("grid.data.batch_size", "greater than 0, got -8"),
+    "lr_zero.yaml": ("grid.optim.lr", "greater than 0"),
+    "gamma_above_one.yaml": ("base.schedule.gamma", "above 1"),
+    "missing_root.yaml": ("base.data.root", "no train/ folder"),
+    "root_unset.yaml": ("base.data.root", "needs data.root"),
+    "seeds_not_list.yaml": ("seeds", "use a list, e.g. seeds: [0, 1, 2]"),
+    "seeds_duplicate.yaml": ("seeds", "seed 1 appears twice"),
+    "seeds_negative.yaml": ("seeds", "negative"),
+    "seeds_not_int.yaml": ("seeds", "not an integer"),
+    "seeds_empty.yaml": ("seeds", "empty"),
+    "duplicate_points.yaml": ("include[1]", "same run as grid point model.norm=gn,data.batch_size=8"),
+    "include_not_list.yaml": ("include", "expected a list"),
+    "include_unknown_key.yaml": ("include[1].model.groups", "did you mean model.gn_groups?"),
+    "include_list_value.yaml": ("include[0].model.norm", "one entry per point"),
+    "exclude_everything.yaml": ("exclude", "the grid is empty after exclude"),
+    "exclude_unknown_key.yaml": ("exclude[0].model.gn_groups", "not a grid axis"),
+    "exclude_value_not_in_axis.yaml": ("exclude[0].model.norm", "excludes nothing"),
+    "tune_bad_direction.yaml": ("tune.direction", "maximize or minimize"),
+    "tune_n_trials_zero.yaml": ("tune.n_trials", "positive integer"),
+    "tune_unknown_key.yaml": ("tune.trials", "did you mean n_trials?"),
+    "tune_low_ge_high.yaml": ("tune.space.schedule.gamma.low", "must be below high"),
+    "tune_log_nonpositive.yaml": ("tune.space.schedule.gamma.low", "log-scale"),
+    "tune_unknown_type.yaml": ("tune.space.schedule.gamma.type", "'uniform'"),
+    "tune_type_mismatch.yaml": ("tune.space.schedule.step_size.type", "use type: int"),
+    "tune_categorical_no_choices.yaml": ("tune.space.model.norm.choices", "non-empty list of choices"),
+    "tune_unknown_space_key.yaml": ("tune.space.schedule.gama", "did you mean schedule.gamma?"),
+    "tune_high_out_of_range.yaml": ("tune.space.schedule.gamma.high", "above 1"),
+    "tune_space_is_axis.yaml": ("tune.space.schedule.gamma", "either swept or tuned"),
+}
+
+
+def test_every_bad_grid_has_an_expectation():
+    files = {p.name for p in BAD.glob("*.yaml")}
+    assert files == set(BAD_GRIDS)
+    assert len(files) >= 20
+
+
+@pytest.mark.parametrize("filename", sorted(BAD_GRIDS))
+def test_bad_grid(filename):
+    key, message = BAD_GRIDS[filename]
+    path = BAD / filename
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    err = info.value
+    assert err.key == key
+    assert message in err.problem
+    assert err.source == str(path)
+    # what is wrong and how to fix it: a clause after the problem ("; ...")
+    assert ";" in err.problem or "?" in err.problem
+
+
+def test_missing_root_is_skipped_only_with_check_data_false():
+    spec = load_grid(BAD / "missing_root.yaml", check_data=False)
+    assert len(spec.runs) == 1
+    for other in ("unknown_norm.yaml", "root_unset.yaml", "gn_groups_not_dividing.yaml"):
+        with pytest.raises(ConfigError):
+            load_grid(BAD / other, check_data=False)
+
+
+def test_check_paths_keyword_keeps_other_checks():
+    cfg = build({"data.name": "imagefolder", "data.root": "/nonexistent/x"})
+    check(cfg, check_paths=False)
+    with pytest.raises(ConfigError):
+        check(cfg)
+    with pytest.raises(ConfigError):
+        check(build({"data.name": "cifar10"}), check_paths=False)
+
+
+def test_unreadable_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_grid(missing)
+    assert info.value.source == str(missing)
+    assert "cannot read" in info.value.problem and "check the path" in info.value.problem
+
+
+def test_errors_carry_the_line(tmp_path):
+    path = write(tmp_path, """
+        name: t
+        base:
+          data: {name: digits}
+        grid:
+          model.norm: [bn]
+          data.batch_size: [8, 0]
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_grid(path)
+    assert info.value.key == "grid.data.batch_size"
+    assert "(at model.norm=bn,data.batch_size=0, line 7)" in str(info.value)

@@ -1,0 +1,291 @@
+"""`orch sweep`, `compare`, `report` end to end: real subprocesses, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, all_runs, orch
+from orchestrator.cli import cli
+from orchestrator.grid import load_grid
+
+BAD_GRIDS = sorted((Path(__file__).parent / "grids" / "bad").glob("*.yaml"))
+TINY_BASE = {
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"depth_n": 1},
+    "train": {"max_epochs": 2, "patience": 2},
+}
+
+
+def write_grid(path: Path, name: str, grid: dict, seeds=(0,), base: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "base": base or TINY_BASE, "grid": grid, "seeds": list(seeds)},
+                                   sort_keys=False))
+    return path
+
+
+def children(uri: str, sweep_id: str):
+    return [r for r in all_runs(uri) if r.data.tags.get("orch.sweep") == sweep_id
+            and r.data.tags.get("orch.kind") == "point"]
+
+
+def parents(uri: str, sweep_id: str):
+    return [r for r in all_runs(uri) if r.data.tags.get("orch.sweep") == sweep_id
+            and r.data.tags.get("orch.kind") == "sweep"]
+
+
+def finished_keys(runs):
+    return sorted(r.data.tags["orch.run_key"] for r in runs if r.info.status == "FINISHED")
+
+
+@pytest.fixture(scope="module")
+def seeded_sweep(tmp_path_factory):
+    """Two norms × three seeds, finished once, shared by the compare/report/resume tests."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    grid = write_grid(tmp / "grid.yaml", "tiny", {"model.norm": ["bn", "gn"]}, seeds=(0, 1, 2))
+    env = {"MLFLOW_TRACKING_URI": uri}
+    proc = orch("sweep", str(grid), "--workers", "2", env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return uri, grid, env, tmp, proc
+
+
+def test_sweep_one_finished_child_per_point_under_one_parent(seeded_sweep):
+    uri, grid, _, _, proc = seeded_sweep
+    spec = load_grid(grid)
+    (parent,) = parents(uri, spec.sweep_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "tiny"
+    kids = children(uri, spec.sweep_id)
+    assert len(kids) == 6
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+    assert finished_keys(kids) == sorted(r.run_key for r in spec.runs)
+    assert sorted(k.info.run_name for k in kids) == sorted(r.name for r in spec.runs)
+    by_name = {k.info.run_name: k for k in kids}
+    assert by_name["gn-s1"].data.tags["orch.point"] == "model.norm=gn,seed=1"
+    assert by_name["gn-s1"].data.params["model.norm"] == "gn"
+    client = MlflowClient(tracking_uri=uri)
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    arts |= {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    for a in ("grid.yaml", "points.json", "summary.csv", "plots/val_f1_macro_by_model.norm.png",
+              "plots/val_curves.png"):
+        assert a in arts, arts
+    assert "val_f1_macro" in proc.stdout and "3/3" in proc.stdout  # the closing table
+
+
+def test_rerun_starts_nothing(seeded_sweep):
+    uri, grid, env, tmp, _ = seeded_sweep
+    before = len(all_runs(uri))
+    proc = orch("sweep", str(grid), env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 already finished, 0 to run" in proc.stderr
+    assert len(all_runs(uri)) == before
+
+
+def test_dry_run_reports_done_without_torch(seeded_sweep):
+    uri, grid, env, tmp, _ = seeded_sweep
+    code = (
+        "import sys; from click.testing import CliRunner; from orchestrator.cli import cli;"
+        f"r = CliRunner().invoke(cli, ['sweep', {str(grid)!r}, '--dry-run', '--tracking-uri', {uri!r}]);"
+        "print(r.output); assert r.exit_code == 0, r.output;"
+        "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import'"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "6 done, 0 pending" in out.stdout
+    assert "gn-s2" in out.stdout
+
+
+def test_compare_matches_mlflow(seeded_sweep):
+    uri, grid, env, tmp, _ = seeded_sweep
+    spec = load_grid(grid)
+    kids = children(uri, spec.sweep_id)
+    expected = {}
+    for norm in ("bn", "gn"):
+        vals = [k.data.metrics["test_acc"] for k in kids if k.data.params["model.norm"] == norm]
+        expected[norm] = (statistics.mean(vals), statistics.stdev(vals), len(vals))
+    proc = orch("compare", "--metric", "test_acc", "--format", "json", env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 2
+    for row in rows:
+        norm = row["model.norm"] if "model.norm" in row else row["group"]["model.norm"]
+        mean, std, n = expected[norm]
+        assert row["mean"] == pytest.approx(mean, abs=1e-12)
+        assert row["std"] == pytest.approx(std, abs=1e-12)
+        assert row["n_finished"] == n and row["n_expected"] == 3
+    means = [r["mean"] for r in rows]
+    assert means == sorted(means, reverse=True)
+
+    md = orch("compare", "--metric", "val_f1_macro", "--format", "markdown", "--baseline", "model.norm=bn",
+              env=env, cwd=tmp)
+    assert md.returncode == 0, md.stderr
+    lines = md.stdout.strip().splitlines()
+    assert lines[0].startswith("|") and set(lines[1].replace("|", "").strip()) <= set("-: ")
+    assert len(lines) == 4
+
+    table = orch("compare", "--metric", "val_f1_macro", env=env, cwd=tmp)
+    assert table.returncode == 0 and "val_f1_macro" in table.stdout
+
+    csv_out = orch("compare", "--metric", "val_f1_macro", "--format", "csv", "--top", "1", env=env, cwd=tmp)
+    assert csv_out.returncode == 0 and len(csv_out.stdout.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--metric", "nope"], "val_f1_macro"),  # lists the metrics that exist
+        (["--metric", "val_acc", "--experiment", "nope"], "tiny"),  # lists the experiments
+        (["--metric", "val_acc", "--sweep", "ffffff"], "tiny"),  # lists the sweeps
+        (["--metric", "val_acc", "--baseline", "model.norm=xx"], "bn"),
+    ],
+)
+def test_compare_bad_input_lists_what_exists(seeded_sweep, args, needle):
+    uri, grid, env, tmp, _ = seeded_sweep
+    proc = orch("compare", *args, env=env, cwd=tmp)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_has_the_study_layout(seeded_sweep):
+    uri, grid, env, tmp, _ = seeded_sweep
+    proc = orch("report", env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+    assert "Accuracy" in lines[0] and "F1 micro" in lines[0] and "F1 macro" in lines[0]
+    body = lines[2:]
+    assert len(body) == 6  # two settings × train/val/test
+    assert [l.split("|")[2].strip() for l in body] == ["train", "val", "test"] * 2
+    csv_proc = orch("report", "--format", "csv", env=env, cwd=tmp)
+    assert csv_proc.returncode == 0 and len(csv_proc.stdout.strip().splitlines()) == 7
+
+
+def test_failing_point_is_retried_then_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "g.yaml", "faulty", {"optim.lr": [0.05, 1.0e6]})
+    proc = orch("sweep", str(grid), "--max-retries", "2", "--workers", "2", env={"MLFLOW_TRACKING_URI": uri},
+                cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    spec = load_grid(grid)
+    kids = children(uri, spec.sweep_id)
+    good = [k for k in kids if k.data.params["optim.lr"] == "0.05"]
+    bad = [k for k in kids if k.data.params["optim.lr"] != "0.05"]
+    assert [k.info.status for k in good] == ["FINISHED"]
+    assert sorted(k.data.tags["orch.attempt"] for k in bad) == ["1", "2", "3"]
+    assert all(k.info.status == "FAILED" for k in bad)
+    assert all("non-finite" in k.data.tags["orch.failure_reason"] for k in bad)
+    assert "FAILED" in proc.stderr and "lr1000000" in proc.stderr.replace(".0", "")
+    (parent,) = parents(uri, spec.sweep_id)
+    assert parent.info.status == "FAILED"
+
+
+def _raw_statuses(db: Path) -> list[str]:
+    """Point statuses read straight from SQLite: polling through MLflow while the sweep
+    creates the store would race it on the schema migration."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return [r[0] for r in con.execute(
+                "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE t.key = 'orch.kind' AND t.value = 'point'")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def test_sigkill_mid_sweep_then_resume_completes_exactly_the_missing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    grid = write_grid(tmp_path / "g.yaml", "killed", {"model.norm": ["bn", "gn", "nn"]}, seeds=(0, 1),
+                      base={**TINY_BASE, "train": {"max_epochs": 4, "patience": 4}})
+    spec = load_grid(grid)
+    sweep = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(grid), "--workers", "2"],
+                             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until some points finished and others are running
+        statuses = _raw_statuses(tmp_path / "mlflow.db")
+        if "FINISHED" in statuses and "RUNNING" in statuses:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the sweep never had finished and running points at once")
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    done_before = finished_keys(children(uri, spec.sweep_id))
+    assert 0 < len(done_before) < len(spec.runs)
+
+    proc = orch("sweep", str(grid), "--workers", "2", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kids = children(uri, spec.sweep_id)
+    assert finished_keys(kids) == sorted(r.run_key for r in spec.runs)  # exactly one FINISHED per point
+    assert not [k for k in kids if k.info.status == "RUNNING"]
+    # The rerun started only the points that had not finished.
+    rerun = [k for k in kids if k.info.start_time > max(
+        k2.info.start_time for k2 in kids if k2.info.status == "FINISHED"
+        and k2.data.tags["orch.run_key"] in done_before)]
+    assert {k.data.tags["orch.run_key"] for k in rerun}.isdisjoint(done_before)
+    (parent,) = parents(uri, spec.sweep_id)
+    assert parent.info.status == "FINISHED"
+
+
+def test_run_left_running_by_a_dead_sweep_is_marked_failed(tmp_path):
+    """The state a SIGKILLed sweep leaves behind (a RUNNING child whose process is gone) is
+    closed as FAILED when the sweep resumes, and the point runs again."""
+    from orchestrator import sweep as sweep_mod
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "g.yaml", "orphan", {"model.norm": ["bn"]})
+    spec = load_grid(grid)
+    state = sweep_mod.open_sweep(uri, spec)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tracking.start_run(uri, state.experiment_id, run_name=spec.runs[0].name, params={},
+                                tags={"orch.kind": "point", "orch.sweep": spec.sweep_id,
+                                      "orch.run_key": spec.runs[0].run_key, "orch.host": socket.gethostname(),
+                                      "orch.pid": str(dead.pid)},
+                                parent_run_id=state.parent_run_id)
+    proc = orch("sweep", str(grid), env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    c = MlflowClient(tracking_uri=uri)
+    run = c.get_run(orphan)
+    assert run.info.status == "FAILED"
+    assert "died" in run.data.tags["orch.failure_reason"]
+    assert finished_keys(children(uri, spec.sweep_id)) == [spec.runs[0].run_key]
+
+
+def test_every_malformed_grid_exits_2_and_creates_no_run(tmp_path):
+    assert len(BAD_GRIDS) >= 15
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = CliRunner()
+    for path in BAD_GRIDS:
+        result = runner.invoke(cli, ["sweep", str(path), "--tracking-uri", uri])
+        assert result.exit_code == 2, (path.name, result.output)
+        message = [l for l in result.output.splitlines() if l.strip()]
+        assert len(message) == 1 and message[0].startswith("Error: "), (path.name, result.output)
+        assert path.name in message[0] or str(path) in message[0], (path.name, message)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started, not even a store
+
+
+def test_dry_run_of_the_study_grids_is_fast():
+    for grid in ("seed_norms.yaml", "seed_batch.yaml"):
+        t0 = time.perf_counter()
+        proc = orch("sweep", str(REPO / "experiments" / "grids" / grid), "--dry-run",
+                    "--tracking-uri", "sqlite:////nonexistent/mlflow.db")
+        seconds = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stderr
+        assert "points" in proc.stdout
+        assert seconds < 5  # measured ~0.25 s; the budget is 1.5 s, this guards against heavy imports
