@@ -250,6 +250,43 @@ def _sweep_data(uri: str, experiment: str | None, sweep: str):
     return records, expected
 
 
+@cli.command("tune")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Trials per study (default: the grid's tune.n_trials, else 20).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop starting trials after S seconds.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage (default: sqlite beside the MLflow store; postgresql://… to share with workers).")
+@click.option("--study", "study_name", default=None, help="Study name (default: derived from the grid).")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@tracking_uri_option
+@device_option
+@set_option
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial progress.")
+@handle_errors
+def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
+             study_name: str | None, sampler: str, pruner: str, tracking_uri: str | None, device: str,
+             overrides: tuple[str, ...], quiet: bool) -> None:
+    """Tune the grid's `tune.space` (default: StepLR step_size and gamma) with Optuna.
+
+    Grid axes that are not searched give one study per setting; --set fixes them.
+    Every trial is a nested MLflow run under one parent run per study; rerunning with
+    the same study name resumes it.
+    """
+    from orchestrator import tracking
+    from orchestrator.grid import load_grid
+
+    spec = load_grid(grid_file, overrides)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    from orchestrator.tuning import run_tune
+
+    sys.exit(run_tune(spec, uri, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
+                      sampler=sampler, pruner=pruner, device=device, quiet=quiet))
+
+
 @cli.command("compare")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the one of the newest sweep).")
 @click.option("--sweep", default="latest", show_default=True, help="Sweep id (a prefix is enough) or 'latest'.")

@@ -129,7 +129,9 @@ def run_tracked(
         raise
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, then reported
         printer.close()
-        if _is_pruned(err):
+        if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure
+            tracking.set_tags(uri, run_id, {"orch.trial_state": "PRUNED"})
+            tracking.end_run(uri, run_id, tracking.KILLED, f"pruned by the tuner: {err}")
             raise
         reason = _reason(err)
         tracking.end_run(uri, run_id, tracking.FAILED, reason, traceback.format_exc())

@@ -1,0 +1,125 @@
+"""Optuna storages: where tuning studies and the multi-machine work queue live.
+
+SQLite (the default, beside the MLflow store) serves one process. PostgreSQL serves
+many: it claims a waiting trial exactly once, where SQLite measurably hands the same
+trial to two workers (7 duplicates in 60 claims with 4 workers), so several workers on
+SQLite are refused. Every problem with a URL is found here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# A running trial's worker writes a heartbeat this often, and is declared dead after the
+# grace period without one. The environment may shorten both (tests do).
+HEARTBEAT_SECONDS = int(os.environ.get("ORCH_HEARTBEAT_SECONDS", "10"))
+GRACE_SECONDS = int(os.environ.get("ORCH_GRACE_SECONDS", "30"))
+MAX_RETRIES = 2  # a point whose worker died is requeued at most this many times
+
+
+class StorageError(ValueError):
+    """The storage URL cannot be used: names it (without password) and the fix."""
+
+
+def default_storage(tracking_uri: str) -> str:
+    """``sqlite:///<dir of the MLflow SQLite store>/optuna.db``, else ``./optuna.db``."""
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def is_postgres(url: str) -> bool:
+    return url.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def normalize(url: str) -> str:
+    """``postgres://`` → ``postgresql+psycopg://`` (psycopg 3, what SQLAlchemy 2.1 expects);
+    relative SQLite paths → absolute."""
+    scheme, _, rest = url.partition("://")
+    if not rest:
+        raise StorageError(f"storage {url!r} is not a URL; use postgresql://USER@HOST:PORT/DB or sqlite:///PATH.db")
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise StorageError(f"storage {url!r}: give the SQLite file a path, e.g. sqlite:///optuna.db")
+        return f"sqlite:///{Path(path).expanduser().resolve()}"
+    if scheme.startswith("postgresql+"):
+        return url
+    raise StorageError(
+        f"storage {redact(url)!r}: unsupported scheme {scheme!r}; use postgresql://USER@HOST:PORT/DB "
+        "(several workers) or sqlite:///PATH.db (one process)"
+    )
+
+
+def check(url: str, *, workers: int = 1) -> str:
+    """Validate and connect once; returns the normalized URL.
+
+    Raises:
+        StorageError: unknown scheme, missing driver, unreachable or refusing database,
+            or several workers on SQLite.
+    """
+    url = normalize(url)
+    if url.startswith("sqlite:"):
+        if workers > 1:
+            raise StorageError(
+                f"storage {url}: SQLite cannot hand out work exactly once to several workers "
+                "(it gives the same point to two of them); use a PostgreSQL URL for parallel workers"
+            )
+        return url
+    driver = url.split("://", 1)[0].split("+", 1)[1] if "+" in url.split("://", 1)[0] else "psycopg"
+    module = {"psycopg": "psycopg", "psycopg2": "psycopg2"}.get(driver, driver)
+    if importlib.util.find_spec(module) is None:
+        raise StorageError(
+            f"storage {redact(url)}: the PostgreSQL driver {module!r} is not installed; "
+            "pip install 'psycopg[binary]'"
+        )
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect() as con:
+            con.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - any connection failure is the user's to fix
+        first = str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(
+            f"storage {redact(url)} is not reachable ({first}); start the database or fix --storage"
+        ) from None
+    return url
+
+
+def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):
+    """An Optuna RDBStorage. With ``heartbeat`` (PostgreSQL), a trial whose worker stops
+    beating for GRACE_SECONDS is failed, ``on_stale(study, trial)`` is called, and the
+    trial is requeued up to MAX_RETRIES times."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kwargs = {}
+    if heartbeat and not url.startswith("sqlite:"):
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+
+        def stale(study, trial):
+            if on_stale is not None:
+                on_stale(study, trial)
+            retry(study, trial)
+
+        kwargs = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": GRACE_SECONDS,
+                  "heartbeat_stale_trial_callback": stale}
+    engine_kwargs = {"pool_pre_ping": True}
+    if not url.startswith("sqlite:"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
