@@ -27,9 +27,10 @@ class BadInput(click.ClickException):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from experiments.config import ConfigError
+    from orchestrator.storage import StorageError
     from orchestrator.tracking import TrackingError
 
-    types: list[type[BaseException]] = [ConfigError, TrackingError]
+    types: list[type[BaseException]] = [ConfigError, TrackingError, StorageError]
     if "experiments.data" in sys.modules:
         types.append(sys.modules["experiments.data"].DatasetError)
     if "orchestrator.errors" in sys.modules:
@@ -78,6 +79,9 @@ def cli(debug: bool) -> None:
     orch sweep GRID.yaml          run every point of a grid (resumable)
     orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
     orch report                   the study's table: accuracy and F1 per split
+    orch tune GRID.yaml           tune the LR schedule with Optuna, trials as MLflow runs
+    orch worker --storage URL     run queued points (several machines, PostgreSQL)
+    orch status --storage URL     what is queued, running, done and failed
     orch ui                       browse runs in MLflow's UI
     """
 
@@ -136,14 +140,16 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure.")
 @click.option("--rerun", is_flag=True, help="Run every point again, even those already finished.")
 @click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
 @tracking_uri_option
 @device_option
 @set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
 def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, runs_per_gpu: int,
-              max_retries: int, fail_fast: bool, rerun: bool, metric: str, tracking_uri: str | None,
-              device: str, overrides: tuple[str, ...], quiet: bool) -> None:
+              max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None,
+              tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
@@ -163,6 +169,18 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, run
     if gpu_list and device == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
     tracking.check_reachable(uri)
+    if storage:
+        from orchestrator import queue, storage as storage_mod
+
+        url = storage_mod.check(storage)
+        if uri.startswith("sqlite:") and storage_mod.is_postgres(url):
+            click.echo(f"note: workers on other machines cannot reach the SQLite store {uri}; "
+                       "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
+        sub = queue.submit(spec, uri, url, rerun=rerun)
+        click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
+                   f"({sub.done} already finished, {sub.queued_before} already queued) at "
+                   f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
+        return
     from orchestrator.sweep import run_sweep
 
     sys.exit(run_sweep(spec, uri, workers=workers, gpus=gpu_list, runs_per_gpu=runs_per_gpu,
@@ -285,6 +303,85 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
 
     sys.exit(run_tune(spec, uri, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
                       sampler=sampler, pruner=pruner, device=device, quiet=quiet))
+
+
+@cli.command("worker")
+@click.option("--storage", required=True, metavar="URL", help="The queue's database (postgresql://…).")
+@click.option("--sweep", default=None, help="Serve only this sweep id (a prefix is enough); default: all.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points run at once on the CPU.")
+@click.option("--gpus", default=None, metavar="0,1,...", help="GPU indices to use; default: every visible GPU.")
+@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Requeues of a point that fails before it is recorded FAILED.")
+@click.option("--wait", is_flag=True, help="Keep waiting for new points instead of exiting when the queue is empty.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between looks at an empty queue (with --wait).")
+@tracking_uri_option
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@handle_errors
+def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, runs_per_gpu: int,
+               max_retries: int, wait: bool, poll: float, tracking_uri: str | None, device: str, quiet: bool) -> None:
+    """Claim queued points one at a time and run them; exit 0 when the queue is empty.
+
+    Runs log to the MLflow store the sweep was queued with, or to --tracking-uri.
+    A worker that dies is noticed by its missing heartbeat: its point is requeued and
+    its MLflow run marked FAILED.
+    """
+    from orchestrator import storage as storage_mod
+    from orchestrator import tracking
+
+    url = storage_mod.check(storage)
+    if tracking_uri:
+        uri = tracking.resolve_tracking_uri(tracking_uri)
+        tracking.check_reachable(uri)
+    else:
+        uri = None
+    from orchestrator import queue
+
+    if url.startswith("sqlite:"):
+        queue.register_worker(url, stale_after=max(60.0, 3 * poll))
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    sys.exit(queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpu_list,
+                              runs_per_gpu=runs_per_gpu, device=device, max_retries=max_retries, wait=wait,
+                              poll=poll, quiet=quiet))
+
+
+@cli.command("status")
+@click.option("--storage", required=True, metavar="URL", help="The queue's database.")
+@click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough).")
+@handle_errors
+def status_cmd(storage: str, sweep: str | None) -> None:
+    """Queued sweeps: pending / running (which worker, since when) / done / failed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator import queue
+    from orchestrator import storage as storage_mod
+
+    url = storage_mod.check(storage)
+    rows = queue.status_rows(url, sweep)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if not rows:
+        console.print(f"no queued sweeps in {storage_mod.redact(url)}")
+        return
+    for row in rows:
+        running, failed = row["running"], row["failed"]
+        done = row["points"] - row["pending"] - len(running) - len(failed)
+        console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
+                      f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
+        if running or failed:
+            table = Table(show_header=True)
+            table.add_column("point")
+            table.add_column("state")
+            table.add_column("worker / reason")
+            table.add_column("since")
+            for name, who, since in running:
+                table.add_row(name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
+            for name, reason in failed:
+                table.add_row(name, "failed", reason, "")
+            console.print(table)
 
 
 @cli.command("compare")

@@ -67,10 +67,29 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a child process needs to run one point."""
+
+    name: str
+    config: dict  # experiments.config.to_dict form
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    tags: dict  # orch.kind, orch.sweep, orch.point, orch.setting, ...
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str) -> Job:
+        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
+                   {"orch.kind": "point", "orch.sweep": sweep_id, "orch.point": spec.point_label,
+                    "orch.setting": spec.setting})
+
+
 @dataclass
 class Task:
-    spec: RunSpec
+    job: Job
     attempt: int = 1
+    ticket: Any = None  # the source's handle on the claim (a queue trial)
     run_id: str | None = None
     epoch: int = 0
     max_epochs: int = 0
@@ -78,10 +97,45 @@ class Task:
     slot: Slot | None = None
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    ended: bool = False  # the child reported its end event
     summary: dict = field(default_factory=dict)
     last_f1: float | None = None
-    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+class ListSource:
+    """A fixed list of points; a failed point goes back to the front until its retries run out."""
+
+    def __init__(self, jobs: Sequence[Job], max_retries: int):
+        self.pending = [Task(j) for j in jobs]
+        self.total = len(self.pending)
+        self.max_retries = max_retries
+
+    def claim(self) -> Task | None:
+        return self.pending.pop(0) if self.pending else None
+
+    def exhausted(self) -> bool:
+        return not self.pending
+
+    def started(self, task: Task) -> None:
+        pass
+
+    def finished(self, task: Task) -> None:
+        pass
+
+    def failed(self, task: Task, reason: str) -> bool:
+        if task.attempt <= self.max_retries:
+            self.pending.insert(0, Task(task.job, attempt=task.attempt + 1))
+            return True
+        return False
+
+    def abandon(self, task: Task) -> None:
+        pass
+
+    def unstarted(self) -> list[str]:
+        return [t.name for t in self.pending]
 
 
 @dataclass
@@ -103,47 +157,28 @@ def _die_with_parent() -> None:
 
 
 class Scheduler:
-    """Runs a list of points over slots; reports through ``display``."""
+    """Runs the points of a source over slots, one child process each; reports through ``display``."""
 
-    def __init__(
-        self,
-        *,
-        uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        sweep_id: str,
-        slots: list[Slot],
-        device: str,
-        max_retries: int,
-        fail_fast: bool,
-        display: Any,
-        log_dir: Path | None = None,
-    ):
-        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
-        self.sweep_id, self.slots, self.device = sweep_id, slots, device
-        self.max_retries, self.fail_fast, self.display = max_retries, fail_fast, display
-        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"orch-{sweep_id}-"))
+    def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: Any = None,
+                 log_dir: Path | None = None, idle_poll: float | None = None):
+        self.slots, self.fail_fast = slots, fail_fast
+        self.display = display or PlainDisplay(quiet=True)
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="orch-logs-"))
+        self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
         self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
         self.stop_requested = False
 
     # -- child processes -------------------------------------------------------------
     def _spawn(self, task: Task, slot: Slot) -> None:
-        spec = task.spec
-        job = {
-            "config": to_dict(spec.config),
-            "uri": self.uri,
-            "experiment_id": self.experiment_id,
-            "parent_run_id": self.parent_run_id,
-            "run_name": spec.name,
+        job = task.job
+        payload = {
+            "config": job.config,
+            "uri": job.uri,
+            "experiment_id": job.experiment_id,
+            "parent_run_id": job.parent_run_id,
+            "run_name": job.name,
             "device": "cuda" if slot.gpu is not None else "cpu",
-            "tags": {
-                "orch.kind": "point",
-                "orch.sweep": self.sweep_id,
-                "orch.point": spec.point_label,
-                "orch.setting": spec.setting,
-                "orch.attempt": str(task.attempt),
-                "orch.slot": slot.label,
-            },
+            "tags": {**job.tags, "orch.attempt": str(task.attempt), "orch.slot": slot.label},
         }
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
@@ -153,22 +188,21 @@ class Scheduler:
             env["CUDA_VISIBLE_DEVICES"] = ""
             env["ORCH_THREADS"] = str(slot.threads)
             env["OMP_NUM_THREADS"] = str(slot.threads)
-        task.log_path = self.log_dir / f"{spec.name}-attempt{task.attempt}.log"
-        log = open(task.log_path, "w")
-        task.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.point"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        task.proc.stdin.write(json.dumps(job))
+        task.log_path = self.log_dir / f"{job.name}-attempt{task.attempt}.log"
+        with open(task.log_path, "w") as log:
+            task.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.point"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
+                preexec_fn=_die_with_parent,
+            )
+        task.proc.stdin.write(json.dumps(payload))
         task.proc.stdin.close()
-        task.slot, task.started, task.ended = slot, time.time(), False
+        task.slot, task.started = slot, time.time()
         threading.Thread(target=self._read_events, args=(task, task.proc), daemon=True).start()
 
     def _read_events(self, task: Task, proc: subprocess.Popen) -> None:
@@ -181,35 +215,38 @@ class Scheduler:
         self.events.put((task, None))  # the process is gone
 
     # -- main loop ---------------------------------------------------------------------
-    def run(self, points: Sequence[RunSpec]) -> Outcome:
+    def run(self, source: Any) -> Outcome:
         from orchestrator import tracking
 
         outcome = Outcome()
-        pending: list[Task] = [Task(p) for p in points]
         running: dict[int, Task] = {}  # slot index -> task
         free = list(self.slots)
         t0 = time.time()
-        self.display.start(len(points), self.slots)
+        self.display.start(getattr(source, "total", 0), self.slots)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         previous_term = signal.signal(signal.SIGTERM, self._on_sigint)
         try:
-            while pending or running:
-                if self.stop_requested:
-                    break
-                while pending and free and not (self.fail_fast and outcome.failed):
-                    task, slot = pending.pop(0), free.pop(0)
+            while not self.stop_requested:
+                while free and not (self.fail_fast and outcome.failed):
+                    task = source.claim()
+                    if task is None:
+                        break
+                    slot = free.pop(0)
                     self._spawn(task, slot)
                     running[slot.index] = task
                     self.display.started(task)
                 if not running:
-                    break
+                    if self.idle_poll is None or (self.fail_fast and outcome.failed):
+                        break
+                    time.sleep(self.idle_poll)
+                    continue
                 try:
                     task, event = self.events.get(timeout=0.5)
                 except queue.Empty:
                     self.display.tick()
                     continue
                 if event is not None:
-                    self._on_event(task, event)
+                    self._on_event(task, event, source)
                     continue
                 # The child process has exited.
                 del running[task.slot.index]
@@ -217,24 +254,24 @@ class Scheduler:
                 free.sort(key=lambda s: s.index)
                 code = task.proc.returncode
                 if code == 0:
-                    outcome.finished.append(task.spec.name)
+                    source.finished(task)
+                    outcome.finished.append(task.name)
                     self.display.finished(task)
                     continue
                 reason = self._close_dead_run(task, code, tracking)
-                task.reasons.append(reason)
                 if code == 130 and self.stop_requested:
+                    source.abandon(task)
                     continue
-                if task.attempt <= self.max_retries and not self.stop_requested:
+                if not self.stop_requested and source.failed(task, reason):
                     self.display.retrying(task, reason)
-                    pending.insert(0, Task(task.spec, attempt=task.attempt + 1, reasons=task.reasons))
                 else:
-                    outcome.failed[task.spec.name] = reason
+                    outcome.failed[task.name] = reason
                     self.display.failed(task, reason)
-            outcome.skipped = [t.spec.name for t in pending]
+            outcome.skipped = source.unstarted() if hasattr(source, "unstarted") else []
         finally:
             if running or self.stop_requested:
                 outcome.interrupted = self.stop_requested
-                self._stop_all(running, tracking)
+                self._stop_all(running, tracking, source)
             signal.signal(signal.SIGINT, previous)
             signal.signal(signal.SIGTERM, previous_term)
             outcome.seconds = time.time() - t0
@@ -247,19 +284,21 @@ class Scheduler:
         self.stop_requested = True
         self.display.note("stopping: running points are being closed as KILLED (Ctrl-C again to force)")
 
-    def _on_event(self, task: Task, event: dict) -> None:
+    def _on_event(self, task: Task, event: dict, source: Any) -> None:
         kind = event.get("event")
         if kind == "started":
             task.run_id = event.get("run_id")
+            source.started(task)
         elif kind == "epoch":
             task.epoch, task.max_epochs = event.get("epoch", 0), event.get("max_epochs", 0)
+            task.last_f1 = event.get("val_f1_macro")
             self.display.progress(task, event)
         elif kind == "end":
-            task.ended = True
             task.summary = event.get("summary") or {}
 
     def _close_dead_run(self, task: Task, code: int, tracking) -> str:
         """Make sure the run of a child that did not finish is closed, and say why."""
+        uri = task.job.uri
         if code == 1:
             reason = self._failure_reason(task, tracking) or "training raised an exception"
         elif code == 130:
@@ -268,8 +307,8 @@ class Scheduler:
             reason = f"process died ({signal.Signals(-code).name})"
         else:
             reason = f"process exited with code {code}"
-        if task.run_id and tracking.run_status(self.uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
-            tracking.end_run(self.uri, task.run_id, tracking.FAILED, reason, self._log_tail(task))
+        if task.run_id and tracking.run_status(uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
+            tracking.end_run(uri, task.run_id, tracking.FAILED, reason, self._log_tail(task))
         elif not task.run_id:
             reason += f" before its MLflow run started; log: {task.log_path}"
             tail = self._log_tail(task).strip().splitlines()
@@ -277,11 +316,12 @@ class Scheduler:
                 reason += f" ({tail[-1][:300]})"
         return reason
 
-    def _failure_reason(self, task: Task, tracking) -> str | None:
+    @staticmethod
+    def _failure_reason(task: Task, tracking) -> str | None:
         if not task.run_id:
             return None
         try:
-            return tracking.client(self.uri).get_run(task.run_id).data.tags.get("orch.failure_reason")
+            return tracking.client(task.job.uri).get_run(task.run_id).data.tags.get("orch.failure_reason")
         except Exception:  # noqa: BLE001
             return None
 
@@ -292,7 +332,7 @@ class Scheduler:
         except OSError:
             return ""
 
-    def _stop_all(self, running: dict[int, Task], tracking) -> None:
+    def _stop_all(self, running: dict[int, Task], tracking, source: Any) -> None:
         """SIGTERM every child, wait for them to close their runs KILLED, then make sure."""
         for task in running.values():
             if task.proc and task.proc.poll() is None:
@@ -306,19 +346,20 @@ class Scheduler:
             except subprocess.TimeoutExpired:
                 task.proc.kill()
                 task.proc.wait()
+        self._drain_run_ids()
         for task in running.values():
-            run_id = task.run_id or self._drain_run_id(task)
-            if run_id and tracking.run_status(self.uri, run_id) in (tracking.RUNNING, "SCHEDULED"):
-                tracking.end_run(self.uri, run_id, tracking.KILLED, "interrupted: the sweep was stopped")
+            if task.run_id and tracking.run_status(task.job.uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
+                tracking.end_run(task.job.uri, task.run_id, tracking.KILLED, "interrupted: the sweep was stopped")
+            source.abandon(task)
 
-    def _drain_run_id(self, task: Task) -> str | None:
+    def _drain_run_ids(self) -> None:
         while True:
             try:
-                t, event = self.events.get_nowait()
+                task, event = self.events.get_nowait()
             except queue.Empty:
-                return task.run_id
+                return
             if event and event.get("event") == "started":
-                t.run_id = event.get("run_id")
+                task.run_id = event.get("run_id")
 
 
 # ------------------------------------------------------------------------- display
@@ -345,7 +386,7 @@ class PlainDisplay:
 
     def started(self, task: Task) -> None:
         retry = f" (attempt {task.attempt})" if task.attempt > 1 else ""
-        self._say(f"  start   {task.spec.name} on {task.slot.label}{retry}")
+        self._say(f"  start   {task.name} on {task.slot.label}{retry}")
 
     def progress(self, task: Task, event: dict) -> None:
         pass
@@ -358,14 +399,14 @@ class PlainDisplay:
         secs = time.time() - task.started
         f1 = task.summary.get("val_f1_macro")
         score = f"  val_f1_macro {f1:.4f}" if isinstance(f1, (int, float)) else ""
-        self._say(f"  done    {task.spec.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
+        self._say(f"  done    {task.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
 
     def retrying(self, task: Task, reason: str) -> None:
-        self._say(f"  retry   {task.spec.name}: {reason}")
+        self._say(f"  retry   {task.name}: {reason}")
 
     def failed(self, task: Task, reason: str) -> None:
         self.n_failed += 1
-        self._say(f"  FAILED  {task.spec.name}  [{self.n_done + self.n_failed}/{self.total}]: {reason}")
+        self._say(f"  FAILED  {task.name}  [{self.n_done + self.n_failed}/{self.total}]: {reason}")
 
     def note(self, text: str) -> None:
         self._say(text)
@@ -413,7 +454,7 @@ class LiveDisplay(PlainDisplay):
         table.add_column("time", justify="right")
         for task in self.running.values():
             f1 = task.last_f1
-            table.add_row(task.spec.name, task.slot.label,
+            table.add_row(task.name, task.slot.label,
                           f"{task.epoch}/{task.max_epochs}" if task.max_epochs else "starting",
                           f"{f1:.4f}" if isinstance(f1, float) else "", _fmt_seconds(time.time() - task.started))
         for text in self.notes[-5:]:
@@ -425,7 +466,7 @@ class LiveDisplay(PlainDisplay):
             self.live.update(self._render())
 
     def started(self, task: Task) -> None:
-        self.running[task.spec.name] = task
+        self.running[task.name] = task
         self._update()
 
     def progress(self, task: Task, event: dict) -> None:
@@ -436,20 +477,20 @@ class LiveDisplay(PlainDisplay):
         self._update()
 
     def finished(self, task: Task) -> None:
-        self.running.pop(task.spec.name, None)
+        self.running.pop(task.name, None)
         self.durations.append(time.time() - task.started)
         self.n_done += 1
         self._update()
 
     def retrying(self, task: Task, reason: str) -> None:
-        self.running.pop(task.spec.name, None)
-        self.notes.append(f"retry {task.spec.name}: {reason}")
+        self.running.pop(task.name, None)
+        self.notes.append(f"retry {task.name}: {reason}")
         self._update()
 
     def failed(self, task: Task, reason: str) -> None:
-        self.running.pop(task.spec.name, None)
+        self.running.pop(task.name, None)
         self.n_failed += 1
-        self.notes.append(f"FAILED {task.spec.name}: {reason}")
+        self.notes.append(f"FAILED {task.name}: {reason}")
         self._update()
 
     def note(self, text: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from orchestrator import tracking
-from orchestrator.executor import Outcome, Scheduler, make_display, plan_slots
+from orchestrator.executor import Job, ListSource, Outcome, Scheduler, make_display, plan_slots
 from orchestrator.grid import SweepSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -84,13 +84,13 @@ def run_sweep(
     say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already finished, "
         f"{len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
-    scheduler = Scheduler(uri=uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
-                          sweep_id=spec.sweep_id, slots=slots, device=device, max_retries=max_retries,
-                          fail_fast=fail_fast, display=make_display(quiet))
+    scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
+    jobs = [Job.from_spec(r, uri=uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
+                          sweep_id=spec.sweep_id) for r in state.pending]
     outcome = Outcome()
     try:
-        if state.pending:
-            outcome = scheduler.run(state.pending)
+        if jobs:
+            outcome = scheduler.run(ListSource(jobs, max_retries))
     except KeyboardInterrupt:
         outcome.interrupted = True
     if outcome.interrupted:
@@ -122,13 +122,21 @@ def sweep_records(uri: str, experiment_id: str, sweep_id: str):
 
 def summarize(uri: str, spec: SweepSpec, state: SweepState, metric: str) -> str | None:
     """Comparison table, summary.csv and plots on the parent run; returns the table text."""
-    import matplotlib.pyplot as plt
-
-    from orchestrator import compare, summary_plots
+    from orchestrator import compare
 
     records = sweep_records(uri, state.experiment_id, spec.sweep_id)
     expected = [compare.ExpectedPoint(**{k: p[k] for k in ("name", "run_key", "point", "setting")})
                 for p in expected_points(spec)]
+    return summarize_records(uri, state.parent_run_id, records, expected, spec.axes, metric)
+
+
+def summarize_records(uri: str, parent_run_id: str, records, expected, axes: Sequence[str],
+                      metric: str) -> str | None:
+    """Log ``summary.csv``, ``plots/<metric>_by_<axis>.png`` and ``plots/val_curves.png`` on the parent."""
+    import matplotlib.pyplot as plt
+
+    from orchestrator import compare, summary_plots
+
     rows = compare.summary_rows(records, expected)
     if rows:
         buf = io.StringIO()
@@ -136,28 +144,27 @@ def summarize(uri: str, spec: SweepSpec, state: SweepState, metric: str) -> str 
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-        tracking.log_artifact_text(uri, state.parent_run_id, buf.getvalue(), "summary.csv")
+        tracking.log_artifact_text(uri, parent_run_id, buf.getvalue(), "summary.csv")
     try:
         result = compare.compare(records, expected, metric)
     except ValueError:
         return None  # no finished run has this metric
     if not any(row.n_finished for row in result.rows):
         return None
-    for axis in spec.axes:
+    for axis in axes:
         fig = summary_plots.metric_by_axis(result, metric, axis)
-        tracking.log_figure(uri, state.parent_run_id, fig, f"plots/{metric}_by_{axis}.png")
+        tracking.log_figure(uri, parent_run_id, fig, f"plots/{metric}_by_{axis}.png")
         plt.close(fig)
     curve_metric = metric if metric.startswith("val_") else "val_f1_macro"
     curves: dict[str, list[list[float]]] = {}
     finished = {r.tags.get("orch.run_key"): r for r in compare.select_finished(records)}
-    for point in spec.runs:
+    for point in expected:
         rec = finished.get(point.run_key)
         if rec is not None:
             label = compare.setting_label({k: v for k, v in point.point.items() if k != "seed"}, point.name)
             curves.setdefault(label, []).append(tracking.metric_history(uri, rec.run_id, f"epoch/{curve_metric}"))
     if curves:
         fig = summary_plots.val_curves(curves, curve_metric)
-        tracking.log_figure(uri, state.parent_run_id, fig, "plots/val_curves.png")
+        tracking.log_figure(uri, parent_run_id, fig, "plots/val_curves.png")
         plt.close(fig)
     return compare.render(result, "table")
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,112 @@ def all_runs(uri: str):
     c = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in c.search_experiments()]
     return list(c.search_runs(ids, max_results=5000)) if ids else []
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _initdb() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve()
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]) if candidates else None
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: drop to the `postgres` account then."""
+    if os.geteuid() != 0:
+        return cmd
+    import shlex
+
+    return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(cmd)]
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A throwaway PostgreSQL cluster (initdb in a temp dir, a loopback port) for the session.
+
+    Yields a SQLAlchemy URL of a database in it. Skips, saying why, when PostgreSQL's
+    server binaries are not installed (`apt-get install postgresql`; .ci/run does it).
+    """
+    initdb = _initdb()
+    if initdb is None:
+        pytest.skip("PostgreSQL server binaries (initdb) not found: apt-get install postgresql")
+    import shutil
+    import tempfile
+
+    bindir = initdb.parent
+    # Not under pytest's tmp dir: that is private to the test user, and as root the server
+    # runs as `postgres`, which must own its data directory.
+    root = Path(tempfile.mkdtemp(prefix="orch-pg-"))
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(_as_postgres_user([str(bindir / "initdb"), "-D", str(data), "-U", "orch", "--auth=trust",
+                                      "-E", "UTF8"]), check=True, capture_output=True)
+    log = root / "pg.log"
+    subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                                      "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
+                                            "-c max_connections=200 -c fsync=off",
+                                      "start"]), check=True, capture_output=True)
+    try:
+        for db in ("queue", "mlflow"):
+            subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "orch", db],
+                           check=True, capture_output=True)
+        yield f"postgresql://orch@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_url, tmp_path_factory):
+    """A real `mlflow server` on loopback with the PostgreSQL backend and served artifacts."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    backend = postgres_url.replace("postgresql://", "postgresql+psycopg://") + "/mlflow"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()

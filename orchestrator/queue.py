@@ -1,0 +1,297 @@
+"""Multi-machine work queue: a sweep's points as waiting trials of an Optuna study.
+
+``orch sweep GRID --storage postgresql://…`` enqueues every point that has no FINISHED run
+yet as a WAITING trial of the study ``orch-sweep-<sweep id>`` (its user attributes carry
+the point's resolved config and MLflow placement) and returns. ``orch worker`` on any
+number of machines claims trials through ``Study.ask()``: on PostgreSQL the claim is a
+row-locked state change, so each point is claimed exactly once. A worker keeps a
+heartbeat on each trial it runs; when a worker dies, the next worker to look fails the
+stale trial, marks its MLflow run FAILED and requeues the point (Optuna's
+RetryHeartbeatStaleTrialCallback).
+
+``ask()`` on a study with no waiting trial makes a fresh, empty trial; a worker that raced
+another to the last point gets one of those, recognises it (no ``orch.run_key``) and
+discards it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from orchestrator import storage as storage_mod
+from orchestrator import tracking
+from orchestrator.executor import Job, Scheduler, Task, make_display, plan_slots
+from orchestrator.grid import SweepSpec
+
+STUDY_PREFIX = "orch-sweep-"
+DISCARDED = "orch.discarded"
+
+
+def study_name(sweep_id: str) -> str:
+    return f"{STUDY_PREFIX}{sweep_id}"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Submitted:
+    study: str
+    enqueued: int
+    done: int
+    queued_before: int
+
+
+def submit(spec: SweepSpec, uri: str, url: str, *, rerun: bool = False) -> Submitted:
+    """Put the sweep's unfinished points on the queue (idempotent: queued points stay once)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from orchestrator.sweep import open_sweep
+
+    state = open_sweep(uri, spec, rerun=rerun)
+    storage = storage_mod.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=study_name(spec.sweep_id), load_if_exists=True)
+    for key, value in {
+        "orch.kind": "sweep",
+        "orch.name": spec.name,
+        "orch.sweep": spec.sweep_id,
+        "orch.tracking_uri": uri,
+        "orch.experiment_id": state.experiment_id,
+        "orch.parent_run_id": state.parent_run_id,
+        "orch.n_points": len(spec.runs),
+    }.items():
+        study.set_user_attr(key, value)
+    live = {t.user_attrs.get("orch.run_key")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
+    enqueued = 0
+    for r in state.pending:
+        if r.run_key in live:
+            continue
+        job = Job.from_spec(r, uri=uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
+                            sweep_id=spec.sweep_id)
+        study.enqueue_trial({}, user_attrs={"orch.run_key": r.run_key, "orch.name": job.name,
+                                            "orch.config": job.config, "orch.tags": job.tags, "orch.attempt": 1})
+        enqueued += 1
+    return Submitted(study.study_name, enqueued, len(state.done), len(live - {None}))
+
+
+class QueueSource:
+    """Claims points from the sweep studies of a storage, one trial at a time."""
+
+    def __init__(self, url: str, *, sweep: str | None = None, tracking_uri: str | None = None,
+                 max_retries: int = 1, wait: bool = False):
+        self.url, self.sweep, self.tracking_uri = url, sweep, tracking_uri
+        self.max_retries, self.wait = max_retries, wait
+        self.storage = storage_mod.open_storage(url, heartbeat=True, on_stale=self._on_stale)
+        self.total = 0
+        self.beats: dict[int, threading.Event] = {}
+        self.claimed_any = False
+
+    # Which studies this worker serves.
+    def studies(self) -> list[Any]:
+        import optuna
+
+        names = [s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)]
+        wanted = [n for n in names if n.startswith(STUDY_PREFIX)
+                  and (self.sweep is None or n[len(STUDY_PREFIX):].startswith(self.sweep))]
+        return [optuna.load_study(study_name=n, storage=self.storage) for n in sorted(wanted)]
+
+    def claim(self) -> Task | None:
+        from optuna.storages import fail_stale_trials
+        from optuna.trial import TrialState
+
+        for study in self.studies():
+            fail_stale_trials(study)
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                continue
+            trial = study.ask()
+            attrs = trial.user_attrs
+            if "orch.run_key" not in attrs:  # raced to an empty queue: a fresh trial, not a point
+                study._storage.set_trial_user_attr(trial._trial_id, DISCARDED, True)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            uri = self.tracking_uri or study.user_attrs["orch.tracking_uri"]
+            job = Job(attrs["orch.name"], attrs["orch.config"], uri, study.user_attrs["orch.experiment_id"],
+                      study.user_attrs["orch.parent_run_id"], dict(attrs["orch.tags"]))
+            task = Task(job, attempt=int(attrs.get("orch.attempt", 1)), ticket=(study, trial))
+            study._storage.set_trial_user_attr(trial._trial_id, "orch.worker", worker_id())
+            self._start_heartbeat(trial._trial_id)
+            self.total += 1
+            self.claimed_any = True
+            return task
+        return None
+
+    def _start_heartbeat(self, trial_id: int) -> None:
+        stop = threading.Event()
+        self.beats[trial_id] = stop
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
+                    pass
+                if stop.wait(storage_mod.HEARTBEAT_SECONDS):
+                    return
+
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+
+    def _stop_heartbeat(self, task: Task) -> None:
+        _, trial = task.ticket
+        stop = self.beats.pop(trial._trial_id, None)
+        if stop is not None:
+            stop.set()
+
+    def started(self, task: Task) -> None:
+        study, trial = task.ticket
+        study._storage.set_trial_user_attr(trial._trial_id, "orch.run_id", task.run_id)
+
+    def finished(self, task: Task) -> None:
+        study, trial = task.ticket
+        self._stop_heartbeat(task)
+        study.tell(trial, float(task.summary.get("val_f1_macro", 0.0)))
+        self._maybe_close(study)
+
+    def failed(self, task: Task, reason: str) -> bool:
+        from optuna.trial import TrialState
+
+        study, trial = task.ticket
+        self._stop_heartbeat(task)
+        study._storage.set_trial_user_attr(trial._trial_id, "orch.failure_reason", reason[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        if task.attempt <= self.max_retries:
+            attrs = dict(trial.user_attrs)
+            attrs["orch.attempt"] = task.attempt + 1
+            attrs.pop("orch.run_id", None)
+            attrs.pop("orch.worker", None)
+            study.enqueue_trial({}, user_attrs=attrs)
+            return True
+        self._maybe_close(study)
+        return False
+
+    def abandon(self, task: Task) -> None:
+        """Interrupted: give the point back to the queue for another worker."""
+        from optuna.trial import TrialState
+
+        study, trial = task.ticket
+        self._stop_heartbeat(task)
+        study.tell(trial, state=TrialState.FAIL)
+        attrs = dict(trial.user_attrs)
+        attrs.pop("orch.run_id", None)
+        attrs.pop("orch.worker", None)
+        study.enqueue_trial({}, user_attrs=attrs)
+
+    def _on_stale(self, study, trial) -> None:
+        """A worker stopped beating: its MLflow run is FAILED (the point is requeued by Optuna)."""
+        run_id = trial.user_attrs.get("orch.run_id")
+        if not run_id:
+            return
+        uri = self.tracking_uri or study.user_attrs.get("orch.tracking_uri")
+        who = trial.user_attrs.get("orch.worker", "a worker")
+        try:
+            tracking.end_run(uri, run_id, tracking.FAILED,
+                             f"worker {who} stopped sending heartbeats; the point was requeued")
+        except Exception:  # noqa: BLE001 - the requeue matters more than the record
+            pass
+
+    def _maybe_close(self, study) -> None:
+        """The worker that finishes a sweep's last point writes its summary and closes its parent."""
+        from optuna.trial import TrialState
+
+        live = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        if live:
+            return
+        try:
+            close_sweep(study)
+        except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
+            print(f"could not write the sweep summary: {err}", flush=True)
+
+
+def close_sweep(study) -> None:
+    from orchestrator import compare
+    from orchestrator.sweep import summarize_records
+
+    attrs = study.user_attrs
+    uri, exp_id, parent = attrs["orch.tracking_uri"], attrs["orch.experiment_id"], attrs["orch.parent_run_id"]
+    records = [tracking.to_record(r) for r in tracking.sweep_children(uri, exp_id, attrs["orch.sweep"])]
+    points = tracking.download_json(uri, parent, "points.json")
+    expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
+                for p in points]
+    summarize_records(uri, parent, records, expected, axes=_axes(points), metric="val_f1_macro")
+    finished = {r.tags.get("orch.run_key") for r in compare.select_finished(records)}
+    complete = all(p["run_key"] in finished for p in points)
+    tracking.end_run(uri, parent, tracking.FINISHED if complete else tracking.FAILED,
+                     None if complete else "some points failed")
+
+
+def _axes(points: Sequence[dict]) -> list[str]:
+    return [k for k in (points[0]["point"] if points else {}) if k != "seed"]
+
+
+def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None = None, workers: int = 1,
+               gpus: Sequence[str] | None = None, runs_per_gpu: int = 1, device: str = "auto",
+               max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False) -> int:
+    """Claim and run points until the queue is empty (or forever with ``wait``); exit code."""
+    source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries, wait=wait)
+    slots = plan_slots(workers, gpus, runs_per_gpu, device)
+    scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None)
+    outcome = scheduler.run(source)
+    if outcome.interrupted:
+        return 130
+    return 1 if outcome.failed else 0
+
+
+def register_worker(url: str, *, stale_after: float) -> None:
+    """On SQLite, refuse a second live worker: SQLite cannot claim exactly once."""
+    import optuna
+
+    storage = storage_mod.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="orch-workers", load_if_exists=True)
+    now = time.time()
+    others = {k: v for k, v in study.user_attrs.items() if k != worker_id() and now - float(v) < stale_after}
+    if others:
+        raise storage_mod.StorageError(
+            f"storage {url}: another worker ({', '.join(others)}) is using this SQLite queue; SQLite cannot hand "
+            "out points exactly once to several workers. Use a PostgreSQL storage for parallel workers"
+        )
+    study.set_user_attr(worker_id(), now)
+
+
+def status_rows(url: str, sweep: str | None = None) -> list[dict]:
+    """Per sweep study: pending, running (worker, since), done, failed counts."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = storage_mod.open_storage(url)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = summary.study_name
+        if not name.startswith(STUDY_PREFIX) or (sweep and not name[len(STUDY_PREFIX):].startswith(sweep)):
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(DISCARDED)]
+        latest: dict[str, Any] = {}
+        for t in trials:  # the latest attempt of each point decides its state
+            key = t.user_attrs.get("orch.run_key")
+            if key and (key not in latest or t.number > latest[key].number):
+                latest[key] = t
+        by_state = {s: [t for t in latest.values() if t.state == s] for s in TrialState}
+        rows.append({
+            "sweep": name[len(STUDY_PREFIX):],
+            "name": study.user_attrs.get("orch.name", ""),
+            "pending": len(by_state[TrialState.WAITING]),
+            "running": [(t.user_attrs.get("orch.name"), t.user_attrs.get("orch.worker", "?"), t.datetime_start)
+                        for t in by_state[TrialState.RUNNING]],
+            "done": len(by_state[TrialState.COMPLETE]),
+            "failed": [(t.user_attrs.get("orch.name"), t.user_attrs.get("orch.failure_reason", ""))
+                       for t in by_state[TrialState.FAIL]],
+            "points": study.user_attrs.get("orch.n_points", len(latest)),
+        })
+    return rows

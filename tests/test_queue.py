@@ -1,0 +1,150 @@
+"""Multi-machine queue: real PostgreSQL (throwaway cluster), real `mlflow server`, real workers."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import orch
+from orchestrator.grid import load_grid
+from test_sweep import TINY_BASE, write_grid
+
+FAST_HEARTBEAT = {"ORCH_HEARTBEAT_SECONDS": "1", "ORCH_GRACE_SECONDS": "4"}
+
+
+def _db(postgres_url: str) -> str:
+    """A fresh database per test, so studies never leak between tests."""
+    name = "q" + uuid.uuid4().hex[:10]
+    subprocess.run([sys.executable, "-c",
+                    "import sqlalchemy, sys; e = sqlalchemy.create_engine(sys.argv[1], isolation_level='AUTOCOMMIT');"
+                    "c = e.connect(); c.execute(sqlalchemy.text(f'CREATE DATABASE {sys.argv[2]}'))",
+                    postgres_url.replace("postgresql://", "postgresql+psycopg://") + "/queue", name], check=True)
+    return f"{postgres_url}/{name}"
+
+
+def _point_runs(server: str, sweep_id: str):
+    c = MlflowClient(tracking_uri=server)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    runs = c.search_runs(ids, filter_string=f"tags.`orch.sweep` = '{sweep_id}'", max_results=5000)
+    return [r for r in runs if r.data.tags.get("orch.kind") == "point"]
+
+
+def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_server, tmp_path):
+    storage = _db(postgres_url)
+    grid = write_grid(tmp_path / "g.yaml", f"queue-{uuid.uuid4().hex[:6]}",
+                      {"model.norm": ["bn", "gn"], "data.batch_size": [32, 64]}, seeds=(0, 1, 2))
+    spec = load_grid(grid)
+    assert len(spec.runs) == 12
+    sub = orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    assert "queued 12 point(s)" in sub.stderr
+    again = orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server, cwd=tmp_path)
+    assert "queued 0 point(s)" in again.stderr and "12 already queued" in again.stderr  # idempotent
+
+    workers = [subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-2000:] for o in outs]
+
+    runs = _point_runs(mlflow_server, spec.sweep_id)
+    per_key = collections.Counter(r.data.tags["orch.run_key"] for r in runs)
+    assert sorted(per_key) == sorted(r.run_key for r in spec.runs)
+    assert set(per_key.values()) == {1}, per_key  # no point ran twice
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["orch.host"] + r.data.tags["orch.pid"] for r in runs}) > 1  # work was shared
+
+    status = orch("status", "--storage", storage)
+    assert status.returncode == 0, status.stderr
+    assert "pending 0  running 0  done 12  failed 0" in status.stdout
+
+    c = MlflowClient(tracking_uri=mlflow_server)
+    parent = c.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"  # the worker that ran the last point closed the sweep
+    assert "summary.csv" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+
+
+def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow_server, tmp_path):
+    storage = _db(postgres_url)
+    base = {**TINY_BASE, "train": {"max_epochs": 30, "patience": 30}, "data": {"name": "digits", "batch_size": 8}}
+    grid = write_grid(tmp_path / "g.yaml", f"kill-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
+    spec = load_grid(grid)
+    assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server,
+                cwd=tmp_path).returncode == 0
+    env = {**os.environ, **FAST_HEARTBEAT}
+    victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        runs = _point_runs(mlflow_server, spec.sweep_id)
+        if runs and runs[0].info.status == "RUNNING":
+            break
+        time.sleep(0.5)
+    else:
+        victim.kill()
+        pytest.fail("the first worker never started its point")
+    killed_run = runs[0].info.run_id
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    time.sleep(6)  # past the grace period: the heartbeat is stale
+    rescuer = orch("worker", "--storage", storage, "--quiet", "--max-retries", "0",
+                   env={**FAST_HEARTBEAT}, cwd=tmp_path, timeout=600)
+    assert rescuer.returncode == 0, rescuer.stderr[-3000:]
+
+    runs = _point_runs(mlflow_server, spec.sweep_id)
+    by_id = {r.info.run_id: r for r in runs}
+    assert by_id[killed_run].info.status == "FAILED"
+    assert "heartbeat" in by_id[killed_run].data.tags["orch.failure_reason"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].data.tags["orch.run_key"] == spec.runs[0].run_key
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["worker", "--storage", "mysql://x@127.0.0.1/db"], "unsupported scheme"),
+        (["worker", "--storage", "not a url"], "not a URL"),
+        (["worker", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "not reachable"),
+        (["status", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "not reachable"),
+        (["worker", "--storage", "sqlite:///q.db", "--tracking-uri", "http://127.0.0.1:1"], "not reachable"),
+    ],
+)
+def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
+    proc = orch(*args, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_path):
+    storage = _db(postgres_url)
+    grid = write_grid(tmp_path / "g.yaml", "nowhere", {"model.norm": ["bn"]})
+    proc = orch("sweep", str(grid), "--storage", storage, "--tracking-uri", "http://127.0.0.1:1", cwd=tmp_path)
+    assert proc.returncode == 2 and "not reachable" in proc.stderr
+    status = orch("status", "--storage", storage)
+    assert "no queued sweeps" in status.stdout
+
+
+def test_second_sqlite_worker_is_refused(tmp_path):
+    from orchestrator import queue
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    other = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time; from orchestrator import queue;"
+                              "queue.register_worker(sys.argv[1], stale_after=60); time.sleep(30)", url])
+    try:
+        time.sleep(4)
+        proc = orch("worker", "--storage", url, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "SQLite cannot hand out points exactly once" in proc.stderr
+    finally:
+        other.kill()
+    assert queue.STUDY_PREFIX
