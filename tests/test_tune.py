@@ -1,0 +1,228 @@
+"""`orch tune` end to end: the real CLI, a real SQLite MLflow store and Optuna storage in tmp.
+
+The acceptance study is the shipped demo grid as it is (8 trials of 6 epochs on digits,
+about 20 s on 2 idle cores), checked through Optuna's own API (``optuna.load_study``) and
+MLflow's (``MlflowClient``), not through orch's code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import REPO, all_runs, orch
+from orchestrator import tracking
+from orchestrator.cli import cli
+from orchestrator.grid import load_grid
+from orchestrator.tuning import epoch_metric, plan_studies
+
+TUNE_GRID = REPO / "experiments" / "grids" / "tune.yaml"
+STUDY = "tune-demo-bn"  # <grid name>-<setting run name>
+SEARCHED = ("schedule.step_size", "schedule.gamma")
+
+
+def tune_parents(uri: str):
+    return [r for r in all_runs(uri) if r.data.tags.get("orch.kind") == "tune"]
+
+
+def children_of(uri: str, parent_id: str):
+    return [r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """`orch tune tune.yaml --n-trials 8` once, shared by the acceptance and resume tests."""
+    tmp = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    t0 = time.perf_counter()
+    proc = orch("tune", str(TUNE_GRID), "--n-trials", "8", env=env, cwd=tmp)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"orch tune --n-trials 8: {seconds:.1f}s wall")
+    return uri, env, tmp, proc
+
+
+def test_tune_records_every_trial_in_optuna_and_mlflow(tuned):
+    uri, _, tmp, proc = tuned
+    storage = f"sqlite:///{tmp / 'optuna.db'}"  # the default: beside the MLflow store
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 8
+    states = {t.state for t in trials}
+    assert states <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 2
+    assert all(set(t.params) == set(SEARCHED) for t in trials)
+    assert all(t.intermediate_values for t in trials)  # every trial reported per-epoch values
+
+    parents = tune_parents(uri)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == STUDY and parent.info.status == "FINISHED"
+    assert parent.data.tags["orch.study"] == STUDY
+    assert parent.data.tags["orch.pruner"] == "median"
+    assert parent.data.tags["orch.storage"] == storage
+
+    kids = children_of(uri, parent.info.run_id)
+    assert len(kids) == 8
+    by_number = {t.number: t for t in trials}
+    assert sorted(int(k.data.tags["orch.trial"]) for k in kids) == sorted(by_number)
+    for kid in kids:
+        trial = by_number[int(kid.data.tags["orch.trial"])]
+        assert kid.data.tags["orch.kind"] == "trial"
+        assert kid.data.tags["orch.study"] == STUDY
+        assert kid.data.tags["orch.setting"] == "model.norm=bn"
+        assert kid.info.run_name == f"{STUDY}-t{trial.number}"
+        assert trial.user_attrs["orch.run_id"] == kid.info.run_id
+        for key, value in trial.params.items():
+            assert float(kid.data.params[key]) == value, (key, kid.data.params[key], value)
+        assert kid.data.params["seed"] == "0"  # the grid's first seed
+        assert kid.data.params["train.max_epochs"] == "6"  # the grid's base reached the trials
+        assert kid.data.tags["orch.trial_state"] == trial.state.name
+        if trial.state == TrialState.PRUNED:
+            assert kid.info.status == "KILLED"
+        else:
+            assert kid.info.status == "FINISHED"
+            assert kid.data.metrics["val_f1_macro"] == trial.value
+
+    best = study.best_trial
+    for key, value in study.best_params.items():
+        assert float(parent.data.tags[f"best.{key}"]) == value
+    assert parent.data.metrics["best_value"] == study.best_value
+    assert parent.data.metrics["best_trial"] == best.number
+    assert parent.data.tags["orch.best_run_id"] == best.user_attrs["orch.run_id"]
+
+    c = MlflowClient(tracking_uri=uri)
+    top = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
+    assert {"trials.csv", "grid.yaml"} <= top
+    assert {"plots/optimization_history.png", "plots/param_importances.png"} <= plots
+    csv_text = Path(c.download_artifacts(parent.info.run_id, "trials.csv", str(tmp))).read_text()
+    assert len(csv_text.strip().splitlines()) == 1 + 8
+
+    n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    assert f"study {STUDY}: 8 trials ({len(complete)} complete, {n_pruned} pruned, 0 failed)" in proc.stdout
+    assert "ExperimentalWarning" not in proc.stderr
+
+
+def test_pruned_trials_are_not_results(tuned):
+    """A pruned trial's run is no finished point for `orch sweep`; a complete one is."""
+    uri, _, _, _ = tuned
+    kids = children_of(uri, tune_parents(uri)[0].info.run_id)
+    keys = tracking.finished_run_keys(uri, kids[0].info.experiment_id)
+    for kid in kids:
+        done = kid.data.tags["orch.run_key"] in keys
+        assert done == (kid.data.tags["orch.trial_state"] == "COMPLETE"), kid.data.tags["orch.trial_state"]
+
+
+def test_rerun_resumes_the_study_under_the_same_parent(tuned):
+    uri, env, tmp, _ = tuned
+    before = {r.info.run_id for r in all_runs(uri)}
+    proc = orch("tune", str(TUNE_GRID), "--n-trials", "10", env=env, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 already finished, 2 to run (resumed)" in proc.stderr
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert len(study.trials) == 10
+    parents = tune_parents(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    new = [r for r in all_runs(uri) if r.info.run_id not in before]
+    assert sorted(int(r.data.tags["orch.trial"]) for r in new) == [8, 9]
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in new)
+    assert parents[0].data.metrics["best_value"] == study.best_value
+
+
+def test_resume_with_another_fixed_config_is_refused(tuned):
+    uri, env, tmp, _ = tuned
+    n_runs = len(all_runs(uri))
+    result = CliRunner().invoke(cli, ["tune", str(TUNE_GRID), "--set", "train.max_epochs=4"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "train.max_epochs: 6 → 4" in result.output and "--study" in result.output
+    assert len(all_runs(uri)) == n_runs
+
+
+def test_finished_run_keys_excludes_pruned_runs(store):
+    exp = tracking.ensure_experiment(store, "keys")
+    ids = {}
+    for state in ("COMPLETE", "PRUNED"):
+        ids[state] = tracking.start_run(store, exp, run_name=state, params={},
+                                        tags={"orch.run_key": state.lower(), "orch.trial_state": state})
+        tracking.end_run(store, ids[state], tracking.FINISHED)
+    assert tracking.finished_run_keys(store, exp) == {"complete"}
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("mysql://u@localhost/db", "unsupported scheme 'mysql'"),
+    ("postgresql://nobody@127.0.0.1:1/none", "not reachable"),
+])
+def test_bad_storage_exits_2_and_starts_nothing(store, url, needle):
+    result = CliRunner().invoke(cli, ["tune", str(TUNE_GRID), "--storage", url])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    assert result.output.count("\n") <= 2  # one message, no traceback
+    assert all_runs(store) == []
+
+
+def test_unknown_metric_exits_2(store, tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "m", "tune": {"metric": "val_f1"}}))
+    result = CliRunner().invoke(cli, ["tune", str(grid)])
+    assert result.exit_code == 2, result.output
+    assert "tune.metric" in result.output and "val_f1_macro" in result.output
+    assert all_runs(store) == []
+
+
+def test_one_study_per_setting(tmp_path):
+    grid = tmp_path / "norms.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "tn",
+        "base": {"data": {"name": "digits"}, "model": {"depth_n": 1}, "train": {"max_epochs": 2}},
+        "grid": {"model.norm": ["bn", "gn"]},
+        "seeds": [3, 4],
+    }))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("tune", str(grid), "--n-trials", "2", "--sampler", "random", "--pruner", "none",
+                env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parents = {p.info.run_name: p for p in tune_parents(uri)}
+    assert set(parents) == {"tn-bn", "tn-gn"}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for norm in ("bn", "gn"):
+        study = optuna.load_study(study_name=f"tn-{norm}", storage=storage)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        assert set(study.best_params) == {"schedule.step_size", "schedule.gamma"}  # the default space
+        kids = children_of(uri, parents[f"tn-{norm}"].info.run_id)
+        assert len(kids) == 2
+        assert {k.data.params["model.norm"] for k in kids} == {norm}
+        assert {k.data.params["seed"] for k in kids} == {"3"}  # the first seed only
+        assert {k.data.tags["orch.setting"] for k in kids} == {f"model.norm={norm}"}
+
+
+def test_study_names_and_pruning_signal(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"name": "g", "grid": {"model.norm": ["bn", "gn"]}}))
+    spec = load_grid(grid)
+    assert [p.name for p in plan_studies(spec)] == ["g-bn", "g-gn"]
+    assert [p.name for p in plan_studies(spec, "mine")] == ["mine-bn", "mine-gn"]
+    one = load_grid(grid, ["model.norm=gn"])
+    assert [p.name for p in plan_studies(one, "mine")] == ["mine"]
+    assert epoch_metric("val_f1_macro", "maximize") == "val_f1_macro"
+    assert epoch_metric("test_acc", "maximize") == "val_acc"
+    assert epoch_metric("train_seconds", "minimize") == "val_loss"
+
+
+def test_importing_tuning_stays_light():
+    code = ("import sys, orchestrator.tuning; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
