@@ -128,6 +128,8 @@ def mlflow_server(postgres_url, tmp_path_factory):
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "2"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # No background job runner (GenAI jobs, unused here): it would add several processes.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
