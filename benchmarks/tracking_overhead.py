@@ -1,0 +1,297 @@
+"""What MLflow tracking costs one run: ``run_tracked`` vs the bare training loop.
+
+Both sides train the same configuration (``orch run``'s defaults: digits, batch 128,
+at most 50 epochs with patience 5, unless ``--set`` changes them) in this one process:
+
+* without: ``experiments.train.train(cfg, NullTracker(), device=...)`` — nothing logged,
+  no artifacts built;
+* with: ``orchestrator.runner.run_tracked(cfg, uri=<temporary SQLite store>, ...)`` —
+  the full tracked path of ``orch run``: run tags (git commit), params, one ``log_batch``
+  per epoch, summary metrics, three plots, text artifacts, the model, the final status.
+
+Both sides are warm: one untimed run of each comes first, so imports (mlflow,
+matplotlib, mlflow.pytorch), the store's schema creation and other first-run costs are
+left out; this measures what every further run of a sweep pays. Timed runs alternate
+their order (without, with / with, without, ...) and the table shows medians; the ratio
+is median(with) / median(without), goal <= 1.05.
+
+The tracked runs are instrumented by wrapping the tracker's calls (perf_counter around
+each; negligible cost) so that the breakdown comes from the very runs that were timed.
+The breakdown is printed when the ratio is above the goal, or always with --breakdown.
+
+Usage::
+
+    python benchmarks/tracking_overhead.py                 # 3 repeats, CPU
+    python benchmarks/tracking_overhead.py --repeats 5 --breakdown
+    python benchmarks/tracking_overhead.py --set train.max_epochs=10 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOAL = 1.05
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def header(title: str) -> list[str]:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    try:
+        from importlib.metadata import version
+
+        mlflow_version = version("mlflow")
+    except Exception:  # noqa: BLE001 - a header line, never a failure
+        mlflow_version = "?"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"# {title}",
+        "",
+        f"- command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}`",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; GPU: {gpu}",
+        f"- torch {torch.__version__}, mlflow {mlflow_version}, Python {platform.python_version()}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
+        f"load average at start: {load}",
+    ]
+
+
+class Timings:
+    """Seconds per named call, per tracked run."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, list[float]]] = []
+        self.active: dict[str, list[float]] | None = None
+
+    def begin(self) -> None:
+        self.active = defaultdict(list)
+
+    def end(self) -> None:
+        if self.active is not None:
+            self.runs.append(dict(self.active))
+        self.active = None
+
+    def add(self, name: str, seconds: float) -> None:
+        if self.active is not None:
+            self.active[name].append(seconds)
+
+
+def instrument(timings: Timings) -> None:
+    """Wrap the tracking calls that ``run_tracked`` and ``train`` make (module attributes, looked up at call time)."""
+    import experiments.plots
+    import experiments.train
+    from orchestrator import tracking
+
+    def wrap(owner: Any, attr: str, name: str) -> None:
+        original: Callable[..., Any] = getattr(owner, attr)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timings.add(name, time.perf_counter() - t0)
+
+        setattr(owner, attr, timed)
+
+    import matplotlib.figure
+
+    owners = {"tracking": tracking, "MlflowTracker": tracking.MlflowTracker, "train": experiments.train,
+              "plots": experiments.plots, "Figure": matplotlib.figure.Figure}
+    for owner, attr, name in CALLS:
+        wrap(owners[owner], attr, name)
+
+
+# (owner, attribute, row name), in the order of the breakdown table. Rows indented by two
+# spaces run inside _log_artifacts, by four inside the row above them; unindented rows do
+# not overlap one another.
+CALLS = [
+    ("tracking", "runtime_tags", "runtime_tags (git rev-parse)"),
+    ("tracking", "start_run", "start_run (create_run + params)"),
+    ("MlflowTracker", "__init__", "MlflowTracker() (client)"),
+    ("MlflowTracker", "log_epoch", "log_epoch (log_batch per epoch)"),
+    ("MlflowTracker", "log_summary", "log_summary (log_batch)"),
+    ("train", "_log_artifacts", "_log_artifacts (all artifacts)"),
+    ("plots", "curves", "  plots.* (building 3 figures)"),
+    ("plots", "quantiles", "  plots.* (building 3 figures)"),
+    ("plots", "confusion_matrix", "  plots.* (building 3 figures)"),
+    ("MlflowTracker", "log_figure", "  log_figure (3 PNGs: savefig + artifact copy)"),
+    ("Figure", "savefig", "    Figure.savefig (rendering the PNGs)"),
+    ("MlflowTracker", "log_text", "  log_text (config, csv, json)"),
+    ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch, pickle)"),
+    ("tracking", "end_run", "end_run (set_terminated)"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as orch run --set (repeatable)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--breakdown", action="store_true", help="print the breakdown even when within the goal")
+    parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+
+    from experiments.config import load
+    from experiments.train import NullTracker, train
+    from orchestrator import tracking
+    from orchestrator.runner import run_tracked
+
+    cfg = load(None, args.overrides)
+    lines = header("Tracking overhead: one run with MLflow logging vs without")
+    lines.append(f"- config: orch run defaults{' + ' + ' '.join(args.overrides) if args.overrides else ''} "
+                 f"(data {cfg.data.name}, batch {cfg.data.batch_size}, max_epochs {cfg.train.max_epochs}, "
+                 f"patience {cfg.train.patience}), device {args.device}")
+    lines.append(f"- without: train(cfg, NullTracker()); with: run_tracked(cfg, uri=sqlite temp store, quiet=True); "
+                 f"same process, one untimed warm-up of each first, then {args.repeats} timed runs per side "
+                 "in alternating order; medians")
+    print("\n".join(lines), flush=True)
+
+    import mlflow  # noqa: F401 - imported here so that its loggers can be quietened
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+
+    timings = Timings()
+    instrument(timings)
+    with tempfile.TemporaryDirectory(prefix="orch-overhead-") as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        exp_id = tracking.ensure_experiment(uri, "tracking-overhead")
+
+        def without() -> dict:
+            w0, c0 = time.perf_counter(), time.process_time()
+            result = train(cfg, NullTracker(), device=args.device)
+            return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0, **result.summary}
+
+        def with_tracking() -> dict:
+            timings.begin()
+            w0, c0 = time.perf_counter(), time.process_time()
+            code, _, summary = run_tracked(cfg, uri=uri, experiment_id=exp_id, run_name="overhead",
+                                           device=args.device, quiet=True)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            timings.end()
+            if code != 0:
+                raise SystemExit(f"the tracked run failed (exit {code}); see the store {uri}")
+            return {"wall": wall, "cpu": cpu, **summary}
+
+        print("warm-up (untimed): without, with ...", file=sys.stderr, flush=True)
+        without()
+        with_tracking()
+        timings.runs.clear()
+
+        results: dict[str, list[dict]] = {"without": [], "with": []}
+        for i in range(args.repeats):
+            order = [("without", without), ("with", with_tracking)]
+            if i % 2:
+                order.reverse()
+            for side, fn in order:
+                r = fn()
+                results[side].append(r)
+                print(f"  repeat {i + 1}/{args.repeats} {side:>7}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu "
+                      f"({r.get('epochs_run', 0):.0f} epochs)", file=sys.stderr, flush=True)
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(r.get(key, float("nan")) for r in results[side])
+
+    def least(side: str, key: str) -> float:
+        return min(r[key] for r in results[side])
+
+    ratio = med("with", "wall") / med("without", "wall")
+    min_ratio = least("with", "wall") / least("without", "wall")
+    cpu_ratio = med("with", "cpu") / med("without", "cpu")
+    out = ["", "| side | wall s (median) | wall s (min) | wall s, every run | process CPU s (median) | epochs | "
+               "epoch loop s (median) |", "|---|---:|---:|---|---:|---:|---:|"]
+    for side in ("without", "with"):
+        every = ", ".join(f"{r['wall']:.2f}" for r in results[side])
+        out.append(f"| {side} | {med(side, 'wall'):.2f} | {least(side, 'wall'):.2f} | {every} | "
+                   f"{med(side, 'cpu'):.2f} | {med(side, 'epochs_run'):.0f} | {med(side, 'train_seconds'):.2f} |")
+
+    # The tracking calls themselves, summed per run: an estimate that training-time noise does not blur.
+    names = list(dict.fromkeys(name for _, _, name in CALLS))
+    per_run_calls = [sum(sum(run.get(n, [])) for n in names if not n.startswith("  ")) for run in timings.runs]
+    instrumented = statistics.median(per_run_calls) if per_run_calls else 0.0
+    base = least("without", "wall")  # the least disturbed estimate of the bare run
+    est_ratio = (base + instrumented) / base
+    overhead = med("with", "wall") - med("without", "wall")
+    verdict = "within goal" if max(min_ratio, est_ratio) <= GOAL else "ABOVE goal"
+    out += [
+        "",
+        f"**ratio with / without (wall, medians): {ratio:.3f}**  (goal <= {GOAL}); "
+        f"difference of medians {overhead:+.2f} s per run",
+        f"- ratio of the fastest runs (least disturbed by other processes): {min_ratio:.3f}; "
+        f"process CPU time ratio (medians): {cpu_ratio:.3f}",
+        f"- time inside the tracking calls: {instrumented:.2f} s per run (median) -> "
+        f"estimated ratio (fastest without + tracking calls) / fastest without = {est_ratio:.3f}",
+        "- verdict, on the larger of the fastest-runs ratio and the estimate "
+        f"(both little blurred by other processes): "
+        f"**{verdict}**",
+    ]
+
+    if max(min_ratio, est_ratio) > GOAL or args.breakdown:
+        n_epochs = med("with", "epochs_run")
+        out += ["", "Where the tracked run's extra time goes "
+                    f"(medians over the {len(timings.runs)} timed tracked runs; "
+                    "rows indented once are parts of _log_artifacts, twice parts of the row above):", "",
+                "| call | calls/run | s per run | ms per call (median) | ms per call (max) | share of tracking time |",
+                "|---|---:|---:|---:|---:|---:|"]
+        for name in names:
+            per_run = [sum(run.get(name, [])) for run in timings.runs]
+            calls = [len(run.get(name, [])) for run in timings.runs]
+            per_call = [s for run in timings.runs for s in run.get(name, [])]
+            if not per_call:
+                continue
+            s_run = statistics.median(per_run)
+            share = f"{100 * s_run / instrumented:.0f}%" if instrumented > 0 else "-"
+            out.append(f"| {name} | {statistics.median(calls):.0f} | {s_run:.3f} | "
+                       f"{1000 * statistics.median(per_call):.1f} | {1000 * max(per_call):.1f} | {share} |")
+        inner = sum(statistics.median([sum(run.get(n, [])) for run in timings.runs]) for n in names
+                    if n.startswith("  ") and not n.startswith("    "))
+        outer = statistics.median([sum(run.get("_log_artifacts (all artifacts)", [])) for run in timings.runs])
+        out.append("|   rest of _log_artifacts (confusion, csv/json building, plt.close) | | "
+                   f"{outer - inner:.3f} | | | |")
+        out.append(f"| **all tracking calls** | | **{instrumented:.3f}** | | | 100% |")
+        out += ["", f"({n_epochs:.0f} epochs per run; log_epoch runs inside the epoch loop, so it is also counted in "
+                    "'epoch loop s'. Not wrapped, so not in the rows: run_key/to_flat/device label in run_tracked, "
+                    "a few ms.)"]
+    text = "\n".join(out)
+    print(text, flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
