@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 def curves(history: Mapping[str, Sequence[float]], best_epoch: int | None = None):
     """Loss, accuracy and F1 per epoch, train vs val. history: ``epoch/<name>`` → values."""
     epochs = np.arange(1, len(history["epoch/train_loss"]) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.18)
     panels = [
         ("loss", [("train", "epoch/train_loss"), ("val", "epoch/val_loss")]),
         ("accuracy", [("train", "epoch/train_acc"), ("val", "epoch/val_acc")]),
@@ -31,13 +32,14 @@ def curves(history: Mapping[str, Sequence[float]], best_epoch: int | None = None
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper right" if title == "loss" else "lower right")
     return fig
 
 
 def quantiles(history: Mapping[str, Sequence[float]], names: Sequence[str]):
     """Percentiles of the probed feature vector across epochs."""
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fig.subplots_adjust(left=0.12, right=0.8, bottom=0.12, top=0.92)
     for name in names:
         values = history[f"epoch/{name}"]
         ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=name.replace("feat_", ""))
@@ -45,7 +47,7 @@ def quantiles(history: Mapping[str, Sequence[float]], names: Sequence[str]):
     ax.set_xlabel("epoch")
     ax.set_ylabel("feature value")
     ax.grid(alpha=0.3)
-    ax.legend(title="percentile")
+    ax.legend(title="percentile", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 
@@ -55,7 +57,8 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(class_names)
     size = max(4.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(size, size))
+    fig.subplots_adjust(left=0.16, right=0.95, bottom=0.16, top=0.93)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")
     ax.set_yticks(range(k), class_names)

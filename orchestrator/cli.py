@@ -153,8 +153,9 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, run
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
-    Rerunning the same grid resumes it: finished points are skipped, failed, killed
-    and missing ones run. Exit codes: 0 all finished, 1 some failed, 2 bad grid,
+    Rerunning the same grid resumes it: points with a FINISHED run in the experiment
+    (from this sweep or an earlier one, e.g. before a seed was added) are skipped;
+    failed, killed and missing ones run. Exit codes: 0 all finished, 1 some failed, 2 bad grid,
     130 interrupted (Ctrl-C; running points are recorded KILLED).
     """
     from orchestrator import tracking
@@ -194,7 +195,7 @@ def _print_dry_run(spec: Any, uri: str) -> None:
 
     from orchestrator.tracking import peek_finished_keys
 
-    done = peek_finished_keys(uri, spec.name)
+    done = peek_finished_keys(uri, spec.name, kind="point")
     table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("run name")
@@ -261,8 +262,8 @@ def _sweep_data(uri: str, experiment: str | None, sweep: str):
 
     exp_id, parent = _resolve_sweep(uri, experiment, sweep)
     sweep_id = parent.data.tags["orch.sweep"]
-    records = sweep_records(uri, exp_id, sweep_id)
     points = tracking.download_json(uri, parent.info.run_id, "points.json")
+    records = sweep_records(uri, exp_id, sweep_id, [p["run_key"] for p in points])
     expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
                 for p in points]
     return records, expected

@@ -209,19 +209,25 @@ class QueueSource:
         if live:
             return
         try:
-            close_sweep(study)
+            close_sweep(study, self.tracking_uri)
         except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
             print(f"could not write the sweep summary: {err}", flush=True)
 
 
-def close_sweep(study) -> None:
+def close_sweep(study, tracking_uri: str | None = None) -> None:
+    """Write the sweep's summary on its parent run and end it (FAILED when points are missing).
+
+    ``tracking_uri`` is the worker's own view of the tracking server (``--tracking-uri``);
+    the URI recorded at submission is used when the worker gave none.
+    """
     from orchestrator import compare
-    from orchestrator.sweep import summarize_records
+    from orchestrator.sweep import summarize_records, sweep_records
 
     attrs = study.user_attrs
-    uri, exp_id, parent = attrs["orch.tracking_uri"], attrs["orch.experiment_id"], attrs["orch.parent_run_id"]
-    records = [tracking.to_record(r) for r in tracking.sweep_children(uri, exp_id, attrs["orch.sweep"])]
+    uri = tracking_uri or attrs["orch.tracking_uri"]
+    exp_id, parent = attrs["orch.experiment_id"], attrs["orch.parent_run_id"]
     points = tracking.download_json(uri, parent, "points.json")
+    records = sweep_records(uri, exp_id, attrs["orch.sweep"], [p["run_key"] for p in points])
     expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
                 for p in points]
     summarize_records(uri, parent, records, expected, axes=_axes(points), metric="val_f1_macro")

@@ -121,8 +121,12 @@ def run_tracked(
         if on_epoch:
             on_epoch(epoch, values)
 
+    tracker = tracking.MlflowTracker(uri, run_id)
     try:
-        result = train(cfg, tracking.MlflowTracker(uri, run_id), device=dev, on_epoch=epoch_hook)
+        try:
+            result = train(cfg, tracker, device=dev, on_epoch=epoch_hook)
+        finally:
+            _flush(tracker)  # the epochs logged so far reach the store before the run ends
     except KeyboardInterrupt as err:
         printer.close()
         tracking.end_run(uri, run_id, tracking.KILLED, f"interrupted ({err or 'Ctrl-C'})")
@@ -141,6 +145,13 @@ def run_tracked(
     printer.close()
     tracking.end_run(uri, run_id, tracking.FINISHED)
     return EXIT_OK, run_id, result.summary
+
+
+def _flush(tracker: "tracking.MlflowTracker") -> None:
+    try:
+        tracker.flush()
+    except Exception as err:  # noqa: BLE001 - a lost epoch record must not hide the run's own outcome
+        print(f"warning: some per-epoch metrics could not be written: {err}", file=sys.stderr)
 
 
 def _is_pruned(err: BaseException) -> bool:

@@ -58,7 +58,7 @@ def open_sweep(uri: str, spec: SweepSpec, *, rerun: bool = False) -> SweepState:
         tracking.reopen_run(uri, parent_id)
         resumed = True
     tracking.fail_orphans(uri, exp_id, spec.sweep_id, ORPHAN_REASON)
-    finished = set() if rerun else tracking.finished_run_keys(uri, exp_id)
+    finished = set() if rerun else tracking.finished_run_keys(uri, exp_id, kind="point")
     pending = [r for r in spec.runs if r.run_key not in finished]
     done = [r for r in spec.runs if r.run_key in finished]
     return SweepState(exp_id, parent_id, resumed, pending, done)
@@ -116,15 +116,25 @@ def run_sweep(
     return EXIT_OK
 
 
-def sweep_records(uri: str, experiment_id: str, sweep_id: str):
-    return [tracking.to_record(r) for r in tracking.sweep_children(uri, experiment_id, sweep_id)]
+def sweep_records(uri: str, experiment_id: str, sweep_id: str, run_keys: Sequence[str] = ()):
+    """The sweep's own runs, plus FINISHED points of other sweeps of the experiment that it reused.
+
+    A point is a run key: a sweep skips a point that any sweep of the same experiment has
+    finished (editing a grid, e.g. adding a seed, makes a new sweep that reruns nothing
+    done), so its results are found by run key, not only among its own children.
+    """
+    runs = tracking.sweep_children(uri, experiment_id, sweep_id)
+    if run_keys:
+        own = {r.info.run_id for r in runs}
+        runs += [r for r in tracking.finished_points(uri, experiment_id, run_keys) if r.info.run_id not in own]
+    return [tracking.to_record(r) for r in runs]
 
 
 def summarize(uri: str, spec: SweepSpec, state: SweepState, metric: str) -> str | None:
     """Comparison table, summary.csv and plots on the parent run; returns the table text."""
     from orchestrator import compare
 
-    records = sweep_records(uri, state.experiment_id, spec.sweep_id)
+    records = sweep_records(uri, state.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
     expected = [compare.ExpectedPoint(**{k: p[k] for k in ("name", "run_key", "point", "setting")})
                 for p in expected_points(spec)]
     return summarize_records(uri, state.parent_run_id, records, expected, spec.axes, metric)

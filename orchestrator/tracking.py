@@ -7,6 +7,11 @@ Schema (what the other commands and the UI rely on):
 
 * sweep parent run: name = grid name; tags ``orch.kind=sweep``, ``orch.sweep=<id>``;
   artifacts ``grid.yaml``, ``points.json``, later ``summary.csv`` and ``plots/``.
+* tune parent run (one per Optuna study): name = study name; tags ``orch.kind=tune``,
+  ``orch.study``, ``orch.storage`` (redacted), ``best.<key>`` (the best trial's params);
+  metrics ``best_value``, ``best_trial``; artifacts ``grid.yaml``, ``trials.csv``, ``plots/``.
+  Its children are ``orch.kind=trial`` runs tagged ``orch.study``, ``orch.trial`` (the
+  trial number) and ``orch.trial_state`` (COMPLETE | PRUNED | FAIL).
 * point run (child of the parent, or standalone for ``orch run``): tags ``orch.kind``
   (``point`` | ``run`` | ``trial``), ``orch.run_key``, ``orch.sweep``, ``orch.point``,
   ``orch.setting``, ``orch.attempt``, ``orch.host``, ``orch.pid``; params = the resolved
@@ -158,44 +163,73 @@ class MlflowTracker:
     wants_artifacts = True
 
     def __init__(self, uri: str, run_id: str):
+        # MLflow's logging thread then gathers the epochs of a couple of seconds into one
+        # write and, when asked to flush, stops waiting at once; without the buffer it
+        # polls its queue with a one-second timeout that every flush and run end waits out.
+        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
         self.client = client(uri)
         self.run_id = run_id
+        self._pending: list[Any] = []
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
-        self._log_metrics({f"epoch/{k}": v for k, v in values.items()}, step=epoch)
+        # Asynchronous: the write happens on MLflow's logging thread while the next epoch
+        # trains. flush() waits for every pending write; the run is never ended before it.
+        self._pending.append(self._log_metrics({f"epoch/{k}": v for k, v in values.items()}, step=epoch,
+                                               synchronous=False))
 
     def log_summary(self, values: dict[str, float]) -> None:
+        self.flush()
         self._log_metrics(values, step=0)
 
-    def _log_metrics(self, values: Mapping[str, float], step: int) -> None:
+    def flush(self) -> None:
+        """Wait until every asynchronous write has reached the store; raise the first error."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if hasattr(store, "flush_async_logging"):
+            store.flush_async_logging()  # writes what is queued now instead of after the buffer time
+        for op in pending:
+            if op is not None:
+                op.wait()
+
+    def _log_metrics(self, values: Mapping[str, float], step: int, synchronous: bool = True) -> Any:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        return self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()],
+                                     synchronous=synchronous)
 
     def log_figure(self, figure: Any, path: str) -> None:
-        self.client.log_figure(self.run_id, figure, path)
+        # Fast PNG compression: the figures are small and drawing them already costs enough.
+        self.client.log_figure(self.run_id, figure, path, save_kwargs={"pil_kwargs": {"compress_level": 1}})
 
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
     def log_model(self, model: Any, example: Any) -> None:
         import logging
+        import os
+        import tempfile
 
-        import mlflow
         import mlflow.pytorch
 
+        # Saved as an MLflow model directory and uploaded as the run's ``model`` artifact:
+        # ``mlflow.pytorch.load_model("runs:/<run id>/model")`` loads it. (log_model would
+        # also register a LoggedModel entity, several times slower for no use here.)
         # Pickle format: the pt2 default needs torch.export of the whole model, and the
         # explicit requirements skip MLflow's slow requirement inference. Loading needs
-        # this package importable, as any pickled module does (the warning says so).
+        # this package importable, as any pickled module does.
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(
+        with tempfile.TemporaryDirectory(prefix="orch-model-") as tmp:
+            path = os.path.join(tmp, "model")
+            mlflow.pytorch.save_model(
                 model.cpu(),
-                name="model",
+                path,
                 serialization_format="pickle",
                 pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}"],
             )
+            self.client.log_artifacts(self.run_id, path, "model")
 
 
 def _version(package: str) -> str:
@@ -273,14 +307,25 @@ def experiment_names(uri: str) -> list[str]:
     return sorted(e.name for e in client(uri).search_experiments())
 
 
-def finished_run_keys(uri: str, experiment_id: str) -> set[str]:
-    """Run keys that already have a FINISHED, non-pruned run in the experiment."""
-    runs = search(uri, [experiment_id], "attributes.status = 'FINISHED'")
+def finished_run_keys(uri: str, experiment_id: str, kind: str | None = None) -> set[str]:
+    """Run keys that already have a FINISHED, non-pruned run in the experiment (of that ``orch.kind``)."""
+    where = "attributes.status = 'FINISHED'"
+    if kind:
+        where += f" and tags.`orch.kind` = '{kind}'"
+    runs = search(uri, [experiment_id], where)
     return {
         r.data.tags["orch.run_key"]
         for r in runs
         if "orch.run_key" in r.data.tags and r.data.tags.get("orch.trial_state") != "PRUNED"
     }
+
+
+def finished_points(uri: str, experiment_id: str, run_keys: Iterable[str]):
+    """FINISHED sweep-point runs of the experiment whose run key is one of ``run_keys``, any sweep."""
+    wanted = set(run_keys)
+    runs = search(uri, [experiment_id], "attributes.status = 'FINISHED' and tags.`orch.kind` = 'point'")
+    return [r for r in runs if r.data.tags.get("orch.run_key") in wanted
+            and r.data.tags.get("orch.trial_state") != "PRUNED"]
 
 
 def find_sweep_parent(uri: str, experiment_id: str, sweep_id: str):
@@ -352,6 +397,14 @@ def log_figure(uri: str, run_id: str, figure: Any, path: str) -> None:
     client(uri).log_figure(run_id, figure, path)
 
 
+def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    """Log metrics on an existing run (e.g. a tuning study's best value on its parent)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(uri)
     for k, v in tags.items():
@@ -386,7 +439,8 @@ def to_record(run):
 # --------------------------------------------------------------------------- fast, mlflow-free peek
 
 
-def peek_finished_keys(uri: str, experiment: str, timeout: float = 2.0) -> set[str] | None:
+def peek_finished_keys(uri: str, experiment: str, kind: str | None = None,
+                       timeout: float = 2.0) -> set[str] | None:
     """Run keys with a FINISHED run in ``experiment``, read without importing mlflow.
 
     Used by ``orch sweep --dry-run``, which must answer in about a second. Reads a SQLite
@@ -406,8 +460,10 @@ def peek_finished_keys(uri: str, experiment: str, timeout: float = 2.0) -> set[s
                     "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'orch.run_key' "
                     "WHERE e.name = ? AND e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' "
                     "AND r.status = 'FINISHED' AND NOT EXISTS (SELECT 1 FROM tags p WHERE p.run_uuid = r.run_uuid "
-                    "AND p.key = 'orch.trial_state' AND p.value = 'PRUNED')",
-                    (experiment,),
+                    "AND p.key = 'orch.trial_state' AND p.value = 'PRUNED') "
+                    "AND (? IS NULL OR EXISTS (SELECT 1 FROM tags k WHERE k.run_uuid = r.run_uuid "
+                    "AND k.key = 'orch.kind' AND k.value = ?))",
+                    (experiment, kind, kind),
                 ).fetchall()
             finally:
                 con.close()
@@ -424,8 +480,8 @@ def peek_finished_keys(uri: str, experiment: str, timeout: float = 2.0) -> set[s
         except (urllib.error.URLError, OSError, ValueError):
             return None
         keys: set[str] = set()
-        body = {"experiment_ids": [exp["experiment"]["experiment_id"]],
-                "filter": "attributes.status = 'FINISHED'", "max_results": 1000}
+        where = "attributes.status = 'FINISHED'" + (f" and tags.`orch.kind` = '{kind}'" if kind else "")
+        body = {"experiment_ids": [exp["experiment"]["experiment_id"]], "filter": where, "max_results": 1000}
         try:
             while True:
                 page = _rest(f"{base}/runs/search", body, timeout)

@@ -191,6 +191,29 @@ def test_failing_point_is_retried_then_failed(tmp_path):
     assert parent.info.status == "FAILED"
 
 
+def test_extended_grid_reuses_finished_points_and_reports_them(tmp_path):
+    """Adding a seed makes a new sweep: it runs only the new point, and its summary counts all."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    first = write_grid(tmp_path / "a.yaml", "grow", {"model.norm": ["bn"]}, seeds=(0,))
+    assert orch("sweep", str(first), env=env, cwd=tmp_path).returncode == 0
+    grown = write_grid(tmp_path / "b.yaml", "grow", {"model.norm": ["bn"]}, seeds=(0, 1))
+    dry = orch("sweep", str(grown), "--dry-run", env=env, cwd=tmp_path)
+    assert dry.returncode == 0 and "2 points: 1 done, 1 pending" in dry.stdout, dry.stdout + dry.stderr
+    proc = orch("sweep", str(grown), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 already finished, 1 to run" in proc.stderr
+    spec = load_grid(grown)
+    assert [k.info.run_name for k in children(uri, spec.sweep_id)] == ["bn-s1"]
+    (parent,) = parents(uri, spec.sweep_id)
+    assert parent.info.status == "FINISHED"
+    out = orch("compare", "--sweep", spec.sweep_id, "--metric", "val_f1_macro", "--format", "json",
+               env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["n_finished"], r["n_expected"]) for r in rows] == [(2, 2)], rows
+
+
 def _raw_statuses(db: Path) -> list[str]:
     """Point statuses read straight from SQLite: polling through MLflow while the sweep
     creates the store would race it on the schema migration."""
