@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import platform
@@ -44,14 +43,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _report import cpu_model, finish  # noqa: E402
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def gpu_name() -> str:
@@ -192,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "point's wall time is its process start-up (python, torch, mlflow imports) and the scheduler.)"]
     if any(r["code"] != 0 for rs in results.values() for r in rs):
         out.append("- WARNING: some sweep had failed points (exit 1); its time is not comparable")
-    text = "\n".join(out)
-    print(text, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n" + text + "\n")
+    finish(lines, "\n".join(out), args.out)
     return 0
 
 

@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import os
@@ -44,17 +43,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import cpu_model, finish  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 GOAL = 1.05
 
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def header(title: str) -> list[str]:
@@ -142,7 +137,7 @@ CALLS = [
     ("MlflowTracker", "log_figure", "  log_figure (3 PNGs: savefig + artifact copy)"),
     ("Figure", "savefig", "    Figure.savefig (rendering the PNGs)"),
     ("MlflowTracker", "log_text", "  log_text (config, csv, json)"),
-    ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch, pickle)"),
+    ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch.save_model + upload)"),
     ("tracking", "end_run", "end_run (set_terminated)"),
 ]
 
@@ -285,11 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["", f"({n_epochs:.0f} epochs per run; log_epoch runs inside the epoch loop, so it is also counted in "
                     "'epoch loop s'. Not wrapped, so not in the rows: run_key/to_flat/device label in run_tracked, "
                     "a few ms.)"]
-    text = "\n".join(out)
-    print(text, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n" + text + "\n")
+    finish(lines, "\n".join(out), args.out)
     return 0
 
 

@@ -98,6 +98,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def client(uri: str):
+    import logging
+
+    # orch downloads only small JSON artifacts; MLflow's progress bar for them would land in
+    # the middle of printed tables. Creating a new store's tables is not news either.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -248,7 +254,7 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     """Create a RUNNING run with its params and tags; returns its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     c = client(uri)
     all_tags = dict(tags)
