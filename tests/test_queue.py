@@ -13,7 +13,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import orch
+from conftest import REPO, orch
 from orchestrator.grid import load_grid
 from test_sweep import TINY_BASE, write_grid
 
@@ -108,6 +108,9 @@ def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow
     assert len(finished) == 1 and finished[0].data.tags["orch.run_key"] == spec.runs[0].run_key
 
 
+NO_DRIVER = "driver 'nosuchdriver' is not installed"
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -116,6 +119,9 @@ def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow
         (["worker", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "not reachable"),
         (["status", "--storage", "postgresql://nobody@127.0.0.1:1/none"], "not reachable"),
         (["worker", "--storage", "sqlite:///q.db", "--tracking-uri", "http://127.0.0.1:1"], "not reachable"),
+        (["worker", "--storage", "postgresql+nosuchdriver://orch@127.0.0.1:1/q"], NO_DRIVER),
+        (["sweep", str(REPO / "experiments/grids/demo.yaml"), "--storage",
+          "postgresql+nosuchdriver://orch@127.0.0.1:1/q"], NO_DRIVER),
     ],
 )
 def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
