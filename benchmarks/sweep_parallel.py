@@ -4,6 +4,8 @@ CPU mode (default): ``orch sweep GRID --workers 1`` vs ``--workers N`` (default 
 workers divide the cores among them (torch threads = cores // workers).
 GPU mode (``--gpu``): ``--gpus 0 --runs-per-gpu 1`` vs ``--runs-per-gpu K`` (default 4)
 with ``--device cuda``: several runs packed on one GPU, each its own process.
+``--spares``: the same sweep (CPU workers, or ``--gpu`` with ``--runs-per-gpu K``) with
+``ORCH_SPARES=0`` vs ``1``: without and with the pre-started point processes.
 
 Each side is one subprocess ``python -m orchestrator sweep GRID ... --quiet`` into a fresh
 temporary SQLite MLflow store, so nothing is resumed and both do the whole grid. The
@@ -21,6 +23,7 @@ Usage::
     python benchmarks/sweep_parallel.py                                # demo grid, 1 vs 2 CPU workers
     python benchmarks/sweep_parallel.py --set train.max_epochs=2       # shorter
     python benchmarks/sweep_parallel.py --out benchmarks/results/sweep_parallel_cpu.md
+    python benchmarks/sweep_parallel.py --spares                       # 2 workers, without vs with spare processes
     # on a GPU machine: a small CIFAR grid, 1 vs 4 runs packed on GPU 0
     python3 benchmarks/sweep_parallel.py --gpu --runs-per-gpu 4 --grid /tmp/cifar_small.yaml \\
         --set data.root=/tmp/cifar10 --set train.max_epochs=2
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true",
                         help="GPU mode: --gpus 0 --runs-per-gpu 1 vs --runs-per-gpu K, --device cuda")
     parser.add_argument("--runs-per-gpu", type=int, default=4, help="GPU mode: K of the packed side (default 4)")
+    parser.add_argument("--spares", action="store_true",
+                        help="compare the same sweep without and with spare point processes (ORCH_SPARES=0/1); "
+                             "--workers / --gpu --runs-per-gpu choose the sweep")
     parser.add_argument("--repeats", type=int, default=1, help="sweeps per side, alternating order (default 1)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the sweeps (default: this one)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -130,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    if args.gpu:
+    extra_env: dict[str, dict[str, str]] = {}
+    if args.spares:
+        # The same sweep with and without the pre-started point processes.
+        tail = (["--gpus", "0", "--runs-per-gpu", str(args.runs_per_gpu), "--device", "cuda"] if args.gpu
+                else ["--workers", str(args.workers), "--device", "cpu"])
+        sides = [("no spare processes", tail), ("spare processes", tail)]
+        extra_env = {"no spare processes": {"ORCH_SPARES": "0"}, "spare processes": {"ORCH_SPARES": "1"}}
+    elif args.gpu:
         sides = [("1 run per GPU", ["--gpus", "0", "--runs-per-gpu", "1", "--device", "cuda"]),
                  (f"{args.runs_per_gpu} runs per GPU",
                   ["--gpus", "0", "--runs-per-gpu", str(args.runs_per_gpu), "--device", "cuda"])]
@@ -166,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         order = sides if i % 2 == 0 else sides[::-1]
         for label, tail in order:
-            results[label].append(run_side(label, tail, args, env))
+            results[label].append(run_side(label, tail, args, {**env, **extra_env.get(label, {})}))
 
     def med(label: str, key: str) -> float | None:
         values = [r[key] for r in results[label] if r[key] is not None]

@@ -5,6 +5,9 @@ A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``
 of N CPU workers with the cores divided among them. Each point runs in its own process
 (``python -m orchestrator.point``) for fault isolation and a clean CUDA state; it logs
 straight to MLflow under the sweep's parent run and reports progress as JSON lines.
+While a slot's point trains, the slot's next process is already started ("spare"): it
+imports torch and mlflow, then waits for its job, so that a point's start-up (seconds)
+overlaps the previous point's training instead of following it.
 
 Children die with the scheduler (``PR_SET_PDEATHSIG``): a SIGKILLed sweep leaves no
 orphans, only runs left RUNNING, which the next invocation marks FAILED and reruns.
@@ -147,6 +150,12 @@ class Outcome:
     seconds: float = 0.0
 
 
+def _exhausted(source: Any) -> bool:
+    """True when the source says it has no further point (a queue never says so)."""
+    check = getattr(source, "exhausted", None)
+    return bool(check()) if check else False
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the scheduler dies, however it dies."""
     try:
@@ -167,8 +176,69 @@ class Scheduler:
         self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
         self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
         self.stop_requested = False
+        # One pre-started point process per slot (ORCH_SPARES=0 turns it off).
+        self.spares_enabled = os.environ.get("ORCH_SPARES", "1") != "0"
+        self.spares: dict[int, tuple[subprocess.Popen, Path]] = {}
+        self._n_spares = 0
 
     # -- child processes -------------------------------------------------------------
+    def _slot_env(self, slot: Slot) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env["ORCH_THREADS"] = str(slot.threads)
+            env["OMP_NUM_THREADS"] = str(slot.threads)
+        return env
+
+    def _start_process(self, slot: Slot, log_path: Path) -> subprocess.Popen:
+        with open(log_path, "w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.point"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self._slot_env(slot),
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
+                preexec_fn=_die_with_parent,
+            )
+
+    def _start_spare(self, slot: Slot) -> None:
+        """Start the slot's next point process now: it imports torch and mlflow while the
+        current point trains, then waits for its job on stdin."""
+        if not self.spares_enabled or slot.index in self.spares:
+            return
+        self._n_spares += 1
+        log_path = self.log_dir / f"spare-{slot.index}-{self._n_spares}.log"
+        self.spares[slot.index] = (self._start_process(slot, log_path), log_path)
+
+    def _take_spare(self, slot: Slot) -> tuple[subprocess.Popen, Path] | None:
+        spare = self.spares.pop(slot.index, None)
+        if spare is not None and spare[0].poll() is not None:  # it died while waiting
+            return None
+        return spare
+
+    def _close_spares(self) -> None:
+        """Idle spares exit on an empty job; one that does not is killed."""
+        spares, self.spares = list(self.spares.values()), {}
+        for proc, _ in spares:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc, log_path in spares:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+            log_path.unlink(missing_ok=True)
+
     def _spawn(self, task: Task, slot: Slot) -> None:
         job = task.job
         payload = {
@@ -180,26 +250,13 @@ class Scheduler:
             "device": "cuda" if slot.gpu is not None else "cpu",
             "tags": {**job.tags, "orch.attempt": str(task.attempt), "orch.slot": slot.label},
         }
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            env["ORCH_THREADS"] = str(slot.threads)
-            env["OMP_NUM_THREADS"] = str(slot.threads)
         task.log_path = self.log_dir / f"{job.name}-attempt{task.attempt}.log"
-        with open(task.log_path, "w") as log:
-            task.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.point"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=env,
-                text=True,
-                start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
-                preexec_fn=_die_with_parent,
-            )
+        spare = self._take_spare(slot)
+        if spare is not None:
+            task.proc, spare_log = spare
+            os.replace(spare_log, task.log_path)  # the child keeps writing to the renamed file
+        else:
+            task.proc = self._start_process(slot, task.log_path)
         task.proc.stdin.write(json.dumps(payload))
         task.proc.stdin.close()
         task.slot, task.started = slot, time.time()
@@ -235,6 +292,8 @@ class Scheduler:
                     self._spawn(task, slot)
                     running[slot.index] = task
                     self.display.started(task)
+                    if not _exhausted(source):
+                        self._start_spare(slot)
                 if not running:
                     if self.idle_poll is None or (self.fail_fast and outcome.failed):
                         break
@@ -269,6 +328,7 @@ class Scheduler:
                     self.display.failed(task, reason)
             outcome.skipped = source.unstarted() if hasattr(source, "unstarted") else []
         finally:
+            self._close_spares()
             if running or self.stop_requested:
                 outcome.interrupted = self.stop_requested
                 self._stop_all(running, tracking, source)

@@ -1,10 +1,11 @@
 """Child process of a sweep: ``python -m orchestrator.point`` runs one point.
 
-Reads a JSON job from stdin, runs it through :func:`orchestrator.runner.run_tracked`, and
-reports to the parent as JSON lines on the original stdout (``started``, ``epoch``,
-``end``). Everything else that would go to stdout (library chatter) is sent to stderr,
-which the parent keeps as the point's log. The exit code is the run's: 0 FINISHED,
-1 FAILED, 130 KILLED.
+Imports torch, mlflow and the training code first, then reads a JSON job from stdin: a
+spare process started ahead of time waits there, and an empty stdin ends it quietly.
+The job runs through :func:`orchestrator.runner.run_tracked`, which reports to the parent
+as JSON lines on the original stdout (``started``, ``epoch``, ``end``). Everything else
+that would go to stdout (library chatter) is sent to stderr, which the parent keeps as
+the point's log. The exit code is the run's: 0 FINISHED, 1 FAILED, 130 KILLED.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ def _event_stream() -> TextIO:
     return events
 
 
+def _preload() -> None:
+    """Import what every run needs (seconds of start-up) before the job is known."""
+    import experiments.data  # noqa: F401
+    import experiments.plots  # noqa: F401
+    import experiments.train  # noqa: F401
+    from orchestrator import tracking
+
+    tracking.preload()
+
+
 def main() -> int:
     events = _event_stream()
 
@@ -30,15 +41,20 @@ def main() -> int:
         events.write(json.dumps(event) + "\n")
         events.flush()
 
-    job = json.loads(sys.stdin.read())
     from orchestrator.runner import EXIT_INTERRUPTED, raise_on_sigterm
 
     raise_on_sigterm()
+    _preload()
     threads = int(os.environ.get("ORCH_THREADS", "0"))
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
+
+    text = sys.stdin.read()  # a spare process waits here until its slot needs it
+    if not text.strip():
+        return 0  # a spare that was not needed
+    job = json.loads(text)
 
     from experiments.config import build
     from orchestrator.runner import run_tracked

@@ -97,6 +97,13 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def preload() -> None:
+    """Import the parts of mlflow that a run uses (a point process does it before its job comes)."""
+    import mlflow.entities  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+
 def client(uri: str):
     import logging
 

@@ -214,6 +214,36 @@ def test_extended_grid_reuses_finished_points_and_reports_them(tmp_path):
     assert [(r["n_finished"], r["n_expected"]) for r in rows] == [(2, 2)], rows
 
 
+def _processes_with_env(marker: str) -> list[int]:
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find child processes")
+def test_spare_point_processes_leave_nothing_behind(tmp_path):
+    """With spares (the default), every point still runs once, and no process outlives the sweep."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    marker = f"ORCH_TEST_MARK={tmp_path.name}"
+    grid = write_grid(tmp_path / "g.yaml", "spares", {"model.norm": ["bn", "gn", "ln"]})
+    proc = orch("sweep", str(grid), "--workers", "1", cwd=tmp_path,
+                env={"MLFLOW_TRACKING_URI": uri, "ORCH_SPARES": "1", "ORCH_TEST_MARK": tmp_path.name})
+    assert proc.returncode == 0, proc.stderr
+    spec = load_grid(grid)
+    kids = children(uri, spec.sweep_id)
+    assert finished_keys(kids) == sorted(r.run_key for r in spec.runs) and len(kids) == 3
+    assert len({k.data.tags["orch.pid"] for k in kids}) == 3  # one process per point
+    deadline = time.time() + 10
+    while _processes_with_env(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_with_env(marker) == []
+
+
 def _raw_statuses(db: Path) -> list[str]:
     """Point statuses read straight from SQLite: polling through MLflow while the sweep
     creates the store would race it on the schema migration."""
