@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_run.sh               # on the GPU machine: ~6-8 min on one H100
 #   bash benchmarks/gpu_run.sh --compile     # also a torch.compile run at batch 128 (~1 min more)
+#   bash benchmarks/gpu_run.sh --spares      # also spare processes off vs on (~2 min more)
 #   bash benchmarks/gpu_run.sh --cpu-smoke   # here, without a GPU: the same steps, tiny, on the CPU
 #
 # Steps (GPU mode):
@@ -14,6 +15,8 @@
 #      timestamps (epochs >= 2), beside the anchors of gpu-anchors.md
 #   4. packed runs: benchmarks/sweep_parallel.py --gpu, --runs-per-gpu 1 vs 4, on a small
 #      CIFAR grid (4 norms x 2 seeds, batch 128, 2 epochs)
+#   4b. with --spares: the same grid at --runs-per-gpu 1 without and with spare point
+#      processes (benchmarks/sweep_parallel.py --spares)
 #   5. benchmarks/norms.py --device cuda
 #   6. a short summary table, last; copies of the reports under $OUT when it is set
 #
@@ -26,18 +29,20 @@
 # and run it with carry [".gpu"]:  bash benchmarks/gpu_run.sh
 set -euo pipefail
 
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
 
 export ORCH_ARGS="$*"
 MODE=gpu
 COMPILE=0
 PACKED=1
+SPARES=0
 NORMS=1
 while (($#)); do
   case "$1" in
     --cpu-smoke) MODE=smoke ;;
     --compile) COMPILE=1 ;;
     --no-packed) PACKED=0 ;;
+    --spares) SPARES=1 ;;
     --no-norms) NORMS=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -246,6 +251,26 @@ EOF
   fi
 fi
 
+# ------------------------------------------------------------------ spare processes
+if ((SPARES && PACKED)); then
+  t=$(left)
+  if ((t < 90)); then
+    say "SKIPPED spare processes: only ${t}s of the budget left"
+    record "spare processes" "skipped (time budget)" "-"
+  else
+    if [[ $MODE == gpu ]]; then SPARE_ARGS=(--gpu --runs-per-gpu 1); else SPARE_ARGS=(--workers 1); fi
+    say "spare processes: benchmarks/sweep_parallel.py --spares ${SPARE_ARGS[*]} (timeout ${t}s)"
+    rc=0
+    timeout "$t" "$PY" benchmarks/sweep_parallel.py --spares "${SPARE_ARGS[@]}" --grid "$GRID" "${DATA[@]}" \
+      --python "$PY" --out "$TMP/sweep_spares.md" || rc=$?
+    if ((rc == 0)); then
+      record "spare processes (${SPARE_ARGS[*]})" "$(grep -o 'speedup = .*' "$TMP/sweep_spares.md" | sed 's/\*//g')" "-"
+    else
+      record "spare processes (${SPARE_ARGS[*]})" "FAILED (exit $rc)" "-"
+    fi
+  fi
+fi
+
 # ------------------------------------------------------------------ norm layers
 if ((NORMS)); then
   t=$(left)
@@ -271,7 +296,7 @@ fi
 # ------------------------------------------------------------------ summary
 if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
   cp "$RESULTS" "$OUT/gpu_run_results.tsv"
-  for f in sweep_parallel.md norms.md; do
+  for f in sweep_parallel.md sweep_spares.md norms.md; do
     if [[ -f $TMP/$f ]]; then cp "$TMP/$f" "$OUT/$f"; fi
   done
   if [[ -f $DB ]]; then cp "$DB" "$OUT/gpu_run_mlflow.db"; fi
