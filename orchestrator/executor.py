@@ -15,6 +15,7 @@ orphans, only runs left RUNNING, which the next invocation marks FAILED and reru
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -313,6 +314,7 @@ class Scheduler:
                 free.sort(key=lambda s: s.index)
                 code = task.proc.returncode
                 if code == 0:
+                    task.log_path.unlink(missing_ok=True)  # the run is in MLflow; logs of failures stay
                     source.finished(task)
                     outcome.finished.append(task.name)
                     self.display.finished(task)
@@ -329,6 +331,8 @@ class Scheduler:
             outcome.skipped = source.unstarted() if hasattr(source, "unstarted") else []
         finally:
             self._close_spares()
+            with contextlib.suppress(OSError):
+                self.log_dir.rmdir()  # only when empty: nothing failed
             if running or self.stop_requested:
                 outcome.interrupted = self.stop_requested
                 self._stop_all(running, tracking, source)
