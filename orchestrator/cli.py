@@ -328,7 +328,8 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, 
 
     Runs log to the MLflow store the sweep was queued with, or to --tracking-uri.
     A worker that dies is noticed by its missing heartbeat: its point is requeued and
-    its MLflow run marked FAILED.
+    its MLflow run marked FAILED. Without --sweep it also joins the `orch tune` studies
+    of the storage that still want trials.
     """
     from orchestrator import storage as storage_mod
     from orchestrator import tracking

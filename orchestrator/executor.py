@@ -170,11 +170,12 @@ class Scheduler:
     """Runs the points of a source over slots, one child process each; reports through ``display``."""
 
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: Any = None,
-                 log_dir: Path | None = None, idle_poll: float | None = None):
+                 log_dir: Path | None = None, idle_poll: float | None = None, on_idle: Any = None):
         self.slots, self.fail_fast = slots, fail_fast
         self.display = display or PlainDisplay(quiet=True)
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="orch-logs-"))
         self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
+        self.on_idle = on_idle  # called while idle (with idle_poll); True: it did work, look again at once
         self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
         self.stop_requested = False
         # One pre-started point process per slot (ORCH_SPARES=0 turns it off).
@@ -298,6 +299,8 @@ class Scheduler:
                 if not running:
                     if self.idle_poll is None or (self.fail_fast and outcome.failed):
                         break
+                    if self.on_idle is not None and self.on_idle():
+                        continue
                     time.sleep(self.idle_poll)
                     continue
                 try:

@@ -244,11 +244,29 @@ def _axes(points: Sequence[dict]) -> list[str]:
 def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None = None, workers: int = 1,
                gpus: Sequence[str] | None = None, runs_per_gpu: int = 1, device: str = "auto",
                max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False) -> int:
-    """Claim and run points until the queue is empty (or forever with ``wait``); exit code."""
+    """Claim and run points until the queue is empty (or forever with ``wait``); exit code.
+
+    Without ``--sweep``, the worker also joins the ``orch tune`` studies of the storage that
+    still want trials (before the sweep points, after them, and whenever it is idle).
+    """
+    from orchestrator import tuning
+
+    def serve_tuning() -> bool:
+        if sweep is not None:
+            return False
+        return tuning.serve_studies(url, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
+
     source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries, wait=wait)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
-    scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None)
-    outcome = scheduler.run(source)
+    scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,
+                          on_idle=serve_tuning if wait else None)
+    try:
+        serve_tuning()
+        outcome = scheduler.run(source)
+        if not outcome.interrupted and not wait:
+            serve_tuning()  # studies queued while the points ran
+    except KeyboardInterrupt:
+        return 130
     if outcome.interrupted:
         return 130
     return 1 if outcome.failed else 0

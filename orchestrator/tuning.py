@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -418,23 +419,16 @@ def run_tune(
     return code
 
 
-def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, spec: SweepSpec, uri: str,
-               experiment_id: str, *, n_trials: int, timeout: float | None, storage_label: str,
-               run_settings: Mapping[str, str], device: str, say) -> int:
+def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, uri: str, experiment_id: str,
+              parent_id: str, *, n_trials: int, remaining: int, timeout: float | None, device: str, say) -> bool:
+    """Run trials of ``study`` in this process until it has ``n_trials`` finished ones
+    (counted over every process on the study); True when interrupted."""
     import optuna
     from optuna.trial import TrialState
 
     from orchestrator.runner import run_tracked
 
-    parent_id, resumed = open_parent(uri, experiment_id, plan, spec, tune, storage_label, run_settings)
-    orphans = fail_orphan_trials(uri, study)
-    if orphans:
-        say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    already = len(study.get_trials(deepcopy=False, states=finished_states))
-    remaining = max(0, n_trials - already)
-    say(f"[{plan.name}] {n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
-        f"{remaining} to run{' (resumed)' if resumed else ''}")
     report_key = epoch_metric(tune.metric, tune.direction)
     host, pid = socket.gethostname(), str(os.getpid())
 
@@ -507,6 +501,32 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
         except KeyboardInterrupt:
             interrupted = True
 
+    return interrupted
+
+
+def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, spec: SweepSpec, uri: str,
+               experiment_id: str, *, n_trials: int, timeout: float | None, storage_label: str,
+               run_settings: Mapping[str, str], device: str, say) -> int:
+    from optuna.trial import TrialState
+
+    parent_id, resumed = open_parent(uri, experiment_id, plan, spec, tune, storage_label, run_settings)
+    orphans = fail_orphan_trials(uri, study)
+    if orphans:
+        say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+    already = len(study.get_trials(deepcopy=False, states=finished_states))
+    remaining = max(0, n_trials - already)
+    say(f"[{plan.name}] {n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
+        f"{remaining} to run{' (resumed)' if resumed else ''}")
+    study.set_user_attr("orch.worker_job", {
+        "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id,
+        "metric": tune.metric, "space": [dataclasses.asdict(p) for p in tune.space], "n_trials": n_trials,
+        "plan": {"name": plan.name, "setting": plan.setting}, "sampler": run_settings["orch.sampler"],
+        "pruner": run_settings["orch.pruner"], "seed": int(run_settings["orch.seed"]),
+    })  # what an `orch worker` needs to join this study (serve_studies)
+    interrupted = _optimize(study, plan, fixed, tune, uri, experiment_id, parent_id, n_trials=n_trials,
+                            remaining=remaining, timeout=timeout, device=device, say=say)
+
     if interrupted:  # no summary: a second Ctrl-C would cut it short; the next run writes it
         tracking.end_run(uri, parent_id, tracking.KILLED, "interrupted")
         say(f"[{plan.name}] interrupted: the running trial is recorded KILLED (FAIL in Optuna); "
@@ -525,6 +545,52 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     print(f"{line}; no trial completed", flush=True)
     tracking.end_run(uri, parent_id, tracking.FAILED, "no trial completed")
     return EXIT_FAILED
+
+
+def serve_studies(url: str, *, tracking_uri: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+    """``orch worker``'s share of tuning: join every ``orch tune`` study of the storage that
+    still wants trials and run trials of it here until it has its ``n_trials``.
+
+    The study, its MLflow parent and what a trial needs (metric, space, fixed config,
+    sampler, pruner) were stored by ``orch tune``; Optuna's heartbeat on the storage fails
+    the trials of a worker that dies. Returns how many studies this call joined.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    storage = storage_mod.open_storage(url, heartbeat=True)
+    joined = 0
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        job = summary.user_attrs.get("orch.worker_job")
+        if summary.user_attrs.get("orch.kind") != STUDY_KIND or not job:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        n_trials = int(job["n_trials"])
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        if finished >= n_trials:
+            continue
+        fixed = study.user_attrs["orch.fixed_config"]
+        config = build(fixed)
+        space = tuple(ParamSpace(**{**p, "choices": tuple(p["choices"]) if p.get("choices") else None})
+                      for p in job["space"])
+        tune = TuneSpec(metric=job["metric"], direction=study.direction.name.lower(), n_trials=n_trials, space=space)
+        plan = StudyPlan(name=summary.study_name, setting=job["plan"]["setting"], config=config)
+        # Seeded apart from every other process on the study: it has drawn this many trials.
+        study.sampler = make_sampler(job["sampler"], int(job["seed"]) + len(study.get_trials(deepcopy=False)),
+                                     n_trials)
+        study.pruner = make_pruner(job["pruner"], config.train.max_epochs)
+        uri = tracking_uri or job["tracking_uri"]
+        say(f"[{plan.name}] joining the tuning study: {finished}/{n_trials} trials finished")
+        joined += 1
+        if _optimize(study, plan, fixed, tune, uri, job["experiment_id"], job["parent_run_id"], n_trials=n_trials,
+                     remaining=n_trials - finished, timeout=None, device=device, say=say):
+            raise KeyboardInterrupt
+        # This worker may have run the study's last trial: bring the parent's summary up to date.
+        counts = summarize_study(uri, job["parent_run_id"], study, tune.metric, say)
+        if counts["COMPLETE"]:
+            tracking.end_run(uri, job["parent_run_id"], tracking.FINISHED)
+    return joined
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, orch
@@ -154,3 +155,60 @@ def test_second_sqlite_worker_is_refused(tmp_path):
     finally:
         other.kill()
     assert queue.STUDY_PREFIX
+
+
+def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
+    """`orch tune --storage postgresql://…` and an `orch worker` run the trials of one study
+    together: each trial once, under the one parent run, and both processes take part."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = _db(postgres_url)
+    name = f"tq-{uuid.uuid4().hex[:6]}"
+    grid = tmp_path / "tune.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": name,
+        "base": {**TINY_BASE, "train": {"max_epochs": 3, "patience": 3}},
+        "grid": {"model.norm": ["bn"]},
+        "tune": {"metric": "val_f1_macro", "direction": "maximize", "n_trials": 6,
+                 "space": {"schedule.step_size": {"type": "int", "low": 1, "high": 3},
+                           "schedule.gamma": {"type": "float", "low": 0.1, "high": 0.9, "log": True}}},
+    }, sort_keys=False))
+    study_name = f"{name}-bn"
+    tuner = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(grid), "--storage", storage,
+                              "--tracking-uri", mlflow_server, "--pruner", "none", "--quiet"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the worker joins once the study says how
+        summaries = optuna.get_all_study_summaries(storage.replace("postgresql://", "postgresql+psycopg://"))
+        if any(s.study_name == study_name and "orch.worker_job" in s.user_attrs for s in summaries):
+            break
+        assert tuner.poll() is None, tuner.communicate()
+        time.sleep(0.5)
+    worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=600) for p in (tuner, worker)]
+    assert [tuner.returncode, worker.returncode] == [0, 0], [o[1][-2000:] for o in outs]
+    assert f"[{study_name}] joining the tuning study" in outs[1][1]
+
+    study = optuna.load_study(study_name=study_name,
+                              storage=storage.replace("postgresql://", "postgresql+psycopg://"))
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 6 <= len(complete) <= 7, [t.state for t in trials]  # a trial in flight elsewhere may finish last
+    assert {t.user_attrs["orch.pid"] for t in complete} == {str(tuner.pid), str(worker.pid)}
+
+    c = MlflowClient(tracking_uri=mlflow_server)
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("orch.kind") == "tune"]
+    kids = [r for r in runs if r.data.tags.get("orch.kind") == "trial"]
+    assert all(k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+    assert sorted(int(k.data.tags["orch.trial"]) for k in kids) == sorted(t.number for t in trials)
+    by_trial = {int(k.data.tags["orch.trial"]): k for k in kids}
+    for t in complete:
+        run = by_trial[t.number]
+        assert run.info.status == "FINISHED"
+        assert run.data.params["schedule.step_size"] == str(t.params["schedule.step_size"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["orch.n_complete"] == str(len(complete))
