@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,4 +123,15 @@ def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):
     engine_kwargs = {"pool_pre_ping": True}
     if not url.startswith("sqlite:"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    import sqlalchemy.exc
+
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
+            # Two processes creating Optuna's tables in a fresh database at once (a worker
+            # and `orch tune` started together): the loser's CREATE fails; the tables exist now.
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")

@@ -178,9 +178,12 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
     tuner = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(grid), "--storage", storage,
                               "--tracking-uri", mlflow_server, "--pruner", "none", "--quiet"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from orchestrator.storage import open_storage
+
     deadline = time.time() + 120
     while time.time() < deadline:  # the worker joins once the study says how
-        summaries = optuna.get_all_study_summaries(storage.replace("postgresql://", "postgresql+psycopg://"))
+        summaries = optuna.get_all_study_summaries(open_storage(storage.replace("postgresql://",
+                                                                                "postgresql+psycopg://")))
         if any(s.study_name == study_name and "orch.worker_job" in s.user_attrs for s in summaries):
             break
         assert tuner.poll() is None, tuner.communicate()
@@ -212,3 +215,14 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
         assert run.data.params["schedule.step_size"] == str(t.params["schedule.step_size"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["orch.n_complete"] == str(len(complete))
+
+
+def test_processes_opening_a_fresh_storage_at_once_all_succeed(postgres_url):
+    """Optuna creates its tables on first open; several orch processes racing to do it on a
+    fresh database (workers and `orch tune` started together) must all get the storage."""
+    url = _db(postgres_url).replace("postgresql://", "postgresql+psycopg://")
+    code = "import sys; from orchestrator.storage import open_storage; open_storage(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-500:] for e in errors]
