@@ -224,7 +224,7 @@ class Scheduler:
         return spare
 
     def _close_spares(self) -> None:
-        """Idle spares exit on an empty job; one that does not is killed."""
+        """Idle spares exit on an empty job; one still importing is killed (it holds nothing)."""
         spares, self.spares = list(self.spares.values()), {}
         for proc, _ in spares:
             try:
@@ -233,7 +233,7 @@ class Scheduler:
                 pass
         for proc, log_path in spares:
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
