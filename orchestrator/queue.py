@@ -251,10 +251,12 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
     """
     from orchestrator import tuning
 
+    tune_storage = None if sweep is not None else storage_mod.open_storage(url, heartbeat=True)
+
     def serve_tuning() -> bool:
-        if sweep is not None:
+        if tune_storage is None:
             return False
-        return tuning.serve_studies(url, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
+        return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
 
     source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries, wait=wait)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)

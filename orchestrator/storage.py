@@ -125,13 +125,11 @@ def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     import sqlalchemy.exc
 
-    for attempt in range(3):
+    for pause in (0.5, 1.5):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.IntegrityError):
             # Two processes creating Optuna's tables in a fresh database at once (a worker
             # and `orch tune` started together): the loser's CREATE fails; the tables exist now.
-            if attempt == 2:
-                raise
-            time.sleep(0.5 + attempt)
-    raise AssertionError("unreachable")
+            time.sleep(pause)
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)

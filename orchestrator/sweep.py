@@ -126,7 +126,9 @@ def sweep_records(uri: str, experiment_id: str, sweep_id: str, run_keys: Sequenc
     runs = tracking.sweep_children(uri, experiment_id, sweep_id)
     if run_keys:
         own = {r.info.run_id for r in runs}
-        runs += [r for r in tracking.finished_points(uri, experiment_id, run_keys) if r.info.run_id not in own]
+        wanted = set(run_keys)
+        runs += [r for r in tracking.finished_runs(uri, experiment_id, kind="point")
+                 if r.data.tags["orch.run_key"] in wanted and r.info.run_id not in own]
     return [tracking.to_record(r) for r in runs]
 
 

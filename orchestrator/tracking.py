@@ -207,11 +207,7 @@ class MlflowTracker:
                 op.wait()
 
     def _log_metrics(self, values: Mapping[str, float], step: int, synchronous: bool = True) -> Any:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        return self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()],
-                                     synchronous=synchronous)
+        return self.client.log_batch(self.run_id, metrics=_metrics(values, step), synchronous=synchronous)
 
     def log_figure(self, figure: Any, path: str) -> None:
         # Fast PNG compression: the figures are small and drawing them already costs enough.
@@ -222,7 +218,6 @@ class MlflowTracker:
 
     def log_model(self, model: Any, example: Any) -> None:
         import logging
-        import os
         import tempfile
 
         import mlflow.pytorch
@@ -320,25 +315,18 @@ def experiment_names(uri: str) -> list[str]:
     return sorted(e.name for e in client(uri).search_experiments())
 
 
-def finished_run_keys(uri: str, experiment_id: str, kind: str | None = None) -> set[str]:
-    """Run keys that already have a FINISHED, non-pruned run in the experiment (of that ``orch.kind``)."""
+def finished_runs(uri: str, experiment_id: str, kind: str | None = None):
+    """FINISHED, non-pruned runs of the experiment that carry a run key (of that ``orch.kind``)."""
     where = "attributes.status = 'FINISHED'"
     if kind:
         where += f" and tags.`orch.kind` = '{kind}'"
-    runs = search(uri, [experiment_id], where)
-    return {
-        r.data.tags["orch.run_key"]
-        for r in runs
-        if "orch.run_key" in r.data.tags and r.data.tags.get("orch.trial_state") != "PRUNED"
-    }
+    return [r for r in search(uri, [experiment_id], where)
+            if "orch.run_key" in r.data.tags and r.data.tags.get("orch.trial_state") != "PRUNED"]
 
 
-def finished_points(uri: str, experiment_id: str, run_keys: Iterable[str]):
-    """FINISHED sweep-point runs of the experiment whose run key is one of ``run_keys``, any sweep."""
-    wanted = set(run_keys)
-    runs = search(uri, [experiment_id], "attributes.status = 'FINISHED' and tags.`orch.kind` = 'point'")
-    return [r for r in runs if r.data.tags.get("orch.run_key") in wanted
-            and r.data.tags.get("orch.trial_state") != "PRUNED"]
+def finished_run_keys(uri: str, experiment_id: str, kind: str | None = None) -> set[str]:
+    """Run keys that already have a FINISHED, non-pruned run in the experiment (of that ``orch.kind``)."""
+    return {r.data.tags["orch.run_key"] for r in finished_runs(uri, experiment_id, kind)}
 
 
 def find_sweep_parent(uri: str, experiment_id: str, sweep_id: str):
@@ -412,10 +400,15 @@ def log_figure(uri: str, run_id: str, figure: Any, path: str) -> None:
 
 def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
     """Log metrics on an existing run (e.g. a tuning study's best value on its parent)."""
+    client(uri).log_batch(run_id, metrics=_metrics(values, step))
+
+
+def _metrics(values: Mapping[str, float], step: int) -> list:
+    """MLflow Metric entities for one step, stamped now."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:

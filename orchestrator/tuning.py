@@ -547,19 +547,20 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     return EXIT_FAILED
 
 
-def serve_studies(url: str, *, tracking_uri: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto", quiet: bool = False) -> int:
     """``orch worker``'s share of tuning: join every ``orch tune`` study of the storage that
     still wants trials and run trials of it here until it has its ``n_trials``.
 
     The study, its MLflow parent and what a trial needs (metric, space, fixed config,
     sampler, pruner) were stored by ``orch tune``; Optuna's heartbeat on the storage fails
-    the trials of a worker that dies. Returns how many studies this call joined.
+    the trials of a worker that dies. ``storage``: an open Optuna storage
+    (:func:`orchestrator.storage.open_storage` with ``heartbeat=True``). Returns how many
+    studies this call joined.
     """
     import optuna
     from optuna.trial import TrialState
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    storage = storage_mod.open_storage(url, heartbeat=True)
     joined = 0
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         job = summary.user_attrs.get("orch.worker_job")

@@ -125,6 +125,7 @@ def test_quiet_and_logged_model_reproduces_val_f1(store, tmp_path):
     assert m["best_epoch"] < m["epochs_run"]
     assert m["epochs_run"] - m["best_epoch"] == 2  # patience
 
+    mlflow.set_tracking_uri(store)  # as the README says; earlier tests may have set another store
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     cfg = build(yaml.safe_load(cfg_file.read_text()))
     splits = load_splits(cfg.data, "cpu")

@@ -175,8 +175,10 @@ def test_report_has_the_study_layout(seeded_sweep):
 def test_failing_point_is_retried_then_failed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = write_grid(tmp_path / "g.yaml", "faulty", {"optim.lr": [0.05, 1.0e6]})
-    proc = orch("sweep", str(grid), "--max-retries", "2", "--workers", "2", env={"MLFLOW_TRACKING_URI": uri},
-                cwd=tmp_path)
+    scratch = tmp_path / "scratch"  # the sweep's temporary folders, point logs among them
+    scratch.mkdir()
+    proc = orch("sweep", str(grid), "--max-retries", "2", "--workers", "2",
+                env={"MLFLOW_TRACKING_URI": uri, "TMPDIR": str(scratch)}, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     spec = load_grid(grid)
     kids = children(uri, spec.sweep_id)
@@ -189,6 +191,10 @@ def test_failing_point_is_retried_then_failed(tmp_path):
     assert "FAILED" in proc.stderr and "lr1000000" in proc.stderr.replace(".0", "")
     (parent,) = parents(uri, spec.sweep_id)
     assert parent.info.status == "FAILED"
+    # The logs of the failed attempts are kept; the finished point's log is not.
+    logs = sorted(p.name for p in scratch.glob("orch-logs-*/*.log"))
+    assert [n for n in logs if not n.startswith("spare-")] == [
+        f"{k.info.run_name}-attempt{a}.log" for k in bad[:1] for a in (1, 2, 3)], logs
 
 
 def test_extended_grid_reuses_finished_points_and_reports_them(tmp_path):
@@ -227,12 +233,16 @@ def _processes_with_env(marker: str) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find child processes")
 def test_spare_point_processes_leave_nothing_behind(tmp_path):
-    """With spares (the default), every point still runs once, and no process outlives the sweep."""
+    """With spares (the default), every point still runs once in a process of its own, no
+    process outlives the sweep, and no log of a finished point or spare is left behind."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     marker = f"ORCH_TEST_MARK={tmp_path.name}"
     grid = write_grid(tmp_path / "g.yaml", "spares", {"model.norm": ["bn", "gn", "ln"]})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     proc = orch("sweep", str(grid), "--workers", "1", cwd=tmp_path,
-                env={"MLFLOW_TRACKING_URI": uri, "ORCH_SPARES": "1", "ORCH_TEST_MARK": tmp_path.name})
+                env={"MLFLOW_TRACKING_URI": uri, "ORCH_SPARES": "1", "ORCH_TEST_MARK": tmp_path.name,
+                     "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr
     spec = load_grid(grid)
     kids = children(uri, spec.sweep_id)
@@ -242,6 +252,7 @@ def test_spare_point_processes_leave_nothing_behind(tmp_path):
     while _processes_with_env(marker) and time.time() < deadline:
         time.sleep(0.2)
     assert _processes_with_env(marker) == []
+    assert not list(scratch.glob("orch-logs-*")), "logs of finished points and spares are removed"
 
 
 def _raw_statuses(db: Path) -> list[str]:
