@@ -25,15 +25,15 @@ from typing import Any, Mapping
 
 import yaml
 
+from experiments.errors import UserError
 from models._checks import NORM_NAMES, norm_constraint_error
 
 DATASET_NAMES = ("digits", "cifar10", "imagefolder")
 # PyYAML (YAML 1.1) reads 1e-3 as a string; numeric fields take it as the number it plainly is.
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Bad configuration input: names the source, the dotted key and the fix."""
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):

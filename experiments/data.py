@@ -34,6 +34,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from experiments.config import DATASET_NAMES, DataConfig
+from experiments.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ CACHE_ENV = "ORCH_CACHE_DIR"  # where decoded imagefolder trees are cached (defa
 CACHE_FORMAT = 1  # bump when the cached layout or the decoding rules change
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Bad or missing data: the message says what is wrong and how to fix it."""
 
 
@@ -382,11 +383,6 @@ class Splits:
     def in_channels(self) -> int:
         return int(self.train_x.shape[1])
 
-    @property
-    def image_size(self) -> int:
-        """Image height in pixels (images are square in the built-in datasets)."""
-        return int(self.train_x.shape[-2])
-
     def normalize(self, x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """uint8 (N, C, H, W) or (C, H, W) → float32 ``(x/255 - mean)/std`` on x's device.
 
@@ -533,7 +529,7 @@ def train_batches(
     ``batch_size > 1``: BatchNorm cannot train on it, so that example sits out this epoch
     (it lands elsewhere in the next permutation).
 
-    Augmentation: random crop after zero padding by ``image_size // 8`` pixels (4 for
+    Augmentation: random crop after zero padding by 1/8 of the image side (4 for
     CIFAR-10, 1 for digits) in normalised space, and a horizontal flip with probability
     1/2, vectorised over the batch on the device.
     """

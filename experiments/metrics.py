@@ -7,14 +7,17 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
+from experiments.metric_names import SCORES  # acc, f1_micro, f1_macro: the order of the values below
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str) -> dict[str, float]:
     """Accuracy, F1 micro and F1 macro as ``{prefix}_acc``, ``{prefix}_f1_micro``, ``{prefix}_f1_macro``."""
-    return {
-        f"{prefix}_acc": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}_f1_micro": float(f1_score(y_true, y_pred, average="micro")),
-        f"{prefix}_f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-    }
+    values = (
+        accuracy_score(y_true, y_pred),
+        f1_score(y_true, y_pred, average="micro"),
+        f1_score(y_true, y_pred, average="macro", zero_division=0),
+    )
+    return {f"{prefix}_{score}": float(v) for score, v in zip(SCORES, values)}
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,32 +1,36 @@
-"""Figures of one run (matplotlib, Agg backend): curves, feature quantiles, confusion matrix.
+"""Figures of one run: curves, feature quantiles, confusion matrix.
 
-Each function returns a Figure; the caller logs it and closes it.
+Each function returns a bare :class:`matplotlib.figure.Figure` (no pyplot): no GUI
+backend is involved, the process-wide backend is left alone, and nothing lingers in
+pyplot's registry. The caller logs the figure and drops it.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from experiments import metric_names as names
+from experiments.metric_names import epoch_key
 
 
-def curves(history: Mapping[str, Sequence[float]], best_epoch: int | None = None):
+def curves(history: Mapping[str, Sequence[float]], best_epoch: int | None = None) -> Figure:
     """Loss, accuracy and F1 per epoch, train vs val. history: ``epoch/<name>`` → values."""
-    epochs = np.arange(1, len(history["epoch/train_loss"]) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    epochs = np.arange(1, len(history[epoch_key(names.TRAIN_LOSS)]) + 1)
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.18)
+    f1_micro, f1_macro = names.VAL_SCORES[1:]
     panels = [
-        ("loss", [("train", "epoch/train_loss"), ("val", "epoch/val_loss")]),
-        ("accuracy", [("train", "epoch/train_acc"), ("val", "epoch/val_acc")]),
-        ("F1", [("val micro", "epoch/val_f1_micro"), ("val macro", "epoch/val_f1_macro")]),
+        ("loss", [("train", names.TRAIN_LOSS), ("val", names.VAL_LOSS)]),
+        ("accuracy", [("train", names.TRAIN_ACC), ("val", names.VAL_SCORES[0])]),
+        ("F1", [("val micro", f1_micro), ("val macro", f1_macro)]),
     ]
     for ax, (title, series) in zip(axes, panels):
         for label, key in series:
-            ax.plot(epochs, history[key], marker="o", ms=3, label=label)
+            ax.plot(epochs, history[epoch_key(key)], marker="o", ms=3, label=label)
         if best_epoch:
             ax.axvline(best_epoch, color="grey", ls="--", lw=1, label="best")
         ax.set_title(title)
@@ -36,12 +40,13 @@ def curves(history: Mapping[str, Sequence[float]], best_epoch: int | None = None
     return fig
 
 
-def quantiles(history: Mapping[str, Sequence[float]], names: Sequence[str]):
+def quantiles(history: Mapping[str, Sequence[float]], quantile_names: Sequence[str]) -> Figure:
     """Percentiles of the probed feature vector across epochs."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.12, right=0.8, bottom=0.12, top=0.92)
-    for name in names:
-        values = history[f"epoch/{name}"]
+    for name in quantile_names:
+        values = history[epoch_key(name)]
         ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=name.replace("feat_", ""))
     ax.set_title("penultimate features of the first validation example")
     ax.set_xlabel("epoch")
@@ -51,13 +56,14 @@ def quantiles(history: Mapping[str, Sequence[float]], names: Sequence[str]):
     return fig
 
 
-def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "test"):
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "test") -> Figure:
     """Row-normalised heat map with the raw counts written in each cell."""
     counts = np.asarray(matrix)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(class_names)
     size = max(4.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.16, right=0.95, bottom=0.16, top=0.93)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), class_names, rotation=45, ha="right")

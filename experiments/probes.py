@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-QUANTILES = {"feat_q01": 0.01, "feat_q20": 0.20, "feat_q80": 0.80, "feat_q99": 0.99}
+from experiments.metric_names import QUANTILES
 
 
 @torch.no_grad()

@@ -7,29 +7,23 @@ Reads top to bottom as the run does. Nothing here knows about MLflow: results go
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments import metric_names as names
 from experiments import metrics as M
-from experiments import plots
-from experiments.config import RunConfig, to_yaml
+from experiments.config import RunConfig
 from experiments.data import Splits, eval_batches, load_splits, train_batches
-from experiments.probes import QUANTILES, feature_quantiles
+from experiments.metric_names import EPOCH_METRICS, SPLITS, epoch_key
+from experiments.probes import feature_quantiles
 from models import ResNet, clamp_gates_, gate_parameters
-
-EPOCH_KEYS = (
-    "train_loss", "train_acc", "val_loss", "val_acc", "val_f1_micro", "val_f1_macro", "lr",
-    *QUANTILES,
-)  # logged as epoch/<key>, step = epoch (1-based)
-SPLITS = ("train", "val", "test")
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,20 +31,14 @@ class TrainingDiverged(RuntimeError):
 
 
 class Tracker(Protocol):
-    """Where a run's results go. Every method may be a no-op."""
+    """Where a run's numbers go while it trains (artifacts are drawn from the RunResult)."""
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None: ...
     def log_summary(self, values: dict[str, float]) -> None: ...
-    def log_figure(self, figure: Any, path: str) -> None: ...
-    def log_text(self, text: str, path: str) -> None: ...
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None: ...
-    wants_artifacts: bool
 
 
 class NullTracker:
-    """Records nothing and skips the artifacts (plots, model)."""
-
-    wants_artifacts = False
+    """Records nothing."""
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         pass
@@ -58,22 +46,19 @@ class NullTracker:
     def log_summary(self, values: dict[str, float]) -> None:
         pass
 
-    def log_figure(self, figure: Any, path: str) -> None:
-        pass
-
-    def log_text(self, text: str, path: str) -> None:
-        pass
-
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        pass
-
 
 @dataclass
 class RunResult:
+    """What a finished run hands back: its numbers, its restored best model, and what its
+    artifacts are drawn from."""
+
     summary: dict[str, float]
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)  # epoch/<name> -> one value per epoch
     best_epoch: int = 0
-    model: torch.nn.Module | None = None
+    model: torch.nn.Module | None = None  # the best checkpoint, restored, float32, eval mode
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # split -> (true, pred)
+    class_names: list[str] = field(default_factory=list)
+    example: torch.Tensor | None = None  # two normalised validation images: the model's input signature
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -170,7 +155,7 @@ def train(
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.schedule.step_size, gamma=cfg.schedule.gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    history: dict[str, list[float]] = {f"epoch/{k}": [] for k in EPOCH_KEYS}
+    history: dict[str, list[float]] = {epoch_key(k): [] for k in EPOCH_METRICS}
     best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
     step_seconds, images_seen = 0.0, 0
     t_start = time.perf_counter()
@@ -210,15 +195,15 @@ def train(
             raise TrainingDiverged(f"non-finite validation loss ({val_loss}) at epoch {epoch}; lower optim.lr")
         val_true = splits.val_y.cpu().numpy()
         values = {
-            "train_loss": train_loss,
-            "train_acc": correct.item() / seen,
-            "val_loss": val_loss,
+            names.TRAIN_LOSS: train_loss,
+            names.TRAIN_ACC: correct.item() / seen,
+            names.VAL_LOSS: val_loss,
             **M.classification_metrics(val_true, val_pred, "val"),
-            "lr": lr,
+            names.LR: lr,
             **probe(model, splits, autocast, channels_last),
         }
-        for k in EPOCH_KEYS:
-            history[f"epoch/{k}"].append(values[k])
+        for k in EPOCH_METRICS:
+            history[epoch_key(k)].append(values[k])
         tracker.log_epoch(epoch, values)
         if on_epoch is not None:
             on_epoch(epoch, values)
@@ -243,41 +228,14 @@ def train(
         truth = getattr(splits, f"{split}_y").cpu().numpy()
         predictions[split] = (truth, pred)
         summary.update(M.classification_metrics(truth, pred, split))
-    summary.update(
-        best_epoch=best_epoch,
-        epochs_run=epochs_run,
-        train_seconds=train_seconds,
-        images_per_second=images_seen / step_seconds if step_seconds > 0 else 0.0,
-    )
+    summary.update({
+        names.BEST_EPOCH: best_epoch,
+        names.EPOCHS_RUN: epochs_run,
+        names.TRAIN_SECONDS: train_seconds,
+        names.IMAGES_PER_SECOND: images_seen / step_seconds if step_seconds > 0 else 0.0,
+    })
     tracker.log_summary(summary)
 
-    if tracker.wants_artifacts:
-        _log_artifacts(tracker, cfg, model, splits, history, best_epoch, predictions, channels_last)
-    return RunResult(summary=summary, history=history, best_epoch=best_epoch, model=model)
-
-
-def _log_artifacts(tracker, cfg, model, splits, history, best_epoch, predictions, channels_last) -> None:
-    import matplotlib.pyplot as plt
-
-    tracker.log_text(to_yaml(cfg), "config.yaml")
-    for fig, path in (
-        (plots.curves(history, best_epoch), "plots/curves.png"),
-        (plots.quantiles(history, list(QUANTILES)), "plots/quantiles.png"),
-        (plots.confusion_matrix(M.confusion(*predictions["test"], splits.num_classes), splits.class_names),
-         "plots/confusion_test.png"),
-    ):
-        tracker.log_figure(fig, path)
-        plt.close(fig)
-    rows = ["epoch," + ",".join(QUANTILES)]
-    for i in range(len(history["epoch/train_loss"])):
-        rows.append(f"{i + 1}," + ",".join(f"{history[f'epoch/{q}'][i]:.6g}" for q in QUANTILES))
-    tracker.log_text("\n".join(rows) + "\n", "quantiles.csv")
-    truth, pred = predictions["test"]
-    report = {
-        "confusion_matrix": M.confusion(truth, pred, splits.num_classes).tolist(),
-        "class_names": list(splits.class_names),
-        "report": M.per_class_report(truth, pred, splits.class_names),
-    }
-    tracker.log_text(json.dumps(report, indent=2), "test_report.json")
-    example = splits.normalize(splits.val_x[:2], channels_last=channels_last)
-    tracker.log_model(model.float().eval(), example.float())
+    example = splits.normalize(splits.val_x[:2], channels_last=channels_last).float()
+    return RunResult(summary=summary, history=history, best_epoch=best_epoch, model=model.float().eval(),
+                     predictions=predictions, class_names=list(splits.class_names), example=example)

@@ -1,8 +1,10 @@
 """The ``orch`` command: thin wrappers that parse, call and map errors to exit codes.
 
-Exit codes: 0 done, 1 some work failed, 2 bad input (nothing was started), 130 interrupted.
-Heavy imports (torch, mlflow, optuna) happen inside the commands that need them, so
-``orch --help`` and grid validation stay fast.
+Exit codes (:class:`orchestrator.errors.ExitCode`): 0 done, 1 some work failed, 2 bad
+input (nothing was started), 130 interrupted. Every error the user must fix derives from
+:class:`orchestrator.errors.UserError`; :func:`handle_errors` turns it into one line and
+exit 2. Heavy imports (torch, mlflow, optuna) happen inside the commands that need them,
+so ``orch --help`` and grid validation stay fast.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from orchestrator import __version__
+from orchestrator.errors import ExitCode, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -22,35 +25,31 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 class BadInput(click.ClickException):
     """A user mistake: one message naming the problem and the fix; exit code 2."""
 
-    exit_code = 2
-
-
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from experiments.config import ConfigError
-    from orchestrator.storage import StorageError
-    from orchestrator.tracking import TrackingError
-
-    types: list[type[BaseException]] = [ConfigError, TrackingError, StorageError]
-    if "experiments.data" in sys.modules:
-        types.append(sys.modules["experiments.data"].DatasetError)
-    if "orchestrator.errors" in sys.modules:
-        types.append(sys.modules["orchestrator.errors"].OrchInputError)
-    return tuple(types)
+    exit_code = ExitCode.BAD_INPUT
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's input errors into exit 2 with one line (a traceback with --debug)."""
+    """Turn a :class:`UserError` into exit 2 with one line (a traceback with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _bad_input_types() as err:
+        except UserError as err:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             raise BadInput(str(err)) from None
 
     return wrapper
+
+
+def open_store(tracking_uri: str | None):
+    """The command's tracking store: resolved, checked reachable, opened once."""
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    return tracking.TrackingStore(uri)
 
 
 tracking_uri_option = click.option(
@@ -103,25 +102,23 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     --set overrides single keys. Exits 1 if training fails (the run is recorded FAILED).
     """
     from experiments.config import load
-    from orchestrator import tracking
 
     cfg = load(config_file, overrides)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
+    store = open_store(tracking_uri)
     _check_device(device)
 
     from orchestrator.runner import raise_on_sigterm, run_tracked, summary_line
 
     raise_on_sigterm()
-    exp_id = tracking.ensure_experiment(uri, experiment)
+    exp_id = store.ensure_experiment(experiment)
     name = run_name or f"{cfg.model.norm}-bs{cfg.data.batch_size}-s{cfg.seed}"
     try:
-        code, run_id, summary = run_tracked(cfg, uri=uri, experiment_id=exp_id, run_name=name, device=device,
+        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
                                             quiet=quiet)
     except KeyboardInterrupt:
         click.echo("interrupted: the run is recorded KILLED", err=True)
-        sys.exit(130)
-    if code == 0 and not quiet:
+        sys.exit(ExitCode.INTERRUPTED)
+    if code == ExitCode.OK and not quiet:
         click.echo(f"run {run_id} FINISHED  {summary_line(summary)}", err=True)
     sys.exit(code)
 
@@ -169,7 +166,7 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, run
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     if gpu_list and device == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
-    tracking.check_reachable(uri)
+    store = open_store(uri)
     if storage:
         from orchestrator import queue, storage as storage_mod
 
@@ -177,14 +174,14 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, run
         if uri.startswith("sqlite:") and storage_mod.is_postgres(url):
             click.echo(f"note: workers on other machines cannot reach the SQLite store {uri}; "
                        "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
-        sub = queue.submit(spec, uri, url, rerun=rerun)
+        sub = queue.submit(spec, store, url, rerun=rerun)
         click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
                    f"({sub.done} already finished, {sub.queued_before} already queued) at "
                    f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
         return
     from orchestrator.sweep import run_sweep
 
-    sys.exit(run_sweep(spec, uri, workers=workers, gpus=gpu_list, runs_per_gpu=runs_per_gpu,
+    sys.exit(run_sweep(spec, store, workers=workers, gpus=gpu_list, runs_per_gpu=runs_per_gpu,
                        max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
                        metric=metric))
 
@@ -193,9 +190,10 @@ def _print_dry_run(spec: Any, uri: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from orchestrator.tracking import peek_finished_keys
+    from orchestrator import peek
+    from orchestrator.schema import Kind
 
-    done = peek_finished_keys(uri, spec.name, kind="point")
+    done = peek.finished_keys(uri, spec.name, kind=Kind.POINT)
     table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("run name")
@@ -229,44 +227,41 @@ def _missing_data_root(spec: Any) -> str | None:
     return None
 
 
-def _resolve_sweep(uri: str, experiment: str | None, sweep: str):
+def _resolve_sweep(store, experiment: str | None, sweep: str):
     """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
-    from orchestrator import tracking
+    from orchestrator.schema import Tag
 
     if experiment:
-        exp_id = tracking.experiment_id(uri, experiment)
+        exp_id = store.experiment_id(experiment)
         if exp_id is None:
-            names = ", ".join(tracking.experiment_names(uri)) or "none"
-            raise BadInput(f"no experiment {experiment!r} in {uri}; experiments: {names}")
+            names = ", ".join(store.experiment_names()) or "none"
+            raise BadInput(f"no experiment {experiment!r} in {store.uri}; experiments: {names}")
         exp_ids = [exp_id]
     else:
-        exp_ids = [e.experiment_id for e in tracking.client(uri).search_experiments()]
-    parents = tracking.sweep_parents(uri, exp_ids)
+        exp_ids = store.experiment_ids()
+    parents = store.sweep_parents(exp_ids)
     if not parents:
-        where = f"experiment {experiment!r}" if experiment else uri
+        where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
     if sweep in ("latest", "", None):
         parent = parents[0]
     else:
-        matches = [p for p in parents if p.data.tags.get("orch.sweep", "").startswith(sweep)]
+        matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
         if not matches:
-            known = ", ".join(f"{p.data.tags.get('orch.sweep')} ({p.info.run_name})" for p in parents[:20])
+            known = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:20])
             raise BadInput(f"no sweep {sweep!r}; sweeps: {known}")
         parent = matches[0]
     return parent.info.experiment_id, parent
 
 
-def _sweep_data(uri: str, experiment: str | None, sweep: str):
-    from orchestrator import compare, tracking
+def _sweep_data(store, experiment: str | None, sweep: str):
+    from orchestrator.schema import Artifact, Tag, read_points
     from orchestrator.sweep import sweep_records
 
-    exp_id, parent = _resolve_sweep(uri, experiment, sweep)
-    sweep_id = parent.data.tags["orch.sweep"]
-    points = tracking.download_json(uri, parent.info.run_id, "points.json")
-    records = sweep_records(uri, exp_id, sweep_id, [p["run_key"] for p in points])
-    expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
-                for p in points]
-    return records, expected
+    exp_id, parent = _resolve_sweep(store, experiment, sweep)
+    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
+    records = sweep_records(store, exp_id, parent.data.tags[Tag.SWEEP], [p.run_key for p in points])
+    return records, points
 
 
 @cli.command("tune")
@@ -294,15 +289,13 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     Every trial is a nested MLflow run under one parent run per study; rerunning with
     the same study name resumes it.
     """
-    from orchestrator import tracking
     from orchestrator.grid import load_grid
 
     spec = load_grid(grid_file, overrides)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
+    store = open_store(tracking_uri)
     from orchestrator.tuning import run_tune
 
-    sys.exit(run_tune(spec, uri, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
+    sys.exit(run_tune(spec, store, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
                       sampler=sampler, pruner=pruner, device=device, quiet=quiet))
 
 
@@ -332,14 +325,9 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, 
     of the storage that still want trials.
     """
     from orchestrator import storage as storage_mod
-    from orchestrator import tracking
 
     url = storage_mod.check(storage)
-    if tracking_uri:
-        uri = tracking.resolve_tracking_uri(tracking_uri)
-        tracking.check_reachable(uri)
-    else:
-        uri = None
+    uri = open_store(tracking_uri).uri if tracking_uri else None
     from orchestrator import queue
 
     if url.startswith("sqlite:"):
@@ -403,17 +391,12 @@ def status_cmd(storage: str, sweep: str | None) -> None:
 def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str | None, direction: str,
                 baseline: str | None, fmt: str, top: int | None, tracking_uri: str | None) -> None:
     """Rank the settings of a sweep: mean ± std over seeds, n finished / n expected."""
-    from orchestrator import compare, tracking
+    from orchestrator import compare
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
-    records, expected = _sweep_data(uri, experiment, sweep)
+    records, expected = _sweep_data(open_store(tracking_uri), experiment, sweep)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
-    try:
-        result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
-                                 baseline=baseline, top=top)
-    except ValueError as err:
-        raise BadInput(str(err)) from None
+    result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
+                             baseline=baseline, top=top)
     click.echo(compare.render(result, fmt))
 
 
@@ -425,15 +408,10 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
 @handle_errors
 def report_cmd(experiment: str | None, sweep: str, fmt: str, tracking_uri: str | None) -> None:
     """The study's table: one row per (setting, split) with Accuracy, F1 micro, F1 macro."""
-    from orchestrator import compare, tracking
+    from orchestrator import compare
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
-    records, expected = _sweep_data(uri, experiment, sweep)
-    try:
-        click.echo(compare.report(records, expected, fmt=fmt))
-    except ValueError as err:
-        raise BadInput(str(err)) from None
+    records, expected = _sweep_data(open_store(tracking_uri), experiment, sweep)
+    click.echo(compare.report(records, expected, fmt=fmt))
 
 
 @cli.command("ui")

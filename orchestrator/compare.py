@@ -29,11 +29,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from orchestrator.errors import UserError
+from orchestrator.schema import ExpectedPoint, Tag, TrialState, is_finished_result
+
+
+class CompareError(UserError):
+    """A comparison that cannot be made as asked: names what exists instead."""
+
 FORMATS = ("table", "csv", "markdown", "json")
 REPORT_FORMATS = ("markdown", "csv", "table", "json")
 DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
-FINISHED = "FINISHED"
-PRUNED = "PRUNED"
 SEED_KEY = "seed"
 BATCH_SIZE_KEY = "data.batch_size"
 REPORT_SPLITS = ("train", "val", "test")
@@ -59,18 +64,8 @@ class RunRecord:
     status: str  # MLflow status: FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
     params: Mapping[str, str]  # dotted config keys -> string values
     metrics: Mapping[str, float]  # latest values: summary ("val_f1_macro") and "epoch/..." ones
-    tags: Mapping[str, str]  # "orch.run_key", "orch.point", "orch.setting", "orch.kind", ...
+    tags: Mapping[str, str]  # schema.Tag keys: run key, point, setting, kind, ...
     start_time: int  # ms since epoch
-
-
-@dataclass(frozen=True)
-class ExpectedPoint:
-    """One point of the sweep's grid (from the sweep's points.json)."""
-
-    name: str
-    run_key: str
-    point: Mapping[str, Any]  # axis -> value, including "seed"
-    setting: str  # the point without seed: "model.norm=gn,data.batch_size=8"
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,7 @@ def parse_point(text: str | None) -> dict[str, str]:
 
 def is_result(record: RunRecord) -> bool:
     """A finished run that is not a pruned trial."""
-    return record.status == FINISHED and not _is_pruned(record)
+    return is_finished_result(record.status, record.tags)
 
 
 def select_finished(records: Iterable[RunRecord]) -> list[RunRecord]:
@@ -156,11 +151,11 @@ def select_finished(records: Iterable[RunRecord]) -> list[RunRecord]:
 
 
 def _is_pruned(record: RunRecord) -> bool:
-    return record.tags.get("orch.trial_state") == PRUNED
+    return record.tags.get(Tag.TRIAL_STATE) == TrialState.PRUNED
 
 
 def _identity(record: RunRecord) -> str:
-    return record.tags.get("orch.run_key") or record.run_id
+    return record.tags.get(Tag.RUN_KEY) or record.run_id
 
 
 def _latest_by(records: Iterable[RunRecord], key=_identity) -> dict[str, RunRecord]:
@@ -220,9 +215,9 @@ class _Unit:
         rec = self.finished or self.latest
         if rec is None:
             return {}
-        if "orch.point" in rec.tags:
-            return parse_point(rec.tags["orch.point"])
-        setting = parse_point(rec.tags.get("orch.setting"))
+        if Tag.POINT in rec.tags:
+            return parse_point(rec.tags[Tag.POINT])
+        setting = parse_point(rec.tags.get(Tag.SETTING))
         if SEED_KEY in rec.params:
             setting[SEED_KEY] = rec.params[SEED_KEY]
         return setting
@@ -232,8 +227,8 @@ class _Unit:
         if self.expected is not None:
             return {k: v for k, v in self.expected.point.items() if k != SEED_KEY}
         rec = self.finished or self.latest
-        if rec is not None and "orch.setting" in rec.tags:
-            return parse_point(rec.tags["orch.setting"])
+        if rec is not None and Tag.SETTING in rec.tags:
+            return parse_point(rec.tags[Tag.SETTING])
         return {k: v for k, v in self.point().items() if k != SEED_KEY}
 
     def value_of(self, key: str) -> Any:
@@ -269,7 +264,7 @@ def _collect_units(
     expected = list(expected or [])
     if not expected:
         latest = _latest_by(records)
-        finished = _latest_by(r for r in records if r.status == FINISHED)
+        finished = _latest_by(r for r in records if is_result(r))
         first_start: dict[str, int] = {}
         for r in records:
             k = _identity(r)
@@ -285,21 +280,14 @@ def _collect_units(
 
     axes = []
     by_key: dict[str, ExpectedPoint] = {}
-    by_point: dict[frozenset, ExpectedPoint] = {}
     for ep in expected:
         by_key.setdefault(ep.run_key, ep)
-        by_point.setdefault(frozenset((k, _str(v)) for k, v in ep.point.items()), ep)
         for k in ep.point:
             if k != SEED_KEY and k not in axes:
                 axes.append(k)
 
     def match(rec: RunRecord) -> ExpectedPoint | None:
-        run_key = rec.tags.get("orch.run_key")
-        if run_key:
-            return by_key.get(run_key)
-        if "orch.point" in rec.tags:  # older runs without a run key tag
-            return by_point.get(frozenset(parse_point(rec.tags["orch.point"]).items()))
-        return None
+        return by_key.get(rec.tags.get(Tag.RUN_KEY, ""))
 
     matched: dict[str, list[RunRecord]] = {}
     ignored = 0
@@ -315,7 +303,7 @@ def _collect_units(
         recs = matched.get(ep.run_key, [])
         # reversed: on equal start times the record listed last wins, as in _latest_by.
         latest = max(reversed(recs), key=lambda r: r.start_time, default=None)
-        done = [r for r in recs if r.status == FINISHED]
+        done = [r for r in recs if is_result(r)]
         finished = max(reversed(done), key=lambda r: r.start_time, default=None)
         units.append(_Unit(ep.run_key, ep, finished, latest, i))
     return units, axes, ignored
@@ -329,8 +317,8 @@ def _resolve_key(key: str, known: Sequence[str], what: str) -> str:
     if len(hits) == 1:
         return hits[0]
     if len(hits) > 1:
-        raise ValueError(f"{what} {key!r} is ambiguous: it could be {', '.join(hits)}")
-    raise ValueError(f"unknown {what}: {key!r}; choose from {', '.join(known) or '(none)'}")
+        raise CompareError(f"{what} {key!r} is ambiguous: it could be {', '.join(hits)}")
+    raise CompareError(f"unknown {what}: {key!r}; choose from {', '.join(known) or '(none)'}")
 
 
 # --------------------------------------------------------------------------- compare
@@ -364,21 +352,21 @@ def compare(
         top: keep only the first ``top`` rows.
 
     Raises:
-        ValueError: unknown metric (lists the metrics that exist), bad direction,
+        CompareError: unknown metric (lists the metrics that exist), bad direction,
             group key or baseline (lists what exists).
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        raise CompareError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     direction = DIRECTIONS[direction]
     if top is not None and top < 0:
-        raise ValueError(f"top must be a positive number of rows, not {top}")
+        raise CompareError(f"top must be a positive number of rows, not {top}")
     records = list(records)
     units, axes, ignored = _collect_units(records, expected)
 
     finished = [u.finished for u in units if u.finished is not None]
     if finished and not any(metric in r.metrics for r in finished):
         names = _metric_names(finished)
-        raise ValueError(
+        raise CompareError(
             f"no finished run has metric {metric!r}; metrics logged: {', '.join(names) or '(none)'}"
         )
 
@@ -396,7 +384,7 @@ def compare(
     bkey = bvalue = None
     if baseline is not None:
         if "=" not in baseline:
-            raise ValueError(f"baseline must look like key=value (e.g. model.norm=bn_torch), not {baseline!r}")
+            raise CompareError(f"baseline must look like key=value (e.g. model.norm=bn_torch), not {baseline!r}")
         bkey, bvalue = (s.strip() for s in baseline.split("=", 1))
         bkey = _resolve_key(bkey, group_keys, "baseline key (it must be a grouping key)")
 
@@ -413,7 +401,7 @@ def compare(
         if bvalue not in existing:
             bvalue = next((v for v in existing if _same_number(v, bvalue)), bvalue)
         if bvalue not in existing:
-            raise ValueError(
+            raise CompareError(
                 f"baseline {bkey}={bvalue} matches no setting; values of {bkey}: {', '.join(existing) or '(none)'}"
             )
 
@@ -564,7 +552,7 @@ def render(result: CompareResult, fmt: str = "table", *, width: int = 160) -> st
             d["values"] = ";".join(repr(v) for v in d["values"])
             writer.writerow({k: "" if d.get(k) is None else d[k] for k in fields})
         return buf.getvalue()
-    raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _render_rich(result: CompareResult, *, width: int) -> str:
@@ -641,7 +629,7 @@ def report(
     when more than one seed finished; ``–`` when none did.
     """
     if fmt not in REPORT_FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
+        raise CompareError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
     units, _, _ = _collect_units(list(records), expected)
     settings: dict[str, dict[str, Any]] = {}
     for u in units:

@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.config import to_dict
+from experiments.metric_names import DEFAULT_OBJECTIVE
+from orchestrator.errors import ExitCode
 from orchestrator.grid import RunSpec
+from orchestrator.schema import Kind, Status, Tag
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0
@@ -85,8 +88,8 @@ class Job:
     @classmethod
     def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str) -> Job:
         return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
-                   {"orch.kind": "point", "orch.sweep": sweep_id, "orch.point": spec.point_label,
-                    "orch.setting": spec.setting})
+                   {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
+                    Tag.SETTING: spec.setting})
 
 
 @dataclass
@@ -182,6 +185,7 @@ class Scheduler:
         self.spares_enabled = os.environ.get("ORCH_SPARES", "1") != "0"
         self.spares: dict[int, tuple[subprocess.Popen, Path]] = {}
         self._n_spares = 0
+        self._stores: dict[str, Any] = {}
 
     # -- child processes -------------------------------------------------------------
     def _slot_env(self, slot: Slot) -> dict[str, str]:
@@ -250,7 +254,7 @@ class Scheduler:
             "parent_run_id": job.parent_run_id,
             "run_name": job.name,
             "device": "cuda" if slot.gpu is not None else "cpu",
-            "tags": {**job.tags, "orch.attempt": str(task.attempt), "orch.slot": slot.label},
+            "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label},
         }
         task.log_path = self.log_dir / f"{job.name}-attempt{task.attempt}.log"
         spare = self._take_spare(slot)
@@ -274,9 +278,15 @@ class Scheduler:
         self.events.put((task, None))  # the process is gone
 
     # -- main loop ---------------------------------------------------------------------
-    def run(self, source: Any) -> Outcome:
-        from orchestrator import tracking
+    def store(self, uri: str):
+        """The tracking store of a job's URI, opened once per scheduler."""
+        from orchestrator.tracking import TrackingStore
 
+        if uri not in self._stores:
+            self._stores[uri] = TrackingStore(uri)
+        return self._stores[uri]
+
+    def run(self, source: Any) -> Outcome:
         outcome = Outcome()
         running: dict[int, Task] = {}  # slot index -> task
         free = list(self.slots)
@@ -322,8 +332,8 @@ class Scheduler:
                     outcome.finished.append(task.name)
                     self.display.finished(task)
                     continue
-                reason = self._close_dead_run(task, code, tracking)
-                if code == 130 and self.stop_requested:
+                reason = self._close_dead_run(task, code)
+                if code == ExitCode.INTERRUPTED and self.stop_requested:
                     source.abandon(task)
                     continue
                 if not self.stop_requested and source.failed(task, reason):
@@ -338,7 +348,7 @@ class Scheduler:
                 self.log_dir.rmdir()  # only when empty: nothing failed
             if running or self.stop_requested:
                 outcome.interrupted = self.stop_requested
-                self._stop_all(running, tracking, source)
+                self._stop_all(running, source)
             signal.signal(signal.SIGINT, previous)
             signal.signal(signal.SIGTERM, previous_term)
             outcome.seconds = time.time() - t0
@@ -358,39 +368,30 @@ class Scheduler:
             source.started(task)
         elif kind == "epoch":
             task.epoch, task.max_epochs = event.get("epoch", 0), event.get("max_epochs", 0)
-            task.last_f1 = event.get("val_f1_macro")
+            task.last_f1 = event.get(DEFAULT_OBJECTIVE)
             self.display.progress(task, event)
         elif kind == "end":
             task.summary = event.get("summary") or {}
 
-    def _close_dead_run(self, task: Task, code: int, tracking) -> str:
+    def _close_dead_run(self, task: Task, code: int) -> str:
         """Make sure the run of a child that did not finish is closed, and say why."""
-        uri = task.job.uri
-        if code == 1:
-            reason = self._failure_reason(task, tracking) or "training raised an exception"
-        elif code == 130:
+        store = self.store(task.job.uri)
+        if code == ExitCode.FAILED:
+            reason = (store.failure_reason(task.run_id) if task.run_id else None) or "training raised an exception"
+        elif code == ExitCode.INTERRUPTED:
             return "interrupted"
         elif code < 0:
             reason = f"process died ({signal.Signals(-code).name})"
         else:
             reason = f"process exited with code {code}"
-        if task.run_id and tracking.run_status(uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
-            tracking.end_run(uri, task.run_id, tracking.FAILED, reason, self._log_tail(task))
-        elif not task.run_id:
+        if task.run_id:
+            store.close_if_live(task.run_id, Status.FAILED, reason, self._log_tail(task))
+        else:
             reason += f" before its MLflow run started; log: {task.log_path}"
             tail = self._log_tail(task).strip().splitlines()
             if tail:
                 reason += f" ({tail[-1][:300]})"
         return reason
-
-    @staticmethod
-    def _failure_reason(task: Task, tracking) -> str | None:
-        if not task.run_id:
-            return None
-        try:
-            return tracking.client(task.job.uri).get_run(task.run_id).data.tags.get("orch.failure_reason")
-        except Exception:  # noqa: BLE001
-            return None
 
     @staticmethod
     def _log_tail(task: Task, lines: int = 60) -> str:
@@ -399,7 +400,7 @@ class Scheduler:
         except OSError:
             return ""
 
-    def _stop_all(self, running: dict[int, Task], tracking, source: Any) -> None:
+    def _stop_all(self, running: dict[int, Task], source: Any) -> None:
         """SIGTERM every child, wait for them to close their runs KILLED, then make sure."""
         for task in running.values():
             if task.proc and task.proc.poll() is None:
@@ -415,8 +416,8 @@ class Scheduler:
                 task.proc.wait()
         self._drain_run_ids()
         for task in running.values():
-            if task.run_id and tracking.run_status(task.job.uri, task.run_id) in (tracking.RUNNING, "SCHEDULED"):
-                tracking.end_run(task.job.uri, task.run_id, tracking.KILLED, "interrupted: the sweep was stopped")
+            if task.run_id:
+                self.store(task.job.uri).close_if_live(task.run_id, Status.KILLED, "interrupted: the sweep was stopped")
             source.abandon(task)
 
     def _drain_run_ids(self) -> None:
@@ -464,8 +465,8 @@ class PlainDisplay:
     def finished(self, task: Task) -> None:
         self.n_done += 1
         secs = time.time() - task.started
-        f1 = task.summary.get("val_f1_macro")
-        score = f"  val_f1_macro {f1:.4f}" if isinstance(f1, (int, float)) else ""
+        f1 = task.summary.get(DEFAULT_OBJECTIVE)
+        score = f"  {DEFAULT_OBJECTIVE} {f1:.4f}" if isinstance(f1, (int, float)) else ""
         self._say(f"  done    {task.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
 
     def retrying(self, task: Task, reason: str) -> None:
@@ -517,7 +518,7 @@ class LiveDisplay(PlainDisplay):
         table.add_column("point")
         table.add_column("slot")
         table.add_column("epoch", justify="right")
-        table.add_column("val_f1_macro", justify="right")
+        table.add_column(DEFAULT_OBJECTIVE, justify="right")
         table.add_column("time", justify="right")
         for task in self.running.values():
             f1 = task.last_f1
@@ -537,7 +538,7 @@ class LiveDisplay(PlainDisplay):
         self._update()
 
     def progress(self, task: Task, event: dict) -> None:
-        task.last_f1 = event.get("val_f1_macro")
+        task.last_f1 = event.get(DEFAULT_OBJECTIVE)
         self._update()
 
     def tick(self) -> None:

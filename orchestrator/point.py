@@ -41,7 +41,8 @@ def main() -> int:
         events.write(json.dumps(event) + "\n")
         events.flush()
 
-    from orchestrator.runner import EXIT_INTERRUPTED, raise_on_sigterm
+    from orchestrator.errors import ExitCode
+    from orchestrator.runner import raise_on_sigterm
 
     raise_on_sigterm()
     _preload()
@@ -57,14 +58,16 @@ def main() -> int:
     job = json.loads(text)
 
     from experiments.config import build
+    from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
     from orchestrator.runner import run_tracked
+    from orchestrator.tracking import TrackingStore
 
     cfg = build(job["config"])
     max_epochs = cfg.train.max_epochs
     try:
         code, run_id, summary = run_tracked(
             cfg,
-            uri=job["uri"],
+            store=TrackingStore(job["uri"]),
             experiment_id=job["experiment_id"],
             run_name=job.get("run_name"),
             tags=job.get("tags"),
@@ -73,12 +76,12 @@ def main() -> int:
             quiet=False,
             on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid()),
             on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=max_epochs,
-                                        val_f1_macro=v.get("val_f1_macro"), val_loss=v.get("val_loss")),
+                                        **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}),
         )
     except KeyboardInterrupt:
-        emit(event="end", code=EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
-    emit(event="end", code=code, run_id=run_id, summary=summary)
+        emit(event="end", code=int(ExitCode.INTERRUPTED))
+        return ExitCode.INTERRUPTED
+    emit(event="end", code=int(code), run_id=run_id, summary=summary)
     return code
 
 

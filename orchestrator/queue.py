@@ -23,13 +23,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator import storage as storage_mod
-from orchestrator import tracking
+from orchestrator.errors import ExitCode
 from orchestrator.executor import Job, Scheduler, Task, make_display, plan_slots
 from orchestrator.grid import SweepSpec
+from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, read_points
+from orchestrator.tracking import TrackingStore
 
 STUDY_PREFIX = "orch-sweep-"
-DISCARDED = "orch.discarded"
 
 
 def study_name(sweep_id: str) -> str:
@@ -48,36 +50,37 @@ class Submitted:
     queued_before: int
 
 
-def submit(spec: SweepSpec, uri: str, url: str, *, rerun: bool = False) -> Submitted:
+def submit(spec: SweepSpec, store: TrackingStore, url: str, *, rerun: bool = False) -> Submitted:
     """Put the sweep's unfinished points on the queue (idempotent: queued points stay once)."""
     import optuna
     from optuna.trial import TrialState
 
     from orchestrator.sweep import open_sweep
 
-    state = open_sweep(uri, spec, rerun=rerun)
+    state = open_sweep(store, spec, rerun=rerun)
     storage = storage_mod.open_storage(url)
     study = optuna.create_study(storage=storage, study_name=study_name(spec.sweep_id), load_if_exists=True)
     for key, value in {
-        "orch.kind": "sweep",
-        "orch.name": spec.name,
-        "orch.sweep": spec.sweep_id,
-        "orch.tracking_uri": uri,
-        "orch.experiment_id": state.experiment_id,
-        "orch.parent_run_id": state.parent_run_id,
-        "orch.n_points": len(spec.runs),
+        StudyAttr.KIND: Kind.SWEEP,
+        StudyAttr.NAME: spec.name,
+        StudyAttr.SWEEP: spec.sweep_id,
+        StudyAttr.TRACKING_URI: store.uri,
+        StudyAttr.EXPERIMENT_ID: state.experiment_id,
+        StudyAttr.PARENT_RUN_ID: state.parent_run_id,
+        StudyAttr.N_POINTS: len(spec.runs),
     }.items():
         study.set_user_attr(key, value)
-    live = {t.user_attrs.get("orch.run_key")
+    live = {t.user_attrs.get(TrialAttr.RUN_KEY)
             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
     enqueued = 0
     for r in state.pending:
         if r.run_key in live:
             continue
-        job = Job.from_spec(r, uri=uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
+        job = Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
                             sweep_id=spec.sweep_id)
-        study.enqueue_trial({}, user_attrs={"orch.run_key": r.run_key, "orch.name": job.name,
-                                            "orch.config": job.config, "orch.tags": job.tags, "orch.attempt": 1})
+        study.enqueue_trial({}, user_attrs={TrialAttr.RUN_KEY: r.run_key, TrialAttr.NAME: job.name,
+                                            TrialAttr.CONFIG: job.config, TrialAttr.TAGS: job.tags,
+                                            TrialAttr.ATTEMPT: 1})
         enqueued += 1
     return Submitted(study.study_name, enqueued, len(state.done), len(live - {None}))
 
@@ -93,6 +96,7 @@ class QueueSource:
         self.total = 0
         self.beats: dict[int, threading.Event] = {}
         self.claimed_any = False
+        self._stores: dict[str, TrackingStore] = {}
 
     # Which studies this worker serves.
     def studies(self) -> list[Any]:
@@ -113,50 +117,38 @@ class QueueSource:
                 continue
             trial = study.ask()
             attrs = trial.user_attrs
-            if "orch.run_key" not in attrs:  # raced to an empty queue: a fresh trial, not a point
-                study._storage.set_trial_user_attr(trial._trial_id, DISCARDED, True)
+            if TrialAttr.RUN_KEY not in attrs:  # raced to an empty queue: a fresh trial, not a point
+                trial.set_user_attr(TrialAttr.DISCARDED, True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
-            uri = self.tracking_uri or study.user_attrs["orch.tracking_uri"]
-            job = Job(attrs["orch.name"], attrs["orch.config"], uri, study.user_attrs["orch.experiment_id"],
-                      study.user_attrs["orch.parent_run_id"], dict(attrs["orch.tags"]))
-            task = Task(job, attempt=int(attrs.get("orch.attempt", 1)), ticket=(study, trial))
-            study._storage.set_trial_user_attr(trial._trial_id, "orch.worker", worker_id())
-            self._start_heartbeat(trial._trial_id)
+            uri = self.tracking_uri or study.user_attrs[StudyAttr.TRACKING_URI]
+            job = Job(attrs[TrialAttr.NAME], attrs[TrialAttr.CONFIG], uri, study.user_attrs[StudyAttr.EXPERIMENT_ID],
+                      study.user_attrs[StudyAttr.PARENT_RUN_ID], dict(attrs[TrialAttr.TAGS]))
+            task = Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial))
+            trial.set_user_attr(TrialAttr.WORKER, worker_id())
+            self._start_heartbeat(trial)
             self.total += 1
             self.claimed_any = True
             return task
         return None
 
-    def _start_heartbeat(self, trial_id: int) -> None:
-        stop = threading.Event()
-        self.beats[trial_id] = stop
-
-        def beat() -> None:
-            while True:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
-                    pass
-                if stop.wait(storage_mod.HEARTBEAT_SECONDS):
-                    return
-
-        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+    def _start_heartbeat(self, trial: Any) -> None:
+        self.beats[id(trial)] = storage_mod.start_heartbeat(self.storage, trial)
 
     def _stop_heartbeat(self, task: Task) -> None:
         _, trial = task.ticket
-        stop = self.beats.pop(trial._trial_id, None)
+        stop = self.beats.pop(id(trial), None)
         if stop is not None:
             stop.set()
 
     def started(self, task: Task) -> None:
-        study, trial = task.ticket
-        study._storage.set_trial_user_attr(trial._trial_id, "orch.run_id", task.run_id)
+        _, trial = task.ticket
+        trial.set_user_attr(TrialAttr.RUN_ID, task.run_id)
 
     def finished(self, task: Task) -> None:
         study, trial = task.ticket
         self._stop_heartbeat(task)
-        study.tell(trial, float(task.summary.get("val_f1_macro", 0.0)))
+        study.tell(trial, float(task.summary.get(DEFAULT_OBJECTIVE, 0.0)))
         self._maybe_close(study)
 
     def failed(self, task: Task, reason: str) -> bool:
@@ -164,14 +156,10 @@ class QueueSource:
 
         study, trial = task.ticket
         self._stop_heartbeat(task)
-        study._storage.set_trial_user_attr(trial._trial_id, "orch.failure_reason", reason[:1000])
+        trial.set_user_attr(TrialAttr.FAILURE_REASON, reason[:1000])
         study.tell(trial, state=TrialState.FAIL)
         if task.attempt <= self.max_retries:
-            attrs = dict(trial.user_attrs)
-            attrs["orch.attempt"] = task.attempt + 1
-            attrs.pop("orch.run_id", None)
-            attrs.pop("orch.worker", None)
-            study.enqueue_trial({}, user_attrs=attrs)
+            _requeue(study, trial, attempt=task.attempt + 1)
             return True
         self._maybe_close(study)
         return False
@@ -183,23 +171,25 @@ class QueueSource:
         study, trial = task.ticket
         self._stop_heartbeat(task)
         study.tell(trial, state=TrialState.FAIL)
-        attrs = dict(trial.user_attrs)
-        attrs.pop("orch.run_id", None)
-        attrs.pop("orch.worker", None)
-        study.enqueue_trial({}, user_attrs=attrs)
+        _requeue(study, trial, attempt=task.attempt)
 
     def _on_stale(self, study, trial) -> None:
         """A worker stopped beating: its MLflow run is FAILED (the point is requeued by Optuna)."""
-        run_id = trial.user_attrs.get("orch.run_id")
+        run_id = trial.user_attrs.get(TrialAttr.RUN_ID)
         if not run_id:
             return
-        uri = self.tracking_uri or study.user_attrs.get("orch.tracking_uri")
-        who = trial.user_attrs.get("orch.worker", "a worker")
+        uri = self.tracking_uri or study.user_attrs.get(StudyAttr.TRACKING_URI)
+        who = trial.user_attrs.get(TrialAttr.WORKER, "a worker")
         try:
-            tracking.end_run(uri, run_id, tracking.FAILED,
-                             f"worker {who} stopped sending heartbeats; the point was requeued")
-        except Exception:  # noqa: BLE001 - the requeue matters more than the record
-            pass
+            self.store(uri).end_run(run_id, Status.FAILED,
+                                    f"worker {who} stopped sending heartbeats; the point was requeued")
+        except Exception as err:  # noqa: BLE001 - the requeue matters more than the record
+            print(f"could not mark run {run_id} FAILED: {err}", flush=True)
+
+    def store(self, uri: str) -> TrackingStore:
+        if uri not in self._stores:
+            self._stores[uri] = TrackingStore(uri)
+        return self._stores[uri]
 
     def _maybe_close(self, study) -> None:
         """The worker that finishes a sweep's last point writes its summary and closes its parent."""
@@ -209,36 +199,40 @@ class QueueSource:
         if live:
             return
         try:
-            close_sweep(study, self.tracking_uri)
+            attrs = study.user_attrs
+            close_sweep(study, self.store(self.tracking_uri or attrs[StudyAttr.TRACKING_URI]))
         except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
             print(f"could not write the sweep summary: {err}", flush=True)
 
 
-def close_sweep(study, tracking_uri: str | None = None) -> None:
+def close_sweep(study, store: TrackingStore) -> None:
     """Write the sweep's summary on its parent run and end it (FAILED when points are missing).
 
-    ``tracking_uri`` is the worker's own view of the tracking server (``--tracking-uri``);
-    the URI recorded at submission is used when the worker gave none.
+    ``store`` is the worker's own view of the tracking server (``--tracking-uri``, else
+    the URI recorded at submission).
     """
     from orchestrator import compare
     from orchestrator.sweep import summarize_records, sweep_records
 
     attrs = study.user_attrs
-    uri = tracking_uri or attrs["orch.tracking_uri"]
-    exp_id, parent = attrs["orch.experiment_id"], attrs["orch.parent_run_id"]
-    points = tracking.download_json(uri, parent, "points.json")
-    records = sweep_records(uri, exp_id, attrs["orch.sweep"], [p["run_key"] for p in points])
-    expected = [compare.ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"])
-                for p in points]
-    summarize_records(uri, parent, records, expected, axes=_axes(points), metric="val_f1_macro")
-    finished = {r.tags.get("orch.run_key") for r in compare.select_finished(records)}
-    complete = all(p["run_key"] in finished for p in points)
-    tracking.end_run(uri, parent, tracking.FINISHED if complete else tracking.FAILED,
-                     None if complete else "some points failed")
+    exp_id, parent = attrs[StudyAttr.EXPERIMENT_ID], attrs[StudyAttr.PARENT_RUN_ID]
+    points = read_points(store.download_json(parent, Artifact.POINTS))
+    records = sweep_records(store, exp_id, attrs[StudyAttr.SWEEP], [p.run_key for p in points])
+    summarize_records(store, parent, records, points, axes=_axes(points), metric=DEFAULT_OBJECTIVE)
+    finished = {r.tags.get(Tag.RUN_KEY) for r in compare.select_finished(records)}
+    complete = all(p.run_key in finished for p in points)
+    store.end_run(parent, Status.FINISHED if complete else Status.FAILED, None if complete else "some points failed")
 
 
-def _axes(points: Sequence[dict]) -> list[str]:
-    return [k for k in (points[0]["point"] if points else {}) if k != "seed"]
+def _axes(points: Sequence[Any]) -> list[str]:
+    return [k for k in (points[0].point if points else {}) if k != "seed"]
+
+
+def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
+    """Put a point back on the queue as a new WAITING trial with the same job."""
+    attrs = {k: v for k, v in trial.user_attrs.items() if k not in (TrialAttr.RUN_ID, TrialAttr.WORKER)}
+    attrs[TrialAttr.ATTEMPT] = attempt
+    study.enqueue_trial({}, user_attrs=attrs)
 
 
 def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None = None, workers: int = 1,
@@ -268,10 +262,10 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
         if not outcome.interrupted and not wait:
             serve_tuning()  # studies queued while the points ran
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     if outcome.interrupted:
-        return 130
-    return 1 if outcome.failed else 0
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
 
 def register_worker(url: str, *, stale_after: float) -> None:
@@ -302,22 +296,22 @@ def status_rows(url: str, sweep: str | None = None) -> list[dict]:
         if not name.startswith(STUDY_PREFIX) or (sweep and not name[len(STUDY_PREFIX):].startswith(sweep)):
             continue
         study = optuna.load_study(study_name=name, storage=storage)
-        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(DISCARDED)]
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(TrialAttr.DISCARDED)]
         latest: dict[str, Any] = {}
         for t in trials:  # the latest attempt of each point decides its state
-            key = t.user_attrs.get("orch.run_key")
+            key = t.user_attrs.get(TrialAttr.RUN_KEY)
             if key and (key not in latest or t.number > latest[key].number):
                 latest[key] = t
         by_state = {s: [t for t in latest.values() if t.state == s] for s in TrialState}
         rows.append({
             "sweep": name[len(STUDY_PREFIX):],
-            "name": study.user_attrs.get("orch.name", ""),
+            "name": study.user_attrs.get(StudyAttr.NAME, ""),
             "pending": len(by_state[TrialState.WAITING]),
-            "running": [(t.user_attrs.get("orch.name"), t.user_attrs.get("orch.worker", "?"), t.datetime_start)
+            "running": [(t.user_attrs.get(TrialAttr.NAME), t.user_attrs.get(TrialAttr.WORKER, "?"), t.datetime_start)
                         for t in by_state[TrialState.RUNNING]],
             "done": len(by_state[TrialState.COMPLETE]),
-            "failed": [(t.user_attrs.get("orch.name"), t.user_attrs.get("orch.failure_reason", ""))
+            "failed": [(t.user_attrs.get(TrialAttr.NAME), t.user_attrs.get(TrialAttr.FAILURE_REASON, ""))
                        for t in by_state[TrialState.FAIL]],
-            "points": study.user_attrs.get("orch.n_points", len(latest)),
+            "points": study.user_attrs.get(StudyAttr.N_POINTS, len(latest)),
         })
     return rows

@@ -14,10 +14,11 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
+from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
 from orchestrator import tracking
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+from orchestrator.errors import ExitCode
+from orchestrator.schema import Kind, Status, Tag, TrialState
 
 
 class Interrupted(KeyboardInterrupt):
@@ -64,17 +65,13 @@ class EpochPrinter:
         self.t0 = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(train_loss=f"{values['train_loss']:.3f}", val_loss=f"{values['val_loss']:.3f}",
-                                 val_f1=f"{values['val_f1_macro']:.3f}")
+            self.bar.set_postfix({k: f"{values[k]:.3f}" for k in (names.TRAIN_LOSS, names.VAL_LOSS,
+                                                                   names.DEFAULT_OBJECTIVE)})
             return
         prefix = f"[{self.name}] " if self.name else ""
-        print(
-            f"{prefix}epoch {epoch:>3}/{self.cfg.train.max_epochs}  train_loss {values['train_loss']:.4f}  "
-            f"val_loss {values['val_loss']:.4f}  val_acc {values['val_acc']:.4f}  "
-            f"val_f1_macro {values['val_f1_macro']:.4f}  {seconds:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
+        scores = "  ".join(f"{k} {values[k]:.4f}" for k in names.EPOCH_SCORES if k in values)
+        print(f"{prefix}epoch {epoch:>3}/{self.cfg.train.max_epochs}  {scores}  {seconds:.1f}s",
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -84,7 +81,7 @@ class EpochPrinter:
 def run_tracked(
     cfg: RunConfig,
     *,
-    uri: str,
+    store: tracking.TrackingStore,
     experiment_id: str,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
@@ -101,17 +98,18 @@ def run_tracked(
     exception propagates after the run is closed by the caller's handler of that type.
     """
     from experiments.train import train
+    from orchestrator.run_artifacts import log_run_artifacts
 
     dev, dev_name = device_label(device)
     run_tags = {
-        "orch.kind": "run",
+        Tag.KIND: Kind.RUN,
         **(tags or {}),
-        "orch.run_key": run_key(cfg),
-        "orch.device": dev_name,
+        Tag.RUN_KEY: run_key(cfg),
+        Tag.DEVICE: dev_name,
         **tracking.runtime_tags(),
     }
-    run_id = tracking.start_run(uri, experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
-                                parent_run_id=parent_run_id)
+    run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
+                             parent_run_id=parent_run_id)
     if on_start:
         on_start(run_id)
     printer = EpochPrinter(cfg, quiet, run_name or "")
@@ -121,30 +119,31 @@ def run_tracked(
         if on_epoch:
             on_epoch(epoch, values)
 
-    tracker = tracking.MlflowTracker(uri, run_id)
+    tracker = store.tracker(run_id)
     try:
         try:
             result = train(cfg, tracker, device=dev, on_epoch=epoch_hook)
+            log_run_artifacts(tracker, cfg, result)
         finally:
             _flush(tracker)  # the epochs logged so far reach the store before the run ends
     except KeyboardInterrupt as err:
         printer.close()
-        tracking.end_run(uri, run_id, tracking.KILLED, f"interrupted ({err or 'Ctrl-C'})")
+        store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
         raise
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, then reported
         printer.close()
         if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure
-            tracking.set_tags(uri, run_id, {"orch.trial_state": "PRUNED"})
-            tracking.end_run(uri, run_id, tracking.KILLED, f"pruned by the tuner: {err}")
+            store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
+            store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
             raise
         reason = _reason(err)
-        tracking.end_run(uri, run_id, tracking.FAILED, reason, traceback.format_exc())
+        store.end_run(run_id, Status.FAILED, reason, traceback.format_exc())
         if not quiet:
             print(f"run {run_id} FAILED: {reason}", file=sys.stderr)
-        return EXIT_FAILED, run_id, {}
+        return ExitCode.FAILED, run_id, {}
     printer.close()
-    tracking.end_run(uri, run_id, tracking.FINISHED)
-    return EXIT_OK, run_id, result.summary
+    store.end_run(run_id, Status.FINISHED)
+    return ExitCode.OK, run_id, result.summary
 
 
 def _flush(tracker: "tracking.MlflowTracker") -> None:
@@ -166,5 +165,6 @@ def _reason(err: BaseException) -> str:
 
 
 def summary_line(summary: Mapping[str, Any]) -> str:
-    keys = ("val_f1_macro", "test_acc", "test_f1_macro", "best_epoch", "epochs_run", "train_seconds")
+    keys = (names.DEFAULT_OBJECTIVE, *(s for s in names.SPLIT_SCORES if s.startswith("test_")),
+            names.BEST_EPOCH, names.EPOCHS_RUN, names.TRAIN_SECONDS)
     return "  ".join(f"{k} {summary[k]:.4g}" for k in keys if k in summary)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from orchestrator.errors import UserError
 
 # A running trial's worker writes a heartbeat this often, and is declared dead after the
 # grace period without one. The environment may shorten both (tests do).
@@ -21,7 +24,7 @@ GRACE_SECONDS = int(os.environ.get("ORCH_GRACE_SECONDS", "30"))
 MAX_RETRIES = 2  # a point whose worker died is requeued at most this many times
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """The storage URL cannot be used: names it (without password) and the fix."""
 
 
@@ -64,23 +67,17 @@ def normalize(url: str) -> str:
     )
 
 
-def check(url: str, *, workers: int = 1) -> str:
+def check(url: str) -> str:
     """Validate and connect once; returns the normalized URL.
 
     Raises:
-        StorageError: unknown scheme, missing driver, unreachable or refusing database,
-            or several workers on SQLite.
+        StorageError: unknown scheme, missing driver, unreachable or refusing database.
     """
     url = normalize(url)
     if url.startswith("sqlite:"):
-        if workers > 1:
-            raise StorageError(
-                f"storage {url}: SQLite cannot hand out work exactly once to several workers "
-                "(it gives the same point to two of them); use a PostgreSQL URL for parallel workers"
-            )
         return url
-    driver = url.split("://", 1)[0].split("+", 1)[1] if "+" in url.split("://", 1)[0] else "psycopg"
-    module = {"psycopg": "psycopg", "psycopg2": "psycopg2"}.get(driver, driver)
+    scheme = url.split("://", 1)[0]
+    module = scheme.split("+", 1)[1] if "+" in scheme else "psycopg"  # the driver's module name
     if importlib.util.find_spec(module) is None:
         raise StorageError(
             f"storage {redact(url)}: the PostgreSQL driver {module!r} is not installed; "
@@ -133,3 +130,28 @@ def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):
             # and `orch tune` started together): the loser's CREATE fails; the tables exist now.
             time.sleep(pause)
     return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def start_heartbeat(storage, trial) -> threading.Event:
+    """Beat ``trial``'s heartbeat every HEARTBEAT_SECONDS on a daemon thread until the
+    returned event is set.
+
+    Optuna beats only for trials that ``study.optimize`` runs itself; a point run by a
+    worker's child process needs its own beat. The storage's ``record_heartbeat`` takes
+    the trial's storage id, which Optuna exposes only as the private ``Trial._trial_id``:
+    this is the one place that reads it.
+    """
+    trial_id = trial._trial_id
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # noqa: BLE001 - a missed beat is retried on the next tick
+                print(f"heartbeat of trial {trial.number} failed ({err}); retrying", flush=True)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+    return stop

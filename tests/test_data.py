@@ -100,7 +100,7 @@ def test_digits_shapes_dtypes_classes(digits):
     assert digits.train_x.dtype == torch.uint8 and digits.train_y.dtype == torch.int64
     assert digits.train_x.shape[1:] == (1, 8, 8)
     assert digits.val_x.shape[1:] == digits.test_x.shape[1:] == (1, 8, 8)
-    assert (digits.num_classes, digits.in_channels, digits.image_size) == (10, 1, 8)
+    assert (digits.num_classes, digits.in_channels, digits.train_x.shape[-1]) == (10, 1, 8)
     assert digits.class_names == [str(i) for i in range(10)]
     assert digits.mean.dtype == digits.std.dtype == torch.float32 and digits.mean.shape == (1,)
     assert int(digits.train_x.max()) == 255  # 16 → 255

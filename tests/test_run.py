@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import all_runs, orch
 from experiments.config import build, run_key
-from experiments.train import EPOCH_KEYS
+from experiments.metric_names import EPOCH_METRICS as EPOCH_KEYS
 
 SUMMARY = [
     f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")

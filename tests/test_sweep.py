@@ -314,14 +314,15 @@ def test_run_left_running_by_a_dead_sweep_is_marked_failed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = write_grid(tmp_path / "g.yaml", "orphan", {"model.norm": ["bn"]})
     spec = load_grid(grid)
-    state = sweep_mod.open_sweep(uri, spec)
+    store = tracking.TrackingStore(uri)
+    state = sweep_mod.open_sweep(store, spec)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = tracking.start_run(uri, state.experiment_id, run_name=spec.runs[0].name, params={},
-                                tags={"orch.kind": "point", "orch.sweep": spec.sweep_id,
-                                      "orch.run_key": spec.runs[0].run_key, "orch.host": socket.gethostname(),
-                                      "orch.pid": str(dead.pid)},
-                                parent_run_id=state.parent_run_id)
+    orphan = store.start_run(state.experiment_id, run_name=spec.runs[0].name, params={},
+                             tags={"orch.kind": "point", "orch.sweep": spec.sweep_id,
+                                   "orch.run_key": spec.runs[0].run_key, "orch.host": socket.gethostname(),
+                                   "orch.pid": str(dead.pid)},
+                             parent_run_id=state.parent_run_id)
     proc = orch("sweep", str(grid), env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     c = MlflowClient(tracking_uri=uri)

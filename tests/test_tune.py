@@ -119,7 +119,7 @@ def test_pruned_trials_are_not_results(tuned):
     """A pruned trial's run is no finished point for `orch sweep`; a complete one is."""
     uri, _, _, _ = tuned
     kids = children_of(uri, tune_parents(uri)[0].info.run_id)
-    keys = tracking.finished_run_keys(uri, kids[0].info.experiment_id)
+    keys = tracking.TrackingStore(uri).finished_run_keys(kids[0].info.experiment_id)
     for kid in kids:
         done = kid.data.tags["orch.run_key"] in keys
         assert done == (kid.data.tags["orch.trial_state"] == "COMPLETE"), kid.data.tags["orch.trial_state"]
@@ -151,13 +151,14 @@ def test_resume_with_another_fixed_config_is_refused(tuned):
 
 
 def test_finished_run_keys_excludes_pruned_runs(store):
-    exp = tracking.ensure_experiment(store, "keys")
+    tracking_store = tracking.TrackingStore(store)
+    exp = tracking_store.ensure_experiment("keys")
     ids = {}
     for state in ("COMPLETE", "PRUNED"):
-        ids[state] = tracking.start_run(store, exp, run_name=state, params={},
-                                        tags={"orch.run_key": state.lower(), "orch.trial_state": state})
-        tracking.end_run(store, ids[state], tracking.FINISHED)
-    assert tracking.finished_run_keys(store, exp) == {"complete"}
+        ids[state] = tracking_store.start_run(exp, run_name=state, params={},
+                                              tags={"orch.run_key": state.lower(), "orch.trial_state": state})
+        tracking_store.end_run(ids[state], "FINISHED")
+    assert tracking_store.finished_run_keys(exp) == {"complete"}
 
 
 @pytest.mark.parametrize("url, needle", [

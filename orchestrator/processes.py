@@ -1,0 +1,38 @@
+"""Is the process that left a run RUNNING still there? (orphan runs and trials)
+
+A run or trial records the host and pid of the process that runs it. After a crash the
+next command on the same host finds it RUNNING with its process gone, and closes it.
+Runs of another host are left alone: a worker there may still be running them (on a
+shared queue, the heartbeat decides those).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def pid_alive(pid: str | int | None) -> bool:
+    """Whether a process with this pid runs on this host (a zombie does not count)."""
+    pid = str(pid or "")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running anything
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def is_orphan(host: str | None, pid: str | int | None) -> bool:
+    """True when (host, pid) names a process of this host that is gone.
+
+    A record without a host is taken as this host's (older records carried only a pid).
+    """
+    return (host or socket.gethostname()) == socket.gethostname() and not pid_alive(pid)
