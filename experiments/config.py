@@ -26,9 +26,12 @@ from typing import Any, Mapping
 import yaml
 
 from experiments.errors import UserError
-from models._checks import NORM_NAMES, norm_constraint_error
+from models._checks import BIN_GATES, INIT_NAMES, NORM_NAMES, norm_constraint_error
 
 DATASET_NAMES = ("digits", "cifar10", "imagefolder")
+VAL_SPLITS = ("stratified", "tail")  # how the validation set is carved from the training split
+PRECISIONS = ("auto", "bf16", "fp32", "tf32")  # auto: bf16 on CUDA, fp32 on the CPU
+PROBE_METHODS = ("interpolated", "order")  # feature percentiles: interpolated, or order statistics
 # PyYAML (YAML 1.1) reads 1e-3 as a string; numeric fields take it as the number it plainly is.
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -55,6 +58,7 @@ class DataConfig:
     batch_size: int = 128  # training batch, images per optimizer step
     eval_batch_size: int = 1024  # evaluation batch; does not change results
     augment: bool = False  # pad-4-and-crop plus horizontal flip on training batches
+    val_split: str = "stratified"  # VAL_SPLITS: a class-stratified random carve, or the tail of each class
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,10 @@ class ModelConfig:
     widths: tuple[int, int, int] = (16, 32, 64)  # channels of the three stages
     gn_groups: int = 16  # GroupNorm groups (norm=gn)
     bin_rho: float = 0.5  # initial Batch-Instance gate (norm=bin)
+    bin_gate: str = "channel"  # BIN_GATES: one gate per channel, or one per layer (norm=bin)
+    conv_bias: bool = False  # every conv gets a bias
+    init: str = "kaiming_fan_out"  # INIT_NAMES: conv weight initialisation
+    stem_padding: int = 1  # stem conv padding: 1 keeps 32x32, 0 gives 30x30 maps
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class OptimConfig:
     lr: float = 0.1  # SGD learning rate
     momentum: float = 0.0
     weight_decay: float = 0.0  # never applied to Batch-Instance gates
+    gate_lr_mult: float = 1.0  # Batch-Instance gates train at lr x this
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class TrainConfig:
     max_epochs: int = 50
     patience: int = 5  # epochs without a new best validation loss before stopping
     compile: bool = False  # torch.compile the model (pays off on CUDA for long runs)
+    precision: str = "auto"  # PRECISIONS: bf16 autocast, float32, or float32 with TF32 matmuls (CUDA)
+    probe_method: str = "interpolated"  # PROBE_METHODS: how the feature percentiles are taken
 
 
 @dataclass(frozen=True)
@@ -289,10 +300,17 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
         raise ConfigError(msg, key=key, source=source)
 
     d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
-    if d.name not in DATASET_NAMES:
-        fail("data.name", f"unknown dataset {d.name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    if m.norm not in NORM_NAMES:
-        fail("model.norm", f"unknown norm {m.norm!r}; choose one of {', '.join(NORM_NAMES)}")
+    for key, value, names, what in (
+        ("data.name", d.name, DATASET_NAMES, "dataset"),
+        ("data.val_split", d.val_split, VAL_SPLITS, "validation split"),
+        ("model.norm", m.norm, NORM_NAMES, "norm"),
+        ("model.bin_gate", m.bin_gate, BIN_GATES, "gate granularity"),
+        ("model.init", m.init, INIT_NAMES, "init"),
+        ("train.precision", t.precision, PRECISIONS, "precision"),
+        ("train.probe_method", t.probe_method, PROBE_METHODS, "probe method"),
+    ):
+        if value not in names:
+            fail(key, f"unknown {what} {value!r}; choose one of {', '.join(names)}")
     positive = {
         "data.batch_size": d.batch_size,
         "data.eval_batch_size": d.eval_batch_size,
@@ -311,6 +329,10 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
             fail(key, f"must be greater than 0, got {value}")
     if any(w <= 0 for w in m.widths):
         fail("model.widths", f"every width must be greater than 0, got {list(m.widths)}")
+    if m.stem_padding not in (0, 1):
+        fail("model.stem_padding", f"the stem conv is 3x3: padding 1 keeps the size, 0 shrinks it by 2; got {m.stem_padding}")
+    if not o.gate_lr_mult > 0:
+        fail("optim.gate_lr_mult", f"must be greater than 0, got {o.gate_lr_mult}")
     for key, value in {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay}.items():
         if value < 0:
             fail(key, f"must be 0 or more, got {value}")

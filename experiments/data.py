@@ -436,6 +436,38 @@ def _carve(
     return np.sort(kept), np.sort(carved)
 
 
+def _carve_tail(
+    y: np.ndarray, size: float, seed: int, key: str, what: str, class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last examples of each class in stored order → (kept, carved) sorted indices.
+
+    Each class gives its share of ``size`` (largest remainders round up). On the CIFAR-10
+    JPEG tree, whose files are numbered in the order of the original batches, the last
+    1,000 of each class stand in for the original code's validation set, data_batch_5
+    (which holds about 1,000 of each class). ``seed`` is unused: nothing is random.
+    """
+    n = len(y)
+    k = _carve_count(size, n) if size > 0 else 0
+    labels, counts = np.unique(y, return_counts=True)
+    if not 0 < k <= n - len(labels):
+        raise DatasetError(f"{key}={size:g} gives {k} {what} examples of {n}; use a count from {len(labels)} "
+                           f"to {n - len(labels)} or a fraction between them")
+    exact = k * counts / n
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(quota - exact)[: k - quota.sum()]] += 1  # largest remainders first
+    carved = np.concatenate([np.flatnonzero(y == c)[len(np.flatnonzero(y == c)) - q:] if q else np.empty(0, int)
+                             for c, q in zip(labels, quota)])
+    if any(q >= c for q, c in zip(quota, counts)):
+        name = class_names[int(labels[int(np.argmax(quota - counts))])]
+        raise DatasetError(f"{key}={size:g} would leave class {name!r} without training examples; use a smaller size")
+    mask = np.zeros(n, dtype=bool)
+    mask[carved] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+VAL_CARVES = {"stratified": _carve, "tail": _carve_tail}
+
+
 def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and population std of x/255 for uint8 (N, C, H, W).
 
@@ -456,7 +488,8 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:
     """Load ``cfg.name`` and return train/val/test on ``device`` (moved there once).
 
-    - val: ``cfg.val_size`` carved from the training split, stratified by class.
+    - val: ``cfg.val_size`` carved from the training split, stratified by class at random
+      (``data.val_split=stratified``) or as the tail of each class (``tail``).
     - test: the dataset's own test split; digits has none, so ``cfg.test_size`` is carved
       from the full data first (stratified), then val from the rest.
     - A size below 1 is a fraction (rounded up), 1 or more a count. Both carves use
@@ -477,7 +510,8 @@ def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:
         x, y = x[keep], y[keep]
     else:
         test_x, test_y = raw.test_x, raw.test_y
-    keep, val_idx = _carve(y.numpy(), cfg.val_size, cfg.split_seed, "data.val_size", "validation", names)
+    carve = VAL_CARVES[cfg.val_split]
+    keep, val_idx = carve(y.numpy(), cfg.val_size, cfg.split_seed, "data.val_size", "validation", names)
     val_x, val_y = x[val_idx], y[val_idx]
     train_x, train_y = x[keep], y[keep]
     mean, std = _channel_stats(train_x)

@@ -13,6 +13,12 @@ NORM_NAMES: tuple[str, ...] = ("bn_torch", "bn", "in", "bin", "ln", "gn", "nn")
 DEFAULT_GROUPS = 16
 """Default group count of ``gn`` (GroupNorm2d)."""
 
+BIN_GATES: tuple[str, ...] = ("channel", "layer")
+"""Batch-Instance gate granularity: one gate per channel, or one scalar per layer."""
+
+INIT_NAMES: tuple[str, ...] = ("kaiming_fan_out", "torch_default")
+"""Conv weight initialisations of :class:`models.ResNet`."""
+
 
 def unknown_norm_message(name: object) -> str:
     """Error message for a norm name that is not in :data:`NORM_NAMES`."""

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
+    BIN_GATES,
     DEFAULT_GROUPS,
     NORM_NAMES,
     group_split_message,
@@ -202,7 +203,11 @@ class BatchInstanceNorm2d(_RunningStats):
         momentum: running-statistics momentum of the BN part.
         affine: learn per-channel ``weight`` (γ) and ``bias`` (β).
         rho_init: initial value of every gate, in [0, 1].
+        gate: ``"channel"``, one gate per channel (C values), or ``"layer"``, one
+            scalar gate for the whole layer.
     """
+
+    GATES = BIN_GATES
 
     def __init__(
         self,
@@ -212,11 +217,15 @@ class BatchInstanceNorm2d(_RunningStats):
         momentum: float = 0.1,
         affine: bool = True,
         rho_init: float = 0.5,
+        gate: str = "channel",
     ) -> None:
         super().__init__(num_channels, eps=eps, momentum=momentum, affine=affine)
         if not 0.0 <= rho_init <= 1.0:
             raise ValueError(f"BatchInstanceNorm2d: rho_init must be in [0, 1], got {rho_init!r}")
-        self.rho = nn.Parameter(torch.full((num_channels,), float(rho_init)))
+        if gate not in self.GATES:
+            raise ValueError(f"BatchInstanceNorm2d: gate must be one of {', '.join(self.GATES)}, got {gate!r}")
+        self.gate = gate
+        self.rho = nn.Parameter(torch.full((num_channels if gate == "channel" else 1,), float(rho_init)))
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (N, C, H, W)
@@ -234,7 +243,7 @@ class BatchInstanceNorm2d(_RunningStats):
         else:
             mean_bn = _channel(self.running_mean.to(xs.dtype))
             var_bn = _channel(self.running_var.to(xs.dtype))
-        rho = _channel(self.rho.to(xs.dtype))
+        rho = _channel(self.rho.to(xs.dtype))  # (1, C, 1, 1), or (1, 1, 1, 1) with one gate per layer
         rstd_bn = torch.rsqrt(var_bn + self.eps)
         rstd_in = torch.rsqrt(var_in + self.eps)
         # ρ·(x − μ_BN)·r_BN + (1 − ρ)·(x − μ_IN)·r_IN = x·scale + shift, per (N, C):
@@ -244,7 +253,7 @@ class BatchInstanceNorm2d(_RunningStats):
         return torch.addcmul(shift, xs, scale).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", gated"
+        return super().extra_repr() + f", gate={self.gate}"
 
 
 class GroupNorm2d(_AffineNorm):
@@ -307,13 +316,13 @@ class LayerNorm2d(GroupNorm2d):
 
 
 class NoNorm(nn.Identity):
-    """Identity; accepts and ignores ``num_channels`` and any keywords.
+    """Identity: no normalization. Takes ``num_channels`` like every norm, and ignores it.
 
     Args:
         num_channels: ignored.
     """
 
-    def __init__(self, num_channels: int | None = None, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, num_channels: int | None = None) -> None:
         super().__init__()
 
 
@@ -329,42 +338,38 @@ _REGISTRY: dict[str, type[nn.Module]] = {
 assert tuple(_REGISTRY) == NORM_NAMES
 
 
-def _accepted_kwargs(cls: type[nn.Module], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Keep the keywords that ``cls.__init__`` accepts (all of them if it takes **kwargs)."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(kwargs)
-    accepted = {
-        name
-        for name, p in params.items()
-        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
-    return {k: v for k, v in kwargs.items() if k in accepted}
+def _keywords(cls: type[nn.Module]) -> tuple[str, ...]:
+    """The keyword options ``cls(num_channels, ...)`` takes (PyTorch's own layers included)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, num_channels
+    skip = {"device", "dtype"}  # placement, not a norm option
+    return tuple(p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                 and p.name not in skip)
 
 
-def make_norm(name: str, num_channels: int, **kwargs: Any) -> nn.Module:
+def make_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
     """Build the normalization layer ``name`` for ``num_channels`` channels.
-
-    Keyword arguments the chosen layer does not accept are silently dropped
-    (filtered by the layer's ``__init__`` signature), so a caller may always
-    pass the union of all norm options, e.g. ``groups=16, rho_init=0.5``,
-    whatever the norm. Misspelled keywords are therefore dropped too.
 
     Args:
         name: one of :data:`NORM_NAMES`.
         num_channels: C.
-        **kwargs: layer options (``eps``, ``affine``, ``momentum``, ``groups``,
-            ``rho_init``, ...).
+        **options: options of that layer (``eps``, ``affine``, ``momentum``, ``groups``,
+            ``rho_init``, ``gate``, ...). An option the layer does not take is refused.
 
     Raises:
-        ValueError: for an unknown name, or options the layer rejects (e.g.
-            groups that do not divide ``num_channels``).
+        ValueError: an unknown name or option (the message lists the valid ones), or
+            options the layer rejects (e.g. groups that do not divide ``num_channels``).
     """
     try:
         cls = _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(unknown_norm_message(name)) from None
-    return cls(num_channels, **_accepted_kwargs(cls, kwargs))
+    valid = _keywords(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"norm {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(valid) or 'none'}")
+    return cls(num_channels, **options)
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,19 +1,24 @@
 """CIFAR-style ResNet (He et al., 2016) with a pluggable normalization layer."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._checks import INIT_NAMES as INITS
 from .norms import make_norm
 
 __all__ = ["BasicBlock", "ResNet"]
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, *, bias: bool = False,
+             padding: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=padding, bias=bias)
 
 
 class BasicBlock(nn.Module):
@@ -26,20 +31,21 @@ class BasicBlock(nn.Module):
         in_channels: input width.
         out_channels: output width.
         stride: stride of the first conv (and of the projection).
-        norm: norm name for :func:`models.norms.make_norm`.
-        **norm_kwargs: passed to every :func:`make_norm` call.
+        norm_layer: builds the norm for a channel count (every norm slot gets one).
+        conv_bias: give every conv a bias.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, **norm_kwargs: Any) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm_layer: Callable[[int], nn.Module],
+                 *, conv_bias: bool = False) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, out_channels, stride)
-        self.norm1 = make_norm(norm, out_channels, **norm_kwargs)
-        self.conv2 = _conv3x3(out_channels, out_channels)
-        self.norm2 = make_norm(norm, out_channels, **norm_kwargs)
+        self.conv1 = _conv3x3(in_channels, out_channels, stride, bias=conv_bias)
+        self.norm1 = norm_layer(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels, bias=conv_bias)
+        self.norm2 = norm_layer(out_channels)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                make_norm(norm, out_channels, **norm_kwargs),
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=conv_bias),
+                norm_layer(out_channels),
             )
         else:
             self.shortcut = nn.Identity()
@@ -65,12 +71,17 @@ class ResNet(nn.Module):
         norm: one of :data:`models.NORM_NAMES`.
         in_channels: input image channels (1 for digits, 3 for CIFAR).
         widths: channel widths of the three stages.
-        **norm_kwargs: options for every norm layer (e.g. ``groups=16``,
-            ``rho_init=0.5``); options a norm does not take are ignored.
+        norm_options: options of that norm for :func:`models.norms.make_norm` (e.g.
+            ``{"groups": 8}`` for ``gn``); an option the norm does not take is refused.
+        conv_bias: give every conv a bias (default: none, the norm's shift replaces it).
+        init: ``"kaiming_fan_out"`` (He et al.'s normal init of the conv weights,
+            fan-out mode, ReLU gain) or ``"torch_default"`` (PyTorch's own layer init).
+        stem_padding: padding of the stem conv: 1 keeps the input size, 0 shrinks a
+            32×32 input to 30×30 maps.
 
     Raises:
-        ValueError: for bad ``n``/``widths``, an unknown norm, or a norm that
-            cannot be built for a width (e.g. GroupNorm groups not dividing it).
+        ValueError: for bad ``n``/``widths``/``init``, an unknown norm or option, or a
+            norm that cannot be built for a width (e.g. GroupNorm groups not dividing it).
     """
 
     def __init__(
@@ -80,7 +91,11 @@ class ResNet(nn.Module):
         norm: str = "bn",
         in_channels: int = 3,
         widths: Sequence[int] = (16, 32, 64),
-        **norm_kwargs: Any,
+        *,
+        norm_options: Mapping[str, Any] | None = None,
+        conv_bias: bool = False,
+        init: str = "kaiming_fan_out",
+        stem_padding: int = 1,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -88,12 +103,15 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet: widths must have exactly 3 entries (one per stage), got {widths}")
         if n < 1:
             raise ValueError(f"ResNet: n (blocks per stage) must be >= 1, got {n}")
+        if init not in INITS:
+            raise ValueError(f"ResNet: unknown init {init!r}; choose one of {', '.join(INITS)}")
         self.n = n
         self.norm = norm
         self.widths = widths
+        norm_layer = functools.partial(make_norm, norm, **dict(norm_options or {}))
         self.stem = nn.Sequential(
-            _conv3x3(in_channels, widths[0]),
-            make_norm(norm, widths[0], **norm_kwargs),
+            _conv3x3(in_channels, widths[0], bias=conv_bias, padding=stem_padding),
+            norm_layer(widths[0]),
             nn.ReLU(inplace=True),
         )
         stages = []
@@ -102,14 +120,17 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(BasicBlock(in_width, width, stride, norm, **norm_kwargs))
+                blocks.append(BasicBlock(in_width, width, stride, norm_layer, conv_bias=conv_bias))
                 in_width = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(widths[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if init == "kaiming_fan_out":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled features, (N, in_channels, H, W) -> (N, widths[-1])."""

@@ -253,7 +253,7 @@ def test_gate_parameters_of_resnet():
 
 
 def test_nonorm_is_identity():
-    m = make_norm("nn", 8, eps=1e-3, affine=False, groups=3, whatever=1)
+    m = make_norm("nn", 8)
     assert type(m) is NoNorm
     x = torch.randn(2, 8, 3, 3)
     assert m(x) is x
@@ -333,9 +333,13 @@ def test_norm_names():
     assert NORM_NAMES == ("bn_torch", "bn", "in", "bin", "ln", "gn", "nn")
 
 
+OPTIONS = {"bn_torch": {"eps": 1e-3}, "bn": {"eps": 1e-3}, "in": {"eps": 1e-3}, "ln": {"eps": 1e-3},
+           "bin": {"eps": 1e-3, "rho_init": 0.25}, "gn": {"eps": 1e-3, "groups": 16}, "nn": {}}
+
+
 @pytest.mark.parametrize("name", NORM_NAMES)
-def test_make_norm_ignores_foreign_kwargs(name):
-    m = make_norm(name, 32, groups=16, rho_init=0.25, eps=1e-3)
+def test_make_norm_passes_the_layers_own_options(name):
+    m = make_norm(name, 32, **OPTIONS[name])
     assert type(m) is EXPECTED_TYPES[name]
     if name != "nn":
         assert m.eps == 1e-3
@@ -344,6 +348,27 @@ def test_make_norm_ignores_foreign_kwargs(name):
     if name == "bin":
         assert torch.all(m.rho == 0.25)
     assert m(torch.randn(2, 32, 3, 3)).shape == (2, 32, 3, 3)
+
+
+@pytest.mark.parametrize("name, option", [("bn", "groups"), ("gn", "group"), ("nn", "eps"), ("bn_torch", "rho_init"),
+                                          ("ln", "groups"), ("in", "rho_init")])
+def test_make_norm_refuses_an_option_the_layer_does_not_take(name, option):
+    with pytest.raises(ValueError) as exc:
+        make_norm(name, 32, **{option: 8})
+    msg = str(exc.value)
+    assert repr(option) in msg and f"norm {name!r}" in msg
+    valid = [k for k in OPTIONS[name]] or ["none"]
+    assert all(k in msg for k in valid), msg  # the message lists what the layer does take
+
+
+def test_bin_gate_per_layer_is_one_scalar_and_matches_per_channel_gates_set_alike():
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64)
+    per_layer = BatchInstanceNorm2d(6, rho_init=0.3, gate="layer").double()
+    per_channel = BatchInstanceNorm2d(6, rho_init=0.3).double()
+    assert per_layer.rho.shape == (1,) and per_channel.rho.shape == (6,)
+    torch.testing.assert_close(per_layer(x), per_channel(x))
+    with pytest.raises(ValueError, match="gate must be one of channel, layer"):
+        BatchInstanceNorm2d(6, gate="pixel")
 
 
 def test_make_norm_unknown_name_lists_valid_names():
@@ -387,11 +412,12 @@ def test_norm_constraint_error_agrees_with_construction():
         for widths in [(16, 32, 64), (16, 24, 64), (8, 16, 32)]:
             for groups in (4, 8, 16):
                 err = norm_constraint_error(norm, widths, groups=groups)
+                options = {"groups": groups} if norm == "gn" else {}
                 if err is None:
-                    ResNet(n=1, norm=norm, widths=widths, groups=groups)
+                    ResNet(n=1, norm=norm, widths=widths, norm_options=options)
                 else:
                     with pytest.raises(ValueError) as exc:
-                        ResNet(n=1, norm=norm, widths=widths, groups=groups)
+                        ResNet(n=1, norm=norm, widths=widths, norm_options=options)
                     assert str(exc.value) == err
 
 

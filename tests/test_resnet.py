@@ -86,11 +86,37 @@ def test_every_norm_slot_holds_the_chosen_norm(norm):
     assert model(x).shape == (2, 10)
 
 
-def test_norm_kwargs_reach_every_slot():
-    model = ResNet(n=1, norm="gn", groups=8, rho_init=0.3)
+def test_norm_options_reach_every_slot():
+    model = ResNet(n=1, norm="gn", norm_options={"groups": 8})
     assert {m.groups for m in model.modules() if isinstance(m, GroupNorm2d)} == {8}
-    model = ResNet(n=1, norm="bin", groups=8, rho_init=0.3)
-    assert all(torch.all(m.rho == 0.3) for m in model.modules() if isinstance(m, BatchInstanceNorm2d))
+    model = ResNet(n=1, norm="bin", norm_options={"rho_init": 0.3, "gate": "layer"})
+    bins = [m for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
+    assert len(bins) == 9 and all(m.rho.shape == (1,) and torch.all(m.rho == 0.3) for m in bins)
+
+
+def test_an_option_of_another_norm_is_refused():
+    with pytest.raises(ValueError, match="norm 'bn' takes no option 'groups'"):
+        ResNet(n=1, norm="bn", norm_options={"groups": 8})
+
+
+def test_original_code_choices_change_the_structure():
+    """conv biases, PyTorch's default init and an unpadded stem (30x30 maps on 32x32 input)."""
+    torch.manual_seed(0)
+    ours = ResNet(n=1)
+    torch.manual_seed(0)
+    orig = ResNet(n=1, conv_bias=True, init="torch_default", stem_padding=0)
+    convs = [m for m in orig.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.bias is not None for m in convs)
+    assert all(m.bias is None for m in ours.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(2, 3, 32, 32)
+    assert orig.stem(x).shape[-2:] == (30, 30) and ours.stem(x).shape[-2:] == (32, 32)
+    assert orig(x).shape == (2, 10)
+    # Kaiming fan-out: Var(w) = 2 / (k*k*C_out); PyTorch's default: kaiming_uniform(a=sqrt 5), Var = 1 / (3 fan_in).
+    w_ours, w_orig = ours.stages[0][0].conv1.weight, orig.stages[0][0].conv1.weight
+    assert w_ours.var().item() == pytest.approx(2 / (9 * 16), rel=0.15)
+    assert w_orig.var().item() == pytest.approx(1 / (3 * 9 * 16), rel=0.15)
+    with pytest.raises(ValueError, match="unknown init"):
+        ResNet(init="xavier")
 
 
 def test_digits_in_channels_1_8x8():
@@ -105,7 +131,7 @@ def test_digits_in_channels_1_8x8():
 def test_gn_bad_widths_fail_at_construction(widths):
     with pytest.raises(ValueError, match=r"channels cannot be split into 16 groups"):
         ResNet(n=1, norm="gn", widths=widths)
-    ResNet(n=1, norm="gn", widths=widths, groups=8)  # fine with 8 groups
+    ResNet(n=1, norm="gn", widths=widths, norm_options={"groups": 8})  # fine with 8 groups
 
 
 @pytest.mark.parametrize("kwargs", [dict(widths=(16, 32)), dict(widths=(16, 32, 64, 128)), dict(n=0)])
