@@ -7,11 +7,14 @@ Reads top to bottom as the run does. Nothing here knows about MLflow: results go
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from experiments import metric_names as names
 from experiments import metrics as M
-from experiments.config import RunConfig
+from experiments.config import ConfigError, RunConfig, to_dict
 from experiments.data import Splits, eval_batches, load_splits, train_batches
 from experiments.metric_names import EPOCH_METRICS, SPLITS, epoch_key
 from experiments.probes import feature_quantiles
@@ -59,6 +62,7 @@ class RunResult:
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # split -> (true, pred)
     class_names: list[str] = field(default_factory=list)
     example: torch.Tensor | None = None  # two normalised validation images: the model's input signature
+    epoch_times: list[int] = field(default_factory=list)  # when each epoch was recorded, ms since the epoch
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -70,26 +74,61 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def norm_options(cfg: RunConfig) -> dict:
+    """The options of the chosen norm layer: each config key reaches only the norm it belongs to."""
+    m = cfg.model
+    if m.norm == "gn":
+        return {"groups": m.gn_groups}
+    if m.norm == "bin":
+        return {"rho_init": m.bin_rho, "gate": m.bin_gate}
+    return {}
+
+
 def build_model(cfg: RunConfig, splits: Splits) -> ResNet:
-    return ResNet(
-        n=cfg.model.depth_n,
-        num_classes=splits.num_classes,
-        norm=cfg.model.norm,
-        in_channels=splits.in_channels,
-        widths=cfg.model.widths,
-        groups=cfg.model.gn_groups,
-        rho_init=cfg.model.bin_rho,
-    )
+    m = cfg.model
+    return ResNet(n=m.depth_n, num_classes=splits.num_classes, norm=m.norm, in_channels=splits.in_channels,
+                  widths=m.widths, norm_options=norm_options(cfg), conv_bias=m.conv_bias, init=m.init,
+                  stem_padding=m.stem_padding)
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.SGD:
-    """SGD with weight decay on every parameter except the Batch-Instance gates."""
-    gate_ids = {id(p) for p in gate_parameters(model)}
+    """SGD; the Batch-Instance gates get no weight decay and lr x ``optim.gate_lr_mult``."""
+    gates = gate_parameters(model)
+    gate_ids = {id(p) for p in gates}
     groups = [{"params": [p for p in model.parameters() if id(p) not in gate_ids],
                "weight_decay": cfg.optim.weight_decay}]
-    if gate_ids:
-        groups.append({"params": gate_parameters(model), "weight_decay": 0.0})
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.optim.lr * cfg.optim.gate_lr_mult})
     return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+
+
+def resolve_precision(precision: str, dev: torch.device) -> str:
+    """``auto`` → bf16 on CUDA, fp32 on the CPU; bf16 and tf32 need CUDA.
+
+    Raises:
+        ConfigError: bf16 or tf32 asked for on the CPU (it trains in float32 only).
+    """
+    if precision == "auto":
+        return "bf16" if dev.type == "cuda" else "fp32"
+    if dev.type != "cuda" and precision != "fp32":
+        raise ConfigError(f"{precision} needs a CUDA GPU; on the CPU training runs in float32: "
+                          "use train.precision=fp32 or auto", key="train.precision")
+    return precision
+
+
+def set_precision(precision: str, dev: torch.device) -> Callable[[], Any]:
+    """Set this process's float32 matmul/conv mode for the run and return its autocast context.
+
+    Set on every run, not left as found: a long-lived process runs many points, and one
+    point's TF32 must not leak into the next.
+    """
+    if dev.type == "cuda":
+        mode = "tf32" if precision == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    if precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
 
 
 @torch.no_grad()
@@ -108,11 +147,96 @@ def predict(model: torch.nn.Module, splits: Splits, split: str, batch_size: int,
 
 
 @torch.no_grad()
-def probe(model: torch.nn.Module, splits: Splits, autocast, channels_last: bool) -> dict[str, float]:
+def probe(model: torch.nn.Module, splits: Splits, autocast, channels_last: bool, method: str) -> dict[str, float]:
     model.eval()
     x = splits.normalize(splits.val_x[:1], channels_last=channels_last)
     with autocast():
-        return feature_quantiles(model.features(x)[0])
+        return feature_quantiles(model.features(x)[0], method)
+
+
+@dataclass
+class Progress:
+    """Everything the loop carries from batch to batch: what a checkpoint must hold
+    besides the model, optimizer and scheduler states."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches of epoch + 1 completed (0: at an epoch boundary)
+    history: dict[str, list[float]] = field(default_factory=lambda: {epoch_key(k): [] for k in EPOCH_METRICS})
+    epoch_times: list[int] = field(default_factory=list)  # when each epoch was recorded, ms since the epoch
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # epochs since the best validation loss
+    loss_sum: float = 0.0  # the running epoch's training-loss sum ...
+    correct: int = 0  # ... correct predictions ...
+    seen: int = 0  # ... and examples, so far
+    epoch_rng: torch.Tensor | None = None  # the batch-order generator at the running epoch's start
+    train_seconds: float = 0.0  # wall time in the loop, over every process that ran this run
+    step_seconds: float = 0.0  # time in training steps
+    images_seen: int = 0
+
+
+class Checkpoints(Protocol):
+    """Where a run's checkpoints go (the orchestrator's is the run's artifact store)."""
+
+    def due(self) -> bool: ...  # time for a periodic checkpoint at this epoch end
+    def save(self, state: dict[str, Any]) -> None: ...
+    def stop_requested(self) -> str | None: ...  # a signal asked the run to stop: its name
+
+
+class Stopped(Exception):
+    """The run was asked to stop (a signal); its checkpoint has been written."""
+
+    def __init__(self, reason: str, epoch: int, batch: int):
+        super().__init__(f"{reason} at epoch {epoch + 1}, batch {batch}")
+        self.reason, self.epoch, self.batch = reason, epoch, batch
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def capture(cfg: RunConfig, model, opt, sched, gen: torch.Generator, progress: Progress) -> dict[str, Any]:
+    """A checkpoint: every state needed to continue exactly, as CPU tensors and plain Python."""
+    cpu = lambda state: {k: v.detach().cpu().clone() for k, v in state.items()}  # noqa: E731
+    np_state = np.random.get_state()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": to_dict(cfg),
+        "model": cpu(model.state_dict()),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "progress": {**{f.name: getattr(progress, f.name) for f in dataclasses.fields(progress)},
+                     "best_state": cpu(progress.best_state) if progress.best_state is not None else None},
+        "rng": {
+            "gen": gen.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+            "python": random.getstate(),
+        },
+    }
+
+
+def restore(state: dict[str, Any], cfg: RunConfig, model, opt, sched, gen: torch.Generator,
+            dev: torch.device) -> Progress:
+    """Load a :func:`capture` checkpoint into fresh objects; returns the loop's progress."""
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != to_dict(cfg):
+        raise ValueError("the checkpoint belongs to another config or checkpoint format; rerun from epoch 0")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    gen.set_state(rng["gen"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    kind, keys, *rest = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(rng["python"])
+    saved = copy.deepcopy(state["progress"])  # the loop appends to its lists; the caller's state stays as given
+    if saved["best_state"] is not None:
+        saved["best_state"] = {k: v.to(dev) for k, v in saved["best_state"].items()}
+    return Progress(**saved)
 
 
 def train(
@@ -121,29 +245,36 @@ def train(
     *,
     device: str | None = "auto",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train one configuration and evaluate its best checkpoint.
 
     Args:
         cfg: the resolved run configuration.
-        tracker: receives per-epoch values, summary metrics and artifacts.
+        tracker: receives per-epoch values and the summary metrics.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         on_epoch: called after each epoch with (epoch, values); may raise to stop the run
             (the tuner raises ``optuna.TrialPruned`` through it).
+        checkpoints: gets a checkpoint (:func:`capture`) at epoch ends when it is due, and
+            at the next batch boundary when a stop is requested.
+        resume: a checkpoint to continue from, exactly where it was taken (mid-epoch too).
 
     Raises:
         TrainingDiverged: the training or validation loss became non-finite.
+        Stopped: a stop was requested; the checkpoint was written first.
     """
     tracker = tracker or NullTracker()
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
 
     # Data: resident on the device as uint8, normalised per batch.
     splits = load_splits(cfg.data, dev)
     channels_last = cuda  # conv kernels prefer NHWC on tensor cores
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    autocast = set_precision(resolve_precision(cfg.train.precision, dev), dev)
 
     # Model and optimizer. Batch-Instance gates get no weight decay and are clamped to [0, 1] after each step.
     model = build_model(cfg, splits).to(dev)
@@ -154,21 +285,29 @@ def train(
     opt = make_optimizer(cfg, model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.schedule.step_size, gamma=cfg.schedule.gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
+    p = restore(resume, cfg, model, opt, sched, gen, dev) if resume else Progress()
 
-    history: dict[str, list[float]] = {epoch_key(k): [] for k in EPOCH_METRICS}
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-    step_seconds, images_seen = 0.0, 0
-    t_start = time.perf_counter()
-    for epoch in range(1, cfg.train.max_epochs + 1):
+    def checkpoint() -> None:
+        if checkpoints is not None:
+            checkpoints.save(capture(cfg, model, opt, sched, gen, p))
+
+    done = p.epoch >= cfg.train.max_epochs or (p.epoch > 0 and p.stale >= cfg.train.patience)
+    while not done:
         # Train one epoch. Loss and accuracy accumulate on the device: one sync per epoch.
+        # A mid-epoch resume draws the epoch's order again from the saved generator state and
+        # skips the batches already trained, with the epoch's sums so far.
         model.train()
         lr = opt.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
-        seen = 0
+        if p.batch == 0:
+            p.epoch_rng, p.loss_sum, p.correct, p.seen = gen.get_state(), 0.0, 0, 0
+        else:
+            gen.set_state(p.epoch_rng)
+        loss_sum = torch.tensor(p.loss_sum, device=dev)
+        correct = torch.tensor(p.correct, device=dev, dtype=torch.long)
         t0 = time.perf_counter()
-        for x, y in train_batches(splits, cfg.data.batch_size, gen, augment=cfg.data.augment,
-                                  channels_last=channels_last):
+        batches = train_batches(splits, cfg.data.batch_size, gen, augment=cfg.data.augment,
+                                channels_last=channels_last)
+        for x, y in itertools.islice(batches, p.batch, None):
             with autocast():
                 logits = step_model(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -179,48 +318,59 @@ def train(
                 clamp_gates_(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-        train_loss = loss_sum.item() / seen
+            p.seen += len(y)
+            p.batch += 1
+            if checkpoints is not None and (reason := checkpoints.stop_requested()):
+                p.loss_sum, p.correct = loss_sum.item(), int(correct.item())  # one sync, only when stopping
+                p.train_seconds += time.perf_counter() - t0
+                checkpoint()
+                raise Stopped(reason, p.epoch, p.batch)
+        train_loss = loss_sum.item() / p.seen
         if cuda:
             torch.cuda.synchronize()
-        step_seconds += time.perf_counter() - t0
-        images_seen += seen
+        p.step_seconds += time.perf_counter() - t0
+        p.images_seen += p.seen
         sched.step()
+        p.epoch, p.batch = p.epoch + 1, 0
         if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"non-finite training loss ({train_loss}) at epoch {epoch}; lower optim.lr")
+            raise TrainingDiverged(f"non-finite training loss ({train_loss}) at epoch {p.epoch}; lower optim.lr")
 
         # Validate, probe, record.
         val_loss, val_pred = predict(model, splits, "val", cfg.data.eval_batch_size, autocast, channels_last)
         if not math.isfinite(val_loss):
-            raise TrainingDiverged(f"non-finite validation loss ({val_loss}) at epoch {epoch}; lower optim.lr")
-        val_true = splits.val_y.cpu().numpy()
+            raise TrainingDiverged(f"non-finite validation loss ({val_loss}) at epoch {p.epoch}; lower optim.lr")
         values = {
             names.TRAIN_LOSS: train_loss,
-            names.TRAIN_ACC: correct.item() / seen,
+            names.TRAIN_ACC: correct.item() / p.seen,
             names.VAL_LOSS: val_loss,
-            **M.classification_metrics(val_true, val_pred, "val"),
+            **M.classification_metrics(splits.val_y.cpu().numpy(), val_pred, "val"),
             names.LR: lr,
-            **probe(model, splits, autocast, channels_last),
+            **probe(model, splits, autocast, channels_last, cfg.train.probe_method),
         }
         for k in EPOCH_METRICS:
-            history[epoch_key(k)].append(values[k])
-        tracker.log_epoch(epoch, values)
+            p.history[epoch_key(k)].append(values[k])
+        p.epoch_times.append(int(time.time() * 1000))
+        tracker.log_epoch(p.epoch, values)
         if on_epoch is not None:
-            on_epoch(epoch, values)
+            on_epoch(p.epoch, values)
 
         # Early stopping on validation loss; keep the best weights.
-        if val_loss < best_loss:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if val_loss < p.best_loss:
+            p.best_loss, p.best_epoch, p.stale = val_loss, p.epoch, 0
+            p.best_state = copy.deepcopy(model.state_dict())
         else:
-            stale += 1
-            if stale >= cfg.train.patience:
-                break
-    train_seconds = time.perf_counter() - t_start
-    epochs_run = epoch
+            p.stale += 1
+        p.train_seconds += time.perf_counter() - t0
+        done = p.stale >= cfg.train.patience or p.epoch >= cfg.train.max_epochs
+        if not done and checkpoints is not None:
+            if (reason := checkpoints.stop_requested()):
+                checkpoint()
+                raise Stopped(reason, p.epoch, 0)
+            if checkpoints.due():
+                checkpoint()
 
     # Restore the best checkpoint and evaluate it on every split.
-    model.load_state_dict(best_state)
+    model.load_state_dict(p.best_state)
     summary: dict[str, float] = {}
     predictions = {}
     for split in SPLITS:
@@ -229,13 +379,14 @@ def train(
         predictions[split] = (truth, pred)
         summary.update(M.classification_metrics(truth, pred, split))
     summary.update({
-        names.BEST_EPOCH: best_epoch,
-        names.EPOCHS_RUN: epochs_run,
-        names.TRAIN_SECONDS: train_seconds,
-        names.IMAGES_PER_SECOND: images_seen / step_seconds if step_seconds > 0 else 0.0,
+        names.BEST_EPOCH: p.best_epoch,
+        names.EPOCHS_RUN: p.epoch,
+        names.TRAIN_SECONDS: p.train_seconds,
+        names.IMAGES_PER_SECOND: p.images_seen / p.step_seconds if p.step_seconds > 0 else 0.0,
     })
     tracker.log_summary(summary)
 
     example = splits.normalize(splits.val_x[:2], channels_last=channels_last).float()
-    return RunResult(summary=summary, history=history, best_epoch=best_epoch, model=model.float().eval(),
-                     predictions=predictions, class_names=list(splits.class_names), example=example)
+    return RunResult(summary=summary, history=p.history, best_epoch=p.best_epoch, model=model.float().eval(),
+                     predictions=predictions, class_names=list(splits.class_names), example=example,
+                     epoch_times=p.epoch_times)

@@ -1,0 +1,86 @@
+"""Checkpoints of the training loop: a run stopped anywhere and resumed from its
+checkpoint ends bitwise equal to the same run uninterrupted (on the CPU)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from experiments.config import build
+from experiments.train import Stopped, train
+
+CFG = build({"train.max_epochs": 4, "train.patience": 4, "data.batch_size": 64, "model.depth_n": 1,
+             "data.augment": True, "model.norm": "bin", "optim.momentum": 0.9})
+TIMING = ("train_seconds", "images_per_second")
+
+
+class StopAfter:
+    """Requests a stop after ``batches`` training steps; keeps every checkpoint, serialised."""
+
+    def __init__(self, batches: int | None, every_epoch: bool = False):
+        self.left, self.every_epoch, self.saved = batches, every_epoch, []
+
+    def due(self) -> bool:
+        return self.every_epoch
+
+    def save(self, state) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)  # what the orchestrator writes: it must survive serialisation
+        self.saved.append(buf.getvalue())
+
+    def stop_requested(self) -> str | None:
+        if self.left is None:
+            return None
+        self.left -= 1
+        return "SIGTERM" if self.left < 0 else None
+
+    def last(self):
+        return torch.load(io.BytesIO(self.saved[-1]), weights_only=True)
+
+
+def same(a, b) -> None:
+    strip = lambda s: {k: v for k, v in s.items() if k not in TIMING}  # noqa: E731
+    assert strip(a.summary) == strip(b.summary)
+    assert a.history == b.history
+    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    return train(CFG, device="cpu")
+
+
+@pytest.mark.parametrize("stop_after", [3, 22, 29, 58])  # mid-epoch 1, the end of epoch 1, mid-epoch 2, epoch 3
+def test_stopped_and_resumed_equals_uninterrupted(uninterrupted, stop_after):
+    first = StopAfter(stop_after)
+    with pytest.raises(Stopped) as stopped:
+        train(CFG, device="cpu", checkpoints=first)
+    assert stopped.value.reason == "SIGTERM" and len(first.saved) == 1
+    state = first.last()
+    assert (state["progress"]["epoch"], state["progress"]["batch"]) == (stopped.value.epoch, stopped.value.batch)
+    resumed = train(CFG, device="cpu", resume=state)
+    same(resumed, uninterrupted)
+    done = state["progress"]["epoch"]
+    assert len(state["progress"]["epoch_times"]) == done  # the checkpoint is not changed by resuming it
+    assert resumed.epoch_times[:done] == state["progress"]["epoch_times"]
+
+
+def test_periodic_checkpoints_at_epoch_ends_resume_exactly(uninterrupted):
+    keeper = StopAfter(None, every_epoch=True)
+    train(CFG, device="cpu", checkpoints=keeper)
+    assert len(keeper.saved) == CFG.train.max_epochs - 1  # none after the last epoch: the run is done
+    second = torch.load(io.BytesIO(keeper.saved[1]), weights_only=True)
+    assert (second["progress"]["epoch"], second["progress"]["batch"]) == (2, 0)
+    same(train(CFG, device="cpu", resume=second), uninterrupted)
+
+
+def test_a_checkpoint_of_another_config_is_refused():
+    keeper = StopAfter(1)
+    with pytest.raises(Stopped):
+        train(CFG, device="cpu", checkpoints=keeper)
+    other = build({**{"train.max_epochs": 5}, "data.batch_size": 64})
+    with pytest.raises(ValueError, match="another config"):
+        train(other, device="cpu", resume=keeper.last())
