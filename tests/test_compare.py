@@ -1,4 +1,4 @@
-"""compare.py and summary_plots.py on synthetic records, checked against numpy."""
+"""compare.py (records.py, results.py, render.py) and summary_plots.py on synthetic records, checked against numpy."""
 
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ import math
 import numpy as np
 import pytest
 
+from experiments.metric_names import SPLIT_SCORES
 from orchestrator.compare import (
     FORMATS,
     CompareResult,
-    ExpectedPoint,
     RunRecord,
     compare,
     render,
     report,
     summary_rows,
 )
+from orchestrator.schema import ExpectedPoint, Kind, Tag, TrialState
 from orchestrator.summary_plots import metric_by_axis, val_curves
 
 NORMS = ("bn_torch", "bn", "gn")
 BATCHES = (8, 128)
 SEEDS = (0, 1, 2)
-SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")]
 
 
 def setting_of(norm: str, bs: int) -> str:
@@ -49,11 +49,11 @@ def expected_grid(norms=NORMS, batches=BATCHES, seeds=SEEDS) -> list[ExpectedPoi
 def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None) -> RunRecord:
     p = ep.point
     all_tags = {
-        "orch.sweep": "sweep-1",
-        "orch.run_key": ep.run_key,
-        "orch.point": f"{ep.setting},seed={p['seed']}",
-        "orch.setting": ep.setting,
-        "orch.kind": "point",
+        Tag.SWEEP: "sweep-1",
+        Tag.RUN_KEY: ep.run_key,
+        Tag.POINT: f"{ep.setting},seed={p['seed']}",
+        Tag.SETTING: ep.setting,
+        Tag.KIND: Kind.POINT,
     }
     all_tags.update(tags or {})
     return RunRecord(
@@ -69,7 +69,7 @@ def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_
 
 
 def random_metrics(rng: np.random.Generator) -> dict[str, float]:
-    m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_METRICS}
+    m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_SCORES}
     m["best_epoch"] = float(rng.integers(1, 30))
     m["epoch/val_acc"] = 0.1  # latest per-epoch value: never a summary metric
     return m
@@ -88,7 +88,7 @@ def values_for(records, metric, **point):
     """Independent reference: the metric of each finished record matching ``point``, by seed."""
     out = {}
     for r in records:
-        if r.status != "FINISHED" or r.tags.get("orch.trial_state") == "PRUNED":
+        if r.status != "FINISHED" or r.tags.get(Tag.TRIAL_STATE) == TrialState.PRUNED:
             continue
         if all(r.params[k] == str(v) for k, v in point.items()):
             out[r.params["seed"]] = r.metrics[metric]
@@ -132,7 +132,7 @@ def test_failed_pruned_and_reruns(sweep):
     records.append(record(gn8[0], {"val_f1_macro": 0.0}, status="FAILED", start=10_000))
     # A pruned trial with the same run key as seed 1 is never a result.
     records.append(record(gn8[1], {"val_f1_macro": 1.0}, start=10_001,
-                          tags={"orch.kind": "trial", "orch.trial_state": "PRUNED"}))
+                          tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}))
     # A rerun of seed 2 (same run key, later start) replaces the earlier result ...
     records.append(record(gn8[2], {"val_f1_macro": 0.123}, start=10_002))
     # ... and an even older finished duplicate does not.
