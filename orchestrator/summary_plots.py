@@ -14,17 +14,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from orchestrator.compare import STAT_FIELDS, CompareResult, CompareRow
+from orchestrator.records import short_name
+from orchestrator.render import STAT_FIELDS
+from orchestrator.results import CompareResult, CompareRow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FIGSIZE = (7.0, 4.2)  # inches; 100 dpi → 700×420 px PNGs
 BAR_GROUP_WIDTH = 0.8  # share of one x slot that a group of hue bars fills
-
-
-def _short(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
 
 
 def _plain_rows(rows: CompareResult | Sequence[CompareRow] | Sequence[Mapping[str, Any]]):
@@ -77,7 +75,7 @@ def metric_by_axis(
     rows = _plain_rows(result_for_axis)
     keys = list(dict.fromkeys(k for group, *_ in rows for k in group))
     if axis not in keys:
-        hits = [k for k in keys if _short(k) == axis]
+        hits = [k for k in keys if short_name(k) == axis]
         if len(hits) != 1:
             raise ValueError(f"axis {axis!r} is not a grouping key of these rows; keys: {', '.join(keys) or '(none)'}")
         axis = hits[0]
@@ -109,9 +107,9 @@ def metric_by_axis(
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
 
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-    ax.set_xlabel(_short(axis))
+    ax.set_xlabel(short_name(axis))
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.set_title(f"{metric} by {_short(axis)}")
+    ax.set_title(f"{metric} by {short_name(axis)}")
     if lows:
         # Zoom in on the bars' tops: rival settings often differ by less than 0.05.
         low, high = min(lows), max(highs)
@@ -119,7 +117,7 @@ def metric_by_axis(
         bottom = low - 0.25 * span
         ax.set_ylim(max(0.0, bottom) if low >= 0 else bottom, high + 0.25 * span)
     if len(hues) > 1:
-        ax.legend(title=", ".join(_short(k) for k in others), fontsize=8)
+        ax.legend(title=", ".join(short_name(k) for k in others), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

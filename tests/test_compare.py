@@ -1,4 +1,4 @@
-"""compare.py and summary_plots.py on synthetic records, checked against numpy."""
+"""compare.py (records.py, results.py, render.py) and summary_plots.py on synthetic records, checked against numpy."""
 
 from __future__ import annotations
 
@@ -10,22 +10,25 @@ import math
 import numpy as np
 import pytest
 
+from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.compare import (
     FORMATS,
     CompareResult,
-    ExpectedPoint,
     RunRecord,
     compare,
     render,
     report,
     summary_rows,
 )
+from orchestrator.records import match_units, short_names
+from orchestrator.render import render_report, setting_label
+from orchestrator.results import Stats, report_stats
+from orchestrator.schema import ExpectedPoint, Kind, Tag, TrialState
 from orchestrator.summary_plots import metric_by_axis, val_curves
 
 NORMS = ("bn_torch", "bn", "gn")
 BATCHES = (8, 128)
 SEEDS = (0, 1, 2)
-SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")]
 
 
 def setting_of(norm: str, bs: int) -> str:
@@ -49,11 +52,11 @@ def expected_grid(norms=NORMS, batches=BATCHES, seeds=SEEDS) -> list[ExpectedPoi
 def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None) -> RunRecord:
     p = ep.point
     all_tags = {
-        "orch.sweep": "sweep-1",
-        "orch.run_key": ep.run_key,
-        "orch.point": f"{ep.setting},seed={p['seed']}",
-        "orch.setting": ep.setting,
-        "orch.kind": "point",
+        Tag.SWEEP: "sweep-1",
+        Tag.RUN_KEY: ep.run_key,
+        Tag.POINT: f"{ep.setting},seed={p['seed']}",
+        Tag.SETTING: ep.setting,
+        Tag.KIND: Kind.POINT,
     }
     all_tags.update(tags or {})
     return RunRecord(
@@ -69,7 +72,7 @@ def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_
 
 
 def random_metrics(rng: np.random.Generator) -> dict[str, float]:
-    m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_METRICS}
+    m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_SCORES}
     m["best_epoch"] = float(rng.integers(1, 30))
     m["epoch/val_acc"] = 0.1  # latest per-epoch value: never a summary metric
     return m
@@ -88,7 +91,7 @@ def values_for(records, metric, **point):
     """Independent reference: the metric of each finished record matching ``point``, by seed."""
     out = {}
     for r in records:
-        if r.status != "FINISHED" or r.tags.get("orch.trial_state") == "PRUNED":
+        if r.status != "FINISHED" or r.tags.get(Tag.TRIAL_STATE) == TrialState.PRUNED:
             continue
         if all(r.params[k] == str(v) for k, v in point.items()):
             out[r.params["seed"]] = r.metrics[metric]
@@ -132,7 +135,7 @@ def test_failed_pruned_and_reruns(sweep):
     records.append(record(gn8[0], {"val_f1_macro": 0.0}, status="FAILED", start=10_000))
     # A pruned trial with the same run key as seed 1 is never a result.
     records.append(record(gn8[1], {"val_f1_macro": 1.0}, start=10_001,
-                          tags={"orch.kind": "trial", "orch.trial_state": "PRUNED"}))
+                          tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}))
     # A rerun of seed 2 (same run key, later start) replaces the earlier result ...
     records.append(record(gn8[2], {"val_f1_macro": 0.123}, start=10_002))
     # ... and an even older finished duplicate does not.
@@ -396,6 +399,86 @@ def test_report_missing_setting_shows_dash(sweep):
     rows = md_rows(report(records, expected))
     i = 3 * (NORMS.index("bn") * len(BATCHES) + BATCHES.index(128))
     assert rows[i][0] == "bn bs128" and rows[i][2:] == ["–", "–", "–"]
+
+
+def test_report_stats_match_numpy(sweep):
+    expected, records = sweep
+    records = [r for r in records if r.name != "gn-bs8-s1"]  # one seed missing
+    nan_run = next(r for r in records if r.name == "bn-bs128-s0")
+    records = [r for r in records if r is not nan_run]
+    records.append(RunRecord(**{**vars(nan_run), "metrics": {**nan_run.metrics, "test_acc": math.nan}}))
+    settings = report_stats(records, expected)
+    assert [dict(s.values) for s in settings] == [{"model.norm": n, "data.batch_size": b} for n in NORMS for b in BATCHES]
+    for s in settings:
+        assert [split.split for split in s.splits] == list(SPLITS)
+        for split in s.splits:
+            assert list(split.scores) == list(SCORES)
+            for score, stats in split.scores.items():
+                vals = np.array(list(values_for(records, f"{split.split}_{score}", **s.values).values()))
+                vals = vals[np.isfinite(vals)]  # a diverged value is not counted
+                assert stats.n == len(vals)
+                assert stats.mean == pytest.approx(vals.mean())
+                assert stats.std == pytest.approx(vals.std(ddof=1))
+    gn8 = settings[NORMS.index("gn") * len(BATCHES) + BATCHES.index(8)]
+    assert gn8.splits[0].scores["acc"].n == 2
+    bn128 = settings[NORMS.index("bn") * len(BATCHES) + BATCHES.index(128)]
+    assert bn128.splits[2].scores["acc"].n == 2 and bn128.splits[2].scores["f1_macro"].n == 3
+
+
+def test_render_report_json_and_table_from_the_same_stats(sweep):
+    expected, records = sweep
+    records = [r for r in records if not r.name.startswith("bn-bs128")]
+    settings = report_stats(records, expected)
+    rows = json.loads(render_report(settings, "json"))
+    assert len(rows) == len(settings) * len(SPLITS)
+    for i, row in enumerate(rows):
+        setting, split = settings[i // len(SPLITS)], settings[i // len(SPLITS)].splits[i % len(SPLITS)]
+        assert row["setting"] == setting_label(setting.values) and row["set"] == split.split
+        for score in SCORES:
+            stats = split.scores[score]
+            if stats.n:
+                assert (row[score], row[f"{score}_std"]) == pytest.approx((stats.mean, stats.std))
+            else:
+                assert row[score] is None and row[f"{score}_std"] is None
+            assert row[f"{score}_n"] == stats.n
+    assert render_report(settings, "markdown") == report(records, expected)
+    table = render_report(settings, "table")
+    assert "gn bs8" in table and "F1 macro" in table and "\x1b[" not in table
+    assert table.count("├") == len(settings) - 1  # a rule between settings, none between splits
+    with pytest.raises(ValueError, match="markdown"):
+        render_report(settings, "latex")
+
+
+def test_stats_against_numpy():
+    vals = (0.5, 0.75, 0.625, 0.9)
+    stats = Stats(vals)
+    assert (stats.n, stats.min, stats.max) == (4, 0.5, 0.9)
+    assert stats.mean == pytest.approx(np.mean(vals)) and stats.std == pytest.approx(np.std(vals, ddof=1))
+    one, empty = Stats((0.5,)), Stats()
+    assert one.mean == 0.5 and math.isnan(one.std)
+    assert empty.n == 0 and all(math.isnan(x) for x in (empty.mean, empty.std, empty.min, empty.max))
+
+
+def test_match_units_latest_record_per_run_key(sweep):
+    expected, records = sweep
+    ep = expected[0]
+    records = list(records) + [
+        record(ep, {}, status="FAILED", start=5_000, run_id="failed-late"),
+        record(ep, {"val_acc": 0.1}, start=5_000, run_id="tie-listed-last"),  # same start: listed last wins
+        record(ep, {}, start=6_000, run_id="pruned",
+               tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}),
+    ]
+    matched = match_units(records, expected)
+    assert [u.identity for u in matched.units] == [e.run_key for e in expected]
+    assert matched.axes == ("model.norm", "data.batch_size") and matched.n_ignored == 0
+    first = matched.units[0]
+    assert first.latest.run_id == "tie-listed-last" and first.finished.run_id == "tie-listed-last"
+    assert first.point() == {"model.norm": "bn_torch", "data.batch_size": "8", "seed": "0"}
+
+
+def test_short_names_keep_ambiguous_keys_whole():
+    assert short_names(["model.norm", "data.batch_size", "seed"]) == ["norm", "batch_size", "seed"]
+    assert short_names(["model.norm", "head.norm", "optim.lr"]) == ["model.norm", "head.norm", "lr"]
 
 
 # --------------------------------------------------------------------------- summary rows

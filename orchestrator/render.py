@@ -1,0 +1,277 @@
+"""Comparison results and the study's report as text: table (rich), csv, markdown, json.
+
+The numbers come from ``results.py``; this module only lays them out. ``table`` is
+plain text (no colour codes), ``markdown`` is a GitHub table, ``csv`` and ``json`` are
+for machines (NaN becomes an empty cell / ``null``). rich and tabulate are imported
+inside the functions that use them.
+
+Example::
+
+    print(render(compare(records, expected, "val_f1_macro"), "markdown"))
+    print(report(records, expected, fmt="csv"))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+from experiments.metric_names import SCORES, SPLITS
+from orchestrator.records import RunRecord, short_name, short_names, value_text
+from orchestrator.results import (
+    CompareError,
+    CompareResult,
+    CompareRow,
+    SettingStats,
+    Stats,
+    report_stats,
+)
+from orchestrator.schema import ExpectedPoint
+
+FORMATS = ("table", "csv", "markdown", "json")
+REPORT_FORMATS = ("markdown", "csv", "table", "json")
+REPORT_TITLES = dict(zip(SCORES, ("Accuracy", "F1 micro", "F1 macro")))  # score -> column title
+BATCH_SIZE_KEY = "data.batch_size"
+MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
+TABLE_WIDTH = 160  # characters of a rich table
+_SEED_SUFFIX = re.compile(r"-s\d+$")
+# The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
+# each is an attribute of CompareRow.
+ROW_STATS = ("mean", "std", "n_finished", "n_expected", "min", "max")
+DELTA_STATS = ("delta_mean", "delta_std", "n_pairs")  # only with a baseline
+SAMPLE_FIELDS = ("seeds", "values")  # per finished run, in grid order
+# Keys of a JSON/CSV row that are not grouping values (used to read rows back).
+STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS})
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def _num(x: float, digits: int) -> str:
+    return MISSING if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _mean_pm_std(stats: Stats, digits: int = 4) -> str:
+    if math.isnan(stats.mean):
+        return MISSING
+    return f"{stats.mean:.{digits}f} ± {_num(stats.std, digits)}"
+
+
+def _delta_text(delta: Stats, digits: int = 4) -> str:
+    if delta.n == 0:
+        return MISSING
+    return f"{delta.mean:+.{digits}f} ± {_num(delta.std, digits)}"
+
+
+def _report_cell(stats: Stats, digits: int = 3) -> str:
+    """Mean over seeds, ``± std`` from two seeds on, ``–`` without any."""
+    if stats.n == 0:
+        return MISSING
+    if stats.n == 1:
+        return f"{stats.mean:.{digits}f}"
+    return f"{stats.mean:.{digits}f} ± {stats.std:.{digits}f}"
+
+
+def _json_value(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def setting_label(values: Mapping[str, Any], fallback: str = "") -> str:
+    """Readable setting name: ``{"model.norm": "gn", "data.batch_size": 8}`` → ``"gn bs8"``.
+
+    Batch sizes read ``bs<N>``; other numbers and booleans read ``<short key>=<value>``
+    so that they stay unambiguous; plain strings are shown as they are.
+    """
+    parts = []
+    for key, value in values.items():
+        text = value_text(value)
+        if key == BATCH_SIZE_KEY:
+            parts.append(f"bs{text}")
+        elif _looks_numeric(value):
+            parts.append(f"{short_name(key)}={text}")
+        else:
+            parts.append(text)
+    return " ".join(parts) or _SEED_SUFFIX.sub("", fallback) or "(base)"
+
+
+def _looks_numeric(value: Any) -> bool:
+    if isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        if value in ("True", "False"):
+            return True
+        try:
+            float(value)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def render(result: CompareResult, fmt: str = "table", *, width: int = TABLE_WIDTH) -> str:
+    """Render a comparison as ``table`` (rich, plain text), ``csv``, ``markdown`` or ``json``."""
+    if fmt == "table":
+        headers, body = _display_table(result)
+        n_keys = len(result.group_keys)
+        right = [i == 0 or i > n_keys for i in range(len(headers))]  # rank and numbers
+        title = f"{result.metric} ({'higher' if result.direction == 'max' else 'lower'} is better)"
+        return _rich_text(headers, body, right=right, title=title, width=width)
+    if fmt == "markdown":
+        return _github_table(*_display_table(result))
+    if fmt == "json":
+        return json.dumps([row_to_dict(r, result) for r in result.rows], indent=2)
+    if fmt == "csv":
+        return _compare_csv(result)
+    raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    """Headers and string cells shared by the table and markdown formats."""
+    has_baseline = result.baseline_key is not None
+    headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n"]
+    if has_baseline:
+        headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs"]
+    body = []
+    for r in result.rows:
+        cells = [MISSING if r.rank is None else str(r.rank)]
+        cells += [value_text(r.group[k]) for k in result.group_keys]
+        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}"]
+        if has_baseline:
+            cells += [_delta_text(r.delta), str(r.n_pairs)]
+        body.append(cells)
+    return headers, body
+
+
+def _stat_fields(result: CompareResult) -> tuple[str, ...]:
+    deltas = DELTA_STATS if result.baseline_key is not None else ()
+    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS)
+
+
+def row_to_dict(row: CompareRow, result: CompareResult) -> dict[str, Any]:
+    """A flat, JSON-ready row: grouping keys, statistics, per-seed values (NaN → None)."""
+    out: dict[str, Any] = {"rank": row.rank}
+    out.update({k: _json_value(row.group[k]) for k in result.group_keys})
+    for name in _stat_fields(result):
+        value = getattr(row, name)
+        out[name] = [_json_value(v) for v in value] if isinstance(value, tuple) else _json_value(value)
+    return out
+
+
+def _compare_csv(result: CompareResult) -> str:
+    fields = ["rank", *result.group_keys, *_stat_fields(result)]
+    body = []
+    for row in result.rows:
+        d = row_to_dict(row, result)
+        d["seeds"] = ";".join(value_text(s) for s in d["seeds"])
+        d["values"] = ";".join(repr(v) for v in d["values"])
+        body.append(["" if d[k] is None else d[k] for k in fields])
+    return _csv_text(fields, body)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(
+    records: Iterable[RunRecord],
+    expected: Sequence[ExpectedPoint] | None,
+    *,
+    fmt: str = "markdown",
+) -> str:
+    """The study's table: ``Setting | set | Accuracy | F1 micro | F1 macro``.
+
+    Three rows per setting (train, val, test), settings in grid order, the label on the
+    first row only (markdown and table; csv repeats it on every row so that the file
+    stays machine-readable). Cells are means over seeds to 3 decimals, with ``± std``
+    when more than one seed finished; ``–`` when none did.
+    """
+    return render_report(report_stats(records, expected), fmt)
+
+
+def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> str:
+    """Lay out :func:`results.report_stats` as ``markdown``, ``csv``, ``table`` or ``json``."""
+    if fmt not in REPORT_FORMATS:
+        raise CompareError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
+    if fmt == "json":
+        return json.dumps(_report_json(settings), indent=2)
+    headers = ["Setting", "set", *(REPORT_TITLES[s] for s in SCORES)]
+    body = _report_body(settings, repeat_label=fmt == "csv")
+    if fmt == "markdown":
+        return _github_table(headers, body)
+    if fmt == "csv":
+        return _csv_text(headers, body)
+    right = [i >= 2 for i in range(len(headers))]  # the scores
+    return _rich_text(headers, body, right=right, section=len(SPLITS))
+
+
+def _report_body(settings: Sequence[SettingStats], *, repeat_label: bool) -> list[list[str]]:
+    body = []
+    for s in settings:
+        label = setting_label(s.values, s.name)
+        for i, split in enumerate(s.splits):
+            cells = [label if i == 0 or repeat_label else "", split.split]
+            body.append(cells + [_report_cell(split.scores[score]) for score in SCORES])
+    return body
+
+
+def _report_json(settings: Sequence[SettingStats]) -> list[dict[str, Any]]:
+    rows = []
+    for s in settings:
+        label = setting_label(s.values, s.name)
+        for split in s.splits:
+            row: dict[str, Any] = {"setting": label, "set": split.split}
+            for score in SCORES:
+                stats = split.scores[score]
+                row.update({score: _json_value(stats.mean), f"{score}_std": _json_value(stats.std),
+                            f"{score}_n": stats.n})
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _rich_text(
+    headers: Sequence[str],
+    body: Sequence[Sequence[str]],
+    *,
+    right: Sequence[bool],
+    title: str | None = None,
+    section: int = 0,
+    width: int = TABLE_WIDTH,
+) -> str:
+    """A rich table as plain text; ``section``: a rule after every that many rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header, is_right in zip(headers, right):
+        table.add_column(header, justify="right" if is_right else "left", no_wrap=True)
+    for n, cells in enumerate(body):
+        table.add_row(*cells, end_section=bool(section) and n % section == section - 1)
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(table)
+    return console.file.getvalue()
+
+
+def _github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    from tabulate import tabulate
+
+    # disable_numparse keeps "0.790" as written instead of re-formatting it to 0.79.
+    return tabulate(body, headers=list(headers), tablefmt="github", disable_numparse=True) + "\n"
+
+
+def _csv_text(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(body)
+    return buf.getvalue()
