@@ -95,6 +95,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (pays off on CUDA for long runs)
     precision: str = "auto"  # PRECISIONS: bf16 autocast, float32, or float32 with TF32 matmuls (CUDA)
     probe_method: str = "interpolated"  # PROBE_METHODS: how the feature percentiles are taken
+    checkpoint_seconds: float = 60.0  # a checkpoint at the first epoch end after this many seconds; 0: every epoch
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,8 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
         fail("model.widths", f"every width must be greater than 0, got {list(m.widths)}")
     if m.stem_padding not in (0, 1):
         fail("model.stem_padding", f"the stem conv is 3x3: padding 1 keeps the size, 0 shrinks it by 2; got {m.stem_padding}")
+    if not t.checkpoint_seconds >= 0:
+        fail("train.checkpoint_seconds", f"must be 0 (every epoch) or more, got {t.checkpoint_seconds}")
     if not o.gate_lr_mult > 0:
         fail("optim.gate_lr_mult", f"must be greater than 0, got {o.gate_lr_mult}")
     for key, value in {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay}.items():
@@ -384,10 +387,24 @@ def to_flat(cfg: RunConfig) -> dict[str, Any]:
     return flatten(to_dict(cfg))
 
 
+# Keys that change how a run is carried out but not what it computes: they are left out of
+# the run key, so that changing them neither reruns finished points nor refuses a checkpoint.
+EXECUTION_KEYS = ("train.checkpoint_seconds",)
+
+
+def result_dict(cfg: RunConfig) -> dict[str, Any]:
+    """:func:`to_dict` without the :data:`EXECUTION_KEYS`: what decides a run's results."""
+    out = to_dict(cfg)
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".", 1)
+        del out[section][name]
+    return out
+
+
 def run_key(cfg: RunConfig) -> str:
     """Deterministic id of a resolved config: the same settings give the same key,
     whatever the YAML formatting or key order that produced them."""
-    canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(result_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
 import math
 import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from experiments import metric_names as names
 from experiments import metrics as M
-from experiments.config import ConfigError, RunConfig, to_dict
+from experiments.config import ConfigError, RunConfig, result_dict
 from experiments.data import Splits, eval_batches, load_splits, train_batches
 from experiments.metric_names import EPOCH_METRICS, SPLITS, epoch_key
 from experiments.probes import feature_quantiles
@@ -36,6 +38,7 @@ class TrainingDiverged(RuntimeError):
 class Tracker(Protocol):
     """Where a run's numbers go while it trains (artifacts are drawn from the RunResult)."""
 
+    def log_data(self, data: dict[str, Any]) -> None: ...  # what it trains on: describe_data()
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None: ...
     def log_summary(self, values: dict[str, float]) -> None: ...
 
@@ -43,11 +46,30 @@ class Tracker(Protocol):
 class NullTracker:
     """Records nothing."""
 
+    def log_data(self, data: dict[str, Any]) -> None:
+        pass
+
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         pass
 
     def log_summary(self, values: dict[str, float]) -> None:
         pass
+
+
+def describe_data(cfg: RunConfig, splits: Splits) -> dict[str, Any]:
+    """Name, source and, per split, the number of examples and a SHA-256 of their pixels and
+    labels: two runs on different data differ in digest. (0.3 s for CIFAR-10's 150 MB.)"""
+    d = cfg.data
+    source = str(Path(d.root).expanduser()) if d.root else "sklearn.datasets.load_digits"
+    name = Path(d.root).expanduser().name if d.name == "imagefolder" and d.root else d.name
+    digests = {}
+    for split in SPLITS:
+        x, y = getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
+        h = hashlib.sha256()
+        h.update(x.cpu().contiguous().numpy().data)
+        h.update(y.cpu().contiguous().numpy().data)
+        digests[split] = (len(y), h.hexdigest())
+    return {"name": name, "source": source, "classes": splits.num_classes, "splits": digests}
 
 
 @dataclass
@@ -201,7 +223,7 @@ def capture(cfg: RunConfig, model, opt, sched, gen: torch.Generator, progress: P
     np_state = np.random.get_state()
     return {
         "format": CHECKPOINT_FORMAT,
-        "config": to_dict(cfg),
+        "config": result_dict(cfg),
         "model": cpu(model.state_dict()),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
@@ -220,7 +242,7 @@ def capture(cfg: RunConfig, model, opt, sched, gen: torch.Generator, progress: P
 def restore(state: dict[str, Any], cfg: RunConfig, model, opt, sched, gen: torch.Generator,
             dev: torch.device) -> Progress:
     """Load a :func:`capture` checkpoint into fresh objects; returns the loop's progress."""
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != to_dict(cfg):
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != result_dict(cfg):
         raise ValueError("the checkpoint belongs to another config or checkpoint format; rerun from epoch 0")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -273,6 +295,7 @@ def train(
 
     # Data: resident on the device as uint8, normalised per batch.
     splits = load_splits(cfg.data, dev)
+    tracker.log_data(describe_data(cfg, splits))
     channels_last = cuda  # conv kernels prefer NHWC on tensor cores
     autocast = set_precision(resolve_precision(cfg.train.precision, dev), dev)
 

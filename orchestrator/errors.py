@@ -21,3 +21,4 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # some run failed (recorded FAILED with its reason)
     BAD_INPUT = 2  # nothing was started: one message names the problem and the fix
     INTERRUPTED = 130  # Ctrl-C: running runs were recorded KILLED
+    PREEMPTED = 143  # SIGTERM: running runs checkpointed and recorded KILLED (preempted); rerun to resume

@@ -12,13 +12,20 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
-from orchestrator import tracking
+from orchestrator import checkpoints, tracking
+from orchestrator.checkpoints import RunCheckpoints, StopFlag
 from orchestrator.errors import ExitCode
 from orchestrator.schema import Kind, Status, Tag, TrialState
+
+if TYPE_CHECKING:
+    from experiments.train import Stopped
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption, Ctrl-C, Slurm's time-limit warning
 
 
 class Interrupted(KeyboardInterrupt):
@@ -30,6 +37,34 @@ def raise_on_sigterm() -> None:
         raise Interrupted(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def stop_on_signals() -> StopFlag:
+    """SIGTERM, SIGINT or SIGUSR1 ask the running training loop to checkpoint and stop at
+    its next batch boundary; a second signal interrupts at once."""
+    flag = StopFlag()
+
+    def handler(signum, frame):  # noqa: ARG001
+        name = signal.Signals(signum).name
+        if flag.reason is not None:
+            raise Interrupted(f"{name} (second signal)")
+        flag.reason = name
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    return flag
+
+
+def stop_exit_code(reason: str | None) -> int:
+    """130 for Ctrl-C, 143 for a preemption (SIGTERM, SIGUSR1)."""
+    return ExitCode.INTERRUPTED if reason == "SIGINT" else ExitCode.PREEMPTED
+
+
+def stop_reason(err: Stopped) -> str:
+    """The failure-reason tag of a run stopped by a signal: starts with ``preempted`` (or
+    ``interrupted`` for Ctrl-C) and says where its checkpoint is."""
+    what = "interrupted" if err.reason == "SIGINT" else "preempted"
+    return f"{what} ({err.reason}) at epoch {err.epoch + 1}, batch {err.batch}; checkpoint saved, rerun to resume"
 
 
 def device_label(device: str | None) -> tuple[str, str]:
@@ -90,17 +125,26 @@ def run_tracked(
     quiet: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+    stop: StopFlag | None = None,
+    resume: bool | str = False,
 ) -> tuple[int, str, dict[str, float]]:
     """Train ``cfg`` inside a new MLflow run; returns (exit code, run id, summary metrics).
 
     Exceptions from training end the run FAILED and give exit code 1; an interrupt ends
     it KILLED and is re-raised. ``on_epoch`` may raise to stop the run (pruning): its
     exception propagates after the run is closed by the caller's handler of that type.
+
+    With ``stop`` (see :func:`stop_on_signals`) the run writes checkpoints to its artifact
+    store every ``train.checkpoint_seconds`` and when a signal sets the flag; it then ends
+    KILLED (reason ``preempted …``) with exit code 143 (130 for SIGINT). ``resume=True``
+    continues the newest unfinished run of the same run key that holds a checkpoint (if
+    any); a run id continues that run.
     """
-    from experiments.train import train
+    from experiments.train import Stopped, train
     from orchestrator.run_artifacts import log_run_artifacts
 
     dev, dev_name = device_label(device)
+    previous, state = _resume_point(store, experiment_id, cfg, resume)
     run_tags = {
         Tag.KIND: Kind.RUN,
         **(tags or {}),
@@ -108,11 +152,18 @@ def run_tracked(
         Tag.DEVICE: dev_name,
         **tracking.runtime_tags(),
     }
+    if state is not None:
+        progress = state["progress"]
+        run_tags.update({Tag.RESUMED_FROM: previous, Tag.RESUMED_EPOCH: str(progress["epoch"]),
+                         Tag.RESUMED_BATCH: str(progress["batch"])})
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
                              parent_run_id=parent_run_id)
+    if state is not None:  # the epochs before the checkpoint, with their original timestamps
+        store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
     if on_start:
         on_start(run_id)
     printer = EpochPrinter(cfg, quiet, run_name or "")
+    ckpts = None if stop is None else RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop)
 
     def epoch_hook(epoch: int, values: Mapping[str, float]) -> None:
         printer(epoch, values)
@@ -122,10 +173,17 @@ def run_tracked(
     tracker = store.tracker(run_id)
     try:
         try:
-            result = train(cfg, tracker, device=dev, on_epoch=epoch_hook)
-            log_run_artifacts(tracker, cfg, result)
+            with store.system_metrics(run_id):
+                result = train(cfg, tracker, device=dev, on_epoch=epoch_hook, checkpoints=ckpts, resume=state)
+                log_run_artifacts(tracker, cfg, result)
         finally:
             _flush(tracker)  # the epochs logged so far reach the store before the run ends
+    except Stopped as err:
+        printer.close()
+        store.end_run(run_id, Status.KILLED, stop_reason(err))
+        if not quiet:
+            print(f"run {run_id} KILLED: {stop_reason(err)}", file=sys.stderr)
+        return stop_exit_code(err.reason), run_id, {}
     except KeyboardInterrupt as err:
         printer.close()
         store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
@@ -142,8 +200,51 @@ def run_tracked(
             print(f"run {run_id} FAILED: {reason}", file=sys.stderr)
         return ExitCode.FAILED, run_id, {}
     printer.close()
+    if ckpts is not None or state is not None:
+        checkpoints.remove(store, run_id)  # a finished run carries its final model, not its checkpoints
+    store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING, ""), result.summary))
     store.end_run(run_id, Status.FINISHED)
     return ExitCode.OK, run_id, result.summary
+
+
+def run_note(cfg: RunConfig, setting: str, summary: Mapping[str, float]) -> str:
+    """A finished run's one-line description: setting, seed, best epoch, headline metrics."""
+    what = setting.replace(",", ", ") or f"{cfg.model.norm}, batch {cfg.data.batch_size}"
+    scores = ", ".join(f"{k} **{summary[k]:.4f}**" for k in (names.DEFAULT_OBJECTIVE, f"test_{names.SCORES[0]}")
+                       if k in summary)
+    return (f"{what}, seed {cfg.seed}: best epoch {int(summary[names.BEST_EPOCH])} of "
+            f"{int(summary[names.EPOCHS_RUN])}; {scores}")
+
+
+def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunConfig,
+                  resume: bool | str) -> tuple[str | None, dict | None]:
+    """(run id, checkpoint) to continue, or (None, None) to start at epoch 0.
+
+    A checkpoint that cannot be read or belongs to another config is reported on stderr
+    and not used: the point then trains from epoch 0, which is always correct.
+    """
+    if not resume:
+        return None, None
+    if isinstance(resume, str):
+        previous = resume
+    else:
+        run = checkpoints.resumable(store, experiment_id, run_key(cfg))
+        if run is None:
+            return None, None
+        previous = run.info.run_id
+    try:
+        state = checkpoints.load(store, previous)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start over
+        print(f"warning: the checkpoint of run {previous} cannot be read ({err}); training from epoch 0",
+              file=sys.stderr)
+        return None, None
+    from experiments.config import result_dict
+
+    if state.get("config") != result_dict(cfg):
+        print(f"warning: the checkpoint of run {previous} is of another config; training from epoch 0",
+              file=sys.stderr)
+        return None, None
+    return previous, state
 
 
 def _flush(tracker: "tracking.MlflowTracker") -> None:

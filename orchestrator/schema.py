@@ -45,6 +45,13 @@ class Tag:
     FAILURE_REASON = "orch.failure_reason"
     GRID_FILE = "orch.grid_file"
     N_POINTS = "orch.n_points"
+    # checkpoints and resume
+    CHECKPOINT = "orch.checkpoint"  # artifact path of the run's newest complete checkpoint
+    CHECKPOINT_EPOCH = "orch.checkpoint_epoch"  # epochs it holds
+    CHECKPOINT_BATCH = "orch.checkpoint_batch"  # batches of the next epoch it holds
+    RESUMED_FROM = "orch.resumed_from"  # the run whose checkpoint this run continued
+    RESUMED_EPOCH = "orch.resumed_epoch"
+    RESUMED_BATCH = "orch.resumed_batch"
     # tuning
     STUDY = "orch.study"
     STORAGE = "orch.storage"
@@ -61,6 +68,9 @@ class Tag:
     # MLflow's own tags that orch sets
     PARENT_RUN_ID = "mlflow.parentRunId"
     GIT_SOURCE = "mlflow.source.git.commit"
+    NOTE = "mlflow.note.content"  # a run's description (markdown), shown on its overview page
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: which view the MLflow UI opens
+    DATA_CONTEXT = "mlflow.data.context"  # dataset input tag: train / val / test
 
     @staticmethod
     def trial_count(state: str) -> str:
@@ -76,6 +86,9 @@ class Kind:
     TRIAL = "trial"  # an orch tune trial
     SWEEP = "sweep"  # a sweep's parent
     TUNE = "tune"  # a tuning study's parent
+
+
+TRAINING_EXPERIMENT = "custom_model_development"  # Tag.EXPERIMENT_KIND: the UI's training-runs view
 
 
 class Status:
@@ -105,6 +118,7 @@ class Artifact:
     SUMMARY = "summary.csv"
     VAL_CURVES = "plots/val_curves.png"
     CONFIG = "config.yaml"
+    CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pt and ckpt-1.pt, written in turn
     TRACEBACK = "error/traceback.txt"
     MODEL = "model"
     CURVES = "plots/curves.png"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator import processes
 from orchestrator.errors import UserError
-from orchestrator.schema import Artifact, Kind, Status, Tag, is_finished_result, tag_filter
+from orchestrator.schema import TRAINING_EXPERIMENT, Artifact, Kind, Status, Tag, is_finished_result, tag_filter
 
 
 class TrackingError(UserError):
@@ -83,6 +85,87 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(
             f"tracking server {uri} is not reachable ({reason}); start it (mlflow server …) or fix --tracking-uri"
         ) from None
+
+
+def check_store(uri: str, *, write: bool) -> None:
+    """Refuse, within a second and before any work, a store that cannot be used as asked.
+
+    A server must answer its health check. A SQLite store must be a file (not a folder)
+    that SQLite can read and that holds MLflow's tables; with ``write`` (every command that
+    records runs) its folder must take new files (SQLite writes a journal beside it, MLflow
+    the artifacts folder) and the file must be writable; a missing file is created later
+    by MLflow. Without ``write`` (compare, report, status, ui) a missing file is an error:
+    reading never creates a store. MLflow itself would retry a locked or read-only SQLite
+    file with back-off for about 100 s and then print a long traceback.
+
+    Raises:
+        TrackingError: naming the path and the fix.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        check_reachable(uri)
+        return
+    if db.is_dir():
+        raise TrackingError(f"{db} is a folder, not a SQLite file; use e.g. --tracking-uri sqlite:///{db / 'mlflow.db'}")
+    if not db.exists():
+        if not write:
+            raise TrackingError(f"no MLflow store at {db}; run `orch sweep` or `orch run` first, or point "
+                                "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
+        _check_writable_folder(db.parent, db)
+        return
+    _check_sqlite_file(db)
+    if write:
+        _check_writable_folder(db.parent, db)
+        if not os.access(db, os.W_OK):
+            raise TrackingError(f"{db} is read-only; make it writable, or copy it somewhere writable and point "
+                                "--tracking-uri at the copy")
+        artifacts = db.parent / "mlartifacts"
+        if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
+            raise TrackingError(f"the artifact folder {artifacts} is not writable; fix its permissions")
+
+
+def _initialised(db: Path) -> bool:
+    """Whether a SQLite store file exists and holds MLflow's migration table."""
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+def _check_writable_folder(folder: Path, db: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that also catches read-only mounts."""
+    if not folder.is_dir():
+        raise TrackingError(f"cannot create the store {db}: the folder {folder} does not exist; create it "
+                            "or choose another --tracking-uri")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".orch-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise TrackingError(f"cannot write in {folder} ({err.strerror}), where the store {db.name} and its "
+                            "artifacts live; choose a writable --tracking-uri") from None
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """The file is a SQLite database with MLflow's tables (or empty: MLflow creates them)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
+                            "--tracking-uri at another file") from None
+    if tables and "experiments" not in tables:
+        raise TrackingError(f"{db} is a SQLite database but not an MLflow store (no experiments table); "
+                            "point --tracking-uri at another file")
 
 
 def preload() -> None:
@@ -178,7 +261,17 @@ class TrackingStore:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        db = sqlite_path(uri)
+        if db is not None and not _initialised(db):
+            # MLflow creates a new store's tables when a client first opens it; two processes
+            # doing that at once race in the migration and one crashes. The first opens it
+            # under this lock, the second waits and finds the tables made.
+            from filelock import FileLock
+
+            with FileLock(db.parent / f".{db.name}.init-lock"):
+                self.client = MlflowClient(tracking_uri=uri)
+        else:
+            self.client = MlflowClient(tracking_uri=uri)
 
     # -- experiments
     def ensure_experiment(self, name: str) -> str:
@@ -192,10 +285,13 @@ class TrackingStore:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if Tag.EXPERIMENT_KIND not in exp.tags:  # never overwrite a user's choice
+                self.client.set_experiment_tag(exp.experiment_id, Tag.EXPERIMENT_KIND, TRAINING_EXPERIMENT)
             return exp.experiment_id
         root = artifact_root(self.uri)
         try:
-            return self.client.create_experiment(name, artifact_location=root and f"{root}/{_safe(name)}")
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{_safe(name)}",
+                                                 tags={Tag.EXPERIMENT_KIND: TRAINING_EXPERIMENT})
         except MlflowException:  # created concurrently by another process
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -273,6 +369,63 @@ class TrackingStore:
     def log_artifacts(self, run_id: str, local_dir: str, path: str) -> None:
         self.client.log_artifacts(run_id, local_dir, path)
 
+    def log_artifact(self, run_id: str, local_path: str, path: str) -> None:
+        self.client.log_artifact(run_id, local_path, path)
+
+    def download_artifact(self, run_id: str, path: str, dst: str) -> str:
+        return self.client.download_artifacts(run_id, path, dst)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove an artifact folder of a run.
+
+        MlflowClient has no delete; the run's artifact repository does (local folders and
+        an ``mlflow server``'s proxied artifacts both implement it).
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(self.get_run(run_id).info.artifact_uri, tracking_uri=self.uri)
+        repo.delete_artifacts(path)
+
+    def set_note(self, run_id: str, markdown: str) -> None:
+        """The run's description on its MLflow overview page."""
+        self.client.set_tag(run_id, Tag.NOTE, markdown)
+
+    def log_datasets(self, run_id: str, data: Mapping[str, Any]) -> None:
+        """The run's data as MLflow dataset inputs, one per split (the UI's Dataset column).
+
+        ``data``: ``name``, ``source`` (a path or a loader), ``splits``: split -> (examples,
+        content digest), as :func:`experiments.train.describe_data` gives it.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for split, (size, digest) in data["splits"].items():
+            dataset = Dataset(name=f"{data['name']}-{split}", digest=digest[:36], source_type="local",
+                              source=json.dumps({"uri": data["source"]}),
+                              profile=json.dumps({"num_rows": size, "split": split, "classes": data["classes"]}))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def system_metrics(self, run_id: str):
+        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py)
+        on this run while the block runs, sampling every ``ORCH_SYSTEM_METRICS_SECONDS``
+        (default 10; 0 turns it off), with one last sample at the end so that a run shorter
+        than the interval still has one."""
+        return _SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self.client.delete_tag(run_id, key)
+
+    def log_history(self, run_id: str, history: Mapping[str, Sequence[float]], times: Sequence[int]) -> None:
+        """Per-epoch metrics of earlier epochs (a resumed run's carried epochs), each at its own
+        step and original timestamp."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(key, float(v), times[i], i + 1) for key, values in history.items()
+                   for i, v in enumerate(values[: len(times)])]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
     def flush_async(self) -> None:
         _flush_async(self.client)
 
@@ -348,6 +501,32 @@ class TrackingStore:
         return MlflowTracker(self, run_id)
 
 
+class _SystemMetrics:
+    """Context manager around ``mlflow.system_metrics.SystemMetricsMonitor``."""
+
+    def __init__(self, uri: str, run_id: str, interval: float):
+        self.uri, self.run_id, self.interval, self.monitor = uri, run_id, interval, None
+
+    def __enter__(self) -> _SystemMetrics:
+        if self.interval > 0:
+            import logging
+
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # "Skip logging GPU metrics" etc.
+            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.interval, tracking_uri=self.uri)
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.finish()
+        self.monitor.collect_metrics()
+        self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+        self.monitor.mlflow_logger.flush()
+
+
 def to_record(run):
     """An MLflow Run → :class:`orchestrator.compare.RunRecord`."""
     from orchestrator.compare import RunRecord
@@ -375,6 +554,9 @@ class MlflowTracker:
         self.store = store
         self.run_id = run_id
         self._pending: list[Any] = []
+
+    def log_data(self, data: dict[str, Any]) -> None:
+        self.store.log_datasets(self.run_id, data)
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         # Asynchronous: the write happens on MLflow's logging thread while the next epoch

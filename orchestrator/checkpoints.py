@@ -1,0 +1,97 @@
+"""Checkpoints of a run in its MLflow artifact store: write, find, load, remove.
+
+A checkpoint (:func:`experiments.train.capture`) is written atomically to a local file
+(temporary name, then ``os.replace``), then uploaded as ``checkpoint/ckpt-<k>.pt`` of
+the run, alternating two names; only after the upload does the run's ``Tag.CHECKPOINT``
+point at it. A kill during an upload therefore leaves the previous checkpoint named by
+the tag and intact. Through an ``mlflow server`` the artifacts are served, so a worker on
+another machine resumes from the same file. A run that finishes drops its checkpoints
+and those of the runs it continued.
+
+Resume rule: a point (a run key) continues from the newest run of that run key that did
+not finish and holds a checkpoint; its successor is a new run that carries the earlier
+epochs over (with their original timestamps) and is tagged with where it resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.schema import Artifact, Status, Tag, tag_filter
+from orchestrator.tracking import TrackingStore
+
+
+class StopFlag:
+    """Set by a signal handler, read by the training loop at each batch boundary."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+class RunCheckpoints:
+    """The training loop's :class:`experiments.train.Checkpoints` for one MLflow run."""
+
+    def __init__(self, store: TrackingStore, run_id: str, interval_seconds: float, stop: StopFlag):
+        self.store, self.run_id, self.interval, self.stop = store, run_id, interval_seconds, stop
+        self.last = time.monotonic()
+        self.count = 0
+
+    def due(self) -> bool:
+        return self.interval == 0 or time.monotonic() - self.last >= self.interval
+
+    def stop_requested(self) -> str | None:
+        return self.stop.reason
+
+    def save(self, state: dict[str, Any]) -> None:
+        import torch
+
+        name = f"ckpt-{self.count % 2}.pt"
+        with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+            final = Path(tmp) / name
+            partial = final.with_suffix(".partial")
+            torch.save(state, partial)
+            os.replace(partial, final)
+            self.store.log_artifact(self.run_id, str(final), Artifact.CHECKPOINT_DIR)
+        progress = state["progress"]
+        self.store.set_tags(self.run_id, {Tag.CHECKPOINT: f"{Artifact.CHECKPOINT_DIR}/{name}",
+                                          Tag.CHECKPOINT_EPOCH: str(progress["epoch"]),
+                                          Tag.CHECKPOINT_BATCH: str(progress["batch"])})
+        self.count += 1
+        self.last = time.monotonic()
+
+
+def load(store: TrackingStore, run_id: str) -> dict[str, Any]:
+    """The checkpoint a run's ``Tag.CHECKPOINT`` names (torch tensors on the CPU)."""
+    import torch
+
+    path = store.get_run(run_id).data.tags[Tag.CHECKPOINT]
+    with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+        local = store.download_artifact(run_id, path, tmp)
+        return torch.load(local, weights_only=True, map_location="cpu")
+
+
+def resumable(store: TrackingStore, experiment_id: str, run_key: str):
+    """The newest run of ``run_key`` that did not finish and holds a checkpoint, or None."""
+    runs = store.search([experiment_id], tag_filter(Tag.RUN_KEY, run_key), order_by=["attributes.start_time DESC"])
+    for run in runs:
+        if run.info.status == Status.FINISHED:
+            return None  # done: nothing to resume (the caller would not run it)
+        if run.info.status not in Status.LIVE and Tag.CHECKPOINT in run.data.tags:
+            return run
+    return None
+
+
+def remove(store: TrackingStore, run_id: str) -> None:
+    """Drop the checkpoints of a finished run and of every run it continued."""
+    seen = set()
+    while run_id and run_id not in seen:
+        seen.add(run_id)
+        run = store.get_run(run_id)
+        if Tag.CHECKPOINT in run.data.tags:
+            store.delete_artifacts(run_id, Artifact.CHECKPOINT_DIR)
+            store.delete_tag(run_id, Tag.CHECKPOINT)
+        run_id = run.data.tags.get(Tag.RESUMED_FROM)
