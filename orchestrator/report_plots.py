@@ -203,7 +203,9 @@ def score_by_setting(result: CompareResult, ylabel: str | None = None) -> "Figur
     metric = result.metric.replace("_acc", " accuracy").replace("_", " ")
     ax.set_ylabel(ylabel or f"{metric}\n(mean over seeds; bars: 95% CI, Student t)")
     by = " and ".join(short_name(k) for k in (x_key, *others))
-    ax.set_title(f"{metric} by {by}")
+    counts = sorted({r.n_finished for r in rows})
+    n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    ax.set_title(f"{metric} by {by}\n(n = {n_text} seeds per setting)", fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     if others:
         ax.legend(title=", ".join(short_name(k) for k in others), fontsize=8)
@@ -217,8 +219,6 @@ def _score_series(ax: "Axes", rows: Sequence[CompareRow], xs: Sequence[str], x_k
     means = [r.mean for r in rows]
     low = [r.mean - r.ci_low if r.n_finished > 1 else 0.0 for r in rows]
     high = [r.ci_high - r.mean if r.n_finished > 1 else 0.0 for r in rows]
-    counts = sorted({r.n_finished for r in rows})
-    n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     name = setting_label({k: rows[0].group[k] for k in others}) if others else short_name(x_key)
     ax.errorbar(pos, means, yerr=[low, high], fmt=MARKERS[index % len(MARKERS)], color=COLORS[index % len(COLORS)],
-                capsize=3, markersize=6, linestyle="none", label=f"{name} (n={n_text})")
+                capsize=3, markersize=6, linestyle="none", label=name)

@@ -69,7 +69,8 @@ def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expecte
 
 def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
                    expected: Sequence[ExpectedPoint] | None) -> dict[str, "Figure"]:
-    """The report's figures by artifact path; a figure without data (no finished run) is left out."""
+    """The report's figures by artifact path; a figure without data (no finished run) is left out,
+    and so is the test-accuracy figure of a sweep without axes."""
     from orchestrator import report_plots
 
     figures = {}
@@ -82,7 +83,8 @@ def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
         result = compare(records, expected, TEST_ACC)
     except CompareError:  # no finished run logged a test accuracy
         result = None
-    if result is not None and any(row.n_finished for row in result.rows):
+    # A sweep without axes (seeds only) has one setting: nothing to set side by side.
+    if result is not None and result.group_keys and any(row.n_finished for row in result.rows):
         figures[Artifact.REPORT_TEST_ACC] = report_plots.score_by_setting(result)
     return figures
 

@@ -111,7 +111,8 @@ def test_score_by_setting_error_bars_are_the_t_interval():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["bn", "gn"]
     assert "95% CI" in ax.get_ylabel() and ax.get_xlabel() == "norm"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bs8 (n=3)", "bs128 (n=3)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bs8", "bs128"]
+    assert ax.get_title() == "test accuracy by norm and batch_size\n(n = 3 seeds per setting)"
     for container, bs in zip(ax.containers, (8, 128)):
         rows = sorted((r for r in result.rows if r.group["data.batch_size"] == bs), key=lambda r: r.order)
         assert list(container.lines[0].get_ydata()) == pytest.approx([r.mean for r in rows])
