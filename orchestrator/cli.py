@@ -382,7 +382,8 @@ def status_cmd(storage: str, sweep: str | None) -> None:
               help="Comma-separated dotted keys to group by (default: the sweep's axes).")
 @click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True)
 @click.option("--baseline", default=None, metavar="KEY=VALUE",
-              help="Paired per-seed differences against this setting, e.g. model.norm=bn_torch.")
+              help="Paired per-seed differences against this setting, with their 95% CI and the p of a "
+                   "paired t-test, e.g. model.norm=bn_torch.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown", "json"]), default="table",
               show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best K rows only.")
@@ -390,28 +391,70 @@ def status_cmd(storage: str, sweep: str | None) -> None:
 @handle_errors
 def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str | None, direction: str,
                 baseline: str | None, fmt: str, top: int | None, tracking_uri: str | None) -> None:
-    """Rank the settings of a sweep: mean ± std over seeds, n finished / n expected."""
-    from orchestrator import compare
+    """Rank the settings of a sweep: mean ± std and 95% CI over seeds, n finished / n expected.
 
-    records, expected = _sweep_data(open_store(tracking_uri), experiment, sweep)
+    \b
+    With --baseline, each setting's per-seed differences to the baseline (over the
+    seeds both have): mean ± std, 95% CI, p of a two-sided paired t-test, * when p < 0.05.
+    The table format ends with notes on the statistics; other formats print them on stderr.
+    """
+    from orchestrator import compare, tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if (db := tracking.sqlite_path(uri)) is not None and not db.exists():
+        raise BadInput(f"no MLflow store at {db}: run `orch sweep GRID.yaml` first, or give --tracking-uri")
+    records, expected = _sweep_data(open_store(uri), experiment, sweep)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
                              baseline=baseline, top=top)
     click.echo(compare.render(result, fmt))
+    if fmt != "table":
+        for note in compare.compare_notes(result):
+            click.echo(f"note: {note}", err=True)
 
 
 @cli.command("report")
 @click.option("--experiment", default=None, help="MLflow experiment (default: the one of the newest sweep).")
 @click.option("--sweep", default="latest", show_default=True, help="Sweep id (a prefix is enough) or 'latest'.")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex", "table", "json"]),
+              default="markdown", show_default=True, help="latex: a booktabs tabular (\\usepackage{booktabs}).")
+@click.option("--out", "out_dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
+              help="Also write the figures to DIR as PNG (created if missing).")
+@click.option("--no-figures", is_flag=True, help="Print the table only: draw and log no figures.")
 @tracking_uri_option
 @handle_errors
-def report_cmd(experiment: str | None, sweep: str, fmt: str, tracking_uri: str | None) -> None:
-    """The study's table: one row per (setting, split) with Accuracy, F1 micro, F1 macro."""
-    from orchestrator import compare
+def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None, no_figures: bool,
+               tracking_uri: str | None) -> None:
+    """The study's report: its table on stdout, its figures on the sweep's parent run.
 
-    records, expected = _sweep_data(open_store(tracking_uri), experiment, sweep)
+    \b
+    Table: one row per (setting, split) with Accuracy, F1 micro, F1 macro as
+    mean ± std over seeds, and n (seeds counted).
+    Figures, logged under report/ on the sweep's parent run (and written to --out DIR):
+    training_curves.png (loss and accuracy by epoch per setting, mean ± std over seeds),
+    quantiles.png (feature percentiles of the first validation example, first seed),
+    test_acc.png (test accuracy by norm × batch size, 95% CI error bars).
+    """
+    from pathlib import Path
+
+    from orchestrator import compare, study_report, tracking
+
+    if out_dir is not None and no_figures:
+        raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if (db := tracking.sqlite_path(uri)) is not None and not db.exists():
+        raise BadInput(f"no MLflow store at {db}: run `orch sweep GRID.yaml` first, or give --tracking-uri")
+    store = open_store(uri)
+    _, parent = _resolve_sweep(store, experiment, sweep)
+    records, expected = study_report.sweep_results(store, parent)
     click.echo(compare.report(records, expected, fmt=fmt))
+    if no_figures:
+        return
+    figures = study_report.report_figures(store, records, expected)
+    logged = study_report.publish(store, parent.info.run_id, figures, out_dir and Path(out_dir))
+    where = f" and written to {out_dir}" if out_dir is not None else ""
+    click.echo(f"figures {', '.join(logged) or '(none: no finished run)'} logged on run {parent.info.run_id}"
+               f"{where}", err=True)
 
 
 @cli.command("ui")

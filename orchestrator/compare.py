@@ -4,11 +4,14 @@ The work is split by the question each part answers:
 
 * ``records.py``: which record stands for each run key of the grid (:class:`RunRecord`,
   :func:`select_finished`, :func:`summary_rows`);
-* ``results.py``: the numbers: groups, mean ± std over seeds, ranks, paired deltas,
-  the report's statistics (:func:`compare`, :func:`report_stats`, :class:`Stats`);
-* ``render.py``: the text: table, csv, markdown, json (:func:`render`, :func:`report`).
+* ``results.py``: the numbers: groups, mean ± std and 95% CI over seeds, ranks, paired
+  deltas with a paired t-test, the report's statistics (:func:`compare`,
+  :func:`report_stats`, :class:`Stats`, :class:`PairedStats`);
+* ``render.py``: the text: table, csv, markdown, json, and latex for the report
+  (:func:`render`, :func:`report`, :func:`compare_notes`).
 
-None of them imports mlflow or torch, so ``orch compare`` / ``orch report`` and their
+None of them imports mlflow or torch (scipy is imported when an interval or a test is
+first computed), so ``orch compare`` / ``orch report`` and their
 tests stay fast and need no tracking server. What counts as a result is
 :func:`orchestrator.schema.is_finished_result`; when several finished records share one
 run key (``--rerun``), the one that started last wins.
@@ -27,6 +30,7 @@ from orchestrator.render import (
     FORMATS,
     REPORT_FORMATS,
     STAT_FIELDS,
+    compare_notes,
     render,
     render_report,
     report,
@@ -37,6 +41,7 @@ from orchestrator.results import (
     CompareError,
     CompareResult,
     CompareRow,
+    PairedStats,
     Sample,
     SettingStats,
     SplitStats,
@@ -52,12 +57,14 @@ __all__ = [
     "CompareError",
     "CompareResult",
     "CompareRow",
+    "PairedStats",
     "RunRecord",
     "Sample",
     "SettingStats",
     "SplitStats",
     "Stats",
     "compare",
+    "compare_notes",
     "is_result",
     "parse_point",
     "render",

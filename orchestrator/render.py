@@ -1,14 +1,19 @@
-"""Comparison results and the study's report as text: table (rich), csv, markdown, json.
+"""Comparison results and the study's report as text: table (rich), csv, markdown, json, latex.
 
 The numbers come from ``results.py``; this module only lays them out. ``table`` is
 plain text (no colour codes), ``markdown`` is a GitHub table, ``csv`` and ``json`` are
-for machines (NaN becomes an empty cell / ``null``). rich and tabulate are imported
-inside the functions that use them.
+for machines (NaN becomes an empty cell / ``null``), ``latex`` (the report only) is a
+booktabs ``tabular`` to paste into a paper. rich and tabulate are imported inside the
+functions that use them.
+
+A comparison's table carries its footnotes (how the interval and the test were
+computed, and a warning at small n) as a caption; for the other formats they come
+from :func:`compare_notes`, so that the output stays a table a program can read.
 
 Example::
 
     print(render(compare(records, expected, "val_f1_macro"), "markdown"))
-    print(report(records, expected, fmt="csv"))
+    print(report(records, expected, fmt="latex"))
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from typing import Any, Iterable, Mapping, Sequence
 from experiments.metric_names import SCORES, SPLITS
 from orchestrator.records import RunRecord, short_name, short_names, value_text
 from orchestrator.results import (
+    ALPHA,
+    CONFIDENCE,
     CompareError,
     CompareResult,
     CompareRow,
+    PairedStats,
     SettingStats,
     Stats,
     report_stats,
@@ -33,16 +41,20 @@ from orchestrator.results import (
 from orchestrator.schema import ExpectedPoint
 
 FORMATS = ("table", "csv", "markdown", "json")
-REPORT_FORMATS = ("markdown", "csv", "table", "json")
+REPORT_FORMATS = ("markdown", "csv", "latex", "table", "json")
 REPORT_TITLES = dict(zip(SCORES, ("Accuracy", "F1 micro", "F1 macro")))  # score -> column title
+SMALL_N = 5  # below this many seeds (or pairs) the notes warn that the t interval/test is weak
 BATCH_SIZE_KEY = "data.batch_size"
 MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
 TABLE_WIDTH = 160  # characters of a rich table
 _SEED_SUFFIX = re.compile(r"-s\d+$")
 # The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
 # each is an attribute of CompareRow.
-ROW_STATS = ("mean", "std", "n_finished", "n_expected", "min", "max")
-DELTA_STATS = ("delta_mean", "delta_std", "n_pairs")  # only with a baseline
+ROW_STATS = ("mean", "std", "n_finished", "n_expected", "min", "max", "ci_low", "ci_high")
+DELTA_STATS = ("delta_mean", "delta_std", "n_pairs",  # only with a baseline
+               "delta_ci_low", "delta_ci_high", "p_value", "significant")
+CI_TITLE = f"{CONFIDENCE:.0%} CI"
+P_TITLE = "p (paired t)"
 SAMPLE_FIELDS = ("seeds", "values")  # per finished run, in grid order
 # Keys of a JSON/CSV row that are not grouping values (used to read rows back).
 STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS})
@@ -65,6 +77,20 @@ def _delta_text(delta: Stats, digits: int = 4) -> str:
     if delta.n == 0:
         return MISSING
     return f"{delta.mean:+.{digits}f} ± {_num(delta.std, digits)}"
+
+
+def _ci_text(stats: Stats, digits: int = 4) -> str:
+    low, high = stats.ci95
+    if math.isnan(low):
+        return MISSING
+    sign = "+" if isinstance(stats, PairedStats) else ""  # a difference shows its sign
+    return f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _p_text(p: float) -> str:
+    if math.isnan(p):
+        return MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _report_cell(stats: Stats, digits: int = 3) -> str:
@@ -124,7 +150,8 @@ def render(result: CompareResult, fmt: str = "table", *, width: int = TABLE_WIDT
         n_keys = len(result.group_keys)
         right = [i == 0 or i > n_keys for i in range(len(headers))]  # rank and numbers
         title = f"{result.metric} ({'higher' if result.direction == 'max' else 'lower'} is better)"
-        return _rich_text(headers, body, right=right, title=title, width=width)
+        return _rich_text(headers, body, right=right, title=title, width=width,
+                          caption="\n".join(compare_notes(result)))
     if fmt == "markdown":
         return _github_table(*_display_table(result))
     if fmt == "json":
@@ -137,18 +164,37 @@ def render(result: CompareResult, fmt: str = "table", *, width: int = TABLE_WIDT
 def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     """Headers and string cells shared by the table and markdown formats."""
     has_baseline = result.baseline_key is not None
-    headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n"]
+    headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", CI_TITLE]
     if has_baseline:
-        headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs"]
+        headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs",
+                    f"Δ {CI_TITLE}", P_TITLE, "*"]
     body = []
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank)]
         cells += [value_text(r.group[k]) for k in result.group_keys]
-        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}"]
+        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}", _ci_text(r.stats)]
         if has_baseline:
-            cells += [_delta_text(r.delta), str(r.n_pairs)]
+            cells += [_delta_text(r.delta), str(r.n_pairs), _ci_text(r.delta), _p_text(r.p_value),
+                      "*" if r.significant else ""]
         body.append(cells)
     return headers, body
+
+
+def compare_notes(result: CompareResult) -> list[str]:
+    """One line each: how the interval (and the test) were computed; a warning at small n."""
+    notes = [f"{CI_TITLE}: Student t over seeds, mean ± t(0.975, n-1)·s/√n; {MISSING} below 2 seeds."]
+    counts = [r.n_finished for r in result.rows]
+    what = "seeds: the t interval assumes roughly normal per-seed values"
+    if result.baseline_key is not None:
+        notes.append(f"Δ: per-seed difference to {result.baseline}, over the seeds both have; "
+                     f"p: two-sided paired t-test (scipy.stats.ttest_rel); * = p < {ALPHA} "
+                     "(not corrected for multiple comparisons).")
+        counts = [r.n_pairs for r in result.rows]
+        what = "pairs: the t-test assumes roughly normal per-seed differences"
+    small = sorted({n for n in counts if 2 <= n < SMALL_N})
+    if small:
+        notes.append(f"n = {'/'.join(map(str, small))} {what} and is weak at this n.")
+    return notes
 
 
 def _stat_fields(result: CompareResult) -> tuple[str, ...]:
@@ -173,6 +219,8 @@ def _compare_csv(result: CompareResult) -> str:
         d = row_to_dict(row, result)
         d["seeds"] = ";".join(value_text(s) for s in d["seeds"])
         d["values"] = ";".join(repr(v) for v in d["values"])
+        if d.get("significant") is not None:
+            d["significant"] = str(d["significant"]).lower()  # as in the JSON: true / false
         body.append(["" if d[k] is None else d[k] for k in fields])
     return _csv_text(fields, body)
 
@@ -186,29 +234,33 @@ def report(
     *,
     fmt: str = "markdown",
 ) -> str:
-    """The study's table: ``Setting | set | Accuracy | F1 micro | F1 macro``.
+    """The study's table: ``Setting | set | Accuracy | F1 micro | F1 macro | n``.
 
     Three rows per setting (train, val, test), settings in grid order, the label on the
-    first row only (markdown and table; csv repeats it on every row so that the file
-    stays machine-readable). Cells are means over seeds to 3 decimals, with ``± std``
-    when more than one seed finished; ``–`` when none did.
+    first row only (markdown, latex and table; csv repeats it on every row so that the
+    file stays machine-readable). Cells are means over seeds to 3 decimals, with
+    ``± std`` (sample std) when more than one seed finished; ``–`` when none did. ``n``
+    is the number of seeds in the row's cells (``2–3`` where a diverged run's value is
+    missing from some of them).
     """
     return render_report(report_stats(records, expected), fmt)
 
 
 def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> str:
-    """Lay out :func:`results.report_stats` as ``markdown``, ``csv``, ``table`` or ``json``."""
+    """Lay out :func:`results.report_stats` as ``markdown``, ``csv``, ``latex``, ``table`` or ``json``."""
     if fmt not in REPORT_FORMATS:
         raise CompareError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
     if fmt == "json":
         return json.dumps(_report_json(settings), indent=2)
-    headers = ["Setting", "set", *(REPORT_TITLES[s] for s in SCORES)]
+    headers = ["Setting", "set", *(REPORT_TITLES[s] for s in SCORES), "n"]
     body = _report_body(settings, repeat_label=fmt == "csv")
     if fmt == "markdown":
         return _github_table(headers, body)
     if fmt == "csv":
         return _csv_text(headers, body)
-    right = [i >= 2 for i in range(len(headers))]  # the scores
+    if fmt == "latex":
+        return _latex_tabular(headers, body, group=len(SPLITS))
+    right = [i >= 2 for i in range(len(headers))]  # the scores and n
     return _rich_text(headers, body, right=right, section=len(SPLITS))
 
 
@@ -218,8 +270,14 @@ def _report_body(settings: Sequence[SettingStats], *, repeat_label: bool) -> lis
         label = setting_label(s.values, s.name)
         for i, split in enumerate(s.splits):
             cells = [label if i == 0 or repeat_label else "", split.split]
-            body.append(cells + [_report_cell(split.scores[score]) for score in SCORES])
+            cells += [_report_cell(split.scores[score]) for score in SCORES]
+            body.append(cells + [_count_text(split.scores[score].n for score in SCORES)])
     return body
+
+
+def _count_text(counts: Iterable[int]) -> str:
+    low, high = min(counts := list(counts)), max(counts)
+    return str(low) if low == high else f"{low}–{high}"
 
 
 def _report_json(settings: Sequence[SettingStats]) -> list[dict[str, Any]]:
@@ -245,6 +303,7 @@ def _rich_text(
     *,
     right: Sequence[bool],
     title: str | None = None,
+    caption: str | None = None,
     section: int = 0,
     width: int = TABLE_WIDTH,
 ) -> str:
@@ -252,7 +311,7 @@ def _rich_text(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption or None, caption_justify="left")
     for header, is_right in zip(headers, right):
         table.add_column(header, justify="right" if is_right else "left", no_wrap=True)
     for n, cells in enumerate(body):
@@ -267,6 +326,33 @@ def _github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
     # disable_numparse keeps "0.790" as written instead of re-formatting it to 0.79.
     return tabulate(body, headers=list(headers), tablefmt="github", disable_numparse=True) + "\n"
+
+
+# LaTeX's special characters, and the report's two non-ASCII ones, as LaTeX source.
+_LATEX = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--",
+})
+
+
+def latex_escape(text: str) -> str:
+    r"""``"bn_torch bs8"`` → ``"bn\_torch bs8"``; ``±`` → ``$\pm$``; ``–`` → ``--``."""
+    return text.translate(_LATEX)
+
+
+def _latex_tabular(headers: Sequence[str], body: Sequence[Sequence[str]], *, group: int) -> str:
+    r"""A booktabs ``tabular`` (``\usepackage{booktabs}``): rules at top, under the header and at
+    the bottom, a little space after every ``group`` rows; text columns left, numbers right."""
+    spec = "".join("l" if i < 2 else "r" for i in range(len(headers)))
+    lines = [r"% needs \usepackage{booktabs}; cells: mean $\pm$ sample std over n seeds",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    for n, cells in enumerate(body):
+        if n and n % group == 0:
+            lines.append(r"\addlinespace")
+        lines.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
 
 
 def _csv_text(headers: Sequence[str], body: Sequence[Sequence[Any]]) -> str:

@@ -2,10 +2,12 @@
 and the report's statistics per (setting, split). Formatting is ``render.py``'s job.
 
 Every number a table shows comes from a :class:`Stats` (one value per seed, or one
-paired difference per seed): a comparison row holds one for the metric and one for
-the deltas to the baseline; a report cell is one. A new statistic (a confidence
-interval, a paired t-test) is one more property of :class:`Stats`, and every row and
-cell has it.
+paired difference per seed): a comparison row holds one for the metric and a
+:class:`PairedStats` for the deltas to the baseline; a report cell is one. A new
+statistic is one more property of :class:`Stats`, and every row and cell has it: the
+95% confidence interval of the mean (Student t over seeds) is one, the paired t-test
+(:attr:`PairedStats.p_value`) is the deltas' own. scipy computes both; it is imported
+when they are first read.
 
 Non-finite metric values (a diverged run that still finished) are not counted.
 
@@ -14,6 +16,7 @@ Example::
     result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
     best = result.rows[0]
     print(best.label, best.mean, best.std, best.n_finished, best.delta_mean)
+    print(best.stats.ci95, best.delta.ci95, best.p_value, best.significant)
     for setting in report_stats(records, expected):
         print(setting.values, setting.splits[1].scores["f1_macro"].mean)
 """
@@ -24,6 +27,7 @@ import dataclasses
 import itertools
 import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
@@ -43,6 +47,8 @@ from orchestrator.schema import ExpectedPoint
 DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
 # (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
 SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
+CONFIDENCE = 0.95  # of the intervals: mean ± t_{(1+CONFIDENCE)/2, n-1} · s / √n
+ALPHA = 0.05  # a paired difference is significant when its t-test's p is below this
 
 
 class CompareError(UserError):
@@ -80,6 +86,60 @@ class Stats:
     def max(self) -> float:
         return max(self.values, default=math.nan)
 
+    @cached_property
+    def ci95(self) -> tuple[float, float]:
+        """95% confidence interval of the mean, Student t over the values: mean ± t·s/√n.
+
+        ``t`` is the 0.975 quantile of Student's t with n − 1 degrees of freedom
+        (``scipy.stats.t.ppf``). It assumes roughly normal values; (NaN, NaN) below two.
+        """
+        if self.n < 2:
+            return math.nan, math.nan
+        from scipy import stats
+
+        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    ci_low = property(lambda self: self.ci95[0], doc="Lower end of :attr:`ci95`.")
+    ci_high = property(lambda self: self.ci95[1], doc="Upper end of :attr:`ci95`.")
+
+
+@dataclass(frozen=True)
+class PairedStats(Stats):
+    """Paired differences ``own - baseline`` (one per seed both have) and their t-test.
+
+    ``values`` are the differences, so mean, std and :attr:`ci95` are those of the
+    differences; ``own`` and ``baseline`` keep the pairs for the test.
+    """
+
+    own: tuple[float, ...] = ()
+    baseline: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[float, float]]) -> "PairedStats":
+        """From ``(own value, baseline value)`` pairs."""
+        own, baseline = tuple(zip(*pairs)) or ((), ())
+        return cls(values=tuple(a - b for a, b in zip(own, baseline)), own=own, baseline=baseline)
+
+    @cached_property
+    def p_value(self) -> float:
+        """Two-sided p of the paired t-test (``scipy.stats.ttest_rel(own, baseline)``).
+
+        NaN below two pairs, and when every difference is 0 (the baseline against itself).
+        """
+        if self.n < 2:
+            return math.nan
+        from scipy import stats
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # identical pairs: scipy warns, returns NaN
+            return float(stats.ttest_rel(self.own, self.baseline).pvalue)
+
+    @property
+    def significant(self) -> bool | None:
+        """p < :data:`ALPHA`; None where there is no p."""
+        return None if math.isnan(self.p_value) else bool(self.p_value < ALPHA)
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -100,7 +160,7 @@ class CompareRow:
     n_expected: int
     samples: tuple[Sample, ...] = ()  # the finished runs with a finite value
     rank: int | None = None  # 1 = best; None when the group has no finished run
-    delta: Stats = Stats()  # paired differences to the baseline (row - baseline), one per pair
+    delta: PairedStats = PairedStats()  # paired differences to the baseline (row - baseline), one per pair
     order: int = 0  # position of the group in grid order (for plots and stable ties)
 
     @cached_property
@@ -127,9 +187,15 @@ class CompareRow:
     min = property(lambda self: self.stats.min)
     max = property(lambda self: self.stats.max)
     n_finished = property(lambda self: self.stats.n)
+    ci_low = property(lambda self: self.stats.ci_low, doc="95% CI of the mean (Student t); NaN below two runs.")
+    ci_high = property(lambda self: self.stats.ci_high)
     delta_mean = property(lambda self: self.delta.mean, doc="NaN without a baseline or a pair.")
     delta_std = property(lambda self: self.delta.std)
     n_pairs = property(lambda self: self.delta.n)
+    delta_ci_low = property(lambda self: self.delta.ci_low, doc="95% CI of the mean paired difference.")
+    delta_ci_high = property(lambda self: self.delta.ci_high)
+    p_value = property(lambda self: self.delta.p_value, doc="Paired t-test against the baseline (two-sided).")
+    significant = property(lambda self: self.delta.significant, doc="p < ALPHA; None without a p.")
 
 
 @dataclass(frozen=True)
@@ -245,7 +311,7 @@ def compare(
     baseline: str | None = None,
     top: int | None = None,
 ) -> CompareResult:
-    """One row per setting (seeds pooled): mean ± std of ``metric``, n finished/expected.
+    """One row per setting (seeds pooled): mean ± std and 95% CI of ``metric``, n finished/expected.
 
     Args:
         records: runs of the sweep (any status; pruned trials and unfinished runs
@@ -257,9 +323,10 @@ def compare(
             are accepted when unambiguous). Default: the grid's axes.
         direction: ``"max"`` or ``"min"``: which end is best; rows sort best first
             and rows without a finished run sort last.
-        baseline: ``"key=value"`` on one grouping key; each row gets the mean ± std
-            of per-seed paired differences against the baseline row that has the
-            same values on the other grouping keys.
+        baseline: ``"key=value"`` on one grouping key; each row gets the per-seed
+            paired differences against the baseline row that has the same values on
+            the other grouping keys (:class:`PairedStats`: mean ± std, 95% CI and the
+            paired t-test's p).
         top: keep only the first ``top`` rows.
 
     Raises:
@@ -343,9 +410,9 @@ def paired_deltas(rows: Sequence[CompareRow], baseline: Baseline) -> list[Compar
     base = {baseline.pair_key(r, s): s.value for r in rows if baseline.matches(r) for s in r.samples}
     out = []
     for row in rows:
-        pairs = ((s, baseline.pair_key(row, s)) for s in row.samples)
-        diffs = tuple(s.value - base[pk] for s, pk in pairs if pk in base)
-        out.append(dataclasses.replace(row, delta=Stats(diffs)))
+        keyed = ((s, baseline.pair_key(row, s)) for s in row.samples)
+        pairs = [(s.value, base[pk]) for s, pk in keyed if pk in base]
+        out.append(dataclasses.replace(row, delta=PairedStats.of(pairs)))
     return out
 
 
@@ -359,13 +426,21 @@ def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
 # --------------------------------------------------------------------------- report
 
 
-def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[SettingStats]:
-    """Per setting (grid order) and split: every score over the setting's finished seeds."""
+def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[list[Unit]]:
+    """The units of each setting (its seeds), settings and units in grid order.
+
+    Sweeps run seed-major, so a setting's first unit is its first seed.
+    """
     by_setting: dict[tuple[tuple[str, str], ...], list[Unit]] = {}
     for unit in match_units(records, expected).units:
         sid = tuple((k, value_text(v)) for k, v in unit.setting_values().items())
         by_setting.setdefault(sid, []).append(unit)
-    return [_setting_stats(units) for units in by_setting.values()]
+    return list(by_setting.values())
+
+
+def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[SettingStats]:
+    """Per setting (grid order) and split: every score over the setting's finished seeds."""
+    return [_setting_stats(units) for units in units_by_setting(records, expected)]
 
 
 def _setting_stats(units: Sequence[Unit]) -> SettingStats:

@@ -130,6 +130,10 @@ class Artifact:
     SPACE = "space.json"
     OPTIMIZATION_HISTORY = "plots/optimization_history.png"
     PARAM_IMPORTANCES = "plots/param_importances.png"
+    # `orch report`'s figures, on a sweep's parent (file names also used by `--out DIR`)
+    REPORT_CURVES = "report/training_curves.png"
+    REPORT_QUANTILES = "report/quantiles.png"
+    REPORT_TEST_ACC = "report/test_acc.png"
 
     @staticmethod
     def metric_by_axis(metric: str, axis: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from orchestrator.plot_style import bar_style, label_parts, setting_styles
 from orchestrator.records import short_name
 from orchestrator.render import STAT_FIELDS
 from orchestrator.results import CompareResult, CompareRow
@@ -103,7 +104,7 @@ def metric_by_axis(
         if not pos:
             continue
         label = ", ".join(str(v) for v in hue) or None  # the legend's title names the keys
-        bars = ax.bar(pos, means, width * 0.95, yerr=errs, capsize=3, label=label)
+        bars = ax.bar(pos, means, width * 0.95, yerr=errs, capsize=3, label=label, **bar_style(h))
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
 
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
@@ -126,42 +127,55 @@ def metric_by_axis(
 def val_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric_name: str) -> "Figure":
     """Mean over seeds per epoch, one line per setting (shaded ± std where ≥ 2 seeds).
 
-    ``curves[setting]`` holds one sequence per seed; early stopping makes them of
-    different lengths, so epoch ``e`` averages the seeds that reached it. NaN values
-    count as missing. Epochs are numbered from 1.
+    ``curves[setting label]`` holds one sequence per seed (see :func:`epoch_mean_std`).
+    Labels are ``render.setting_label`` s: the colour follows their first word (the
+    first axis), the line style the second, so no two settings look alike.
     """
-    import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
+    # Colour by the label's first part (the norm), line style by the second (the batch size).
+    styles = dict(zip(curves, setting_styles([label_parts(label) for label in curves])))
     for setting, seeds in curves.items():
-        seeds = [list(s) for s in seeds if len(s)]
-        if not seeds:
-            continue
-        length = max(len(s) for s in seeds)
-        grid = np.full((len(seeds), length), np.nan)
-        for i, s in enumerate(seeds):
-            grid[i, : len(s)] = np.asarray(s, dtype=float)
-        present = ~np.isnan(grid)
-        count = present.sum(axis=0)
+        epochs, mean, std, count = epoch_mean_std(seeds)
         if not count.any():
             continue
-        total = np.where(present, grid, 0.0).sum(axis=0)
-        mean = np.divide(total, count, out=np.full(length, np.nan), where=count > 0)
-        sq = np.where(present, (grid - mean) ** 2, 0.0).sum(axis=0)
-        std = np.sqrt(np.divide(sq, count - 1, out=np.full(length, np.nan), where=count > 1))
-        epochs = np.arange(1, length + 1)
-        (line,) = ax.plot(epochs, mean, label=f"{setting} (n={len(seeds)})")
+        n = sum(1 for s in seeds if len(s))
+        (line,) = ax.plot(epochs, mean, label=f"{setting} (n={n})", **styles[setting], markersize=4)
         ax.fill_between(epochs, mean - std, mean + std, where=count > 1,
-                        color=line.get_color(), alpha=0.15, linewidth=0)
+                        color=line.get_color(), alpha=0.12, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric_name)
-    ax.set_title(f"{metric_name} by epoch (mean over seeds)")
+    ax.set_title(f"{metric_name} by epoch (mean over seeds, band ± std)")
     if ax.lines:
-        ax.legend(fontsize=8)
+        # Outside the axes: with a dozen settings an inside legend hides the curves.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def epoch_mean_std(seeds: Sequence[Sequence[float]]):
+    """Per epoch: ``(epochs, mean, std, count)`` over the seeds' sequences, as numpy arrays.
+
+    Early stopping makes the sequences of different lengths, so epoch ``e`` (from 1)
+    averages the seeds that reached it; NaN counts as missing. ``std`` is the sample std
+    (NaN where fewer than two seeds count). Empty input gives empty arrays.
+    """
+    import numpy as np
+
+    seeds = [s for s in seeds if len(s)]
+    length = max((len(s) for s in seeds), default=0)
+    grid = np.full((len(seeds), length), np.nan)
+    for i, s in enumerate(seeds):
+        grid[i, : len(s)] = np.asarray(s, dtype=float)
+    present = ~np.isnan(grid)
+    count = present.sum(axis=0)
+    total = np.where(present, grid, 0.0).sum(axis=0)
+    mean = np.divide(total, count, out=np.full(length, np.nan), where=count > 0)
+    sq = np.where(present, (grid - mean) ** 2, 0.0).sum(axis=0)
+    std = np.sqrt(np.divide(sq, count - 1, out=np.full(length, np.nan), where=count > 1))
+    return np.arange(1, length + 1), mean, std, count

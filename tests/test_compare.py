@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.compare import (
@@ -20,9 +21,10 @@ from orchestrator.compare import (
     report,
     summary_rows,
 )
+from orchestrator.plot_style import setting_styles
 from orchestrator.records import match_units, short_names
-from orchestrator.render import render_report, setting_label
-from orchestrator.results import Stats, report_stats
+from orchestrator.render import compare_notes, latex_escape, render_report, setting_label
+from orchestrator.results import PairedStats, Stats, report_stats
 from orchestrator.schema import ExpectedPoint, Kind, Tag, TrialState
 from orchestrator.summary_plots import metric_by_axis, val_curves
 
@@ -283,6 +285,129 @@ def test_no_finished_runs_gives_empty_rows_not_an_error():
     assert "0/3" in render(result, "table")
 
 
+# --------------------------------------------------------------------------- intervals and tests
+
+# val_f1_macro per seed: bn beats the baseline by about 0.05 on every seed (a steady
+# difference), gn by +0.03, -0.04, +0.01, -0.02 (noise around zero).
+BASE_VALUES = (0.80, 0.82, 0.79, 0.81)
+KNOWN_VALUES = {
+    "bn_torch": BASE_VALUES,
+    "bn": tuple(b + d for b, d in zip(BASE_VALUES, (0.05, 0.06, 0.045, 0.055))),
+    "gn": tuple(b + d for b, d in zip(BASE_VALUES, (0.03, -0.04, 0.01, -0.02))),
+}
+
+
+@pytest.fixture
+def known_sweep():
+    """Three norms × four seeds with the values above (batch size 8 only)."""
+    expected = expected_grid(norms=tuple(KNOWN_VALUES), batches=(8,), seeds=(0, 1, 2, 3))
+    records = [record(ep, {"val_f1_macro": KNOWN_VALUES[ep.point["model.norm"]][ep.point["seed"]]}, start=i)
+               for i, ep in enumerate(expected)]
+    return expected, records
+
+
+def t_interval(values) -> tuple[float, float]:
+    """Independent reference: mean ± t_{0.975, n-1} · s / √n."""
+    vals = np.asarray(values, dtype=float)
+    half = scipy.stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals))
+    return vals.mean() - half, vals.mean() + half
+
+
+def test_ci_and_paired_t_test_equal_scipy(known_sweep):
+    expected, records = known_sweep
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    base = np.array(BASE_VALUES)
+    for norm, values in KNOWN_VALUES.items():
+        row = row_for(result, **{"model.norm": norm})
+        assert (row.ci_low, row.ci_high) == pytest.approx(t_interval(values), abs=1e-12)
+        own = np.array(values)
+        assert (row.delta_ci_low, row.delta_ci_high) == pytest.approx(t_interval(own - base), abs=1e-12)
+        if norm == "bn_torch":  # the baseline against itself: no test
+            assert math.isnan(row.p_value) and row.significant is None
+            continue
+        p = scipy.stats.ttest_rel(own, base).pvalue
+        assert row.p_value == pytest.approx(p, rel=1e-12)
+        assert row.significant is bool(p < 0.05)
+    assert row_for(result, **{"model.norm": "bn"}).significant is True
+    assert row_for(result, **{"model.norm": "gn"}).significant is False
+
+
+def test_paired_test_uses_only_the_seeds_both_have(known_sweep):
+    expected, records = known_sweep
+    records = [r for r in records if r.name not in ("gn-bs8-s3", "bn_torch-bs8-s0")]
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    gn = row_for(result, **{"model.norm": "gn"})
+    own, base = np.array(KNOWN_VALUES["gn"][1:3]), np.array(BASE_VALUES[1:3])  # seeds 1 and 2
+    assert gn.n_pairs == 2 and gn.n_finished == 3
+    assert gn.p_value == pytest.approx(scipy.stats.ttest_rel(own, base).pvalue, rel=1e-12)
+    assert (gn.ci_low, gn.ci_high) == pytest.approx(t_interval(KNOWN_VALUES["gn"][:3]), abs=1e-12)
+
+
+def test_intervals_and_tests_undefined_below_two():
+    assert all(math.isnan(x) for x in Stats((0.5,)).ci95 + Stats().ci95)
+    assert math.isnan(PairedStats.of([(0.9, 0.8)]).p_value) and PairedStats.of([(0.9, 0.8)]).significant is None
+    assert PairedStats.of([]).n == 0 and math.isnan(PairedStats.of([]).p_value)
+    paired = PairedStats.of([(0.9, 0.8), (0.7, 0.75), (0.6, 0.5)])
+    assert paired.values == pytest.approx((0.1, -0.05, 0.1))
+    assert paired.p_value == pytest.approx(scipy.stats.ttest_rel([0.9, 0.7, 0.6], [0.8, 0.75, 0.5]).pvalue)
+    expected = expected_grid(norms=("bn", "gn"), batches=(8,), seeds=(0,))
+    records = [record(ep, {"val_acc": 0.5 + i / 10}, start=i) for i, ep in enumerate(expected)]
+    rows = json.loads(render(compare(records, expected, "val_acc", baseline="norm=bn"), "json"))
+    assert all(r["ci_low"] is None and r["p_value"] is None and r["significant"] is None for r in rows)
+
+
+def test_every_format_shows_intervals_p_and_the_mark(known_sweep):
+    expected, records = known_sweep
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    bn, gn = row_for(result, **{"model.norm": "bn"}), row_for(result, **{"model.norm": "gn"})
+
+    rows = {r["model.norm"]: r for r in json.loads(render(result, "json"))}
+    assert rows["bn"]["significant"] is True and rows["gn"]["significant"] is False
+    assert rows["bn_torch"]["significant"] is None and rows["bn_torch"]["p_value"] is None
+    assert (rows["gn"]["ci_low"], rows["gn"]["ci_high"]) == pytest.approx((gn.ci_low, gn.ci_high))
+    assert rows["gn"]["p_value"] == pytest.approx(gn.p_value)
+    assert (rows["bn"]["delta_ci_low"], rows["bn"]["delta_ci_high"]) == pytest.approx((bn.delta_ci_low,
+                                                                                       bn.delta_ci_high))
+
+    by_norm = {r["model.norm"]: r for r in csv.DictReader(io.StringIO(render(result, "csv")))}
+    assert (by_norm["bn"]["significant"], by_norm["gn"]["significant"], by_norm["bn_torch"]["significant"]) \
+        == ("true", "false", "")
+    assert float(by_norm["gn"]["p_value"]) == pytest.approx(gn.p_value)
+    assert float(by_norm["bn"]["ci_high"]) == pytest.approx(bn.ci_high)
+
+    header, *body = md_rows_with_header(render(result, "markdown"))
+    assert header[:5] == ["rank", "norm", "batch_size", "val_f1_macro mean ± std", "n"]  # old columns first
+    assert header[5:] == ["95% CI", "Δ vs norm=bn_torch", "pairs", "Δ 95% CI", "p (paired t)", "*"]
+    md = {cells[1]: dict(zip(header, cells)) for cells in body}
+    assert md["bn"]["*"] == "*" and md["gn"]["*"] == "" and md["bn_torch"]["*"] == ""
+    assert md["gn"]["p (paired t)"] == f"{gn.p_value:.3f}"
+    assert md["gn"]["95% CI"] == f"[{gn.ci_low:.4f}, {gn.ci_high:.4f}]"
+    assert md["bn_torch"]["p (paired t)"] == "–"
+
+    table = render(result, "table")
+    assert "95% CI" in table and "p (paired t)" in table and f"{gn.p_value:.3f}" in table
+    flat = " ".join(table.split())
+    assert "paired t-test (scipy.stats.ttest_rel)" in flat and "weak at this n" in flat
+
+
+def md_rows_with_header(text: str) -> list[list[str]]:
+    lines = text.strip().splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def test_notes_name_the_test_and_warn_only_at_small_n(known_sweep):
+    expected, records = known_sweep
+    notes = compare_notes(compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch"))
+    assert any("ttest_rel" in n and "two-sided" in n for n in notes)
+    assert any(n.startswith("n = 4 pairs") and "normal" in n and "weak" in n for n in notes)
+    assert not any("ttest_rel" in n for n in compare_notes(compare(records, expected, "val_f1_macro")))
+    five = expected_grid(norms=("bn", "gn"), batches=(8,), seeds=range(5))
+    rng = np.random.default_rng(3)
+    records = [record(ep, {"val_acc": float(rng.uniform())}, start=i) for i, ep in enumerate(five)]
+    notes = compare_notes(compare(records, five, "val_acc", baseline="norm=bn"))
+    assert len(notes) == 2 and not any("weak" in n for n in notes)
+
+
 # --------------------------------------------------------------------------- render
 
 
@@ -364,7 +489,8 @@ def test_report_single_seed():
     records = [record(ep, random_metrics(rng), start=i) for i, ep in enumerate(expected)]
     text = report(records, expected)
     header = text.splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")] == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro"]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro",
+                                                                 "n"]
     rows = md_rows(text)
     assert len(rows) == 3 * len(NORMS) * len(BATCHES)
     labels = [r[0] for r in rows[::3]]
@@ -374,7 +500,7 @@ def test_report_single_seed():
     for i, rec in enumerate(records):
         for j, split in enumerate(("train", "val", "test")):
             cells = rows[3 * i + j][2:]
-            want = [f"{rec.metrics[f'{split}_{m}']:.3f}" for m in ("acc", "f1_micro", "f1_macro")]
+            want = [f"{rec.metrics[f'{split}_{m}']:.3f}" for m in ("acc", "f1_micro", "f1_macro")] + ["1"]
             assert cells == want
 
 
@@ -388,7 +514,8 @@ def test_report_three_seeds(sweep):
     assert rows[i][3] == f"{vals.mean():.3f} ± {vals.std(ddof=1):.3f}"
 
     csv_rows = list(csv.DictReader(io.StringIO(report(records, expected, fmt="csv"))))
-    assert list(csv_rows[0]) == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro"]
+    assert list(csv_rows[0]) == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro", "n"]
+    assert {row["n"] for row in csv_rows} == {"3"}
     assert len(csv_rows) == 18 and csv_rows[i]["F1 micro"] == rows[i][3]
     assert csv_rows[i]["Setting"] == "gn bs8"  # csv repeats the label on every row
 
@@ -398,7 +525,7 @@ def test_report_missing_setting_shows_dash(sweep):
     records = [r for r in records if not r.name.startswith("bn-bs128")]
     rows = md_rows(report(records, expected))
     i = 3 * (NORMS.index("bn") * len(BATCHES) + BATCHES.index(128))
-    assert rows[i][0] == "bn bs128" and rows[i][2:] == ["–", "–", "–"]
+    assert rows[i][0] == "bn bs128" and rows[i][2:] == ["–", "–", "–", "0"]
 
 
 def test_report_stats_match_numpy(sweep):
@@ -446,7 +573,41 @@ def test_render_report_json_and_table_from_the_same_stats(sweep):
     assert "gn bs8" in table and "F1 macro" in table and "\x1b[" not in table
     assert table.count("├") == len(settings) - 1  # a rule between settings, none between splits
     with pytest.raises(ValueError, match="markdown"):
-        render_report(settings, "latex")
+        render_report(settings, "xlsx")
+
+
+def test_report_latex_is_a_booktabs_tabular(sweep):
+    expected, records = sweep
+    records = [r for r in records if not r.name.startswith("bn-bs128")]  # a setting without runs
+    text = report(records, expected, fmt="latex")
+    lines = [line for line in text.splitlines() if not line.startswith("%")]
+    assert lines[0] == r"\begin{tabular}{llrrrr}" and lines[-1] == r"\end{tabular}"
+    assert lines[1] == r"\toprule" and lines[3] == r"\midrule" and lines[-2] == r"\bottomrule"
+    assert lines[2] == r"Setting & set & Accuracy & F1 micro & F1 macro & n \\"
+    rows = [line for line in lines[4:-2] if line != r"\addlinespace"]
+    assert len(rows) == 18 and lines[4:-2].count(r"\addlinespace") == 5
+    assert all(row.endswith(r" \\") and row.count(" & ") == 5 for row in rows)
+    assert rows[0].startswith(r"bn\_torch bs8 & train & ") and rows[1].startswith(" & val & ")
+    vals = np.array(list(values_for(records, "train_acc", **{"model.norm": "bn_torch", "data.batch_size": 8}).values()))
+    assert rows[0].split(" & ")[2] == rf"{vals.mean():.3f} $\pm$ {vals.std(ddof=1):.3f}"
+    assert rows[9] == r"bn bs128 & train & -- & -- & -- & 0 \\"
+    assert "±" not in text and "–" not in text and "_" not in text.replace(r"\_", "")
+    assert latex_escape("a_b & 50% #1 {x} $y ~^ \\") == (
+        r"a\_b \& 50\% \#1 \{x\} \$y \textasciitilde{}\textasciicircum{} \textbackslash{}")
+
+
+def test_setting_styles_never_draw_two_settings_alike():
+    norms = ("bn_torch", "bn", "in", "bin", "ln", "gn", "nn")
+    settings = [(n, f"bs{b}") for n in norms for b in (8, 128)]
+    styles = setting_styles(settings)
+    looks = [(s["color"], str(s["linestyle"])) for s in styles]
+    assert len(set(looks)) == len(settings)
+    by = dict(zip(settings, styles))
+    assert by["bn_torch", "bs8"]["color"] == by["bn_torch", "bs128"]["color"]  # colour: the norm
+    assert by["bn_torch", "bs8"]["linestyle"] == by["gn", "bs8"]["linestyle"]  # dashes: the batch size
+    assert by["bn_torch", "bs8"]["color"] != by["gn", "bs8"]["color"]
+    many = setting_styles([(f"n{i}",) for i in range(25)])  # more values than colours
+    assert len({(s["color"], str(s["linestyle"])) for s in many}) == 25
 
 
 def test_stats_against_numpy():
@@ -544,5 +705,6 @@ def test_val_curves(tmp_path):
     assert list(gn.get_xdata()) == [1, 2, 3, 4]
     assert gn.get_ydata() == pytest.approx([0.15, (0.3 + 0.35 + 0.3) / 3, 0.5, 0.6])
     assert len(ax.get_legend().get_texts()) == 2
+    assert gn.get_color() != ax.lines[1].get_color()  # no two settings drawn alike
     fig.savefig(tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
