@@ -4,8 +4,9 @@ One study per setting of the grid: the axes that are not searched (after ``--set
 held fixed, and every trial of every study trains with the grid's FIRST seed, so that
 trials differ only by the searched values (a tuned optimum is then worth checking over
 seeds with ``orch sweep``). Without a ``tune`` section the default space
-(:data:`orchestrator.grid.DEFAULT_SPACE`: StepLR ``schedule.step_size`` and
-``schedule.gamma``) is searched for ``val_f1_macro``, maximised.
+(:data:`orchestrator.tune_space.DEFAULT_SPACE`: StepLR ``schedule.step_size`` and
+``schedule.gamma``, less the keys that are grid axes) is searched for ``val_f1_macro``,
+maximised; :mod:`orchestrator.tune_space` reads and checks every space.
 
 Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
 runs in this process through :func:`orchestrator.runner.run_tracked` as a child run named
@@ -44,9 +45,11 @@ from experiments.config import ConfigError, RunConfig, build, check, to_flat
 from orchestrator import processes
 from orchestrator import storage as storage_mod
 from orchestrator.errors import ExitCode, UserError
-from orchestrator.grid import DEFAULT_METRIC, DEFAULT_SPACE, ParamSpace, SweepSpec, TuneSpec, run_name
+from orchestrator.grid import SweepSpec
+from orchestrator.run_names import run_name
 from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.tracking import TrackingStore
+from orchestrator.tune_space import ParamSpace, TuneSpec, tune_spec
 from orchestrator.tune_summary import summarize_study
 
 DEFAULT_N_TRIALS = 20
@@ -101,27 +104,6 @@ class WorkerJob:
 
 
 # ---------------------------------------------------------------- what to tune
-
-
-def tune_spec(spec: SweepSpec) -> TuneSpec:
-    """The grid's ``tune`` section, else the default space for ``val_f1_macro`` (maximize).
-
-    Keys of the default space that are grid axes are swept, not tuned, so they are left out.
-    """
-    if spec.tune is not None:
-        return spec.tune
-    space = tuple(
-        ParamSpace(key=k, type=v["type"], low=v["low"], high=v["high"], log=v.get("log", False), step=v.get("step"))
-        for k, v in DEFAULT_SPACE.items()
-        if k not in spec.axes
-    )
-    if not space:
-        raise ConfigError(
-            f"every key of the default search space ({', '.join(DEFAULT_SPACE)}) is a grid axis; "
-            "add a tune.space section naming the keys to search",
-            key="tune", source=spec.path,
-        )
-    return TuneSpec(metric=DEFAULT_METRIC, direction="maximize", n_trials=None, space=space)
 
 
 def epoch_metric(metric: str, direction: str) -> str:
@@ -322,9 +304,6 @@ def run_tune(
     """
     say = _say(quiet)
     tune = tune_spec(spec)
-    if tune.metric not in names.SUMMARY_METRICS:
-        raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of "
-                          f"{', '.join(names.SUMMARY_METRICS)}", key="tune.metric", source=spec.path)
     n_trials = n_trials or tune.n_trials or DEFAULT_N_TRIALS
     seed = spec.seeds[0]
     make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
