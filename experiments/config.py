@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn
 
 import yaml
 
@@ -299,7 +299,7 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
         ConfigError: the first problem found, naming the key and the fix.
     """
 
-    def fail(key: str, msg: str) -> None:
+    def fail(key: str, msg: str) -> NoReturn:
         raise ConfigError(msg, key=key, source=source)
 
     d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train

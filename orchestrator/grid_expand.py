@@ -38,7 +38,7 @@ class RunSpec:
     name: str  # readable, unique within the sweep: "gn-bs8-s0"
     point: dict[str, Any] = field(hash=False)  # varying values in axis order, then "seed"
     setting: str  # the point without its seed: "model.norm=gn,data.batch_size=8" ("" with no axes)
-    point_label: str  # the point with its seed: "model.norm=gn,data.batch_size=8,seed=0" (tag orch.point)
+    point_label: str  # the point with its seed: "model.norm=gn,data.batch_size=8,seed=0" (tag Tag.POINT)
     config: RunConfig
     run_key: str  # experiments.config.run_key(config)
 
