@@ -21,12 +21,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn
 
 import yaml
 
 from experiments.errors import UserError
 from models._checks import BIN_GATES, INIT_NAMES, NORM_NAMES, norm_constraint_error
+
+if TYPE_CHECKING:
+    from experiments.yaml_source import YamlSource
 
 DATASET_NAMES = ("digits", "cifar10", "imagefolder")
 VAL_SPLITS = ("stratified", "tail")  # how the validation set is carved from the training split
@@ -254,35 +257,46 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping, turning every failure into one ConfigError naming the file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read the file ({err.strerror}); check the path", source=str(p)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"invalid YAML{where}: {problem}; fix the syntax", source=str(p)) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}", source=str(p))
-    return data
+    """Read a YAML mapping, turning every failure into one ConfigError naming the file
+    and, where it has one, the line (a syntax error, a key given twice)."""
+    return _read_config_file(path).data
+
+
+def _read_config_file(path: str | os.PathLike[str]) -> YamlSource:
+    # Imported here: yaml_source raises this module's ConfigError, so it imports this
+    # module, which must be complete first.
+    from experiments.yaml_source import read_yaml
+
+    doc = read_yaml(path)
+    if doc.data is None:
+        return dataclasses.replace(doc, data={})
+    if not isinstance(doc.data, dict):
+        raise ConfigError(f"expected a mapping of keys at the top level, got {type(doc.data).__name__}",
+                          source=doc.source)
+    return doc
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults ← YAML file ← ``--set`` overrides, then :func:`check`."""
-    values = flatten(load_yaml(path)) if path else {}
-    source = str(path) if path else None
+    """Defaults ← YAML file ← ``--set`` overrides, then :func:`check`.
+
+    An error about a key that the file sets names the file's line for it.
+    """
+    doc = _read_config_file(path) if path else None
+    values = flatten(doc.data) if doc else {}
+    source = doc.source if doc else None
+    from_set: set[str] = set()
     for item in overrides:
         key, value = parse_override(item)
         values[key] = value
-    cfg = build(values, source=source)
-    check(cfg, source=source)
+        from_set.add(key)
+    try:
+        cfg = build(values, source=source)
+        check(cfg, source=source)
+    except ConfigError as err:
+        line = doc.lines.get(err.key) if doc and err.key and err.key not in from_set else None
+        if line is None:
+            raise
+        raise ConfigError(f"{err.problem} (line {line})", key=err.key, source=source) from None
     return cfg
 
 
@@ -297,7 +311,7 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
         ConfigError: the first problem found, naming the key and the fix.
     """
 
-    def fail(key: str, msg: str) -> None:
+    def fail(key: str, msg: str) -> NoReturn:
         raise ConfigError(msg, key=key, source=source)
 
     d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train

@@ -4,8 +4,10 @@ One study per setting of the grid: the axes that are not searched (after ``--set
 held fixed, and every trial of every study trains with the grid's FIRST seed, so that
 trials differ only by the searched values (a tuned optimum is then worth checking over
 seeds with ``orch sweep``). Without a ``tune`` section the default space
-(:data:`orchestrator.grid.DEFAULT_SPACE`: StepLR ``schedule.step_size`` and
-``schedule.gamma``) is searched for ``val_f1_macro``, maximised.
+(:data:`orchestrator.tune_space.DEFAULT_SPACE`: StepLR ``schedule.step_size`` and
+``schedule.gamma``, less the keys that are grid axes) is searched for ``val_f1_macro``,
+maximised; :mod:`orchestrator.tune_space` reads and checks every space, and
+:mod:`orchestrator.tune_study` plans and opens the studies.
 
 Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
 runs in this process through :func:`orchestrator.runner.run_tracked` as a child run named
@@ -37,35 +39,34 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from experiments import metric_names as names
-from experiments.config import ConfigError, RunConfig, build, check, to_flat
-from orchestrator import processes
+from experiments.config import RunConfig, build, check
 from orchestrator import storage as storage_mod
-from orchestrator.errors import ExitCode, UserError
-from orchestrator.grid import DEFAULT_METRIC, DEFAULT_SPACE, ParamSpace, SweepSpec, TuneSpec, run_name
-from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
+from orchestrator.errors import ExitCode
+from orchestrator.grid import SweepSpec
+from orchestrator.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.tracking import TrackingStore
+from orchestrator.tune_space import ParamSpace, TuneSpec, tune_spec
+from orchestrator.tune_study import (
+    StudyPlan,
+    fail_orphan_trials,
+    fixed_config,
+    make_pruner,
+    make_sampler,
+    open_parent,
+    open_study,
+    plan_studies,
+)
 from orchestrator.tune_summary import summarize_study
 
 DEFAULT_N_TRIALS = 20
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
 
 
 class TrialFailed(RuntimeError):
     """A trial's training failed or gave no usable objective: the trial is FAIL, the study goes on."""
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    """One study to run: a setting of the grid with its fixed config."""
-
-    name: str  # Optuna study name = MLflow parent run name
-    setting: str  # "model.norm=bn" ("" for a grid without axes)
-    config: RunConfig  # the setting's config with the grid's first seed
 
 
 @dataclass(frozen=True)
@@ -103,27 +104,6 @@ class WorkerJob:
 # ---------------------------------------------------------------- what to tune
 
 
-def tune_spec(spec: SweepSpec) -> TuneSpec:
-    """The grid's ``tune`` section, else the default space for ``val_f1_macro`` (maximize).
-
-    Keys of the default space that are grid axes are swept, not tuned, so they are left out.
-    """
-    if spec.tune is not None:
-        return spec.tune
-    space = tuple(
-        ParamSpace(key=k, type=v["type"], low=v["low"], high=v["high"], log=v.get("log", False), step=v.get("step"))
-        for k, v in DEFAULT_SPACE.items()
-        if k not in spec.axes
-    )
-    if not space:
-        raise ConfigError(
-            f"every key of the default search space ({', '.join(DEFAULT_SPACE)}) is a grid axis; "
-            "add a tune.space section naming the keys to search",
-            key="tune", source=spec.path,
-        )
-    return TuneSpec(metric=DEFAULT_METRIC, direction="maximize", n_trials=None, space=space)
-
-
 def epoch_metric(metric: str, direction: str) -> str:
     """The per-epoch value a trial reports for pruning when it optimises summary ``metric``.
 
@@ -140,146 +120,11 @@ def epoch_metric(metric: str, direction: str) -> str:
     return names.DEFAULT_OBJECTIVE if direction == "maximize" else names.VAL_LOSS
 
 
-def plan_studies(spec: SweepSpec, study_name: str | None = None) -> list[StudyPlan]:
-    """One study per distinct setting of the grid, each with the grid's first seed.
-
-    Names: ``<grid name>-<setting run name>`` (``tune-demo-bn``; the grid name alone when the
-    grid has no axes), or ``--study`` (suffixed ``-<setting run name>`` with several settings).
-    """
-    first_seed = spec.seeds[0]
-    runs = [r for r in spec.runs if r.point.get("seed") == first_seed]
-    plans: list[StudyPlan] = []
-    used: set[str] = set()
-    for r in runs:
-        point = {k: v for k, v in r.point.items() if k != "seed"}
-        label = run_name(point) if point else ""
-        if study_name:
-            name = f"{study_name}-{label}" if len(runs) > 1 else study_name
-        else:
-            name = f"{spec.name}-{label}" if label else spec.name
-        if name in used:  # two settings whose names sanitise alike
-            name = f"{name}-{r.index}"
-        used.add(name)
-        plans.append(StudyPlan(name=name, setting=r.setting, config=r.config))
-    return plans
-
-
-def fixed_config(cfg: RunConfig, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """The setting's flat config without the searched keys: what every trial shares."""
-    searched = {p.key for p in space}
-    return {k: v for k, v in to_flat(cfg).items() if k not in searched}
-
-
 def trial_config(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfig:
     """The fixed config with a trial's sampled values (dotted keys) on top, checked."""
     cfg = build({**fixed, **params})
     check(cfg)
     return cfg
-
-
-# ---------------------------------------------------------------- Optuna objects
-
-
-def make_sampler(name: str, seed: int, n_trials: int):
-    """TPE (its random start-up shortened to half the trials, 3 to 10, so that short
-    studies still get model-based suggestions) or random, both seeded with ``seed``."""
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, n_trials // 2)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-
-
-def make_pruner(name: str, max_epochs: int):
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-
-
-def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str, Any], sampler: Any, pruner: Any,
-               grid_path: str):
-    """Create the study, or load it and check that it optimises the same thing.
-
-    Raises:
-        ConfigError: the stored study was made for another metric, direction or fixed
-            config, or not by ``orch tune``.
-    """
-    import optuna
-
-    study = optuna.create_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction=tune.direction, load_if_exists=True)
-    attrs = study.user_attrs
-    if attrs.get(StudyAttr.KIND) != Kind.TUNE:
-        if study.get_trials(deepcopy=False):
-            raise ConfigError(f"study {plan.name!r} already exists in the storage and was not made by orch tune; "
-                              "choose another --study", key="--study", source=grid_path)
-        for key, value in ((StudyAttr.KIND, Kind.TUNE), (StudyAttr.METRIC, tune.metric),
-                           (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed))):
-            study.set_user_attr(key, value)
-        return study
-    problems = []
-    stored_direction = study.direction.name.lower()
-    if stored_direction != tune.direction:
-        problems.append(f"direction {stored_direction}, not {tune.direction}")
-    if attrs.get(StudyAttr.METRIC) != tune.metric:
-        problems.append(f"metric {attrs.get(StudyAttr.METRIC)}, not {tune.metric}")
-    stored = attrs.get(StudyAttr.FIXED_CONFIG) or {}
-    now = json.loads(json.dumps(dict(fixed)))  # tuples as lists, as stored
-    changed = [f"{k}: {stored.get(k)!r} → {now.get(k)!r}" for k in sorted(set(stored) | set(now))
-               if stored.get(k) != now.get(k)]
-    if changed:
-        problems.append("fixed config " + ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
-    if problems:
-        raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
-                          "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
-    return study
-
-
-def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process on this host is gone (a killed ``orch tune``),
-    and their MLflow runs FAILED; trials of live processes or other hosts are left alone
-    (with PostgreSQL, Optuna's heartbeat fails those)."""
-    from optuna.trial import TrialState as OptunaState
-
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-        if not processes.is_orphan(t.user_attrs.get(TrialAttr.HOST, "?"), t.user_attrs.get(TrialAttr.PID)):
-            continue
-        study.tell(t.number, state=OptunaState.FAIL, skip_if_finished=True)
-        run_id = t.user_attrs.get(TrialAttr.RUN_ID)
-        if run_id and store.run_status(run_id) in Status.LIVE:
-            store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
-            store.end_run(run_id, Status.FAILED, "left RUNNING by an orch tune process that died")
-        failed.append(t.number)
-    return failed
-
-
-def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,
-                storage_label: str, tags: Mapping[str, str]) -> tuple[str, bool]:
-    """The study's parent run, found by its tags and reopened, or created; (run id, resumed)."""
-    for run in store.tune_parents(experiment_id):
-        if run.data.tags.get(Tag.STUDY) == plan.name and run.data.tags.get(Tag.STORAGE) == storage_label:
-            store.reopen_run(run.info.run_id)
-            store.set_tags(run.info.run_id, tags)
-            return run.info.run_id, True
-    parent = store.start_run(
-        experiment_id, run_name=plan.name, params={},
-        tags={Tag.KIND: Kind.TUNE, Tag.STUDY: plan.name, Tag.STORAGE: storage_label,
-              Tag.SETTING: plan.setting, Tag.GRID_FILE: spec.path, Tag.METRIC: tune.metric,
-              Tag.DIRECTION: tune.direction, **tags},
-    )
-    store.log_text(parent, spec.text, Artifact.GRID)
-    space = [{k: v for k, v in vars(p).items() if v is not None} for p in tune.space]
-    store.log_text(parent, json.dumps(space, indent=1, default=list), Artifact.SPACE)
-    return parent, False
 
 
 # ---------------------------------------------------------------- running
@@ -322,9 +167,6 @@ def run_tune(
     """
     say = _say(quiet)
     tune = tune_spec(spec)
-    if tune.metric not in names.SUMMARY_METRICS:
-        raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of "
-                          f"{', '.join(names.SUMMARY_METRICS)}", key="tune.metric", source=spec.path)
     n_trials = n_trials or tune.n_trials or DEFAULT_N_TRIALS
     seed = spec.seeds[0]
     make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import experiments.data as data_mod
+import experiments.imagefolder as imagefolder_mod
 from experiments.config import DATASET_NAMES, DataConfig
 from experiments.data import (
     DATASETS,
@@ -305,7 +306,7 @@ def test_imagefolder_loads_and_caches(tmp_path, cache_dir, monkeypatch):
     def no_decoding(path):
         raise AssertionError(f"decoded {path} despite the cache")
 
-    monkeypatch.setattr(data_mod, "_decode_image", no_decoding)
+    monkeypatch.setattr(imagefolder_mod, "_decode_image", no_decoding)
     again = load_splits(folder_cfg(root))
     for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
         assert torch.equal(getattr(again, name), getattr(s, name)), name
@@ -321,7 +322,7 @@ def test_imagefolder_cache_is_keyed_by_content_not_location(tmp_path, cache_dir,
     first = load_splits(folder_cfg(root))
     copy = tmp_path / "b"
     shutil.copytree(root, copy, copy_function=shutil.copy2)  # copy2 keeps mtimes
-    monkeypatch.setattr(data_mod, "_decode_image", lambda p: pytest.fail(f"decoded {p}"))
+    monkeypatch.setattr(imagefolder_mod, "_decode_image", lambda p: pytest.fail(f"decoded {p}"))
     assert torch.equal(load_splits(folder_cfg(copy)).train_x, first.train_x)
 
 
@@ -459,7 +460,7 @@ def test_cifar10_jpeg_tree(tmp_path, capsys, monkeypatch):
         start = time.perf_counter()
         s = load_splits(cfg)
         first = time.perf_counter() - start
-        monkeypatch.setattr(data_mod, "_decode_image", lambda p: pytest.fail(f"decoded {p} despite the cache"))
+        monkeypatch.setattr(imagefolder_mod, "_decode_image", lambda p: pytest.fail(f"decoded {p} despite the cache"))
         start = time.perf_counter()
         again = load_splits(cfg)
         cached = time.perf_counter() - start

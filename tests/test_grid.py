@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 
 from experiments.config import ConfigError, build, check, run_key
-from orchestrator.grid import (
-    DEFAULT_SPACE,
-    ParamSpace,
-    SweepSpec,
-    describe_point,
-    load_grid,
-    run_name,
-)
+from orchestrator.grid import SweepSpec, load_grid
+from orchestrator.run_names import describe_point, run_name
+from orchestrator.tune_space import DEFAULT_SPACE, ParamSpace, tune_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = ROOT / "experiments" / "grids"
@@ -376,6 +371,53 @@ def test_tune_defaults_and_suggest(tmp_path):
     default = grid(tmp_path, "name: t\ntune: {}\n").tune
     assert [p.key for p in default.space] == list(DEFAULT_SPACE)
     assert grid(tmp_path, "name: t\n").tune is None
+
+
+def test_default_space_leaves_out_grid_axes_with_or_without_a_tune_section(tmp_path):
+    text = "name: t\ngrid: {schedule.gamma: [0.1, 0.2]}\n"
+    with_section = grid(tmp_path, text + "tune: {n_trials: 3}\n").tune
+    without = tune_spec(grid(tmp_path, text))
+    assert [p.key for p in with_section.space] == [p.key for p in without.space] == ["schedule.step_size"]
+    assert with_section.space == without.space
+    assert (without.metric, without.direction, without.n_trials) == ("val_f1_macro", "maximize", None)
+
+
+def test_default_space_of_grid_axes_only_is_refused_with_or_without_a_tune_section(tmp_path):
+    text = "name: t\ngrid: {schedule.gamma: [0.1], schedule.step_size: [3]}\n"
+    with pytest.raises(ConfigError) as written:
+        grid(tmp_path, text + "tune: {}\n")
+    spec = grid(tmp_path, text)  # a sweep of this grid needs no search space
+    with pytest.raises(ConfigError) as default:
+        tune_spec(spec)
+    for err in (written.value, default.value):
+        assert err.key == "tune"
+        assert "every key of the default search space" in err.problem and "tune.space" in err.problem
+
+
+def test_default_space_bounds_are_checked_against_every_setting_like_a_written_space(tmp_path, monkeypatch):
+    # 3 groups do not divide the 16 channels of the first stage: wrong for gn, fine for bn.
+    bad = {"type": "int", "low": 3, "high": 16}
+    text = "name: t\ngrid: {model.norm: [bn, gn]}\n"
+    with pytest.raises(ConfigError) as written:
+        grid(tmp_path, text + "tune: {space: {model.gn_groups: {type: int, low: 3, high: 16}}}\n")
+    monkeypatch.setitem(DEFAULT_SPACE, "model.gn_groups", bad)
+    with pytest.raises(ConfigError) as section:
+        grid(tmp_path, text + "tune: {}\n")
+    spec = grid(tmp_path, text)
+    with pytest.raises(ConfigError) as default:
+        tune_spec(spec)
+    errors = [written.value, section.value, default.value]
+    assert {e.key for e in errors} == {"tune.space.model.gn_groups.low"}
+    problems = {e.problem.split(" (")[0] for e in errors}  # the same message, lines aside
+    assert len(problems) == 1 and "cannot be split into 3 groups" in problems.pop()
+    assert all("with model.gn_groups=3" in e.problem for e in errors)
+
+
+def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
+    spec = grid(tmp_path, "name: t\ntune: {metric: val_f1}\n")  # a sweep ignores tune
+    with pytest.raises(ConfigError) as info:
+        tune_spec(spec)
+    assert info.value.key == "tune.metric" and "val_f1_macro" in info.value.problem
 
 
 # ---------------------------------------------------------------- imports

@@ -23,7 +23,8 @@ from conftest import REPO, all_runs, orch
 from orchestrator import tracking
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
-from orchestrator.tuning import epoch_metric, plan_studies
+from orchestrator.tune_study import plan_studies
+from orchestrator.tuning import epoch_metric
 
 TUNE_GRID = REPO / "experiments" / "grids" / "tune.yaml"
 STUDY = "tune-demo-bn"  # <grid name>-<setting run name>

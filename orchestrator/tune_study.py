@@ -1,0 +1,173 @@
+"""One tuning study's objects: its plan, its Optuna sampler, pruner and study, and its MLflow parent run.
+
+``orch tune`` (:mod:`orchestrator.tuning`) runs one study per setting of the grid. This
+module says which studies there are (:func:`plan_studies`), what every trial of a study
+shares (:func:`fixed_config`), and opens a study in its Optuna storage, refusing to resume
+one that optimises something else (:func:`open_study`). optuna is imported inside the
+functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from experiments.config import ConfigError, RunConfig, to_flat
+from orchestrator import processes
+from orchestrator.errors import UserError
+from orchestrator.grid import SweepSpec
+from orchestrator.run_names import run_name
+from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
+from orchestrator.tracking import TrackingStore
+from orchestrator.tune_space import ParamSpace, TuneSpec
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """One study to run: a setting of the grid with its fixed config."""
+
+    name: str  # Optuna study name = MLflow parent run name
+    setting: str  # "model.norm=bn" ("" for a grid without axes)
+    config: RunConfig  # the setting's config with the grid's first seed
+
+
+# ---------------------------------------------------------------- which studies
+
+
+def plan_studies(spec: SweepSpec, study_name: str | None = None) -> list[StudyPlan]:
+    """One study per distinct setting of the grid, each with the grid's first seed.
+
+    Names: ``<grid name>-<setting run name>`` (``tune-demo-bn``; the grid name alone when the
+    grid has no axes), or ``--study`` (suffixed ``-<setting run name>`` with several settings).
+    """
+    first_seed = spec.seeds[0]
+    runs = [r for r in spec.runs if r.point.get("seed") == first_seed]
+    plans: list[StudyPlan] = []
+    used: set[str] = set()
+    for r in runs:
+        point = {k: v for k, v in r.point.items() if k != "seed"}
+        label = run_name(point) if point else ""
+        if study_name:
+            name = f"{study_name}-{label}" if len(runs) > 1 else study_name
+        else:
+            name = f"{spec.name}-{label}" if label else spec.name
+        if name in used:  # two settings whose names sanitise alike
+            name = f"{name}-{r.index}"
+        used.add(name)
+        plans.append(StudyPlan(name=name, setting=r.setting, config=r.config))
+    return plans
+
+
+def fixed_config(cfg: RunConfig, space: Sequence[ParamSpace]) -> dict[str, Any]:
+    """The setting's flat config without the searched keys: what every trial shares."""
+    searched = {p.key for p in space}
+    return {k: v for k, v in to_flat(cfg).items() if k not in searched}
+
+
+# ---------------------------------------------------------------- Optuna and MLflow objects
+
+
+def make_sampler(name: str, seed: int, n_trials: int):
+    """TPE (its random start-up shortened to half the trials, 3 to 10, so that short
+    studies still get model-based suggestions) or random, both seeded with ``seed``."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, n_trials // 2)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, max_epochs: int):
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str, Any], sampler: Any, pruner: Any,
+               grid_path: str):
+    """Create the study, or load it and check that it optimises the same thing.
+
+    Raises:
+        ConfigError: the stored study was made for another metric, direction or fixed
+            config, or not by ``orch tune``.
+    """
+    import optuna
+
+    study = optuna.create_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=tune.direction, load_if_exists=True)
+    attrs = study.user_attrs
+    if attrs.get(StudyAttr.KIND) != Kind.TUNE:
+        if study.get_trials(deepcopy=False):
+            raise ConfigError(f"study {plan.name!r} already exists in the storage and was not made by orch tune; "
+                              "choose another --study", key="--study", source=grid_path)
+        for key, value in ((StudyAttr.KIND, Kind.TUNE), (StudyAttr.METRIC, tune.metric),
+                           (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed))):
+            study.set_user_attr(key, value)
+        return study
+    problems = []
+    stored_direction = study.direction.name.lower()
+    if stored_direction != tune.direction:
+        problems.append(f"direction {stored_direction}, not {tune.direction}")
+    if attrs.get(StudyAttr.METRIC) != tune.metric:
+        problems.append(f"metric {attrs.get(StudyAttr.METRIC)}, not {tune.metric}")
+    stored = attrs.get(StudyAttr.FIXED_CONFIG) or {}
+    now = json.loads(json.dumps(dict(fixed)))  # tuples as lists, as stored
+    changed = [f"{k}: {stored.get(k)!r} → {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+               if stored.get(k) != now.get(k)]
+    if changed:
+        problems.append("fixed config " + ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
+    if problems:
+        raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
+                          "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
+    return study
+
+
+def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process on this host is gone (a killed ``orch tune``),
+    and their MLflow runs FAILED; trials of live processes or other hosts are left alone
+    (with PostgreSQL, Optuna's heartbeat fails those)."""
+    from optuna.trial import TrialState as OptunaState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        if not processes.is_orphan(t.user_attrs.get(TrialAttr.HOST, "?"), t.user_attrs.get(TrialAttr.PID)):
+            continue
+        study.tell(t.number, state=OptunaState.FAIL, skip_if_finished=True)
+        run_id = t.user_attrs.get(TrialAttr.RUN_ID)
+        if run_id and store.run_status(run_id) in Status.LIVE:
+            store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            store.end_run(run_id, Status.FAILED, "left RUNNING by an orch tune process that died")
+        failed.append(t.number)
+    return failed
+
+
+def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,
+                storage_label: str, tags: Mapping[str, str]) -> tuple[str, bool]:
+    """The study's parent run, found by its tags and reopened, or created; (run id, resumed)."""
+    for run in store.tune_parents(experiment_id):
+        if run.data.tags.get(Tag.STUDY) == plan.name and run.data.tags.get(Tag.STORAGE) == storage_label:
+            store.reopen_run(run.info.run_id)
+            store.set_tags(run.info.run_id, tags)
+            return run.info.run_id, True
+    parent = store.start_run(
+        experiment_id, run_name=plan.name, params={},
+        tags={Tag.KIND: Kind.TUNE, Tag.STUDY: plan.name, Tag.STORAGE: storage_label,
+              Tag.SETTING: plan.setting, Tag.GRID_FILE: spec.path, Tag.METRIC: tune.metric,
+              Tag.DIRECTION: tune.direction, **tags},
+    )
+    store.log_text(parent, spec.text, Artifact.GRID)
+    space = [{k: v for k, v in vars(p).items() if v is not None} for p in tune.space]
+    store.log_text(parent, json.dumps(space, indent=1, default=list), Artifact.SPACE)
+    return parent, False
