@@ -314,8 +314,10 @@ def test_seed_grids_load_without_data():
     assert (cfg.train.max_epochs, cfg.train.patience) == (50, 5)
 
     batch = load_grid(GRIDS / "seed_batch.yaml", check_data=False)
-    assert batch.name == "seed-batch" and len(batch.runs) == 12
+    assert batch.name == "seed-batch" and len(batch.runs) == 18
     assert batch.settings == (
+        "model.norm=bn_torch,data.batch_size=8",
+        "model.norm=bn_torch,data.batch_size=128",
         "model.norm=bn,data.batch_size=8",
         "model.norm=bn,data.batch_size=128",
         "model.norm=gn,data.batch_size=8",
