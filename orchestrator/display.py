@@ -1,0 +1,172 @@
+"""What ``orch`` shows on a terminal while a sweep or a worker runs.
+
+:class:`PlainDisplay` writes one line per event (logs, CI, pipes); :class:`LiveDisplay`
+keeps a live table on a terminal; :func:`make_display` picks one. rich is imported inside
+the functions that draw, and nothing here imports torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Sequence
+
+from experiments.metric_names import DEFAULT_OBJECTIVE
+
+if TYPE_CHECKING:
+    from orchestrator.scheduler import Slot, Task
+
+
+# --------------------------------------------------------------------------- a running sweep
+
+
+class PlainDisplay:
+    """One line per event, for logs, CI and pipes."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.total = 0
+        self.n_done = 0
+        self.n_failed = 0
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, total: int, slots: Sequence[Slot]) -> None:
+        self.total = total
+        where = ", ".join(s.label for s in slots)
+        self._say(f"running {total} point(s) on {len(slots)} slot(s): {where}")
+
+    def started(self, task: Task) -> None:
+        retry = f" (attempt {task.attempt})" if task.attempt > 1 else ""
+        self._say(f"  start   {task.name} on {task.slot.label}{retry}")
+
+    def progress(self, task: Task, event: dict) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
+
+    def finished(self, task: Task) -> None:
+        self.n_done += 1
+        secs = time.time() - task.started
+        f1 = task.summary.get(DEFAULT_OBJECTIVE)
+        score = f"  {DEFAULT_OBJECTIVE} {f1:.4f}" if isinstance(f1, (int, float)) else ""
+        self._say(f"  done    {task.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
+
+    def retrying(self, task: Task, reason: str) -> None:
+        self._say(f"  retry   {task.name}: {reason}")
+
+    def failed(self, task: Task, reason: str) -> None:
+        self.n_failed += 1
+        self._say(f"  FAILED  {task.name}  [{self.n_done + self.n_failed}/{self.total}]: {reason}")
+
+    def note(self, text: str) -> None:
+        self._say(text)
+
+    def stop(self) -> None:
+        pass
+
+
+class LiveDisplay(PlainDisplay):
+    """A live table on a terminal: counts, elapsed, ETA, and each running point's epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.running: dict[str, Task] = {}
+        self.durations: list[float] = []
+        self.t0 = time.time()
+        self.live = None
+        self.slots = 1
+        self.notes: list[str] = []
+
+    def start(self, total: int, slots: Sequence[Slot]) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.total, self.slots, self.t0 = total, max(1, len(slots)), time.time()
+        self.live = Live(self._render(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def _render(self):
+        from rich.table import Table
+
+        elapsed = time.time() - self.t0
+        remaining = self.total - self.n_done - self.n_failed
+        eta = "–"
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            eta = _fmt_seconds(mean * remaining / self.slots)
+        head = (f"done {self.n_done}  running {len(self.running)}  failed {self.n_failed}  "
+                f"pending {remaining - len(self.running)}   elapsed {_fmt_seconds(elapsed)}  eta {eta}")
+        table = Table(title=head, title_justify="left", expand=False)
+        table.add_column("point")
+        table.add_column("slot")
+        table.add_column("epoch", justify="right")
+        table.add_column(DEFAULT_OBJECTIVE, justify="right")
+        table.add_column("time", justify="right")
+        for task in self.running.values():
+            f1 = task.last_f1
+            table.add_row(task.name, task.slot.label,
+                          f"{task.epoch}/{task.max_epochs}" if task.max_epochs else "starting",
+                          f"{f1:.4f}" if isinstance(f1, float) else "", _fmt_seconds(time.time() - task.started))
+        for text in self.notes[-5:]:
+            table.add_row(f"[dim]{text}[/dim]", "", "", "", "")
+        return table
+
+    def _update(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def started(self, task: Task) -> None:
+        self.running[task.name] = task
+        self._update()
+
+    def progress(self, task: Task, event: dict) -> None:
+        task.last_f1 = event.get(DEFAULT_OBJECTIVE)
+        self._update()
+
+    def tick(self) -> None:
+        self._update()
+
+    def finished(self, task: Task) -> None:
+        self.running.pop(task.name, None)
+        self.durations.append(time.time() - task.started)
+        self.n_done += 1
+        self._update()
+
+    def retrying(self, task: Task, reason: str) -> None:
+        self.running.pop(task.name, None)
+        self.notes.append(f"retry {task.name}: {reason}")
+        self._update()
+
+    def failed(self, task: Task, reason: str) -> None:
+        self.running.pop(task.name, None)
+        self.n_failed += 1
+        self.notes.append(f"FAILED {task.name}: {reason}")
+        self._update()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self._update()
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self._update()
+            self.live.stop()
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def make_display(quiet: bool) -> PlainDisplay:
+    """The live table on an interactive terminal, else one line per event (none with ``quiet``)."""
+    if not quiet and sys.stderr.isatty():
+        return LiveDisplay()
+    return PlainDisplay(quiet=quiet)
+
