@@ -12,12 +12,16 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from orchestrator import __version__
 from orchestrator.errors import ExitCode, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.grid import SweepSpec
+    from orchestrator.tracking import TrackingStore
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -43,13 +47,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def open_store(tracking_uri: str | None):
+def open_store(tracking_uri: str | None) -> TrackingStore:
     """The command's tracking store: resolved, checked reachable, opened once."""
     from orchestrator import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     return tracking.TrackingStore(uri)
+
+
+def check_device(device: str) -> None:
+    """``--device cuda`` on a machine without a visible GPU is a usage mistake (imports torch)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
 
 
 tracking_uri_option = click.option(
@@ -65,6 +78,12 @@ device_option = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
     help="Where to train: CUDA when available under auto.",
 )
+
+
+def split_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:  # noqa: ARG001
+    """``--gpus 0,1`` -> ["0", "1"]; None when not given (every visible GPU)."""
+    gpus = [g.strip() for g in value.split(",") if g.strip()] if value else []
+    return gpus or None
 
 
 @click.group(context_settings=CONTEXT)
@@ -105,7 +124,7 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 
     cfg = load(config_file, overrides)
     store = open_store(tracking_uri)
-    _check_device(device)
+    check_device(device)
 
     from orchestrator.runner import raise_on_sigterm, run_tracked, summary_line
 
@@ -128,7 +147,7 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @click.option("--dry-run", is_flag=True, help="List every point and whether it is done; start nothing.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Parallel points on the CPU (torch threads are divided among them).")
-@click.option("--gpus", default=None, metavar="0,1,...",
+@click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
               help="GPU indices to use; default: every visible GPU (none: the CPU).")
 @click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
               help="Points packed on each GPU at once.")
@@ -144,7 +163,7 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
-def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, runs_per_gpu: int,
+def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
               max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None,
               tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
@@ -161,70 +180,36 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: str | None, run
     spec = load_grid(grid_file, overrides, check_data=not dry_run)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if dry_run:
-        _print_dry_run(spec, uri)
+        from orchestrator.display import print_dry_run
+
+        print_dry_run(spec, uri)
         return
-    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    if gpu_list and device == "cpu":
+    if gpus and device == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
     store = open_store(uri)
     if storage:
-        from orchestrator import queue, storage as storage_mod
-
-        url = storage_mod.check(storage)
-        if uri.startswith("sqlite:") and storage_mod.is_postgres(url):
-            click.echo(f"note: workers on other machines cannot reach the SQLite store {uri}; "
-                       "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
-        sub = queue.submit(spec, store, url, rerun=rerun)
-        click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
-                   f"({sub.done} already finished, {sub.queued_before} already queued) at "
-                   f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
+        _queue_sweep(spec, store, storage, rerun=rerun)
         return
     from orchestrator.sweep import run_sweep
 
-    sys.exit(run_sweep(spec, store, workers=workers, gpus=gpu_list, runs_per_gpu=runs_per_gpu,
+    sys.exit(run_sweep(spec, store, workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
                        max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
                        metric=metric))
 
 
-def _print_dry_run(spec: Any, uri: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:
+    """``orch sweep --storage``: queue the unfinished points for workers and say where."""
+    from orchestrator import queue
+    from orchestrator import storage as storage_mod
 
-    from orchestrator import peek
-    from orchestrator.schema import Kind
-
-    done = peek.finished_keys(uri, spec.name, kind=Kind.POINT)
-    table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("run name")
-    for axis in (*spec.axes, "seed"):
-        table.add_column(axis)
-    table.add_column("status")
-    n_done = 0
-    for r in spec.runs:
-        status = "?" if done is None else ("done" if r.run_key in done else "pending")
-        n_done += status == "done"
-        table.add_row(str(r.index), r.name, *(str(r.point.get(a, "")) for a in (*spec.axes, "seed")), status)
-    console = Console(width=200 if not sys.stdout.isatty() else None)
-    console.print(table)
-    if done is None:
-        console.print(f"{len(spec.runs)} points; status unknown (store {uri} not readable without mlflow)")
-    else:
-        console.print(f"{len(spec.runs)} points: {n_done} done, {len(spec.runs) - n_done} pending  (store {uri})")
-    missing = _missing_data_root(spec)
-    if missing:
-        console.print(f"note: {missing}")
-
-
-def _missing_data_root(spec: Any) -> str | None:
-    from experiments.config import ConfigError, check
-
-    for r in spec.runs:
-        try:
-            check(r.config)
-        except ConfigError as err:
-            return f"a real run would stop here: {err}"
-    return None
+    url = storage_mod.check(storage)
+    if store.uri.startswith("sqlite:") and storage_mod.is_postgres(url):
+        click.echo(f"note: workers on other machines cannot reach the SQLite store {store.uri}; "
+                   "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
+    sub = queue.submit(spec, store, url, rerun=rerun)
+    click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
+               f"({sub.done} already finished, {sub.queued_before} already queued) at "
+               f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
 
 
 def _resolve_sweep(store, experiment: str | None, sweep: str):
@@ -273,8 +258,10 @@ def _sweep_data(store, experiment: str | None, sweep: str):
 @click.option("--storage", default=None, metavar="URL",
               help="Optuna storage (default: sqlite beside the MLflow store; postgresql://… to share with workers).")
 @click.option("--study", "study_name", default=None, help="Study name (default: derived from the grid).")
-@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True,
+              help="Optuna sampler of the search space.")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
+              help="Stops unpromising trials early on their per-epoch validation metric.")
 @tracking_uri_option
 @device_option
 @set_option
@@ -304,8 +291,10 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
 @click.option("--sweep", default=None, help="Serve only this sweep id (a prefix is enough); default: all.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Points run at once on the CPU.")
-@click.option("--gpus", default=None, metavar="0,1,...", help="GPU indices to use; default: every visible GPU.")
-@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
+              help="GPU indices to use; default: every visible GPU.")
+@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Points packed on each GPU at once.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Requeues of a point that fails before it is recorded FAILED.")
 @click.option("--wait", is_flag=True, help="Keep waiting for new points instead of exiting when the queue is empty.")
@@ -315,7 +304,7 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
-def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, runs_per_gpu: int,
+def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | None, runs_per_gpu: int,
                max_retries: int, wait: bool, poll: float, tracking_uri: str | None, device: str, quiet: bool) -> None:
     """Claim queued points one at a time and run them; exit 0 when the queue is empty.
 
@@ -332,8 +321,7 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, 
 
     if url.startswith("sqlite:"):
         queue.register_worker(url, stale_after=max(60.0, 3 * poll))
-    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    sys.exit(queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpu_list,
+    sys.exit(queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpus,
                               runs_per_gpu=runs_per_gpu, device=device, max_retries=max_retries, wait=wait,
                               poll=poll, quiet=quiet))
 
@@ -344,34 +332,12 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: str | None, 
 @handle_errors
 def status_cmd(storage: str, sweep: str | None) -> None:
     """Queued sweeps: pending / running (which worker, since when) / done / failed."""
-    from rich.console import Console
-    from rich.table import Table
-
     from orchestrator import queue
     from orchestrator import storage as storage_mod
+    from orchestrator.display import print_queue_status
 
     url = storage_mod.check(storage)
-    rows = queue.status_rows(url, sweep)
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    if not rows:
-        console.print(f"no queued sweeps in {storage_mod.redact(url)}")
-        return
-    for row in rows:
-        running, failed = row["running"], row["failed"]
-        done = row["points"] - row["pending"] - len(running) - len(failed)
-        console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
-                      f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
-        if running or failed:
-            table = Table(show_header=True)
-            table.add_column("point")
-            table.add_column("state")
-            table.add_column("worker / reason")
-            table.add_column("since")
-            for name, who, since in running:
-                table.add_row(name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
-            for name, reason in failed:
-                table.add_row(name, "failed", reason, "")
-            console.print(table)
+    print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
 
 
 @cli.command("compare")
@@ -459,7 +425,7 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
 
 @cli.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True, help="Port of the UI.")
 @tracking_uri_option
 @handle_errors
 def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
@@ -475,16 +441,7 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
     os.execv(sys.executable, cmd)
 
 
-def _check_device(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
-
-
 def main() -> None:
-    # Commands are registered at import time by their modules, which keep heavy imports lazy.
     cli(prog_name="orch")
 
 

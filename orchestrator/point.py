@@ -1,7 +1,8 @@
 """Child process of a sweep: ``python -m orchestrator.point`` runs one point.
 
-Imports torch, mlflow and the training code first, then reads a JSON job from stdin: a
-spare process started ahead of time waits there, and an empty stdin ends it quietly.
+Imports torch, mlflow and the training code first, then reads a JSON job from stdin
+(written by :func:`orchestrator.point_processes.job_payload`): a spare process started
+ahead of time waits there, and an empty stdin ends it quietly.
 The job runs through :func:`orchestrator.runner.run_tracked`, which reports to the parent
 as JSON lines on the original stdout (``started``, ``epoch``, ``end``). Everything else
 that would go to stdout (library chatter) is sent to stderr, which the parent keeps as
@@ -54,7 +55,7 @@ def main() -> int:
 
     text = sys.stdin.read()  # a spare process waits here until its slot needs it
     if not text.strip():
-        return 0  # a spare that was not needed
+        return ExitCode.OK  # a spare that was not needed
     job = json.loads(text)
 
     from experiments.config import build

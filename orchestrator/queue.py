@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ from typing import Any, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator import storage as storage_mod
+from orchestrator.display import make_display
 from orchestrator.errors import ExitCode
-from orchestrator.executor import Job, Scheduler, Task, make_display, plan_slots
 from orchestrator.grid import SweepSpec
+from orchestrator.scheduler import Job, PointSource, Scheduler, Task, plan_slots
 from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, read_points
 from orchestrator.tracking import TrackingStore
 
@@ -40,6 +42,11 @@ def study_name(sweep_id: str) -> str:
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _serves(name: str, sweep: str | None) -> bool:
+    """Whether the study ``name`` is a queued sweep, and the one asked for (a sweep id prefix)."""
+    return name.startswith(STUDY_PREFIX) and (not sweep or name[len(STUDY_PREFIX):].startswith(sweep))
 
 
 @dataclass
@@ -85,27 +92,28 @@ def submit(spec: SweepSpec, store: TrackingStore, url: str, *, rerun: bool = Fal
     return Submitted(study.study_name, enqueued, len(state.done), len(live - {None}))
 
 
-class QueueSource:
-    """Claims points from the sweep studies of a storage, one trial at a time."""
+class QueueSource(PointSource):
+    """Claims points from the sweep studies of a storage, one trial at a time.
+
+    A task's ticket is its ``(study, trial)``. While a task runs, a heartbeat thread keeps
+    its trial alive; every outcome ends the trial (``tell``) and stops the heartbeat.
+    """
 
     def __init__(self, url: str, *, sweep: str | None = None, tracking_uri: str | None = None,
-                 max_retries: int = 1, wait: bool = False):
+                 max_retries: int = 1):
         self.url, self.sweep, self.tracking_uri = url, sweep, tracking_uri
-        self.max_retries, self.wait = max_retries, wait
+        self.max_retries = max_retries
         self.storage = storage_mod.open_storage(url, heartbeat=True, on_stale=self._on_stale)
-        self.total = 0
-        self.beats: dict[int, threading.Event] = {}
-        self.claimed_any = False
+        self.total = 0  # points claimed so far: a queue does not know how many will come
+        self.beats: dict[int, threading.Event] = {}  # id(trial) -> stops its heartbeat
         self._stores: dict[str, TrackingStore] = {}
 
-    # Which studies this worker serves.
     def studies(self) -> list[Any]:
+        """The sweep studies this worker serves, in name order."""
         import optuna
 
         names = [s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)]
-        wanted = [n for n in names if n.startswith(STUDY_PREFIX)
-                  and (self.sweep is None or n[len(STUDY_PREFIX):].startswith(self.sweep))]
-        return [optuna.load_study(study_name=n, storage=self.storage) for n in sorted(wanted)]
+        return [optuna.load_study(study_name=n, storage=self.storage) for n in sorted(names) if _serves(n, self.sweep)]
 
     def claim(self) -> Task | None:
         from optuna.storages import fail_stale_trials
@@ -128,9 +136,14 @@ class QueueSource:
             trial.set_user_attr(TrialAttr.WORKER, worker_id())
             self._start_heartbeat(trial)
             self.total += 1
-            self.claimed_any = True
             return task
         return None
+
+    def exhausted(self) -> bool:
+        return False  # points may be queued or requeued at any time, by any machine
+
+    def unstarted(self) -> list[str]:
+        return []  # a claimed point is started at once; the rest stays on the queue for others
 
     def _start_heartbeat(self, trial: Any) -> None:
         self.beats[id(trial)] = storage_mod.start_heartbeat(self.storage, trial)
@@ -184,7 +197,8 @@ class QueueSource:
             self.store(uri).end_run(run_id, Status.FAILED,
                                     f"worker {who} stopped sending heartbeats; the point was requeued")
         except Exception as err:  # noqa: BLE001 - the requeue matters more than the record
-            print(f"could not mark run {run_id} FAILED: {err}", flush=True)
+            print(f"could not mark run {run_id} FAILED ({type(err).__name__}: {err}); the point is requeued",
+                  file=sys.stderr, flush=True)
 
     def store(self, uri: str) -> TrackingStore:
         if uri not in self._stores:
@@ -202,7 +216,8 @@ class QueueSource:
             attrs = study.user_attrs
             close_sweep(study, self.store(self.tracking_uri or attrs[StudyAttr.TRACKING_URI]))
         except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
-            print(f"could not write the sweep summary: {err}", flush=True)
+            print(f"could not write the summary of sweep {study.study_name} ({type(err).__name__}: {err})",
+                  file=sys.stderr, flush=True)
 
 
 def close_sweep(study, store: TrackingStore) -> None:
@@ -252,7 +267,7 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
             return False
         return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
 
-    source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries, wait=wait)
+    source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,
                           on_idle=serve_tuning if wait else None)
@@ -293,7 +308,7 @@ def status_rows(url: str, sweep: str | None = None) -> list[dict]:
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         name = summary.study_name
-        if not name.startswith(STUDY_PREFIX) or (sweep and not name[len(STUDY_PREFIX):].startswith(sweep)):
+        if not _serves(name, sweep):
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(TrialAttr.DISCARDED)]

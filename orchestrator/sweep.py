@@ -14,8 +14,9 @@ from typing import Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
 from orchestrator.errors import ExitCode
-from orchestrator.executor import Job, ListSource, Outcome, Scheduler, make_display, plan_slots
+from orchestrator.display import make_display
 from orchestrator.grid import SweepSpec
+from orchestrator.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
 from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json
 from orchestrator.tracking import TrackingStore, to_record
 

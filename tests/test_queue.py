@@ -12,9 +12,11 @@ import uuid
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, orch
+from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from test_sweep import TINY_BASE, write_grid
 
@@ -138,6 +140,13 @@ def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_pat
     assert proc.returncode == 2 and "not reachable" in proc.stderr
     status = orch("status", "--storage", storage)
     assert "no queued sweeps" in status.stdout
+
+
+def test_status_of_an_empty_storage_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    result = CliRunner().invoke(cli, ["status", "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert f"no queued sweeps in {url}" in result.output
 
 
 def test_second_sqlite_worker_is_refused(tmp_path):

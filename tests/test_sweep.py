@@ -354,3 +354,12 @@ def test_dry_run_of_the_study_grids_is_fast():
         assert proc.returncode == 0, proc.stderr
         assert "points" in proc.stdout
         assert seconds < 5  # measured ~0.25 s; the budget is 1.5 s, this guards against heavy imports
+
+
+def test_gpus_with_device_cpu_is_refused_before_anything_starts(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "g.yaml", "gpus", {"model.norm": ["bn"]})
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--gpus", "0,1", "--device", "cpu", "--tracking-uri", uri])
+    assert result.exit_code == 2, result.output
+    assert "--gpus and --device cpu contradict each other" in result.output
+    assert not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,397 @@
+"""Local scheduler: slots, one child process per point, retries, Ctrl-C, resume.
+
+One scheduler process hands out the points, so no two slots ever claim the same point.
+A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one
+of N CPU workers with the cores divided among them. Each point runs in its own process
+(``python -m orchestrator.point``) for fault isolation and a clean CUDA state; it logs
+straight to MLflow under the sweep's parent run and reports progress as JSON lines.
+While a slot's point trains, the slot's next process is already started ("spare"): it
+imports torch and mlflow, then waits for its job, so that a point's start-up (seconds)
+overlaps the previous point's training instead of following it.
+
+Where the points come from is a :class:`PointSource`: :class:`ListSource` for a local
+sweep, :class:`orchestrator.queue.QueueSource` for the multi-machine queue. Starting and
+stopping the child processes is :class:`orchestrator.point_processes.PointProcesses`'
+job alone, so that another way of running points (e.g. long-lived slot processes) can
+replace it without touching the scheduling.
+
+Children die with the scheduler: a SIGKILLed sweep leaves no orphans, only runs left
+RUNNING, which the next invocation marks FAILED and reruns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+
+from experiments.config import to_dict
+from experiments.metric_names import DEFAULT_OBJECTIVE
+from orchestrator.display import PlainDisplay
+from orchestrator.errors import ExitCode
+from orchestrator.grid import RunSpec
+from orchestrator.point_processes import POINT_COMMAND, PointProcesses
+from orchestrator.schema import Kind, Status, Tag
+
+if TYPE_CHECKING:
+    from orchestrator.tracking import TrackingStore
+
+EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
+
+
+# --------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None  # CUDA_VISIBLE_DEVICES value, None on the CPU
+    threads: int  # torch threads on the CPU (0: torch's default)
+
+    @property
+    def label(self) -> str:
+        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+
+
+def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
+    """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
+    if device != "cpu" and not gpus:
+        gpus = visible_gpus() if device in ("auto", "cuda") else []
+    if gpus and device != "cpu":
+        return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return [Slot(i, None, threads) for i in range(workers)]
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices that ``nvidia-smi`` lists (respecting CUDA_VISIBLE_DEVICES), without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+# --------------------------------------------------------------------------- points
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a child process needs to run one point."""
+
+    name: str
+    config: dict  # experiments.config.to_dict form
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str) -> Job:
+        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
+                   {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
+                    Tag.SETTING: spec.setting})
+
+
+@dataclass
+class Task:
+    """One attempt at a job: where it runs and how far it got."""
+
+    job: Job
+    attempt: int = 1
+    ticket: Any = None  # the source's handle on the claim (a queue trial)
+    run_id: str | None = None
+    epoch: int = 0
+    max_epochs: int = 0
+    started: float = 0.0
+    slot: Slot | None = None
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    summary: dict = field(default_factory=dict)
+    last_f1: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+class PointSource(Protocol):
+    """Where a scheduler gets its points, and whom it tells how each one went.
+
+    The scheduler calls these methods and nothing else; a source never sees a process.
+    """
+
+    total: int  # points known so far (the display's denominator; a queue counts its claims)
+
+    def claim(self) -> Task | None:
+        """The next point to run, or None when there is none right now."""
+
+    def exhausted(self) -> bool:
+        """True when no point will come any more (then no spare process is started)."""
+
+    def started(self, task: Task) -> None:
+        """The task's MLflow run exists (``task.run_id`` is set)."""
+
+    def finished(self, task: Task) -> None:
+        """The task's process exited 0: its run is FINISHED (``task.summary`` holds its metrics)."""
+
+    def failed(self, task: Task, reason: str) -> bool:
+        """The task failed for ``reason``; True when the source will offer the point again."""
+
+    def abandon(self, task: Task) -> None:
+        """The task was interrupted by a stop of the scheduler: not a failure of the point."""
+
+    def unstarted(self) -> list[str]:
+        """Names of the points that remain unclaimed when the scheduler ends."""
+
+
+class ListSource(PointSource):
+    """A fixed list of points; a failed point goes back to the front until its retries run out."""
+
+    def __init__(self, jobs: Sequence[Job], max_retries: int):
+        self.pending = [Task(j) for j in jobs]
+        self.total = len(self.pending)
+        self.max_retries = max_retries
+
+    def claim(self) -> Task | None:
+        return self.pending.pop(0) if self.pending else None
+
+    def exhausted(self) -> bool:
+        return not self.pending
+
+    def started(self, task: Task) -> None:
+        pass  # the run id lives on the task; nothing to record
+
+    def finished(self, task: Task) -> None:
+        pass
+
+    def failed(self, task: Task, reason: str) -> bool:
+        if task.attempt <= self.max_retries:
+            self.pending.insert(0, Task(task.job, attempt=task.attempt + 1))
+            return True
+        return False
+
+    def abandon(self, task: Task) -> None:
+        pass  # an interrupted sweep is resumed by running it again
+
+    def unstarted(self) -> list[str]:
+        return [t.name for t in self.pending]
+
+
+@dataclass
+class Outcome:
+    finished: list[str] = field(default_factory=list)  # point names
+    failed: dict[str, str] = field(default_factory=dict)  # point name -> last reason
+    skipped: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+class Scheduler:
+    """Runs the points of a source over slots, one child process each; reports through ``display``.
+
+    Failed attempts keep their logs in ``log_dir`` (default: a new ``orch-logs-*`` folder in
+    the temporary directory, removed at the end when nothing failed).
+    """
+
+    def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
+                 log_dir: Path | None = None, idle_poll: float | None = None,
+                 on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND):
+        self.slots, self.fail_fast = slots, fail_fast
+        self.display = display or PlainDisplay(quiet=True)
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="orch-logs-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
+        self.on_idle = on_idle  # called while idle (with idle_poll); True: it did work, look again at once
+        self.processes = PointProcesses(self.log_dir, command=point_command)
+        self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
+        self.stop_requested = False
+        self.running: dict[int, Task] = {}  # slot index -> task
+        self.free: list[Slot] = []
+        self._stores: dict[str, TrackingStore] = {}
+
+    def store(self, uri: str) -> TrackingStore:
+        """The tracking store of a job's URI, opened once per scheduler."""
+        from orchestrator.tracking import TrackingStore
+
+        if uri not in self._stores:
+            self._stores[uri] = TrackingStore(uri)
+        return self._stores[uri]
+
+    def run(self, source: PointSource) -> Outcome:
+        """Run points until the source has none (or, with ``idle_poll``, until stopped)."""
+        outcome = Outcome()
+        self.running, self.free = {}, list(self.slots)
+        t0 = time.time()
+        self.display.start(source.total, self.slots)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._loop(source, outcome)
+            outcome.skipped = source.unstarted()
+        finally:
+            self.processes.close_spares()
+            with contextlib.suppress(OSError):
+                self.log_dir.rmdir()  # only when empty: nothing failed
+            if self.running or self.stop_requested:
+                outcome.interrupted = self.stop_requested
+                self._stop_all(source)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            outcome.seconds = time.time() - t0
+            self.display.stop()
+        return outcome
+
+    def _loop(self, source: PointSource, outcome: Outcome) -> None:
+        while not self.stop_requested:
+            self._fill_slots(source, outcome)
+            if not self.running:
+                if not self._wait_idle(outcome):
+                    return
+                continue
+            try:
+                task, event = self.events.get(timeout=EVENT_WAIT_SECONDS)
+            except queue.Empty:
+                self.display.tick()
+                continue
+            if event is not None:
+                self._on_event(task, event, source)
+            else:  # the child process has exited
+                del self.running[task.slot.index]
+                self.free.append(task.slot)
+                self.free.sort(key=lambda s: s.index)
+                self._on_exit(task, source, outcome)
+
+    def _halted(self, outcome: Outcome) -> bool:
+        return self.fail_fast and bool(outcome.failed)
+
+    def _fill_slots(self, source: PointSource, outcome: Outcome) -> None:
+        while self.free and not self._halted(outcome):
+            task = source.claim()
+            if task is None:
+                return
+            slot = self.free.pop(0)
+            self._spawn(task, slot)
+            self.running[slot.index] = task
+            self.display.started(task)
+            if not source.exhausted():
+                self.processes.start_spare(slot)
+
+    def _wait_idle(self, outcome: Outcome) -> bool:
+        """Nothing runs: False to stop, True after waiting (or after ``on_idle`` did some work)."""
+        if self.idle_poll is None or self._halted(outcome):
+            return False
+        if self.on_idle is not None and self.on_idle():
+            return True
+        time.sleep(self.idle_poll)
+        return True
+
+    def _spawn(self, task: Task, slot: Slot) -> None:
+        self.processes.launch(task, slot)
+        task.slot, task.started = slot, time.time()
+        threading.Thread(target=self._read_events, args=(task, task.proc), daemon=True).start()
+
+    def _read_events(self, task: Task, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                self.events.put((task, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # not an event: the child writes its chatter to stderr, but be safe
+        proc.wait()
+        self.events.put((task, None))  # the process is gone
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self.stop_requested:  # a second Ctrl-C: stop waiting politely
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        self.display.note("stopping: running points are being closed as KILLED (Ctrl-C again to force)")
+
+    def _on_event(self, task: Task, event: dict, source: PointSource) -> None:
+        kind = event.get("event")
+        if kind == "started":
+            task.run_id = event.get("run_id")
+            source.started(task)
+        elif kind == "epoch":
+            task.epoch, task.max_epochs = event.get("epoch", 0), event.get("max_epochs", 0)
+            task.last_f1 = event.get(DEFAULT_OBJECTIVE)
+            self.display.progress(task, event)
+        elif kind == "end":
+            task.summary = event.get("summary") or {}
+
+    def _on_exit(self, task: Task, source: PointSource, outcome: Outcome) -> None:
+        code = task.proc.returncode
+        if code == ExitCode.OK:
+            task.log_path.unlink(missing_ok=True)  # the run is in MLflow; logs of failures stay
+            source.finished(task)
+            outcome.finished.append(task.name)
+            self.display.finished(task)
+            return
+        reason = self._close_dead_run(task, code)
+        if code == ExitCode.INTERRUPTED and self.stop_requested:
+            source.abandon(task)
+        elif not self.stop_requested and source.failed(task, reason):
+            self.display.retrying(task, reason)
+        else:
+            outcome.failed[task.name] = reason
+            self.display.failed(task, reason)
+
+    def _close_dead_run(self, task: Task, code: int) -> str:
+        """Make sure the run of a child that did not finish is closed, and say why."""
+        if code == ExitCode.INTERRUPTED:
+            return "interrupted"
+        if code == ExitCode.FAILED:
+            recorded = self.store(task.job.uri).failure_reason(task.run_id) if task.run_id else None
+            reason = recorded or "training raised an exception"
+        elif code < 0:
+            reason = f"process died ({signal.Signals(-code).name})"
+        else:
+            reason = f"process exited with code {code}"
+        if task.run_id:
+            self.store(task.job.uri).close_if_live(task.run_id, Status.FAILED, reason, _log_tail(task))
+        else:
+            reason += f" before its MLflow run started; log: {task.log_path}"
+            tail = _log_tail(task).strip().splitlines()
+            if tail:
+                reason += f" ({tail[-1][:300]})"
+        return reason
+
+    def _stop_all(self, source: PointSource) -> None:
+        """SIGTERM every child, wait for them to close their runs KILLED, then make sure."""
+        tasks = list(self.running.values())
+        self.processes.stop(t.proc for t in tasks if t.proc)
+        self._drain_run_ids()
+        for task in tasks:
+            if task.run_id:
+                self.store(task.job.uri).close_if_live(task.run_id, Status.KILLED, "interrupted: the sweep was stopped")
+            source.abandon(task)
+
+    def _drain_run_ids(self) -> None:
+        """Run ids of children that started their run after the last event was read."""
+        while True:
+            try:
+                task, event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if event and event.get("event") == "started":
+                task.run_id = event.get("run_id")
+
+
+def _log_tail(task: Task, lines: int = 60) -> str:
+    try:
+        return "\n".join(task.log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,186 @@
+"""The scheduler over a real ListSource and real child processes, in about a second.
+
+The children are a stand-in for ``python -m orchestrator.point`` that speaks the same
+protocol (the job as JSON on stdin, events as JSON lines on stdout, the exit code) but
+trains nothing, so each starts in milliseconds instead of seconds of torch and mlflow
+imports. What the real point process does is tested end to end in test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.display import PlainDisplay
+from orchestrator.queue import QueueSource
+from orchestrator.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
+
+STAND_IN = r"""
+import json, os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))  # as the real point closes its run KILLED
+with open(os.environ["STAND_IN_PIDS"], "a") as fh:
+    fh.write(f"{os.getpid()}\n")
+text = sys.stdin.read()  # a spare waits here
+if not text.strip():
+    sys.exit(0)
+plan = json.loads(text)["config"]
+for epoch in range(1, plan.get("epochs", 1) + 1):
+    print(json.dumps({"event": "epoch", "epoch": epoch, "max_epochs": plan.get("epochs", 1)}), flush=True)
+    time.sleep(plan.get("sleep", 0))
+if plan.get("signal"):
+    os.kill(os.getpid(), plan["signal"])
+print(f"stand-in exits with {plan.get('exit', 0)}", file=sys.stderr)
+print(json.dumps({"event": "end", "summary": {"pid": os.getpid()}}), flush=True)
+sys.exit(plan.get("exit", 0))
+"""
+
+
+class Recorder(PlainDisplay):
+    """A quiet display that keeps the order of what happened."""
+
+    def __init__(self, on_progress=None):
+        super().__init__(quiet=True)
+        self.log: list[tuple[str, str]] = []
+        self.done: list[Task] = []
+        self.on_progress = on_progress
+
+    def started(self, task: Task) -> None:
+        self.log.append(("start", f"{task.name}#{task.attempt}"))
+
+    def progress(self, task: Task, event: dict) -> None:
+        if self.on_progress:
+            self.on_progress()
+
+    def finished(self, task: Task) -> None:
+        self.log.append(("done", task.name))
+        self.done.append(task)
+
+    def retrying(self, task: Task, reason: str) -> None:
+        self.log.append(("retry", task.name))
+
+    def failed(self, task: Task, reason: str) -> None:
+        self.log.append(("failed", task.name))
+
+
+def job(name: str, **plan) -> Job:
+    return Job(name, plan, uri="sqlite:///unused.db", experiment_id="0", parent_run_id=None, tags={})
+
+
+@pytest.fixture
+def pids(tmp_path, monkeypatch) -> Path:
+    """A file where every stand-in process writes its pid as it starts."""
+    path = tmp_path / "pids"
+    path.touch()
+    monkeypatch.setenv("STAND_IN_PIDS", str(path))
+    monkeypatch.setenv("ORCH_SPARES", "1")
+    return path
+
+
+def scheduler(tmp_path: Path, n_slots: int, display: Recorder, **kwargs) -> Scheduler:
+    slots = [Slot(i, None, 1) for i in range(n_slots)]
+    return Scheduler(slots=slots, display=display, log_dir=tmp_path / "logs",
+                     point_command=[sys.executable, "-c", STAND_IN], **kwargs)
+
+
+def started_pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+@pytest.mark.parametrize("spares, n_processes", [("1", 6), ("0", 5)])
+def test_every_point_runs_once_in_its_own_process_and_nothing_is_left(tmp_path, pids, monkeypatch, spares,
+                                                                     n_processes):
+    monkeypatch.setenv("ORCH_SPARES", spares)
+    display = Recorder()
+    names = [f"p{i}" for i in range(5)]
+    outcome = scheduler(tmp_path, 2, display).run(ListSource([job(n, sleep=0.05) for n in names], max_retries=0))
+    assert sorted(outcome.finished) == names and not outcome.failed and not outcome.skipped
+    assert not outcome.interrupted
+    done_pids = {t.summary["pid"] for t in display.done}
+    assert len(done_pids) == 5  # one process per point
+    every = started_pids(pids)
+    # With spares: a spare after each claim but the last (4), of which the last 3 points use 3.
+    assert len(every) == n_processes and done_pids <= set(every)
+    for pid in every:  # spares included, every child has exited and been reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "logs").exists()  # nothing failed: no log is kept
+
+
+def test_failed_point_is_retried_first_then_recorded_with_its_log(tmp_path, pids):
+    display = Recorder()
+    source = ListSource([job("bad", exit=3), job("good")], max_retries=2)
+    outcome = scheduler(tmp_path, 1, display).run(source)
+    assert display.log == [("start", "bad#1"), ("retry", "bad"), ("start", "bad#2"), ("retry", "bad"),
+                           ("start", "bad#3"), ("failed", "bad"), ("start", "good#1"), ("done", "good")]
+    reason = outcome.failed["bad"]
+    assert "process exited with code 3 before its MLflow run started" in reason
+    assert "stand-in exits with 3" in reason  # the last line of the point's log
+    assert outcome.finished == ["good"]
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*.log"))
+    assert [n for n in logs if not n.startswith("spare-")] == ["bad-attempt1.log", "bad-attempt2.log",
+                                                              "bad-attempt3.log"]
+
+
+def test_fail_fast_starts_nothing_after_the_first_failure(tmp_path, pids):
+    display = Recorder()
+    source = ListSource([job("bad", exit=1), job("a"), job("b")], max_retries=0)
+    outcome = scheduler(tmp_path, 1, display, fail_fast=True).run(source)
+    assert list(outcome.failed) == ["bad"] and outcome.skipped == ["a", "b"] and not outcome.finished
+
+
+def test_a_point_killed_by_a_signal_is_reported_as_such(tmp_path, pids):
+    outcome = scheduler(tmp_path, 1, Recorder()).run(ListSource([job("x", signal=signal.SIGKILL)], max_retries=0))
+    assert outcome.failed["x"].startswith("process died (SIGKILL)")
+
+
+def test_ctrl_c_stops_running_points_and_abandons_them(tmp_path, pids):
+    abandoned: list[str] = []
+
+    class Source(ListSource):
+        def abandon(self, task: Task) -> None:
+            abandoned.append(task.name)
+
+    display = Recorder(on_progress=lambda: os.kill(os.getpid(), signal.SIGINT))
+    outcome = scheduler(tmp_path, 1, display).run(Source([job("long", epochs=2, sleep=60)], max_retries=0))
+    assert outcome.interrupted and not outcome.failed and not outcome.finished
+    assert abandoned == ["long"]
+    assert outcome.seconds < 30  # the child was stopped, not waited for
+
+
+def test_idle_scheduler_polls_until_stopped(tmp_path, pids):
+    """A worker with --wait: idle, it asks ``on_idle`` and claims again, until Ctrl-C."""
+    source = ListSource([], max_retries=0)
+    calls: list[int] = []
+
+    def on_idle() -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            source.pending.append(Task(job("late")))  # queued while the worker waited
+            return True
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    outcome = scheduler(tmp_path, 1, Recorder(), idle_poll=0.01, on_idle=on_idle).run(source)
+    assert outcome.finished == ["late"] and outcome.interrupted and len(calls) == 2
+
+
+def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
+    slots = plan_slots(1, ["0", "1"], 2, "auto")
+    assert [(s.index, s.gpu, s.label) for s in slots] == [(0, "0", "gpu0"), (1, "0", "gpu0"),
+                                                          (2, "1", "gpu1"), (3, "1", "gpu1")]
+    cpu = plan_slots(2, ["0"], 2, "cpu")
+    assert [(s.gpu, s.label) for s in cpu] == [(None, "cpu0"), (None, "cpu1")]
+    assert all(s.threads >= 1 for s in cpu)
+
+
+@pytest.mark.parametrize("source", [ListSource, QueueSource])
+def test_sources_implement_the_whole_protocol(source):
+    """Each source defines every method itself: none falls back to the protocol's empty stub."""
+    methods = ("claim", "exhausted", "started", "finished", "failed", "abandon", "unstarted")
+    assert PointSource in source.__mro__  # declared, not only matched by shape
+    assert [m for m in methods if m not in vars(source)] == []
