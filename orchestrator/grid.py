@@ -61,10 +61,12 @@ from orchestrator.grid_expand import (
     varying_keys,
 )
 from orchestrator.grid_reader import GridReader
+from orchestrator.grid_size import DEFAULT_MAX_POINTS, check_size
 from orchestrator.run_names import describe_point, format_value, run_name
 from orchestrator.tune_space import DEFAULT_METRIC, DEFAULT_SPACE, ParamSpace, TuneSpec, read_tune
 
 __all__ = [
+    "DEFAULT_MAX_POINTS",
     "DEFAULT_METRIC",
     "DEFAULT_SPACE",
     "ParamSpace",
@@ -102,6 +104,7 @@ def load_grid(
     overrides: Sequence[str] = (),
     *,
     check_data: bool = True,
+    max_points: int | None = DEFAULT_MAX_POINTS,
 ) -> SweepSpec:
     """Read, validate and expand a grid file.
 
@@ -111,12 +114,15 @@ def load_grid(
             value, another key overrides ``base``, ``seed=N`` replaces ``seeds``.
         check_data: also check that dataset folders exist; ``False`` for a dry run
             on a machine without the data (every other check still runs).
+        max_points: refuse a grid of more points (settings × seeds, counted before
+            ``exclude``) before any of them is built; None: no limit (``--max-points``).
 
     Returns:
         The sweep with every run resolved, in expansion order.
 
     Raises:
-        ConfigError: the first problem found, naming the key path in the grid file.
+        ConfigError: the first problem found, naming the key path in the grid file, or a
+            grid of more than ``max_points`` points, naming how many and how they arise.
 
     Example:
         >>> spec = load_grid("experiments/grids/demo.yaml")  # doctest: +SKIP
@@ -128,6 +134,7 @@ def load_grid(
     doc = read_yaml(path, "grid file")
     g = GridReader(doc.source, doc.lines)
     sections = apply_overrides(g, overrides, g.sections(doc.data))
+    check_size(g, sections, max_points)  # from the axis lengths, before anything is expanded
     settings = expand_settings(g, sections)
     axes = varying_keys(settings, sections.axes)
     resolved = resolve_settings(g, sections.base, settings, sections.axes, axes, check_data)

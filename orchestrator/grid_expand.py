@@ -96,10 +96,8 @@ def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
     if axes or not includes:
         keys = list(axes)
         product = [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k][0] for k in keys))]
-        kept = [
-            p for p in product
-            if not any(all(p[k] == v for k, (v, _) in e.items()) for e in sections.excludes)
-        ]
+        excluded = _exclude_lookup(sections.excludes)
+        kept = [p for p in product if not any(tuple(p[k] for k in ks) in values for ks, values in excluded)]
         if product and not kept:
             g.fail(
                 "exclude",
@@ -112,6 +110,16 @@ def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
         values = {k: v for k, (v, _) in entry.items()}
         settings.append(Setting(values, f"include[{i}]", base_where | {k: p for k, (_, p) in entry.items()}))
     return settings
+
+
+def _exclude_lookup(excludes: Sequence[Mapping[str, Located]]) -> list[tuple[tuple[str, ...], set[tuple]]]:
+    """Exclude entries grouped by the axes they name, each group a set of value tuples: a
+    point is then checked against every group in one lookup, not against every entry."""
+    groups: dict[tuple[str, ...], set[tuple]] = {}
+    for entry in excludes:
+        keys = tuple(sorted(entry))
+        groups.setdefault(keys, set()).add(tuple(entry[k][0] for k in keys))
+    return list(groups.items())
 
 
 def varying_keys(settings: Sequence[Setting], axes: Mapping[str, Any]) -> tuple[str, ...]:
