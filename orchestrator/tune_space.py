@@ -50,6 +50,9 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "schedule.gamma": {"type": "float", "low": 0.05, "high": 0.9, "log": True},
 }
 SPACE_EXAMPLE = "e.g. {type: float, low: 0.05, high: 0.9, log: true}"
+# Every bound and choice is checked in every setting (build + check, ~0.2 ms each here):
+# this caps that work at about 2 s, far above any real study (14 settings × 4 bounds).
+MAX_SPACE_CHECKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,22 @@ class _SpaceReader:
                 f"expected a mapping of dotted keys to ranges, got {raw!r}; "
                 "e.g. schedule.gamma: {type: float, low: 0.05, high: 0.9, log: true}, or omit space for the default",
             )
+        self._check_work(raw)
         return tuple(self.param(str(k), v) for k, v in raw.items())
+
+    def _check_work(self, raw: Mapping[str, Any]) -> None:
+        """Refuse a space whose bounds and choices, checked in every setting, would take
+        more than MAX_SPACE_CHECKS config checks."""
+        def n_values(entry: Any) -> int:
+            choices = entry.get("choices") if isinstance(entry, dict) else None
+            return len(choices) if isinstance(choices, list) else 2
+        values = sum(n_values(v) for v in raw.values())
+        checks = values * len(self.flat_configs)
+        if checks > MAX_SPACE_CHECKS:
+            self.g.fail("tune.space", f"its {values:,} bounds and choices, each checked in the grid's "
+                                      f"{len(self.flat_configs):,} settings, make {checks:,} config checks, over "
+                                      f"the limit of {MAX_SPACE_CHECKS:,}; tune fewer settings (pin axes with "
+                                      "--set) or list fewer choices")
 
     def param(self, key: str, raw: Any) -> ParamSpace:
         g, path = self.g, f"tune.space.{key}"
