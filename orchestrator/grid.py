@@ -26,7 +26,11 @@ Semantics:
   the second, ... so a sweep cut short still covers every setting.
 * ``overrides`` (``--set key=value``) pin a key for the whole sweep: a grid axis
   shrinks to that one value, any other key overrides ``base``; ``include`` entries
-  that give the key another value are dropped; ``seed=N`` replaces ``seeds``.
+  that give the key another value are dropped; ``seed=N`` replaces ``seeds`` (and
+  ``tune.seeds``).
+* A grid of more than ``max_points`` points (10,000 by default; settings × seeds,
+  counted before ``exclude``) is refused before anything is expanded
+  (:mod:`orchestrator.grid_size`).
 
 Everything is validated before anything runs: :func:`load_grid` raises
 :class:`~experiments.config.ConfigError` with ``source`` = the grid file and ``key`` =
@@ -46,6 +50,7 @@ validation must stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -111,7 +116,7 @@ def load_grid(
     Args:
         path: the grid YAML.
         overrides: ``"key=value"`` strings (``--set``): a grid axis shrinks to that one
-            value, another key overrides ``base``, ``seed=N`` replaces ``seeds``.
+            value, another key overrides ``base``, ``seed=N`` replaces ``seeds`` (and ``tune.seeds``).
         check_data: also check that dataset folders exist; ``False`` for a dry run
             on a machine without the data (every other check still runs).
         max_points: refuse a grid of more points (settings × seeds, counted before
@@ -140,6 +145,8 @@ def load_grid(
     resolved = resolve_settings(g, sections.base, settings, sections.axes, axes, check_data)
     runs = seed_major_runs(resolved, sections.seeds)
     tune = read_tune(g, sections.tune, [r.config for r in resolved], axes, check_data)
+    if tune is not None and sections.seed_pinned:  # --set seed=N pins the tuning seed too
+        tune = dataclasses.replace(tune, seeds=sections.seeds)
     return SweepSpec(
         name=sections.name,
         path=doc.source,

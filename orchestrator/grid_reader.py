@@ -43,6 +43,7 @@ class GridSections:
     includes: list[tuple[int, dict[str, Located]]]  # (index in the file, entry)
     excludes: list[dict[str, Located]]
     tune: Any  # the raw ``tune`` section (None without one); read by orchestrator.tune_space
+    seed_pinned: bool = False  # --set seed=N: it replaces tune.seeds too
 
 
 def suggest(word: str, options: Iterable[str]) -> str:
