@@ -26,7 +26,11 @@ Semantics:
   the second, ... so a sweep cut short still covers every setting.
 * ``overrides`` (``--set key=value``) pin a key for the whole sweep: a grid axis
   shrinks to that one value, any other key overrides ``base``; ``include`` entries
-  that give the key another value are dropped; ``seed=N`` replaces ``seeds``.
+  that give the key another value are dropped; ``seed=N`` replaces ``seeds`` (and
+  ``tune.seeds``).
+* A grid of more than ``max_points`` points (10,000 by default; settings × seeds,
+  counted before ``exclude``) is refused before anything is expanded
+  (:mod:`orchestrator.grid_size`).
 
 Everything is validated before anything runs: :func:`load_grid` raises
 :class:`~experiments.config.ConfigError` with ``source`` = the grid file and ``key`` =
@@ -46,6 +50,7 @@ validation must stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -61,10 +66,12 @@ from orchestrator.grid_expand import (
     varying_keys,
 )
 from orchestrator.grid_reader import GridReader
+from orchestrator.grid_size import DEFAULT_MAX_POINTS, check_size
 from orchestrator.run_names import describe_point, format_value, run_name
 from orchestrator.tune_space import DEFAULT_METRIC, DEFAULT_SPACE, ParamSpace, TuneSpec, read_tune
 
 __all__ = [
+    "DEFAULT_MAX_POINTS",
     "DEFAULT_METRIC",
     "DEFAULT_SPACE",
     "ParamSpace",
@@ -102,21 +109,25 @@ def load_grid(
     overrides: Sequence[str] = (),
     *,
     check_data: bool = True,
+    max_points: int | None = DEFAULT_MAX_POINTS,
 ) -> SweepSpec:
     """Read, validate and expand a grid file.
 
     Args:
         path: the grid YAML.
         overrides: ``"key=value"`` strings (``--set``): a grid axis shrinks to that one
-            value, another key overrides ``base``, ``seed=N`` replaces ``seeds``.
+            value, another key overrides ``base``, ``seed=N`` replaces ``seeds`` (and ``tune.seeds``).
         check_data: also check that dataset folders exist; ``False`` for a dry run
             on a machine without the data (every other check still runs).
+        max_points: refuse a grid of more points (settings × seeds, counted before
+            ``exclude``) before any of them is built; None: no limit (``--max-points``).
 
     Returns:
         The sweep with every run resolved, in expansion order.
 
     Raises:
-        ConfigError: the first problem found, naming the key path in the grid file.
+        ConfigError: the first problem found, naming the key path in the grid file, or a
+            grid of more than ``max_points`` points, naming how many and how they arise.
 
     Example:
         >>> spec = load_grid("experiments/grids/demo.yaml")  # doctest: +SKIP
@@ -128,11 +139,14 @@ def load_grid(
     doc = read_yaml(path, "grid file")
     g = GridReader(doc.source, doc.lines)
     sections = apply_overrides(g, overrides, g.sections(doc.data))
+    check_size(g, sections, max_points)  # from the axis lengths, before anything is expanded
     settings = expand_settings(g, sections)
     axes = varying_keys(settings, sections.axes)
     resolved = resolve_settings(g, sections.base, settings, sections.axes, axes, check_data)
     runs = seed_major_runs(resolved, sections.seeds)
     tune = read_tune(g, sections.tune, [r.config for r in resolved], axes, check_data)
+    if tune is not None and sections.seed_pinned:  # --set seed=N pins the tuning seed too
+        tune = dataclasses.replace(tune, seeds=sections.seeds)
     return SweepSpec(
         name=sections.name,
         path=doc.source,

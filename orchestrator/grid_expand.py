@@ -64,9 +64,9 @@ class ResolvedSetting:
 def apply_overrides(g: GridReader, overrides: Sequence[str], sections: GridSections) -> GridSections:
     """``--set key=value`` on top of the file: a grid axis shrinks to that one value, any
     other key overrides ``base``, include entries that give the key another value are
-    dropped, and ``seed=N`` replaces ``seeds``."""
+    dropped, and ``seed=N`` replaces ``seeds`` (and ``tune.seeds``)."""
     base, axes, includes = dict(sections.base), dict(sections.axes), list(sections.includes)
-    seeds = sections.seeds
+    seeds, seed_pinned = sections.seeds, sections.seed_pinned
     for item in overrides:
         try:
             key, raw = parse_override(item)
@@ -77,7 +77,7 @@ def apply_overrides(g: GridReader, overrides: Sequence[str], sections: GridSecti
         if key == "seed":
             if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < MAX_SEED:
                 g.fail(where, f"expected a seed, an integer from 0, got {raw!r}; e.g. --set seed=1")
-            seeds = (raw,)
+            seeds, seed_pinned = (raw,), True
             continue
         value = g.coerce(key, raw, where, one_value="--set gives one value")
         if key in axes:
@@ -85,7 +85,8 @@ def apply_overrides(g: GridReader, overrides: Sequence[str], sections: GridSecti
         else:
             base[key] = (value, where)
         includes = [(i, e) for i, e in includes if key not in e or e[key][0] == value]
-    return dataclasses.replace(sections, base=base, axes=axes, seeds=seeds, includes=includes)
+    return dataclasses.replace(sections, base=base, axes=axes, seeds=seeds, includes=includes,
+                               seed_pinned=seed_pinned)
 
 
 def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
@@ -96,10 +97,8 @@ def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
     if axes or not includes:
         keys = list(axes)
         product = [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k][0] for k in keys))]
-        kept = [
-            p for p in product
-            if not any(all(p[k] == v for k, (v, _) in e.items()) for e in sections.excludes)
-        ]
+        excluded = _exclude_lookup(sections.excludes)
+        kept = [p for p in product if not any(tuple(p[k] for k in ks) in values for ks, values in excluded)]
         if product and not kept:
             g.fail(
                 "exclude",
@@ -112,6 +111,16 @@ def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
         values = {k: v for k, (v, _) in entry.items()}
         settings.append(Setting(values, f"include[{i}]", base_where | {k: p for k, (_, p) in entry.items()}))
     return settings
+
+
+def _exclude_lookup(excludes: Sequence[Mapping[str, Located]]) -> list[tuple[tuple[str, ...], set[tuple]]]:
+    """Exclude entries grouped by the axes they name, each group a set of value tuples: a
+    point is then checked against every group in one lookup, not against every entry."""
+    groups: dict[tuple[str, ...], set[tuple]] = {}
+    for entry in excludes:
+        keys = tuple(sorted(entry))
+        groups.setdefault(keys, set()).add(tuple(entry[k][0] for k in keys))
+    return list(groups.items())
 
 
 def varying_keys(settings: Sequence[Setting], axes: Mapping[str, Any]) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ class GridSections:
     includes: list[tuple[int, dict[str, Located]]]  # (index in the file, entry)
     excludes: list[dict[str, Located]]
     tune: Any  # the raw ``tune`` section (None without one); read by orchestrator.tune_space
+    seed_pinned: bool = False  # --set seed=N: it replaces tune.seeds too
 
 
 def suggest(word: str, options: Iterable[str]) -> str:
@@ -62,6 +63,8 @@ def field_kind(key: str) -> str:
 
 def _looks_plain(text: str) -> bool:
     """Whether a quoted string would read as a number or a boolean without its quotes."""
+    if len(text) > 40:  # no number or boolean is this long; a long string is not parsed again
+        return False
     try:
         return not isinstance(yaml.safe_load(text), str)
     except yaml.YAMLError:
@@ -212,34 +215,38 @@ class GridReader:
                 f"write e.g. {key}: [[16, 32, 64], [32, 64, 128]]",
             )
         checked: list[Any] = []
+        seen: set[Any] = set()  # config values are hashable; a set keeps a long axis linear
         for i, value in enumerate(values):
             at = f"{path}[{i}]"
             value = self.coerce(key, value, path, at=at, one_value="an axis value is a single value")
-            if value in checked:
+            if value in seen:
                 self.fail(path, f"{format_value(value)} appears twice in the axis; remove the duplicate", at=at)
+            seen.add(value)
             checked.append(value)
         return checked
 
-    def seeds(self, raw: Any) -> tuple[int, ...]:
+    def seeds(self, raw: Any, key: str = "seeds") -> tuple[int, ...]:
+        """A list of distinct seeds in [0, 2**32); ``key``: where it is (``seeds``, ``tune.seeds``)."""
         if isinstance(raw, int) and not isinstance(raw, bool):
             like = f"seeds: [{', '.join(map(str, range(raw)))}]" if 0 < raw <= 10 else "seeds: [0, 1, 2]"
-            self.fail("seeds", f"expected a list of seeds, got the single number {raw}; use a list, e.g. {like}")
+            self.fail(key, f"expected a list of seeds, got the single number {raw}; use a list, e.g. {like}")
         if not isinstance(raw, list):
-            self.fail("seeds", f"expected a list of integers, got {raw!r}; use a list, {SEEDS_EXAMPLE}")
+            self.fail(key, f"expected a list of integers, got {raw!r}; use a list, {SEEDS_EXAMPLE}")
         if not raw:
-            self.fail("seeds", f"the list is empty; give at least one seed, {SEEDS_EXAMPLE}, or omit seeds for [0]")
-        seeds: list[int] = []
+            default = "[0]" if key == "seeds" else "the grid's first seed"
+            self.fail(key, f"the list is empty; give at least one seed, {SEEDS_EXAMPLE}, or omit {key} for {default}")
+        seeds: dict[int, None] = {}  # ordered, and linear on a long list
         for i, seed in enumerate(raw):
-            at = f"seeds[{i}]"
+            at = f"{key}[{i}]"
             if isinstance(seed, bool) or not isinstance(seed, int):
-                self.fail("seeds", f"seed {seed!r} is not an integer; use whole numbers, {SEEDS_EXAMPLE}", at=at)
+                self.fail(key, f"seed {seed!r} is not an integer; use whole numbers, {SEEDS_EXAMPLE}", at=at)
             if seed < 0:
-                self.fail("seeds", f"seed {seed} is negative; seeds are integers from 0, {SEEDS_EXAMPLE}", at=at)
+                self.fail(key, f"seed {seed} is negative; seeds are integers from 0, {SEEDS_EXAMPLE}", at=at)
             if seed >= MAX_SEED:
-                self.fail("seeds", f"seed {seed} is too large; use seeds below 2**32", at=at)
+                self.fail(key, f"seed {seed} is too large; use seeds below 2**32", at=at)
             if seed in seeds:
-                self.fail("seeds", f"seed {seed} appears twice; each seed is one repeat: remove the duplicate", at=at)
-            seeds.append(seed)
+                self.fail(key, f"seed {seed} appears twice; each seed is one repeat: remove the duplicate", at=at)
+            seeds[seed] = None
         return tuple(seeds)
 
     def entries(self, raw: Any, section: str) -> list[dict[str, Located]]:
@@ -266,13 +273,15 @@ class GridReader:
     def excludes(self, raw: Any, axes: dict[str, tuple[list[Any], str]]) -> list[dict[str, Located]]:
         """``exclude`` entries, each naming grid axes and values of them only."""
         excludes = self.entries(raw, "exclude")
+        values = {key: set(axis) for key, (axis, _) in axes.items()}
         for entry in excludes:
             for key, (value, path) in entry.items():
                 if key not in axes:
                     valid = f"axes: {', '.join(axes)}" if axes else "this grid has none; remove exclude"
                     self.fail(path, f"{key} is not a grid axis; exclude entries name grid axes only ({valid})")
-                if value not in axes[key][0]:
-                    shown = ", ".join(format_value(v) for v in axes[key][0])
+                if value not in values[key]:
+                    shown = ", ".join(format_value(v) for v in axes[key][0][:10]) + (
+                        ", …" if len(axes[key][0]) > 10 else "")
                     self.fail(path, f"{format_value(value)} is not a value of the axis ({shown}), so the entry "
                                     "excludes nothing; fix the value or remove the entry")
         return excludes

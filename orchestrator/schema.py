@@ -10,7 +10,9 @@ run carries (the README's "What one run records" lists it for users):
 * tune parent (one per Optuna study): ``Tag.KIND=tune``, ``Tag.STUDY``, ``Tag.STORAGE``
   (redacted), ``best.<key>`` tags; artifacts ``grid.yaml``, ``space.json``,
   ``trials.csv``, ``plots/``. Its children are trials (``Tag.KIND=trial``, ``Tag.TRIAL``,
-  ``Tag.TRIAL_STATE``).
+  ``Tag.TRIAL_STATE``). A trial over several seeds (``tune.seeds``, ``Tag.SEEDS``) holds
+  the mean summary metrics, and its children are its training runs, one per seed
+  (``Tag.KIND=trial_seed``); with one seed the trial's run is its training run.
 * point (child of a sweep) or standalone run: ``Tag.KIND``, ``Tag.RUN_KEY``, ``Tag.POINT``,
   ``Tag.SETTING``, ``Tag.ATTEMPT``, ``Tag.HOST``/``Tag.PID``; params are the resolved
   config as dotted keys; metrics ``epoch/*`` and the summary metrics.
@@ -63,6 +65,7 @@ class Tag:
     PRUNER = "orch.pruner"
     N_TRIALS = "orch.n_trials"
     SEED = "orch.seed"
+    SEEDS = "orch.seeds"  # a tuning study's or trial's seeds, "0,1,2": each trial trains every one
     BEST_RUN_ID = "orch.best_run_id"
     BEST_PREFIX = "best."  # best.<dotted key>: the best trial's value of a searched key
     # MLflow's own tags that orch sets
@@ -84,6 +87,7 @@ class Kind:
     RUN = "run"  # orch run
     POINT = "point"  # a sweep's point
     TRIAL = "trial"  # an orch tune trial
+    TRIAL_SEED = "trial_seed"  # one seed's training run of a trial over several seeds (child of the trial)
     SWEEP = "sweep"  # a sweep's parent
     TUNE = "tune"  # a tuning study's parent
 
@@ -170,6 +174,7 @@ class StudyAttr:
     SETTING = Tag.SETTING
     FIXED_CONFIG = "orch.fixed_config"
     WORKER_JOB = "orch.worker_job"
+    SEEDS = Tag.SEEDS  # [0, 1, 2]: the seeds every trial trains (absent: the fixed config's seed)
 
 
 def tag_filter(key: str, value: str, op: str = "=") -> str:

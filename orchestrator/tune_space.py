@@ -6,6 +6,7 @@ A grid's ``tune`` section (every key optional)::
       metric: val_f1_macro    # a summary metric of a run (default)
       direction: maximize     # or minimize
       n_trials: 30            # per study (default: --n-trials, else 20)
+      seeds: [0, 1, 2]        # every trial trains each; its value is their mean (default: the grid's first seed)
       space:                  # dotted config key → a range or a list of choices
         schedule.gamma: {type: float, low: 0.05, high: 0.9, log: true}
         optim.lr: {type: float, low: 0.01, high: 0.5, step: 0.01}
@@ -26,6 +27,7 @@ nor optuna: a :class:`ParamSpace` draws from the trial it is handed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_METRIC", "DEFAULT_SPACE", "ParamSpace", "TuneSpec", "read_tune", "tune_spec"]
 
-TUNE_KEYS = ("metric", "direction", "n_trials", "space")
+TUNE_KEYS = ("metric", "direction", "n_trials", "seeds", "space")
 SPACE_FIELDS = ("type", "low", "high", "log", "step", "choices")
 SPACE_TYPES = ("int", "float", "categorical")
 DIRECTIONS = ("maximize", "minimize")
@@ -50,6 +52,9 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "schedule.gamma": {"type": "float", "low": 0.05, "high": 0.9, "log": True},
 }
 SPACE_EXAMPLE = "e.g. {type: float, low: 0.05, high: 0.9, log: true}"
+# Every bound and choice is checked in every setting (build + check, ~0.2 ms each here):
+# this caps that work at about 2 s, far above any real study (14 settings × 4 bounds).
+MAX_SPACE_CHECKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,13 @@ class TuneSpec:
     direction: str  # "maximize" | "minimize"
     n_trials: int | None
     space: tuple[ParamSpace, ...]
+    seeds: tuple[int, ...] | None = None  # every trial trains each; None: the grid's first seed (tune_spec)
 
 
 def tune_spec(spec: SweepSpec) -> TuneSpec:
     """What ``orch tune`` searches for ``spec``: its ``tune`` section, read when the grid
     was loaded, or else the section ``tune: {}`` (the default space, ``val_f1_macro``
-    maximised), read now through the same checks.
+    maximised), read now through the same checks; ``seeds`` left out is the grid's first seed.
 
     Raises:
         ConfigError: every key of the default space is a grid axis, or the metric is
@@ -102,7 +108,7 @@ def tune_spec(spec: SweepSpec) -> TuneSpec:
     if tune.metric not in names.SUMMARY_METRICS:
         raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of "
                           f"{', '.join(names.SUMMARY_METRICS)}", key="tune.metric", source=spec.path)
-    return tune
+    return dataclasses.replace(tune, seeds=tune.seeds or spec.seeds[:1])
 
 
 def read_tune(
@@ -127,9 +133,10 @@ def read_tune(
     n_trials = raw.get("n_trials")
     if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
         g.fail("tune.n_trials", f"expected a positive integer, got {n_trials!r}; e.g. n_trials: 30, or omit it")
+    seeds = g.seeds(raw["seeds"], "tune.seeds") if "seeds" in raw else None
     reader = _SpaceReader(g, configs, axes, check_data)
     space = reader.space(raw["space"]) if "space" in raw else reader.default_space()
-    return TuneSpec(metric=metric.strip(), direction=direction, n_trials=n_trials, space=space)
+    return TuneSpec(metric=metric.strip(), direction=direction, n_trials=n_trials, space=space, seeds=seeds)
 
 
 def _is_number(value: Any, kind: str) -> bool:
@@ -162,7 +169,22 @@ class _SpaceReader:
                 f"expected a mapping of dotted keys to ranges, got {raw!r}; "
                 "e.g. schedule.gamma: {type: float, low: 0.05, high: 0.9, log: true}, or omit space for the default",
             )
+        self._check_work(raw)
         return tuple(self.param(str(k), v) for k, v in raw.items())
+
+    def _check_work(self, raw: Mapping[str, Any]) -> None:
+        """Refuse a space whose bounds and choices, checked in every setting, would take
+        more than MAX_SPACE_CHECKS config checks."""
+        def n_values(entry: Any) -> int:
+            choices = entry.get("choices") if isinstance(entry, dict) else None
+            return len(choices) if isinstance(choices, list) else 2
+        values = sum(n_values(v) for v in raw.values())
+        checks = values * len(self.flat_configs)
+        if checks > MAX_SPACE_CHECKS:
+            self.g.fail("tune.space", f"its {values:,} bounds and choices, each checked in the grid's "
+                                      f"{len(self.flat_configs):,} settings, make {checks:,} config checks, over "
+                                      f"the limit of {MAX_SPACE_CHECKS:,}; tune fewer settings (pin axes with "
+                                      "--set) or list fewer choices")
 
     def param(self, key: str, raw: Any) -> ParamSpace:
         g, path = self.g, f"tune.space.{key}"

@@ -9,6 +9,7 @@ functions that need it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -18,7 +19,7 @@ from orchestrator import processes
 from orchestrator.errors import UserError
 from orchestrator.grid import SweepSpec
 from orchestrator.run_names import run_name
-from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
+from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
 from orchestrator.tracking import TrackingStore
 from orchestrator.tune_space import ParamSpace, TuneSpec
 
@@ -32,14 +33,15 @@ class StudyPlan:
 
     name: str  # Optuna study name = MLflow parent run name
     setting: str  # "model.norm=bn" ("" for a grid without axes)
-    config: RunConfig  # the setting's config with the grid's first seed
+    config: RunConfig  # the setting's config with the first tuning seed
 
 
 # ---------------------------------------------------------------- which studies
 
 
-def plan_studies(spec: SweepSpec, study_name: str | None = None) -> list[StudyPlan]:
-    """One study per distinct setting of the grid, each with the grid's first seed.
+def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | None = None) -> list[StudyPlan]:
+    """One study per distinct setting of the grid, its config with ``seed`` (default: the
+    grid's first seed; :func:`orchestrator.tune_space.tune_spec` gives the first tuning seed).
 
     Names: ``<grid name>-<setting run name>`` (``tune-demo-bn``; the grid name alone when the
     grid has no axes), or ``--study`` (suffixed ``-<setting run name>`` with several settings).
@@ -58,7 +60,8 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None) -> list[StudyPl
         if name in used:  # two settings whose names sanitise alike
             name = f"{name}-{r.index}"
         used.add(name)
-        plans.append(StudyPlan(name=name, setting=r.setting, config=r.config))
+        config = r.config if seed is None else dataclasses.replace(r.config, seed=seed)
+        plans.append(StudyPlan(name=name, setting=r.setting, config=config))
     return plans
 
 
@@ -83,13 +86,14 @@ def make_sampler(name: str, seed: int, n_trials: int):
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, max_epochs: int):
+def make_pruner(name: str, max_steps: int):
+    """``max_steps``: the last step a trial reports, max_epochs × the number of tuning seeds."""
     import optuna
 
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
@@ -100,8 +104,8 @@ def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str
     """Create the study, or load it and check that it optimises the same thing.
 
     Raises:
-        ConfigError: the stored study was made for another metric, direction or fixed
-            config, or not by ``orch tune``.
+        ConfigError: the stored study was made for another metric, direction, fixed
+            config or seeds, or not by ``orch tune``.
     """
     import optuna
 
@@ -113,9 +117,22 @@ def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str
             raise ConfigError(f"study {plan.name!r} already exists in the storage and was not made by orch tune; "
                               "choose another --study", key="--study", source=grid_path)
         for key, value in ((StudyAttr.KIND, Kind.TUNE), (StudyAttr.METRIC, tune.metric),
-                           (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed))):
+                           (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed)),
+                           (StudyAttr.SEEDS, list(tune.seeds or ()))):
             study.set_user_attr(key, value)
         return study
+    problems = _changes(study, tune, fixed)
+    if problems:
+        raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
+                          "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
+    if StudyAttr.SEEDS not in attrs:  # made before tune.seeds existed: the same seed, now written down
+        study.set_user_attr(StudyAttr.SEEDS, list(tune.seeds or ()))
+    return study
+
+
+def _changes(study: Any, tune: TuneSpec, fixed: Mapping[str, Any]) -> list[str]:
+    """What differs between a stored study and the one asked for: "metric a, not b", ..."""
+    attrs = study.user_attrs
     problems = []
     stored_direction = study.direction.name.lower()
     if stored_direction != tune.direction:
@@ -128,10 +145,10 @@ def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str
                if stored.get(k) != now.get(k)]
     if changed:
         problems.append("fixed config " + ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
-    if problems:
-        raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
-                          "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
-    return study
+    stored_seeds = attrs.get(StudyAttr.SEEDS) or [stored.get("seed")]  # older studies: the fixed seed
+    if list(tune.seeds or ()) != stored_seeds:
+        problems.append(f"tune.seeds {stored_seeds}, not {list(tune.seeds or ())}")
+    return problems
 
 
 def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
@@ -147,8 +164,11 @@ def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
         study.tell(t.number, state=OptunaState.FAIL, skip_if_finished=True)
         run_id = t.user_attrs.get(TrialAttr.RUN_ID)
         if run_id and store.run_status(run_id) in Status.LIVE:
-            store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
-            store.end_run(run_id, Status.FAILED, "left RUNNING by an orch tune process that died")
+            # a trial over several seeds: its seed run in flight too
+            seed_runs = store.search([store.get_run(run_id).info.experiment_id], tag_filter(Tag.PARENT_RUN_ID, run_id))
+            for live in [r.info.run_id for r in seed_runs if r.info.status in Status.LIVE] + [run_id]:
+                store.set_tags(live, {Tag.TRIAL_STATE: TrialState.FAIL})
+                store.end_run(live, Status.FAILED, "left RUNNING by an orch tune process that died")
         failed.append(t.number)
     return failed
 

@@ -8,7 +8,7 @@ import io
 import warnings
 from typing import Any, Callable, Sequence
 
-from orchestrator.schema import Artifact, Tag, TrialAttr, TrialState
+from orchestrator.schema import Artifact, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.tracking import TrackingStore
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -28,17 +28,22 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
         store.set_tags(parent_id, tags)
         store.log_metrics(parent_id, {"best_value": best.value, "best_trial": best.number}, step=n_done)
     if trials:
-        store.log_text(parent_id, trials_csv(trials, metric), Artifact.TRIALS)
+        several_seeds = len(study.user_attrs.get(StudyAttr.SEEDS) or ()) > 1
+        store.log_text(parent_id, trials_csv(trials, metric, "last_step" if several_seeds else "last_epoch"),
+                       Artifact.TRIALS)
     _log_plots(store, parent_id, study, counts[TrialState.COMPLETE], say)
     return counts
 
 
-def trials_csv(trials: Sequence[Any], metric: str) -> str:
-    """One row per trial: number, state, value, epochs reported, seconds, params, run id."""
+def trials_csv(trials: Sequence[Any], metric: str, last: str = "last_epoch") -> str:
+    """One row per trial: number, state, value, last step reported, seconds, params, run id.
+
+    ``last`` names the step column: ``last_epoch``, or ``last_step`` for trials over several
+    seeds, whose steps run on across seeds (seed index × max_epochs + epoch)."""
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["number", "state", metric, "last_epoch", "seconds", *keys, "run_id"])
+    writer.writerow(["number", "state", metric, last, "seconds", *keys, "run_id"])
     for t in trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else ""

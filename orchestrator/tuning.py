@@ -1,26 +1,28 @@
 """``orch tune``: Optuna studies over a grid's ``tune.space``, every trial a nested MLflow run.
 
 One study per setting of the grid: the axes that are not searched (after ``--set``) are
-held fixed, and every trial of every study trains with the grid's FIRST seed, so that
-trials differ only by the searched values (a tuned optimum is then worth checking over
-seeds with ``orch sweep``). Without a ``tune`` section the default space
-(:data:`orchestrator.tune_space.DEFAULT_SPACE`: StepLR ``schedule.step_size`` and
-``schedule.gamma``, less the keys that are grid axes) is searched for ``val_f1_macro``,
-maximised; :mod:`orchestrator.tune_space` reads and checks every space, and
-:mod:`orchestrator.tune_study` plans and opens the studies.
+held fixed, and every trial of every study trains with the same seeds, so that trials
+differ only by the searched values: ``tune.seeds`` (each trial trains every one and its
+value is their mean, :mod:`orchestrator.tune_trial`), by default the grid's first seed
+alone (a tuned optimum is then worth checking over seeds with ``orch sweep``). Without
+a ``tune`` section the default space (:data:`orchestrator.tune_space.DEFAULT_SPACE`:
+StepLR ``schedule.step_size`` and ``schedule.gamma``, less the keys that are grid axes)
+is searched for ``val_f1_macro``, maximised; :mod:`orchestrator.tune_space` reads and
+checks every space, and :mod:`orchestrator.tune_study` plans and opens the studies.
 
 Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
 runs in this process through :func:`orchestrator.runner.run_tracked` as a child run named
 ``<study>-t<number>`` whose params are the resolved config, so the searched keys carry the
-trial's values. The trial reports its per-epoch objective after every epoch, and the
-pruner may stop it: its run then ends KILLED, tagged PRUNED, and counts as no result
-for ``orch sweep``/``orch compare``.
+trial's values (with several seeds that run holds the means, and each seed trains in a
+child run ``<study>-t<number>-s<seed>``). The trial reports its per-epoch objective after
+every epoch, and the pruner may stop it: its run then ends KILLED, tagged PRUNED, and
+counts as no result for ``orch sweep``/``orch compare``.
 
 Resuming: the study lives in an Optuna storage (default: ``optuna.db`` beside a SQLite
 MLflow store) and is loaded by name, so the same command again runs only the trials
 still missing, ``n_trials`` minus the COMPLETE and PRUNED trials already in the study
 (FAILED trials are retried), under the same parent run. A study that was started with
-another metric, direction or fixed config is refused (exit 2): pick another ``--study``.
+another metric, direction, fixed config or seeds is refused (exit 2): pick another ``--study``.
 
 Exit codes: 0 done (some trials may have failed: they are part of a search), 1 no trial
 of the study completed, 2 bad input (nothing started), 130 interrupted.
@@ -32,17 +34,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
-import os
-import socket
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from experiments import metric_names as names
-from experiments.config import RunConfig, build, check
+from experiments.config import build
 from orchestrator import storage as storage_mod
 from orchestrator.errors import ExitCode
 from orchestrator.grid import SweepSpec
@@ -60,13 +58,12 @@ from orchestrator.tune_study import (
     plan_studies,
 )
 from orchestrator.tune_summary import summarize_study
+from orchestrator.tune_trial import epoch_metric, make_objective, step_label
+
+__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "epoch_metric", "run_tune", "serve_studies"]
 
 DEFAULT_N_TRIALS = 20
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
-
-
-class TrialFailed(RuntimeError):
-    """A trial's training failed or gave no usable objective: the trial is FAIL, the study goes on."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,8 @@ class WorkerJob:
     setting: str
     sampler: str
     pruner: str
-    seed: int
+    seed: int  # the sampler's
+    seeds: tuple[int, ...] = ()  # every trial trains each; () in jobs stored before tune.seeds: the fixed seed
 
     def to_attr(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
@@ -98,33 +96,8 @@ class WorkerJob:
         values = {k: v for k, v in attr.items() if k in fields}
         values["space"] = tuple(ParamSpace(**{**p, "choices": tuple(p["choices"]) if p.get("choices") else None})
                                 for p in attr["space"])
+        values["seeds"] = tuple(attr.get("seeds") or ())
         return cls(**values)
-
-
-# ---------------------------------------------------------------- what to tune
-
-
-def epoch_metric(metric: str, direction: str) -> str:
-    """The per-epoch value a trial reports for pruning when it optimises summary ``metric``.
-
-    The metric itself when training reports it every epoch (``val_f1_macro``, ``val_acc``…);
-    else its validation counterpart (``test_acc`` → ``val_acc``); else, for a metric with
-    none (``train_seconds``), ``val_f1_macro`` when maximising and ``val_loss`` when
-    minimising, so that the reported value moves in the study's direction.
-    """
-    if metric in names.EPOCH_SCORES:
-        return metric
-    split, _, rest = metric.partition("_")
-    if split in ("train", "test") and f"val_{rest}" in names.EPOCH_SCORES:
-        return f"val_{rest}"
-    return names.DEFAULT_OBJECTIVE if direction == "maximize" else names.VAL_LOSS
-
-
-def trial_config(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfig:
-    """The fixed config with a trial's sampled values (dotted keys) on top, checked."""
-    cfg = build({**fixed, **params})
-    check(cfg)
-    return cfg
 
 
 # ---------------------------------------------------------------- running
@@ -150,7 +123,8 @@ def run_tune(
     """Tune ``spec``'s search space, one study per setting; returns the exit code.
 
     Args:
-        spec: a loaded grid (``--set`` already applied); its first seed is used for every trial.
+        spec: a loaded grid (``--set`` already applied); every trial trains its ``tune.seeds``
+            (default: its first seed).
         store: the MLflow tracking store (reachable).
         n_trials: trials per study, counting COMPLETE and PRUNED trials already in a resumed
             study (default: the grid's ``tune.n_trials``, else 20).
@@ -172,6 +146,7 @@ def run_tune(
     make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
     url = storage_mod.check(storage or storage_mod.default_storage(store.uri))
     studies = _open_studies(url, spec, tune, study_name, sampler, pruner, seed, n_trials)
+    seeds = tuple(tune.seeds or spec.seeds[:1])
 
     from orchestrator.runner import raise_on_sigterm
 
@@ -179,7 +154,8 @@ def run_tune(
         raise_on_sigterm()
     experiment_id = store.ensure_experiment(spec.name)
     deadline = time.monotonic() + timeout if timeout else None
-    settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed)}
+    settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed),
+                Tag.SEEDS: ",".join(map(str, seeds))}
     code = ExitCode.OK
     try:
         for plan, fixed, study in studies:
@@ -190,7 +166,7 @@ def run_tune(
             parent_id, resumed = open_parent(store, experiment_id, plan, spec, tune, storage_mod.redact(url), settings)
             job = WorkerJob(tracking_uri=store.uri, experiment_id=experiment_id, parent_run_id=parent_id,
                             metric=tune.metric, space=tune.space, n_trials=n_trials, study=plan.name,
-                            setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed)
+                            setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed, seeds=seeds)
             code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
                                         device=device, say=say))
             if code == ExitCode.INTERRUPTED:
@@ -206,10 +182,11 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
     """Every study of the grid, created or loaded and checked, before any MLflow run exists."""
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
     studies = []
-    for plan in plan_studies(spec, study_name):
+    seeds = tune.seeds or spec.seeds[:1]
+    for plan in plan_studies(spec, study_name, seed=seeds[0]):
         fixed = fixed_config(plan.config, tune.space)
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(sampler, seed, n_trials),
-                           make_pruner(pruner, plan.config.train.max_epochs), spec.path)
+                           make_pruner(pruner, plan.config.train.max_epochs * len(seeds)), spec.path)
         # A resumed study must not replay the first session's random draws: offset the seed
         # by the trials it already has (0 for a new study, so a new study's draws are the seed's).
         n_before = len(study.get_trials(deepcopy=False))
@@ -217,59 +194,6 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
             study.sampler = make_sampler(sampler, seed + n_before, n_trials)
         studies.append((plan, fixed, study))
     return studies
-
-
-def _objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-               experiment_id: str, parent_id: str, device: str) -> Callable[[Any], float]:
-    """The Optuna objective: one tracked training run per trial, pruned on its per-epoch value."""
-    import optuna
-
-    from orchestrator.runner import run_tracked
-
-    report_key = epoch_metric(tune.metric, tune.direction)
-    host, pid = socket.gethostname(), str(os.getpid())
-
-    def fail(run_id: str, reason: str, trial: Any) -> TrialFailed:
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
-        trial.set_user_attr(TrialAttr.FAILURE_REASON, reason)
-        return TrialFailed(f"run {run_id}: {reason}")
-
-    def objective(trial: Any) -> float:
-        params = {p.key: p.suggest(trial) for p in tune.space}
-        trial.set_user_attr(TrialAttr.HOST, host)
-        trial.set_user_attr(TrialAttr.PID, pid)
-        cfg = trial_config(fixed, params)
-        run_ids: list[str] = []
-
-        def on_start(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr(TrialAttr.RUN_ID, run_id)
-
-        def on_epoch(epoch: int, values: Mapping[str, float]) -> None:
-            value = float(values[report_key])
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"at epoch {epoch} ({report_key} {value:.4g})")
-
-        tags = {Tag.KIND: Kind.TRIAL, Tag.STUDY: plan.name, Tag.TRIAL: str(trial.number), Tag.SETTING: plan.setting}
-        try:
-            code, run_id, summary = run_tracked(cfg, store=store, experiment_id=experiment_id,
-                                                run_name=f"{plan.name}-t{trial.number}", tags=tags,
-                                                parent_run_id=parent_id, device=device, quiet=True,
-                                                on_start=on_start, on_epoch=on_epoch)
-        except KeyboardInterrupt:  # the run is KILLED; Optuna records the trial FAIL
-            if run_ids:
-                store.set_tags(run_ids[0], {Tag.TRIAL_STATE: TrialState.FAIL})
-            raise
-        if code != ExitCode.OK:
-            raise fail(run_id, store.failure_reason(run_id) or "training failed", trial)
-        value = summary.get(tune.metric)
-        if value is None or not math.isfinite(value):
-            raise fail(run_id, f"no finite {tune.metric} ({value})", trial)
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
-        return float(value)
-
-    return objective
 
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
@@ -285,7 +209,8 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
         if t.state == OptunaState.COMPLETE:
             what = f"COMPLETE {tune.metric} {t.value:.4f}"
         elif t.state == OptunaState.PRUNED:
-            what = f"PRUNED at epoch {max(t.intermediate_values) if t.intermediate_values else '?'}"
+            step = max(t.intermediate_values) if t.intermediate_values else None
+            what = f"PRUNED at {step_label(step, plan.config.train.max_epochs, len(job.seeds)) if step else '?'}"
         else:
             what = t.state.name
         say(f"[{plan.name}] trial {t.number:>3} {what:<32} {params}  {secs:.1f}s")
@@ -294,7 +219,7 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
 
     if not remaining:
         return False
-    objective = _objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, device)
+    objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device)
     finished = tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
     try:
         with warnings.catch_warnings(), _quiet_expected_failures():
@@ -372,12 +297,13 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
             continue
         fixed = study.user_attrs[StudyAttr.FIXED_CONFIG]
         config = build(fixed)
+        job = dataclasses.replace(job, seeds=job.seeds or (config.seed,))
         tune = TuneSpec(metric=job.metric, direction=study.direction.name.lower(), n_trials=job.n_trials,
-                        space=job.space)
+                        space=job.space, seeds=job.seeds)
         plan = StudyPlan(name=summary.study_name, setting=job.setting, config=config)
         # Seeded apart from every other process on the study: it has drawn this many trials.
         study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
-        study.pruner = make_pruner(job.pruner, config.train.max_epochs)
+        study.pruner = make_pruner(job.pruner, config.train.max_epochs * len(job.seeds))
         uri = tracking_uri or job.tracking_uri
         store = stores.setdefault(uri, TrackingStore(uri))
         say(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")

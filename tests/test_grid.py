@@ -415,6 +415,33 @@ def test_default_space_bounds_are_checked_against_every_setting_like_a_written_s
     assert all("with model.gn_groups=3" in e.problem for e in errors)
 
 
+def test_tune_seeds_default_to_the_first_seed_and_set_seed_pins_them(tmp_path):
+    text = "name: t\nseeds: [4, 5]\n"
+    assert grid(tmp_path, text + "tune: {}\n").tune.seeds is None  # resolved by tune_spec
+    assert tune_spec(grid(tmp_path, text)).seeds == (4,)
+    assert tune_spec(grid(tmp_path, text + "tune: {}\n")).seeds == (4,)
+    written = text + "tune: {seeds: [0, 1, 2]}\n"
+    assert grid(tmp_path, written).tune.seeds == tune_spec(grid(tmp_path, written)).seeds == (0, 1, 2)
+    assert tune_spec(grid(tmp_path, written, ("seed=7",))).seeds == (7,)
+    assert grid(tmp_path, written).seeds == (4, 5)  # a sweep keeps its own seeds
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ("3", "expected a list of seeds, got the single number 3; use a list, e.g. seeds: [0, 1, 2]"),
+    ("[]", "the list is empty; give at least one seed, e.g. seeds: [0, 1, 2], or omit tune.seeds for the "
+           "grid's first seed"),
+    ("[0, 1, 0]", "seed 0 appears twice"),
+    ("[-1]", "seed -1 is negative"),
+    ("[4294967296]", "use seeds below 2**32"),
+    ("[0.5]", "seed 0.5 is not an integer"),
+])
+def test_tune_seeds_are_checked_like_the_grid_seeds(tmp_path, seeds, message):
+    with pytest.raises(ConfigError) as info:
+        grid(tmp_path, f"name: t\ntune:\n  n_trials: 2\n  seeds: {seeds}\n")
+    assert info.value.key == "tune.seeds"
+    assert message in info.value.problem and "(line 4)" in info.value.problem
+
+
 def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
     spec = grid(tmp_path, "name: t\ntune: {metric: val_f1}\n")  # a sweep ignores tune
     with pytest.raises(ConfigError) as info:

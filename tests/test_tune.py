@@ -228,3 +228,115 @@ def test_importing_tuning_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- tune.seeds: every trial over several seeds
+
+SEEDS_GRID = {
+    "name": "ts",
+    "base": {"data": {"name": "digits", "batch_size": 64}, "model": {"depth_n": 1}, "train": {"max_epochs": 2}},
+    "tune": {"n_trials": 2, "seeds": [0, 1]},
+}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """`orch tune` with tune.seeds [0, 1]: 2 trials, each trained on both seeds."""
+    tmp = tmp_path_factory.mktemp("tune-seeds")
+    grid = tmp / "seeds.yaml"
+    grid.write_text(yaml.safe_dump(SEEDS_GRID))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    proc = orch("tune", str(grid), "--sampler", "random", "--pruner", "none",
+                env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return uri, tmp, grid
+
+
+def test_a_trial_over_seeds_is_the_mean_of_its_seed_runs(seeded):
+    uri, tmp, _ = seeded
+    study = optuna.load_study(study_name="ts", storage=f"sqlite:///{tmp / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert study.user_attrs["orch.seeds"] == [0, 1]
+    (parent,) = tune_parents(uri)
+    assert parent.data.tags["orch.seeds"] == "0,1"
+    trial_runs = children_of(uri, parent.info.run_id)
+    assert len(trial_runs) == 2 and len(all_runs(uri)) == 1 + 2 + 2 * 2
+    c = MlflowClient(tracking_uri=uri)
+    for run in trial_runs:
+        trial = study.trials[int(run.data.tags["orch.trial"])]
+        assert run.data.tags["orch.kind"] == "trial" and run.data.tags["orch.seeds"] == "0,1"
+        assert run.info.status == "FINISHED" and run.data.tags["orch.trial_state"] == "COMPLETE"
+        assert trial.user_attrs["orch.run_id"] == run.info.run_id
+        assert "seed" not in run.data.params and "orch.run_key" not in run.data.tags  # not a training run
+        for key, value in trial.params.items():
+            assert float(run.data.params[key]) == value
+        seed_runs = sorted(children_of(uri, run.info.run_id), key=lambda r: int(r.data.params["seed"]))
+        assert [r.data.params["seed"] for r in seed_runs] == ["0", "1"]
+        assert [r.info.run_name for r in seed_runs] == [f"ts-t{trial.number}-s0", f"ts-t{trial.number}-s1"]
+        for seed_run in seed_runs:
+            assert seed_run.info.status == "FINISHED" and seed_run.data.tags["orch.kind"] == "trial_seed"
+            assert seed_run.data.tags["orch.trial"] == str(trial.number)
+            assert seed_run.data.params["schedule.gamma"] == run.data.params["schedule.gamma"]
+        per_seed = [r.data.metrics["val_f1_macro"] for r in seed_runs]
+        assert per_seed[0] != per_seed[1]  # the seeds trained differently
+        mean = sum(per_seed) / 2
+        assert trial.value == pytest.approx(mean, rel=1e-12)
+        assert run.data.metrics["val_f1_macro"] == pytest.approx(mean, rel=1e-12)
+        assert run.data.metrics["test_acc"] == pytest.approx(sum(r.data.metrics["test_acc"] for r in seed_runs) / 2)
+        # The pruner saw the running mean at steps seed index × max_epochs + epoch.
+        curves = [[m.value for m in sorted(c.get_metric_history(r.info.run_id, "epoch/val_f1_macro"),
+                                           key=lambda m: m.step)] for r in seed_runs]
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+        assert trial.intermediate_values[2] == pytest.approx(curves[0][1])
+        assert trial.intermediate_values[3] == pytest.approx((curves[0][0] + curves[1][0]) / 2)
+        assert trial.intermediate_values[4] == pytest.approx((curves[0][1] + curves[1][1]) / 2)
+    assert parent.data.tags["orch.best_run_id"] == study.best_trial.user_attrs["orch.run_id"]
+    csv_text = Path(c.download_artifacts(parent.info.run_id, "trials.csv", str(tmp))).read_text()
+    assert csv_text.splitlines()[0].startswith("number,state,val_f1_macro,last_step,")
+
+
+def test_seed_runs_of_a_complete_trial_are_finished_results(seeded):
+    uri, _, _ = seeded
+    runs = all_runs(uri)
+    keys = tracking.TrackingStore(uri).finished_run_keys(runs[0].info.experiment_id)
+    assert keys == {r.data.tags["orch.run_key"] for r in runs if r.data.tags["orch.kind"] == "trial_seed"}
+    assert len(keys) == 4
+
+
+def test_resuming_with_other_tune_seeds_is_refused(seeded):
+    uri, tmp, grid = seeded
+    other = tmp / "other.yaml"
+    other.write_text(yaml.safe_dump({**SEEDS_GRID, "tune": {"n_trials": 3, "seeds": [0, 2]}}))
+    result = CliRunner().invoke(cli, ["tune", str(other), "--study", "ts"], env={"MLFLOW_TRACKING_URI": uri})
+    assert result.exit_code == 2, result.output
+    assert "tune.seeds [0, 1], not [0, 2]" in result.output
+
+
+def test_a_worker_joining_the_study_trains_every_seed(seeded):
+    """serve_studies (orch worker's share of tuning) reads the seeds from the stored WorkerJob."""
+    from orchestrator import storage as storage_mod
+    from orchestrator.schema import StudyAttr
+    from orchestrator.tuning import WorkerJob, serve_studies
+
+    uri, tmp, _ = seeded
+    url = f"sqlite:///{tmp / 'optuna.db'}"
+    study = optuna.load_study(study_name="ts", storage=url)
+    job = WorkerJob.from_attr(study.user_attrs[StudyAttr.WORKER_JOB])
+    assert job.seeds == (0, 1)
+    study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
+    assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu", quiet=True) == 1
+    trial = optuna.load_study(study_name="ts", storage=url).trials[2]
+    assert trial.state == TrialState.COMPLETE
+    seed_runs = children_of(uri, trial.user_attrs["orch.run_id"])
+    assert sorted(r.data.params["seed"] for r in seed_runs) == ["0", "1"]
+    assert trial.value == pytest.approx(sum(r.data.metrics["val_f1_macro"] for r in seed_runs) / 2)
+
+
+def test_worker_jobs_stored_before_tune_seeds_still_load():
+    from orchestrator.tuning import WorkerJob
+
+    job = WorkerJob(tracking_uri="u", experiment_id="1", parent_run_id="p", metric="val_f1_macro", space=(),
+                    n_trials=2, study="s", setting="", sampler="tpe", pruner="none", seed=0, seeds=(3, 4))
+    assert WorkerJob.from_attr(job.to_attr()) == job
+    old = {k: v for k, v in job.to_attr().items() if k != "seeds"}
+    assert WorkerJob.from_attr(old).seeds == ()

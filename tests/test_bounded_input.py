@@ -1,0 +1,211 @@
+"""Hostile input is refused fast: huge grids, YAML alias bombs, huge files, deep nesting.
+
+Timings are taken as the process's CPU time where the work runs in this process (the
+test machine's two cores are shared), and as wall time for the real subprocesses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from experiments import yaml_source
+from experiments.config import ConfigError, load
+from orchestrator.grid import load_grid
+from orchestrator.grid_size import excluded_count
+
+
+def values(n: int, start: int = 1) -> str:
+    return "[" + ", ".join(str(start + i) for i in range(n)) + "]"
+
+
+def write_grid(tmp_path: Path, axes: dict[str, str], extra: str = "", name: str = "big.yaml") -> Path:
+    path = tmp_path / name
+    body = "".join(f"  {key}: {vals}\n" for key, vals in axes.items())
+    path.write_text(f"name: big\nbase: {{data: {{name: digits}}}}\ngrid:\n{body}{extra}")
+    return path
+
+
+def alias_bomb(levels: int = 9, refs: int = 9) -> str:
+    """The "billion laughs": each anchor is a list of ``refs`` aliases of the one before."""
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * refs) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def refuse(fn, *args, **kwargs) -> tuple[ConfigError, float]:
+    """Call ``fn``, expect a ConfigError; returns it and the CPU seconds taken."""
+    t0 = time.process_time()
+    with pytest.raises(ConfigError) as info:
+        fn(*args, **kwargs)
+    return info.value, time.process_time() - t0
+
+
+MILLION = {"data.batch_size": values(100), "train.max_epochs": values(100), "model.gn_groups": values(100)}
+
+
+# ---------------------------------------------------------------- point counts
+
+
+def test_a_million_point_grid_is_refused_at_once_with_the_count_and_the_fix(tmp_path):
+    err, seconds = refuse(load_grid, write_grid(tmp_path, MILLION))
+    assert seconds < 0.5, seconds
+    assert err.problem.startswith("the grid expands to 100 data.batch_size × 100 train.max_epochs × "
+                                  "100 model.gn_groups × 1 seed = 1,000,000 points, over the limit of 10,000 points")
+    assert "--max-points 1000000" in err.problem and "fewer values or seeds" in err.problem
+
+
+def test_twenty_thousand_points_are_refused_at_the_default_and_set_shrinks_the_count(tmp_path):
+    path = write_grid(tmp_path, {"data.batch_size": values(200), "train.max_epochs": values(100)})
+    err, _ = refuse(load_grid, path)
+    assert "200 data.batch_size × 100 train.max_epochs × 1 seed = 20,000 points" in err.problem
+    assert "--max-points 20000" in err.problem
+    # --set pins an axis before counting: 100 points are within the default.
+    assert len(load_grid(path, ["data.batch_size=8"]).runs) == 100
+
+
+def test_the_limit_is_inclusive_and_counts_seeds_and_include_entries(tmp_path):
+    path = write_grid(tmp_path, {"model.norm": "[bn, gn, ln]", "data.batch_size": "[8, 64]"},
+                      "seeds: [0, 1]\ninclude: [{model.norm: in}]\n")
+    assert len(load_grid(path, max_points=14).runs) == 14  # (3 × 2 + 1) × 2
+    err, _ = refuse(load_grid, path, max_points=13)
+    assert "(3 model.norm × 2 data.batch_size + 1 included) × 2 seeds = 14 points" in err.problem
+    assert len(load_grid(path, max_points=None).runs) == 14
+
+
+def test_the_message_gives_the_exact_count_after_exclude(tmp_path):
+    path = write_grid(tmp_path, {"model.norm": "[bn, gn, ln]", "data.batch_size": "[8, 64]"},
+                      "exclude: [{model.norm: bn}, {data.batch_size: 8}]\n")
+    assert len(load_grid(path).runs) == 2
+    err, _ = refuse(load_grid, path, max_points=5)
+    assert "(3 model.norm × 2 data.batch_size − 4 excluded) × 1 seed = 2 points (6 before exclude" in err.problem
+
+
+def test_excluded_count_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        axes = {k: rng.randint(1, 4) for k in "abcd"[: rng.randint(1, 4)]}
+        excludes = [{k: rng.randrange(n) for k, n in axes.items() if rng.random() < 0.5} or {"a": 0}
+                    for _ in range(rng.randint(0, 6))]
+        points = itertools.product(*(range(n) for n in axes.values()))
+        expected = sum(any(all(dict(zip(axes, p))[k] == v for k, v in e.items()) for e in excludes) for p in points)
+        assert excluded_count(axes, excludes) == expected, (axes, excludes)
+
+
+def test_a_long_axis_of_seeds_is_read_in_linear_time(tmp_path):
+    path = tmp_path / "seeds.yaml"
+    path.write_text(f"name: s\nseeds: {values(20_000, 0)}\n")
+    err, seconds = refuse(load_grid, path)
+    assert "1 base setting × 20,000 seeds = 20,000 points" in err.problem
+    assert seconds < 2, seconds
+
+
+def test_a_tune_space_too_costly_to_check_is_refused(tmp_path):
+    path = write_grid(tmp_path, {"data.batch_size": values(50)},
+                      "tune:\n  space:\n    optim.lr: {type: categorical, choices: "
+                      + "[" + ", ".join(f"0.{i:03d}" for i in range(1, 301)) + "]}\n")
+    err, seconds = refuse(load_grid, path)
+    assert err.key == "tune.space"
+    assert "300 bounds and choices, each checked in the grid's 50 settings, make 15,000 config checks" in err.problem
+    assert seconds < 1, seconds
+
+
+# ---------------------------------------------------------------- YAML size
+
+
+@pytest.mark.parametrize("reader", [load_grid, load], ids=["load_grid", "config.load"])
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, reader):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb() + "name: b\ngrid:\n  model.norm: *a9\n")
+    err, seconds = refuse(reader, path)
+    assert seconds < 2, seconds
+    assert err.source == str(path)
+    assert "aliases (*name) expand it to more than 100,000 values" in err.problem
+    assert "write the values out instead of nesting aliases" in err.problem
+
+
+def test_a_merge_key_bomb_is_refused(tmp_path):
+    lines = ["m0: &m0 {k0: 1}"]
+    for i in range(1, 10):
+        lines.append(f"m{i}: &m{i}\n" + "\n".join(f"  k{i}_{j}: {{<<: *m{i - 1}}}" for j in range(9)))
+    path = tmp_path / "merge.yaml"
+    path.write_text("\n".join(lines) + "\nname: b\n")
+    err, seconds = refuse(load_grid, path)
+    assert "aliases (*name) expand it" in err.problem and seconds < 2
+
+
+@pytest.mark.parametrize("reader", [load_grid, load], ids=["load_grid", "config.load"])
+def test_a_file_over_five_megabytes_is_refused_unread(tmp_path, reader):
+    path = tmp_path / "huge.yaml"
+    path.write_text("name: b\n# " + "x" * (6 * 2**20) + "\n")
+    err, seconds = refuse(reader, path)
+    assert err.problem == ("the file is 6.0 MB, over the 5 MB limit of a YAML input; a grid or run config is a few "
+                           "kilobytes, so check that this is the right file")
+    assert seconds < 0.5, seconds
+
+
+def test_too_many_values_stop_the_composer(tmp_path, monkeypatch):
+    monkeypatch.setattr(yaml_source, "MAX_YAML_NODES", 50)
+    path = tmp_path / "long.yaml"
+    path.write_text(f"name: b\nseeds: {values(60, 0)}\n")
+    err, _ = refuse(load_grid, path)
+    assert err.problem.startswith("the YAML holds more than 50 values;")
+    path.write_text(f"name: b\nseeds: {values(40, 0)}\n")
+    assert len(load_grid(path).seeds) == 40
+
+
+def test_deep_nesting_and_giant_integers_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: b\nbase: " + "[" * 5000 + "]" * 5000 + "\n")
+    err, _ = refuse(load_grid, path)
+    assert "nests lists or mappings hundreds of levels deep" in err.problem
+    path.write_text("name: b\nseeds: [" + "1" * 5000 + "]\n")
+    err, _ = refuse(load, path)
+    assert err.problem.startswith("a value cannot be read (Exceeds the limit (4300 digits)")
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def test_orch_sweep_dry_run_on_a_bomb_exits_2_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb() + "name: b\ngrid:\n  model.norm: *a9\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(path), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert seconds < 2, seconds
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "expand it to more than 100,000 values" in proc.stderr
+
+
+def test_ctrl_c_interrupts_validation_at_once(tmp_path):
+    """SIGINT during load_grid of a grid just under the limit raises KeyboardInterrupt within 1 s."""
+    path = write_grid(tmp_path, {"data.batch_size": values(100), "train.max_epochs": values(99)})
+    code = ("import sys\nfrom orchestrator.grid import load_grid\nprint('ready', flush=True)\n"
+            f"while True:\n    load_grid({str(path)!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(0.5)  # inside load_grid: one takes over 1 s here
+        assert proc.poll() is None
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        seconds = time.perf_counter() - t0
+    finally:
+        proc.kill()
+    stderr = proc.stderr.read()
+    assert proc.returncode != 0 and stderr.rstrip().endswith("KeyboardInterrupt"), stderr[-2000:]
+    assert seconds < 1, seconds
