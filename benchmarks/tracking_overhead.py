@@ -115,7 +115,7 @@ def instrument(timings: Timings) -> None:
 
     import matplotlib.figure
 
-    owners = {"tracking": tracking, "MlflowTracker": tracking.MlflowTracker, "train": experiments.train,
+    owners = {"tracking": tracking, "MlflowTracker": __import__("orchestrator.run_tracker", fromlist=["x"]).MlflowTracker, "train": experiments.train,
               "plots": experiments.plots, "Figure": matplotlib.figure.Figure}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)

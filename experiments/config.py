@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NoReturn
+from typing import Callable, TYPE_CHECKING, Any, Mapping, NoReturn
 
 import yaml
 
@@ -314,7 +314,16 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
     def fail(key: str, msg: str) -> NoReturn:
         raise ConfigError(msg, key=key, source=source)
 
-    d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
+    _check_names(cfg, fail)
+    _check_ranges(cfg, fail)
+    problem = norm_constraint_error(cfg.model.norm, cfg.model.widths, groups=cfg.model.gn_groups)
+    if problem:
+        fail("model.gn_groups" if cfg.model.norm == "gn" else "model.norm", problem)
+    _check_data_root(cfg.data, fail, check_paths)
+
+
+def _check_names(cfg: RunConfig, fail: Callable[[str, str], NoReturn]) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
     for key, value, names, what in (
         ("data.name", d.name, DATASET_NAMES, "dataset"),
         ("data.val_split", d.val_split, VAL_SPLITS, "validation split"),
@@ -326,18 +335,15 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
     ):
         if value not in names:
             fail(key, f"unknown {what} {value!r}; choose one of {', '.join(names)}")
+
+
+def _check_ranges(cfg: RunConfig, fail: Callable[[str, str], NoReturn]) -> None:
+    d, m, o, s, t = cfg.data, cfg.model, cfg.optim, cfg.schedule, cfg.train
     positive = {
-        "data.batch_size": d.batch_size,
-        "data.eval_batch_size": d.eval_batch_size,
-        "data.val_size": d.val_size,
-        "data.test_size": d.test_size,
-        "model.depth_n": m.depth_n,
-        "model.gn_groups": m.gn_groups,
-        "optim.lr": o.lr,
-        "schedule.step_size": s.step_size,
-        "schedule.gamma": s.gamma,
-        "train.max_epochs": t.max_epochs,
-        "train.patience": t.patience,
+        "data.batch_size": d.batch_size, "data.eval_batch_size": d.eval_batch_size, "data.val_size": d.val_size,
+        "data.test_size": d.test_size, "model.depth_n": m.depth_n, "model.gn_groups": m.gn_groups,
+        "optim.lr": o.lr, "optim.gate_lr_mult": o.gate_lr_mult, "schedule.step_size": s.step_size,
+        "schedule.gamma": s.gamma, "train.max_epochs": t.max_epochs, "train.patience": t.patience,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -346,12 +352,10 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
         fail("model.widths", f"every width must be greater than 0, got {list(m.widths)}")
     if m.stem_padding not in (0, 1):
         fail("model.stem_padding", f"the stem conv is 3x3: padding 1 keeps the size, 0 shrinks it by 2; got {m.stem_padding}")
-    if not t.checkpoint_seconds >= 0:
-        fail("train.checkpoint_seconds", f"must be 0 (every epoch) or more, got {t.checkpoint_seconds}")
-    if not o.gate_lr_mult > 0:
-        fail("optim.gate_lr_mult", f"must be greater than 0, got {o.gate_lr_mult}")
-    for key, value in {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay}.items():
-        if value < 0:
+    non_negative = {"optim.momentum": o.momentum, "optim.weight_decay": o.weight_decay,
+                    "train.checkpoint_seconds": t.checkpoint_seconds}
+    for key, value in non_negative.items():
+        if not value >= 0:
             fail(key, f"must be 0 or more, got {value}")
     if o.momentum >= 1:
         fail("optim.momentum", f"must be below 1, got {o.momentum}")
@@ -362,25 +366,37 @@ def check(cfg: RunConfig, *, source: str | None = None, check_paths: bool = True
     for key, size in (("data.val_size", d.val_size), ("data.test_size", d.test_size)):
         if size >= 1 and not float(size).is_integer():
             fail(key, f"a value of 1 or more is a count of examples and must be whole, got {size}")
-    problem = norm_constraint_error(m.norm, m.widths, groups=m.gn_groups)
-    if problem:
-        fail("model.gn_groups" if m.norm == "gn" else "model.norm", problem)
-    if d.name in ("cifar10", "imagefolder"):
-        if not d.root:
-            fail("data.root", f"dataset {d.name!r} needs data.root, the folder that holds it")
-        root = Path(d.root).expanduser()
-        if check_paths and d.name == "imagefolder" and not (root / "train").is_dir():
-            fail(
-                "data.root",
-                f"{root} has no train/ folder; point data.root at a tree with train/<class>/*.jpg "
-                "(e.g. extract cifar10-jpeg.tar.xz and use its cifar10/ folder)",
-            )
-        if check_paths and d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
-            fail(
-                "data.root",
-                f"no CIFAR-10 at {root} (expected {root / 'cifar-10-batches-py'}); "
-                "set data.download=true to fetch it, or use data.name=imagefolder on an extracted JPEG tree",
-            )
+
+
+def _check_data_root(d: DataConfig, fail: Callable[[str, str], NoReturn], check_paths: bool) -> None:
+    if d.name not in ("cifar10", "imagefolder"):
+        return
+    if not d.root:
+        fail("data.root", f"dataset {d.name!r} needs data.root, the folder that holds it")
+    root = Path(d.root).expanduser()
+    if check_paths and d.name == "imagefolder" and not (root / "train").is_dir():
+        fail(
+            "data.root",
+            f"{root} has no train/ folder; point data.root at a tree with train/<class>/*.jpg "
+            "(e.g. extract cifar10-jpeg.tar.xz and use its cifar10/ folder)",
+        )
+    if check_paths and d.name == "cifar10" and not d.download and not (root / "cifar-10-batches-py").is_dir():
+        fail(
+            "data.root",
+            f"no CIFAR-10 at {root} (expected {root / 'cifar-10-batches-py'}); "
+            "set data.download=true to fetch it, or use data.name=imagefolder on an extracted JPEG tree",
+        )
+
+
+def check_device(cfg: RunConfig, device_type: str) -> None:
+    """Settings a device cannot run: bf16 and tf32 need CUDA (the CPU trains in float32).
+
+    Raises:
+        ConfigError: naming the key and the fix.
+    """
+    if device_type != "cuda" and cfg.train.precision in ("bf16", "tf32"):
+        raise ConfigError(f"{cfg.train.precision} needs a CUDA GPU; on the CPU training runs in float32: "
+                          "use train.precision=fp32 or auto", key="train.precision")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

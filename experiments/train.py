@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from experiments import metric_names as names
 from experiments import metrics as M
-from experiments.config import ConfigError, RunConfig, result_dict
+from experiments.config import RunConfig, check_device, result_dict
 from experiments.data import Splits, eval_batches, load_splits, train_batches
 from experiments.metric_names import EPOCH_METRICS, SPLITS, epoch_key
 from experiments.probes import feature_quantiles
@@ -124,18 +124,16 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
 
 
-def resolve_precision(precision: str, dev: torch.device) -> str:
+def resolve_precision(cfg: RunConfig, dev: torch.device) -> str:
     """``auto`` → bf16 on CUDA, fp32 on the CPU; bf16 and tf32 need CUDA.
 
     Raises:
         ConfigError: bf16 or tf32 asked for on the CPU (it trains in float32 only).
     """
-    if precision == "auto":
+    check_device(cfg, dev.type)
+    if cfg.train.precision == "auto":
         return "bf16" if dev.type == "cuda" else "fp32"
-    if dev.type != "cuda" and precision != "fp32":
-        raise ConfigError(f"{precision} needs a CUDA GPU; on the CPU training runs in float32: "
-                          "use train.precision=fp32 or auto", key="train.precision")
-    return precision
+    return cfg.train.precision
 
 
 def set_precision(precision: str, dev: torch.device) -> Callable[[], Any]:
@@ -297,7 +295,7 @@ def train(
     splits = load_splits(cfg.data, dev)
     tracker.log_data(describe_data(cfg, splits))
     channels_last = cuda  # conv kernels prefer NHWC on tensor cores
-    autocast = set_precision(resolve_precision(cfg.train.precision, dev), dev)
+    autocast = set_precision(resolve_precision(cfg, dev), dev)
 
     # Model and optimizer. Batch-Instance gates get no weight decay and are clamped to [0, 1] after each step.
     model = build_model(cfg, splits).to(dev)

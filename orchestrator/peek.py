@@ -16,7 +16,6 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import defaultdict
 
 from orchestrator.schema import Status, Tag, is_finished_result, tag_filter
 

@@ -14,7 +14,7 @@ from orchestrator.schema import Artifact
 
 
 def log_run_artifacts(tracker: Any, cfg: RunConfig, result: Any) -> None:
-    """Write every artifact of one run through ``tracker`` (an :class:`~orchestrator.tracking.MlflowTracker`)."""
+    """Write every artifact of one run through ``tracker`` (an :class:`~orchestrator.run_tracker.MlflowTracker`)."""
     history = result.history
     truth, pred = result.predictions["test"]
     n_classes = len(result.class_names)

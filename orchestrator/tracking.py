@@ -11,161 +11,22 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator import processes
-from orchestrator.errors import UserError
+from orchestrator.store_uri import (  # noqa: F401 - re-exported: tracking is where callers find them
+    TrackingError,
+    artifact_root,
+    check_reachable,
+    check_store,
+    initialised,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 from orchestrator.schema import TRAINING_EXPERIMENT, Artifact, Kind, Status, Tag, is_finished_result, tag_filter
-
-
-class TrackingError(UserError):
-    """The tracking store cannot be used as given: names the URI and the fix."""
-
-
-# --------------------------------------------------------------------------- URIs
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
-
-    SQLite paths are made absolute so that child processes started elsewhere agree. A
-    bare path or ``file:`` URI would select MLflow's file store, which MLflow 3.13+
-    refuses; a path ending in ``.db`` is taken as SQLite, anything else is an error.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        if path and path != ":memory:":
-            return f"sqlite:///{Path(path).expanduser().resolve()}"
-        raise TrackingError(f"{uri}: give the SQLite file a path, e.g. sqlite:///{Path.cwd() / 'mlflow.db'}")
-    scheme = uri.split("://", 1)[0] if "://" in uri else ""
-    if scheme in ("http", "https", "databricks") or scheme.startswith(("postgresql", "mysql", "mssql")):
-        return uri
-    if not scheme or scheme == "file":
-        path = uri[len("file://"):] if scheme == "file" else uri
-        if path.endswith(".db"):
-            return f"sqlite:///{Path(path).expanduser().resolve()}"
-        raise TrackingError(
-            f"{uri}: a folder selects MLflow's file store, which MLflow refuses; "
-            f"use a SQLite file such as sqlite:///{Path(path).expanduser().resolve() / 'mlflow.db'} "
-            "or an http:// tracking server"
-        )
-    raise TrackingError(f"{uri}: unsupported tracking URI scheme {scheme!r}; use sqlite:///PATH.db or http://HOST:PORT")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: beside a SQLite file, else the server's choice."""
-    db = sqlite_path(uri)
-    return (db.parent / "mlartifacts").as_uri() if db else None
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any work starts, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
-            resp.read()
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingError(
-            f"tracking server {uri} is not reachable ({reason}); start it (mlflow server …) or fix --tracking-uri"
-        ) from None
-
-
-def check_store(uri: str, *, write: bool) -> None:
-    """Refuse, within a second and before any work, a store that cannot be used as asked.
-
-    A server must answer its health check. A SQLite store must be a file (not a folder)
-    that SQLite can read and that holds MLflow's tables; with ``write`` (every command that
-    records runs) its folder must take new files (SQLite writes a journal beside it, MLflow
-    the artifacts folder) and the file must be writable; a missing file is created later
-    by MLflow. Without ``write`` (compare, report, status, ui) a missing file is an error:
-    reading never creates a store. MLflow itself would retry a locked or read-only SQLite
-    file with back-off for about 100 s and then print a long traceback.
-
-    Raises:
-        TrackingError: naming the path and the fix.
-    """
-    db = sqlite_path(uri)
-    if db is None:
-        check_reachable(uri)
-        return
-    if db.is_dir():
-        raise TrackingError(f"{db} is a folder, not a SQLite file; use e.g. --tracking-uri sqlite:///{db / 'mlflow.db'}")
-    if not db.exists():
-        if not write:
-            raise TrackingError(f"no MLflow store at {db}; run `orch sweep` or `orch run` first, or point "
-                                "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
-        _check_writable_folder(db.parent, db)
-        return
-    _check_sqlite_file(db)
-    if write:
-        _check_writable_folder(db.parent, db)
-        if not os.access(db, os.W_OK):
-            raise TrackingError(f"{db} is read-only; make it writable, or copy it somewhere writable and point "
-                                "--tracking-uri at the copy")
-        artifacts = db.parent / "mlartifacts"
-        if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
-            raise TrackingError(f"the artifact folder {artifacts} is not writable; fix its permissions")
-
-
-def _initialised(db: Path) -> bool:
-    """Whether a SQLite store file exists and holds MLflow's migration table."""
-    if not db.exists():
-        return False
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return False
-
-
-def _check_writable_folder(folder: Path, db: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that also catches read-only mounts."""
-    if not folder.is_dir():
-        raise TrackingError(f"cannot create the store {db}: the folder {folder} does not exist; create it "
-                            "or choose another --tracking-uri")
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".orch-write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise TrackingError(f"cannot write in {folder} ({err.strerror}), where the store {db.name} and its "
-                            "artifacts live; choose a writable --tracking-uri") from None
-
-
-def _check_sqlite_file(db: Path) -> None:
-    """The file is a SQLite database with MLflow's tables (or empty: MLflow creates them)."""
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
-    except sqlite3.Error as err:
-        raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
-                            "--tracking-uri at another file") from None
-    if tables and "experiments" not in tables:
-        raise TrackingError(f"{db} is a SQLite database but not an MLflow store (no experiments table); "
-                            "point --tracking-uri at another file")
 
 
 def preload() -> None:
@@ -262,7 +123,7 @@ class TrackingStore:
 
         self.uri = uri
         db = sqlite_path(uri)
-        if db is not None and not _initialised(db):
+        if db is not None and not initialised(db):
             # MLflow creates a new store's tables when a client first opens it; two processes
             # doing that at once race in the migration and one crashes. The first opens it
             # under this lock, the second waits and finds the tables made.
@@ -411,7 +272,9 @@ class TrackingStore:
         on this run while the block runs, sampling every ``ORCH_SYSTEM_METRICS_SECONDS``
         (default 10; 0 turns it off), with one last sample at the end so that a run shorter
         than the interval still has one."""
-        return _SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
+        from orchestrator.run_tracker import SystemMetrics
+
+        return SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         self.client.delete_tag(run_id, key)
@@ -497,34 +360,11 @@ class TrackingStore:
             return True
         return False
 
-    def tracker(self, run_id: str) -> MlflowTracker:
+    def tracker(self, run_id: str):
+        """The training loop's tracker for one of this store's runs."""
+        from orchestrator.run_tracker import MlflowTracker
+
         return MlflowTracker(self, run_id)
-
-
-class _SystemMetrics:
-    """Context manager around ``mlflow.system_metrics.SystemMetricsMonitor``."""
-
-    def __init__(self, uri: str, run_id: str, interval: float):
-        self.uri, self.run_id, self.interval, self.monitor = uri, run_id, interval, None
-
-    def __enter__(self) -> _SystemMetrics:
-        if self.interval > 0:
-            import logging
-
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # "Skip logging GPU metrics" etc.
-            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.interval, tracking_uri=self.uri)
-            self.monitor.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.monitor is None:
-            return
-        self.monitor.finish()
-        self.monitor.collect_metrics()
-        self.monitor.publish_metrics(self.monitor.aggregate_metrics())
-        self.monitor.mlflow_logger.flush()
 
 
 def to_record(run):
@@ -540,77 +380,3 @@ def to_record(run):
         tags=dict(run.data.tags),
         start_time=run.info.start_time or 0,
     )
-
-
-# --------------------------------------------------------------------------- one tracked run
-
-
-class MlflowTracker:
-    """The training loop's Tracker, writing into one MLflow run."""
-
-    wants_artifacts = True
-
-    def __init__(self, store: TrackingStore, run_id: str):
-        self.store = store
-        self.run_id = run_id
-        self._pending: list[Any] = []
-
-    def log_data(self, data: dict[str, Any]) -> None:
-        self.store.log_datasets(self.run_id, data)
-
-    def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
-        # Asynchronous: the write happens on MLflow's logging thread while the next epoch
-        # trains. flush() waits for every pending write; the run is never ended before it.
-        from experiments.metric_names import epoch_key
-
-        self._pending.append(self.store.log_metrics(self.run_id, {epoch_key(k): v for k, v in values.items()},
-                                                    step=epoch, synchronous=False))
-
-    def log_summary(self, values: dict[str, float]) -> None:
-        self.flush()
-        self.store.log_metrics(self.run_id, values, step=0)
-
-    def flush(self) -> None:
-        """Wait until every asynchronous write has reached the store; raise the first error."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        self.store.flush_async()
-        for op in pending:
-            if op is not None:
-                op.wait()
-
-    def log_figure(self, figure: Any, path: str) -> None:
-        self.store.log_figure(self.run_id, figure, path)
-
-    def log_text(self, text: str, path: str) -> None:
-        self.store.log_text(self.run_id, text, path)
-
-    def log_model(self, model: Any, example: Any) -> None:
-        import logging
-        import tempfile
-
-        import mlflow.pytorch
-
-        # Saved as an MLflow model directory and uploaded as the run's ``model`` artifact:
-        # ``mlflow.pytorch.load_model("runs:/<run id>/model")`` loads it. (log_model would
-        # also register a LoggedModel entity, several times slower for no use here.)
-        # Pickle format: the pt2 default needs torch.export of the whole model, and the
-        # explicit requirements skip MLflow's slow requirement inference. Loading needs
-        # this package importable, as any pickled module does.
-        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with tempfile.TemporaryDirectory(prefix="orch-model-") as tmp:
-            path = os.path.join(tmp, "model")
-            mlflow.pytorch.save_model(
-                model.cpu(),
-                path,
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}"],
-            )
-            self.store.log_artifacts(self.run_id, path, Artifact.MODEL)
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)

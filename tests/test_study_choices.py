@@ -74,12 +74,14 @@ def test_bad_knob_values_name_the_key_and_the_choices(key, value):
 
 
 def test_precision_on_the_cpu_is_float32_only():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(build({"train.precision": "auto"}), cpu) == "fp32"
+    assert resolve_precision(build({"train.precision": "fp32"}), cpu) == "fp32"
     for precision in ("bf16", "tf32"):
-        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-            resolve_precision(precision, torch.device("cpu"))
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+        with pytest.raises(ConfigError, match="needs a CUDA GPU") as err:
+            resolve_precision(build({"train.precision": precision}), cpu)
+        assert err.value.key == "train.precision"
+    assert resolve_precision(build({"train.precision": "auto"}), cuda) == "bf16"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast vs fp32 is a CUDA path; no GPU here")

@@ -1,0 +1,157 @@
+"""Tracking URIs and the checks a store passes before any work: no mlflow import here.
+
+``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) resolves to an absolute ``sqlite:///``
+file or a server URL; :func:`check_store` refuses, within a second, a store that cannot
+be used as the command needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from orchestrator.errors import UserError
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be used as given: names the URI and the fix."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
+
+    SQLite paths are made absolute so that child processes started elsewhere agree. A
+    bare path or ``file:`` URI would select MLflow's file store, which MLflow 3.13+
+    refuses; a path ending in ``.db`` is taken as SQLite, anything else is an error.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:":
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+        raise TrackingError(f"{uri}: give the SQLite file a path, e.g. sqlite:///{Path.cwd() / 'mlflow.db'}")
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https", "databricks") or scheme.startswith(("postgresql", "mysql", "mssql")):
+        return uri
+    if not scheme or scheme == "file":
+        path = uri[len("file://"):] if scheme == "file" else uri
+        if path.endswith(".db"):
+            return f"sqlite:///{Path(path).expanduser().resolve()}"
+        raise TrackingError(
+            f"{uri}: a folder selects MLflow's file store, which MLflow refuses; "
+            f"use a SQLite file such as sqlite:///{Path(path).expanduser().resolve() / 'mlflow.db'} "
+            "or an http:// tracking server"
+        )
+    raise TrackingError(f"{uri}: unsupported tracking URI scheme {scheme!r}; use sqlite:///PATH.db or http://HOST:PORT")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite file, else the server's choice."""
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").as_uri() if db else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any work starts, when a tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"tracking server {uri} is not reachable ({reason}); start it (mlflow server …) or fix --tracking-uri"
+        ) from None
+
+
+def check_store(uri: str, *, write: bool) -> None:
+    """Refuse, within a second and before any work, a store that cannot be used as asked.
+
+    A server must answer its health check. A SQLite store must be a file (not a folder)
+    that SQLite can read and that holds MLflow's tables; with ``write`` (every command that
+    records runs) its folder must take new files (SQLite writes a journal beside it, MLflow
+    the artifacts folder) and the file must be writable; a missing file is created later
+    by MLflow. Without ``write`` (compare, report, status, ui) a missing file is an error:
+    reading never creates a store. MLflow itself would retry a locked or read-only SQLite
+    file with back-off for about 100 s and then print a long traceback.
+
+    Raises:
+        TrackingError: naming the path and the fix.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        check_reachable(uri)
+        return
+    if db.is_dir():
+        raise TrackingError(f"{db} is a folder, not a SQLite file; use e.g. --tracking-uri sqlite:///{db / 'mlflow.db'}")
+    if not db.exists():
+        if not write:
+            raise TrackingError(f"no MLflow store at {db}; run `orch sweep` or `orch run` first, or point "
+                                "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
+        _check_writable_folder(db.parent, db)
+        return
+    _check_sqlite_file(db)
+    if write:
+        _check_writable_folder(db.parent, db)
+        if not os.access(db, os.W_OK):
+            raise TrackingError(f"{db} is read-only; make it writable, or copy it somewhere writable and point "
+                                "--tracking-uri at the copy")
+        artifacts = db.parent / "mlartifacts"
+        if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
+            raise TrackingError(f"the artifact folder {artifacts} is not writable; fix its permissions")
+
+
+def initialised(db: Path) -> bool:
+    """Whether a SQLite store file exists and holds MLflow's migration table."""
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
+def _check_writable_folder(folder: Path, db: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that also catches read-only mounts."""
+    if not folder.is_dir():
+        raise TrackingError(f"cannot create the store {db}: the folder {folder} does not exist; create it "
+                            "or choose another --tracking-uri")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".orch-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise TrackingError(f"cannot write in {folder} ({err.strerror}), where the store {db.name} and its "
+                            "artifacts live; choose a writable --tracking-uri") from None
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """The file is a SQLite database with MLflow's tables (or empty: MLflow creates them)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
+                            "--tracking-uri at another file") from None
+    if tables and "experiments" not in tables:
+        raise TrackingError(f"{db} is a SQLite database but not an MLflow store (no experiments table); "
+                            "point --tracking-uri at another file")
