@@ -26,10 +26,15 @@ from orchestrator.tracking import TrackingStore
 
 
 class StopFlag:
-    """Set by a signal handler, read by the training loop at each batch boundary."""
+    """Set by a signal handler, read by the training loop at each batch boundary.
+
+    ``busy`` is true while a run is being trained: a signal then only sets ``reason`` and
+    the loop stops at its next batch; outside (an idle point process, say) it interrupts.
+    """
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.busy = False
 
 
 class RunCheckpoints:

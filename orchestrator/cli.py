@@ -43,16 +43,22 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             raise BadInput(str(err)) from None
+        except KeyboardInterrupt:  # Ctrl-C before any run exists (reading, validating, opening the store)
+            click.echo("interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
 
     return wrapper
 
 
-def open_store(tracking_uri: str | None) -> TrackingStore:
-    """The command's tracking store: resolved, checked reachable, opened once."""
+def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore:
+    """The command's tracking store: resolved, checked (:func:`tracking.check_store`), opened once.
+
+    ``write=False`` for commands that only read: they never create a store.
+    """
     from orchestrator import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_reachable(uri)
+    tracking.check_store(uri, write=write)
     return tracking.TrackingStore(uri)
 
 
@@ -111,34 +117,44 @@ def cli(debug: bool) -> None:
 @click.option("--experiment", default="orch", show_default=True, help="MLflow experiment name.")
 @device_option
 @click.option("--run-name", default=None, help="MLflow run name (default: <norm>-bs<batch>-s<seed>).")
+@click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
+              help="Continue a run that was stopped or killed, from its checkpoint, in a new run.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
 @handle_errors
 def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: str | None, experiment: str,
-            device: str, run_name: str | None, quiet: bool) -> None:
+            device: str, run_name: str | None, resume_run: str | None, quiet: bool) -> None:
     """Train one configuration (defaults: the digits dataset) as one MLflow run.
 
+    \b
     CONFIG.yaml holds config sections (data, model, optim, schedule, train, seed);
-    --set overrides single keys. Exits 1 if training fails (the run is recorded FAILED).
+    --set overrides single keys. Ctrl-C or SIGTERM checkpoint the run and end it KILLED;
+    `orch run --resume RUN_ID` continues it exactly where it stopped. Exit codes: 0
+    finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
     from experiments.config import load
 
-    cfg = load(config_file, overrides)
     store = open_store(tracking_uri)
+    if resume_run:
+        if config_file or overrides:
+            raise BadInput("--resume continues a run with its own config; drop CONFIG.yaml and --set")
+        from orchestrator.runner import resumed_config
+
+        cfg, experiment, run_name = resumed_config(store, resume_run)
+    else:
+        cfg = load(config_file, overrides)
     check_device(device)
 
-    from orchestrator.runner import raise_on_sigterm, run_tracked, summary_line
+    from orchestrator.runner import run_tracked, stop_on_signals, summary_line
 
-    raise_on_sigterm()
+    stop = stop_on_signals()
     exp_id = store.ensure_experiment(experiment)
     name = run_name or f"{cfg.model.norm}-bs{cfg.data.batch_size}-s{cfg.seed}"
-    try:
-        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
-                                            quiet=quiet)
-    except KeyboardInterrupt:
-        click.echo("interrupted: the run is recorded KILLED", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+    code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
+                                        quiet=quiet, stop=stop, resume=resume_run or False)
     if code == ExitCode.OK and not quiet:
         click.echo(f"run {run_id} FINISHED  {summary_line(summary)}", err=True)
+    elif code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
+        click.echo(f"continue it with: orch run --resume {run_id}", err=True)
     sys.exit(code)
 
 
@@ -158,26 +174,33 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
 @click.option("--storage", default=None, metavar="URL",
               help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
+@click.option("--wait", is_flag=True,
+              help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2.")
+@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Refuse a grid of more points (settings x seeds) than this.")
 @tracking_uri_option
 @device_option
 @set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @handle_errors
 def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
-              max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None,
-              tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
+              max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None, wait: bool,
+              max_points: int, tracking_uri: str | None, device: str, overrides: tuple[str, ...],
+              quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
     Rerunning the same grid resumes it: points with a FINISHED run in the experiment
     (from this sweep or an earlier one, e.g. before a seed was added) are skipped;
-    failed, killed and missing ones run. Exit codes: 0 all finished, 1 some failed, 2 bad grid,
-    130 interrupted (Ctrl-C; running points are recorded KILLED).
+    points that were stopped or killed continue from their checkpoints; failed and
+    missing ones run. One sweep per experiment and store runs at a time (--wait queues
+    behind it). Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
+    130 Ctrl-C, 143 SIGTERM (running points checkpoint and are recorded KILLED).
     """
     from orchestrator import tracking
     from orchestrator.grid import load_grid
 
-    spec = load_grid(grid_file, overrides, check_data=not dry_run)
+    spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if dry_run:
         from orchestrator.display import print_dry_run
@@ -194,7 +217,7 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
 
     sys.exit(run_sweep(spec, store, workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
                        max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                       metric=metric))
+                       metric=metric, wait=wait))
 
 
 def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:
@@ -262,14 +285,16 @@ def _sweep_data(store, experiment: str | None, sweep: str):
               help="Optuna sampler of the search space.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
               help="Stops unpromising trials early on their per-epoch validation metric.")
+@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Refuse a grid of more points (settings x seeds) than this.")
 @tracking_uri_option
 @device_option
 @set_option
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial progress.")
 @handle_errors
 def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-             study_name: str | None, sampler: str, pruner: str, tracking_uri: str | None, device: str,
-             overrides: tuple[str, ...], quiet: bool) -> None:
+             study_name: str | None, sampler: str, pruner: str, max_points: int, tracking_uri: str | None,
+             device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Tune the grid's `tune.space` (default: StepLR step_size and gamma) with Optuna.
 
     Grid axes that are not searched give one study per setting; --set fixes them.
@@ -278,7 +303,7 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     """
     from orchestrator.grid import load_grid
 
-    spec = load_grid(grid_file, overrides)
+    spec = load_grid(grid_file, overrides, max_points=max_points)
     store = open_store(tracking_uri)
     from orchestrator.tuning import run_tune
 
@@ -364,12 +389,9 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     seeds both have): mean ± std, 95% CI, p of a two-sided paired t-test, * when p < 0.05.
     The table format ends with notes on the statistics; other formats print them on stderr.
     """
-    from orchestrator import compare, tracking
+    from orchestrator import compare
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if (db := tracking.sqlite_path(uri)) is not None and not db.exists():
-        raise BadInput(f"no MLflow store at {db}: run `orch sweep GRID.yaml` first, or give --tracking-uri")
-    records, expected = _sweep_data(open_store(uri), experiment, sweep)
+    records, expected = _sweep_data(open_store(tracking_uri, write=False), experiment, sweep)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
                              baseline=baseline, top=top)
@@ -403,14 +425,11 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
     """
     from pathlib import Path
 
-    from orchestrator import compare, study_report, tracking
+    from orchestrator import compare, study_report
 
     if out_dir is not None and no_figures:
         raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if (db := tracking.sqlite_path(uri)) is not None and not db.exists():
-        raise BadInput(f"no MLflow store at {db}: run `orch sweep GRID.yaml` first, or give --tracking-uri")
-    store = open_store(uri)
+    store = open_store(tracking_uri, write=False)
     _, parent = _resolve_sweep(store, experiment, sweep)
     records, expected = study_report.sweep_results(store, parent)
     click.echo(compare.report(records, expected, fmt=fmt))

@@ -1,20 +1,36 @@
-"""Child process of a sweep: ``python -m orchestrator.point`` runs one point.
+"""A slot's point process: ``python -m orchestrator.point`` runs points one after another.
 
-Imports torch, mlflow and the training code first, then reads a JSON job from stdin
-(written by :func:`orchestrator.point_processes.job_payload`): a spare process started
-ahead of time waits there, and an empty stdin ends it quietly.
-The job runs through :func:`orchestrator.runner.run_tracked`, which reports to the parent
-as JSON lines on the original stdout (``started``, ``epoch``, ``end``). Everything else
-that would go to stdout (library chatter) is sent to stderr, which the parent keeps as
-the point's log. The exit code is the run's: 0 FINISHED, 1 FAILED, 130 KILLED.
+It imports torch, mlflow and the training code once, then reads jobs from stdin, one
+JSON object per line (written by :mod:`orchestrator.point_processes`), and runs each
+through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as JSON
+lines on the original stdout, every event carrying the job's id: ``started`` (the run
+id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
+retires after it). Everything else that would go to stdout (library chatter) goes to
+stderr, which the scheduler keeps as the process's log.
+
+Imports, the CUDA context, cuDNN's autotuning and compiled graphs are thus paid once per
+slot. A point's results do not depend on what ran before it in the process: the state a
+run could leave behind (default dtype, cuDNN and determinism flags, TF32, matplotlib's
+settings, MLflow's active run) is reset before every job, and training seeds every
+generator itself. The process retires (exits after its ``end`` event) after
+``ORCH_POINTS_PER_PROCESS`` points (default 50; 1 gives one process per point) or when
+its resident memory passes ``ORCH_PROCESS_MAX_RSS_MB`` (default 8192).
+
+SIGTERM, SIGINT and SIGUSR1 make the running point checkpoint and end KILLED
+(preempted); the process then exits instead of taking another job. An empty line or the
+end of stdin ends an idle process with exit code 0.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
 from typing import Any, TextIO
+
+POINTS_PER_PROCESS = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50"))
+MAX_RSS_MB = float(os.environ.get("ORCH_PROCESS_MAX_RSS_MB", "8192"))
 
 
 def _event_stream() -> TextIO:
@@ -26,13 +42,67 @@ def _event_stream() -> TextIO:
 
 
 def _preload() -> None:
-    """Import what every run needs (seconds of start-up) before the job is known."""
-    import experiments.data  # noqa: F401
-    import experiments.plots  # noqa: F401
+    """Import what every run needs (seconds of start-up), once per process."""
     import experiments.train  # noqa: F401
+    import orchestrator.run_artifacts  # noqa: F401
     from orchestrator import tracking
 
     tracking.preload()
+
+
+def reset_process_state() -> None:
+    """Undo what a previous point in this process may have changed."""
+    import torch
+
+    torch.set_default_dtype(torch.float32)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = False
+    if "matplotlib" in sys.modules:
+        import matplotlib
+
+        matplotlib.rcdefaults()
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
+    """One point: its tracked run, with events tagged by the job's id; (exit code, run id, summary)."""
+    from experiments.config import build
+    from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
+    from orchestrator.runner import run_tracked
+    from orchestrator.tracking import TrackingStore
+
+    cfg = build(job["config"])
+    tag = {"job": job["job"]}
+    code, run_id, summary = run_tracked(
+        cfg,
+        store=TrackingStore(job["uri"]),
+        experiment_id=job["experiment_id"],
+        run_name=job.get("run_name"),
+        tags=job.get("tags"),
+        parent_run_id=job.get("parent_run_id"),
+        device=job.get("device", "auto"),
+        quiet=False,
+        on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid(), **tag),
+        on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=cfg.train.max_epochs,
+                                    **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
+        stop=stop,
+        resume=job.get("resume", True),
+    )
+    return int(code), run_id, summary
 
 
 def main() -> int:
@@ -43,48 +113,40 @@ def main() -> int:
         events.flush()
 
     from orchestrator.errors import ExitCode
-    from orchestrator.runner import raise_on_sigterm
+    from orchestrator.runner import stop_exit_code, stop_on_signals
 
-    raise_on_sigterm()
+    stop = stop_on_signals()
     _preload()
     threads = int(os.environ.get("ORCH_THREADS", "0"))
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
-
-    text = sys.stdin.read()  # a spare process waits here until its slot needs it
-    if not text.strip():
-        return ExitCode.OK  # a spare that was not needed
-    job = json.loads(text)
-
-    from experiments.config import build
-    from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
-    from orchestrator.runner import run_tracked
-    from orchestrator.tracking import TrackingStore
-
-    cfg = build(job["config"])
-    max_epochs = cfg.train.max_epochs
-    try:
-        code, run_id, summary = run_tracked(
-            cfg,
-            store=TrackingStore(job["uri"]),
-            experiment_id=job["experiment_id"],
-            run_name=job.get("run_name"),
-            tags=job.get("tags"),
-            parent_run_id=job.get("parent_run_id"),
-            device=job.get("device", "auto"),
-            quiet=False,
-            on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid()),
-            on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=max_epochs,
-                                        **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}),
-        )
-    except KeyboardInterrupt:
-        emit(event="end", code=int(ExitCode.INTERRUPTED))
-        return ExitCode.INTERRUPTED
-    emit(event="end", code=int(code), run_id=run_id, summary=summary)
-    return code
+    done = 0
+    for line in sys.stdin:  # an idle process waits here for its slot's next point
+        if stop.reason is not None:
+            return stop_exit_code(stop.reason)
+        if not line.strip():
+            break
+        job = json.loads(line)
+        reset_process_state()
+        try:
+            code, run_id, summary = run_job(job, stop, emit)
+        except KeyboardInterrupt:  # a second signal, or one before training started: the run is KILLED
+            emit(event="end", job=job["job"], code=int(ExitCode.INTERRUPTED), retire=True)
+            return ExitCode.INTERRUPTED
+        done += 1
+        retire = stop.reason is not None or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
+        emit(event="end", job=job["job"], code=code, run_id=run_id, summary=summary, retire=retire)
+        if retire:
+            return stop_exit_code(stop.reason) if stop.reason else ExitCode.OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every run of this process is closed and its writes flushed by now; skipping the
+    # interpreter's teardown (seconds of library atexit work) lets a preempted slot exit at once.
+    os._exit(int(code))

@@ -1,28 +1,34 @@
-"""The point processes of the slots: start, hand over a job, keep a spare, stop.
+"""The slots' long-lived point processes: start, hand over jobs, replace, stop.
 
 The scheduler (:mod:`orchestrator.scheduler`) decides what runs where; this module alone
-knows that a point runs as ``python -m orchestrator.point`` reading a JSON job on stdin,
-so another way of running points (long-lived slot processes, say) replaces this class
-without touching the scheduling.
+knows that a slot's points run in one ``python -m orchestrator.point`` process that reads
+jobs as JSON lines on stdin and answers with events on stdout (see that module). A slot
+keeps its process from point to point, so imports, the CUDA context and compiled graphs
+are paid once per slot; a process that dies (a crash, a kill, the out-of-memory killer)
+fails only the point it was running, and the slot's next point starts a fresh one. A
+process retires by itself after ``ORCH_POINTS_PER_PROCESS`` points or past its memory
+bound. Children die with the scheduler (``PR_SET_PDEATHSIG``), however it dies.
 
-A spare is the slot's next process started ahead of time: it imports torch and mlflow
-(seconds) while the slot's current point trains, then waits for its job on stdin.
-``ORCH_SPARES=0`` turns spares off. Children die with the scheduler
-(``PR_SET_PDEATHSIG``), however it dies.
+Each process writes its chatter to one log file; when a point fails, the part of the log
+written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.schema import Tag
 
@@ -30,8 +36,8 @@ if TYPE_CHECKING:
     from orchestrator.scheduler import Slot, Task
 
 PR_SET_PDEATHSIG = 1
-STOP_GRACE_SECONDS = 20.0  # a SIGTERMed point closes its run KILLED within this, or is killed
-SPARE_EXIT_SECONDS = 0.5  # an idle spare exits at once on an empty job; one still importing is killed
+STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
+IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.point")
 
 
@@ -44,10 +50,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def job_payload(task: Task, slot: Slot) -> dict:
-    """The JSON job a point process reads on stdin (see :mod:`orchestrator.point`)."""
+def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
+    """The JSON job a point process reads (see :mod:`orchestrator.point`)."""
     job = task.job
     return {
+        "job": job_id,
         "config": job.config,
         "uri": job.uri,
         "experiment_id": job.experiment_id,
@@ -55,24 +62,34 @@ def job_payload(task: Task, slot: Slot) -> dict:
         "run_name": job.name,
         "device": "cuda" if slot.gpu is not None else "cpu",
         "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label},
+        "resume": job.resume,
     }
 
 
-class PointProcesses:
-    """Starts, hands jobs to and stops the point processes of the slots.
+@dataclass
+class SlotProcess:
+    """One slot's point process."""
 
-    With spares on (default: ``ORCH_SPARES`` unless it is 0), each slot keeps one process
-    started ahead; :meth:`launch` uses it when it is there and alive, else starts a fresh
-    one. ``command`` is the child's command line: anything that reads the job on stdin and
-    speaks :mod:`orchestrator.point`'s events on stdout.
+    proc: subprocess.Popen
+    log_path: Path
+    points: int = 0  # jobs handed to it
+    job_offset: int = 0  # the log's size when its current job was handed over
+    retiring: bool = False  # it said it exits after its current point
+
+
+class PointProcesses:
+    """The slots' point processes; their events arrive on ``events`` as (slot index, process, event).
+
+    An event of None says that process has exited. ``command`` is the child's command line:
+    anything that reads jobs as JSON lines on stdin and speaks :mod:`orchestrator.point`'s events.
     """
 
-    def __init__(self, log_dir: Path, *, spares: bool | None = None, command: Sequence[str] = POINT_COMMAND):
-        if spares is None:
-            spares = os.environ.get("ORCH_SPARES", "1") != "0"
-        self.log_dir, self.spares_enabled, self.command = log_dir, spares, list(command)
-        self.spares: dict[int, tuple[subprocess.Popen, Path]] = {}  # slot index -> (process, log)
-        self.n_spares = 0
+    def __init__(self, log_dir: Path, *, command: Sequence[str] = POINT_COMMAND):
+        self.log_dir, self.command = log_dir, list(command)
+        self.slots: dict[int, SlotProcess] = {}
+        self.events: queue.Queue[tuple[int, subprocess.Popen, dict | None]] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._n_started = 0
 
     @staticmethod
     def slot_env(slot: Slot) -> dict[str, str]:
@@ -86,74 +103,93 @@ class PointProcesses:
             env["OMP_NUM_THREADS"] = str(slot.threads)
         return env
 
-    def start(self, slot: Slot, log_path: Path) -> subprocess.Popen:
-        """A fresh point process for ``slot``; its stderr goes to ``log_path``."""
+    def _start(self, slot: Slot) -> SlotProcess:
+        self._n_started += 1
+        log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
         with open(log_path, "w") as log:
-            return subprocess.Popen(
-                self.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=self.slot_env(slot),
-                text=True,
+            proc = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                env=self.slot_env(slot), text=True,
                 start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
                 preexec_fn=_die_with_parent,
             )
+        threading.Thread(target=self._read_events, args=(slot.index, proc), daemon=True).start()
+        return SlotProcess(proc, log_path)
 
-    def start_spare(self, slot: Slot) -> None:
-        """Start the slot's next point process now: it imports torch and mlflow while the
-        current point trains, then waits for its job on stdin."""
-        if not self.spares_enabled or slot.index in self.spares:
-            return
-        self.n_spares += 1
-        log_path = self.log_dir / f"spare-{slot.index}-{self.n_spares}.log"
-        self.spares[slot.index] = (self.start(slot, log_path), log_path)
-
-    def take_spare(self, slot: Slot) -> tuple[subprocess.Popen, Path] | None:
-        spare = self.spares.pop(slot.index, None)
-        if spare is not None and spare[0].poll() is not None:  # it died while waiting
-            return None
-        return spare
-
-    def launch(self, task: Task, slot: Slot) -> None:
-        """Run ``task`` on ``slot``: sets ``task.proc`` and ``task.log_path`` and sends the job."""
-        task.log_path = self.log_dir / f"{task.name}-attempt{task.attempt}.log"
-        spare = self.take_spare(slot)
-        if spare is not None:
-            task.proc, spare_log = spare
-            os.replace(spare_log, task.log_path)  # the child keeps writing to the renamed file
-        else:
-            task.proc = self.start(slot, task.log_path)
-        task.proc.stdin.write(json.dumps(job_payload(task, slot)))
-        task.proc.stdin.close()
-
-    def close_spares(self) -> None:
-        """Idle spares exit on an empty job; one still importing is killed (it holds nothing)."""
-        spares, self.spares = list(self.spares.values()), {}
-        for proc, _ in spares:
-            with contextlib.suppress(OSError):  # a spare that died has a broken pipe
-                proc.stdin.close()
-        for proc, log_path in spares:
+    def _read_events(self, index: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
             try:
-                proc.wait(timeout=SPARE_EXIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
-            log_path.unlink(missing_ok=True)
+                self.events.put((index, proc, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # not an event: the child writes its chatter to stderr, but be safe
+        proc.wait()
+        self.events.put((index, proc, None))  # the process is gone
 
-    @staticmethod
-    def stop(procs: Iterable[subprocess.Popen], grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM every live process (it closes its run KILLED), then kill what outlives ``grace``."""
-        procs = list(procs)
+    def launch(self, task: Task, slot: Slot) -> int:
+        """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
+        current = self.slots.get(slot.index)
+        if current is None or current.retiring or current.proc.poll() is not None:
+            current = self.slots[slot.index] = self._start(slot)
+        job_id = next(self._ids)
+        current.points += 1
+        current.job_offset = current.log_path.stat().st_size
+        task.proc, task.log_path = current.proc, current.log_path
+        current.proc.stdin.write(json.dumps(job_payload(task, slot, job_id)) + "\n")
+        current.proc.stdin.flush()
+        return job_id
+
+    def exited(self, index: int, proc: subprocess.Popen) -> bool:
+        """Forget a process that has exited; True when it was the slot's current one."""
+        current = self.slots.get(index)
+        if current is not None and current.proc is proc:
+            del self.slots[index]
+            return True
+        return False
+
+    def keep_log(self, task: Task, index: int) -> Path | None:
+        """Copy the part of the slot's log written during ``task`` to ``<point>-attempt<n>.log``."""
+        current = self.slots.get(index)
+        offset = current.job_offset if current is not None and current.proc is task.proc else 0
+        kept = self.log_dir / f"{task.name}-attempt{task.attempt}.log"
+        try:
+            with open(task.log_path, errors="replace") as src:
+                src.seek(offset)
+                kept.write_text(src.read())
+        except OSError:
+            return None
+        return kept
+
+    def mark_retiring(self, index: int, proc: subprocess.Popen) -> None:
+        current = self.slots.get(index)
+        if current is not None and current.proc is proc:
+            current.retiring = True
+
+    def close(self) -> None:
+        """End every process: idle ones exit on end of input; a late one is killed. Logs are removed."""
+        procs = [s.proc for s in self.slots.values()]
+        for proc in procs:
+            with contextlib.suppress(OSError):  # a process that died has a broken pipe
+                proc.stdin.close()
+        _wait_or_kill(procs, IDLE_EXIT_SECONDS)
+        self.slots = {}
+        for log in self.log_dir.glob("slot*-process*.log"):
+            log.unlink(missing_ok=True)
+
+    def stop(self, signum: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Send ``signum`` to every process (its point checkpoints and closes its run KILLED),
+        then kill what outlives ``grace``."""
+        procs = [s.proc for s in self.slots.values()]
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc.send_signal(signum)
+        _wait_or_kill(procs, grace)
+
+
+def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    deadline = time.time() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

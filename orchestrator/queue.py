@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import signal
 import sys
 import threading
 import time
@@ -278,8 +279,8 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
             serve_tuning()  # studies queued while the points ran
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
-    if outcome.interrupted:
-        return ExitCode.INTERRUPTED
+    if outcome.interrupted:  # its points checkpointed and went back on the queue at once
+        return ExitCode.PREEMPTED if outcome.signal == signal.SIGTERM else ExitCode.INTERRUPTED
     return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
 

@@ -8,6 +8,7 @@ an artifact) or KILLED (interrupted by Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption, Ctrl-C, Slurm's time-limit warning
+REPEAT_WINDOW_SECONDS = 1.0  # the same signal again within this is the same request
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,13 +43,23 @@ def raise_on_sigterm() -> None:
 
 def stop_on_signals() -> StopFlag:
     """SIGTERM, SIGINT or SIGUSR1 ask the running training loop to checkpoint and stop at
-    its next batch boundary; a second signal interrupts at once."""
+    its next batch boundary; a second signal interrupts at once.
+
+    A repeat of the first signal within :data:`REPEAT_WINDOW_SECONDS` counts as the same
+    request: a parent that dies sends its ``PR_SET_PDEATHSIG`` once per exiting thread.
+    """
     flag = StopFlag()
+    first: list[tuple[int, float]] = []
 
     def handler(signum, frame):  # noqa: ARG001
         name = signal.Signals(signum).name
-        if flag.reason is not None:
-            raise Interrupted(f"{name} (second signal)")
+        now = time.monotonic()
+        if first and first[0][0] == signum and now - first[0][1] < REPEAT_WINDOW_SECONDS:
+            return
+        first[:] = first or [(signum, now)]
+        if flag.reason is not None or not flag.busy:
+            flag.reason = flag.reason or name
+            raise Interrupted(name if not flag.busy else f"{name} (second signal)")
         flag.reason = name
 
     for sig in STOP_SIGNALS:
@@ -140,56 +152,50 @@ def run_tracked(
     continues the newest unfinished run of the same run key that holds a checkpoint (if
     any); a run id continues that run.
     """
-    from experiments.train import Stopped, train
-    from orchestrator.run_artifacts import log_run_artifacts
+    with _busy(stop):  # a signal now only asks the loop to checkpoint and stop: the run is always closed
+        return _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start,
+                           on_epoch, stop, resume)
+
+
+@contextlib.contextmanager
+def _busy(stop: StopFlag | None):
+    if stop is None:
+        yield
+        return
+    stop.busy = True
+    try:
+        yield
+    finally:
+        stop.busy = False
+
+
+def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start, on_epoch,
+                stop, resume) -> tuple[int, str, dict[str, float]]:
+    """:func:`run_tracked`'s body: start the run, train, and close the run however training ends."""
+    from experiments.train import Stopped
 
     dev, dev_name = device_label(device)
     previous, state = _resume_point(store, experiment_id, cfg, resume)
-    run_tags = {
-        Tag.KIND: Kind.RUN,
-        **(tags or {}),
-        Tag.RUN_KEY: run_key(cfg),
-        Tag.DEVICE: dev_name,
-        **tracking.runtime_tags(),
-    }
-    if state is not None:
-        progress = state["progress"]
-        run_tags.update({Tag.RESUMED_FROM: previous, Tag.RESUMED_EPOCH: str(progress["epoch"]),
-                         Tag.RESUMED_BATCH: str(progress["batch"])})
+    run_tags = {Tag.KIND: Kind.RUN, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
+                **tracking.runtime_tags(), **_resume_tags(previous, state)}
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
                              parent_run_id=parent_run_id)
-    if state is not None:  # the epochs before the checkpoint, with their original timestamps
-        store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
-    if on_start:
-        on_start(run_id)
     printer = EpochPrinter(cfg, quiet, run_name or "")
-    ckpts = None if stop is None else RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop)
-
-    def epoch_hook(epoch: int, values: Mapping[str, float]) -> None:
-        printer(epoch, values)
-        if on_epoch:
-            on_epoch(epoch, values)
-
-    tracker = store.tracker(run_id)
-    try:
-        try:
-            with store.system_metrics(run_id):
-                result = train(cfg, tracker, device=dev, on_epoch=epoch_hook, checkpoints=ckpts, resume=state)
-                log_run_artifacts(tracker, cfg, result)
-        finally:
-            _flush(tracker)  # the epochs logged so far reach the store before the run ends
+    try:  # from here on, every ending closes the run
+        if state is not None:  # the epochs before the checkpoint, with their original timestamps
+            store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
+        if on_start:
+            on_start(run_id)
+        result = _train_logged(cfg, store, run_id, dev, printer, on_epoch, stop, state)
     except Stopped as err:
-        printer.close()
         store.end_run(run_id, Status.KILLED, stop_reason(err))
         if not quiet:
             print(f"run {run_id} KILLED: {stop_reason(err)}", file=sys.stderr)
         return stop_exit_code(err.reason), run_id, {}
     except KeyboardInterrupt as err:
-        printer.close()
         store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
         raise
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, then reported
-        printer.close()
         if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure
             store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
             store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
@@ -199,12 +205,43 @@ def run_tracked(
         if not quiet:
             print(f"run {run_id} FAILED: {reason}", file=sys.stderr)
         return ExitCode.FAILED, run_id, {}
-    printer.close()
-    if ckpts is not None or state is not None:
+    if stop is not None or state is not None:
         checkpoints.remove(store, run_id)  # a finished run carries its final model, not its checkpoints
     store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING, ""), result.summary))
     store.end_run(run_id, Status.FINISHED)
     return ExitCode.OK, run_id, result.summary
+
+
+def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, dev: str, printer: EpochPrinter,
+                  on_epoch: Callable[[int, Mapping[str, float]], None] | None, stop: StopFlag | None,
+                  state: dict | None):
+    """Train with the run's tracker, system metrics and checkpoints; log the artifacts."""
+    from experiments.train import train
+    from orchestrator.run_artifacts import log_run_artifacts
+
+    def epoch_hook(epoch: int, values: Mapping[str, float]) -> None:
+        printer(epoch, values)
+        if on_epoch:
+            on_epoch(epoch, values)
+
+    ckpts = None if stop is None else RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop)
+    tracker = store.tracker(run_id)
+    try:
+        with store.system_metrics(run_id):
+            result = train(cfg, tracker, device=dev, on_epoch=epoch_hook, checkpoints=ckpts, resume=state)
+            log_run_artifacts(tracker, cfg, result)
+        return result
+    finally:
+        printer.close()
+        _flush(tracker)  # the epochs logged so far reach the store before the run ends
+
+
+def _resume_tags(previous: str | None, state: dict | None) -> dict[str, str]:
+    if state is None:
+        return {}
+    progress = state["progress"]
+    return {Tag.RESUMED_FROM: previous, Tag.RESUMED_EPOCH: str(progress["epoch"]),
+            Tag.RESUMED_BATCH: str(progress["batch"])}
 
 
 def run_note(cfg: RunConfig, setting: str, summary: Mapping[str, float]) -> str:
@@ -214,6 +251,27 @@ def run_note(cfg: RunConfig, setting: str, summary: Mapping[str, float]) -> str:
                        if k in summary)
     return (f"{what}, seed {cfg.seed}: best epoch {int(summary[names.BEST_EPOCH])} of "
             f"{int(summary[names.EPOCHS_RUN])}; {scores}")
+
+
+def resumed_config(store: tracking.TrackingStore, run_id: str) -> tuple[RunConfig, str, str]:
+    """(config, experiment name, run name) of a run to continue with ``orch run --resume``.
+
+    Raises:
+        UserError: no such run, or it holds no checkpoint (it finished, or never wrote one).
+    """
+    from experiments.config import build
+    from orchestrator.errors import UserError
+
+    try:
+        run = store.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
+        raise UserError(f"no run {run_id!r} in {store.uri}; copy the id from the run's page or `orch run` output") from None
+    if Tag.CHECKPOINT not in run.data.tags:
+        state = "it finished" if run.info.status == Status.FINISHED else "it wrote no checkpoint"
+        raise UserError(f"run {run_id} cannot be resumed: {state}; start it again with `orch run`")
+    cfg = build(checkpoints.load(store, run_id)["config"])
+    experiment = store.client.get_experiment(run.info.experiment_id).name
+    return cfg, experiment, run.info.run_name
 
 
 def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunConfig,

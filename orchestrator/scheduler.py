@@ -1,34 +1,32 @@
-"""Local scheduler: slots, one child process per point, retries, Ctrl-C, resume.
+"""Local scheduler: slots, long-lived point processes, retries, signals, resume.
 
 One scheduler process hands out the points, so no two slots ever claim the same point.
 A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one
-of N CPU workers with the cores divided among them. Each point runs in its own process
-(``python -m orchestrator.point``) for fault isolation and a clean CUDA state; it logs
-straight to MLflow under the sweep's parent run and reports progress as JSON lines.
-While a slot's point trains, the slot's next process is already started ("spare"): it
-imports torch and mlflow, then waits for its job, so that a point's start-up (seconds)
-overlaps the previous point's training instead of following it.
+of N CPU workers with the cores divided among them. Each slot runs its points one after
+another in one long-lived process (:mod:`orchestrator.point`), which logs straight to
+MLflow under the sweep's parent run and reports progress as JSON lines; a process that
+dies fails only its current point, and the slot starts a fresh one for the next.
 
 Where the points come from is a :class:`PointSource`: :class:`ListSource` for a local
-sweep, :class:`orchestrator.queue.QueueSource` for the multi-machine queue. Starting and
-stopping the child processes is :class:`orchestrator.point_processes.PointProcesses`'
-job alone, so that another way of running points (e.g. long-lived slot processes) can
-replace it without touching the scheduling.
+sweep, :class:`orchestrator.queue.QueueSource` for the multi-machine queue. Starting,
+feeding and stopping the processes is :class:`orchestrator.point_processes.PointProcesses`'
+job alone.
 
-Children die with the scheduler: a SIGKILLed sweep leaves no orphans, only runs left
-RUNNING, which the next invocation marks FAILED and reruns.
+Ctrl-C or SIGTERM stops the scheduler: the signal goes on to every point process, whose
+point checkpoints and ends KILLED (``preempted``/``interrupted``); the next invocation
+resumes them from their checkpoints. Children die with the scheduler: a SIGKILLed sweep
+leaves no orphans, only runs left RUNNING, which the next invocation marks FAILED and
+resumes from their last periodic checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ if TYPE_CHECKING:
     from orchestrator.tracking import TrackingStore
 
 EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
+STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.PREEMPTED)  # a point stopped by a signal, checkpointed
 
 
 # --------------------------------------------------------------------------- slots
@@ -97,12 +96,14 @@ class Job:
     experiment_id: str
     parent_run_id: str | None
     tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
+    resume: bool = True  # continue a checkpointed earlier attempt of the point (False: --rerun)
 
     @classmethod
-    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str) -> Job:
+    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
+                  resume: bool = True) -> Job:
         return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
                    {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
-                    Tag.SETTING: spec.setting})
+                    Tag.SETTING: spec.setting}, resume)
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Task:
     log_path: Path | None = None
     summary: dict = field(default_factory=dict)
     last_f1: float | None = None
+    job_id: int = 0  # the point process's id for this attempt
 
     @property
     def name(self) -> str:
@@ -196,6 +198,7 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # point name -> last reason
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
+    signal: int | None = None  # the signal that stopped the scheduler
     seconds: float = 0.0
 
 
@@ -203,7 +206,7 @@ class Outcome:
 
 
 class Scheduler:
-    """Runs the points of a source over slots, one child process each; reports through ``display``.
+    """Runs the points of a source over slots, in long-lived point processes; reports through ``display``.
 
     Failed attempts keep their logs in ``log_dir`` (default: a new ``orch-logs-*`` folder in
     the temporary directory, removed at the end when nothing failed).
@@ -219,11 +222,14 @@ class Scheduler:
         self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
         self.on_idle = on_idle  # called while idle (with idle_poll); True: it did work, look again at once
         self.processes = PointProcesses(self.log_dir, command=point_command)
-        self.events: queue.Queue[tuple[Task, dict | None]] = queue.Queue()
-        self.stop_requested = False
+        self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one asked the scheduler to stop
         self.running: dict[int, Task] = {}  # slot index -> task
         self.free: list[Slot] = []
         self._stores: dict[str, TrackingStore] = {}
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal is not None
 
     def store(self, uri: str) -> TrackingStore:
         """The tracking store of a job's URI, opened once per scheduler."""
@@ -244,12 +250,13 @@ class Scheduler:
             self._loop(source, outcome)
             outcome.skipped = source.unstarted()
         finally:
-            self.processes.close_spares()
-            with contextlib.suppress(OSError):
-                self.log_dir.rmdir()  # only when empty: nothing failed
             if self.running or self.stop_requested:
                 outcome.interrupted = self.stop_requested
+                outcome.signal = self.stop_signal
                 self._stop_all(source)
+            self.processes.close()
+            with contextlib.suppress(OSError):
+                self.log_dir.rmdir()  # only when empty: nothing failed
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             outcome.seconds = time.time() - t0
@@ -264,17 +271,11 @@ class Scheduler:
                     return
                 continue
             try:
-                task, event = self.events.get(timeout=EVENT_WAIT_SECONDS)
+                index, proc, event = self.processes.events.get(timeout=EVENT_WAIT_SECONDS)
             except queue.Empty:
                 self.display.tick()
                 continue
-            if event is not None:
-                self._on_event(task, event, source)
-            else:  # the child process has exited
-                del self.running[task.slot.index]
-                self.free.append(task.slot)
-                self.free.sort(key=lambda s: s.index)
-                self._on_exit(task, source, outcome)
+            self._on_event(index, proc, event, source, outcome)
 
     def _halted(self, outcome: Outcome) -> bool:
         return self.fail_fast and bool(outcome.failed)
@@ -285,11 +286,10 @@ class Scheduler:
             if task is None:
                 return
             slot = self.free.pop(0)
-            self._spawn(task, slot)
+            task.job_id = self.processes.launch(task, slot)
+            task.slot, task.started = slot, time.time()
             self.running[slot.index] = task
             self.display.started(task)
-            if not source.exhausted():
-                self.processes.start_spare(slot)
 
     def _wait_idle(self, outcome: Outcome) -> bool:
         """Nothing runs: False to stop, True after waiting (or after ``on_idle`` did some work)."""
@@ -300,27 +300,23 @@ class Scheduler:
         time.sleep(self.idle_poll)
         return True
 
-    def _spawn(self, task: Task, slot: Slot) -> None:
-        self.processes.launch(task, slot)
-        task.slot, task.started = slot, time.time()
-        threading.Thread(target=self._read_events, args=(task, task.proc), daemon=True).start()
-
-    def _read_events(self, task: Task, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            try:
-                self.events.put((task, json.loads(line)))
-            except json.JSONDecodeError:
-                continue  # not an event: the child writes its chatter to stderr, but be safe
-        proc.wait()
-        self.events.put((task, None))  # the process is gone
-
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        if self.stop_requested:  # a second Ctrl-C: stop waiting politely
+        if self.stop_requested:  # a second one: stop waiting politely
             raise KeyboardInterrupt
-        self.stop_requested = True
-        self.display.note("stopping: running points are being closed as KILLED (Ctrl-C again to force)")
+        self.stop_signal = signum
+        self.display.note("stopping: running points checkpoint and are closed as KILLED (Ctrl-C again to force)")
 
-    def _on_event(self, task: Task, event: dict, source: PointSource) -> None:
+    def _on_event(self, index: int, proc: subprocess.Popen, event: dict | None, source: PointSource,
+                  outcome: Outcome) -> None:
+        task = self.running.get(index)
+        if event is None:  # a process exited
+            if task is not None and task.proc is proc:  # in the middle of a point: it died
+                self._release(task)
+                self._on_point_end(task, proc.returncode, source, outcome, died=True)
+            self.processes.exited(index, proc)
+            return
+        if task is None or event.get("job") != task.job_id:
+            return  # an event of a point already dealt with
         kind = event.get("event")
         if kind == "started":
             task.run_id = event.get("run_id")
@@ -331,63 +327,70 @@ class Scheduler:
             self.display.progress(task, event)
         elif kind == "end":
             task.summary = event.get("summary") or {}
+            if event.get("retire"):
+                self.processes.mark_retiring(index, proc)
+            self._release(task)
+            self._on_point_end(task, int(event.get("code", ExitCode.FAILED)), source, outcome)
 
-    def _on_exit(self, task: Task, source: PointSource, outcome: Outcome) -> None:
-        code = task.proc.returncode
-        if code == ExitCode.OK:
-            task.log_path.unlink(missing_ok=True)  # the run is in MLflow; logs of failures stay
+    def _release(self, task: Task) -> None:
+        del self.running[task.slot.index]
+        self.free.append(task.slot)
+        self.free.sort(key=lambda s: s.index)
+
+    def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
+                      died: bool = False) -> None:
+        if code == ExitCode.OK and not died:
             source.finished(task)
             outcome.finished.append(task.name)
             self.display.finished(task)
             return
-        reason = self._close_dead_run(task, code)
-        if code == ExitCode.INTERRUPTED and self.stop_requested:
+        reason = self._close_dead_run(task, code, died)
+        if code in STOP_CODES and self.stop_requested:
             source.abandon(task)
-        elif not self.stop_requested and source.failed(task, reason):
+            return
+        self.processes.keep_log(task, task.slot.index)
+        if not self.stop_requested and source.failed(task, reason):
             self.display.retrying(task, reason)
         else:
             outcome.failed[task.name] = reason
             self.display.failed(task, reason)
 
-    def _close_dead_run(self, task: Task, code: int) -> str:
-        """Make sure the run of a child that did not finish is closed, and say why."""
-        if code == ExitCode.INTERRUPTED:
-            return "interrupted"
-        if code == ExitCode.FAILED:
-            recorded = self.store(task.job.uri).failure_reason(task.run_id) if task.run_id else None
+    def _close_dead_run(self, task: Task, code: int, died: bool) -> str:
+        """Make sure the run of a point that did not finish is closed, and say why."""
+        recorded = self.store(task.job.uri).failure_reason(task.run_id) if task.run_id and not died else None
+        if code in STOP_CODES and not died:
+            return recorded or "stopped by a signal"
+        if not died:
             reason = recorded or "training raised an exception"
-        elif code < 0:
+        elif code is not None and code < 0:
             reason = f"process died ({signal.Signals(-code).name})"
         else:
             reason = f"process exited with code {code}"
         if task.run_id:
             self.store(task.job.uri).close_if_live(task.run_id, Status.FAILED, reason, _log_tail(task))
-        else:
-            reason += f" before its MLflow run started; log: {task.log_path}"
+        elif died:
+            reason += " before its MLflow run started"
             tail = _log_tail(task).strip().splitlines()
             if tail:
                 reason += f" ({tail[-1][:300]})"
         return reason
 
     def _stop_all(self, source: PointSource) -> None:
-        """SIGTERM every child, wait for them to close their runs KILLED, then make sure."""
-        tasks = list(self.running.values())
-        self.processes.stop(t.proc for t in tasks if t.proc)
-        self._drain_run_ids()
-        for task in tasks:
+        """Pass the stop signal to every process, wait for their points to close their runs, then make sure."""
+        self.processes.stop(self.stop_signal or signal.SIGTERM)
+        while True:  # the events the processes sent while stopping: run ids and ends
+            try:
+                index, proc, event = self.processes.events.get_nowait()
+            except queue.Empty:
+                break
+            task = self.running.get(index)
+            if task is not None and event and event.get("job") == task.job_id and event.get("event") == "started":
+                task.run_id = event.get("run_id")
+        for task in list(self.running.values()):
             if task.run_id:
                 self.store(task.job.uri).close_if_live(task.run_id, Status.KILLED, "interrupted: the sweep was stopped")
             source.abandon(task)
-
-    def _drain_run_ids(self) -> None:
-        """Run ids of children that started their run after the last event was read."""
-        while True:
-            try:
-                task, event = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if event and event.get("event") == "started":
-                task.run_id = event.get("run_id")
+        self.running = {}
 
 
 def _log_tail(task: Task, lines: int = 60) -> str:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+from experiments.config import check_device
 from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
+from orchestrator import locks
 from orchestrator.errors import ExitCode
 from orchestrator.display import make_display
 from orchestrator.grid import SweepSpec
@@ -77,27 +80,46 @@ def run_sweep(
     device: str = "auto",
     quiet: bool = False,
     metric: str = DEFAULT_OBJECTIVE,
+    wait: bool = False,
 ) -> int:
-    """Run what is missing of ``spec``; returns the exit code (0, 1 failures, 130 interrupted)."""
-    state = open_sweep(store, spec, rerun=rerun)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already finished, "
-        f"{len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
-    slots = plan_slots(workers, gpus, runs_per_gpu, device)
-    scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
-    jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
-                          sweep_id=spec.sweep_id) for r in state.pending]
-    outcome = Outcome()
-    try:
-        if jobs:
-            outcome = scheduler.run(ListSource(jobs, max_retries))
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-    if outcome.interrupted:
-        store.end_run(state.parent_run_id, Status.KILLED, "interrupted")
-        say("interrupted: running points were recorded KILLED; rerun the same command to resume")
-        return ExitCode.INTERRUPTED
+    """Run what is missing of ``spec``; returns the exit code (0, 1 failures, 130 Ctrl-C, 143 SIGTERM).
 
+    Holds the experiment's sweep lock (:mod:`orchestrator.locks`) while it runs: a second
+    sweep of the same experiment and store is refused (``SweepBusy``, exit 2) or, with
+    ``wait``, waits for this one.
+    """
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    slots = plan_slots(workers, gpus, runs_per_gpu, device)
+    for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
+        check_device(r.config, "cuda" if slots[0].gpu is not None else "cpu")
+    with locks.hold(store.uri, spec.name, wait=wait, say=say):
+        state = open_sweep(store, spec, rerun=rerun)
+        say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already finished, "
+            f"{len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
+        jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
+                              parent_run_id=state.parent_run_id, sweep_id=spec.sweep_id, resume=not rerun)
+                for r in state.pending]
+        outcome = Outcome()
+        try:
+            if jobs:
+                scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
+                outcome = scheduler.run(ListSource(jobs, max_retries))
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        if outcome.interrupted:
+            return _interrupted(store, state, outcome, say)
+        return _finish(store, spec, state, outcome, metric, say)
+
+
+def _interrupted(store: TrackingStore, state: SweepState, outcome: Outcome, say) -> int:
+    preempted = outcome.signal == signal.SIGTERM
+    store.end_run(state.parent_run_id, Status.KILLED, "preempted (SIGTERM)" if preempted else "interrupted")
+    say(f"{'preempted' if preempted else 'interrupted'}: running points checkpointed and were recorded KILLED; "
+        "rerun the same command to resume them where they stopped")
+    return ExitCode.PREEMPTED if preempted else ExitCode.INTERRUPTED
+
+
+def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: Outcome, metric: str, say) -> int:
     table = summarize(store, spec, state, metric)
     if table:
         print(table)

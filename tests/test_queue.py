@@ -16,8 +16,10 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, orch
+from experiments.metric_names import epoch_key
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
+from orchestrator.schema import Kind, Status, Tag
 from test_sweep import TINY_BASE, write_grid
 
 FAST_HEARTBEAT = {"ORCH_HEARTBEAT_SECONDS": "1", "ORCH_GRACE_SECONDS": "4"}
@@ -235,3 +237,59 @@ def test_processes_opening_a_fresh_storage_at_once_all_succeed(postgres_url):
              for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-500:] for e in errors]
+
+
+def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoint(postgres_url, mlflow_server,
+                                                                                   tmp_path):
+    """Worker A is preempted mid-point: the point checkpoints, its run ends KILLED and goes back
+    on the queue at once; worker B, in another directory, continues it from A's checkpoint
+    (through the tracking server only) to the same numbers as an uninterrupted run."""
+    from test_resume_sweep import BASE, results
+
+    base = {**BASE, "train": {**BASE["train"], "max_epochs": 8, "patience": 8}}
+    ref_dir, a_dir, b_dir = (tmp_path / d for d in ("reference", "a", "b"))
+    for d in (ref_dir, a_dir, b_dir):
+        d.mkdir()
+    ref_grid = write_grid(ref_dir / "g.yaml", "reference", {"model.norm": ["bn"]}, base=base)
+    ref_uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
+    assert orch("sweep", str(ref_grid), "--workers", "1", "--tracking-uri", ref_uri, cwd=ref_dir).returncode == 0
+    (reference,) = [r for r in MlflowClient(tracking_uri=ref_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=ref_uri).search_experiments()])
+        if r.data.tags.get(Tag.KIND) == Kind.POINT]
+
+    storage = _db(postgres_url)
+    grid = write_grid(a_dir / "g.yaml", f"preempt-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
+    spec = load_grid(grid)
+    assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server, cwd=a_dir).returncode == 0
+    victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
+                              cwd=a_dir, env={**os.environ, **FAST_HEARTBEAT},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # the checkpoint tag is written synchronously after each epoch
+        runs = _point_runs(mlflow_server, spec.sweep_id)
+        if runs and runs[0].info.status == Status.RUNNING and int(runs[0].data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        victim.kill()
+        pytest.fail("worker A never checkpointed its point")
+    killed_id = runs[0].info.run_id
+    victim.send_signal(signal.SIGTERM)
+    _, stderr = victim.communicate(timeout=60)
+    assert victim.returncode == 143, stderr
+    assert "Traceback" not in stderr
+
+    c = MlflowClient(tracking_uri=mlflow_server)
+    killed = c.get_run(killed_id)
+    assert killed.info.status == Status.KILLED
+    assert killed.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
+    status = orch("status", "--storage", storage)
+    assert "pending 1  running 0  done 0  failed 0" in status.stdout, status.stdout  # back at once, no grace wait
+
+    rescuer = orch("worker", "--storage", storage, "--quiet", env={**FAST_HEARTBEAT}, cwd=b_dir, timeout=600)
+    assert rescuer.returncode == 0, rescuer.stderr[-3000:]
+    (resumed,) = [r for r in _point_runs(mlflow_server, spec.sweep_id) if r.info.status == Status.FINISHED]
+    assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
+    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert sorted(m.step for m in c.get_metric_history(resumed.info.run_id, epoch_key("val_loss"))) == list(range(1, 9))
+    assert results(resumed) == results(reference)

@@ -21,21 +21,50 @@ from orchestrator.scheduler import Job, ListSource, PointSource, Scheduler, Slot
 
 STAND_IN = r"""
 import json, os, signal, sys, time
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))  # as the real point closes its run KILLED
+stop, busy = [], []
+
+
+def on_signal(code):  # as the real point: a running one checkpoints and ends KILLED; an idle one exits
+    def handler(*args):
+        stop.append(code)
+        if not busy:
+            sys.exit(code)
+    return handler
+
+
+signal.signal(signal.SIGTERM, on_signal(143))
+signal.signal(signal.SIGINT, on_signal(130))
 with open(os.environ["STAND_IN_PIDS"], "a") as fh:
     fh.write(f"{os.getpid()}\n")
-text = sys.stdin.read()  # a spare waits here
-if not text.strip():
-    sys.exit(0)
-plan = json.loads(text)["config"]
-for epoch in range(1, plan.get("epochs", 1) + 1):
-    print(json.dumps({"event": "epoch", "epoch": epoch, "max_epochs": plan.get("epochs", 1)}), flush=True)
-    time.sleep(plan.get("sleep", 0))
-if plan.get("signal"):
-    os.kill(os.getpid(), plan["signal"])
-print(f"stand-in exits with {plan.get('exit', 0)}", file=sys.stderr)
-print(json.dumps({"event": "end", "summary": {"pid": os.getpid()}}), flush=True)
-sys.exit(plan.get("exit", 0))
+limit, done = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50")), 0
+for line in sys.stdin:  # an idle process waits here for its next job
+    if not line.strip():
+        break
+    job = json.loads(line)
+    busy.append(1)
+    plan, jid, code = job["config"], job["job"], job["config"].get("code", 0)
+    if plan.get("crash"):
+        print("stand-in crashes", file=sys.stderr, flush=True)
+        os._exit(plan["crash"])
+    if plan.get("signal"):
+        os.kill(os.getpid(), plan["signal"])
+    for epoch in range(1, plan.get("epochs", 1) + 1):
+        print(json.dumps({"event": "epoch", "job": jid, "epoch": epoch, "max_epochs": plan.get("epochs", 1)}),
+              flush=True)
+        deadline = time.time() + plan.get("sleep", 0)
+        while time.time() < deadline and not stop:
+            time.sleep(0.01)
+        if stop:
+            code = stop[0]
+            break
+    print(f"stand-in point {jid} ends with {code}", file=sys.stderr, flush=True)
+    busy.clear()
+    done += 1
+    retire = bool(stop) or done >= limit
+    print(json.dumps({"event": "end", "job": jid, "code": code, "summary": {"pid": os.getpid()}, "retire": retire}),
+          flush=True)
+    if retire:
+        sys.exit(stop[0] if stop else 0)
 """
 
 
@@ -76,7 +105,6 @@ def pids(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "pids"
     path.touch()
     monkeypatch.setenv("STAND_IN_PIDS", str(path))
-    monkeypatch.setenv("ORCH_SPARES", "1")
     return path
 
 
@@ -90,21 +118,18 @@ def started_pids(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()]
 
 
-@pytest.mark.parametrize("spares, n_processes", [("1", 6), ("0", 5)])
-def test_every_point_runs_once_in_its_own_process_and_nothing_is_left(tmp_path, pids, monkeypatch, spares,
-                                                                     n_processes):
-    monkeypatch.setenv("ORCH_SPARES", spares)
+@pytest.mark.parametrize("per_process, n_processes", [("50", 2), ("2", 3), ("1", 5)])
+def test_a_slot_runs_its_points_in_one_process_until_it_retires(tmp_path, pids, monkeypatch, per_process,
+                                                                n_processes):
+    monkeypatch.setenv("ORCH_POINTS_PER_PROCESS", per_process)
     display = Recorder()
     names = [f"p{i}" for i in range(5)]
     outcome = scheduler(tmp_path, 2, display).run(ListSource([job(n, sleep=0.05) for n in names], max_retries=0))
     assert sorted(outcome.finished) == names and not outcome.failed and not outcome.skipped
     assert not outcome.interrupted
-    done_pids = {t.summary["pid"] for t in display.done}
-    assert len(done_pids) == 5  # one process per point
     every = started_pids(pids)
-    # With spares: a spare after each claim but the last (4), of which the last 3 points use 3.
-    assert len(every) == n_processes and done_pids <= set(every)
-    for pid in every:  # spares included, every child has exited and been reaped
+    assert len(every) == n_processes and {t.summary["pid"] for t in display.done} == set(every)
+    for pid in every:  # every child has exited and been reaped
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (tmp_path / "logs").exists()  # nothing failed: no log is kept
@@ -112,22 +137,39 @@ def test_every_point_runs_once_in_its_own_process_and_nothing_is_left(tmp_path, 
 
 def test_failed_point_is_retried_first_then_recorded_with_its_log(tmp_path, pids):
     display = Recorder()
-    source = ListSource([job("bad", exit=3), job("good")], max_retries=2)
+    source = ListSource([job("bad", crash=3), job("good")], max_retries=2)
     outcome = scheduler(tmp_path, 1, display).run(source)
     assert display.log == [("start", "bad#1"), ("retry", "bad"), ("start", "bad#2"), ("retry", "bad"),
                            ("start", "bad#3"), ("failed", "bad"), ("start", "good#1"), ("done", "good")]
     reason = outcome.failed["bad"]
     assert "process exited with code 3 before its MLflow run started" in reason
-    assert "stand-in exits with 3" in reason  # the last line of the point's log
+    assert "stand-in crashes" in reason  # the last line of the point's log
     assert outcome.finished == ["good"]
     logs = sorted(p.name for p in (tmp_path / "logs").glob("*.log"))
-    assert [n for n in logs if not n.startswith("spare-")] == ["bad-attempt1.log", "bad-attempt2.log",
-                                                              "bad-attempt3.log"]
+    assert logs == ["bad-attempt1.log", "bad-attempt2.log", "bad-attempt3.log"]
+    assert (tmp_path / "logs" / "bad-attempt1.log").read_text() == "stand-in crashes\n"  # only its own part
+
+
+def test_a_crash_fails_only_the_running_point_and_the_slot_starts_a_fresh_process(tmp_path, pids):
+    display = Recorder()
+    source = ListSource([job("a"), job("crash", crash=9), job("b"), job("c")], max_retries=0)
+    outcome = scheduler(tmp_path, 1, display).run(source)
+    assert outcome.finished == ["a", "b", "c"] and list(outcome.failed) == ["crash"]
+    pid = {t.name: t.summary["pid"] for t in display.done}
+    assert pid["b"] == pid["c"] != pid["a"]  # a fresh process after the crash, then kept
+    assert len(started_pids(pids)) == 2
+
+
+def test_a_failed_point_leaves_its_process_running_for_the_next(tmp_path, pids):
+    display = Recorder()
+    outcome = scheduler(tmp_path, 1, display).run(ListSource([job("bad", code=1), job("good")], max_retries=0))
+    assert outcome.failed["bad"] == "training raised an exception" and outcome.finished == ["good"]
+    assert len(started_pids(pids)) == 1
 
 
 def test_fail_fast_starts_nothing_after_the_first_failure(tmp_path, pids):
     display = Recorder()
-    source = ListSource([job("bad", exit=1), job("a"), job("b")], max_retries=0)
+    source = ListSource([job("bad", code=1), job("a"), job("b")], max_retries=0)
     outcome = scheduler(tmp_path, 1, display, fail_fast=True).run(source)
     assert list(outcome.failed) == ["bad"] and outcome.skipped == ["a", "b"] and not outcome.finished
 

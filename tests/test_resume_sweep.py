@@ -1,0 +1,174 @@
+"""Long runs: a sweep killed, preempted or losing a point process continues exactly where
+it stopped, and a slot's long-lived process gives the same numbers as a fresh one.
+
+Real sweeps in real subprocesses on real SQLite stores; a store another process is
+writing is watched read-only (sqlite3 ``mode=ro``). The reference is the same grid run
+uninterrupted with ``ORCH_POINTS_PER_PROCESS=1`` (every point alone in a fresh process);
+on the CPU training is deterministic, so every summary metric but the timings must be
+bitwise equal to it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import all_runs, orch
+from experiments.metric_names import SUMMARY_METRICS, TRAIN_SECONDS, IMAGES_PER_SECOND, epoch_key
+from orchestrator.grid import load_grid
+from orchestrator.schema import Kind, Status, Tag
+from test_sweep import write_grid
+
+BASE = {"data": {"name": "digits", "batch_size": 16}, "model": {"depth_n": 1},
+        "train": {"max_epochs": 5, "patience": 5, "checkpoint_seconds": 0}}
+RESULTS = [m for m in SUMMARY_METRICS if m not in (TRAIN_SECONDS, IMAGES_PER_SECOND)]
+VAL_LOSS = epoch_key("val_loss")
+
+
+def grid(tmp_path: Path, name: str, norms=("bn", "gn", "ln")) -> Path:
+    return write_grid(tmp_path / f"{name}.yaml", name, {"model.norm": list(norms)}, base=BASE)
+
+
+def points(uri: str) -> list:
+    return [r for r in all_runs(uri) if r.data.tags.get(Tag.KIND) == Kind.POINT]
+
+
+def finished_by_key(uri: str) -> dict:
+    return {r.data.tags[Tag.RUN_KEY]: r for r in points(uri) if r.info.status == Status.FINISHED}
+
+
+def results(run) -> dict:
+    return {m: run.data.metrics[m] for m in RESULTS}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The grid run uninterrupted, every point alone in a fresh process: run key -> run."""
+    tmp = tmp_path_factory.mktemp("reference")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    proc = orch("sweep", str(grid(tmp, "resume")), "--workers", "1", cwd=tmp,
+                env={"MLFLOW_TRACKING_URI": uri, "ORCH_POINTS_PER_PROCESS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    runs = finished_by_key(uri)
+    assert len(runs) == 3 and len({r.data.tags[Tag.PID] for r in runs.values()}) == 3
+    return runs
+
+
+def start_sweep(tmp_path: Path, uri: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(grid(tmp_path, "resume")),
+                             "--workers", "1", *extra], cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(db: Path, epoch: int, *, nth_point: int = 1, timeout: float = 300) -> tuple[str, str]:
+    """(run id, pid) of the ``nth_point``-th point once it is RUNNING with a checkpoint at ``epoch``.
+
+    The checkpoint tag is written synchronously after the epoch (the epoch metrics are
+    logged asynchronously and can show up a second late).
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                rows = con.execute(
+                    "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
+                    "AND c.key = ?), (SELECT value FROM tags p WHERE p.run_uuid = r.run_uuid AND p.key = ?) "
+                    "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ? "
+                    "ORDER BY r.start_time", (Tag.CHECKPOINT_EPOCH, Tag.PID, Tag.KIND, Kind.POINT)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            rows = []
+        if len(rows) >= nth_point:
+            run_id, status, step, pid = rows[nth_point - 1]
+            if status == Status.RUNNING and int(step or 0) >= epoch:
+                return run_id, pid
+        time.sleep(0.1)
+    pytest.fail(f"no point reached epoch {epoch} within {timeout} s")
+
+
+def assert_resumed_exactly(uri: str, killed_run: str, reference: dict) -> None:
+    """Every point FINISHED once, equal to the reference; the stopped one continued from its checkpoint."""
+    client = MlflowClient(tracking_uri=uri)
+    done = finished_by_key(uri)
+    assert sorted(done) == sorted(reference)
+    assert len([r for r in points(uri) if r.info.status == Status.FINISHED]) == 3  # one FINISHED per run key
+    assert not [r for r in points(uri) if r.info.status == Status.RUNNING]
+    (resumed,) = [r for r in done.values() if r.data.tags.get(Tag.RESUMED_FROM) == killed_run]
+    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, VAL_LOSS))
+    assert steps == [1, 2, 3, 4, 5]
+    for key, run in done.items():
+        assert results(run) == results(reference[key]), run.info.run_name
+    assert Tag.CHECKPOINT not in client.get_run(resumed.info.run_id).data.tags
+    assert Tag.CHECKPOINT not in client.get_run(killed_run).data.tags  # dropped once its successor finished
+
+
+def test_three_points_in_one_long_lived_process_equal_each_point_alone(tmp_path, reference):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("sweep", str(grid(tmp_path, "resume")), "--workers", "1", cwd=tmp_path,
+                env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr
+    runs = finished_by_key(uri)
+    assert len({r.data.tags[Tag.PID] for r in runs.values()}) == 1  # one process ran all three
+    for key, run in runs.items():
+        assert results(run) == results(reference[key]), run.info.run_name
+        assert len(MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, VAL_LOSS)) == 5
+
+
+def test_sigkill_of_the_sweep_mid_point_then_rerun_resumes_it_exactly(tmp_path, reference):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = start_sweep(tmp_path, uri)
+    run_id, _ = wait_for_epoch(tmp_path / "mlflow.db", 2)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    rerun = orch("sweep", str(grid(tmp_path, "resume")), "--workers", "1", cwd=tmp_path,
+                 env={"MLFLOW_TRACKING_URI": uri})
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    assert_resumed_exactly(uri, run_id, reference)
+
+
+def test_sigterm_mid_epoch_checkpoints_within_seconds_and_the_rerun_resumes_exactly(tmp_path, reference):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = start_sweep(tmp_path, uri)
+    run_id, _ = wait_for_epoch(tmp_path / "mlflow.db", 2)
+    sent = time.time()
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    killed = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert killed.info.end_time / 1000 - sent < 5, "the point checkpoints and ends within 5 s of SIGTERM"
+    assert killed.info.status == Status.KILLED
+    assert killed.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
+    assert Tag.CHECKPOINT in killed.data.tags
+    rerun = orch("sweep", str(grid(tmp_path, "resume")), "--workers", "1", cwd=tmp_path,
+                 env={"MLFLOW_TRACKING_URI": uri})
+    assert rerun.returncode == 0, rerun.stderr
+    assert_resumed_exactly(uri, run_id, reference)
+
+
+def test_a_killed_point_process_fails_only_its_point_which_resumes_on_retry(tmp_path, reference):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = start_sweep(tmp_path, uri, "--max-retries", "1")
+    run_id, pid = wait_for_epoch(tmp_path / "mlflow.db", 2, nth_point=2)
+    os.kill(int(pid), signal.SIGKILL)
+    _, stderr = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, stderr
+    killed = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert killed.info.status == Status.FAILED
+    assert killed.data.tags[Tag.FAILURE_REASON].startswith("process died (SIGKILL)")
+    assert_resumed_exactly(uri, run_id, reference)
+    first, third = sorted((r for r in points(uri) if r.info.status == Status.FINISHED
+                           and Tag.RESUMED_FROM not in r.data.tags), key=lambda r: r.info.start_time)
+    assert first.data.tags[Tag.PID] == pid != third.data.tags[Tag.PID]  # a fresh process after the kill
