@@ -178,6 +178,15 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
               help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2.")
 @click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Refuse a grid of more points (settings x seeds) than this.")
+@click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
+              help="After the grid's seeds, add seeds to the leader and to every setting whose 95% interval "
+                   "of METRIC overlaps the leader's, round by round, until none does or --max-seeds.")
+@click.option("--max-seeds", type=click.IntRange(min=2), default=10, show_default=True,
+              help="With --until-separated: seeds per setting at most, the grid's included.")
+@click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --until-separated: seeds added to each overlapping setting per round.")
+@click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True,
+              help="With --until-separated: which end of METRIC is best.")
 @tracking_uri_option
 @device_option
 @set_option
@@ -185,8 +194,8 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @handle_errors
 def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
               max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None, wait: bool,
-              max_points: int, tracking_uri: str | None, device: str, overrides: tuple[str, ...],
-              quiet: bool) -> None:
+              max_points: int, until_metric: str | None, max_seeds: int, seeds_per_round: int, direction: str,
+              tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
@@ -201,6 +210,7 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
     from orchestrator.grid import load_grid
 
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
+    until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if dry_run:
         from orchestrator.display import print_dry_run
@@ -217,7 +227,24 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
 
     sys.exit(run_sweep(spec, store, workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
                        max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                       metric=metric, wait=wait))
+                       metric=metric, wait=wait, until=until))
+
+
+def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: int, direction: str,
+                storage: str | None):
+    """``--until-separated``'s settings, checked before anything starts; None without it."""
+    if metric is None:
+        return None
+    from experiments.metric_names import SUMMARY_METRICS
+    from orchestrator.separation import Separation
+
+    if metric not in SUMMARY_METRICS:
+        raise BadInput(f"--until-separated {metric}: not a summary metric; use one of {', '.join(SUMMARY_METRICS)}")
+    if storage:
+        raise BadInput("--until-separated runs the rounds itself; it cannot queue them (--storage): drop one")
+    if max_seeds <= len(spec.seeds):
+        raise BadInput(f"--max-seeds {max_seeds} leaves no room above the grid's {len(spec.seeds)} seeds; raise it")
+    return Separation(metric, direction, max_seeds, per_round)
 
 
 def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:

@@ -205,23 +205,19 @@ def seed_major_runs(resolved: Sequence[ResolvedSetting], seeds: Sequence[int]) -
     runs: list[RunSpec] = []
     for seed in seeds:
         for r in resolved:
-            cfg = dataclasses.replace(r.config, seed=seed)
-            full = {**r.point, "seed": seed}
-            runs.append(
-                RunSpec(
-                    index=len(runs),
-                    name=run_name(full),
-                    point=full,
-                    setting=describe_point(r.point),
-                    point_label=describe_point(full),
-                    config=cfg,
-                    run_key=run_key(cfg),
-                )
-            )
+            runs.append(run_with_seed(r.point, r.config, seed, len(runs)))
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.name] = counts.get(run.name, 0) + 1
     return tuple(dataclasses.replace(r, name=f"{r.name}-{r.index}") if counts[r.name] > 1 else r for r in runs)
+
+
+def run_with_seed(point: Mapping[str, Any], config: RunConfig, seed: int, index: int) -> RunSpec:
+    """The run of a setting (``point`` without its seed) with ``seed``."""
+    cfg = dataclasses.replace(config, seed=seed)
+    full = {**point, "seed": seed}
+    return RunSpec(index=index, name=run_name(full), point=full, setting=describe_point(point),
+                   point_label=describe_point(full), config=cfg, run_key=run_key(cfg))
 
 
 def sweep_id(name: str, runs: Sequence[RunSpec]) -> str:

@@ -105,6 +105,7 @@ class PointProcesses:
 
     def _start(self, slot: Slot) -> SlotProcess:
         self._n_started += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # a scheduler removes it when a run leaves it empty
         log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(

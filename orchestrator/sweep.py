@@ -7,6 +7,7 @@ everything else (missing, FAILED, KILLED, or RUNNING under a dead process) runs 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import signal
 import sys
@@ -15,12 +16,13 @@ from typing import Sequence
 
 from experiments.config import check_device
 from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
-from orchestrator import locks
+from orchestrator import locks, separation
 from orchestrator.errors import ExitCode
 from orchestrator.display import make_display
 from orchestrator.grid import SweepSpec
 from orchestrator.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
-from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json
+from orchestrator.separation import Separation
+from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json, read_points
 from orchestrator.tracking import TrackingStore, to_record
 
 ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed"
@@ -81,12 +83,14 @@ def run_sweep(
     quiet: bool = False,
     metric: str = DEFAULT_OBJECTIVE,
     wait: bool = False,
+    until: Separation | None = None,
 ) -> int:
     """Run what is missing of ``spec``; returns the exit code (0, 1 failures, 130 Ctrl-C, 143 SIGTERM).
 
     Holds the experiment's sweep lock (:mod:`orchestrator.locks`) while it runs: a second
     sweep of the same experiment and store is refused (``SweepBusy``, exit 2) or, with
-    ``wait``, waits for this one.
+    ``wait``, waits for this one. With ``until``, rounds of added seeds follow the grid's
+    own (:mod:`orchestrator.separation`).
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
@@ -96,16 +100,31 @@ def run_sweep(
         state = open_sweep(store, spec, rerun=rerun)
         say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already finished, "
             f"{len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
-        jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
-                              parent_run_id=state.parent_run_id, sweep_id=spec.sweep_id, resume=not rerun)
-                for r in state.pending]
-        outcome = Outcome()
-        try:
-            if jobs:
-                scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
-                outcome = scheduler.run(ListSource(jobs, max_retries))
-        except KeyboardInterrupt:
-            outcome.interrupted = True
+        if until is not None:  # the seeds that earlier rounds added
+            spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
+                                                                                  Artifact.POINTS)))
+        scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
+
+        def run(runs) -> Outcome:
+            jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
+                                  parent_run_id=state.parent_run_id, sweep_id=spec.sweep_id, resume=not rerun)
+                    for r in runs]
+            try:
+                return scheduler.run(ListSource(jobs, max_retries)) if jobs else Outcome()
+            except KeyboardInterrupt:
+                return Outcome(interrupted=True)
+
+        outcome = run(state.pending)
+        while until is not None and not (outcome.interrupted or outcome.failed):
+            result = compare_sweep(store, spec, state, until.metric, until.direction)
+            todo = separation.next_round(spec, result, until) if result is not None else []
+            if not todo:
+                break
+            known = {r.run_key for r in spec.runs}
+            spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
+            store.log_text(state.parent_run_id, points_json(expected_points(spec)), Artifact.POINTS)
+            say(f"until separated on {until.metric}: {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
+            outcome = run(todo)
         if outcome.interrupted:
             return _interrupted(store, state, outcome, say)
         return _finish(store, spec, state, outcome, metric, say)
@@ -151,6 +170,17 @@ def sweep_records(store: TrackingStore, experiment_id: str, sweep_id: str, run_k
         runs += [r for r in store.finished_runs(experiment_id, kind=Kind.POINT)
                  if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
     return [to_record(r) for r in runs]
+
+
+def compare_sweep(store: TrackingStore, spec: SweepSpec, state: SweepState, metric: str, direction: str):
+    """The sweep's comparison on ``metric``; None when no finished run has it."""
+    from orchestrator import compare
+
+    records = sweep_records(store, state.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    try:
+        return compare.compare(records, expected_points(spec), metric, direction=direction)
+    except compare.CompareError:
+        return None
 
 
 def summarize(store: TrackingStore, spec: SweepSpec, state: SweepState, metric: str) -> str | None:
