@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_run.sh               # on the GPU machine: ~6-8 min on one H100
 #   bash benchmarks/gpu_run.sh --compile     # also a torch.compile run at batch 128 (~1 min more)
-#   bash benchmarks/gpu_run.sh --spares      # also spare processes off vs on (~2 min more)
+#   bash benchmarks/gpu_run.sh --processes   # also a process per point vs long-lived processes (~2 min more)
 #   bash benchmarks/gpu_run.sh --cpu-smoke   # here, without a GPU: the same steps, tiny, on the CPU
 #
 # Steps (GPU mode):
@@ -15,8 +15,8 @@
 #      timestamps (epochs >= 2), beside the anchors of gpu-anchors.md
 #   4. packed runs: benchmarks/sweep_parallel.py --gpu, --runs-per-gpu 1 vs 4, on a small
 #      CIFAR grid (4 norms x 2 seeds, batch 128, 2 epochs)
-#   4b. with --spares: the same grid at --runs-per-gpu 1 without and with spare point
-#      processes (benchmarks/sweep_parallel.py --spares)
+#   4b. with --processes: the same grid at --runs-per-gpu 1 with a process per point vs
+#      long-lived processes (benchmarks/sweep_parallel.py --processes)
 #   5. benchmarks/norms.py --device cuda
 #   6. a short summary table, last; copies of the reports under $OUT when it is set
 #
@@ -35,14 +35,14 @@ export ORCH_ARGS="$*"
 MODE=gpu
 COMPILE=0
 PACKED=1
-SPARES=0
+PROCESSES=0
 NORMS=1
 while (($#)); do
   case "$1" in
     --cpu-smoke) MODE=smoke ;;
     --compile) COMPILE=1 ;;
     --no-packed) PACKED=0 ;;
-    --spares) SPARES=1 ;;
+    --processes) PROCESSES=1 ;;
     --no-norms) NORMS=0 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -251,22 +251,22 @@ EOF
   fi
 fi
 
-# ------------------------------------------------------------------ spare processes
-if ((SPARES && PACKED)); then
+# ------------------------------------------------------------------ long-lived processes
+if ((PROCESSES && PACKED)); then
   t=$(left)
   if ((t < 90)); then
-    say "SKIPPED spare processes: only ${t}s of the budget left"
-    record "spare processes" "skipped (time budget)" "-"
+    say "SKIPPED long-lived processes: only ${t}s of the budget left"
+    record "long-lived processes" "skipped (time budget)" "-"
   else
-    if [[ $MODE == gpu ]]; then SPARE_ARGS=(--gpu --runs-per-gpu 1); else SPARE_ARGS=(--workers 1); fi
-    say "spare processes: benchmarks/sweep_parallel.py --spares ${SPARE_ARGS[*]} (timeout ${t}s)"
+    if [[ $MODE == gpu ]]; then PROC_ARGS=(--gpu --runs-per-gpu 1); else PROC_ARGS=(--workers 1); fi
+    say "long-lived processes: benchmarks/sweep_parallel.py --processes ${PROC_ARGS[*]} (timeout ${t}s)"
     rc=0
-    timeout "$t" "$PY" benchmarks/sweep_parallel.py --spares "${SPARE_ARGS[@]}" --grid "$GRID" "${DATA[@]}" \
-      --python "$PY" --out "$TMP/sweep_spares.md" || rc=$?
+    timeout "$t" "$PY" benchmarks/sweep_parallel.py --processes "${PROC_ARGS[@]}" --grid "$GRID" "${DATA[@]}" \
+      --python "$PY" --out "$TMP/sweep_processes.md" || rc=$?
     if ((rc == 0)); then
-      record "spare processes (${SPARE_ARGS[*]})" "$(grep -o 'speedup = .*' "$TMP/sweep_spares.md" | sed 's/\*//g')" "-"
+      record "long-lived processes (${PROC_ARGS[*]})" "$(grep -o 'speedup = .*' "$TMP/sweep_processes.md" | sed 's/\*//g')" "-"
     else
-      record "spare processes (${SPARE_ARGS[*]})" "FAILED (exit $rc)" "-"
+      record "long-lived processes (${PROC_ARGS[*]})" "FAILED (exit $rc)" "-"
     fi
   fi
 fi
@@ -296,7 +296,7 @@ fi
 # ------------------------------------------------------------------ summary
 if [[ -n ${OUT:-} && -d ${OUT:-} ]]; then
   cp "$RESULTS" "$OUT/gpu_run_results.tsv"
-  for f in sweep_parallel.md sweep_spares.md norms.md; do
+  for f in sweep_parallel.md sweep_processes.md norms.md; do
     if [[ -f $TMP/$f ]]; then cp "$TMP/$f" "$OUT/$f"; fi
   done
   if [[ -f $DB ]]; then cp "$DB" "$OUT/gpu_run_mlflow.db"; fi

@@ -4,14 +4,18 @@ CPU mode (default): ``orch sweep GRID --workers 1`` vs ``--workers N`` (default 
 workers divide the cores among them (torch threads = cores // workers).
 GPU mode (``--gpu``): ``--gpus 0 --runs-per-gpu 1`` vs ``--runs-per-gpu K`` (default 4)
 with ``--device cuda``: several runs packed on one GPU, each its own process.
-``--spares``: the same sweep (CPU workers, or ``--gpu`` with ``--runs-per-gpu K``) with
-``ORCH_SPARES=0`` vs ``1``: without and with the pre-started point processes.
+``--processes``: the same sweep (CPU workers, or ``--gpu`` with ``--runs-per-gpu K``) with
+``ORCH_POINTS_PER_PROCESS=1`` (a fresh process per point) vs the default (each slot's
+process runs point after point).
 
 Each side is one subprocess ``python -m orchestrator sweep GRID ... --quiet`` into a fresh
 temporary SQLite MLflow store, so nothing is resumed and both do the whole grid. The
 table shows each side's wall time (process start to exit, scheduler and MLflow included),
-the runs that finished, the median wall time of one point (its MLflow run's start to end)
-and the speedup = wall(1 slot) / wall(N slots). With --repeats > 1 the order of the sides
+the runs that finished, the median wall time of one point (its MLflow run's start to end),
+the overhead per point = (wall × slots − seconds inside point runs) / points (what a point
+costs beyond its own run: process start, imports, scheduling), the point runs' seconds in
+start order (with ``train.compile=true`` the first point of a process pays the compile
+warm-up), and the speedup = wall(side 1) / wall(side 2). With --repeats > 1 the order of the sides
 alternates and the table shows medians.
 
 Datasets that are decoded once into a cache (data.name=imagefolder, under $ORCH_CACHE_DIR
@@ -23,7 +27,8 @@ Usage::
     python benchmarks/sweep_parallel.py                                # demo grid, 1 vs 2 CPU workers
     python benchmarks/sweep_parallel.py --set train.max_epochs=2       # shorter
     python benchmarks/sweep_parallel.py --out benchmarks/results/sweep_parallel_cpu.md
-    python benchmarks/sweep_parallel.py --spares                       # 2 workers, without vs with spare processes
+    python benchmarks/sweep_parallel.py --processes --workers 1        # a process per point vs long-lived
+    python benchmarks/sweep_parallel.py --processes --workers 1 --grid benchmarks/compile_seeds.yaml  # compile warm-up
     # on a GPU machine: a small CIFAR grid, 1 vs 4 runs packed on GPU 0
     python3 benchmarks/sweep_parallel.py --gpu --runs-per-gpu 4 --grid /tmp/cifar_small.yaml \\
         --set data.root=/tmp/cifar10 --set train.max_epochs=2
@@ -69,18 +74,27 @@ def torch_version(python: str, env: dict[str, str]) -> str:
     return out.stdout.strip() or "?"
 
 
-def store_stats(db: Path) -> tuple[int, int, float | None, float]:
-    """(point runs FINISHED, point runs in all, median and summed seconds of the finished points' runs)."""
+def store_stats(db: Path) -> dict:
+    """Point runs FINISHED and in all, the finished runs' seconds in start order, their median and sum."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute(
             "SELECT r.status, r.start_time, r.end_time FROM runs r JOIN tags t "
-            "ON t.run_uuid = r.run_uuid AND t.key = 'orch.kind' AND t.value = 'point'"
+            "ON t.run_uuid = r.run_uuid AND t.key = 'orch.kind' AND t.value = 'point' ORDER BY r.start_time"
         ).fetchall()
     finally:
         con.close()
     done = [(end - start) / 1000 for status, start, end in rows if status == "FINISHED" and end and start]
-    return len(done), len(rows), (statistics.median(done) if done else None), sum(done)
+    return {"finished": len(done), "total": len(rows), "runs": done,
+            "point_s": statistics.median(done) if done else None, "points_sum": sum(done)}
+
+
+def slots_of(cmd_tail: list[str]) -> int:
+    """How many points the side runs at once (--workers N, or --runs-per-gpu K on one GPU)."""
+    for flag in ("--runs-per-gpu", "--workers"):
+        if flag in cmd_tail:
+            return int(cmd_tail[cmd_tail.index(flag) + 1])
+    return 1
 
 
 def run_side(label: str, cmd_tail: list[str], args: argparse.Namespace, env: dict[str, str]) -> dict:
@@ -97,13 +111,14 @@ def run_side(label: str, cmd_tail: list[str], args: argparse.Namespace, env: dic
         if proc.returncode not in (0, 1):
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
             raise SystemExit(f"{label}: orch sweep exited {proc.returncode}")
-        finished, total, point_s, points_sum = store_stats(db) if db.exists() else (0, 0, None, 0.0)
-    print(f"  {label}: {wall:.1f} s, {finished}/{total} points finished (exit {proc.returncode})",
+        stats = store_stats(db) if db.exists() else {"finished": 0, "total": 0, "runs": [], "point_s": None,
+                                                      "points_sum": 0.0}
+    print(f"  {label}: {wall:.1f} s, {stats['finished']}/{stats['total']} points finished (exit {proc.returncode})",
           file=sys.stderr, flush=True)
     if proc.returncode == 1:
         sys.stderr.write(proc.stderr[-2000:])
-    return {"wall": wall, "finished": finished, "total": total, "point_s": point_s, "points_sum": points_sum,
-            "code": proc.returncode}
+    overhead = (wall * slots_of(cmd_tail) - stats["points_sum"]) / stats["total"] if stats["total"] else None
+    return {"wall": wall, "code": proc.returncode, "overhead": overhead, **stats}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true",
                         help="GPU mode: --gpus 0 --runs-per-gpu 1 vs --runs-per-gpu K, --device cuda")
     parser.add_argument("--runs-per-gpu", type=int, default=4, help="GPU mode: K of the packed side (default 4)")
-    parser.add_argument("--spares", action="store_true",
-                        help="compare the same sweep without and with spare point processes (ORCH_SPARES=0/1); "
+    parser.add_argument("--processes", action="store_true",
+                        help="compare the same sweep with a process per point (ORCH_POINTS_PER_PROCESS=1) and with "
+                             "long-lived processes (the default); "
                              "--workers / --gpu --runs-per-gpu choose the sweep")
     parser.add_argument("--repeats", type=int, default=1, help="sweeps per side, alternating order (default 1)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the sweeps (default: this one)")
@@ -137,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     extra_env: dict[str, dict[str, str]] = {}
-    if args.spares:
-        # The same sweep with and without the pre-started point processes.
+    if args.processes:
+        # The same sweep with a fresh process per point and with long-lived slot processes.
         tail = (["--gpus", "0", "--runs-per-gpu", str(args.runs_per_gpu), "--device", "cuda"] if args.gpu
                 else ["--workers", str(args.workers), "--device", "cpu"])
-        sides = [("no spare processes", tail), ("spare processes", tail)]
-        extra_env = {"no spare processes": {"ORCH_SPARES": "0"}, "spare processes": {"ORCH_SPARES": "1"}}
+        sides = [("a process per point", tail), ("long-lived processes", tail)]
+        extra_env = {"a process per point": {"ORCH_POINTS_PER_PROCESS": "1"}, "long-lived processes": {}}
     elif args.gpu:
         sides = [("1 run per GPU", ["--gpus", "0", "--runs-per-gpu", "1", "--device", "cuda"]),
                  (f"{args.runs_per_gpu} runs per GPU",
@@ -186,18 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(values) if values else None
 
     out = ["", "| side | wall s (median) | wall s, every sweep | points finished | s per point run (median) | "
-               "s in point runs, summed | wall per point, s |", "|---|---:|---|---:|---:|---:|---:|"]
+               "s in point runs, summed | overhead per point, s | point runs, s (start order, last sweep) |",
+           "|---|---:|---|---:|---:|---:|---:|---|"]
     for label, _ in sides:
         point = med(label, "point_s")
         every = ", ".join(f"{r['wall']:.1f}" for r in results[label])
         done = results[label][-1]
-        per_point = med(label, "wall") / done["total"] if done["total"] else float("nan")
+        runs = ", ".join(f"{x:.1f}" for x in done["runs"])
         out.append(f"| {label} | {med(label, 'wall'):.1f} | {every} | {done['finished']}/{done['total']} | "
-                   f"{'-' if point is None else f'{point:.1f}'} | {med(label, 'points_sum'):.1f} | {per_point:.1f} |")
+                   f"{'-' if point is None else f'{point:.1f}'} | {med(label, 'points_sum'):.1f} | "
+                   f"{med(label, 'overhead'):.2f} | {runs} |")
     speedup = med(sides[0][0], "wall") / med(sides[1][0], "wall")
     out += ["", f"**speedup = wall({sides[0][0]}) / wall({sides[1][0]}): {speedup:.2f}x**", "",
-            "(s per point run: the point's MLflow run, start to end: training, evaluation, logging. The rest of a "
-            "point's wall time is its process start-up (python, torch, mlflow imports) and the scheduler.)"]
+            "(s per point run: the point's MLflow run, start to end: training, evaluation, logging. Overhead per "
+            "point = (wall × slots − s in point runs) / points: process start-up (python, torch, mlflow imports), "
+            "the scheduler and idle slots at the end of the grid.)"]
     if any(r["code"] != 0 for rs in results.values() for r in rs):
         out.append("- WARNING: some sweep had failed points (exit 1); its time is not comparable")
     finish(lines, "\n".join(out), args.out)

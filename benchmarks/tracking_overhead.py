@@ -5,9 +5,10 @@ at most 50 epochs with patience 5, unless ``--set`` changes them) in this one pr
 
 * without: ``experiments.train.train(cfg, NullTracker(), device=...)`` — nothing logged,
   no artifacts built;
-* with: ``orchestrator.runner.run_tracked(cfg, uri=<temporary SQLite store>, ...)`` —
-  the full tracked path of ``orch run``: run tags (git commit), params, one ``log_batch``
-  per epoch, summary metrics, three plots, text artifacts, the model, the final status.
+* with: ``orchestrator.runner.run_tracked(cfg, store=<temporary SQLite store>, stop=StopFlag())``
+  — the full tracked path of a sweep's point: run tags (git commit), params, one
+  ``log_batch`` per epoch, system metrics, checkpoints every ``train.checkpoint_seconds``
+  (default 60), summary metrics, three plots, text artifacts, the model, the final status.
 
 Both sides are warm: one untimed run of each comes first, so imports (mlflow,
 matplotlib, mlflow.pytorch), the store's schema creation and other first-run costs are
@@ -115,22 +116,26 @@ def instrument(timings: Timings) -> None:
 
     import matplotlib.figure
 
-    owners = {"tracking": tracking, "MlflowTracker": __import__("orchestrator.run_tracker", fromlist=["x"]).MlflowTracker, "train": experiments.train,
-              "plots": experiments.plots, "Figure": matplotlib.figure.Figure}
+    from orchestrator import checkpoints, run_artifacts, run_tracker
+
+    owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
+              "run_artifacts": run_artifacts, "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
+              "RunCheckpoints": checkpoints.RunCheckpoints}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)
 
 
 # (owner, attribute, row name), in the order of the breakdown table. Rows indented by two
-# spaces run inside _log_artifacts, by four inside the row above them; unindented rows do
+# spaces run inside log_run_artifacts, by four inside the row above them; unindented rows do
 # not overlap one another.
 CALLS = [
     ("tracking", "runtime_tags", "runtime_tags (git rev-parse)"),
-    ("tracking", "start_run", "start_run (create_run + params)"),
+    ("TrackingStore", "start_run", "start_run (create_run + params)"),
     ("MlflowTracker", "__init__", "MlflowTracker() (client)"),
     ("MlflowTracker", "log_epoch", "log_epoch (log_batch per epoch)"),
+    ("RunCheckpoints", "save", "RunCheckpoints.save (checkpoint + artifact + tags)"),
     ("MlflowTracker", "log_summary", "log_summary (log_batch)"),
-    ("train", "_log_artifacts", "_log_artifacts (all artifacts)"),
+    ("run_artifacts", "log_run_artifacts", "log_run_artifacts (all artifacts)"),
     ("plots", "curves", "  plots.* (building 3 figures)"),
     ("plots", "quantiles", "  plots.* (building 3 figures)"),
     ("plots", "confusion_matrix", "  plots.* (building 3 figures)"),
@@ -138,7 +143,7 @@ CALLS = [
     ("Figure", "savefig", "    Figure.savefig (rendering the PNGs)"),
     ("MlflowTracker", "log_text", "  log_text (config, csv, json)"),
     ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch.save_model + upload)"),
-    ("tracking", "end_run", "end_run (set_terminated)"),
+    ("TrackingStore", "end_run", "end_run (set_terminated)"),
 ]
 
 
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.config import load
     from experiments.train import NullTracker, train
     from orchestrator import tracking
+    from orchestrator.checkpoints import StopFlag
     from orchestrator.runner import run_tracked
 
     cfg = load(None, args.overrides)
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"- config: orch run defaults{' + ' + ' '.join(args.overrides) if args.overrides else ''} "
                  f"(data {cfg.data.name}, batch {cfg.data.batch_size}, max_epochs {cfg.train.max_epochs}, "
                  f"patience {cfg.train.patience}), device {args.device}")
-    lines.append(f"- without: train(cfg, NullTracker()); with: run_tracked(cfg, uri=sqlite temp store, quiet=True); "
+    lines.append(f"- without: train(cfg, NullTracker()); with: run_tracked(cfg, store=sqlite temp store, quiet=True, "
+                 f"stop=StopFlag()) (checkpoints every {cfg.train.checkpoint_seconds:g} s); "
                  f"same process, one untimed warm-up of each first, then {args.repeats} timed runs per side "
                  "in alternating order; medians")
     print("\n".join(lines), flush=True)
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     instrument(timings)
     with tempfile.TemporaryDirectory(prefix="orch-overhead-") as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        exp_id = tracking.ensure_experiment(uri, "tracking-overhead")
+        store = tracking.TrackingStore(uri)
+        exp_id = store.ensure_experiment("tracking-overhead")
 
         def without() -> dict:
             w0, c0 = time.perf_counter(), time.process_time()
@@ -193,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         def with_tracking() -> dict:
             timings.begin()
             w0, c0 = time.perf_counter(), time.process_time()
-            code, _, summary = run_tracked(cfg, uri=uri, experiment_id=exp_id, run_name="overhead",
-                                           device=args.device, quiet=True)
+            code, _, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name="overhead",
+                                           device=args.device, quiet=True, stop=StopFlag())
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             timings.end()
             if code != 0:
@@ -258,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         n_epochs = med("with", "epochs_run")
         out += ["", "Where the tracked run's extra time goes "
                     f"(medians over the {len(timings.runs)} timed tracked runs; "
-                    "rows indented once are parts of _log_artifacts, twice parts of the row above):", "",
+                    "rows indented once are parts of log_run_artifacts, twice parts of the row above):", "",
                 "| call | calls/run | s per run | ms per call (median) | ms per call (max) | share of tracking time |",
                 "|---|---:|---:|---:|---:|---:|"]
         for name in names:
@@ -273,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"{1000 * statistics.median(per_call):.1f} | {1000 * max(per_call):.1f} | {share} |")
         inner = sum(statistics.median([sum(run.get(n, [])) for run in timings.runs]) for n in names
                     if n.startswith("  ") and not n.startswith("    "))
-        outer = statistics.median([sum(run.get("_log_artifacts (all artifacts)", [])) for run in timings.runs])
-        out.append("|   rest of _log_artifacts (confusion, csv/json building, plt.close) | | "
+        outer = statistics.median([sum(run.get("log_run_artifacts (all artifacts)", [])) for run in timings.runs])
+        out.append("|   rest of log_run_artifacts (confusion, csv/json building, plt.close) | | "
                    f"{outer - inner:.3f} | | | |")
         out.append(f"| **all tracking calls** | | **{instrumented:.3f}** | | | 100% |")
         out += ["", f"({n_epochs:.0f} epochs per run; log_epoch runs inside the epoch loop, so it is also counted in "

@@ -35,6 +35,25 @@ def _db(postgres_url: str) -> str:
     return f"{postgres_url}/{name}"
 
 
+def _wait_until_stale(storage: str, grace: float, timeout: float = 60) -> None:
+    """Poll the queue's database until the newest trial heartbeat is older than ``grace``."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage.replace("postgresql://", "postgresql+psycopg://"))
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            with engine.connect() as con:
+                age = con.execute(sqlalchemy.text(
+                    "SELECT EXTRACT(EPOCH FROM (LOCALTIMESTAMP - MAX(heartbeat))) FROM trial_heartbeats")).scalar()
+            if age is not None and float(age) > grace:
+                return
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    pytest.fail(f"no trial heartbeat went stale within {timeout:.0f} s")
+
+
 def _point_runs(server: str, sweep_id: str):
     c = MlflowClient(tracking_uri=server)
     ids = [e.experiment_id for e in c.search_experiments()]
@@ -79,7 +98,7 @@ def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_serve
 
 def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow_server, tmp_path):
     storage = _db(postgres_url)
-    base = {**TINY_BASE, "train": {"max_epochs": 30, "patience": 30}, "data": {"name": "digits", "batch_size": 8}}
+    base = {**TINY_BASE, "train": {"max_epochs": 30, "patience": 30}}  # still running when its worker is killed
     grid = write_grid(tmp_path / "g.yaml", f"kill-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server,
@@ -100,7 +119,7 @@ def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
-    time.sleep(6)  # past the grace period: the heartbeat is stale
+    _wait_until_stale(storage, float(FAST_HEARTBEAT["ORCH_GRACE_SECONDS"]))
     rescuer = orch("worker", "--storage", storage, "--quiet", "--max-retries", "0",
                    env={**FAST_HEARTBEAT}, cwd=tmp_path, timeout=600)
     assert rescuer.returncode == 0, rescuer.stderr[-3000:]
@@ -159,7 +178,18 @@ def test_second_sqlite_worker_is_refused(tmp_path):
                               "import sys, time; from orchestrator import queue;"
                               "queue.register_worker(sys.argv[1], stale_after=60); time.sleep(30)", url])
     try:
-        time.sleep(4)
+        import optuna
+
+        deadline = time.time() + 60
+        while time.time() < deadline:  # until the other worker has registered
+            try:
+                if optuna.load_study(study_name="orch-workers", storage=url).user_attrs:
+                    break
+            except KeyError:  # no registry study yet
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the other worker never registered")
         proc = orch("worker", "--storage", url, cwd=tmp_path, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert "SQLite cannot hand out points exactly once" in proc.stderr
