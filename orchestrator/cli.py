@@ -368,6 +368,12 @@ def status_cmd(storage: str, sweep: str | None) -> None:
     from orchestrator.display import print_queue_status
 
     url = storage_mod.check(storage)
+    from orchestrator.store_uri import sqlite_path
+
+    db = sqlite_path(url)
+    if db is not None and not db.exists():  # reading never creates a queue
+        print_queue_status([], storage_mod.redact(url))
+        return
     print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
 
 
@@ -461,6 +467,7 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"{uri} is a tracking server: open it in a browser.")
         return
+    tracking.check_store(uri, write=False)  # `mlflow ui` would create a missing store
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop", err=True)
     os.execv(sys.executable, cmd)
