@@ -289,12 +289,12 @@ class Scheduler:
     def _halted(self, outcome: Outcome) -> bool:
         return self.store_failure is not None or (self.fail_fast and bool(outcome.failed))
 
-    def _write(self, write: Callable[[], Any]) -> Any:
-        """Call ``write`` (a store write) unless the store already failed; a failure is kept, not raised."""
+    def _use_store(self, call: Callable[[], Any]) -> Any:
+        """``call()`` (a store access) unless the store already failed; a failure is kept, not raised."""
         if self.store_failure is not None:
             return None
         try:
-            return write()
+            return call()
         except StoreFailure as err:
             self.store_failure = str(err)
             return None
@@ -378,8 +378,8 @@ class Scheduler:
 
     def _close_dead_run(self, task: Task, code: int, died: bool) -> str:
         """Make sure the run of a point that did not finish is closed, and say why."""
-        store = lambda: self.store(task.job.uri)  # noqa: E731
-        recorded = self._write(lambda: store().failure_reason(task.run_id)) if task.run_id and not died else None
+        uri, run_id = task.job.uri, task.run_id
+        recorded = self._use_store(lambda: self.store(uri).failure_reason(run_id)) if run_id and not died else None
         if code in STOP_CODES and not died:
             return recorded or "stopped by a signal"
         if not died:
@@ -388,8 +388,8 @@ class Scheduler:
             reason = f"process died ({signal.Signals(-code).name})"
         else:
             reason = f"process exited with code {code}"
-        if task.run_id:
-            self._write(lambda: store().close_if_live(task.run_id, Status.FAILED, reason, _log_tail(task)))
+        if run_id:
+            self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.FAILED, reason, _log_tail(task)))
         elif died:
             reason += " before its MLflow run started"
             tail = _log_tail(task).strip().splitlines()
@@ -411,8 +411,8 @@ class Scheduler:
         for task in list(self.running.values()):
             if task.run_id:
                 uri, run_id = task.job.uri, task.run_id
-                self._write(lambda: self.store(uri).close_if_live(run_id, Status.KILLED,
-                                                                   "interrupted: the sweep was stopped"))
+                self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.KILLED,
+                                                                      "interrupted: the sweep was stopped"))
             source.abandon(task)
         self.running = {}
 

@@ -125,8 +125,11 @@ def run_sweep(
 
 def _store_failed(spec: SweepSpec, state: SweepState | None, outcome: Outcome, failure: str) -> int:
     """The one message of a sweep whose store failed: what finished, what did not, how to resume."""
-    finished = {r.name for r in state.done} if state else set()
-    finished.update(outcome.finished)
+    if state is None:
+        print(f"error: {failure}\nthe sweep could not be opened and no point was started; fix the store (free "
+              "space, unlock or restore it), then rerun the same command", file=sys.stderr, flush=True)
+        return ExitCode.FAILED
+    finished = {r.name for r in state.done} | set(outcome.finished)
     missing = [r.name for r in spec.runs if r.name not in finished]
     if not missing:
         what = (f"all {len(spec.runs)} point(s) finished, but the sweep's summary could not be recorded; "
