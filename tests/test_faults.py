@@ -82,6 +82,14 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
     pytest.fail(f"timed out waiting for {what}")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
     out, err = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -144,11 +152,7 @@ def _bad_store(kind: str, tmp_path: Path, read_only_dir: Path | None) -> tuple[s
         db.mkdir()
         return f"sqlite:///{db}", str(db), lambda: (sorted(os.listdir(db)), sorted(os.listdir(tmp_path)))
     if kind == "unreachable server":
-        import socket
-
-        with socket.socket() as s:  # a port nobody listens on
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()  # nobody listens on it
         return f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", lambda: sorted(os.listdir(tmp_path))
     raise AssertionError(kind)
 
@@ -174,8 +178,16 @@ def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, requ
 @pytest.mark.parametrize("command", ["ui", "status"])
 def test_ui_and_status_never_create_a_store(command, tmp_path):
     db = tmp_path / "missing.db"
-    if command == "ui":  # `mlflow ui` itself would create the file
-        proc = orch("ui", "--port", "1", "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path, timeout=60)
+    if command == "ui":  # `mlflow ui` itself would create the file (and serve until stopped)
+        ui = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", "--port", str(free_port()),
+                               "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            proc = finish(ui, timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, 9)  # the server and its workers
+            ui.wait()
+            pytest.fail("orch ui started a server on a missing store")
         assert proc.returncode == 2 and "no MLflow store" in proc.stderr, proc.stderr
     else:  # the queue's storage: nothing queued, and no file made to say so
         proc = orch("status", "--storage", f"sqlite:///{db}", cwd=tmp_path, timeout=60)
