@@ -25,6 +25,7 @@ from orchestrator.store_uri import (  # noqa: F401 - re-exported: tracking is wh
     artifact_root,
     check_reachable,
     check_store,
+    init_lock_path,
     initialised,
     resolve_tracking_uri,
     sqlite_path,
@@ -211,7 +212,7 @@ class TrackingStore:
                 # under this lock, the second waits and finds the tables made.
                 from filelock import FileLock
 
-                with FileLock(db.parent / f".{db.name}.init-lock"):
+                with FileLock(init_lock_path(db)):
                     self.client = MlflowClient(tracking_uri=uri)
             else:
                 self.client = MlflowClient(tracking_uri=uri)
