@@ -138,11 +138,34 @@ def read_only_dir(tmp_path):
         path.chmod(0o755)
 
 
-def _bad_store(kind: str, tmp_path: Path, read_only_dir: Path | None) -> tuple[str, str, object]:
+@pytest.fixture
+def read_only_store(tmp_path):
+    """An MLflow store in a folder that has become read-only (remounted read-only as root, else mode 555)."""
+    path = tmp_path / "ro-store"
+    # Made by another process, which closes the file: a mount with an open file cannot turn read-only.
+    make = [sys.executable, "-c", "import sys; from orchestrator import tracking\n"
+            "tracking.TrackingStore(sys.argv[1]).ensure_experiment('broken')", f"sqlite:///{path / 'mlflow.db'}"]
+    if os.geteuid() == 0:
+        with tmpfs(path, "8m"):
+            subprocess.run(make, check=True, capture_output=True)
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+            yield path
+    else:
+        path.mkdir()
+        subprocess.run(make, check=True, capture_output=True)
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+
+
+def _bad_store(kind: str, tmp_path: Path, read_only: Path | None) -> tuple[str, str, object]:
     """(tracking URI, what the message names, a snapshot function of what must not change)."""
     if kind == "read-only folder":
-        db = read_only_dir / "mlflow.db"
-        return f"sqlite:///{db}", str(read_only_dir), lambda: sorted(os.listdir(read_only_dir))
+        db = read_only / "mlflow.db"
+        return f"sqlite:///{db}", str(read_only), lambda: sorted(os.listdir(read_only))
+    if kind == "read-only store":
+        db = read_only / "mlflow.db"
+        return f"sqlite:///{db}", str(read_only), lambda: (db.read_bytes(), sorted(os.listdir(read_only)))
     if kind == "garbage file":
         db = tmp_path / "mlflow.db"
         db.write_bytes(os.urandom(64 * 1024))
@@ -157,10 +180,11 @@ def _bad_store(kind: str, tmp_path: Path, read_only_dir: Path | None) -> tuple[s
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["read-only folder", "garbage file", "folder in place of the file",
-                                  "unreachable server"])
+@pytest.mark.parametrize("kind", ["read-only folder", "read-only store", "garbage file",
+                                  "folder in place of the file", "unreachable server"])
 def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, request):
-    read_only = request.getfixturevalue("read_only_dir") if kind == "read-only folder" else None
+    fixture = {"read-only folder": "read_only_dir", "read-only store": "read_only_store"}.get(kind)
+    read_only = request.getfixturevalue(fixture) if fixture else None
     grid = tiny_grid(tmp_path, "broken", norms=("bn",))
     uri, named, snapshot = _bad_store(kind, tmp_path, read_only)
     before = snapshot()
