@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from orchestrator import __version__
-from orchestrator.errors import ExitCode, UserError
+from orchestrator.errors import ExitCode, StoreFailure, UserError
 
 if TYPE_CHECKING:
     from orchestrator.grid import SweepSpec
@@ -33,7 +33,8 @@ class BadInput(click.ClickException):
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`UserError` into exit 2 with one line (a traceback with --debug)."""
+    """Turn a :class:`UserError` into exit 2 and a :class:`StoreFailure` into exit 1, each with
+    one line (a traceback with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,6 +44,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             raise BadInput(str(err)) from None
+        except StoreFailure as err:  # the store failed mid-command; the next invocation repairs
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {err}; fix the store and run the command again", err=True)
+            sys.exit(ExitCode.FAILED)
         except KeyboardInterrupt:  # Ctrl-C before any run exists (reading, validating, opening the store)
             click.echo("interrupted", err=True)
             sys.exit(ExitCode.INTERRUPTED)
@@ -389,6 +395,12 @@ def status_cmd(storage: str, sweep: str | None) -> None:
     from orchestrator.display import print_queue_status
 
     url = storage_mod.check(storage)
+    from orchestrator.store_uri import sqlite_path
+
+    db = sqlite_path(url)
+    if db is not None and not db.exists():  # reading never creates a queue
+        print_queue_status([], storage_mod.redact(url))
+        return
     print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
 
 
@@ -482,6 +494,7 @@ def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"{uri} is a tracking server: open it in a browser.")
         return
+    tracking.check_store(uri, write=False)  # `mlflow ui` would create a missing store
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop", err=True)
     os.execv(sys.executable, cmd)

@@ -5,7 +5,8 @@ JSON object per line (written by :mod:`orchestrator.point_processes`), and runs 
 through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as JSON
 lines on the original stdout, every event carrying the job's id: ``started`` (the run
 id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
-retires after it). Everything else that would go to stdout (library chatter) goes to
+retires after it; ``store_failure`` when the tracking store failed, which ends the
+process). Everything else that would go to stdout (library chatter) goes to
 stderr, which the scheduler keeps as the process's log.
 
 Imports, the CUDA context, cuDNN's autotuning and compiled graphs are thus paid once per
@@ -112,7 +113,7 @@ def main() -> int:
         events.write(json.dumps(event) + "\n")
         events.flush()
 
-    from orchestrator.errors import ExitCode
+    from orchestrator.errors import ExitCode, StoreFailure
     from orchestrator.runner import stop_exit_code, stop_on_signals
 
     stop = stop_on_signals()
@@ -135,6 +136,10 @@ def main() -> int:
         except KeyboardInterrupt:  # a second signal, or one before training started: the run is KILLED
             emit(event="end", job=job["job"], code=int(ExitCode.INTERRUPTED), retire=True)
             return ExitCode.INTERRUPTED
+        except StoreFailure as err:  # the store, not the point: the scheduler starts nothing more
+            print(f"error: {err}", file=sys.stderr)
+            emit(event="end", job=job["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
+            return ExitCode.FAILED
         done += 1
         retire = stop.reason is not None or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
         emit(event="end", job=job["job"], code=code, run_id=run_id, summary=summary, retire=retire)

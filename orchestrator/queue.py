@@ -279,6 +279,10 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
             serve_tuning()  # studies queued while the points ran
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+    if outcome.store_failure:  # its running points went back on the queue
+        print(f"error: {outcome.store_failure}; the worker started no further point and gave its points back "
+              "to the queue; fix the store and start the worker again", file=sys.stderr, flush=True)
+        return ExitCode.FAILED
     if outcome.interrupted:  # its points checkpointed and went back on the queue at once
         return ExitCode.PREEMPTED if outcome.signal == signal.SIGTERM else ExitCode.INTERRUPTED
     return ExitCode.FAILED if outcome.failed else ExitCode.OK

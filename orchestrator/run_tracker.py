@@ -29,10 +29,13 @@ class SystemMetrics:
     def __exit__(self, *exc: Any) -> None:
         if self.monitor is None:
             return
+        from orchestrator.tracking import store_errors
+
         self.monitor.finish()
-        self.monitor.collect_metrics()
-        self.monitor.publish_metrics(self.monitor.aggregate_metrics())
-        self.monitor.mlflow_logger.flush()
+        with store_errors(self.uri):  # the last sample is written here, through MLflow's own client
+            self.monitor.collect_metrics()
+            self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+            self.monitor.mlflow_logger.flush()
 
 
 class MlflowTracker:
@@ -62,13 +65,16 @@ class MlflowTracker:
 
     def flush(self) -> None:
         """Wait until every asynchronous write has reached the store; raise the first error."""
+        from orchestrator.tracking import store_errors
+
         pending, self._pending = self._pending, []
         if not pending:
             return
         self.store.flush_async()
-        for op in pending:
-            if op is not None:
-                op.wait()
+        with store_errors(self.store.uri):
+            for op in pending:
+                if op is not None:
+                    op.wait()
 
     def log_figure(self, figure: Any, path: str) -> None:
         self.store.log_figure(self.run_id, figure, path)

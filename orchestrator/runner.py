@@ -19,7 +19,7 @@ from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
 from orchestrator import checkpoints, tracking
 from orchestrator.checkpoints import RunCheckpoints, StopFlag
-from orchestrator.errors import ExitCode
+from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.schema import Kind, Status, Tag, TrialState
 
 if TYPE_CHECKING:
@@ -143,7 +143,8 @@ def run_tracked(
     """Train ``cfg`` inside a new MLflow run; returns (exit code, run id, summary metrics).
 
     Exceptions from training end the run FAILED and give exit code 1; an interrupt ends
-    it KILLED and is re-raised. ``on_epoch`` may raise to stop the run (pruning): its
+    it KILLED and is re-raised; a :class:`StoreFailure` (the store, not the point, failed)
+    is re-raised after one attempt to end the run FAILED. ``on_epoch`` may raise to stop the run (pruning): its
     exception propagates after the run is closed by the caller's handler of that type.
 
     With ``stop`` (see :func:`stop_on_signals`) the run writes checkpoints to its artifact
@@ -194,6 +195,10 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
         return stop_exit_code(err.reason), run_id, {}
     except KeyboardInterrupt as err:
         store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
+        raise
+    except StoreFailure as err:  # not the point's fault: the caller stops; the next invocation repairs
+        with contextlib.suppress(StoreFailure):
+            store.end_run(run_id, Status.FAILED, str(err))
         raise
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, then reported
         if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure

@@ -17,6 +17,12 @@ point checkpoints and ends KILLED (``preempted``/``interrupted``); the next invo
 resumes them from their checkpoints. Children die with the scheduler: a SIGKILLed sweep
 leaves no orphans, only runs left RUNNING, which the next invocation marks FAILED and
 resumes from their last periodic checkpoint.
+
+A tracking store that fails (:class:`StoreFailure`, raised by the scheduler's own writes
+or reported by a point process) stops the scheduler the same way a failure stops it under
+``fail_fast``: no point is started any more, the running ones end, and nothing more is
+written to the store; :attr:`Outcome.store_failure` says why. What could not be written
+(runs left RUNNING) is closed by the next invocation.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from experiments.config import to_dict
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.display import PlainDisplay
-from orchestrator.errors import ExitCode
+from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.grid import RunSpec
 from orchestrator.point_processes import POINT_COMMAND, PointProcesses
 from orchestrator.schema import Kind, Status, Tag
@@ -199,6 +205,7 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
     signal: int | None = None  # the signal that stopped the scheduler
+    store_failure: str | None = None  # the tracking store failed: nothing more was started
     seconds: float = 0.0
 
 
@@ -223,6 +230,7 @@ class Scheduler:
         self.on_idle = on_idle  # called while idle (with idle_poll); True: it did work, look again at once
         self.processes = PointProcesses(self.log_dir, command=point_command)
         self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one asked the scheduler to stop
+        self.store_failure: str | None = None  # the first store failure: start nothing, write nothing more
         self.running: dict[int, Task] = {}  # slot index -> task
         self.free: list[Slot] = []
         self._stores: dict[str, TrackingStore] = {}
@@ -242,7 +250,7 @@ class Scheduler:
     def run(self, source: PointSource) -> Outcome:
         """Run points until the source has none (or, with ``idle_poll``, until stopped)."""
         outcome = Outcome()
-        self.running, self.free = {}, list(self.slots)
+        self.running, self.free, self.store_failure = {}, list(self.slots), None
         t0 = time.time()
         self.display.start(source.total, self.slots)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -259,6 +267,7 @@ class Scheduler:
                 self.log_dir.rmdir()  # only when empty: nothing failed
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            outcome.store_failure = self.store_failure
             outcome.seconds = time.time() - t0
             self.display.stop()
         return outcome
@@ -278,7 +287,17 @@ class Scheduler:
             self._on_event(index, proc, event, source, outcome)
 
     def _halted(self, outcome: Outcome) -> bool:
-        return self.fail_fast and bool(outcome.failed)
+        return self.store_failure is not None or (self.fail_fast and bool(outcome.failed))
+
+    def _use_store(self, call: Callable[[], Any]) -> Any:
+        """``call()`` (a store access) unless the store already failed; a failure is kept, not raised."""
+        if self.store_failure is not None:
+            return None
+        try:
+            return call()
+        except StoreFailure as err:
+            self.store_failure = str(err)
+            return None
 
     def _fill_slots(self, source: PointSource, outcome: Outcome) -> None:
         while self.free and not self._halted(outcome):
@@ -327,6 +346,8 @@ class Scheduler:
             self.display.progress(task, event)
         elif kind == "end":
             task.summary = event.get("summary") or {}
+            if event.get("store_failure") and self.store_failure is None:
+                self.store_failure = event["store_failure"]
             if event.get("retire"):
                 self.processes.mark_retiring(index, proc)
             self._release(task)
@@ -345,8 +366,8 @@ class Scheduler:
             self.display.finished(task)
             return
         reason = self._close_dead_run(task, code, died)
-        if code in STOP_CODES and self.stop_requested:
-            source.abandon(task)
+        if (code in STOP_CODES and self.stop_requested) or self.store_failure is not None:
+            source.abandon(task)  # not the point's failure: the next invocation runs it again
             return
         self.processes.keep_log(task, task.slot.index)
         if not self.stop_requested and source.failed(task, reason):
@@ -357,7 +378,8 @@ class Scheduler:
 
     def _close_dead_run(self, task: Task, code: int, died: bool) -> str:
         """Make sure the run of a point that did not finish is closed, and say why."""
-        recorded = self.store(task.job.uri).failure_reason(task.run_id) if task.run_id and not died else None
+        uri, run_id = task.job.uri, task.run_id
+        recorded = self._use_store(lambda: self.store(uri).failure_reason(run_id)) if run_id and not died else None
         if code in STOP_CODES and not died:
             return recorded or "stopped by a signal"
         if not died:
@@ -366,8 +388,8 @@ class Scheduler:
             reason = f"process died ({signal.Signals(-code).name})"
         else:
             reason = f"process exited with code {code}"
-        if task.run_id:
-            self.store(task.job.uri).close_if_live(task.run_id, Status.FAILED, reason, _log_tail(task))
+        if run_id:
+            self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.FAILED, reason, _log_tail(task)))
         elif died:
             reason += " before its MLflow run started"
             tail = _log_tail(task).strip().splitlines()
@@ -388,7 +410,9 @@ class Scheduler:
                 task.run_id = event.get("run_id")
         for task in list(self.running.values()):
             if task.run_id:
-                self.store(task.job.uri).close_if_live(task.run_id, Status.KILLED, "interrupted: the sweep was stopped")
+                uri, run_id = task.job.uri, task.run_id
+                self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.KILLED,
+                                                                      "interrupted: the sweep was stopped"))
             source.abandon(task)
         self.running = {}
 

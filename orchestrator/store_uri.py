@@ -102,6 +102,8 @@ def check_store(uri: str, *, write: bool) -> None:
                                 "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
         _check_writable_folder(db.parent, db)
         return
+    if not initialised(db):
+        _wait_for_creation(db)
     _check_sqlite_file(db)
     if write:
         _check_writable_folder(db.parent, db)
@@ -111,6 +113,26 @@ def check_store(uri: str, *, write: bool) -> None:
         artifacts = db.parent / "mlartifacts"
         if artifacts.exists() and not os.access(artifacts, os.W_OK | os.X_OK):
             raise TrackingError(f"the artifact folder {artifacts} is not writable; fix its permissions")
+
+
+def init_lock_path(db: Path) -> Path:
+    """The lock under which an orch process creates a new SQLite store's tables."""
+    return db.parent / f".{db.name}.init-lock"
+
+
+def _wait_for_creation(db: Path, timeout: float = 120.0) -> None:
+    """A store whose tables another orch process is creating: wait until it has finished,
+    so that its half-made tables (or its write lock) are not taken for a broken store."""
+    lock = init_lock_path(db)
+    if not lock.exists():
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(lock, timeout=timeout):
+            pass
+    except (Timeout, OSError):  # a read-only folder, or a creator that hangs: check what is there
+        pass
 
 
 def initialised(db: Path) -> bool:

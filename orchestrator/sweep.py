@@ -2,6 +2,13 @@
 
 Resume rule: a point is done when its run key has a FINISHED run in the experiment;
 everything else (missing, FAILED, KILLED, or RUNNING under a dead process) runs again.
+
+A store that fails during the sweep (:class:`StoreFailure`: full disk, a vanished or
+locked store) ends it with one message and exit 1, wherever it happens: while opening
+the sweep, in the scheduler (which then starts no more points and lets the running ones
+end), or while writing the summary and closing the parent. Nothing more is written after
+the failure; the next invocation closes the runs left RUNNING (:data:`ORPHAN_REASON`,
+the parent is reopened) and runs exactly the points that did not finish.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Sequence
 from experiments.config import check_device
 from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
 from orchestrator import locks, separation
-from orchestrator.errors import ExitCode
+from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.display import make_display
 from orchestrator.grid import SweepSpec
 from orchestrator.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
@@ -97,37 +104,71 @@ def run_sweep(
     for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
         check_device(r.config, "cuda" if slots[0].gpu is not None else "cpu")
     with locks.hold(store.uri, spec.name, wait=wait, say=say):
-        state = open_sweep(store, spec, rerun=rerun)
-        say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already finished, "
-            f"{len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
-        if until is not None:  # the seeds that earlier rounds added
-            spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
-                                                                                  Artifact.POINTS)))
-        scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
+        state, outcome = None, Outcome()
+        try:
+            state = open_sweep(store, spec, rerun=rerun)
+            say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
+                f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
+            if until is not None:  # the seeds that earlier rounds added
+                spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
+                                                                                      Artifact.POINTS)))
+            scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
 
-        def run(runs) -> Outcome:
-            jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
-                                  parent_run_id=state.parent_run_id, sweep_id=spec.sweep_id, resume=not rerun)
-                    for r in runs]
-            try:
-                return scheduler.run(ListSource(jobs, max_retries)) if jobs else Outcome()
-            except KeyboardInterrupt:
-                return Outcome(interrupted=True)
+            def run(runs) -> Outcome:
+                jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
+                                      parent_run_id=state.parent_run_id, sweep_id=spec.sweep_id, resume=not rerun)
+                        for r in runs]
+                try:
+                    return scheduler.run(ListSource(jobs, max_retries)) if jobs else Outcome()
+                except KeyboardInterrupt:
+                    return Outcome(interrupted=True)
 
-        outcome = run(state.pending)
-        while until is not None and not (outcome.interrupted or outcome.failed):
-            result = compare_sweep(store, spec, state, until.metric, until.direction)
-            todo = separation.next_round(spec, result, until) if result is not None else []
-            if not todo:
-                break
-            known = {r.run_key for r in spec.runs}
-            spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
-            store.log_text(state.parent_run_id, points_json(expected_points(spec)), Artifact.POINTS)
-            say(f"until separated on {until.metric}: {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
-            outcome = run(todo)
-        if outcome.interrupted:
-            return _interrupted(store, state, outcome, say)
-        return _finish(store, spec, state, outcome, metric, say)
+            outcome = run(state.pending)
+            while until is not None and not (outcome.interrupted or outcome.failed or outcome.store_failure):
+                spec, todo = _next_round(store, spec, state, until, say)
+                if not todo:
+                    break
+                outcome = run(todo)
+            if outcome.store_failure:
+                return _store_failed(spec, state, outcome, outcome.store_failure)
+            if outcome.interrupted:
+                return _interrupted(store, state, outcome, say)
+            return _finish(store, spec, state, outcome, metric, say)
+        except StoreFailure as err:
+            return _store_failed(spec, state, outcome, str(err))
+
+
+def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until: Separation, say):
+    """(spec with this round's new points, the round's runs); no runs once separated or at the maximum."""
+    result = compare_sweep(store, spec, state, until.metric, until.direction)
+    todo = separation.next_round(spec, result, until) if result is not None else []
+    if todo:
+        known = {r.run_key for r in spec.runs}
+        spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
+        store.log_text(state.parent_run_id, points_json(expected_points(spec)), Artifact.POINTS)
+        say(f"until separated on {until.metric}: {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
+    return spec, todo
+
+
+def _store_failed(spec: SweepSpec, state: SweepState | None, outcome: Outcome, failure: str) -> int:
+    """The one message of a sweep whose store failed: what finished, what did not, how to resume."""
+    if state is None:
+        print(f"error: {failure}\nthe sweep could not be opened and no point was started; fix the store (free "
+              "space, unlock or restore it), then rerun the same command", file=sys.stderr, flush=True)
+        return ExitCode.FAILED
+    finished = {r.name for r in state.done} | set(outcome.finished)
+    missing = [r.name for r in spec.runs if r.name not in finished]
+    if not missing:
+        what = (f"all {len(spec.runs)} point(s) finished, but the sweep's summary could not be recorded; "
+                "rerun the same command to record it (no point runs again)")
+    else:
+        names = ", ".join(missing[:10]) + (f", … ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        what = (f"{len(spec.runs) - len(missing)} of {len(spec.runs)} point(s) finished; "
+                f"{len(missing)} did not ({names}) and no further point was started. Fix the store (free space, "
+                "unlock or restore it), then rerun the same command: it closes the runs left RUNNING and runs "
+                "only the points that did not finish")
+    print(f"error: {failure}\n{what}", file=sys.stderr, flush=True)
+    return ExitCode.FAILED
 
 
 def _interrupted(store: TrackingStore, state: SweepState, outcome: Outcome, say) -> int:

@@ -8,20 +8,24 @@ tags, kinds and artifacts are those of :mod:`orchestrator.schema`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from orchestrator import processes
+from orchestrator.errors import StoreFailure
 from orchestrator.store_uri import (  # noqa: F401 - re-exported: tracking is where callers find them
     TrackingError,
     artifact_root,
     check_reachable,
     check_store,
+    init_lock_path,
     initialised,
     resolve_tracking_uri,
     sqlite_path,
@@ -56,7 +60,9 @@ def _configure_mlflow() -> None:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # It also logs every failed SQL session with its traceback at ERROR; the failure
+    # reaches orch as a StoreFailure, which says it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     _CONFIGURED = True
 
 
@@ -111,11 +117,87 @@ def _flush_async(client: Any) -> None:
         store.flush_async_logging()
 
 
+# --------------------------------------------------------------------------- store failures
+
+# MLflow error codes that mean "this request was wrong" (no such run, already exists, a bad
+# value), not "the store failed": those exceptions pass through unchanged.
+_REQUEST_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "INVALID_STATE")
+
+
+def is_store_failure(err: BaseException) -> bool:
+    """Whether an exception raised by a store call means the store itself failed.
+
+    A full disk, a vanished or locked SQLite file, an artifact folder that cannot be
+    written, a server that stopped answering: OSError, SQLite and SQLAlchemy errors, and
+    MlflowException other than the request errors above.
+    """
+    if isinstance(err, (OSError, StoreFailure)):
+        return True
+    if type(err).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code not in _REQUEST_ERRORS
+
+
+def _cause(err: BaseException) -> str:
+    """One line saying what the store answered (SQLAlchemy appends the SQL and a link)."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}{f' ({err.filename})' if err.filename else ''}"
+    text = str(getattr(err, "message", None) or err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    for prefix in ("(sqlite3.OperationalError) ", "(sqlite3.DatabaseError) "):
+        line = line.replace(prefix, "")
+    return line[:300]
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a store failure raised in the block into :class:`StoreFailure` (other errors pass)."""
+    try:
+        yield
+    except StoreFailure:
+        raise
+    except Exception as err:
+        if not is_store_failure(err):
+            raise
+        raise StoreFailure(uri, _cause(err)) from err
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: TrackingStore, *args: Any, **kwargs: Any) -> Any:
+        with store_errors(self.uri):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+def _store_failures_raised(cls: type) -> type:
+    """Every public method of the store raises :class:`StoreFailure` when the store fails.
+
+    This is the one place where MLflow's, SQLAlchemy's and the file system's errors become
+    orch's: callers catch ``StoreFailure`` (the scheduler and the sweep stop starting work;
+    the CLI prints one line and exits 1) without knowing which backend failed.
+    """
+    for name, attr in list(vars(cls).items()):
+        if not name.startswith("_") and callable(attr) and name not in cls.UNGUARDED:
+            setattr(cls, name, _guarded(attr))
+    return cls
+
+
 # --------------------------------------------------------------------------- the store
 
 
+@_store_failures_raised
 class TrackingStore:
-    """One MLflow tracking store (a SQLite file or a server), opened once per command."""
+    """One MLflow tracking store (a SQLite file or a server), opened once per command.
+
+    Its methods raise :class:`StoreFailure` when the store itself fails (see
+    :func:`is_store_failure`); MLflow's request errors (no such run, …) pass unchanged.
+    """
+
+    UNGUARDED = ("system_metrics", "tracker")  # they return objects whose own calls are guarded
 
     def __init__(self, uri: str):
         _configure_mlflow()
@@ -123,16 +205,17 @@ class TrackingStore:
 
         self.uri = uri
         db = sqlite_path(uri)
-        if db is not None and not initialised(db):
-            # MLflow creates a new store's tables when a client first opens it; two processes
-            # doing that at once race in the migration and one crashes. The first opens it
-            # under this lock, the second waits and finds the tables made.
-            from filelock import FileLock
+        with store_errors(uri):
+            if db is not None and not initialised(db):
+                # MLflow creates a new store's tables when a client first opens it; two processes
+                # doing that at once race in the migration and one crashes. The first opens it
+                # under this lock, the second waits and finds the tables made.
+                from filelock import FileLock
 
-            with FileLock(db.parent / f".{db.name}.init-lock"):
+                with FileLock(init_lock_path(db)):
+                    self.client = MlflowClient(tracking_uri=uri)
+            else:
                 self.client = MlflowClient(tracking_uri=uri)
-        else:
-            self.client = MlflowClient(tracking_uri=uri)
 
     # -- experiments
     def ensure_experiment(self, name: str) -> str:

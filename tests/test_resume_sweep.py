@@ -152,6 +152,9 @@ def test_sigterm_mid_epoch_checkpoints_within_seconds_and_the_rerun_resumes_exac
     assert killed.info.status == Status.KILLED
     assert killed.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
     assert Tag.CHECKPOINT in killed.data.tags
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    assert parent.info.status == Status.KILLED  # nothing is left RUNNING
+    assert not [r for r in points(uri) if r.info.status in Status.LIVE]
     rerun = orch("sweep", str(grid(tmp_path, "resume")), "--workers", "1", cwd=tmp_path,
                  env={"MLFLOW_TRACKING_URI": uri})
     assert rerun.returncode == 0, rerun.stderr
