@@ -20,9 +20,21 @@ from orchestrator.schema import ExpectedPoint, Status, TrialState
 _STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
+# MLflow 3.17's UI picks the GenAI or the training layout from its sidebar toggle, kept in the
+# browser (localStorage ``mlflow.workflowType``, GenAI when unset) or given by this URL
+# parameter; the experiment tag ``mlflow.experimentKind`` does not override it there.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A run's page in the MLflow UI, relative to the UI's own address (its router is the URL fragment)."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """A run's page in the MLflow UI's training layout, relative to the UI's own address
+    (its router is the URL fragment)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def experiment_link(experiment_id: str) -> str:
+    """An experiment's runs table in the MLflow UI's training layout (relative, like :func:`run_link`)."""
+    return f"#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
 def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
