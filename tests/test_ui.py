@@ -138,7 +138,8 @@ def ui_server(ui_sweep):
 def test_ui_prints_the_newest_sweep_quietly(ui_sweep, ui_server):
     base, printed, proc = ui_server
     _, exp, parent, _ = _runs(ui_sweep[0])
-    assert printed == f"{base}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning"
+    run_page = f"#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    assert printed == f"{base}/{run_page}?workflowType=machine_learning"  # the training layout
     log = (ui_sweep[1] / "ui.log").read_text()
     assert "INFO" not in log and "Traceback" not in log, log  # quiet: no uvicorn/GenAI scheduler lines
 
@@ -164,7 +165,7 @@ def test_ui_runs_one_server_process(ui_server):
 
 def _chromium():
     chrome = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+    driver = shutil.which("chromedriver") or next((p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
     missing = [what for what, found in (("chromium", chrome), ("chromedriver (chromium-driver)", driver)) if not found]
     try:
         import selenium  # noqa: F401
