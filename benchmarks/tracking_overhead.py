@@ -6,9 +6,10 @@ at most 50 epochs with patience 5, unless ``--set`` changes them) in this one pr
 * without: ``experiments.train.train(cfg, NullTracker(), device=...)`` — nothing logged,
   no artifacts built;
 * with: ``orchestrator.runner.run_tracked(cfg, store=<temporary SQLite store>, stop=StopFlag())``
-  — the full tracked path of a sweep's point: run tags (git commit), params, one
-  ``log_batch`` per epoch, system metrics, checkpoints every ``train.checkpoint_seconds``
-  (default 60), summary metrics, three plots, text artifacts, the model, the final status.
+  — the full tracked path of a sweep's point: run tags (git commit), params, dataset
+  inputs, one ``log_batch`` per epoch, system metrics, checkpoints every
+  ``train.checkpoint_seconds`` (default 60), summary metrics, three plots, text artifacts,
+  the model, the description, the final status.
 
 Both sides are warm: one untimed run of each comes first, so imports (mlflow,
 matplotlib, mlflow.pytorch), the store's schema creation and other first-run costs are
@@ -98,8 +99,7 @@ class Timings:
 def instrument(timings: Timings) -> None:
     """Wrap the tracking calls that ``run_tracked`` and ``train`` make (module attributes, looked up at call time)."""
     import experiments.plots
-    import experiments.train
-    from orchestrator import tracking
+    from orchestrator import run_artifacts, run_tracker, tracking
 
     def wrap(owner: Any, attr: str, name: str) -> None:
         original: Callable[..., Any] = getattr(owner, attr)
@@ -116,26 +116,43 @@ def instrument(timings: Timings) -> None:
 
     import matplotlib.figure
 
-    from orchestrator import checkpoints, run_artifacts, run_tracker
-
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
-              "run_artifacts": run_artifacts, "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
-              "RunCheckpoints": checkpoints.RunCheckpoints}
+              "SystemMetrics": run_tracker.SystemMetrics, "run_artifacts": run_artifacts,
+              "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
+              "RunCheckpoints": __import__("orchestrator.checkpoints", fromlist=["x"]).RunCheckpoints}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)
 
 
+def sampling_cost(uri: str, run_id: str, n: int = 10) -> dict:
+    """Wall and CPU seconds of one system-metrics sample (collect, aggregate, write) on ``run_id``."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=1, tracking_uri=uri)
+    walls, cpus = [], []
+    for _ in range(n):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.thread_time() - c0)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "n": n}
+
+
 # (owner, attribute, row name), in the order of the breakdown table. Rows indented by two
-# spaces run inside log_run_artifacts, by four inside the row above them; unindented rows do
+# spaces run inside _log_artifacts, by four inside the row above them; unindented rows do
 # not overlap one another.
 CALLS = [
     ("tracking", "runtime_tags", "runtime_tags (git rev-parse)"),
     ("TrackingStore", "start_run", "start_run (create_run + params)"),
     ("MlflowTracker", "__init__", "MlflowTracker() (client)"),
+    ("SystemMetrics", "__enter__", "system metrics: monitor start"),
+    ("MlflowTracker", "log_data", "log_data (dataset inputs)"),
     ("MlflowTracker", "log_epoch", "log_epoch (log_batch per epoch)"),
     ("RunCheckpoints", "save", "RunCheckpoints.save (checkpoint + artifact + tags)"),
     ("MlflowTracker", "log_summary", "log_summary (log_batch)"),
-    ("run_artifacts", "log_run_artifacts", "log_run_artifacts (all artifacts)"),
+    ("run_artifacts", "log_run_artifacts", "_log_artifacts (all artifacts)"),
     ("plots", "curves", "  plots.* (building 3 figures)"),
     ("plots", "quantiles", "  plots.* (building 3 figures)"),
     ("plots", "confusion_matrix", "  plots.* (building 3 figures)"),
@@ -143,6 +160,8 @@ CALLS = [
     ("Figure", "savefig", "    Figure.savefig (rendering the PNGs)"),
     ("MlflowTracker", "log_text", "  log_text (config, csv, json)"),
     ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch.save_model + upload)"),
+    ("SystemMetrics", "__exit__", "system metrics: monitor stop + last sample"),
+    ("TrackingStore", "set_note", "set_note (description)"),
     ("TrackingStore", "end_run", "end_run (set_terminated)"),
 ]
 
@@ -176,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"(data {cfg.data.name}, batch {cfg.data.batch_size}, max_epochs {cfg.train.max_epochs}, "
                  f"patience {cfg.train.patience}), device {args.device}")
     lines.append(f"- without: train(cfg, NullTracker()); with: run_tracked(cfg, store=sqlite temp store, quiet=True, "
-                 f"stop=StopFlag()) (checkpoints every {cfg.train.checkpoint_seconds:g} s); "
+                 f"stop=StopFlag()): checkpoints every {cfg.train.checkpoint_seconds:g} s, "
+                 f"system metrics every {os.environ.get('ORCH_SYSTEM_METRICS_SECONDS', '10')} s "
+                 "(ORCH_SYSTEM_METRICS_SECONDS); "
                  f"same process, one untimed warm-up of each first, then {args.repeats} timed runs per side "
                  "in alternating order; medians")
     print("\n".join(lines), flush=True)
@@ -201,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         def with_tracking() -> dict:
             timings.begin()
             w0, c0 = time.perf_counter(), time.process_time()
-            code, _, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name="overhead",
+            code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name="overhead",
                                            device=args.device, quiet=True, stop=StopFlag())
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             timings.end()
             if code != 0:
                 raise SystemExit(f"the tracked run failed (exit {code}); see the store {uri}")
-            return {"wall": wall, "cpu": cpu, **summary}
+            return {"wall": wall, "cpu": cpu, "run_id": run_id, **summary}
 
         print("warm-up (untimed): without, with ...", file=sys.stderr, flush=True)
         without()
@@ -224,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[side].append(r)
                 print(f"  repeat {i + 1}/{args.repeats} {side:>7}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu "
                       f"({r.get('epochs_run', 0):.0f} epochs)", file=sys.stderr, flush=True)
+        sample = sampling_cost(uri, results["with"][-1]["run_id"])
 
     def med(side: str, key: str) -> float:
         return statistics.median(r.get(key, float("nan")) for r in results[side])
@@ -246,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     per_run_calls = [sum(sum(run.get(n, [])) for n in names if not n.startswith("  ")) for run in timings.runs]
     instrumented = statistics.median(per_run_calls) if per_run_calls else 0.0
     base = least("without", "wall")  # the least disturbed estimate of the bare run
-    est_ratio = (base + instrumented) / base
+    # System metrics are sampled on a thread of their own while the run trains: its cost is
+    # one sample's time times the samples of a run (one more at the end is in the __exit__ row).
+    interval = float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10"))
+    n_samples = int(least("with", "wall") // interval) if interval > 0 else 0
+    sampling = n_samples * sample["wall"]
+    est_ratio = (base + instrumented + sampling) / base
     overhead = med("with", "wall") - med("without", "wall")
     verdict = "within goal" if max(min_ratio, est_ratio) <= GOAL else "ABOVE goal"
     out += [
@@ -256,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- ratio of the fastest runs (least disturbed by other processes): {min_ratio:.3f}; "
         f"process CPU time ratio (medians): {cpu_ratio:.3f}",
         f"- time inside the tracking calls: {instrumented:.2f} s per run (median) -> "
-        f"estimated ratio (fastest without + tracking calls) / fastest without = {est_ratio:.3f}",
+        f"estimated ratio (fastest without + tracking calls + system-metrics samples) / fastest without = "
+        f"{est_ratio:.3f}",
+        f"- system metrics every {interval:g} s on MLflow's monitor thread: one sample (collect + write) "
+        f"takes {1000 * sample['wall']:.1f} ms wall, {1000 * sample['cpu']:.1f} ms CPU (median of "
+        f"{sample['n']}); {n_samples} sample(s) in the fastest tracked run = {sampling:.3f} s",
         "- verdict, on the larger of the fastest-runs ratio and the estimate "
         f"(both little blurred by other processes): "
         f"**{verdict}**",
@@ -266,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         n_epochs = med("with", "epochs_run")
         out += ["", "Where the tracked run's extra time goes "
                     f"(medians over the {len(timings.runs)} timed tracked runs; "
-                    "rows indented once are parts of log_run_artifacts, twice parts of the row above):", "",
+                    "rows indented once are parts of _log_artifacts, twice parts of the row above):", "",
                 "| call | calls/run | s per run | ms per call (median) | ms per call (max) | share of tracking time |",
                 "|---|---:|---:|---:|---:|---:|"]
         for name in names:
@@ -281,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"{1000 * statistics.median(per_call):.1f} | {1000 * max(per_call):.1f} | {share} |")
         inner = sum(statistics.median([sum(run.get(n, [])) for run in timings.runs]) for n in names
                     if n.startswith("  ") and not n.startswith("    "))
-        outer = statistics.median([sum(run.get("log_run_artifacts (all artifacts)", [])) for run in timings.runs])
-        out.append("|   rest of log_run_artifacts (confusion, csv/json building, plt.close) | | "
+        outer = statistics.median([sum(run.get("_log_artifacts (all artifacts)", [])) for run in timings.runs])
+        out.append("|   rest of _log_artifacts (confusion, csv/json building, plt.close) | | "
                    f"{outer - inner:.3f} | | | |")
         out.append(f"| **all tracking calls** | | **{instrumented:.3f}** | | | 100% |")
         out += ["", f"({n_epochs:.0f} epochs per run; log_epoch runs inside the epoch loop, so it is also counted in "

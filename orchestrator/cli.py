@@ -10,7 +10,6 @@ so ``orch --help`` and grid validation stay fast.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -483,21 +482,36 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
 
 @cli.command("ui")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
-@click.option("--port", type=int, default=5000, show_default=True, help="Port of the UI.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port of the UI.")
+@click.option("--open", "open_it", is_flag=True, help="Open the newest sweep's parent run in this machine's browser.")
 @tracking_uri_option
 @handle_errors
-def ui_cmd(host: str, port: int, tracking_uri: str | None) -> None:
-    """Browse runs, curves and artifacts in MLflow's UI on the configured store."""
+def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> None:
+    """Browse runs, curves, artifacts and system metrics in MLflow's UI on the configured store.
+
+    \b
+    One server worker, MLflow's job execution off, quiet logs. Once it answers, prints the
+    URL of the newest sweep's (or tuning study's) parent run on stdout. Never creates a
+    store. Exit codes: 130 Ctrl-C, 143 SIGTERM, 1 the server stopped by itself, 2 no store
+    or the port is taken.
+    """
     from orchestrator import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        click.echo(f"{uri} is a tracking server: open it in a browser.")
+        tracking.check_reachable(uri)
+        click.echo(f"{uri} is a tracking server: open it in a browser.", err=True)
+        click.echo(uri)
+        if open_it:
+            from orchestrator.ui import open_browser
+
+            if not open_browser(uri):
+                click.echo("no browser found on this machine; open the URL above in yours", err=True)
         return
     tracking.check_store(uri, write=False)  # `mlflow ui` would create a missing store
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop", err=True)
-    os.execv(sys.executable, cmd)
+    from orchestrator.ui import serve
+
+    sys.exit(serve(uri, host, port, open_it=open_it))
 
 
 def main() -> None:

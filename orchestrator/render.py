@@ -153,7 +153,7 @@ def render(result: CompareResult, fmt: str = "table", *, width: int = TABLE_WIDT
         return _rich_text(headers, body, right=right, title=title, width=width,
                           caption="\n".join(compare_notes(result)))
     if fmt == "markdown":
-        return _github_table(*_display_table(result))
+        return github_table(*_display_table(result))
     if fmt == "json":
         return json.dumps([row_to_dict(r, result) for r in result.rows], indent=2)
     if fmt == "csv":
@@ -255,7 +255,7 @@ def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> st
     headers = ["Setting", "set", *(REPORT_TITLES[s] for s in SCORES), "n"]
     body = _report_body(settings, repeat_label=fmt == "csv")
     if fmt == "markdown":
-        return _github_table(headers, body)
+        return github_table(headers, body)
     if fmt == "csv":
         return _csv_text(headers, body)
     if fmt == "latex":
@@ -321,7 +321,8 @@ def _rich_text(
     return console.file.getvalue()
 
 
-def _github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table of string cells (also the runs' descriptions in MLflow, ``run_notes``)."""
     from tabulate import tabulate
 
     # disable_numparse keeps "0.790" as written instead of re-formatting it to 0.79.

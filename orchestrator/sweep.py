@@ -232,10 +232,12 @@ def summarize(store: TrackingStore, spec: SweepSpec, state: SweepState, metric: 
 
 def summarize_records(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                       axes: Sequence[str], metric: str) -> str | None:
-    """Log ``summary.csv``, ``plots/<metric>_by_<axis>.png`` and ``plots/val_curves.png`` on the parent."""
-    from orchestrator import compare, summary_plots
+    """Log ``summary.csv``, ``plots/<metric>_by_<axis>.png`` and ``plots/val_curves.png`` on the
+    parent, and its description (:func:`orchestrator.run_notes.sweep_note`); returns the table text."""
+    from orchestrator import compare
 
     rows = compare.summary_rows(records, expected)
+    logged = [Artifact.GRID, Artifact.POINTS]
     if rows:
         buf = io.StringIO()
         fields = list(dict.fromkeys(k for row in rows for k in row))
@@ -243,15 +245,29 @@ def summarize_records(store: TrackingStore, parent_run_id: str, records, expecte
         writer.writeheader()
         writer.writerows(rows)
         store.log_text(parent_run_id, buf.getvalue(), Artifact.SUMMARY)
+        logged.append(Artifact.SUMMARY)
     try:
         result = compare.compare(records, expected, metric)
     except compare.CompareError:
-        return None  # no finished run has this metric
-    if not any(row.n_finished for row in result.rows):
-        return None
+        result = None  # no finished run has this metric
+    if result is not None and not any(row.n_finished for row in result.rows):
+        result = None
+    if result is not None:
+        logged += _summary_plots(store, parent_run_id, records, expected, axes, metric, result)
+    _describe_parent(store, parent_run_id, records, expected, axes, metric, result, logged)
+    return None if result is None else compare.render(result, "table")
+
+
+def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
+                   axes: Sequence[str], metric: str, result) -> list[str]:
+    """The metric by each axis and the validation curves on the parent; the paths logged."""
+    from orchestrator import compare, summary_plots
+
+    logged = []
     for axis in axes:
         fig = summary_plots.metric_by_axis(result, metric, axis)
         store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
+        logged.append(Artifact.metric_by_axis(metric, axis))
     curve_metric = metric if metric.startswith("val_") else DEFAULT_OBJECTIVE
     curves: dict[str, list[list[float]]] = {}
     finished = {r.tags.get(Tag.RUN_KEY): r for r in compare.select_finished(records)}
@@ -263,4 +279,16 @@ def summarize_records(store: TrackingStore, parent_run_id: str, records, expecte
     if curves:
         fig = summary_plots.val_curves(curves, curve_metric)
         store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)
-    return compare.render(result, "table")
+        logged.append(Artifact.VAL_CURVES)
+    return logged
+
+
+def _describe_parent(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
+                     axes: Sequence[str], metric: str, result, artifacts: Sequence[str]) -> None:
+    from orchestrator.run_notes import sweep_note
+
+    parent = store.get_run(parent_run_id)
+    store.set_note(parent_run_id, sweep_note(
+        name=parent.info.run_name or "", sweep_id=parent.data.tags.get(Tag.SWEEP, ""),
+        experiment_id=parent.info.experiment_id, records=records, expected=expected, axes=axes, metric=metric,
+        result=result, artifacts=artifacts))

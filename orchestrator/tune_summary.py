@@ -1,5 +1,6 @@
 """What a tuning study's MLflow parent shows: best params and value, trial counts,
-``trials.csv`` and Optuna's optimization-history and parameter-importance plots."""
+``trials.csv``, Optuna's optimization-history and parameter-importance plots, and a
+description (:func:`orchestrator.run_notes.tune_note`) that sums them up."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: str,
                     say: Callable[[str], None]) -> dict[str, int]:
-    """Best params/value, plots and trials.csv on the parent; returns the counts by state."""
+    """Best params/value, plots, trials.csv and the description on the parent; returns the counts by state."""
+    from orchestrator.run_notes import tune_note
+
     trials = study.get_trials(deepcopy=False)
+    logged = [Artifact.GRID, Artifact.SPACE]
+    best_info = None
     counts = {s: sum(t.state.name == s for t in trials) for s in STATES}
     n_done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     store.set_tags(parent_id, {Tag.trial_count(k): str(v) for k, v in counts.items()})
@@ -27,11 +32,18 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
         tags[Tag.BEST_RUN_ID] = str(best.user_attrs.get(TrialAttr.RUN_ID, ""))
         store.set_tags(parent_id, tags)
         store.log_metrics(parent_id, {"best_value": best.value, "best_trial": best.number}, step=n_done)
+        best_info = {"number": best.number, "value": best.value, "params": best.params,
+                     "run_id": tags[Tag.BEST_RUN_ID]}
     if trials:
         several_seeds = len(study.user_attrs.get(StudyAttr.SEEDS) or ()) > 1
         store.log_text(parent_id, trials_csv(trials, metric, "last_step" if several_seeds else "last_epoch"),
                        Artifact.TRIALS)
-    _log_plots(store, parent_id, study, counts[TrialState.COMPLETE], say)
+        logged.append(Artifact.TRIALS)
+    logged += _log_plots(store, parent_id, study, counts[TrialState.COMPLETE], say)
+    parent = store.get_run(parent_id)
+    store.set_note(parent_id, tune_note(
+        study=study.study_name, experiment_id=parent.info.experiment_id, metric=metric,
+        direction=study.direction.name.lower(), counts=counts, best=best_info, artifacts=logged))
     return counts
 
 
@@ -54,7 +66,8 @@ def trials_csv(trials: Sequence[Any], metric: str, last: str = "last_epoch") -> 
     return buf.getvalue()
 
 
-def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int, say) -> None:
+def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int, say) -> list[str]:
+    """Optuna's plots on the parent, those that the study's trials allow; the paths logged."""
     import matplotlib
 
     # Optuna draws through pyplot, the one place in orch that does (orch's own figures are
@@ -64,6 +77,7 @@ def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int
     from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as ovm
 
+    logged = []
     plots = [(Artifact.OPTIMIZATION_HISTORY, ovm.plot_optimization_history, 1),
              (Artifact.PARAM_IMPORTANCES, ovm.plot_param_importances, 2)]
     for path, plot, needed in plots:
@@ -83,7 +97,9 @@ def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int
         fig.set_size_inches(8, 5)
         fig.tight_layout()
         store.log_figure(parent_id, fig, path)
+        logged.append(path)
         _close(fig)
+    return logged
 
 
 def _close(fig: Any) -> None:

@@ -116,6 +116,23 @@ def test_tune_records_every_trial_in_optuna_and_mlflow(tuned):
     assert "ExperimentalWarning" not in proc.stderr
 
 
+def test_tune_parent_description_sums_up_the_study(tuned):
+    """The parent's overview (mlflow.note.content): trials by state, best value and params, a
+    link to the best trial's run, the artifacts."""
+    uri, _, tmp, _ = tuned
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp / 'optuna.db'}")
+    (parent,) = tune_parents(uri)
+    note = parent.data.tags["mlflow.note.content"]
+    counts = {s: sum(t.state == getattr(TrialState, s) for t in study.get_trials()) for s in ("COMPLETE", "PRUNED")}
+    assert f"Trials: 8 ({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, 0 failed)" in note
+    best = study.best_trial
+    assert f"val_f1_macro **{best.value:.4f}**" in note
+    assert f"[trial {best.number}](#/experiments/{parent.info.experiment_id}/runs/{best.user_attrs['orch.run_id']}?" in note
+    for key in SEARCHED:
+        assert f"| `{key}` " in note
+    assert "`trials.csv`" in note and "`plots/optimization_history.png`" in note
+
+
 def test_pruned_trials_are_not_results(tuned):
     """A pruned trial's run is no finished point for `orch sweep`; a complete one is."""
     uri, _, _, _ = tuned
