@@ -12,7 +12,7 @@ sweep, :class:`orchestrator.queue.QueueSource` for the multi-machine queue. Star
 feeding and stopping the processes is :class:`orchestrator.point_processes.PointProcesses`'
 job alone.
 
-Ctrl-C or SIGTERM stops the scheduler: the signal goes on to every point process, whose
+Ctrl-C, SIGTERM or SIGUSR1 (Slurm's time-limit warning) stops the scheduler: the signal goes on to every point process, whose
 point checkpoints and ends KILLED (``preempted``/``interrupted``); the next invocation
 resumes them from their checkpoints. Children die with the scheduler: a SIGKILLed sweep
 leaves no orphans, only runs left RUNNING, which the next invocation marks FAILED and
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
 STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.PREEMPTED)  # a point stopped by a signal, checkpointed
+# Ctrl-C, preemption, and Slurm's time-limit warning (--signal=B:USR1@N): each stops the scheduler
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 # --------------------------------------------------------------------------- slots
@@ -245,7 +247,7 @@ class Scheduler:
         self.running, self.free = {}, list(self.slots)
         t0 = time.time()
         self.display.start(source.total, self.slots)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             self._loop(source, outcome)
             outcome.skipped = source.unstarted()
