@@ -1,0 +1,335 @@
+"""`orch sweep --launcher slurm` on a real one-node Slurm cluster (slurmctld, slurmd, munge).
+
+The cluster (tests/slurm_cluster.py) is built once per session in a temporary folder and
+torn down afterwards; without root or Slurm's binaries these tests are skipped with the
+reason. The compute node is this machine, so a SQLite store in the test's folder is
+reachable from the tasks: the tests say so with --store-is-shared (the refusal itself
+is tested without it). A store that tasks are writing is read with sqlite3 ``mode=ro``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+import slurm_cluster
+from conftest import orch
+from orchestrator.cli import cli
+from orchestrator.grid import load_grid
+from orchestrator.schema import Kind, Status, Tag
+from test_resume_sweep import BASE, results
+from test_sweep import TINY_BASE, write_grid
+
+SHARED = "--store-is-shared"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    why = slurm_cluster.missing()
+    if why:
+        pytest.skip(why)
+    c = slurm_cluster.start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)  # every orch subprocess (and its tasks) talks to this cluster
+    try:
+        yield c
+    finally:
+        try:
+            for job in c.squeue():
+                c.run("scancel", job.split()[0], check=False)
+        finally:
+            c.stop()
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+
+
+def sweep_jobs(c: slurm_cluster.Cluster, sweep_id: str) -> list[str]:
+    return [line for line in c.squeue() if f"orch-{sweep_id}"[:8] in line.split()[-1] or sweep_id in line]
+
+
+def wait_until_no_jobs(c: slurm_cluster.Cluster, sweep_id: str, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not [j for j in c.squeue() if j.split()[2].startswith(f"orch-{sweep_id}")]:
+            return
+        time.sleep(1)
+    pytest.fail(f"jobs of sweep {sweep_id} still in squeue after {timeout} s: {c.squeue()}")
+
+
+def ro_rows(db: Path, sql: str, args=()) -> list:
+    """Rows of a store that tasks are writing, read-only (never creates or migrates it)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def point_runs(uri: str, sweep_id: str):
+    c = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    runs = c.search_runs(ids, filter_string=f"tags.`orch.sweep` = '{sweep_id}'", max_results=1000)
+    return [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.POINT]
+
+
+def parent_run(uri: str, sweep_id: str):
+    c = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    (parent,) = [r for r in c.search_runs(ids, filter_string=f"tags.`orch.sweep` = '{sweep_id}'")
+                 if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    return parent
+
+
+def task_logs(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted((folder / "slurm-logs").glob("*.out")))
+
+
+# --------------------------------------------------------------------------- acceptance 1, 2
+
+
+def test_four_points_with_wait_finish_under_one_parent_summarized_once(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-wait", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, "--time", "10",
+                cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    assert "Traceback" not in proc.stderr
+    runs = point_runs(uri, spec.sweep_id)
+    assert len(runs) == 4 and all(r.info.status == Status.FINISHED for r in runs)
+    assert sorted(r.data.tags[Tag.RUN_KEY] for r in runs) == sorted(r.run_key for r in spec.runs)
+    jobs = {r.data.tags[Tag.SLURM_JOB] for r in runs}
+    assert len(jobs) == 4 and all("_" in j for j in jobs)  # one array task per point
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.info.status == Status.FINISHED
+    assert all(r.data.tags[Tag.PARENT_RUN_ID] == parent.info.run_id for r in runs)
+    assert "summary.csv" in {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent.info.run_id)}
+    assert not sweep_jobs(cluster, spec.sweep_id)
+    closings = (task_logs(tmp_path) + proc.stderr).count("closed FINISHED")
+    assert closings == 1, "the summary is written exactly once"
+    assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
+
+    status = orch("status", "--tracking-uri", uri, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    for j in jobs:
+        assert j in status.stdout
+
+    again = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
+    assert again.returncode == 0 and "all 4 points are finished; nothing submitted" in again.stderr
+    assert not sweep_jobs(cluster, spec.sweep_id)
+
+
+def test_without_wait_returns_at_once_and_the_last_task_closes_the_sweep(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-nowait", {"model.norm": ["bn", "gn"]})
+    spec = load_grid(grid)
+    db = tmp_path / "mlflow.db"
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(grid), "--launcher", "slurm", SHARED,
+                             "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=60)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, err
+    assert seconds < 10, f"submission took {seconds:.1f} s"
+    assert "submitted 2 point(s) as Slurm job" in err and "squeue -n" in err
+    assert proc.poll() is not None  # nothing of orch keeps running on the submitting side
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        rows = ro_rows(db, "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                           "AND t.key = ? AND t.value = ?", (Tag.KIND, Kind.SWEEP))
+        if rows and rows[0][0] == Status.FINISHED:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the parent was not closed: {rows}\n{task_logs(tmp_path)[-3000:]}")
+    uri = f"sqlite:///{db}"
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
+    assert "summary.csv" in {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent.info.run_id)}
+    assert [r.info.status for r in point_runs(uri, spec.sweep_id)] == [Status.FINISHED] * 2
+    wait_until_no_jobs(cluster, spec.sweep_id)
+
+
+# --------------------------------------------------------------------------- acceptance 3
+
+
+def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-cancel", {"model.norm": ["bn", "gn"]}, base=BASE)
+    spec = load_grid(grid)
+    bn = next(r for r in spec.runs if r.point["model.norm"] == "bn")
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    # The reference: the bn point uninterrupted, here, with one torch thread as in a one-core task
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "sweep", str(grid), "--set", "model.norm=bn", "--workers",
+         str(os.cpu_count() or 1), "--quiet", "--tracking-uri", f"sqlite:///{ref_dir / 'mlflow.db'}"],
+        cwd=ref_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    deadline = time.time() + 400
+    killed = None
+    while time.time() < deadline and killed is None:
+        for run_id, status, epoch, job in ro_rows(
+                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND c.key = ?),"
+                    " (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r JOIN tags t "
+                    "ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
+                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, bn.run_key)):
+            if status == Status.RUNNING and int(epoch or 0) >= 2:
+                cluster.run("scancel", job)
+                killed = run_id
+        time.sleep(0.2)
+    assert killed, f"the bn point never reached epoch 2: {task_logs(tmp_path)[-3000:]}"
+    wait_until_no_jobs(cluster, spec.sweep_id)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(killed)
+    assert run.info.status == Status.KILLED
+    assert run.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
+    assert Tag.CHECKPOINT in run.data.tags
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FAILED  # closed with a point missing
+
+    rerun = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, cwd=tmp_path,
+                 timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    assert "submitted 1 point(s)" in rerun.stderr
+    _, ref_err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_err
+    (ref,) = [r for r in point_runs(f"sqlite:///{ref_dir / 'mlflow.db'}", load_grid(grid, ["model.norm=bn"]).sweep_id)]
+
+    runs = point_runs(uri, spec.sweep_id)
+    finished = [r for r in runs if r.info.status == Status.FINISHED]
+    assert sorted(r.data.tags[Tag.RUN_KEY] for r in finished) == sorted(r.run_key for r in spec.runs)
+    (resumed,) = [r for r in finished if r.data.tags.get(Tag.RESUMED_FROM) == killed]
+    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert results(resumed) == results(ref)
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
+
+
+# --------------------------------------------------------------------------- acceptance 4
+
+
+@pytest.mark.slow
+def test_time_limit_warning_checkpoints_requeues_and_the_point_finishes(cluster, tmp_path):
+    base = {**BASE, "train": {**BASE["train"], "max_epochs": 8, "patience": 8}}
+    grid = write_grid(tmp_path / "g.yaml", "slurm-timelimit", {"model.norm": ["bn"]}, base=base)
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # One minute, warned 30 s before: the point (about a minute or more here) cannot finish in one start
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "1", cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    deadline = time.time() + 540
+    while time.time() < deadline:
+        jobs = [j for j in cluster.squeue() if j.split()[2] == f"orch-{spec.sweep_id}"]
+        if not jobs and not [j for j in cluster.squeue() if spec.sweep_id in j]:
+            break
+        for job in jobs:
+            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that out
+            if job.split()[1] == "PENDING":
+                cluster.run("scontrol", "update", f"JobId={job.split()[0]}", "StartTime=now", check=False)
+        time.sleep(2)
+    else:
+        pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(tmp_path)[-3000:]}")
+    runs = point_runs(uri, spec.sweep_id)
+    logs = task_logs(tmp_path)
+    assert "task requeued" in logs, logs[-3000:]
+    stopped = [r for r in runs if r.info.status == Status.KILLED]
+    assert stopped and all(r.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGUSR1)") for r in stopped)
+    (done,) = [r for r in runs if r.info.status == Status.FINISHED]
+    assert int(done.data.tags[Tag.SLURM_RESTARTS]) >= 1  # on a requeued start of the same task
+    assert done.data.tags[Tag.RESUMED_FROM] in {r.info.run_id for r in stopped}
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
+
+
+# --------------------------------------------------------------------------- acceptance 5
+
+
+def test_queue_mode_two_worker_tasks_run_six_points_once(cluster, postgres_url, mlflow_server, tmp_path):
+    from test_queue import _db
+
+    storage = _db(postgres_url)
+    grid = write_grid(tmp_path / "g.yaml", f"slurm-queue-{os.getpid()}", {"model.norm": ["bn", "gn", "ln"]},
+                      seeds=(0, 1), base={**TINY_BASE, "train": {"max_epochs": 1, "patience": 1}})
+    spec = load_grid(grid)
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--storage", storage, "--array-parallelism", "2", SHARED,
+                "--tracking-uri", mlflow_server, "--wait", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    runs = point_runs(mlflow_server, spec.sweep_id)
+    keys = [r.data.tags[Tag.RUN_KEY] for r in runs]
+    assert sorted(keys) == sorted(r.run_key for r in spec.runs)  # each point exactly once
+    assert all(r.info.status == Status.FINISHED for r in runs)
+    assert len({r.data.tags[Tag.SLURM_JOB] for r in runs}) <= 2
+    assert parent_run(mlflow_server, spec.sweep_id).info.status == Status.FINISHED
+    assert not sweep_jobs(cluster, spec.sweep_id)
+
+
+# --------------------------------------------------------------------------- acceptance 6
+
+
+def test_dry_run_prints_the_job_script_and_submits_nothing(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-dry", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
+    before = cluster.squeue()
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", "--dry-run", SHARED, "--time",
+                                      "1:00:00", "--array-parallelism", "2", "--slurm", "account=lab",
+                                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert script.startswith("#!/bin/bash\n")
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --time=1:00:00", "#SBATCH --signal=B:USR1@120",
+                 "#SBATCH --requeue", "#SBATCH --account=lab", "-m orchestrator.slurm_task"):
+        assert line in script
+    assert cluster.squeue() == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--partition", "nosuch"], "no such partition"),
+    (["--time", "1:2:3:4"], "is not a Slurm time limit"),
+    (["--time", "soon"], "is not a Slurm time limit"),
+    (["--slurm", "=x"], "give an sbatch option as KEY=VALUE"),
+    (["--tracking-uri", "sqlite:////tmp/orch-not-shared/mlflow.db"], "which the compute nodes do not share"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "loopback address"),
+    (["--storage", "sqlite:////srv/q.db"], "needs a PostgreSQL queue"),
+])
+def test_bad_input_exits_2_before_anything_is_submitted(cluster, tmp_path, args, needle):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-bad", {"model.norm": ["bn"]})
+    before = cluster.squeue()
+    shared = [] if "--tracking-uri" in args else [SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", *shared, *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert cluster.squeue() == before
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_no_sbatch_on_path_exits_2(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-nosbatch", {"model.norm": ["bn"]})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                env={"PATH": str(empty)}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no sbatch/squeue on PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-opts", {"model.norm": ["bn"]})
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--partition", "gpu", "--tracking-uri",
+                                      f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 2 and "only apply with --launcher slurm" in result.output
