@@ -171,8 +171,11 @@ def start(timeout: float = 60) -> Cluster:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stops the cluster too
     c = start()
-    print(f"export SLURM_CONF={c.conf}   # slurmctld/slurmd pids {[p.pid for p in c.procs]}; Ctrl-C stops")
+    print(f"export SLURM_CONF={c.conf}   # slurmctld/slurmd pids {[p.pid for p in c.procs]}; Ctrl-C or kill stops it")
     try:
         while True:
             time.sleep(3600)
