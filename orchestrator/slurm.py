@@ -264,8 +264,9 @@ def task_script(options: SlurmOptions, *, name: str, n_tasks: int, header: Mappi
 
 def close_script(options: SlurmOptions, *, name: str, after: Sequence[str], header: Mapping, comment: str) -> str:
     """The close job: runs once every job in ``after`` has ended, however it ended."""
-    pairs = _common(options, name, "%x-%j.out") + [("dependency", "afterany:" + ":".join(after)), ("time", str(CLOSE_MINUTES)),
-                                      ("cpus-per-task", "1"), ("kill-on-invalid-dep", "no")]
+    pairs = _common(options, name, "%x-%j.out") + [
+        ("dependency", "afterany:" + ":".join(after)), ("time", str(CLOSE_MINUTES)), ("cpus-per-task", "1"),
+        ("kill-on-invalid-dep", "no")]
     keep = [(k, v) for k, v in options.extra if k in ("account", "qos", "reservation", "clusters", "constraint")]
     return _script(_merge(pairs, keep), comment, header, ())
 

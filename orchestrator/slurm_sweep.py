@@ -28,6 +28,7 @@ from orchestrator.schema import Artifact, Kind, Status, Tag, read_points
 from orchestrator.tracking import TrackingStore
 
 FOLLOW_POLL_SECONDS = 2.0
+ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 
 @dataclass
@@ -86,7 +87,7 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
         close_id = slurm.submit(slurm.close_script(
             options, name=slurm.job_name(spec.sweep_id, close=True), after=[array_id, *older_close],
             header=close_header, comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
-        _record(store, state.parent_run_id, array_id, script, manifest, close_id)
+        _record(store, state.parent_run_id, array_id, script, manifest, close_id, launcher=ARRAY)
         return Submission([array_id, close_id], len(todo), len(pending) - len(todo),
                           len(spec.runs) - len(pending)), state
 
@@ -142,7 +143,7 @@ def submit_workers(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOp
                             max_retries=max_retries)
     job_id = slurm.submit(script)
     parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
-    _record(store, parent.info.run_id, job_id, script, slurm.Manifest(job_id, "worker"), None)
+    _record(store, parent.info.run_id, job_id, script, slurm.Manifest(job_id, "worker"), None, launcher=QUEUE)
     return Submission([job_id], sub.enqueued, sub.queued_before, sub.done)
 
 
@@ -153,13 +154,13 @@ def _config(r) -> dict:
 
 
 def _record(store: TrackingStore, parent_run_id: str, job_id: str, script: str, manifest: slurm.Manifest,
-            close_id: str | None) -> None:
+            close_id: str | None, *, launcher: str) -> None:
     """The job script and its manifest on the parent run; the job ids as a tag."""
     store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
     store.log_text(parent_run_id, manifest.to_json(), f"{Artifact.SLURM_DIR}/{job_id}.json")
     before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
     ids = [i for i in before.split(",") if i] + [job_id] + ([close_id] if close_id else [])
-    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join(ids)})
+    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join(ids), Tag.LAUNCHER: launcher})
 
 
 # --------------------------------------------------------------------------- closing
@@ -171,13 +172,17 @@ def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", c
 
     ``own_job`` (the caller's Slurm job) does not count as left; the close job
     (``closing_job``) also ignores tasks that are only COMPLETING (ended, being cleaned up).
-    Runs left RUNNING by tasks that are gone are closed FAILED first. Returns what it did.
+    Runs left RUNNING by tasks that are gone are closed FAILED first. Only a sweep
+    submitted as Slurm arrays is touched: a local sweep closes itself, and a queued one is
+    closed by the worker that ends its last point. Returns what it did.
     """
     from orchestrator import compare
     from orchestrator.sweep import summarize_records, sweep_records
 
     sweep_id = parent.data.tags[Tag.SWEEP]
     parent = store.get_run(parent.info.run_id)  # fresh: another process may have closed it
+    if parent.data.tags.get(Tag.LAUNCHER) != ARRAY:  # a local sweep, or the queue's: closed by their own rules
+        return f"sweep [{sweep_id}] is not a Slurm array sweep; left as it is"
     if parent.info.status not in Status.LIVE:
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
     live = [j for j in slurm.live_jobs(sweep_id)
@@ -263,7 +268,8 @@ def wait_and_close(store: TrackingStore, spec: SweepSpec, state, sub: Submission
     except KeyboardInterrupt:
         say(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
         return ExitCode.INTERRUPTED
-    say(close_if_done(store, parent, by="orch sweep --wait", metric=metric))
+    if store.get_run(parent.info.run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
+        say(close_if_done(store, parent, by="orch sweep --wait", metric=metric))
     records = sweep_records(store, exp_id, spec.sweep_id, [r.run_key for r in spec.runs])
     try:
         print(compare.render(compare.compare(records, expected_points(spec), metric), "table"))
@@ -302,7 +308,8 @@ def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[li
                      "run_id": run.info.run_id if run is not None else "",
                      "reason": run.data.tags.get(Tag.FAILURE_REASON, "") if run is not None else ""})
     closed = None
-    if close and _has_squeue() and parent.info.status in Status.LIVE:
+    array = parent.data.tags.get(Tag.LAUNCHER) == ARRAY
+    if close and array and _has_squeue() and parent.info.status in Status.LIVE:
         closed = close_if_done(store, parent, by="orch status")
     return rows, closed
 
@@ -315,7 +322,8 @@ def covered_jobs(store: TrackingStore, parent_run_id: str, live: Sequence[tuple[
         if not index.isdigit():
             continue
         try:
-            manifest = slurm.Manifest.from_json(store.download_json(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json"))
+            data = store.download_json(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json")
+            manifest = slurm.Manifest.from_json(data)
         except Exception:  # noqa: BLE001 - another sweep's job, or no manifest
             continue
         if int(index) < len(manifest.tasks):

@@ -107,8 +107,10 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
             continue
         jobs.append(Job(line["name"], line["config"], header["uri"], header["experiment_id"], header["parent_run_id"],
                         dict(line["tags"]), header.get("resume", True)))
-    if not jobs or EARLY:
-        return ExitCode.OK if not EARLY else ExitCode.PREEMPTED, (EARLY[0] if EARLY else None)
+    if not jobs:  # nothing left for this task: never requeue it
+        return ExitCode.OK, None
+    if EARLY:  # warned or cancelled before a point started
+        return ExitCode.PREEMPTED, EARLY[0]
     device = header.get("device", "auto")
     # The CPU slots share the cores Slurm gave the task, not the node's
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
