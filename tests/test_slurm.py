@@ -189,8 +189,8 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
     killed = None
     while time.time() < deadline and killed is None:
         for run_id, status, epoch, job in ro_rows(
-                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND c.key = ?),"
-                    " (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r JOIN tags t "
+                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
+                    "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r JOIN tags t "
                     "ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
                 (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, bn.run_key)):
             if status == Status.RUNNING and int(epoch or 0) >= 2:
@@ -229,7 +229,8 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
 
 @pytest.mark.slow
 def test_time_limit_warning_checkpoints_requeues_and_the_point_finishes(cluster, tmp_path):
-    base = {**BASE, "train": {**BASE["train"], "max_epochs": 8, "patience": 8}}
+    # About a minute of training on an idle 2-core machine (2.5 s an epoch), more under load
+    base = {**BASE, "train": {**BASE["train"], "max_epochs": 25, "patience": 25}}
     grid = write_grid(tmp_path / "g.yaml", "slurm-timelimit", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -337,3 +338,36 @@ def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
     result = CliRunner().invoke(cli, ["sweep", str(grid), "--partition", "gpu", "--tracking-uri",
                                       f"sqlite:///{tmp_path / 'm.db'}"])
     assert result.exit_code == 2 and "only apply with --launcher slurm" in result.output
+
+
+# --------------------------------------------------------------------------- no cluster needed
+
+
+@pytest.mark.parametrize("value, minutes", [("90", 90), ("5:30", 5.5), ("1:30:00", 90), ("2-0", 2880),
+                                            ("1-2:3", 1563), ("1-0:0:30", 1440.5), ("infinite", None)])
+def test_slurm_time_formats(value, minutes):
+    from orchestrator.slurm import parse_time
+
+    assert parse_time(value) == minutes
+
+
+def test_task_tags_name_the_array_task():
+    from orchestrator.slurm import task_tags
+
+    tags = task_tags({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
+                      "SLURM_RESTART_COUNT": "2"})
+    assert tags == {Tag.SLURM_JOB_ID: "17", Tag.SLURM_JOB: "12_3", Tag.SLURM_ARRAY_JOB_ID: "12",
+                    Tag.SLURM_ARRAY_TASK_ID: "3", Tag.SLURM_RESTARTS: "2"}
+    assert task_tags({}) == {}
+
+
+def test_slurm_launcher_stays_out_of_heavy_imports(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-light", {"model.norm": ["bn"]})
+    code = ("import sys; from orchestrator.cli import cli\n"
+            "try:\n"
+            f"    cli(['sweep', {str(grid)!r}, '--launcher', 'slurm', '--dry-run', '--store-is-shared'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
