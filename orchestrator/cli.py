@@ -100,12 +100,12 @@ def cli(debug: bool) -> None:
 
     \b
     orch run [CONFIG.yaml]        train one configuration, logged to MLflow
-    orch sweep GRID.yaml          run every point of a grid (resumable)
+    orch sweep GRID.yaml          run every point of a grid (resumable; --launcher slurm)
     orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
     orch report                   the study's table: accuracy and F1 per split
     orch tune GRID.yaml           tune the LR schedule with Optuna, trials as MLflow runs
     orch worker --storage URL     run queued points (several machines, PostgreSQL)
-    orch status --storage URL     what is queued, running, done and failed
+    orch status [--storage URL]   a sweep's points and Slurm jobs; the queue's state
     orch ui                       browse runs in MLflow's UI
     """
 
@@ -280,6 +280,8 @@ def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry
                                               storage=url), nl=False)
         return
     slurm.check(options, uri, shared=shared, storage=url)
+    slurm.test_only(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
+                                               storage=url))
     store = open_store(uri)
     say = slurm_sweep.say_to_stderr(quiet)
     since_ms = int(time.time() * 1000)

@@ -214,6 +214,10 @@ class Scheduler:
     the temporary directory, removed at the end when nothing failed).
     """
 
+    # A process may set this to ignore some stop signals: a Slurm task ignores a time-limit
+    # warning that Slurm sent early (see orchestrator.slurm_task). None: every one stops.
+    accept_signal: Callable[[int], bool] | None = None
+
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
                  log_dir: Path | None = None, idle_poll: float | None = None,
                  on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND):
@@ -303,6 +307,8 @@ class Scheduler:
         return True
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self.accept_signal is not None and not self.accept_signal(signum):
+            return
         if self.stop_requested:  # a second one: stop waiting politely
             raise KeyboardInterrupt
         self.stop_signal = signum

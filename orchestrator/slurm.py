@@ -216,8 +216,13 @@ def job_name(sweep_id: str, close: bool = False) -> str:
 
 
 def warn_seconds(options: SlurmOptions) -> int:
-    """The warning's lead time: 120 s, or half of a shorter time limit."""
-    minutes = options.minutes()
+    """The warning's lead time: a ``--slurm signal=…@N``'s N, else 120 s or half of a shorter limit."""
+    extra = dict(options.extra)
+    given = re.search(r"@(\d+)$", extra.get("signal", ""))
+    if given:
+        return int(given.group(1))
+    time_limit = extra.get("time") or options.time
+    minutes = parse_time(time_limit) if time_limit else None
     if minutes is None:
         return WARN_SECONDS
     return int(max(10, min(WARN_SECONDS, minutes * 60 / 2)))
@@ -282,6 +287,15 @@ def _script(pairs: Sequence[tuple[str, str]], comment: str, header: Mapping, job
 # --------------------------------------------------------------------------- sbatch, squeue
 
 
+def test_only(script: str) -> None:
+    """``sbatch --test-only``: Slurm validates the script's options and resources, submits nothing."""
+    out = _run(["sbatch", "--test-only"], input=script)
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip() and not ln.startswith("Try ")]
+        raise SlurmError(f"Slurm would refuse the job ({'; '.join(lines)[:500]}); fix the option it names "
+                         "(see `orch sweep ... --launcher slurm --dry-run` for the script)")
+
+
 def submit(script: str) -> str:
     """``sbatch --parsable`` the script; returns the job id."""
     out = _run(["sbatch", "--parsable"], input=script)
@@ -321,6 +335,17 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str]:
             states[parts[0]] = parts[1]
             states[parts[2]] = parts[1]  # the plain job id of an array task
     return {i: states[i] for i in ids if i in states}
+
+
+def job_end_time(job_id: str) -> float | None:
+    """When the job's time limit ends (epoch seconds; None without a limit or when squeue cannot say)."""
+    import time
+
+    try:
+        out = _run(["squeue", "-h", "-j", job_id, "-o", "%e"])
+        return time.mktime(time.strptime(out.stdout.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def task_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:

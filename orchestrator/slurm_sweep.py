@@ -71,7 +71,8 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
         tasks = [todo[i:i + per] for i in range(0, len(todo), per)]
         header = {"mode": "points", "uri": store.uri, "experiment_id": state.experiment_id,
                   "parent_run_id": state.parent_run_id, "sweep_id": spec.sweep_id, "per_task": per,
-                  "device": device, "max_retries": max_retries, "resume": not rerun}
+                  "device": device, "max_retries": max_retries,
+                  "warn_seconds": slurm.warn_seconds(options), "resume": not rerun}
         jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
                  "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
                           Tag.SETTING: r.setting}} for r in todo]
@@ -82,13 +83,21 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
         close_header = {"mode": "close", "uri": store.uri, "parent_run_id": state.parent_run_id, "metric": metric}
         older_close = [j[0] for j in live if j[2] == slurm.job_name(spec.sweep_id, close=True)]
         slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-        array_id = slurm.submit(script)
+        try:
+            array_id = slurm.submit(script)
+        except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
+            store.end_run(state.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
+            raise
         manifest = slurm.Manifest(array_id, "points", [[r.run_key for r in t] for t in tasks])
-        close_id = slurm.submit(slurm.close_script(
-            options, name=slurm.job_name(spec.sweep_id, close=True), after=[array_id, *older_close],
-            header=close_header, comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
+        try:
+            close_id = slurm.submit(slurm.close_script(
+                options, name=slurm.job_name(spec.sweep_id, close=True), after=[array_id, *older_close],
+                header=close_header, comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
+        except slurm.SlurmError as err:
+            close_id = None
+            say(f"warning: {err}; the tasks run, and `orch status` closes the sweep once they have ended")
         _record(store, state.parent_run_id, array_id, script, manifest, close_id, launcher=ARRAY)
-        return Submission([array_id, close_id], len(todo), len(pending) - len(todo),
+        return Submission([array_id] + ([close_id] if close_id else []), len(todo), len(pending) - len(todo),
                           len(spec.runs) - len(pending)), state
 
 
@@ -101,6 +110,7 @@ def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, de
                               max_retries=max_retries)
     header = {"mode": "points", "uri": uri, "experiment_id": "<experiment id>", "parent_run_id": "<parent run id>",
               "sweep_id": spec.sweep_id, "per_task": per, "device": device, "max_retries": max_retries,
+                  "warn_seconds": slurm.warn_seconds(options),
               "resume": True}
     jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
              "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
@@ -116,7 +126,8 @@ def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, de
 def _worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
                    device: str, max_retries: int) -> str:
     header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
-              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries}
+              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries,
+                  "warn_seconds": slurm.warn_seconds(options)}
     comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue "
                f"{storage.split('@')[-1]}")
     opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})

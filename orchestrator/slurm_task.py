@@ -27,6 +27,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 from orchestrator import slurm
@@ -34,6 +36,7 @@ from orchestrator.errors import ExitCode
 from orchestrator.schema import Status, Tag, tag_filter
 
 EARLY: list[int] = []  # a stop signal that came before the scheduler took over
+SLACK_SECONDS = 10  # a warning this much earlier than asked for still counts
 
 
 def _note(text: str) -> None:
@@ -41,7 +44,41 @@ def _note(text: str) -> None:
 
 
 def _early_handler(signum, frame) -> None:  # noqa: ARG001
-    EARLY.append(signum)
+    if _accept(signum):
+        EARLY.append(signum)
+
+
+_WARN_AT: list[float] = []  # when the time-limit warning is due (epoch seconds), if known
+
+
+_WARNED: list[float] = []  # when a time-limit warning was acted on
+
+
+def _accept(signum: int) -> bool:
+    """Slurm checks time limits every 30 s or so and sends the warning up to a minute early; an
+    early one is ignored: this task's own timer raises SIGUSR1 when the warning is due. Only the
+    first warning acted on counts (Slurm's own may follow the timer's)."""
+    if signum != signal.SIGUSR1:
+        return True
+    if _WARNED:
+        return False
+    if _WARN_AT and time.time() < _WARN_AT[0] - SLACK_SECONDS:
+        _note(f"time-limit warning came early; stopping at {time.strftime('%H:%M:%S', time.localtime(_WARN_AT[0]))}")
+        return False
+    _WARNED.append(time.time())
+    return True
+
+
+def arm_warning(lead_seconds: float) -> None:
+    """Send this process SIGUSR1 ``lead_seconds`` before the job's time limit ends."""
+    job = os.environ.get("SLURM_JOB_ID")
+    end = slurm.job_end_time(job) if job else None
+    if end is None:
+        return
+    _WARN_AT[:] = [end - lead_seconds]
+    timer = threading.Timer(max(0.0, _WARN_AT[0] - time.time()), os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.daemon = True
+    timer.start()
 
 
 def requeue() -> None:
@@ -155,6 +192,11 @@ def main() -> int:
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, _early_handler)
     header = json.loads(sys.stdin.readline())
+    if header["mode"] != "close" and header.get("warn_seconds"):
+        from orchestrator.scheduler import Scheduler
+
+        Scheduler.accept_signal = staticmethod(_accept)
+        arm_warning(float(header["warn_seconds"]))
     lines = [json.loads(line) for line in sys.stdin if line.strip()]
     mode = header["mode"]
     if mode == "close":
