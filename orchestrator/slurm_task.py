@@ -49,8 +49,6 @@ def _early_handler(signum, frame) -> None:  # noqa: ARG001
 
 
 _WARN_AT: list[float] = []  # when the time-limit warning is due (epoch seconds), if known
-
-
 _WARNED: list[float] = []  # when a time-limit warning was acted on
 
 
