@@ -105,12 +105,12 @@ def cli(debug: bool) -> None:
 
     \b
     orch run [CONFIG.yaml]        train one configuration, logged to MLflow
-    orch sweep GRID.yaml          run every point of a grid (resumable)
+    orch sweep GRID.yaml          run every point of a grid (resumable; --launcher slurm)
     orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
     orch report                   the study's table: accuracy and F1 per split
     orch tune GRID.yaml           tune the LR schedule with Optuna, trials as MLflow runs
     orch worker --storage URL     run queued points (several machines, PostgreSQL)
-    orch status --storage URL     what is queued, running, done and failed
+    orch status [--storage URL]   a sweep's points and Slurm jobs; the queue's state
     orch ui                       browse runs in MLflow's UI
     """
 
@@ -180,7 +180,25 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @click.option("--storage", default=None, metavar="URL",
               help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
 @click.option("--wait", is_flag=True,
-              help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2.")
+              help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2; "
+                   "with --launcher slurm, follow the jobs until they end.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Where the points run: here, or as Slurm jobs (see the README's 'On a Slurm cluster').")
+@click.option("--partition", default=None, help="[slurm] Partition to submit to (default: the cluster's).")
+@click.option("--time", "time_limit", default=None, metavar="LIMIT",
+              help="[slurm] Time limit of a task, in Slurm's format (90, 1:30:00, 2-00:00).")
+@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None, help="[slurm] GPUs per task.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="[slurm] CPU cores per task.")
+@click.option("--mem", default=None, metavar="SIZE", help="[slurm] Memory per task, e.g. 16G.")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=None, metavar="K",
+              help="[slurm] Tasks running at once (queue mode: the number of worker tasks, default 4).")
+@click.option("--slurm", "slurm_extra", multiple=True, metavar="KEY=VALUE",
+              help="[slurm] Any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable).")
+@click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
+              help="[slurm] The tracking store (and --storage) is reachable from the compute nodes as given, "
+                   "even on a path or address that looks local (a one-machine cluster).")
+@click.option("--slurm-logs", default=None, metavar="DIR",
+              help="[slurm] Folder of the tasks' output files, on a shared filesystem (default: ./slurm-logs).")
 @click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Refuse a grid of more points (settings x seeds) than this.")
 @click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
@@ -199,7 +217,10 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 @handle_errors
 def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
               max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None, wait: bool,
-              max_points: int, until_metric: str | None, max_seeds: int, seeds_per_round: int, direction: str,
+              max_points: int, launcher: str, partition: str | None, time_limit: str | None,
+              gpus_per_task: int | None, cpus_per_task: int | None, mem: str | None, array_parallelism: int | None,
+              slurm_extra: tuple[str, ...], store_is_shared: bool, slurm_logs: str | None,
+              until_metric: str | None, max_seeds: int, seeds_per_round: int, direction: str,
               tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
@@ -210,13 +231,34 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
     missing ones run. One sweep per experiment and store runs at a time (--wait queues
     behind it). Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
     130 Ctrl-C, 143 SIGTERM (running points checkpoint and are recorded KILLED).
+
+    \b
+    --launcher slurm submits the missing points as a Slurm job array (one task per
+    --runs-per-gpu points) and returns; --wait follows the jobs; --dry-run prints the
+    job script. With --storage, K array tasks are `orch worker`s on the queue.
     """
     from orchestrator import tracking
     from orchestrator.grid import load_grid
 
+    slurm_given = [name for name, value in (("--partition", partition), ("--time", time_limit),
+                                            ("--gpus-per-task", gpus_per_task), ("--cpus-per-task", cpus_per_task),
+                                            ("--mem", mem), ("--array-parallelism", array_parallelism),
+                                            ("--slurm", slurm_extra), ("--slurm-logs", slurm_logs)) if value]
+    if launcher != "slurm" and slurm_given:
+        raise BadInput(f"{', '.join(slurm_given)} only apply with --launcher slurm; add it or drop them")
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if launcher == "slurm":
+        from orchestrator import slurm
+
+        options = slurm.SlurmOptions(partition=partition, time=time_limit, gpus_per_task=gpus_per_task,
+                                     cpus_per_task=cpus_per_task, mem=mem, array_parallelism=array_parallelism,
+                                     extra=slurm.parse_extra(slurm_extra), runs_per_gpu=runs_per_gpu,
+                                     log_dir=slurm_logs)
+        _slurm_sweep(spec, uri, options, storage=storage, dry_run=dry_run, rerun=rerun, wait=wait,
+                     shared=store_is_shared, device=device, max_retries=max_retries, metric=metric, quiet=quiet)
+        return
     if dry_run:
         from orchestrator.display import print_dry_run
 
@@ -250,6 +292,48 @@ def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: 
     if max_seeds <= len(spec.seeds):
         raise BadInput(f"--max-seeds {max_seeds} leaves no room above the grid's {len(spec.seeds)} seeds; raise it")
     return Separation(metric, direction, max_seeds, per_round)
+
+
+def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry_run: bool, rerun: bool,
+                 wait: bool, shared: bool, device: str, max_retries: int, metric: str, quiet: bool) -> None:
+    """``orch sweep --launcher slurm``: every check before anything is recorded or submitted."""
+    import time
+
+    from orchestrator import slurm, slurm_sweep
+    from orchestrator import storage as storage_mod
+
+    url = storage_mod.check(storage) if storage else None
+    if url and not storage_mod.is_postgres(url):
+        raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "
+                       "out points exactly once to several tasks")
+    if dry_run:
+        options.minutes()
+        slurm.check_reachable_from_nodes(uri, shared)
+        click.echo(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
+                                              storage=url), nl=False)
+        return
+    slurm.check(options, uri, shared=shared, storage=url)
+    slurm.test_only(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
+                                               storage=url))
+    store = open_store(uri)
+    say = slurm_sweep.say_to_stderr(quiet)
+    since_ms = int(time.time() * 1000)
+    if url:
+        sub = slurm_sweep.submit_workers(spec, store, options, url, rerun=rerun, device=device,
+                                         max_retries=max_retries, say=say)
+        state = None
+    else:
+        sub, state = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device,
+                                              max_retries=max_retries, metric=metric, say=say)
+    if sub.job_ids:
+        say(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
+            f"{sub.job_ids[0]}" + (f" (close job {sub.job_ids[1]})" if len(sub.job_ids) > 1 else "")
+            + f"; {sub.done} already finished, {sub.skipped_live} queued or running in earlier jobs\n"
+            f"follow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri {store.uri}"
+            f"\ntask logs: {slurm.log_dir(options)}")
+    if wait and (sub.job_ids or sub.skipped_live):
+        sys.exit(slurm_sweep.wait_and_close(store, spec, state, sub, quiet=quiet, metric=metric, since_ms=since_ms,
+                                            say=say))
 
 
 def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:
@@ -384,23 +468,42 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
 
 
 @cli.command("status")
-@click.option("--storage", required=True, metavar="URL", help="The queue's database.")
-@click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough).")
+@click.option("--storage", default=None, metavar="URL", help="The queue's database (queued sweeps).")
+@click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough); without --storage: "
+                                            "the sweep to show (default: the newest).")
+@click.option("--experiment", default=None, help="Without --storage: the sweep's MLflow experiment.")
+@tracking_uri_option
 @handle_errors
-def status_cmd(storage: str, sweep: str | None) -> None:
-    """Queued sweeps: pending / running (which worker, since when) / done / failed."""
-    from orchestrator import queue
-    from orchestrator import storage as storage_mod
+def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, tracking_uri: str | None) -> None:
+    """Queued sweeps (--storage): pending / running (which worker, since when) / done / failed.
+
+    Without --storage: a sweep's points from the tracking store, each with its MLflow
+    status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
+    ended but which nobody closed gets its summary written and its parent run closed.
+    """
     from orchestrator.display import print_queue_status
 
-    url = storage_mod.check(storage)
-    from orchestrator.store_uri import sqlite_path
+    if storage:
+        from orchestrator import queue
+        from orchestrator import storage as storage_mod
+        from orchestrator.store_uri import sqlite_path
 
-    db = sqlite_path(url)
-    if db is not None and not db.exists():  # reading never creates a queue
-        print_queue_status([], storage_mod.redact(url))
+        url = storage_mod.check(storage)
+        db = sqlite_path(url)
+        if db is not None and not db.exists():  # reading never creates a queue
+            print_queue_status([], storage_mod.redact(url))
+            return
+        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
         return
-    print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
+    from orchestrator.display import print_sweep_status
+    from orchestrator.slurm_sweep import status_rows
+
+    store = open_store(tracking_uri, write=False)
+    _, parent = _resolve_sweep(store, experiment, sweep or "latest")
+    rows, closed = status_rows(store, parent)
+    print_sweep_status(rows, parent)
+    if closed:
+        click.echo(closed, err=True)
 
 
 @cli.command("compare")

@@ -248,3 +248,25 @@ def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
         for name, reason in failed:
             table.add_row(name, "failed", reason, "")
         console.print(table)
+
+
+def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
+    """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.schema import Tag
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    tags = parent.data.tags
+    console.print(f"[bold]{parent.info.run_name}[/bold] [{tags.get(Tag.SWEEP, '')}]  parent {parent.info.status}  "
+                  f"points {len(rows)}: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    table = Table(show_header=True)
+    for column in ("point", "status", "slurm job", "slurm state", "run", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["status"], row["job"], row["slurm"], row["run_id"], row["reason"][:80])
+    console.print(table)

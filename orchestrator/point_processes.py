@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from orchestrator import slurm
 from orchestrator.schema import Tag
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
         "parent_run_id": job.parent_run_id,
         "run_name": job.name,
         "device": "cuda" if slot.gpu is not None else "cpu",
-        "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label},
+        "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm.task_tags()},
         "resume": job.resume,
     }
 

@@ -253,8 +253,12 @@ def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
 
 def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None = None, workers: int = 1,
                gpus: Sequence[str] | None = None, runs_per_gpu: int = 1, device: str = "auto",
-               max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False) -> int:
+               max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False,
+               stopped: list[int] | None = None) -> int:
     """Claim and run points until the queue is empty (or forever with ``wait``); exit code.
+
+    ``stopped`` receives the signal that stopped the worker, if one did (a Slurm task
+    requeues itself after SIGUSR1, its time-limit warning).
 
     Without ``--sweep``, the worker also joins the ``orch tune`` studies of the storage that
     still want trials (before the sweep points, after them, and whenever it is idle).
@@ -284,7 +288,9 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
               "to the queue; fix the store and start the worker again", file=sys.stderr, flush=True)
         return ExitCode.FAILED
     if outcome.interrupted:  # its points checkpointed and went back on the queue at once
-        return ExitCode.PREEMPTED if outcome.signal == signal.SIGTERM else ExitCode.INTERRUPTED
+        if stopped is not None and outcome.signal is not None:
+            stopped.append(outcome.signal)
+        return ExitCode.PREEMPTED if outcome.signal in (signal.SIGTERM, signal.SIGUSR1) else ExitCode.INTERRUPTED
     return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
 

@@ -12,7 +12,7 @@ sweep, :class:`orchestrator.queue.QueueSource` for the multi-machine queue. Star
 feeding and stopping the processes is :class:`orchestrator.point_processes.PointProcesses`'
 job alone.
 
-Ctrl-C or SIGTERM stops the scheduler: the signal goes on to every point process, whose
+Ctrl-C, SIGTERM or SIGUSR1 (Slurm's time-limit warning) stops the scheduler: the signal goes on to every point process, whose
 point checkpoints and ends KILLED (``preempted``/``interrupted``); the next invocation
 resumes them from their checkpoints. Children die with the scheduler: a SIGKILLed sweep
 leaves no orphans, only runs left RUNNING, which the next invocation marks FAILED and
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
 STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.PREEMPTED)  # a point stopped by a signal, checkpointed
+# Ctrl-C, preemption, and Slurm's time-limit warning (--signal=B:USR1@N): each stops the scheduler
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 # --------------------------------------------------------------------------- slots
@@ -219,6 +221,10 @@ class Scheduler:
     the temporary directory, removed at the end when nothing failed).
     """
 
+    # A process may set this to ignore some stop signals: a Slurm task ignores a time-limit
+    # warning that Slurm sent early (see orchestrator.slurm_task). None: every one stops.
+    accept_signal: Callable[[int], bool] | None = None
+
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
                  log_dir: Path | None = None, idle_poll: float | None = None,
                  on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND):
@@ -253,7 +259,7 @@ class Scheduler:
         self.running, self.free, self.store_failure = {}, list(self.slots), None
         t0 = time.time()
         self.display.start(source.total, self.slots)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             self._loop(source, outcome)
             outcome.skipped = source.unstarted()
@@ -320,6 +326,8 @@ class Scheduler:
         return True
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self.accept_signal is not None and not self.accept_signal(signum):
+            return
         if self.stop_requested:  # a second one: stop waiting politely
             raise KeyboardInterrupt
         self.stop_signal = signum

@@ -16,6 +16,8 @@ run carries (the README's "What one run records" lists it for users):
 * point (child of a sweep) or standalone run: ``Tag.KIND``, ``Tag.RUN_KEY``, ``Tag.POINT``,
   ``Tag.SETTING``, ``Tag.ATTEMPT``, ``Tag.HOST``/``Tag.PID``; params are the resolved
   config as dotted keys; metrics ``epoch/*`` and the summary metrics.
+* a point run under Slurm also carries ``Tag.SLURM_JOB`` (``12_3``) and the job/array ids;
+  its sweep parent ``Tag.SLURM_JOBS``, ``Tag.SUMMARIZED_BY`` and ``slurm/<job id>.{sh,json}``.
 * a failed or killed run: ``Tag.FAILURE_REASON`` and the artifact ``error/traceback.txt``.
 
 This module imports nothing heavy: the dry run reads stores through it without mlflow.
@@ -54,6 +56,15 @@ class Tag:
     RESUMED_FROM = "orch.resumed_from"  # the run whose checkpoint this run continued
     RESUMED_EPOCH = "orch.resumed_epoch"
     RESUMED_BATCH = "orch.resumed_batch"
+    # Slurm (orch sweep --launcher slurm): the job a point ran in, and who closed the sweep
+    SLURM_JOB = "orch.slurm_job"  # as squeue shows it: "12_3" for array task 3 of job 12
+    SLURM_JOB_ID = "orch.slurm_job_id"  # SLURM_JOB_ID: the task's own job id
+    SLURM_ARRAY_JOB_ID = "orch.slurm_array_job_id"
+    SLURM_ARRAY_TASK_ID = "orch.slurm_array_task_id"
+    SLURM_RESTARTS = "orch.slurm_restarts"  # SLURM_RESTART_COUNT: times the task was requeued
+    SLURM_JOBS = "orch.slurm_jobs"  # a sweep parent's submitted job ids, "12,15"
+    LAUNCHER = "orch.launcher"  # a sweep parent submitted to Slurm: "slurm" (array) or "slurm-queue"
+    SUMMARIZED_BY = "orch.summarized_by"  # a sweep parent: which process wrote its summary and closed it
     # tuning
     STUDY = "orch.study"
     STORAGE = "orch.storage"
@@ -124,6 +135,7 @@ class Artifact:
     CONFIG = "config.yaml"
     CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pt and ckpt-1.pt, written in turn
     TRACEBACK = "error/traceback.txt"
+    SLURM_DIR = "slurm"  # a sweep parent's slurm/<job id>.sh (the job script) and slurm/<job id>.json
     MODEL = "model"
     CURVES = "plots/curves.png"
     QUANTILES_PLOT = "plots/quantiles.png"

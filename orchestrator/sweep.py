@@ -172,8 +172,9 @@ def _store_failed(spec: SweepSpec, state: SweepState | None, outcome: Outcome, f
 
 
 def _interrupted(store: TrackingStore, state: SweepState, outcome: Outcome, say) -> int:
-    preempted = outcome.signal == signal.SIGTERM
-    store.end_run(state.parent_run_id, Status.KILLED, "preempted (SIGTERM)" if preempted else "interrupted")
+    preempted = outcome.signal in (signal.SIGTERM, signal.SIGUSR1)
+    reason = f"preempted ({signal.Signals(outcome.signal).name})" if preempted else "interrupted"
+    store.end_run(state.parent_run_id, Status.KILLED, reason)
     say(f"{'preempted' if preempted else 'interrupted'}: running points checkpointed and were recorded KILLED; "
         "rerun the same command to resume them where they stopped")
     return ExitCode.PREEMPTED if preempted else ExitCode.INTERRUPTED

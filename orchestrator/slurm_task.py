@@ -1,0 +1,212 @@
+"""One Slurm task of a sweep: ``python -m orchestrator.slurm_task`` with its input on stdin.
+
+The job script (:func:`orchestrator.slurm.task_script`) feeds it a heredoc: a header
+(JSON: the mode, the tracking URI, the sweep's parent run, options), then, in array
+mode, one JSON line per point. The three modes:
+
+* ``points``: array task i runs points ``[i*K, (i+1)*K)`` (K = ``--runs-per-gpu``) with
+  the local scheduler, each in a point process, each resumed from its checkpoint when an
+  earlier attempt left one. A point that is finished, or RUNNING in another live Slurm
+  job, is skipped: a point never runs twice at once.
+* ``worker``: an ``orch worker`` on the PostgreSQL queue, limited to this sweep.
+* ``close``: the sweep's close job: once no task of the sweep is left, it writes the
+  summary and ends the parent run (:func:`orchestrator.slurm_sweep.close_if_done`).
+
+Signals: Slurm's time-limit warning (``--signal=B:USR1@N``) makes the running points
+checkpoint and end KILLED (``preempted (SIGUSR1)``); the task then requeues itself
+(``scontrol requeue``) and its next start resumes them. SIGTERM (``scancel``, or a
+preemption, which Slurm requeues itself when the partition says so) checkpoints the
+same way without a requeue: rerunning the sweep submits what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from orchestrator import slurm
+from orchestrator.errors import ExitCode
+from orchestrator.schema import Status, Tag, tag_filter
+
+EARLY: list[int] = []  # a stop signal that came before the scheduler took over
+SLACK_SECONDS = 10  # a warning this much earlier than asked for still counts
+
+
+def _note(text: str) -> None:
+    print(f"[orch slurm task {os.environ.get('SLURM_JOB_ID', '?')}] {text}", file=sys.stderr, flush=True)
+
+
+def _early_handler(signum, frame) -> None:  # noqa: ARG001
+    if _accept(signum):
+        EARLY.append(signum)
+
+
+_WARN_AT: list[float] = []  # when the time-limit warning is due (epoch seconds), if known
+_WARNED: list[float] = []  # when a time-limit warning was acted on
+
+
+def _accept(signum: int) -> bool:
+    """Slurm checks time limits every 30 s or so and sends the warning up to a minute early; an
+    early one is ignored: this task's own timer raises SIGUSR1 when the warning is due. Only the
+    first warning acted on counts (Slurm's own may follow the timer's)."""
+    if signum != signal.SIGUSR1:
+        return True
+    if _WARNED:
+        return False
+    if _WARN_AT and time.time() < _WARN_AT[0] - SLACK_SECONDS:
+        _note(f"time-limit warning came early; stopping at {time.strftime('%H:%M:%S', time.localtime(_WARN_AT[0]))}")
+        return False
+    _WARNED.append(time.time())
+    return True
+
+
+def arm_warning(lead_seconds: float) -> None:
+    """Send this process SIGUSR1 ``lead_seconds`` before the job's time limit ends."""
+    job = os.environ.get("SLURM_JOB_ID")
+    end = slurm.job_end_time(job) if job else None
+    if end is None:
+        return
+    _WARN_AT[:] = [end - lead_seconds]
+    timer = threading.Timer(max(0.0, _WARN_AT[0] - time.time()), os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.daemon = True
+    timer.start()
+
+
+def requeue() -> None:
+    """Put this task back in the queue; its next start resumes its points from their checkpoints.
+
+    ``scontrol requeue`` ends this job at once (SIGTERM to its processes): the command and
+    this process ignore that SIGTERM, the work being saved already.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    if out.returncode == 0:
+        _note("time limit near: points checkpointed; task requeued, its next start resumes them")
+    else:
+        _note(f"could not requeue ({out.stderr.strip()}); rerun the sweep to resume the points")
+
+
+def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> str | None:
+    """Why this task must not run the point (finished, or running in another live job), or None.
+
+    A run left RUNNING by a task that is gone (this task's own earlier start, killed before
+    it could close it, or a dead job) is closed FAILED, so that its checkpoint can be resumed.
+    """
+    from orchestrator import processes
+    from orchestrator.schema import is_finished_result
+
+    runs = store.search([experiment_id], tag_filter(Tag.RUN_KEY, run_key), order_by=["attributes.start_time DESC"])
+    if any(is_finished_result(r.info.status, r.data.tags) for r in runs):
+        return "already finished"
+    for run in runs:
+        if run.info.status not in Status.LIVE:
+            continue
+        tags = run.data.tags
+        other = tags.get(Tag.SLURM_JOB_ID)
+        if other and other != me.get(Tag.SLURM_JOB_ID) and slurm.job_states([other]).get(other) in slurm.LIVE_STATES:
+            return f"running in Slurm job {tags.get(Tag.SLURM_JOB, other)} (run {run.info.run_id})"
+        if not other and not processes.is_orphan(tags.get(Tag.HOST), tags.get(Tag.PID)):
+            return f"running on {tags.get(Tag.HOST)} (pid {tags.get(Tag.PID)}, run {run.info.run_id})"
+        who = f"Slurm task {tags.get(Tag.SLURM_JOB, other)}" if other else f"process {tags.get(Tag.PID)}"
+        store.end_run(run.info.run_id, Status.FAILED, f"{who} ended without closing the run; resumed elsewhere")
+    return None
+
+
+def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int, int | None]:
+    """Array mode: this task's points; (exit code, the signal that stopped it)."""
+    from orchestrator.display import PlainDisplay
+    from orchestrator.scheduler import Job, ListSource, Scheduler, plan_slots
+    from orchestrator.tracking import TrackingStore
+
+    per = int(header.get("per_task", 1))
+    index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    mine = lines[index * per:(index + 1) * per]
+    store = TrackingStore(header["uri"])
+    me = slurm.task_tags()
+    jobs = []
+    for line in mine:
+        why = point_state(store, header["experiment_id"], line["run_key"], me)
+        if why:
+            _note(f"{line['name']}: {why}; not run here")
+            continue
+        jobs.append(Job(line["name"], line["config"], header["uri"], header["experiment_id"], header["parent_run_id"],
+                        dict(line["tags"]), header.get("resume", True)))
+    if not jobs:  # nothing left for this task: never requeue it
+        return ExitCode.OK, None
+    if EARLY:  # warned or cancelled before a point started
+        return ExitCode.PREEMPTED, EARLY[0]
+    device = header.get("device", "auto")
+    # The CPU slots share the cores Slurm gave the task, not the node's
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
+    slots = [s if s.gpu is not None else dataclasses.replace(s, threads=max(1, cpus // len(jobs)))
+             for s in plan_slots(len(jobs), None, per, device)]
+    outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header.get("max_retries", 1))))
+    if outcome.interrupted:
+        return ExitCode.PREEMPTED, outcome.signal
+    if EARLY and outcome.skipped:
+        return ExitCode.PREEMPTED, EARLY[0]
+    return (ExitCode.FAILED if outcome.failed else ExitCode.OK), None
+
+
+def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
+    """Queue mode: an ``orch worker`` for this sweep; (exit code, the signal that stopped it)."""
+    from orchestrator import queue
+
+    if EARLY:
+        return ExitCode.PREEMPTED, EARLY[0]
+    stopped: list[int] = []
+    code = queue.run_worker(header["storage"], sweep=header["sweep_id"], tracking_uri=header["uri"],
+                            workers=int(header.get("per_task", 1)), runs_per_gpu=int(header.get("per_task", 1)),
+                            device=header.get("device", "auto"), max_retries=int(header.get("max_retries", 1)),
+                            quiet=False, stopped=stopped)
+    return code, stopped[0] if stopped else None
+
+
+def close(header: dict[str, Any]) -> int:
+    from orchestrator import slurm_sweep
+    from orchestrator.tracking import TrackingStore
+
+    store = TrackingStore(header["uri"])
+    parent = store.get_run(header["parent_run_id"])
+    me = os.environ.get("SLURM_JOB_ID", "")
+    done = slurm_sweep.close_if_done(store, parent, by=f"Slurm close job {me}", own_job=me, closing_job=True,
+                                     metric=header.get("metric"))
+    _note(done)
+    return ExitCode.OK
+
+
+def main() -> int:
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, _early_handler)
+    header = json.loads(sys.stdin.readline())
+    if header["mode"] != "close" and header.get("warn_seconds"):
+        from orchestrator.scheduler import Scheduler
+
+        Scheduler.accept_signal = staticmethod(_accept)
+        arm_warning(float(header["warn_seconds"]))
+    lines = [json.loads(line) for line in sys.stdin if line.strip()]
+    mode = header["mode"]
+    if mode == "close":
+        return close(header)
+    code, stopped_by = run_worker(header) if mode == "worker" else run_points(header, lines)
+    if stopped_by == signal.SIGUSR1:
+        requeue()
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))

@@ -1,0 +1,361 @@
+"""`orch sweep --launcher slurm` on a real one-node Slurm cluster (slurmctld, slurmd, munge).
+
+The cluster (tests/slurm_cluster.py) is built once per session in a temporary folder and
+torn down afterwards; without root or Slurm's binaries these tests are skipped with the
+reason. The compute node is this machine, so a SQLite store in the test's folder is
+reachable from the tasks: the tests say so with --store-is-shared (the refusal itself
+is tested without it). A store that tasks are writing is read with sqlite3 ``mode=ro``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+import slurm_cluster
+from conftest import orch
+from orchestrator.cli import cli
+from orchestrator.grid import load_grid
+from orchestrator.schema import Kind, Status, Tag
+from test_resume_sweep import BASE, results
+from test_sweep import TINY_BASE, write_grid
+
+SHARED = "--store-is-shared"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    why = slurm_cluster.missing()
+    if why:
+        pytest.skip(why)
+    c = slurm_cluster.start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)  # every orch subprocess (and its tasks) talks to this cluster
+    try:
+        yield c
+    finally:
+        try:
+            for job in c.squeue():
+                c.run("scancel", job.split()[0], check=False)
+        finally:
+            c.stop()
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old
+
+
+def sweep_jobs(c: slurm_cluster.Cluster, sweep_id: str) -> list[str]:
+    """The sweep's jobs (tasks and close jobs) still in squeue."""
+    return [line for line in c.squeue() if line.split()[2].startswith(f"orch-{sweep_id}")]
+
+
+def wait_until_no_jobs(c: slurm_cluster.Cluster, sweep_id: str, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not sweep_jobs(c, sweep_id):
+            return
+        time.sleep(1)
+    pytest.fail(f"jobs of sweep {sweep_id} still in squeue after {timeout} s: {c.squeue()}")
+
+
+def ro_rows(db: Path, sql: str, args=()) -> list:
+    """Rows of a store that tasks are writing, read-only (never creates or migrates it)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
+def point_runs(uri: str, sweep_id: str):
+    c = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    runs = c.search_runs(ids, filter_string=f"tags.`orch.sweep` = '{sweep_id}'", max_results=1000)
+    return [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.POINT]
+
+
+def parent_run(uri: str, sweep_id: str):
+    c = MlflowClient(tracking_uri=uri)
+    ids = [e.experiment_id for e in c.search_experiments()]
+    (parent,) = [r for r in c.search_runs(ids, filter_string=f"tags.`orch.sweep` = '{sweep_id}'")
+                 if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    return parent
+
+
+def task_logs(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted((folder / "slurm-logs").glob("*.out")))
+
+
+# --------------------------------------------------------------------------- acceptance 1
+
+
+def test_four_points_with_wait_finish_under_one_parent_summarized_once(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-wait", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, "--time", "10",
+                cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    assert "Traceback" not in proc.stderr
+    runs = point_runs(uri, spec.sweep_id)
+    assert len(runs) == 4 and all(r.info.status == Status.FINISHED for r in runs)
+    assert sorted(r.data.tags[Tag.RUN_KEY] for r in runs) == sorted(r.run_key for r in spec.runs)
+    jobs = {r.data.tags[Tag.SLURM_JOB] for r in runs}
+    assert len(jobs) == 4 and all("_" in j for j in jobs)  # one array task per point
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.info.status == Status.FINISHED
+    assert all(r.data.tags[Tag.PARENT_RUN_ID] == parent.info.run_id for r in runs)
+    assert "summary.csv" in {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent.info.run_id)}
+    assert not sweep_jobs(cluster, spec.sweep_id)
+    closings = (task_logs(tmp_path) + proc.stderr).count("closed FINISHED")
+    assert closings == 1, "the summary is written exactly once"
+    assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
+
+    status = orch("status", "--tracking-uri", uri, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    for j in jobs:
+        assert j in status.stdout
+
+    again = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
+    assert again.returncode == 0 and "all 4 points are finished; nothing submitted" in again.stderr
+    assert not sweep_jobs(cluster, spec.sweep_id)
+
+
+# --------------------------------------------------------------------------- acceptance 3
+
+
+def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-cancel", {"model.norm": ["bn", "gn"]}, base=BASE)
+    spec = load_grid(grid)
+    bn = next(r for r in spec.runs if r.point["model.norm"] == "bn")
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    # The reference: the bn point uninterrupted, here, with one torch thread as in a one-core task
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "sweep", str(grid), "--set", "model.norm=bn", "--workers",
+         str(os.cpu_count() or 1), "--quiet", "--tracking-uri", f"sqlite:///{ref_dir / 'mlflow.db'}"],
+        cwd=ref_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    deadline = time.time() + 400
+    killed = None
+    while time.time() < deadline and killed is None:
+        for run_id, status, epoch, job in ro_rows(
+                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
+                    "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r JOIN tags t "
+                    "ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
+                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, bn.run_key)):
+            if status == Status.RUNNING and int(epoch or 0) >= 2:
+                cluster.run("scancel", job)
+                killed = run_id
+        time.sleep(0.2)
+    assert killed, f"the bn point never reached epoch 2: {task_logs(tmp_path)[-3000:]}"
+    wait_until_no_jobs(cluster, spec.sweep_id)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(killed)
+    assert run.info.status == Status.KILLED
+    assert run.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
+    assert Tag.CHECKPOINT in run.data.tags
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FAILED  # closed with a point missing
+
+    rerun = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, cwd=tmp_path,
+                 timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    assert "submitted 1 point(s)" in rerun.stderr
+    _, ref_err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_err
+    (ref,) = [r for r in point_runs(f"sqlite:///{ref_dir / 'mlflow.db'}", load_grid(grid, ["model.norm=bn"]).sweep_id)]
+
+    runs = point_runs(uri, spec.sweep_id)
+    finished = [r for r in runs if r.info.status == Status.FINISHED]
+    assert sorted(r.data.tags[Tag.RUN_KEY] for r in finished) == sorted(r.run_key for r in spec.runs)
+    (resumed,) = [r for r in finished if r.data.tags.get(Tag.RESUMED_FROM) == killed]
+    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert results(resumed) == results(ref)
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
+
+
+# --------------------------------------------------------------------------- acceptance 2, 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_path):
+    """Without --wait the command returns within seconds and the close job ends the sweep; a task
+    given a time limit shorter than its point is warned, checkpoints, is requeued and finishes it."""
+    # About 70 s of training on an idle 2-core machine (0.6 s an epoch; 3 s under heavy load)
+    base = {**BASE, "train": {**BASE["train"], "max_epochs": 120, "patience": 120}}
+    grid = write_grid(tmp_path / "g.yaml", "slurm-timelimit", {"model.norm": ["bn"]}, base=base)
+    spec = load_grid(grid)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    # An existing store, as a researcher's usually is: creating a fresh SQLite store's tables
+    # alone takes MLflow seconds (12 s on a loaded 2-core machine), which is not what is timed here
+    MlflowClient(tracking_uri=uri).search_experiments()
+    # Two minutes, warned a minute before (the task ignores Slurm's early warnings and keeps the
+    # time itself), so each start trains for well under a minute: the point needs several starts.
+    t0 = time.time()
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "2", cwd=tmp_path)
+    seconds = time.time() - t0
+    assert sub.returncode == 0, sub.stderr
+    assert seconds < 10, f"submission took {seconds:.1f} s"
+    assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
+    # from here on no orch process runs on the submitting side: only Slurm's tasks and close job
+    deadline = time.time() + 840
+    while time.time() < deadline:
+        if not sweep_jobs(cluster, spec.sweep_id):
+            break
+        jobs = [j for j in cluster.squeue() if j.split()[2] == f"orch-{spec.sweep_id}"]
+        for job in jobs:
+            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that out
+            if job.split()[1] == "PENDING":
+                cluster.run("scontrol", "update", f"JobId={job.split()[0]}", "StartTime=now", check=False)
+        time.sleep(2)
+    else:
+        pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(tmp_path)[-3000:]}")
+    rows = ro_rows(db, "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
+                       "AND t.value = ?", (Tag.KIND, Kind.SWEEP))
+    assert rows == [(Status.FINISHED,)]  # closed by the close job after the last task
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
+    assert "summary.csv" in {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(parent.info.run_id)}
+    runs = point_runs(uri, spec.sweep_id)
+    logs = task_logs(tmp_path)
+    assert "task requeued" in logs, logs[-3000:]
+    stopped = [r for r in runs if r.info.status == Status.KILLED]
+    assert stopped and all(r.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGUSR1)") for r in stopped)
+    (done,) = [r for r in runs if r.info.status == Status.FINISHED]
+    assert int(done.data.tags[Tag.SLURM_RESTARTS]) >= 1  # on a requeued start of the same task
+    assert done.data.tags[Tag.RESUMED_FROM] in {r.info.run_id for r in stopped}
+
+
+# --------------------------------------------------------------------------- acceptance 5
+
+
+def test_queue_mode_two_worker_tasks_run_six_points_once(cluster, postgres_url, tmp_path):
+    from test_queue import _db
+
+    storage = _db(postgres_url)
+    grid = write_grid(tmp_path / "g.yaml", f"slurm-queue-{os.getpid()}", {"model.norm": ["bn", "gn", "ln"]},
+                      seeds=(0, 1), base={**TINY_BASE, "train": {"max_epochs": 1, "patience": 1}})
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the node is this machine; PostgreSQL hands out the points
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--storage", storage, "--array-parallelism", "2", SHARED,
+                "--tracking-uri", uri, "--wait", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
+    runs = point_runs(uri, spec.sweep_id)
+    keys = [r.data.tags[Tag.RUN_KEY] for r in runs]
+    assert sorted(keys) == sorted(r.run_key for r in spec.runs)  # each point exactly once
+    assert all(r.info.status == Status.FINISHED for r in runs)
+    assert len({r.data.tags[Tag.SLURM_JOB] for r in runs}) <= 2
+    assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
+    assert not sweep_jobs(cluster, spec.sweep_id)
+
+
+# --------------------------------------------------------------------------- acceptance 6
+
+
+def test_dry_run_prints_the_job_script_and_submits_nothing(cluster, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-dry", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
+    before = cluster.squeue()
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", "--dry-run", SHARED, "--time",
+                                      "1:00:00", "--array-parallelism", "2", "--slurm", "account=lab",
+                                      "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert script.startswith("#!/bin/bash\n")
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --time=1:00:00", "#SBATCH --signal=B:USR1@120",
+                 "#SBATCH --requeue", "#SBATCH --account=lab", "-m orchestrator.slurm_task"):
+        assert line in script
+    assert cluster.squeue() == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--partition", "nosuch"], "no such partition"),
+    (["--time", "1:2:3:4"], "is not a Slurm time limit"),
+    (["--time", "soon"], "is not a Slurm time limit"),
+    (["--slurm", "=x"], "give an sbatch option as KEY=VALUE"),
+    (["--slurm", "no-such-option=1"], "Slurm would refuse the job"),
+    (["--gpus-per-task", "1"], "Slurm would refuse the job"),  # the test node has no GPU
+    (["--mem", "99999G"], "Slurm would refuse the job"),
+    (["--tracking-uri", "sqlite:////tmp/orch-not-shared/mlflow.db"], "which the compute nodes do not share"),
+    (["--tracking-uri", "http://127.0.0.1:1"], "loopback address"),
+    (["--storage", "sqlite:////srv/q.db"], "needs a PostgreSQL queue"),
+])
+def test_bad_input_exits_2_before_anything_is_submitted(cluster, tmp_path, args, needle):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-bad", {"model.norm": ["bn"]})
+    before = cluster.squeue()
+    shared = [] if "--tracking-uri" in args else [SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", *shared, *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert cluster.squeue() == before
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_no_sbatch_on_path_exits_2(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-nosbatch", {"model.norm": ["bn"]})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                env={"PATH": str(empty)}, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no sbatch/squeue on PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-opts", {"model.norm": ["bn"]})
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--partition", "gpu", "--tracking-uri",
+                                      f"sqlite:///{tmp_path / 'm.db'}"])
+    assert result.exit_code == 2 and "only apply with --launcher slurm" in result.output
+
+
+# --------------------------------------------------------------------------- no cluster needed
+
+
+@pytest.mark.parametrize("value, minutes", [("90", 90), ("5:30", 5.5), ("1:30:00", 90), ("2-0", 2880),
+                                            ("1-2:3", 1563), ("1-0:0:30", 1440.5), ("infinite", None)])
+def test_slurm_time_formats(value, minutes):
+    from orchestrator.slurm import parse_time
+
+    assert parse_time(value) == minutes
+
+
+def test_task_tags_name_the_array_task():
+    from orchestrator.slurm import task_tags
+
+    tags = task_tags({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
+                      "SLURM_RESTART_COUNT": "2"})
+    assert tags == {Tag.SLURM_JOB_ID: "17", Tag.SLURM_JOB: "12_3", Tag.SLURM_ARRAY_JOB_ID: "12",
+                    Tag.SLURM_ARRAY_TASK_ID: "3", Tag.SLURM_RESTARTS: "2"}
+    assert task_tags({}) == {}
+
+
+def test_slurm_launcher_stays_out_of_heavy_imports(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "slurm-light", {"model.norm": ["bn"]})
+    code = ("import sys; from orchestrator.cli import cli\n"
+            "try:\n"
+            f"    cli(['sweep', {str(grid)!r}, '--launcher', 'slurm', '--dry-run', '--store-is-shared'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
