@@ -1,7 +1,7 @@
 """The ``orch`` command: thin wrappers that parse, call and map errors to exit codes.
 
 Exit codes (:class:`orchestrator.errors.ExitCode`): 0 done, 1 some work failed, 2 bad
-input (nothing was started), 130 interrupted. Every error the user must fix derives from
+input (nothing was started), 130 Ctrl-C, 143 SIGTERM. Every error the user must fix derives from
 :class:`orchestrator.errors.UserError`; :func:`handle_errors` turns it into one line and
 exit 2. Heavy imports (torch, mlflow, optuna) happen inside the commands that need them,
 so ``orch --help`` and grid validation stay fast.
@@ -19,7 +19,6 @@ from orchestrator import __version__
 from orchestrator.errors import ExitCode, StoreFailure, UserError
 
 if TYPE_CHECKING:
-    from orchestrator.grid import SweepSpec
     from orchestrator.tracking import TrackingStore
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -81,6 +80,8 @@ tracking_uri_option = click.option(
     help="MLflow tracking URI (sqlite:///PATH.db or http://HOST:PORT). "
          "Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.",
 )
+max_points_option = click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+                                 help="Refuse a grid of more points (settings x seeds) than this.")
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a config value by dotted key, e.g. --set optim.lr=0.05 (repeatable).",
@@ -95,6 +96,22 @@ def split_gpus(ctx: click.Context, param: click.Parameter, value: str | None) ->
     """``--gpus 0,1`` -> ["0", "1"]; None when not given (every visible GPU)."""
     gpus = [g.strip() for g in value.split(",") if g.strip()] if value else []
     return gpus or None
+
+
+def slot_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --gpus, --runs-per-gpu, --max-retries: where points run and how often one is retried."""
+    for option in reversed((
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel points on the CPU (torch threads are divided among them)."),
+        click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
+                     help="GPU indices to use; default: every visible GPU (none: the CPU)."),
+        click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Points packed on each GPU at once."),
+        click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Retries (requeues) of a point that fails before it is recorded FAILED."),
+    )):
+        fn = option(fn)
+    return fn
 
 
 @click.group(context_settings=CONTEXT)
@@ -163,194 +180,6 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     sys.exit(code)
 
 
-@cli.command("sweep")
-@click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="List every point and whether it is done; start nothing.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel points on the CPU (torch threads are divided among them).")
-@click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
-              help="GPU indices to use; default: every visible GPU (none: the CPU).")
-@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Points packed on each GPU at once.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Retries of a point that fails before it is recorded FAILED.")
-@click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure.")
-@click.option("--rerun", is_flag=True, help="Run every point again, even those already finished.")
-@click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
-@click.option("--storage", default=None, metavar="URL",
-              help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
-@click.option("--wait", is_flag=True,
-              help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2; "
-                   "with --launcher slurm, follow the jobs until they end.")
-@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Where the points run: here, or as Slurm jobs (see the README's 'On a Slurm cluster').")
-@click.option("--partition", default=None, help="[slurm] Partition to submit to (default: the cluster's).")
-@click.option("--time", "time_limit", default=None, metavar="LIMIT",
-              help="[slurm] Time limit of a task, in Slurm's format (90, 1:30:00, 2-00:00).")
-@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None, help="[slurm] GPUs per task.")
-@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="[slurm] CPU cores per task.")
-@click.option("--mem", default=None, metavar="SIZE", help="[slurm] Memory per task, e.g. 16G.")
-@click.option("--array-parallelism", type=click.IntRange(min=1), default=None, metavar="K",
-              help="[slurm] Tasks running at once (queue mode: the number of worker tasks, default 4).")
-@click.option("--slurm", "slurm_extra", multiple=True, metavar="KEY=VALUE",
-              help="[slurm] Any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable).")
-@click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
-              help="[slurm] The tracking store (and --storage) is reachable from the compute nodes as given, "
-                   "even on a path or address that looks local (a one-machine cluster).")
-@click.option("--slurm-logs", default=None, metavar="DIR",
-              help="[slurm] Folder of the tasks' output files, on a shared filesystem (default: ./slurm-logs).")
-@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Refuse a grid of more points (settings x seeds) than this.")
-@click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
-              help="After the grid's seeds, add seeds to the leader and to every setting whose 95% interval "
-                   "of METRIC overlaps the leader's, round by round, until none does or --max-seeds.")
-@click.option("--max-seeds", type=click.IntRange(min=2), default=10, show_default=True,
-              help="With --until-separated: seeds per setting at most, the grid's included.")
-@click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, show_default=True,
-              help="With --until-separated: seeds added to each overlapping setting per round.")
-@click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True,
-              help="With --until-separated: which end of METRIC is best.")
-@tracking_uri_option
-@device_option
-@set_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@handle_errors
-def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
-              max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None, wait: bool,
-              max_points: int, launcher: str, partition: str | None, time_limit: str | None,
-              gpus_per_task: int | None, cpus_per_task: int | None, mem: str | None, array_parallelism: int | None,
-              slurm_extra: tuple[str, ...], store_is_shared: bool, slurm_logs: str | None,
-              until_metric: str | None, max_seeds: int, seeds_per_round: int, direction: str,
-              tracking_uri: str | None, device: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
-
-    \b
-    Rerunning the same grid resumes it: points with a FINISHED run in the experiment
-    (from this sweep or an earlier one, e.g. before a seed was added) are skipped;
-    points that were stopped or killed continue from their checkpoints; failed and
-    missing ones run. One sweep per experiment and store runs at a time (--wait queues
-    behind it). Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
-    130 Ctrl-C, 143 SIGTERM (running points checkpoint and are recorded KILLED).
-
-    \b
-    --launcher slurm submits the missing points as a Slurm job array (one task per
-    --runs-per-gpu points) and returns; --wait follows the jobs; --dry-run prints the
-    job script. With --storage, K array tasks are `orch worker`s on the queue.
-    """
-    from orchestrator import tracking
-    from orchestrator.grid import load_grid
-
-    slurm_given = [name for name, value in (("--partition", partition), ("--time", time_limit),
-                                            ("--gpus-per-task", gpus_per_task), ("--cpus-per-task", cpus_per_task),
-                                            ("--mem", mem), ("--array-parallelism", array_parallelism),
-                                            ("--slurm", slurm_extra), ("--slurm-logs", slurm_logs)) if value]
-    if launcher != "slurm" and slurm_given:
-        raise BadInput(f"{', '.join(slurm_given)} only apply with --launcher slurm; add it or drop them")
-    spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
-    until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if launcher == "slurm":
-        from orchestrator import slurm
-
-        options = slurm.SlurmOptions(partition=partition, time=time_limit, gpus_per_task=gpus_per_task,
-                                     cpus_per_task=cpus_per_task, mem=mem, array_parallelism=array_parallelism,
-                                     extra=slurm.parse_extra(slurm_extra), runs_per_gpu=runs_per_gpu,
-                                     log_dir=slurm_logs)
-        _slurm_sweep(spec, uri, options, storage=storage, dry_run=dry_run, rerun=rerun, wait=wait,
-                     shared=store_is_shared, device=device, max_retries=max_retries, metric=metric, quiet=quiet)
-        return
-    if dry_run:
-        from orchestrator.display import print_dry_run
-
-        print_dry_run(spec, uri)
-        return
-    if gpus and device == "cpu":
-        raise BadInput("--gpus and --device cpu contradict each other; drop one")
-    store = open_store(uri)
-    if storage:
-        _queue_sweep(spec, store, storage, rerun=rerun)
-        return
-    from orchestrator.sweep import run_sweep
-
-    sys.exit(run_sweep(spec, store, workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
-                       max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                       metric=metric, wait=wait, until=until))
-
-
-def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: int, direction: str,
-                storage: str | None):
-    """``--until-separated``'s settings, checked before anything starts; None without it."""
-    if metric is None:
-        return None
-    from experiments.metric_names import SUMMARY_METRICS
-    from orchestrator.separation import Separation
-
-    if metric not in SUMMARY_METRICS:
-        raise BadInput(f"--until-separated {metric}: not a summary metric; use one of {', '.join(SUMMARY_METRICS)}")
-    if storage:
-        raise BadInput("--until-separated runs the rounds itself; it cannot queue them (--storage): drop one")
-    if max_seeds <= len(spec.seeds):
-        raise BadInput(f"--max-seeds {max_seeds} leaves no room above the grid's {len(spec.seeds)} seeds; raise it")
-    return Separation(metric, direction, max_seeds, per_round)
-
-
-def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry_run: bool, rerun: bool,
-                 wait: bool, shared: bool, device: str, max_retries: int, metric: str, quiet: bool) -> None:
-    """``orch sweep --launcher slurm``: every check before anything is recorded or submitted."""
-    import time
-
-    from orchestrator import slurm, slurm_sweep
-    from orchestrator import storage as storage_mod
-
-    url = storage_mod.check(storage) if storage else None
-    if url and not storage_mod.is_postgres(url):
-        raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "
-                       "out points exactly once to several tasks")
-    if dry_run:
-        options.minutes()
-        slurm.check_reachable_from_nodes(uri, shared)
-        click.echo(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
-                                              storage=url), nl=False)
-        return
-    slurm.check(options, uri, shared=shared, storage=url)
-    slurm.test_only(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
-                                               storage=url))
-    store = open_store(uri)
-    say = slurm_sweep.say_to_stderr(quiet)
-    since_ms = int(time.time() * 1000)
-    if url:
-        sub = slurm_sweep.submit_workers(spec, store, options, url, rerun=rerun, device=device,
-                                         max_retries=max_retries, say=say)
-        state = None
-    else:
-        sub, state = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device,
-                                              max_retries=max_retries, metric=metric, say=say)
-    if sub.job_ids:
-        say(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
-            f"{sub.job_ids[0]}" + (f" (close job {sub.job_ids[1]})" if len(sub.job_ids) > 1 else "")
-            + f"; {sub.done} already finished, {sub.skipped_live} queued or running in earlier jobs\n"
-            f"follow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri {store.uri}"
-            f"\ntask logs: {slurm.log_dir(options)}")
-    if wait and (sub.job_ids or sub.skipped_live):
-        sys.exit(slurm_sweep.wait_and_close(store, spec, state, sub, quiet=quiet, metric=metric, since_ms=since_ms,
-                                            say=say))
-
-
-def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:
-    """``orch sweep --storage``: queue the unfinished points for workers and say where."""
-    from orchestrator import queue
-    from orchestrator import storage as storage_mod
-
-    url = storage_mod.check(storage)
-    if store.uri.startswith("sqlite:") and storage_mod.is_postgres(url):
-        click.echo(f"note: workers on other machines cannot reach the SQLite store {store.uri}; "
-                   "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
-    sub = queue.submit(spec, store, url, rerun=rerun)
-    click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
-               f"({sub.done} already finished, {sub.queued_before} already queued) at "
-               f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
-
-
 def _resolve_sweep(store, experiment: str | None, sweep: str):
     """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
     from orchestrator.schema import Tag
@@ -401,8 +230,7 @@ def _sweep_data(store, experiment: str | None, sweep: str):
               help="Optuna sampler of the search space.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
               help="Stops unpromising trials early on their per-epoch validation metric.")
-@click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Refuse a grid of more points (settings x seeds) than this.")
+@max_points_option
 @tracking_uri_option
 @device_option
 @set_option
@@ -430,14 +258,7 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
 @cli.command("worker")
 @click.option("--storage", required=True, metavar="URL", help="The queue's database (postgresql://…).")
 @click.option("--sweep", default=None, help="Serve only this sweep id (a prefix is enough); default: all.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Points run at once on the CPU.")
-@click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
-              help="GPU indices to use; default: every visible GPU.")
-@click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Points packed on each GPU at once.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Requeues of a point that fails before it is recorded FAILED.")
+@slot_options
 @click.option("--wait", is_flag=True, help="Keep waiting for new points instead of exiting when the queue is empty.")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between looks at an empty queue (with --wait).")
@@ -615,6 +436,9 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
     from orchestrator.ui import serve
 
     sys.exit(serve(uri, host, port, open_it=open_it))
+
+
+from orchestrator import cli_sweep  # noqa: E402,F401 - registers `orch sweep` on the group
 
 
 def main() -> None:
