@@ -97,6 +97,8 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if until is not None and launcher == "slurm":
+        raise BadInput("--until-separated runs its rounds here; it cannot submit them to Slurm: drop one")
     if launcher == "slurm":
         from orchestrator import slurm
 

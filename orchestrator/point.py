@@ -9,8 +9,9 @@ retires after it; ``store_failure`` when the tracking store failed, which ends t
 process). Everything else that would go to stdout (library chatter) goes to
 stderr, which the scheduler keeps as the process's log.
 
-Imports, the CUDA context, cuDNN's autotuning and compiled graphs are thus paid once per
-slot. A point's results do not depend on what ran before it in the process: the state a
+Imports, the CUDA context and cuDNN's autotuning are thus paid once per slot, and the
+compiled graphs once per setting (the seeds of a setting reuse them). A point's results
+do not depend on what ran before it in the process: the state a
 run could leave behind (default dtype, cuDNN and determinism flags, TF32, matplotlib's
 settings, MLflow's active run) is reset before every job, and training seeds every
 generator itself. The process retires (exits after its ``end`` event) after
@@ -73,6 +74,15 @@ def reset_process_state() -> None:
         torch.cuda.empty_cache()
 
 
+def _reset_compiled() -> None:
+    """Drop torch.compile's graphs and guards: the seeds of one setting reuse them, another
+    setting starts clean (so no point falls back to eager after dynamo's recompile limit)."""
+    if "torch._dynamo" in sys.modules:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -123,7 +133,7 @@ def main() -> int:
 
     if threads > 0:
         torch.set_num_threads(threads)
-    done = 0
+    done, last_setting = 0, None
     for line in sys.stdin:  # an idle process waits here for its slot's next point
         if stop.reason is not None:
             return stop_exit_code(stop.reason)
@@ -131,6 +141,10 @@ def main() -> int:
             break
         job = json.loads(line)
         reset_process_state()
+        setting = json.dumps({k: v for k, v in job["config"].items() if k != "seed"}, sort_keys=True)
+        if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
+            _reset_compiled()
+            last_setting = setting
         try:
             code, run_id, summary = run_job(job, stop, emit)
         except KeyboardInterrupt:  # a second signal, or one before training started: the run is KILLED

@@ -129,15 +129,24 @@ class PointProcesses:
 
     def launch(self, task: Task, slot: Slot) -> int:
         """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
-        current = self.slots.get(slot.index)
-        if current is None or current.retiring or current.proc.poll() is not None:
-            current = self.slots[slot.index] = self._start(slot)
         job_id = next(self._ids)
+        payload = json.dumps(job_payload(task, slot, job_id)) + "\n"
+        current = self.slots.get(slot.index)
+        for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
+            if current is None or current.retiring or current.proc.poll() is not None:
+                current = self.slots[slot.index] = self._start(slot)
+            offset = current.log_path.stat().st_size
+            try:
+                current.proc.stdin.write(payload)
+                current.proc.stdin.flush()
+                break
+            except (BrokenPipeError, OSError):
+                if attempt:
+                    raise
+                current = None
         current.points += 1
-        current.job_offset = current.log_path.stat().st_size
+        current.job_offset = offset
         task.proc, task.log_path = current.proc, current.log_path
-        current.proc.stdin.write(json.dumps(job_payload(task, slot, job_id)) + "\n")
-        current.proc.stdin.flush()
         return job_id
 
     def exited(self, index: int, proc: subprocess.Popen) -> bool:

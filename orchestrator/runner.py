@@ -269,6 +269,8 @@ def resumed_config(store: tracking.TrackingStore, run_id: str) -> tuple[RunConfi
 
     try:
         run = store.get_run(run_id)
+    except StoreFailure:
+        raise
     except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
         raise UserError(f"no run {run_id!r} in {store.uri}; copy the id from the run's page or `orch run` output") from None
     if Tag.CHECKPOINT not in run.data.tags:
@@ -297,6 +299,8 @@ def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunCon
         previous = run.info.run_id
     try:
         state = checkpoints.load(store, previous)
+    except StoreFailure:
+        raise  # the store, not the checkpoint: starting over would silently break exact resume
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start over
         print(f"warning: the checkpoint of run {previous} cannot be read ({err}); training from epoch 0",
               file=sys.stderr)

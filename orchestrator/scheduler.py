@@ -256,7 +256,7 @@ class Scheduler:
     def run(self, source: PointSource) -> Outcome:
         """Run points until the source has none (or, with ``idle_poll``, until stopped)."""
         outcome = Outcome()
-        self.running, self.free, self.store_failure = {}, list(self.slots), None
+        self.running, self.free, self.store_failure, self._stopping = {}, list(self.slots), None, False
         t0 = time.time()
         self.display.start(source.total, self.slots)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
@@ -329,6 +329,9 @@ class Scheduler:
         if self.accept_signal is not None and not self.accept_signal(signum):
             return
         if self.stop_requested:  # a second one: stop waiting politely
+            if self._stopping:  # already closing down: kill the points now, and let the cleanup finish
+                self.processes.stop(signal.SIGKILL, grace=0)
+                return
             raise KeyboardInterrupt
         self.stop_signal = signum
         self.display.note("stopping: running points checkpoint and are closed as KILLED (Ctrl-C again to force)")
@@ -368,6 +371,8 @@ class Scheduler:
 
     def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
                       died: bool = False) -> None:
+        if (code != ExitCode.OK or died) and self._finished_anyway(task):
+            code, died = ExitCode.OK, False  # ended FINISHED, then its process died or was signalled
         if code == ExitCode.OK and not died:
             source.finished(task)
             outcome.finished.append(task.name)
@@ -377,12 +382,30 @@ class Scheduler:
         if (code in STOP_CODES and self.stop_requested) or self.store_failure is not None:
             source.abandon(task)  # not the point's failure: the next invocation runs it again
             return
-        self.processes.keep_log(task, task.slot.index)
+        kept = self.processes.keep_log(task, task.slot.index)
+        if kept is not None:
+            reason += f"; log: {kept}"
         if not self.stop_requested and source.failed(task, reason):
             self.display.retrying(task, reason)
         else:
             outcome.failed[task.name] = reason
             self.display.failed(task, reason)
+
+    def _finished_anyway(self, task: Task) -> bool:
+        """The point's run is FINISHED although its process did not report so: never run it twice."""
+        if not task.run_id or self.store_failure is not None:
+            return False
+        try:
+            run = self.store(task.job.uri).get_run(task.run_id)
+        except StoreFailure as err:
+            self.store_failure = str(err)
+            return False
+        except Exception:  # noqa: BLE001 - no such run: it never reached the store
+            return False
+        if run.info.status != Status.FINISHED:
+            return False
+        task.summary = task.summary or dict(run.data.metrics)
+        return True
 
     def _close_dead_run(self, task: Task, code: int, died: bool) -> str:
         """Make sure the run of a point that did not finish is closed, and say why."""
@@ -407,6 +430,7 @@ class Scheduler:
 
     def _stop_all(self, source: PointSource) -> None:
         """Pass the stop signal to every process, wait for their points to close their runs, then make sure."""
+        self._stopping = True
         self.processes.stop(self.stop_signal or signal.SIGTERM)
         while True:  # the events the processes sent while stopping: run ids and ends
             try:

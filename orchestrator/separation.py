@@ -56,17 +56,19 @@ def _setting_runs(spec: SweepSpec, row: CompareRow) -> list[RunSpec]:
     return [r for r in spec.runs if all(value_text(r.point.get(k)) == v for k, v in want.items())]
 
 
-def next_round(spec: SweepSpec, result: CompareResult, sep: Separation) -> list[RunSpec]:
+def next_round(spec: SweepSpec, result: CompareResult, sep: Separation, finished: set[str]) -> list[RunSpec]:
     """This round's runs: for each overlapping setting, its planned seeds that have not
     finished (a stopped round resumes them), then new seeds, ``per_round`` at most and
-    never past ``max_seeds`` finished. Runs not yet in ``spec`` are new RunSpecs."""
+    never past ``max_seeds`` finished. ``finished``: the run keys with a FINISHED run (a
+    finished run whose metric is not finite is done too, though it adds nothing to the
+    interval). Runs not yet in ``spec`` are new RunSpecs."""
     todo: list[RunSpec] = []
     index = len(spec.runs)
     for row in overlapping(result):
         runs = _setting_runs(spec, row)
         if not runs:
             continue
-        done = {int(s) for s in row.seeds if s is not None}
+        done = {r.point["seed"] for r in runs if r.run_key in finished}
         want = min(sep.per_round, sep.max_seeds - len(done))
         chosen = [r for r in runs if r.point["seed"] not in done][:max(want, 0)]
         taken = {r.point["seed"] for r in runs}

@@ -311,6 +311,7 @@ def live_jobs(sweep_id: str) -> list[tuple[str, str, str]]:
         out = _run(["squeue", "-h", "-r", "-n", names, "-o", "%i|%T|%j"])
     except (OSError, subprocess.SubprocessError):
         return []
+    _check_squeue(out)
     jobs = []
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
@@ -328,6 +329,8 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str]:
         out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%A", "-j", ",".join(i.split("_")[0] for i in ids)])
     except (OSError, subprocess.SubprocessError):
         return {}
+    if "Invalid job id" not in out.stderr:  # every job already left the queue: not an error
+        _check_squeue(out)
     states = {}
     for line in out.stdout.splitlines():
         parts = line.strip().split("|")
@@ -335,6 +338,14 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str]:
             states[parts[0]] = parts[1]
             states[parts[2]] = parts[1]  # the plain job id of an array task
     return {i: states[i] for i in ids if i in states}
+
+
+def _check_squeue(out: subprocess.CompletedProcess) -> None:
+    """A failed squeue (a busy controller) leaves the jobs' states unknown: never read that
+    as "no live job", which would close, resubmit or steal points that are still running."""
+    if out.returncode != 0:
+        raise SlurmError(f"squeue failed ({(out.stderr or out.stdout).strip()[:300]}): the sweep's jobs are in an "
+                         "unknown state, so nothing was closed or resubmitted; try again when Slurm answers")
 
 
 def job_end_time(job_id: str) -> float | None:

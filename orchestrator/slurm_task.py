@@ -152,6 +152,9 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
     slots = [s if s.gpu is not None else dataclasses.replace(s, threads=max(1, cpus // len(jobs)))
              for s in plan_slots(len(jobs), None, per, device)]
     outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header.get("max_retries", 1))))
+    if outcome.store_failure:  # its points were given up unfinished: the next run of the sweep resumes them
+        _note(f"error: {outcome.store_failure}; fix the store, then rerun the sweep to resume its points")
+        return ExitCode.FAILED, None
     if outcome.interrupted:
         return ExitCode.PREEMPTED, outcome.signal
     if EARLY and outcome.skipped:

@@ -13,6 +13,7 @@ the parent is reopened) and runs exactly the points that did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -103,7 +104,7 @@ def run_sweep(
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
         check_device(r.config, "cuda" if slots[0].gpu is not None else "cpu")
-    with locks.hold(store.uri, spec.name, wait=wait, say=say):
+    with locks.hold(store.uri, spec.name, wait=wait, say=say), _signals_raise():
         state, outcome = None, Outcome()
         try:
             state = open_sweep(store, spec, rerun=rerun)
@@ -136,12 +137,39 @@ def run_sweep(
             return _finish(store, spec, state, outcome, metric, say)
         except StoreFailure as err:
             return _store_failed(spec, state, outcome, str(err))
+        except KeyboardInterrupt as err:  # a signal outside the scheduler: opening, between rounds, the summary
+            stopped = Outcome(interrupted=True, signal=getattr(err, "signum", signal.SIGINT))
+            if state is None:
+                return ExitCode.PREEMPTED if stopped.signal != signal.SIGINT else ExitCode.INTERRUPTED
+            return _interrupted(store, state, stopped, say)
+
+
+class _Signalled(KeyboardInterrupt):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM and SIGUSR1 raise like Ctrl-C while a sweep is open, so that it ends in a defined
+    state wherever they land (the scheduler installs its own handlers while points run)."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise _Signalled(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until: Separation, say):
     """(spec with this round's new points, the round's runs); no runs once separated or at the maximum."""
     result = compare_sweep(store, spec, state, until.metric, until.direction)
-    todo = separation.next_round(spec, result, until) if result is not None else []
+    finished = store.finished_run_keys(state.experiment_id, kind=Kind.POINT)
+    todo = separation.next_round(spec, result, until, finished) if result is not None else []
     if todo:
         known = {r.run_key for r in spec.runs}
         spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))

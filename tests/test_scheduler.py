@@ -163,7 +163,9 @@ def test_a_crash_fails_only_the_running_point_and_the_slot_starts_a_fresh_proces
 def test_a_failed_point_leaves_its_process_running_for_the_next(tmp_path, pids):
     display = Recorder()
     outcome = scheduler(tmp_path, 1, display).run(ListSource([job("bad", code=1), job("good")], max_retries=0))
-    assert outcome.failed["bad"] == "training raised an exception" and outcome.finished == ["good"]
+    reason = outcome.failed["bad"]
+    assert reason == f"training raised an exception; log: {tmp_path / 'logs' / 'bad-attempt1.log'}"
+    assert outcome.finished == ["good"]
     assert len(started_pids(pids)) == 1
 
 
