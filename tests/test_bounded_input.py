@@ -194,8 +194,11 @@ def test_ctrl_c_interrupts_validation_at_once(tmp_path):
     path = write_grid(tmp_path, {"data.batch_size": values(100), "train.max_epochs": values(99)})
     code = ("import sys\nfrom orchestrator.grid import load_grid\nprint('ready', flush=True)\n"
             f"while True:\n    load_grid({str(path)!r})\n")
+    # Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT's default action;
+    # a test run started in the background (`cmd &`) hands its children SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "ready\n"
         time.sleep(0.5)  # inside load_grid: one takes over 1 s here
