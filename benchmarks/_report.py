@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import platform
 from pathlib import Path
@@ -13,6 +14,17 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the in-process benchmarks: --repeats, --set, --device."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as orch run --set (repeatable)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    return parser
 
 
 def finish(header: list[str], table: str, out: Path | None) -> None:

@@ -24,7 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import sys
@@ -37,19 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from _report import finish  # noqa: E402
+from _report import finish, run_parser  # noqa: E402
 from tracking_overhead import header  # noqa: E402
 
 SIDES = {"off": None, "every epoch": 0.0, "default (60 s)": 60.0}  # side -> train.checkpoint_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as orch run --set (repeatable)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser = run_parser(__doc__)
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
 

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import os
@@ -47,7 +46,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import cpu_model, finish  # noqa: E402
+from _report import cpu_model, finish, run_parser  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 GOAL = 1.05
@@ -167,12 +166,7 @@ CALLS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as orch run --set (repeatable)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser = run_parser(__doc__)
     parser.add_argument("--breakdown", action="store_true", help="print the breakdown even when within the goal")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args(argv)

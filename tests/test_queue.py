@@ -54,6 +54,18 @@ def _wait_until_stale(storage: str, grace: float, timeout: float = 60) -> None:
     pytest.fail(f"no trial heartbeat went stale within {timeout:.0f} s")
 
 
+def _wait_for_point(server: str, sweep_id: str, worker: subprocess.Popen, failure: str, ready) -> str:
+    """The run id of the sweep's first point once it is RUNNING and ``ready(run)``; else kill the worker and fail."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        runs = _point_runs(server, sweep_id)
+        if runs and runs[0].info.status == Status.RUNNING and ready(runs[0]):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    worker.kill()
+    pytest.fail(failure)
+
+
 def _point_runs(server: str, sweep_id: str):
     c = MlflowClient(tracking_uri=server)
     ids = [e.experiment_id for e in c.search_experiments()]
@@ -108,16 +120,8 @@ def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow
     env = {**os.environ, **FAST_HEARTBEAT}
     victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        runs = _point_runs(mlflow_server, spec.sweep_id)
-        if runs and runs[0].info.status == "RUNNING":
-            break
-        time.sleep(0.5)
-    else:
-        victim.kill()
-        pytest.fail("the first worker never started its point")
-    killed_run = runs[0].info.run_id
+    killed_run = _wait_for_point(mlflow_server, spec.sweep_id, victim, "the first worker never started its point",
+                                 lambda run: True)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
@@ -296,16 +300,9 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
                               cwd=a_dir, env={**os.environ, **FAST_HEARTBEAT},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:  # the checkpoint tag is written synchronously after each epoch
-        runs = _point_runs(mlflow_server, spec.sweep_id)
-        if runs and runs[0].info.status == Status.RUNNING and int(runs[0].data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 2:
-            break
-        time.sleep(0.2)
-    else:
-        victim.kill()
-        pytest.fail("worker A never checkpointed its point")
-    killed_id = runs[0].info.run_id
+    # the checkpoint tag is written synchronously after each epoch
+    killed_id = _wait_for_point(mlflow_server, spec.sweep_id, victim, "worker A never checkpointed its point",
+                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 2)
     victim.send_signal(signal.SIGTERM)
     _, stderr = victim.communicate(timeout=60)
     assert victim.returncode == 143, stderr
