@@ -120,8 +120,11 @@ def main() -> int:
     events = _event_stream()
 
     def emit(**event: Any) -> None:
-        events.write(json.dumps(event) + "\n")
-        events.flush()
+        try:
+            events.write(json.dumps(event) + "\n")
+            events.flush()
+        except OSError:  # the scheduler is gone (broken pipe): its PR_SET_PDEATHSIG stops the run, not this
+            pass
 
     from orchestrator.errors import ExitCode, StoreFailure
     from orchestrator.runner import stop_exit_code, stop_on_signals
