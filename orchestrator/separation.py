@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from orchestrator.grid import SweepSpec
 from orchestrator.grid_expand import RunSpec, run_with_seed
@@ -50,10 +50,14 @@ def overlapping(result: CompareResult) -> list[CompareRow]:
     return [leader, *close] if close else []
 
 
-def _setting_runs(spec: SweepSpec, row: CompareRow) -> list[RunSpec]:
-    """The sweep's runs of the setting that ``row`` groups (any seed)."""
-    want = {k: value_text(v) for k, v in row.group.items()}
+def _setting_runs(spec: SweepSpec, group: Mapping[str, Any]) -> list[RunSpec]:
+    """The sweep's runs of the setting ``group`` names (axis -> value; any seed)."""
+    want = {k: value_text(v) for k, v in group.items() if k != "seed"}
     return [r for r in spec.runs if all(value_text(r.point.get(k)) == v for k, v in want.items())]
+
+
+def _without_seed(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if k != "seed"}
 
 
 def next_round(spec: SweepSpec, result: CompareResult, sep: Separation, finished: set[str]) -> list[RunSpec]:
@@ -65,14 +69,14 @@ def next_round(spec: SweepSpec, result: CompareResult, sep: Separation, finished
     todo: list[RunSpec] = []
     index = len(spec.runs)
     for row in overlapping(result):
-        runs = _setting_runs(spec, row)
+        runs = _setting_runs(spec, row.group)
         if not runs:
             continue
         done = {r.point["seed"] for r in runs if r.run_key in finished}
         want = min(sep.per_round, sep.max_seeds - len(done))
         chosen = [r for r in runs if r.point["seed"] not in done][:max(want, 0)]
         taken = {r.point["seed"] for r in runs}
-        setting = {k: v for k, v in runs[0].point.items() if k != "seed"}
+        setting = _without_seed(runs[0].point)
         seed = max(spec.seeds) + 1
         while len(chosen) < want:
             if seed not in taken:
@@ -90,13 +94,11 @@ def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec
     for p in points:
         if p.run_key in known:
             continue
-        setting = {k: v for k, v in p.point.items() if k != "seed"}
-        template = next((r for r in spec.runs if {k: value_text(v) for k, v in r.point.items() if k != "seed"}
-                         == {k: value_text(v) for k, v in setting.items()}), None)
+        template = next(iter(_setting_runs(spec, p.point)), None)
         if template is None:
             continue  # a point of an older version of the grid
-        run = run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config,
-                            int(p.point["seed"]), len(spec.runs) + len(extra))
+        run = run_with_seed(_without_seed(template.point), template.config, int(p.point["seed"]),
+                            len(spec.runs) + len(extra))
         if run.run_key == p.run_key:
             extra.append(run)
     return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
