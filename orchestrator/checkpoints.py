@@ -28,8 +28,9 @@ from orchestrator.tracking import TrackingStore
 class StopFlag:
     """Set by a signal handler, read by the training loop at each batch boundary.
 
-    ``busy`` is true while a run is open (from its start to its end): a signal then only sets ``reason`` and
-    the loop stops at its next batch; outside (an idle point process, say) it interrupts.
+    ``busy`` is true while a run is open (from its start to its end): a signal then only
+    sets ``reason`` and the loop stops at its next batch; outside (an idle point process,
+    say) it interrupts.
     """
 
     def __init__(self) -> None:
