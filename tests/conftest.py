@@ -1,4 +1,9 @@
-"""Shared fixtures: a real MLflow store (SQLite in a temp dir) and the CLI."""
+"""Shared fixtures and helpers: a real MLflow store (SQLite in a temp dir), the CLI, tiny
+grids and the runs they leave, a throwaway PostgreSQL and a real ``mlflow server``.
+
+Test modules import the helpers with ``from conftest import ...`` (pytest puts this
+directory on ``sys.path``; ``pythonpath = .`` in setup.cfg keeps the packages first).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
+
+TINY_BASE = {  # a point in about a second: digits, the smallest ResNet, two epochs
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"depth_n": 1},
+    "train": {"max_epochs": 2, "patience": 2},
+}
+RESUME_BASE = {  # long enough to be stopped mid-run: five epochs of small batches, a checkpoint every epoch
+    "data": {"name": "digits", "batch_size": 16},
+    "model": {"depth_n": 1},
+    "train": {"max_epochs": 5, "patience": 5, "checkpoint_seconds": 0},
+}
 
 
 @pytest.fixture
@@ -32,6 +50,28 @@ def orch(*args: str, env: dict | None = None, timeout: float = 600, cwd=None) ->
     )
 
 
+def invoke(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``orch ARGS`` in this process through click's ``CliRunner``.
+
+    The same code path as the command (``handle_errors`` maps errors to exit codes) without
+    a new interpreter's ~5 s of imports: for error paths and quick commands. An exception
+    that escapes the command is raised here (the real command would print a traceback).
+    Returns what :func:`orch` returns: ``returncode``, ``stdout``, ``stderr``.
+    """
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["orch", *args], result.exit_code, result.stdout, result.stderr)
+
+
 def all_runs(uri: str):
     """Every run in every experiment of the store (empty when the store does not exist)."""
     db = Path(uri[len("sqlite:///"):])
@@ -42,6 +82,47 @@ def all_runs(uri: str):
     c = MlflowClient(tracking_uri=uri)
     ids = [e.experiment_id for e in c.search_experiments()]
     return list(c.search_runs(ids, max_results=5000)) if ids else []
+
+
+def write_grid(path: Path, name: str, grid: dict, seeds=(0,), base: dict | None = None) -> Path:
+    """A grid file: ``grid`` axes over ``base`` (default :data:`TINY_BASE`) and ``seeds``."""
+    path.write_text(yaml.safe_dump({"name": name, "base": base or TINY_BASE, "grid": grid, "seeds": list(seeds)},
+                                   sort_keys=False))
+    return path
+
+
+def _sweep_runs(uri: str, sweep_id: str, kind: str):
+    from orchestrator.schema import Tag
+
+    return [r for r in all_runs(uri) if r.data.tags.get(Tag.SWEEP) == sweep_id and r.data.tags.get(Tag.KIND) == kind]
+
+
+def children(uri: str, sweep_id: str):
+    """The point runs of one sweep."""
+    from orchestrator.schema import Kind
+
+    return _sweep_runs(uri, sweep_id, Kind.POINT)
+
+
+def parents(uri: str, sweep_id: str):
+    """The parent run(s) of one sweep (one, unless something is wrong)."""
+    from orchestrator.schema import Kind
+
+    return _sweep_runs(uri, sweep_id, Kind.SWEEP)
+
+
+def finished_keys(runs) -> list[str]:
+    """The sorted run keys of the FINISHED runs among ``runs``."""
+    from orchestrator.schema import Tag
+
+    return sorted(r.data.tags[Tag.RUN_KEY] for r in runs if r.info.status == "FINISHED")
+
+
+def results(run) -> dict:
+    """A run's summary metrics but the timings: bitwise equal between runs of one point on the CPU."""
+    from experiments.metric_names import IMAGES_PER_SECOND, SUMMARY_METRICS, TRAIN_SECONDS
+
+    return {m: run.data.metrics[m] for m in SUMMARY_METRICS if m not in (TRAIN_SECONDS, IMAGES_PER_SECOND)}
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from experiments.config import ConfigError, build, check
 from experiments.data import _carve_tail
 from experiments.probes import feature_quantiles
@@ -16,7 +15,7 @@ from models import gate_parameters
 from models.norms import BatchInstanceNorm2d
 from orchestrator.grid import load_grid
 
-GRIDS = Path(__file__).resolve().parents[1] / "experiments" / "grids"
+GRIDS = REPO / "experiments" / "grids"
 
 
 class _Splits:  # what build_model reads of the data

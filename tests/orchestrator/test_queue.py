@@ -15,12 +15,11 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, orch
+from conftest import REPO, TINY_BASE, invoke, orch, write_grid
 from experiments.metric_names import epoch_key
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
-from test_sweep import TINY_BASE, write_grid
 
 FAST_HEARTBEAT = {"ORCH_HEARTBEAT_SECONDS": "1", "ORCH_GRACE_SECONDS": "4"}
 
@@ -98,7 +97,7 @@ def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_serve
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["orch.host"] + r.data.tags["orch.pid"] for r in runs}) > 1  # work was shared
 
-    status = orch("status", "--storage", storage)
+    status = invoke("status", "--storage", storage)
     assert status.returncode == 0, status.stderr
     assert "pending 0  running 0  done 12  failed 0" in status.stdout
 
@@ -160,7 +159,7 @@ NO_DRIVER = "driver 'nosuchdriver' is not installed"
     ],
 )
 def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
-    proc = orch(*args, cwd=tmp_path, timeout=60)
+    proc = invoke(*args, cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
@@ -168,9 +167,9 @@ def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
 def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_path):
     storage = _db(postgres_url)
     grid = write_grid(tmp_path / "g.yaml", "nowhere", {"model.norm": ["bn"]})
-    proc = orch("sweep", str(grid), "--storage", storage, "--tracking-uri", "http://127.0.0.1:1", cwd=tmp_path)
+    proc = invoke("sweep", str(grid), "--storage", storage, "--tracking-uri", "http://127.0.0.1:1", cwd=tmp_path)
     assert proc.returncode == 2 and "not reachable" in proc.stderr
-    status = orch("status", "--storage", storage)
+    status = invoke("status", "--storage", storage)
     assert "no queued sweeps" in status.stdout
 
 
@@ -201,7 +200,7 @@ def test_second_sqlite_worker_is_refused(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("the other worker never registered")
-        proc = orch("worker", "--storage", url, cwd=tmp_path, timeout=60)
+        proc = invoke("worker", "--storage", url, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "SQLite cannot hand out points exactly once" in proc.stderr
     finally:
@@ -317,7 +316,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     killed = c.get_run(killed_id)
     assert killed.info.status == Status.KILLED
     assert killed.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)")
-    status = orch("status", "--storage", storage)
+    status = invoke("status", "--storage", storage)
     assert "pending 1  running 0  done 0  failed 0" in status.stdout, status.stdout  # back at once, no grace wait
 
     rescuer = orch("worker", "--storage", storage, "--quiet", env={**FAST_HEARTBEAT}, cwd=b_dir, timeout=600)

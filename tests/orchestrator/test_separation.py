@@ -7,10 +7,9 @@ import json
 
 from mlflow.tracking import MlflowClient
 
-from conftest import orch
+from conftest import TINY_BASE, children, invoke, orch, parents, write_grid
 from orchestrator.grid import load_grid
 from orchestrator.schema import Artifact, Status, Tag
-from test_sweep import TINY_BASE, children, parents, write_grid
 
 
 def test_until_separated_adds_seeds_only_to_overlapping_settings_and_stops_at_the_maximum(tmp_path):
@@ -54,7 +53,7 @@ def test_until_separated_refuses_bad_input_before_anything_starts(tmp_path):
     for extra, needle in ((["--until-separated", "val_accuracy"], "not a summary metric"),
                           (["--until-separated", "val_f1_macro", "--max-seeds", "2"], "no room"),
                           (["--until-separated", "val_f1_macro", "--storage", "sqlite:///q.db"], "cannot queue")):
-        proc = orch("sweep", str(grid), "--tracking-uri", uri, *extra, cwd=tmp_path)
+        proc = invoke("sweep", str(grid), "--tracking-uri", uri, *extra, cwd=tmp_path)
         assert proc.returncode == 2, (extra, proc.stderr)
         assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()

@@ -36,10 +36,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_runs, orch
+from conftest import TINY_BASE, all_runs, invoke, orch, write_grid
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
-from test_sweep import TINY_BASE, write_grid
 
 BAD_STORE_SECONDS = 10
 
@@ -189,7 +188,7 @@ def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, requ
     uri, named, snapshot = _bad_store(kind, tmp_path, read_only)
     before = snapshot()
     t0 = time.monotonic()
-    proc = orch("sweep", str(grid), "--tracking-uri", uri, cwd=tmp_path, timeout=60)
+    proc = invoke("sweep", str(grid), "--tracking-uri", uri, cwd=tmp_path)
     seconds = time.monotonic() - t0
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert seconds < BAD_STORE_SECONDS, seconds
@@ -214,7 +213,7 @@ def test_ui_and_status_never_create_a_store(command, tmp_path):
             pytest.fail("orch ui started a server on a missing store")
         assert proc.returncode == 2 and "no MLflow store" in proc.stderr, proc.stderr
     else:  # the queue's storage: nothing queued, and no file made to say so
-        proc = orch("status", "--storage", f"sqlite:///{db}", cwd=tmp_path, timeout=60)
+        proc = invoke("status", "--storage", f"sqlite:///{db}", cwd=tmp_path)
         assert proc.returncode == 0 and "no queued sweeps" in proc.stdout, proc.stdout + proc.stderr
     assert_no_traceback(proc)
     assert os.listdir(tmp_path) == []
@@ -273,7 +272,7 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
     procs = [popen(sweep_cmd(str(grid), "--wait", "--tracking-uri", uri), tmp_path) for _ in range(2)]
     holder = locks.lock_path(uri, "twice").with_suffix(".holder")
     wait_for(holder.exists, 120, "a sweep to hold the lock", procs[0])
-    refused = orch("sweep", str(grid), "--tracking-uri", uri, cwd=tmp_path, timeout=120)
+    refused = invoke("sweep", str(grid), "--tracking-uri", uri, cwd=tmp_path)
     results = [finish(p) for p in procs]
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     assert refused.returncode == 2, refused.stderr

@@ -14,42 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, all_runs, orch
+from conftest import (REPO, TESTS, TINY_BASE, all_runs, children, finished_keys, invoke, orch, parents,
+                      write_grid)
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 
-BAD_GRIDS = sorted((Path(__file__).parent / "grids" / "bad").glob("*.yaml"))
-TINY_BASE = {
-    "data": {"name": "digits", "batch_size": 64},
-    "model": {"depth_n": 1},
-    "train": {"max_epochs": 2, "patience": 2},
-}
-
-
-def write_grid(path: Path, name: str, grid: dict, seeds=(0,), base: dict | None = None) -> Path:
-    path.write_text(yaml.safe_dump({"name": name, "base": base or TINY_BASE, "grid": grid, "seeds": list(seeds)},
-                                   sort_keys=False))
-    return path
-
-
-def children(uri: str, sweep_id: str):
-    return [r for r in all_runs(uri) if r.data.tags.get("orch.sweep") == sweep_id
-            and r.data.tags.get("orch.kind") == "point"]
-
-
-def parents(uri: str, sweep_id: str):
-    return [r for r in all_runs(uri) if r.data.tags.get("orch.sweep") == sweep_id
-            and r.data.tags.get("orch.kind") == "sweep"]
-
-
-def finished_keys(runs):
-    return sorted(r.data.tags["orch.run_key"] for r in runs if r.info.status == "FINISHED")
-
-
+BAD_GRIDS = sorted((TESTS / "grids" / "bad").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def seeded_sweep(tmp_path_factory):
     """Two norms × three seeds, finished once, shared by the compare/report/resume tests."""
@@ -116,7 +89,7 @@ def test_compare_matches_mlflow(seeded_sweep):
     for norm in ("bn", "gn"):
         vals = [k.data.metrics["test_acc"] for k in kids if k.data.params["model.norm"] == norm]
         expected[norm] = (statistics.mean(vals), statistics.stdev(vals), len(vals))
-    proc = orch("compare", "--metric", "test_acc", "--format", "json", env=env, cwd=tmp)
+    proc = invoke("compare", "--metric", "test_acc", "--format", "json", env=env, cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert len(rows) == 2
@@ -129,17 +102,17 @@ def test_compare_matches_mlflow(seeded_sweep):
     means = [r["mean"] for r in rows]
     assert means == sorted(means, reverse=True)
 
-    md = orch("compare", "--metric", "val_f1_macro", "--format", "markdown", "--baseline", "model.norm=bn",
+    md = invoke("compare", "--metric", "val_f1_macro", "--format", "markdown", "--baseline", "model.norm=bn",
               env=env, cwd=tmp)
     assert md.returncode == 0, md.stderr
     lines = md.stdout.strip().splitlines()
     assert lines[0].startswith("|") and set(lines[1].replace("|", "").strip()) <= set("-: ")
     assert len(lines) == 4
 
-    table = orch("compare", "--metric", "val_f1_macro", env=env, cwd=tmp)
+    table = invoke("compare", "--metric", "val_f1_macro", env=env, cwd=tmp)
     assert table.returncode == 0 and "val_f1_macro" in table.stdout
 
-    csv_out = orch("compare", "--metric", "val_f1_macro", "--format", "csv", "--top", "1", env=env, cwd=tmp)
+    csv_out = invoke("compare", "--metric", "val_f1_macro", "--format", "csv", "--top", "1", env=env, cwd=tmp)
     assert csv_out.returncode == 0 and len(csv_out.stdout.strip().splitlines()) == 2
 
 
@@ -154,21 +127,21 @@ def test_compare_matches_mlflow(seeded_sweep):
 )
 def test_compare_bad_input_lists_what_exists(seeded_sweep, args, needle):
     uri, grid, env, tmp, _ = seeded_sweep
-    proc = orch("compare", *args, env=env, cwd=tmp)
+    proc = invoke("compare", *args, env=env, cwd=tmp)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_report_has_the_study_layout(seeded_sweep):
     uri, grid, env, tmp, _ = seeded_sweep
-    proc = orch("report", env=env, cwd=tmp)
+    proc = invoke("report", env=env, cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in proc.stdout.splitlines() if l.startswith("|")]
     assert "Accuracy" in lines[0] and "F1 micro" in lines[0] and "F1 macro" in lines[0]
     body = lines[2:]
     assert len(body) == 6  # two settings × train/val/test
     assert [l.split("|")[2].strip() for l in body] == ["train", "val", "test"] * 2
-    csv_proc = orch("report", "--format", "csv", env=env, cwd=tmp)
+    csv_proc = invoke("report", "--format", "csv", env=env, cwd=tmp)
     assert csv_proc.returncode == 0 and len(csv_proc.stdout.strip().splitlines()) == 7
 
 
@@ -203,7 +176,7 @@ def test_extended_grid_reuses_finished_points_and_reports_them(tmp_path):
     first = write_grid(tmp_path / "a.yaml", "grow", {"model.norm": ["bn"]}, seeds=(0,))
     assert orch("sweep", str(first), env=env, cwd=tmp_path).returncode == 0
     grown = write_grid(tmp_path / "b.yaml", "grow", {"model.norm": ["bn"]}, seeds=(0, 1))
-    dry = orch("sweep", str(grown), "--dry-run", env=env, cwd=tmp_path)
+    dry = invoke("sweep", str(grown), "--dry-run", env=env, cwd=tmp_path)
     assert dry.returncode == 0 and "2 points: 1 done, 1 pending" in dry.stdout, dry.stdout + dry.stderr
     proc = orch("sweep", str(grown), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -212,7 +185,7 @@ def test_extended_grid_reuses_finished_points_and_reports_them(tmp_path):
     assert [k.info.run_name for k in children(uri, spec.sweep_id)] == ["bn-s1"]
     (parent,) = parents(uri, spec.sweep_id)
     assert parent.info.status == "FINISHED"
-    out = orch("compare", "--sweep", spec.sweep_id, "--metric", "val_f1_macro", "--format", "json",
+    out = invoke("compare", "--sweep", spec.sweep_id, "--metric", "val_f1_macro", "--format", "json",
                env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)

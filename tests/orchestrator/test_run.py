@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import all_runs, orch
+from conftest import REPO, all_runs, invoke, orch
 from experiments.config import build, run_key
 from experiments.metric_names import EPOCH_METRICS as EPOCH_KEYS
 
@@ -65,7 +65,7 @@ def test_default_run_is_complete(default_run):
     for key in ("orch.torch_version", "orch.cuda_version", "orch.device"):
         assert tags[key]
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1])
+                          cwd=REPO)
     if head.returncode == 0:
         assert tags["orch.git_commit"] == head.stdout.strip()
 
@@ -171,7 +171,7 @@ def test_bad_input_exits_2_without_a_run(store, tmp_path, args, needle):
     if args == ["UNKNOWN_SECTION"]:
         (tmp_path / "unk.yaml").write_text("trainer:\n  epochs: 3\n")
         args = ["unk.yaml"]
-    proc = orch("run", *args)
+    proc = invoke("run", *args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import SHARED
 import experiments.data as data_mod
 import experiments.imagefolder as imagefolder_mod
 from experiments.config import DATASET_NAMES, DataConfig
@@ -28,7 +29,7 @@ from experiments.data import (
     train_batches,
 )
 
-CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.xz"
+CIFAR_JPEG = SHARED / "data/cifar10-jpeg.tar.xz"
 DIGITS_N = 1797
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import _free_port, orch
+from conftest import _free_port, invoke, orch, write_grid
 from orchestrator.schema import TRAINING_EXPERIMENT, Artifact, Kind, Tag
-from test_sweep import write_grid
 
 SWEEP = "ui-tiny"
 WAIT = 30  # seconds for one view to render on a loaded 2-core machine
@@ -92,8 +91,8 @@ def test_every_point_has_note_datasets_and_system_metrics(ui_sweep):
 
 
 def test_ui_refuses_a_missing_store_and_creates_none(tmp_path):
-    proc = orch("ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--port", str(_free_port()),
-                cwd=tmp_path, timeout=60)
+    proc = invoke("ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--port", str(_free_port()),
+                  cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "no MLflow store" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
@@ -105,7 +104,7 @@ def test_ui_refuses_a_port_in_use(ui_sweep):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        proc = orch("ui", "--tracking-uri", ui_sweep[0], "--port", str(s.getsockname()[1]), timeout=60)
+        proc = invoke("ui", "--tracking-uri", ui_sweep[0], "--port", str(s.getsockname()[1]))
     assert proc.returncode == 2 and "choose another --port" in proc.stderr and "Traceback" not in proc.stderr
 
 

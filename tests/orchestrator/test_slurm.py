@@ -21,12 +21,10 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 import slurm_cluster
-from conftest import orch
+from conftest import RESUME_BASE, TINY_BASE, invoke, orch, results, write_grid
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
-from test_resume_sweep import BASE, results
-from test_sweep import TINY_BASE, write_grid
 
 SHARED = "--store-is-shared"
 
@@ -123,7 +121,7 @@ def test_four_points_with_wait_finish_under_one_parent_summarized_once(cluster, 
     assert closings == 1, "the summary is written exactly once"
     assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
 
-    status = orch("status", "--tracking-uri", uri, cwd=tmp_path)
+    status = invoke("status", "--tracking-uri", uri, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     for j in jobs:
         assert j in status.stdout
@@ -137,7 +135,7 @@ def test_four_points_with_wait_finish_under_one_parent_summarized_once(cluster, 
 
 
 def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluster, tmp_path):
-    grid = write_grid(tmp_path / "g.yaml", "slurm-cancel", {"model.norm": ["bn", "gn"]}, base=BASE)
+    grid = write_grid(tmp_path / "g.yaml", "slurm-cancel", {"model.norm": ["bn", "gn"]}, base=RESUME_BASE)
     spec = load_grid(grid)
     bn = next(r for r in spec.runs if r.point["model.norm"] == "bn")
     db = tmp_path / "mlflow.db"
@@ -201,7 +199,7 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     given a time limit shorter than its point is warned, checkpoints, is requeued and finishes it."""
     # About 95 s of training on an idle 2-core machine (0.47 s an epoch; 3 s under heavy load): longer
     # than one start can train before its warning, on any load
-    base = {**BASE, "train": {**BASE["train"], "max_epochs": 200, "patience": 200}}
+    base = {**RESUME_BASE, "train": {**RESUME_BASE["train"], "max_epochs": 200, "patience": 200}}
     grid = write_grid(tmp_path / "g.yaml", "slurm-timelimit", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     db = tmp_path / "mlflow.db"
@@ -315,7 +313,7 @@ def test_no_sbatch_on_path_exits_2(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "slurm-nosbatch", {"model.norm": ["bn"]})
     empty = tmp_path / "bin"
     empty.mkdir()
-    proc = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+    proc = invoke("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                 env={"PATH": str(empty)}, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "no sbatch/squeue on PATH" in proc.stderr and "Traceback" not in proc.stderr

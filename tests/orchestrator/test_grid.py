@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, TESTS
 from experiments.config import ConfigError, build, check, run_key
 from orchestrator.grid import SweepSpec, load_grid
 from orchestrator.run_names import describe_point, run_name
 from orchestrator.tune_space import DEFAULT_SPACE, ParamSpace, tune_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 GRIDS = ROOT / "experiments" / "grids"
-BAD = Path(__file__).resolve().parent / "grids" / "bad"
+BAD = TESTS / "grids" / "bad"
 NORMS = ["bn_torch", "bn", "in", "bin", "ln", "gn", "nn"]
 
 

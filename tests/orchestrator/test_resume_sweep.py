@@ -21,20 +21,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import all_runs, orch
-from experiments.metric_names import SUMMARY_METRICS, TRAIN_SECONDS, IMAGES_PER_SECOND, epoch_key
-from orchestrator.grid import load_grid
+from conftest import RESUME_BASE, all_runs, orch, results, write_grid
+from experiments.metric_names import epoch_key
 from orchestrator.schema import Kind, Status, Tag
-from test_sweep import write_grid
 
-BASE = {"data": {"name": "digits", "batch_size": 16}, "model": {"depth_n": 1},
-        "train": {"max_epochs": 5, "patience": 5, "checkpoint_seconds": 0}}
-RESULTS = [m for m in SUMMARY_METRICS if m not in (TRAIN_SECONDS, IMAGES_PER_SECOND)]
 VAL_LOSS = epoch_key("val_loss")
 
 
 def grid(tmp_path: Path, name: str, norms=("bn", "gn", "ln")) -> Path:
-    return write_grid(tmp_path / f"{name}.yaml", name, {"model.norm": list(norms)}, base=BASE)
+    return write_grid(tmp_path / f"{name}.yaml", name, {"model.norm": list(norms)}, base=RESUME_BASE)
 
 
 def points(uri: str) -> list:
@@ -43,10 +38,6 @@ def points(uri: str) -> list:
 
 def finished_by_key(uri: str) -> dict:
     return {r.data.tags[Tag.RUN_KEY]: r for r in points(uri) if r.info.status == Status.FINISHED}
-
-
-def results(run) -> dict:
-    return {m: run.data.metrics[m] for m in RESULTS}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from models import NORM_NAMES, ResNet, clamp_gates_, gate_parameters, make_norm, norm_constraint_error
 from models.norms import (
     BatchInstanceNorm2d,
@@ -430,6 +431,6 @@ def test_checks_module_does_not_import_torch():
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
     )
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    root = str(REPO)
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
