@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
+
+# The suite runs on every core (setup.cfg: ``-n auto --dist loadgroup``). These modules
+# take longest (real sweeps, workers, a Slurm cluster): they start first, so that the
+# short tests fill the gaps at the end instead of one long module running alone.
+LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_tune", "test_ui",
+                 "test_sweep", "test_report", "test_run", "test_separation")
 
 TINY_BASE = {  # a point in about a second: digits, the smallest ResNet, two epochs
     "data": {"name": "digits", "batch_size": 64},
@@ -125,7 +132,71 @@ def results(run) -> dict:
     return {m: run.data.metrics[m] for m in SUMMARY_METRICS if m not in (TRAIN_SECONDS, IMAGES_PER_SECOND)}
 
 
+def run_record(ep, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None):
+    """A :class:`~orchestrator.compare.RunRecord` of one expected point, as a store would give it."""
+    from orchestrator.compare import RunRecord
+    from orchestrator.schema import Kind, Tag
+
+    p = ep.point
+    all_tags = {
+        Tag.SWEEP: "sweep-1",
+        Tag.RUN_KEY: ep.run_key,
+        Tag.POINT: f"{ep.setting},seed={p['seed']}",
+        Tag.SETTING: ep.setting,
+        Tag.KIND: Kind.POINT,
+    }
+    all_tags.update(tags or {})
+    return RunRecord(
+        run_id=run_id or f"run-{ep.name}-{start}",
+        name=ep.name,
+        status=status,
+        params={"model.norm": p["model.norm"], "data.batch_size": str(p["data.batch_size"]),
+                "seed": str(p["seed"]), "data.name": "cifar10", "optim.lr": "0.1"},
+        metrics=metrics,
+        tags=all_tags,
+        start_time=start,
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest modules first; and a test that uses a module- or session-scoped fixture runs
+    on the same pytest-xdist worker as the rest of its module, so that fixture (a finished
+    sweep, a server, a cluster) is built once, not once per worker."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: file order otherwise
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = [d[-1] for d in info.name2fixturedefs.values() if d] if info is not None else []
+        if any(d.scope in ("module", "session") and _ours(d.func) for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _ours(func) -> bool:
+    """A fixture of this suite (not one of pytest's own, such as the session's tmp_path_factory)."""
+    import inspect
+
+    try:
+        return Path(inspect.getfile(func)).resolve().is_relative_to(TESTS)
+    except TypeError:
+        return False
+
+
 # --------------------------------------------------------------------------- PostgreSQL
+
+
+def new_database(postgres_url: str) -> str:
+    """A fresh database per test, so studies never leak between tests."""
+    import sqlalchemy
+
+    name = "q" + uuid.uuid4().hex[:10]
+    engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://") + "/queue",
+                                      isolation_level="AUTOCOMMIT")
+    with engine.connect() as con:
+        con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{postgres_url}/{name}"
+
+
 
 
 def _free_port() -> int:

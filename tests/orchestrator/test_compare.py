@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from conftest import run_record
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.compare import (
     FORMATS,
@@ -51,28 +52,6 @@ def expected_grid(norms=NORMS, batches=BATCHES, seeds=SEEDS) -> list[ExpectedPoi
     ]
 
 
-def record(ep: ExpectedPoint, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None) -> RunRecord:
-    p = ep.point
-    all_tags = {
-        Tag.SWEEP: "sweep-1",
-        Tag.RUN_KEY: ep.run_key,
-        Tag.POINT: f"{ep.setting},seed={p['seed']}",
-        Tag.SETTING: ep.setting,
-        Tag.KIND: Kind.POINT,
-    }
-    all_tags.update(tags or {})
-    return RunRecord(
-        run_id=run_id or f"run-{ep.name}-{start}",
-        name=ep.name,
-        status=status,
-        params={"model.norm": p["model.norm"], "data.batch_size": str(p["data.batch_size"]),
-                "seed": str(p["seed"]), "data.name": "cifar10", "optim.lr": "0.1"},
-        metrics=metrics,
-        tags=all_tags,
-        start_time=start,
-    )
-
-
 def random_metrics(rng: np.random.Generator) -> dict[str, float]:
     m = {name: float(rng.uniform(0.5, 0.95)) for name in SPLIT_SCORES}
     m["best_epoch"] = float(rng.integers(1, 30))
@@ -85,7 +64,7 @@ def sweep():
     """3 norms × 2 batch sizes × 3 seeds, all finished, plus the value table."""
     rng = np.random.default_rng(1234)
     expected = expected_grid()
-    records = [record(ep, random_metrics(rng), start=100 + i) for i, ep in enumerate(expected)]
+    records = [run_record(ep, random_metrics(rng), start=100 + i) for i, ep in enumerate(expected)]
     return expected, records
 
 
@@ -134,18 +113,18 @@ def test_failed_pruned_and_reruns(sweep):
     gn8 = [ep for ep in expected if ep.setting == setting_of("gn", 8)]
     records = list(records)
     # A failed later attempt of seed 0 does not replace its finished run.
-    records.append(record(gn8[0], {"val_f1_macro": 0.0}, status="FAILED", start=10_000))
+    records.append(run_record(gn8[0], {"val_f1_macro": 0.0}, status="FAILED", start=10_000))
     # A pruned trial with the same run key as seed 1 is never a result.
-    records.append(record(gn8[1], {"val_f1_macro": 1.0}, start=10_001,
+    records.append(run_record(gn8[1], {"val_f1_macro": 1.0}, start=10_001,
                           tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}))
     # A rerun of seed 2 (same run key, later start) replaces the earlier result ...
-    records.append(record(gn8[2], {"val_f1_macro": 0.123}, start=10_002))
+    records.append(run_record(gn8[2], {"val_f1_macro": 0.123}, start=10_002))
     # ... and an even older finished duplicate does not.
-    records.append(record(gn8[2], {"val_f1_macro": 0.999}, start=1))
+    records.append(run_record(gn8[2], {"val_f1_macro": 0.999}, start=1))
     # A run from outside the grid is ignored.
     stranger = ExpectedPoint("ln-bs8-s0", "key-ln", {"model.norm": "ln", "data.batch_size": 8, "seed": 0},
                              setting_of("ln", 8))
-    records.append(record(stranger, {"val_f1_macro": 0.5}, start=5))
+    records.append(run_record(stranger, {"val_f1_macro": 0.5}, start=5))
 
     result = compare(records, expected, "val_f1_macro")
     row = row_for(result, **{"model.norm": "gn", "data.batch_size": 8})
@@ -164,7 +143,7 @@ def test_missing_and_failed_points_count_as_expected_only(sweep):
     dropped = {"gn-bs128-s2", "gn-bs128-s1"}
     records = [r for r in records if r.name not in dropped]
     failed_ep = next(ep for ep in expected if ep.name == "gn-bs128-s1")
-    records.append(record(failed_ep, {}, status="FAILED", start=50_000))
+    records.append(run_record(failed_ep, {}, status="FAILED", start=50_000))
     # A whole setting that never ran sorts last with no rank.
     records = [r for r in records if not r.name.startswith("bn-bs8-")]
     result = compare(records, expected, "val_f1_macro")
@@ -210,7 +189,7 @@ def test_group_by_subset_pools_other_axes(sweep):
 
 def test_no_expected_counts_records(sweep):
     _, records = sweep
-    records = records + [record(expected_grid()[0], {}, status="RUNNING", start=99_999)]
+    records = records + [run_record(expected_grid()[0], {}, status="RUNNING", start=99_999)]
     result = compare(records, None, "val_acc")
     assert result.group_keys == ("model.norm", "data.batch_size")
     row = row_for(result, **{"model.norm": "bn_torch", "data.batch_size": 8})
@@ -301,7 +280,7 @@ KNOWN_VALUES = {
 def known_sweep():
     """Three norms × four seeds with the values above (batch size 8 only)."""
     expected = expected_grid(norms=tuple(KNOWN_VALUES), batches=(8,), seeds=(0, 1, 2, 3))
-    records = [record(ep, {"val_f1_macro": KNOWN_VALUES[ep.point["model.norm"]][ep.point["seed"]]}, start=i)
+    records = [run_record(ep, {"val_f1_macro": KNOWN_VALUES[ep.point["model.norm"]][ep.point["seed"]]}, start=i)
                for i, ep in enumerate(expected)]
     return expected, records
 
@@ -351,7 +330,7 @@ def test_intervals_and_tests_undefined_below_two():
     assert paired.values == pytest.approx((0.1, -0.05, 0.1))
     assert paired.p_value == pytest.approx(scipy.stats.ttest_rel([0.9, 0.7, 0.6], [0.8, 0.75, 0.5]).pvalue)
     expected = expected_grid(norms=("bn", "gn"), batches=(8,), seeds=(0,))
-    records = [record(ep, {"val_acc": 0.5 + i / 10}, start=i) for i, ep in enumerate(expected)]
+    records = [run_record(ep, {"val_acc": 0.5 + i / 10}, start=i) for i, ep in enumerate(expected)]
     rows = json.loads(render(compare(records, expected, "val_acc", baseline="norm=bn"), "json"))
     assert all(r["ci_low"] is None and r["p_value"] is None and r["significant"] is None for r in rows)
 
@@ -403,7 +382,7 @@ def test_notes_name_the_test_and_warn_only_at_small_n(known_sweep):
     assert not any("ttest_rel" in n for n in compare_notes(compare(records, expected, "val_f1_macro")))
     five = expected_grid(norms=("bn", "gn"), batches=(8,), seeds=range(5))
     rng = np.random.default_rng(3)
-    records = [record(ep, {"val_acc": float(rng.uniform())}, start=i) for i, ep in enumerate(five)]
+    records = [run_record(ep, {"val_acc": float(rng.uniform())}, start=i) for i, ep in enumerate(five)]
     notes = compare_notes(compare(records, five, "val_acc", baseline="norm=bn"))
     assert len(notes) == 2 and not any("weak" in n for n in notes)
 
@@ -486,7 +465,7 @@ def md_rows(text: str) -> list[list[str]]:
 def test_report_single_seed():
     expected = expected_grid(seeds=(0,))
     rng = np.random.default_rng(7)
-    records = [record(ep, random_metrics(rng), start=i) for i, ep in enumerate(expected)]
+    records = [run_record(ep, random_metrics(rng), start=i) for i, ep in enumerate(expected)]
     text = report(records, expected)
     header = text.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == ["Setting", "set", "Accuracy", "F1 micro", "F1 macro",
@@ -624,9 +603,9 @@ def test_match_units_latest_record_per_run_key(sweep):
     expected, records = sweep
     ep = expected[0]
     records = list(records) + [
-        record(ep, {}, status="FAILED", start=5_000, run_id="failed-late"),
-        record(ep, {"val_acc": 0.1}, start=5_000, run_id="tie-listed-last"),  # same start: listed last wins
-        record(ep, {}, start=6_000, run_id="pruned",
+        run_record(ep, {}, status="FAILED", start=5_000, run_id="failed-late"),
+        run_record(ep, {"val_acc": 0.1}, start=5_000, run_id="tie-listed-last"),  # same start: listed last wins
+        run_record(ep, {}, start=6_000, run_id="pruned",
                tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}),
     ]
     matched = match_units(records, expected)
@@ -649,7 +628,7 @@ def test_summary_rows(sweep):
     expected, records = sweep
     records = [r for r in records if r.name != "bn-bs8-s1"]
     failed_ep = next(ep for ep in expected if ep.name == "gn-bs8-s0")
-    records.append(record(failed_ep, {}, status="FAILED", start=90_000, run_id="rerun-failed"))
+    records.append(run_record(failed_ep, {}, status="FAILED", start=90_000, run_id="rerun-failed"))
     rows = summary_rows(records, expected)
     assert [r["name"] for r in rows] == [ep.name for ep in expected]
     by_name = {r["name"]: r for r in rows}

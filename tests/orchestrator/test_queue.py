@@ -15,23 +15,13 @@ import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, TINY_BASE, invoke, orch, write_grid
+from conftest import REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, write_grid
 from experiments.metric_names import epoch_key
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
 
 FAST_HEARTBEAT = {"ORCH_HEARTBEAT_SECONDS": "1", "ORCH_GRACE_SECONDS": "4"}
-
-
-def _db(postgres_url: str) -> str:
-    """A fresh database per test, so studies never leak between tests."""
-    name = "q" + uuid.uuid4().hex[:10]
-    subprocess.run([sys.executable, "-c",
-                    "import sqlalchemy, sys; e = sqlalchemy.create_engine(sys.argv[1], isolation_level='AUTOCOMMIT');"
-                    "c = e.connect(); c.execute(sqlalchemy.text(f'CREATE DATABASE {sys.argv[2]}'))",
-                    postgres_url.replace("postgresql://", "postgresql+psycopg://") + "/queue", name], check=True)
-    return f"{postgres_url}/{name}"
 
 
 def _wait_until_stale(storage: str, grace: float, timeout: float = 60) -> None:
@@ -73,7 +63,7 @@ def _point_runs(server: str, sweep_id: str):
 
 
 def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_server, tmp_path):
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     grid = write_grid(tmp_path / "g.yaml", f"queue-{uuid.uuid4().hex[:6]}",
                       {"model.norm": ["bn", "gn"], "data.batch_size": [32, 64]}, seeds=(0, 1, 2))
     spec = load_grid(grid)
@@ -110,7 +100,7 @@ def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_serve
 
 
 def test_killed_worker_point_is_requeued_and_its_run_failed(postgres_url, mlflow_server, tmp_path):
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     base = {**TINY_BASE, "train": {"max_epochs": 30, "patience": 30}}  # still running when its worker is killed
     grid = write_grid(tmp_path / "g.yaml", f"kill-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
@@ -165,7 +155,7 @@ def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
 
 
 def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_path):
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     grid = write_grid(tmp_path / "g.yaml", "nowhere", {"model.norm": ["bn"]})
     proc = invoke("sweep", str(grid), "--storage", storage, "--tracking-uri", "http://127.0.0.1:1", cwd=tmp_path)
     assert proc.returncode == 2 and "not reachable" in proc.stderr
@@ -211,7 +201,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     name = f"tq-{uuid.uuid4().hex[:6]}"
     grid = tmp_path / "tune.yaml"
     grid.write_text(yaml.safe_dump({
@@ -268,7 +258,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
 def test_processes_opening_a_fresh_storage_at_once_all_succeed(postgres_url):
     """Optuna creates its tables on first open; several orch processes racing to do it on a
     fresh database (workers and `orch tune` started together) must all get the storage."""
-    url = _db(postgres_url).replace("postgresql://", "postgresql+psycopg://")
+    url = new_database(postgres_url).replace("postgresql://", "postgresql+psycopg://")
     code = "import sys; from orchestrator.storage import open_storage; open_storage(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
@@ -281,9 +271,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     """Worker A is preempted mid-point: the point checkpoints, its run ends KILLED and goes back
     on the queue at once; worker B, in another directory, continues it from A's checkpoint
     (through the tracking server only) to the same numbers as an uninterrupted run."""
-    from test_resume_sweep import BASE, results
-
-    base = {**BASE, "train": {**BASE["train"], "max_epochs": 8, "patience": 8}}
+    base = {**RESUME_BASE, "train": {**RESUME_BASE["train"], "max_epochs": 8, "patience": 8}}
     ref_dir, a_dir, b_dir = (tmp_path / d for d in ("reference", "a", "b"))
     for d in (ref_dir, a_dir, b_dir):
         d.mkdir()
@@ -294,7 +282,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
         [e.experiment_id for e in MlflowClient(tracking_uri=ref_uri).search_experiments()])
         if r.data.tags.get(Tag.KIND) == Kind.POINT]
 
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     grid = write_grid(a_dir / "g.yaml", f"preempt-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server, cwd=a_dir).returncode == 0

@@ -18,7 +18,7 @@ import scipy.stats
 import yaml
 from click.testing import CliRunner
 
-from conftest import orch
+from conftest import orch, run_record
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
 from orchestrator.cli import cli
 from orchestrator.compare import compare
@@ -102,10 +102,8 @@ def test_score_by_setting_error_bars_are_the_t_interval():
     expected = [ExpectedPoint(f"{n}-bs{b}-s{s}", f"k-{n}-{b}-{s}", {"model.norm": n, "data.batch_size": b, "seed": s},
                               f"model.norm={n},data.batch_size={b}") for n in ("bn", "gn") for b in (8, 128)
                 for s in SEEDS]
-    from test_compare import record
-
     rng = np.random.default_rng(5)
-    records = [record(ep, {"test_acc": float(rng.uniform(0.6, 0.9))}, start=i) for i, ep in enumerate(expected)]
+    records = [run_record(ep, {"test_acc": float(rng.uniform(0.6, 0.9))}, start=i) for i, ep in enumerate(expected)]
     result = compare(records, expected, "test_acc")
     fig = score_by_setting(result)
     ax = fig.axes[0]

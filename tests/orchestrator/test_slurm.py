@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 import slurm_cluster
-from conftest import RESUME_BASE, TINY_BASE, invoke, orch, results, write_grid
+from conftest import RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, write_grid
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
@@ -213,7 +213,7 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "2", cwd=tmp_path)
     seconds = time.time() - t0
     assert sub.returncode == 0, sub.stderr
-    assert seconds < 10, f"submission took {seconds:.1f} s"
+    assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
     assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
     # from here on no orch process runs on the submitting side: only Slurm's tasks and close job
     deadline = time.time() + 840
@@ -248,9 +248,7 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
 
 
 def test_queue_mode_two_worker_tasks_run_six_points_once(cluster, postgres_url, tmp_path):
-    from test_queue import _db
-
-    storage = _db(postgres_url)
+    storage = new_database(postgres_url)
     grid = write_grid(tmp_path / "g.yaml", f"slurm-queue-{os.getpid()}", {"model.norm": ["bn", "gn", "ln"]},
                       seeds=(0, 1), base={**TINY_BASE, "train": {"max_epochs": 1, "patience": 1}})
     spec = load_grid(grid)
