@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
 
-# The suite runs on every core (setup.cfg: ``-n auto --dist loadgroup``). These modules
-# take longest (real sweeps, workers, a Slurm cluster): they start first, so that the
-# short tests fill the gaps at the end instead of one long module running alone.
+# The suite runs on every core (setup.cfg: pytest-xdist's ``-n auto --dist loadscope
+# --no-loadscope-reorder``): each module runs on one worker, so its module- and
+# session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
+# These modules take longest (real sweeps, workers, a cluster): they start first, so
+# that the short modules fill the gaps at the end instead of one long module running alone.
 LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_tune", "test_ui",
                  "test_sweep", "test_report", "test_run", "test_separation")
 
@@ -159,26 +161,9 @@ def run_record(ep, metrics: dict, *, status="FINISHED", start=0, run_id=None, ta
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest modules first; and a test that uses a module- or session-scoped fixture runs
-    on the same pytest-xdist worker as the rest of its module, so that fixture (a finished
-    sweep, a server, a cluster) is built once, not once per worker."""
+    """The longest modules first (see :data:`LONGEST_FIRST`)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: file order otherwise
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = [d[-1] for d in info.name2fixturedefs.values() if d] if info is not None else []
-        if any(d.scope in ("module", "session") and _ours(d.func) for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
-def _ours(func) -> bool:
-    """A fixture of this suite (not one of pytest's own, such as the session's tmp_path_factory)."""
-    import inspect
-
-    try:
-        return Path(inspect.getfile(func)).resolve().is_relative_to(TESTS)
-    except TypeError:
-        return False
 
 
 # --------------------------------------------------------------------------- PostgreSQL
