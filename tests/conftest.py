@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
 
-# The suite runs on every core (setup.cfg: pytest-xdist's ``-n auto --dist loadscope
-# --no-loadscope-reorder``): each module runs on one worker, so its module- and
-# session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
+# With pytest-xdist (in the test extra; ``make test`` runs serially) use ``-n 2 --dist
+# loadscope --no-loadscope-reorder``: each module then runs on one worker, so its module-
+# and session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
 # These modules take longest (real sweeps, workers, a cluster): they start first, so
 # that the short modules fill the gaps at the end instead of one long module running alone.
 LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_tune", "test_ui",
