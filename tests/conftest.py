@@ -122,9 +122,9 @@ def parents(uri: str, sweep_id: str):
 
 def finished_keys(runs) -> list[str]:
     """The sorted run keys of the FINISHED runs among ``runs``."""
-    from orchestrator.schema import Tag
+    from orchestrator.schema import Status, Tag
 
-    return sorted(r.data.tags[Tag.RUN_KEY] for r in runs if r.info.status == "FINISHED")
+    return sorted(r.data.tags[Tag.RUN_KEY] for r in runs if r.info.status == Status.FINISHED)
 
 
 def results(run) -> dict:
@@ -180,8 +180,6 @@ def new_database(postgres_url: str) -> str:
         con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return f"{postgres_url}/{name}"
-
-
 
 
 def _free_port() -> int:

@@ -12,12 +12,10 @@ import uuid
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, write_grid
 from experiments.metric_names import epoch_key
-from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
 
@@ -165,9 +163,9 @@ def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_pat
 
 def test_status_of_an_empty_storage_says_so(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.db'}"
-    result = CliRunner().invoke(cli, ["status", "--storage", url])
-    assert result.exit_code == 0, result.output
-    assert f"no queued sweeps in {url}" in result.output
+    result = invoke("status", "--storage", url)
+    assert result.returncode == 0, result.stderr
+    assert f"no queued sweeps in {url}" in result.stdout
 
 
 def test_second_sqlite_worker_is_refused(tmp_path):

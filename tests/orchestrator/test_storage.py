@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import _free_port
+from conftest import _free_port, new_database
 from orchestrator import storage
 from orchestrator.storage import StorageError
 
@@ -43,7 +43,9 @@ def test_the_default_storage_lies_beside_a_sqlite_store(tmp_path, monkeypatch):
 
 
 def test_a_real_postgres_is_checked_and_opened(postgres_url):
-    url = storage.check(f"{postgres_url}/queue")
+    url = storage.check(new_database(postgres_url))
     assert url.startswith("postgresql+psycopg://")
-    study_storage = storage.open_storage(url)
-    assert study_storage.get_all_studies() is not None
+    study_storage = storage.open_storage(url)  # creates Optuna's tables in the fresh database
+    assert study_storage.get_all_studies() == []
+    study_storage.create_new_study([], "probe")
+    assert [s.study_name for s in storage.open_storage(url).get_all_studies()] == ["probe"]
