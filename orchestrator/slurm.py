@@ -296,12 +296,21 @@ def test_only(script: str) -> None:
                          "(see `orch sweep ... --launcher slurm --dry-run` for the script)")
 
 
-def submit(script: str) -> str:
-    """``sbatch --parsable`` the script; returns the job id."""
-    out = _run(["sbatch", "--parsable"], input=script)
+def submit(script: str, *options: str) -> str:
+    """``sbatch --parsable [options]`` the script; returns the job id."""
+    out = _run(["sbatch", "--parsable", *options], input=script)
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {out.stderr.strip()[:500]}")
     return out.stdout.strip().split(";")[0]
+
+
+def resubmit_after(job_id: str, after: Sequence[str]) -> str:
+    """Submit job ``job_id``'s own batch script again, to run once every job in ``after`` has
+    ended (the command line's ``--dependency`` overrides the script's); returns the new id."""
+    script = _run(["scontrol", "write", "batch_script", job_id, "-"])
+    if script.returncode != 0 or not script.stdout.startswith("#!"):
+        raise SlurmError(f"could not read job {job_id}'s script: {(script.stderr or script.stdout).strip()[:300]}")
+    return submit(script.stdout, "--dependency=afterany:" + ":".join(after))
 
 
 def live_jobs(sweep_id: str) -> list[tuple[str, str, str]]:

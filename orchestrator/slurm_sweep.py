@@ -177,12 +177,11 @@ def _record(store: TrackingStore, parent_run_id: str, job_id: str, script: str, 
 # --------------------------------------------------------------------------- closing
 
 
-def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", closing_job: bool = False,
-                  metric: str | None = None) -> str:
+def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", metric: str | None = None) -> str:
     """Write the summary and end the parent, if no job of the sweep is left and it is still open.
 
-    ``own_job`` (the caller's Slurm job) does not count as left; the close job
-    (``closing_job``) also ignores tasks that are only COMPLETING (ended, being cleaned up).
+    ``own_job`` (the caller's Slurm job) does not count as left. A task that is COMPLETING
+    does: it may be requeueing itself (see :func:`orchestrator.slurm_task.close`).
     Runs left RUNNING by tasks that are gone are closed FAILED first. Only a sweep
     submitted as Slurm arrays is touched: a local sweep closes itself, and a queued one is
     closed by the worker that ends its last point. Returns what it did.
@@ -196,8 +195,7 @@ def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", c
         return f"sweep [{sweep_id}] is not a Slurm array sweep; left as it is"
     if parent.info.status not in Status.LIVE:
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
-    live = [j for j in slurm.live_jobs(sweep_id)
-            if j[0] != own_job and not (closing_job and j[1] == "COMPLETING")]
+    live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]
     if live:
         return f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running; the last one closes it"
     exp_id = parent.info.experiment_id

@@ -37,6 +37,7 @@ from orchestrator.schema import Status, Tag, tag_filter
 
 EARLY: list[int] = []  # a stop signal that came before the scheduler took over
 SLACK_SECONDS = 10  # a warning this much earlier than asked for still counts
+SETTLE_SECONDS = 180  # how long the close job waits for the sweep's COMPLETING tasks to settle
 
 
 def _note(text: str) -> None:
@@ -176,16 +177,46 @@ def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
     return code, stopped[0] if stopped else None
 
 
+def settled_jobs(sweep_id: str, own_job: str, timeout: float = SETTLE_SECONDS) -> list[tuple[str, str, str]]:
+    """The sweep's live jobs other than ``own_job``, once none of them is COMPLETING (at most ``timeout`` s).
+
+    A task that ended is COMPLETING for a few seconds. It may also be requeueing itself: a
+    task that ran past its time limit ends (which satisfies the close job's ``afterany``)
+    while its process is still calling ``scontrol requeue``, and comes back PENDING. Only
+    once it has left COMPLETING can the close job tell the two apart."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]
+        if time.monotonic() >= deadline or not any(j[1] == "COMPLETING" for j in live):
+            return live
+        time.sleep(2)
+
+
 def close(header: dict[str, Any]) -> int:
+    """The close job: close the sweep, or, where tasks of it are queued again (requeued), hand
+    the closing on to a new close job that runs after them. A later close job of a rerun
+    (which runs after this one) closes the sweep itself, so none is handed on then."""
     from orchestrator import slurm_sweep
     from orchestrator.tracking import TrackingStore
 
     store = TrackingStore(header["uri"])
     parent = store.get_run(header["parent_run_id"])
     me = os.environ.get("SLURM_JOB_ID", "")
-    done = slurm_sweep.close_if_done(store, parent, by=f"Slurm close job {me}", own_job=me, closing_job=True,
-                                     metric=header.get("metric"))
-    _note(done)
+    sweep_id = parent.data.tags[Tag.SWEEP]
+    live = settled_jobs(sweep_id, me)
+    tasks = sorted({j[0].split("_")[0] for j in live if j[2] == slurm.job_name(sweep_id)})
+    later_close = [j for j in live if j[2] == slurm.job_name(sweep_id, close=True)]
+    if tasks and not later_close and parent.info.status in Status.LIVE:
+        try:
+            successor = slurm.resubmit_after(me, tasks)
+        except slurm.SlurmError as err:
+            _note(f"error: {err}; `orch status` closes the sweep once its tasks have ended")
+            return ExitCode.FAILED
+        _note(f"sweep [{sweep_id}]: Slurm job(s) {', '.join(tasks)} of it queued again; "
+              f"close job {successor} closes it after them")
+        return ExitCode.OK
+    _note(slurm_sweep.close_if_done(store, parent, by=f"Slurm close job {me}", own_job=me,
+                                    metric=header.get("metric")))
     return ExitCode.OK
 
 

@@ -244,6 +244,38 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     assert done.data.tags[Tag.RESUMED_FROM] in {r.info.run_id for r in stopped}
 
 
+def test_a_close_job_that_finds_a_task_queued_again_hands_the_closing_on(cluster, tmp_path):
+    """A task that ran past its time limit ends (its close job may start) while it requeues
+    itself; the close job must not close the sweep under it, and must leave a closer behind."""
+    grid = write_grid(tmp_path / "g.yaml", "slurm-handoff", {"model.norm": ["bn"]})
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--slurm", "hold",
+               cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    jobs = {line.split()[2]: line.split()[0] for line in sweep_jobs(cluster, spec.sweep_id)}
+    task, close = jobs[f"orch-{spec.sweep_id}"], jobs[f"orch-{spec.sweep_id}-close"]
+    # The held task stands for one queued again; the close job is let run before it has
+    cluster.run("scontrol", "update", f"JobId={close}", "Dependency=")
+    deadline = time.time() + 120
+    while time.time() < deadline and any(line.split()[0] == close for line in cluster.squeue()):
+        time.sleep(1)
+    successors = [line.split()[0] for line in sweep_jobs(cluster, spec.sweep_id)
+                  if line.split()[2] == f"orch-{spec.sweep_id}-close"]
+    assert len(successors) == 1 and successors[0] != close, (cluster.squeue(), task_logs(tmp_path)[-3000:])
+    assert parent_run(uri, spec.sweep_id).info.status == Status.RUNNING
+    assert f"close job {successors[0]} closes it after them" in task_logs(tmp_path)
+
+    cluster.run("scontrol", "release", task.split("_")[0])
+    wait_until_no_jobs(cluster, spec.sweep_id)
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.info.status == Status.FINISHED, task_logs(tmp_path)[-3000:]
+    assert parent.data.tags[Tag.SUMMARIZED_BY] == f"Slurm close job {successors[0]}"
+    (run,) = point_runs(uri, spec.sweep_id)
+    assert run.info.status == Status.FINISHED
+
+
 # --------------------------------------------------------------------------- acceptance 5
 
 
