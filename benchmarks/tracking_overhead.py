@@ -38,6 +38,7 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -121,6 +122,48 @@ def instrument(timings: Timings) -> None:
               "RunCheckpoints": __import__("orchestrator.checkpoints", fromlist=["x"]).RunCheckpoints}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)
+
+
+THREAD_GROUPS = (("MainThread", "main thread (training, log_epoch)"),
+                 ("MLflow", "MLflow's logging threads"),
+                 ("SystemMetricsMonitor", "system-metrics thread"))
+OTHER_THREADS = "other threads (torch's OpenMP workers, ...)"
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of this process (Linux /proc), by native id, with its group."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ():
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = names.get(int(tid), "")
+        group = next((label for prefix, label in THREAD_GROUPS if name.startswith(prefix)), OTHER_THREADS)
+        out[int(tid)] = (group, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+class EpochLoop:
+    """An ``on_epoch`` hook: wall time and each thread group's CPU from the end of epoch 1 to the
+    end of the last epoch, i.e. while the model trains and nothing but per-epoch logging runs."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, dict[int, tuple[str, float]]]] = []
+
+    def __call__(self, epoch: int, values: Any) -> None:  # noqa: ARG002
+        self.marks.append((time.perf_counter(), thread_cpu()))
+
+    def result(self) -> dict:
+        if len(self.marks) < 2:
+            return {}
+        (w0, first), (w1, last) = self.marks[0], self.marks[-1]
+        cpu: dict[str, float] = defaultdict(float)
+        for tid, (group, seconds) in last.items():
+            cpu[group] += seconds - first.get(tid, (group, 0.0))[1]
+        return {"loop_wall": w1 - w0, "loop_epochs": len(self.marks) - 1, **{f"cpu:{g}": v for g, v in cpu.items()}}
 
 
 def sampling_cost(uri: str, run_id: str, n: int = 10) -> dict:
@@ -209,20 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         exp_id = store.ensure_experiment("tracking-overhead")
 
         def without() -> dict:
+            loop = EpochLoop()
             w0, c0 = time.perf_counter(), time.process_time()
-            result = train(cfg, NullTracker(), device=args.device)
-            return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0, **result.summary}
+            result = train(cfg, NullTracker(), device=args.device, on_epoch=loop)
+            return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0, **result.summary,
+                    **loop.result()}
 
         def with_tracking() -> dict:
             timings.begin()
+            loop = EpochLoop()
             w0, c0 = time.perf_counter(), time.process_time()
             code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name="overhead",
-                                           device=args.device, quiet=True, stop=StopFlag())
+                                           device=args.device, quiet=True, stop=StopFlag(), on_epoch=loop)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             timings.end()
             if code != 0:
                 raise SystemExit(f"the tracked run failed (exit {code}); see the store {uri}")
-            return {"wall": wall, "cpu": cpu, "run_id": run_id, **summary}
+            return {"wall": wall, "cpu": cpu, "run_id": run_id, **summary, **loop.result()}
 
         print("warm-up (untimed): without, with ...", file=sys.stderr, flush=True)
         without()
@@ -256,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         every = ", ".join(f"{r['wall']:.2f}" for r in results[side])
         out.append(f"| {side} | {med(side, 'wall'):.2f} | {least(side, 'wall'):.2f} | {every} | "
                    f"{med(side, 'cpu'):.2f} | {med(side, 'epochs_run'):.0f} | {med(side, 'train_seconds'):.2f} |")
+
+    # The epoch loop by thread: what runs beside training in the tracked run, and what it costs
+    groups = [label for _, label in THREAD_GROUPS] + [OTHER_THREADS]
+    out += ["", "The epoch loop (end of epoch 1 to end of the last epoch), wall and CPU seconds per thread group, "
+                "medians:", "", "| side | loop wall s | " + " | ".join(f"{g} CPU s" for g in groups) + " |",
+            "|---|---:|" + "---:|" * len(groups)]
+    for side in ("without", "with"):
+        out.append(f"| {side} | {med(side, 'loop_wall'):.2f} | "
+                   + " | ".join(f"{med(side, 'cpu:' + g):.2f}" if any('cpu:' + g in r for r in results[side])
+                                else "–" for g in groups) + " |")
 
     # The tracking calls themselves, summed per run: an estimate that training-time noise does not blur.
     names = list(dict.fromkeys(name for _, _, name in CALLS))
