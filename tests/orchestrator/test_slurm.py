@@ -92,6 +92,11 @@ def parent_run(uri: str, sweep_id: str):
     return parent
 
 
+def stepd_running(job_id: str) -> bool:
+    """Whether a slurmstepd of the job still runs on the node (this machine)."""
+    return subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
+
+
 def task_logs(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted((folder / "slurm-logs").glob("*.out")))
 
@@ -220,11 +225,13 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     while time.time() < deadline:
         if not sweep_jobs(cluster, spec.sweep_id):
             break
-        jobs = [j for j in cluster.squeue() if j.split()[2] == f"orch-{spec.sweep_id}"]
-        for job in jobs:
-            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that out
-            if job.split()[1] == "PENDING":
-                cluster.run("scontrol", "update", f"JobId={job.split()[0]}", "StartTime=now", check=False)
+        out = cluster.run("squeue", "-h", "-r", "-n", f"orch-{spec.sweep_id}", "-o", "%i %A %T").stdout
+        for shown, job_id, state in (line.split() for line in out.splitlines() if line.strip()):
+            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that out,
+            # but it does wait until the job's previous start has left the node: started again
+            # while that one's slurmstepd is still cleaning up, Slurm kills it ("Job credential revoked")
+            if state == "PENDING" and not stepd_running(job_id):
+                cluster.run("scontrol", "update", f"JobId={shown}", "StartTime=now", check=False)
         time.sleep(2)
     else:
         pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(tmp_path)[-3000:]}")
