@@ -151,6 +151,18 @@ def _cause(err: BaseException) -> str:
     return line[:300]
 
 
+DATASET_ATTEMPTS = 5
+
+
+def _lost_dataset_race(err: BaseException) -> bool:
+    """Two runs logging the same new dataset at once (the points of a sweep start together):
+    MLflow looks the dataset up, then inserts it, and the slower insert hits the table's
+    unique key. The whole call was rolled back and the dataset is there now, so the call
+    succeeds when made again."""
+    text = str(getattr(err, "message", None) or err)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
+
+
 @contextlib.contextmanager
 def store_errors(uri: str) -> Iterator[None]:
     """Turn a store failure raised in the block into :class:`StoreFailure` (other errors pass)."""
@@ -348,7 +360,14 @@ class TrackingStore:
                               source=json.dumps({"uri": data["source"]}),
                               profile=json.dumps({"num_rows": size, "split": split, "classes": data["classes"]}))
             inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
-        self.client.log_inputs(run_id, datasets=inputs)
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as err:
+                if attempt == DATASET_ATTEMPTS - 1 or not _lost_dataset_race(err):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def system_metrics(self, run_id: str):
         """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py)

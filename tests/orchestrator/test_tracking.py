@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from orchestrator.schema import TRAINING_EXPERIMENT, Kind, Status, Tag, TrialState
-from orchestrator.tracking import TrackingStore
+from orchestrator.tracking import TrackingStore, sqlite_path
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +84,40 @@ def test_opening_stores_sets_no_process_wide_tracking_uri(tmp_path, monkeypatch)
     first.ensure_experiment("a")
     assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() == before
     assert first.experiment_names() == ["Default", "a"]
+
+
+def test_runs_that_log_one_new_dataset_at_once_all_get_it(tracking):
+    """The points of a sweep start together and log the same data: MLflow's look-up-then-insert
+    of a new dataset loses that race to the table's unique key (about every second round of four
+    runs here). Every run must still get its inputs, and the dataset exists once."""
+    exp = tracking.ensure_experiment("datasets-at-once")
+    for round_ in range(10):
+        runs = [tracking.client.create_run(exp).info.run_id for _ in range(4)]
+        data = {"name": f"data{round_}", "source": "memory", "classes": 10,
+                "splits": {"train": (100, f"{round_:036x}"), "val": (20, f"{round_ + 4096:036x}")}}
+        barrier = threading.Barrier(len(runs))
+        errors: list[BaseException] = []
+
+        def log(run_id: str) -> None:
+            barrier.wait()
+            try:
+                tracking.log_datasets(run_id, data)
+            except BaseException as err:  # noqa: BLE001 - collected, then asserted on
+                errors.append(err)
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        for run_id in runs:
+            inputs = tracking.client.get_run(run_id).inputs.dataset_inputs
+            assert sorted(i.dataset.name for i in inputs) == [f"data{round_}-train", f"data{round_}-val"]
+        con = sqlite3.connect(f"file:{sqlite_path(tracking.uri)}?mode=ro", uri=True)
+        try:
+            (n,) = con.execute("SELECT count(*) FROM datasets WHERE experiment_id = ? AND name LIKE ?",
+                               (int(exp), f"data{round_}-%")).fetchone()
+        finally:
+            con.close()
+        assert n == 2  # each split's dataset once, shared by the four runs
