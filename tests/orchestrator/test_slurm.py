@@ -92,11 +92,6 @@ def parent_run(uri: str, sweep_id: str):
     return parent
 
 
-def stepd_running(job_id: str) -> bool:
-    """Whether a slurmstepd of the job still runs on the node (this machine)."""
-    return subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job_id}\."], capture_output=True).returncode == 0
-
-
 def task_logs(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted((folder / "slurm-logs").glob("*.out")))
 
@@ -222,16 +217,23 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
     # from here on no orch process runs on the submitting side: only Slurm's tasks and close job
     deadline = time.time() + 840
+    pending_since: dict[str, float] = {}
     while time.time() < deadline:
         if not sweep_jobs(cluster, spec.sweep_id):
             break
-        out = cluster.run("squeue", "-h", "-r", "-n", f"orch-{spec.sweep_id}", "-o", "%i %A %T").stdout
-        for shown, job_id, state in (line.split() for line in out.splitlines() if line.strip()):
-            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that out,
-            # but it does wait until the job's previous start has left the node: started again
-            # while that one's slurmstepd is still cleaning up, Slurm kills it ("Job credential revoked")
-            if state == "PENDING" and not stepd_running(job_id):
-                cluster.run("scontrol", "update", f"JobId={shown}", "StartTime=now", check=False)
+        jobs = [j for j in cluster.squeue() if j.split()[2] == f"orch-{spec.sweep_id}"]
+        for job in jobs:
+            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that
+            # out. A start made under half a second after the requeue was killed by Slurm ("Job
+            # credential revoked": slurmd still held the revoked credential of the start before),
+            # so the test restarts a job only once it has been seen pending for 2 s.
+            job_id, state = job.split()[:2]
+            if state == "PENDING":
+                if time.time() - pending_since.setdefault(job_id, time.time()) >= 2:
+                    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+                    pending_since.pop(job_id)
+            else:
+                pending_since.pop(job_id, None)
         time.sleep(2)
     else:
         pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(tmp_path)[-3000:]}")
