@@ -163,7 +163,7 @@ class EpochLoop:
         cpu: dict[str, float] = defaultdict(float)
         for tid, (group, seconds) in last.items():
             cpu[group] += seconds - first.get(tid, (group, 0.0))[1]
-        return {"loop_wall": w1 - w0, "loop_epochs": len(self.marks) - 1, **{f"cpu:{g}": v for g, v in cpu.items()}}
+        return {"loop_wall": w1 - w0, **{f"cpu:{g}": v for g, v in cpu.items()}}
 
 
 def sampling_cost(uri: str, run_id: str, n: int = 10) -> dict:

@@ -180,10 +180,9 @@ def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
 def settled_jobs(sweep_id: str, own_job: str, timeout: float = SETTLE_SECONDS) -> list[tuple[str, str, str]]:
     """The sweep's live jobs other than ``own_job``, once none of them is COMPLETING (at most ``timeout`` s).
 
-    A task that ended is COMPLETING for a few seconds. It may also be requeueing itself: a
-    task that ran past its time limit ends (which satisfies the close job's ``afterany``)
-    while its process is still calling ``scontrol requeue``, and comes back PENDING. Only
-    once it has left COMPLETING can the close job tell the two apart."""
+    A task that ended is COMPLETING for a few seconds. ``scontrol requeue`` also takes a job
+    that has ended (which satisfied the close job's ``afterany``), and the job comes back
+    PENDING; only once a task has left COMPLETING can the close job tell the two apart."""
     deadline = time.monotonic() + timeout
     while True:
         live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]

@@ -254,8 +254,8 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
 
 
 def test_a_close_job_that_finds_a_task_queued_again_hands_the_closing_on(cluster, tmp_path):
-    """A task that ran past its time limit ends (its close job may start) while it requeues
-    itself; the close job must not close the sweep under it, and must leave a closer behind."""
+    """A task requeued after it ended (its close job may then start) is queued again: the close
+    job must not close the sweep under it, and must leave a closer behind."""
     grid = write_grid(tmp_path / "g.yaml", "slurm-handoff", {"model.norm": ["bn"]})
     spec = load_grid(grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
