@@ -119,6 +119,7 @@ def instrument(timings: Timings) -> None:
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
               "SystemMetrics": run_tracker.SystemMetrics, "run_artifacts": run_artifacts,
               "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
+              "ChildDrawing": __import__("orchestrator.figure_child", fromlist=["x"]).ChildDrawing,
               "RunCheckpoints": __import__("orchestrator.checkpoints", fromlist=["x"]).RunCheckpoints}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)
@@ -198,10 +199,13 @@ CALLS = [
     ("plots", "curves", "  plots.* (building 3 figures)"),
     ("plots", "quantiles", "  plots.* (building 3 figures)"),
     ("plots", "confusion_matrix", "  plots.* (building 3 figures)"),
-    ("MlflowTracker", "log_figure", "  log_figure (3 PNGs: savefig + artifact copy)"),
-    ("Figure", "savefig", "    Figure.savefig (rendering the PNGs)"),
+    ("ChildDrawing", "start", "  figure child: fork (it draws curves + quantiles)"),
+    ("MlflowTracker", "log_figure", "  log_figure (confusion PNG: savefig + artifact copy)"),
+    ("Figure", "savefig", "    Figure.savefig (rendering a PNG in this process)"),
     ("MlflowTracker", "log_text", "  log_text (config, csv, json)"),
     ("MlflowTracker", "log_model", "  log_model (mlflow.pytorch.save_model + upload)"),
+    ("ChildDrawing", "files", "  figure child: wait for its 2 PNGs"),
+    ("MlflowTracker", "log_file", "  log_file (the child's 2 PNGs)"),
     ("SystemMetrics", "__exit__", "system metrics: monitor stop + last sample"),
     ("TrackingStore", "set_note", "set_note (description)"),
     ("TrackingStore", "end_run", "end_run (set_terminated)"),
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         inner = sum(statistics.median([sum(run.get(n, [])) for run in timings.runs]) for n in names
                     if n.startswith("  ") and not n.startswith("    "))
         outer = statistics.median([sum(run.get("_log_artifacts (all artifacts)", [])) for run in timings.runs])
-        out.append("|   rest of _log_artifacts (confusion, csv/json building, plt.close) | | "
+        out.append("|   rest of _log_artifacts (confusion counts, csv/json building, temporary folder) | | "
                    f"{outer - inner:.3f} | | | |")
         out.append(f"| **all tracking calls** | | **{instrumented:.3f}** | | | 100% |")
         out += ["", f"({n_epochs:.0f} epochs per run; log_epoch runs inside the epoch loop, so it is also counted in "

@@ -82,6 +82,10 @@ class MlflowTracker:
     def log_text(self, text: str, path: str) -> None:
         self.store.log_text(self.run_id, text, path)
 
+    def log_file(self, local_path: str, artifact_dir: str) -> None:
+        """A local file into the run's ``artifact_dir``, under its own name."""
+        self.store.log_artifact(self.run_id, local_path, artifact_dir)
+
     def log_model(self, model: Any, example: Any) -> None:
         import logging
         import tempfile
