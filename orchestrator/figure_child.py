@@ -16,12 +16,16 @@ so MLflow's end-of-process hooks and the parent's unwritten output stay the pare
 Every way the child can fail ends in the same defined state: the parent draws the
 figures the child did not deliver itself. A child that exits non-zero or is killed costs
 that redraw; one that has not finished by ``deadline`` seconds (a lock a parent thread
-held at the fork, say) is killed, and this process stops forking for figures.
+held at the fork, say) is killed, and this process stops forking for figures. The child
+also ends itself at its deadline (``alarm``), so it cannot outlive a parent killed
+meanwhile, and takes the default action of the stop signals (SIGTERM, SIGINT, SIGUSR1)
+rather than the parent's handlers: a preempted job's child just ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -74,7 +78,7 @@ class ChildDrawing:
             self.outcome = f"drawn in-process (fork failed: {err})"
             return
         if pid == 0:  # the child
-            _draw_and_exit(self.figures, self.files_by_name)
+            _draw_and_exit(self.figures, self.files_by_name, self.deadline)
         self.pid = pid
 
     def files(self) -> dict[str, Path]:
@@ -129,9 +133,12 @@ def drawn_aside(figures: Mapping[str, Any], out_dir: Path, deadline: float = DEA
         drawing.abandon()
 
 
-def _draw_and_exit(figures: Mapping[str, Any], files: Mapping[str, Path]) -> None:
+def _draw_and_exit(figures: Mapping[str, Any], files: Mapping[str, Path], deadline: float) -> None:
     code = 1
     try:
+        for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.alarm(max(1, math.ceil(deadline)))  # SIGALRM's default action ends the process
         for name, figure in figures.items():
             save_png(figure, files[name])
         code = 0

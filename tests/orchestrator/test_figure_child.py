@@ -101,3 +101,29 @@ def test_leaving_the_block_early_kills_and_reaps_the_child(tmp_path):
     assert pid is not None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_child_ends_itself_at_its_deadline_when_nobody_waits(tmp_path):
+    """The parent may be killed while its child draws: the child's alarm still ends it."""
+    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=1) as child:
+        pid, child.pid = child.pid, None  # this test reaps it, not the block
+        end = time.monotonic() + 10
+        while not (reaped := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < end:
+            time.sleep(0.05)
+    assert reaped[0] == pid, "the child outlived its deadline by 9 s"
+    assert os.waitstatus_to_exitcode(reaped[1]) == -signal.SIGALRM
+
+
+def test_a_stop_signal_ends_the_child_not_the_parents_handler(tmp_path):
+    """A preemption's SIGTERM reaches the whole job; the child ends at once and the parent draws."""
+    handled = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: handled.append(os.getpid()))
+    try:
+        with drawn_aside({"a.png": PidFigure(in_child=lambda: (os.kill(os.getpid(), signal.SIGTERM),
+                                                               time.sleep(60)))}, tmp_path) as child:
+            files = child.files()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert child.outcome == "drawn in-process (child killed by signal 15)"
+    assert int(files["a.png"].read_text()) == os.getpid()
+    assert handled == []
