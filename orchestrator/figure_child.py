@@ -4,7 +4,7 @@ A run's last steps are single-threaded: drawing its figures (most of it matplotl
 text layout, about 0.1 s a figure, holding the GIL), saving the model, writing to the
 store. A thread cannot draw beside them; a forked child can, on a second core: the
 parent hands it some figures, draws the others and saves the model meanwhile, then logs
-the child's files. This halves the tail of a run wherever a core is free (on a GPU
+the child's files. This shortens the tail of a run wherever a core is free (on a GPU
 machine nearly always; on a CPU-only one the training has finished by then).
 
 Why a fork is safe here although the parent has threads (MLflow's logging thread, the
@@ -12,21 +12,28 @@ system-metrics monitor, torch's workers): the child touches only the already-bui
 figures, matplotlib's Agg renderer, PIL's PNG encoder (all imported before the fork) and
 its own output files, and leaves with ``os._exit`` (no atexit handler, no buffer flush,
 so MLflow's end-of-process hooks and the parent's unwritten output stay the parent's).
+The stop signals (SIGTERM, SIGINT, SIGUSR1) and SIGALRM are blocked across the fork: the
+child never runs the parent's handlers (which raise into the parent's code); it sets
+their default actions before it unblocks them, so a preempted job's child just ends.
+Its standard streams point at /dev/null (a point process's stdout is the scheduler's
+pipe), and it dies with its parent (``PR_SET_PDEATHSIG``), so it never holds the parent's
+pipes or devices open after the parent is gone.
 
 Every way the child can fail ends in the same defined state: the parent draws the
-figures the child did not deliver itself. A child that exits non-zero or is killed costs
-that redraw; one that has not finished by ``deadline`` seconds (a lock a parent thread
-held at the fork, say) is killed, and this process stops forking for figures. The child
-also ends itself at its deadline (``alarm``), so it cannot outlive a parent killed
-meanwhile, and takes the default action of the stop signals (SIGTERM, SIGINT, SIGUSR1)
-rather than the parent's handlers: a preempted job's child just ends.
+figures the child did not deliver itself. A child that exits non-zero, is killed, or
+whose status someone else reaped (SIGCHLD ignored) costs that redraw. One that has not
+finished ``deadline`` seconds after the fork (a lock some parent thread held at the
+fork, say) is killed, and this process stops forking for figures; the child's own
+alarm ends it a little later in any case.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
+import select
 import signal
 import sys
 import time
@@ -35,7 +42,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 PNG_OPTIONS = {"format": "png", "pil_kwargs": {"compress_level": 1}}  # small figures: fast compression
-DEADLINE_SECONDS = 30.0
+DEADLINE_SECONDS = 30.0  # from the fork; the child's figures take well under a second
+ALARM_MARGIN_SECONDS = 10.0  # the child's own alarm, after the parent's deadline: the parent's kill comes first
+PR_SET_PDEATHSIG = 1
+BLOCKED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGALRM)
 _forking = {"allowed": True}  # False after a child missed its deadline: this process draws in-process
 
 
@@ -60,6 +70,8 @@ class ChildDrawing:
         self.files_by_name = {name: out_dir / name for name in self.figures}
         self.deadline = deadline
         self.pid: int | None = None
+        self.pidfd: int | None = None  # names exactly this child: a signal never reaches a reused pid
+        self.forked_at = 0.0
         self.outcome = "not started"
 
     def start(self) -> None:
@@ -70,54 +82,78 @@ class ChildDrawing:
         for stream in (sys.stdout, sys.stderr):  # nothing buffered now can be written twice
             with contextlib.suppress(Exception):
                 stream.flush()
-        try:
-            with warnings.catch_warnings():  # Python >= 3.12 warns on any fork of a threaded process
-                warnings.simplefilter("ignore", DeprecationWarning)
+        parent = os.getpid()
+        with _blocked(BLOCKED), warnings.catch_warnings():  # Python >= 3.12 warns on a fork of a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                self.forked_at = time.monotonic()
                 pid = os.fork()
-        except OSError as err:  # no memory for the fork, process limit: draw here instead
-            self.outcome = f"drawn in-process (fork failed: {err})"
-            return
-        if pid == 0:  # the child
-            _draw_and_exit(self.figures, self.files_by_name, self.deadline)
-        self.pid = pid
+            except OSError as err:  # no memory for the fork, process limit: draw here instead
+                self.outcome = f"drawn in-process (fork failed: {err})"
+                return
+            if pid == 0:  # the child; it never returns from here
+                _child(parent, self.figures, self.files_by_name, self.deadline + ALARM_MARGIN_SECONDS)
+            self.pid = pid
+        with contextlib.suppress(AttributeError, OSError):  # pidfd_open: Linux >= 5.3
+            self.pidfd = os.pidfd_open(pid)
 
     def files(self) -> dict[str, Path]:
         """Wait for the child; draw here whatever it did not deliver. Never raises for the child."""
         if self.pid is not None:
             code = self._wait()
             self.outcome = "drawn by the child" if code == 0 else f"drawn in-process (child {_describe(code)})"
-            self.pid = None
+            if code is None or code == -signal.SIGALRM:  # missed its deadline: this process stops forking
+                _forking["allowed"] = False
+            self._forget()
         delivered = self.outcome == "drawn by the child"
         for name, figure in self.figures.items():
             if not delivered or not self.files_by_name[name].is_file():
                 save_png(figure, self.files_by_name[name])
         return dict(self.files_by_name)
 
-    def _wait(self) -> int | None:
-        """The child's exit code (negative: killed by that signal); None when it missed the deadline."""
-        end = time.monotonic() + self.deadline
-        pause = 0.001
-        while True:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() >= end:
-                _forking["allowed"] = False
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
-
     def abandon(self) -> None:
         """The parent failed before collecting: end the child and reap it."""
         if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self._kill()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
-            self.pid = None
+            self._forget()
+
+    def _wait(self) -> int | str | None:
+        """The child's exit code (negative: killed by that signal); None when it missed the
+        deadline and was killed; ``"reaped"`` when its status was collected elsewhere."""
+        end = self.forked_at + self.deadline
+        pause = 0.001
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # SIGCHLD ignored: the kernel reaped it, its status is gone
+                return "reaped"
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            left = end - time.monotonic()
+            if left <= 0:
+                self._kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                return None
+            if self.pidfd is not None:  # readable once the child has ended
+                select.select([self.pidfd], [], [], left)
+            else:
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.02)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+
+    def _forget(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.pid = self.pidfd = None
 
 
 @contextlib.contextmanager
@@ -126,19 +162,37 @@ def drawn_aside(figures: Mapping[str, Any], out_dir: Path, deadline: float = DEA
     in a child; the body does other work, then calls ``.files()``. The figures must not be
     changed until then. Leaving the block early kills the child."""
     drawing = ChildDrawing(figures, Path(out_dir), deadline)
-    drawing.start()
     try:
+        drawing.start()
         yield drawing
     finally:
         drawing.abandon()
 
 
-def _draw_and_exit(figures: Mapping[str, Any], files: Mapping[str, Path], deadline: float) -> None:
+@contextlib.contextmanager
+def _blocked(signals: tuple[int, ...]) -> Iterator[None]:
+    """These signals stay pending (not handled) in this thread, and in a child forked meanwhile."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _child(parent: int, figures: Mapping[str, Any], files: Mapping[str, Path], alarm: float) -> None:
     code = 1
     try:
-        for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for sig in BLOCKED:  # still blocked: a signal that came since the fork waits for these
             signal.signal(sig, signal.SIG_DFL)
-        signal.alarm(max(1, math.ceil(deadline)))  # SIGALRM's default action ends the process
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above
+            return
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        signal.alarm(max(1, math.ceil(alarm)))  # SIGALRM's default action ends the process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED)
         for name, figure in figures.items():
             save_png(figure, files[name])
         code = 0
@@ -152,12 +206,18 @@ def _prepare_child_imports() -> None:
     """Import what drawing a PNG imports lazily, so the child imports nothing (an import
     lock a parent thread held at the fork would never be released in the child)."""
     import matplotlib.backends.backend_agg  # noqa: F401
-    import PIL.PngImagePlugin  # noqa: F401
+    import PIL.Image
+
+    PIL.Image.preinit()  # the image plugins PIL's first save imports
 
 
-def _describe(code: int | None) -> str:
+def _describe(code: int | str | None) -> str:
     if code is None:
         return "missed its deadline and was killed"
+    if code == "reaped":
+        return "was reaped elsewhere (SIGCHLD ignored): its outcome is unknown"
+    if code == -signal.SIGALRM:
+        return "missed its deadline and ended itself"
     if code < 0:
         return f"killed by signal {-code}"
     return f"exited with code {code}"

@@ -4,8 +4,12 @@ child ends with the parent drawing what it did not deliver."""
 from __future__ import annotations
 
 import os
+import select
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,14 +107,39 @@ def test_leaving_the_block_early_kills_and_reaps_the_child(tmp_path):
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_a_child_ends_itself_at_its_deadline_when_nobody_waits(tmp_path):
-    """The parent may be killed while its child draws: the child's alarm still ends it."""
+def test_the_deadline_counts_from_the_fork_not_from_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setitem(figure_child._forking, "allowed", True)
+    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=0.5) as child:
+        time.sleep(0.8)  # the parent's own work outlasts the deadline
+        started = time.perf_counter()
+        child.files()
+    assert time.perf_counter() - started < 0.3, "the wait gave the child a second deadline"
+    assert child.outcome == "drawn in-process (child missed its deadline and was killed)"
+
+
+def test_a_child_that_ended_itself_at_its_alarm_also_stops_forking(tmp_path, monkeypatch):
+    """The parent was busy past the child's own alarm: that is a missed deadline too."""
+    monkeypatch.setitem(figure_child._forking, "allowed", True)
+    monkeypatch.setattr(figure_child, "ALARM_MARGIN_SECONDS", 0)
     with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=1) as child:
-        pid, child.pid = child.pid, None  # this test reaps it, not the block
+        time.sleep(1.6)  # past the child's alarm (1 s after the fork, with no margin)
+        child.deadline = 60  # so that the parent's own deadline has not passed: only the alarm ended it
+        files = child.files()
+    assert child.outcome == "drawn in-process (child missed its deadline and ended itself)"
+    assert int(files["a.png"].read_text()) == os.getpid()
+    assert not figure_child.can_fork()
+
+
+def test_a_child_ends_itself_at_its_alarm_when_nobody_waits(tmp_path, monkeypatch):
+    """The parent may be killed while its child draws: the child's alarm still ends it."""
+    monkeypatch.setattr(figure_child, "ALARM_MARGIN_SECONDS", 0)
+    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=1) as child:
+        pid = child.pid
+        child._forget()  # this test reaps it, not the block
         end = time.monotonic() + 10
         while not (reaped := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < end:
             time.sleep(0.05)
-    assert reaped[0] == pid, "the child outlived its deadline by 9 s"
+    assert reaped[0] == pid, "the child outlived its alarm by 9 s"
     assert os.waitstatus_to_exitcode(reaped[1]) == -signal.SIGALRM
 
 
@@ -127,3 +156,138 @@ def test_a_stop_signal_ends_the_child_not_the_parents_handler(tmp_path):
     assert child.outcome == "drawn in-process (child killed by signal 15)"
     assert int(files["a.png"].read_text()) == os.getpid()
     assert handled == []
+
+
+def test_a_signal_right_after_the_fork_never_runs_the_parents_handler_in_the_child(tmp_path, monkeypatch):
+    """The parent's handlers raise into the parent's code (end the run, clean its folders):
+    a signal that lands in the child before it has set its own must wait for them."""
+    def handler(*_):
+        (tmp_path / f"handled-in-{os.getpid()}").touch()
+
+    real_fork = os.fork
+
+    def fork_then_signal() -> int:
+        pid = real_fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return pid
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    monkeypatch.setattr(os, "fork", fork_then_signal)
+    try:
+        with drawn_aside({"plots/a.png": PidFigure()}, tmp_path / "out") as child:
+            files = child.files()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in tmp_path.glob("handled-in-*")) == []
+    assert child.outcome == "drawn in-process (child killed by signal 15)"
+    assert int(files["plots/a.png"].read_text()) == os.getpid()
+
+
+def test_a_child_reaped_elsewhere_is_redrawn_not_an_error(tmp_path):
+    """With SIGCHLD ignored (inherited from a launcher) the kernel reaps children itself."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(0.2))}, tmp_path) as child:
+            files = child.files()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert child.outcome.startswith("drawn in-process (child was reaped elsewhere")
+    assert int(files["a.png"].read_text()) == os.getpid()
+
+
+HANGING_PARENT = """
+import os, sys, time
+from pathlib import Path
+from orchestrator.figure_child import drawn_aside
+
+class Hangs:
+    def __init__(self):
+        self.parent = os.getpid()
+    def savefig(self, file, **options):
+        if os.getpid() != self.parent:
+            time.sleep(60)
+
+with drawn_aside({"a.png": Hangs()}, Path(sys.argv[1])) as child:
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_parent_takes_its_child_along_and_its_pipes_close(tmp_path):
+    """A point process's stdout is its scheduler's pipe: a child must not hold it open."""
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_PARENT, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    child_pid = int(proc.stdout.readline())
+    time.sleep(0.3)  # the child is drawing (hanging) now
+    proc.kill()
+    proc.wait()
+    started = time.monotonic()
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready and proc.stdout.read() == "", "the parent's stdout pipe is still open"
+    assert time.monotonic() - started < 3, "the pipe closed only when the child's alarm ended it"
+    deadline = time.monotonic() + 5
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone or a zombie (which a container's init may leave unreaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+IMPORTS_OF_A_SAVE = """
+import sys
+from pathlib import Path
+import numpy as np
+from experiments import plots
+from experiments.metric_names import QUANTILES, epoch_key
+from orchestrator.figure_child import _prepare_child_imports, save_png
+
+history = {epoch_key(k): [0.1, 0.2, 0.3] for _, s in plots.CURVE_PANELS for _, k in s}
+figure = plots.curves(history, 2)
+_prepare_child_imports()
+before = set(sys.modules)
+save_png(figure, Path(sys.argv[1]) / "curves.png")
+print(sorted(set(sys.modules) - before))
+"""
+
+
+def test_the_child_imports_nothing_while_it_draws(tmp_path):
+    """A fresh process, as a point process's first run: drawing a PNG after the preparation
+    imports no module (an import lock held by a parent thread at the fork would hang it)."""
+    out = subprocess.run([sys.executable, "-c", IMPORTS_OF_A_SAVE, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failing_model_save_still_logs_the_childs_figures(tmp_path, monkeypatch):
+    """The run fails (a full disk while saving its model); its curves are what shows why."""
+    from conftest import TINY_BASE
+    from experiments.config import build
+    from experiments.train import NullTracker, train
+    from mlflow.tracking import MlflowClient
+    from orchestrator.run_artifacts import log_run_artifacts
+    from orchestrator.tracking import TrackingStore
+
+    cfg = build(TINY_BASE)
+    result = train(cfg, NullTracker(), device="cpu")
+    store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = store.start_run(store.ensure_experiment("figures"), run_name="full-disk", params={}, tags={})
+    tracker = store.tracker(run_id)
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracker, "log_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        log_run_artifacts(tracker, cfg, result)
+    logged = {a.path for a in MlflowClient(tracking_uri=store.uri).list_artifacts(run_id, "plots")}
+    assert logged == {"plots/curves.png", "plots/quantiles.png", "plots/confusion_test.png"}
