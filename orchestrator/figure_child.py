@@ -41,7 +41,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-PNG_OPTIONS = {"format": "png", "pil_kwargs": {"compress_level": 1}}  # small figures: fast compression
+PIL_PNG = {"compress_level": 1}  # small figures: fast compression (drawing them costs enough)
+PNG_OPTIONS = {"format": "png", "pil_kwargs": PIL_PNG}
 DEADLINE_SECONDS = 30.0  # from the fork; the child's figures take well under a second
 ALARM_MARGIN_SECONDS = 10.0  # the child's own alarm, after the parent's deadline: the parent's kill comes first
 PR_SET_PDEATHSIG = 1
@@ -105,9 +106,8 @@ class ChildDrawing:
             if code is None or code == -signal.SIGALRM:  # missed its deadline: this process stops forking
                 _forking["allowed"] = False
             self._forget()
-        delivered = self.outcome == "drawn by the child"
-        for name, figure in self.figures.items():
-            if not delivered or not self.files_by_name[name].is_file():
+        if self.outcome != "drawn by the child":  # a child exits 0 only once every file is written
+            for name, figure in self.figures.items():
                 save_png(figure, self.files_by_name[name])
         return dict(self.files_by_name)
 

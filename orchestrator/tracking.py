@@ -314,8 +314,9 @@ class TrackingStore:
         self.client.log_text(run_id, text, path)
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        # Fast PNG compression: the figures are small and drawing them already costs enough.
-        self.client.log_figure(run_id, figure, path, save_kwargs={"pil_kwargs": {"compress_level": 1}})
+        from orchestrator.figure_child import PIL_PNG
+
+        self.client.log_figure(run_id, figure, path, save_kwargs={"pil_kwargs": PIL_PNG})
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0, *,
                     synchronous: bool = True) -> Any:

@@ -56,14 +56,27 @@ def test_the_child_draws_byte_for_byte_the_png_the_parent_would(tmp_path):
         assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _wait_for(path: Path, seconds: float = 20) -> bool:
+    end = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < end:
+        time.sleep(0.01)
+    return path.exists()
+
+
 def test_the_figures_are_drawn_in_another_process_while_the_body_runs(tmp_path):
-    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(0.3))}, tmp_path) as child:
-        started = time.perf_counter()
-        time.sleep(0.3)  # the parent's own work, beside the child's
+    """The child draws while the body runs: it starts, then waits for the body's word."""
+    started, go = tmp_path / "child-started", tmp_path / "go"
+
+    def in_child():
+        started.touch()
+        _wait_for(go)
+
+    with drawn_aside({"out/a.png": PidFigure(in_child=in_child)}, tmp_path) as child:
+        assert _wait_for(started), "the child did not start drawing while the body ran"
+        go.touch()
         files = child.files()
-        both = time.perf_counter() - started
-    assert int(files["a.png"].read_text()) != os.getpid()
-    assert both < 0.55, f"child and parent took {both:.2f} s: not side by side"
+    assert child.outcome == "drawn by the child"
+    assert int(files["out/a.png"].read_text()) != os.getpid()
 
 
 @pytest.mark.parametrize("in_child, outcome", [
@@ -109,11 +122,11 @@ def test_leaving_the_block_early_kills_and_reaps_the_child(tmp_path):
 
 def test_the_deadline_counts_from_the_fork_not_from_the_wait(tmp_path, monkeypatch):
     monkeypatch.setitem(figure_child._forking, "allowed", True)
-    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=0.5) as child:
-        time.sleep(0.8)  # the parent's own work outlasts the deadline
+    with drawn_aside({"a.png": PidFigure(in_child=lambda: time.sleep(60))}, tmp_path, deadline=2) as child:
+        time.sleep(2.3)  # the parent's own work outlasts the deadline
         started = time.perf_counter()
         child.files()
-    assert time.perf_counter() - started < 0.3, "the wait gave the child a second deadline"
+    assert time.perf_counter() - started < 1.5, "the wait gave the child a second deadline of 2 s"
     assert child.outcome == "drawn in-process (child missed its deadline and was killed)"
 
 
