@@ -197,9 +197,9 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
 def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_path):
     """Without --wait the command returns within seconds and the close job ends the sweep; a task
     given a time limit shorter than its point is warned, checkpoints, is requeued and finishes it."""
-    # About 95 s of training on an idle 2-core machine (0.47 s an epoch; 3 s under heavy load): longer
-    # than one start can train before its warning, on any load
-    base = {**RESUME_BASE, "train": {**RESUME_BASE["train"], "max_epochs": 200, "patience": 200}}
+    # About 47 s of training on an idle 2-core machine (0.47 s an epoch; 3 s under heavy load): longer
+    # than one start can train before its warning (about 20 s: 30 s less the start's imports)
+    base = {**RESUME_BASE, "train": {**RESUME_BASE["train"], "max_epochs": 100, "patience": 100}}
     grid = write_grid(tmp_path / "g.yaml", "slurm-timelimit", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     db = tmp_path / "mlflow.db"
@@ -207,10 +207,11 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     # An existing store, as a researcher's usually is: creating a fresh SQLite store's tables
     # alone takes MLflow seconds (12 s on a loaded 2-core machine), which is not what is timed here
     MlflowClient(tracking_uri=uri).search_experiments()
-    # Two minutes, warned a minute before (the task ignores Slurm's early warnings and keeps the
-    # time itself), so each start trains for well under a minute: the point needs several starts.
+    # One minute (Slurm's smallest limit), warned 30 s before (the task ignores Slurm's early
+    # warnings and keeps the time itself), so each start trains for well under 30 s: the point
+    # needs several starts.
     t0 = time.time()
-    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "2", cwd=tmp_path)
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "1", cwd=tmp_path)
     seconds = time.time() - t0
     assert sub.returncode == 0, sub.stderr
     assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
