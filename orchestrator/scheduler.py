@@ -75,8 +75,31 @@ def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, devi
         gpus = visible_gpus() if device in ("auto", "cuda") else []
     if gpus and device != "cpu":
         return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = cpu_threads(workers)
     return [Slot(i, None, threads) for i in range(workers)]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
+    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``), which a cluster
+    without CPU binding does not put in the mask."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    allocated = os.environ.get("SLURM_CPUS_ON_NODE", "")
+    if os.environ.get("SLURM_JOB_ID") and allocated.isdigit() and int(allocated) > 0:
+        cpus = min(cpus, int(allocated))
+    return max(1, cpus)
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
+    ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, usable_cpus() // max(1, workers))
 
 
 def visible_gpus() -> list[str]:

@@ -60,6 +60,11 @@ def _point_runs(server: str, sweep_id: str):
     return [r for r in runs if r.data.tags.get("orch.kind") == "point"]
 
 
+# Workers started side by side on one machine share its cores, as a user would start them: one
+# torch thread each. (Two threads each on two cores made every point's training several times
+# slower: the three-worker test took 135 s instead of 57 s.)
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_server, tmp_path):
     storage = new_database(postgres_url)
     grid = write_grid(tmp_path / "g.yaml", f"queue-{uuid.uuid4().hex[:6]}",
@@ -73,7 +78,7 @@ def test_three_workers_run_twelve_points_exactly_once(postgres_url, mlflow_serve
     assert "queued 0 point(s)" in again.stderr and "12 already queued" in again.stderr  # idempotent
 
     workers = [subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
                for _ in range(3)]
     outs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-2000:] for o in outs]
@@ -213,7 +218,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
     study_name = f"{name}-bn"
     tuner = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(grid), "--storage", storage,
                               "--tracking-uri", mlflow_server, "--pruner", "none", "--quiet"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     from orchestrator.storage import open_storage
 
     deadline = time.time() + 120
@@ -225,7 +230,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
         assert tuner.poll() is None, tuner.communicate()
         time.sleep(0.5)
     worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     outs = [p.communicate(timeout=600) for p in (tuner, worker)]
     assert [tuner.returncode, worker.returncode] == [0, 0], [o[1][-2000:] for o in outs]
     assert f"[{study_name}] joining the tuning study" in outs[1][1]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from orchestrator.display import PlainDisplay
 from orchestrator.queue import QueueSource
@@ -220,6 +222,27 @@ def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
     cpu = plan_slots(2, ["0"], 2, "cpu")
     assert [(s.gpu, s.label) for s in cpu] == [(None, "cpu0"), (None, "cpu1")]
     assert all(s.threads >= 1 for s in cpu)
+
+
+def _threads_in(env: dict, *prefix: str, workers: int = 1) -> int:
+    """A fresh interpreter's thread count per slot for ``workers`` CPU slots."""
+    code = f"from orchestrator.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE")}
+    out = subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+def test_cpu_threads_follow_the_cpus_this_process_may_use():
+    """Slots divide the CPUs of the affinity mask (taskset), narrowed to a Slurm job's allocation;
+    OMP_NUM_THREADS, when set, is each slot's count (several workers sharing one machine)."""
+    cpus = len(os.sched_getaffinity(0))
+    assert _threads_in({}) == cpus
+    assert _threads_in({}, workers=cpus) == 1
+    assert _threads_in({}, "taskset", "-c", "0") == 1  # pinned to one CPU: one thread, not os.cpu_count()
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"}) == 1
+    assert _threads_in({"SLURM_CPUS_ON_NODE": "1"}) == cpus  # outside a job the variable is not Slurm's word
+    assert _threads_in({"OMP_NUM_THREADS": "3"}, workers=2) == 3
 
 
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
