@@ -116,6 +116,11 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
         return
     if gpus and device == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
+    if not storage:  # the point processes import torch while this one opens the store
+        from orchestrator import point_processes
+        from orchestrator.scheduler import plan_slots
+
+        point_processes.prewarm(plan_slots(workers, gpus, runs_per_gpu, device)[:len(spec.runs)])
     store = open_store(uri)
     if storage:
         _queue_sweep(spec, store, storage, rerun=rerun)

@@ -263,8 +263,10 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
     Without ``--sweep``, the worker also joins the ``orch tune`` studies of the storage that
     still want trials (before the sweep points, after them, and whenever it is idle).
     """
-    from orchestrator import tuning
+    from orchestrator import point_processes, tuning
 
+    slots = plan_slots(workers, gpus, runs_per_gpu, device)
+    point_processes.prewarm(slots)  # their imports run while this process opens the queue
     tune_storage = None if sweep is not None else storage_mod.open_storage(url, heartbeat=True)
 
     def serve_tuning() -> bool:
@@ -273,7 +275,6 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
         return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
 
     source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
-    slots = plan_slots(workers, gpus, runs_per_gpu, device)
     scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,
                           on_idle=serve_tuning if wait else None)
     try:

@@ -127,12 +127,17 @@ def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> 
 def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int, int | None]:
     """Array mode: this task's points; (exit code, the signal that stopped it)."""
     from orchestrator.display import PlainDisplay
-    from orchestrator.scheduler import Job, ListSource, Scheduler, plan_slots
-    from orchestrator.tracking import TrackingStore
+    from orchestrator import point_processes
+    from orchestrator.scheduler import Job, ListSource, Scheduler
 
     per = int(header.get("per_task", 1))
     index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     mine = lines[index * per:(index + 1) * per]
+    device = header.get("device", "auto")
+    point_processes.prewarm(task_slots(len(mine), per, device))  # importing while the store is read
+
+    from orchestrator.tracking import TrackingStore
+
     store = TrackingStore(header["uri"])
     me = slurm.task_tags()
     jobs = []
@@ -147,11 +152,7 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
         return ExitCode.OK, None
     if EARLY:  # warned or cancelled before a point started
         return ExitCode.PREEMPTED, EARLY[0]
-    device = header.get("device", "auto")
-    # The CPU slots share the cores Slurm gave the task, not the node's
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
-    slots = [s if s.gpu is not None else dataclasses.replace(s, threads=max(1, cpus // len(jobs)))
-             for s in plan_slots(len(jobs), None, per, device)]
+    slots = task_slots(len(jobs), per, device)
     outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header.get("max_retries", 1))))
     if outcome.store_failure:  # its points were given up unfinished: the next run of the sweep resumes them
         _note(f"error: {outcome.store_failure}; fix the store, then rerun the sweep to resume its points")
@@ -161,6 +162,15 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
     if EARLY and outcome.skipped:
         return ExitCode.PREEMPTED, EARLY[0]
     return (ExitCode.FAILED if outcome.failed else ExitCode.OK), None
+
+
+def task_slots(n_points: int, per: int, device: str) -> list:
+    """The slots of a task's ``n_points``: its CPU slots share the cores Slurm gave the task."""
+    from orchestrator.scheduler import plan_slots
+
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
+    return [s if s.gpu is not None else dataclasses.replace(s, threads=max(1, cpus // max(1, n_points)))
+            for s in plan_slots(max(1, n_points), None, per, device)]
 
 
 def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
@@ -240,6 +250,9 @@ def main() -> int:
 
 if __name__ == "__main__":
     code = main()
+    from orchestrator.point_processes import release_unadopted
+
+    release_unadopted()  # os._exit skips atexit
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(code))

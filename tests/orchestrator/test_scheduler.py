@@ -12,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
+from orchestrator import point_processes
 from orchestrator.display import PlainDisplay
 from orchestrator.queue import QueueSource
 from orchestrator.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
@@ -135,6 +137,53 @@ def test_a_slot_runs_its_points_in_one_process_until_it_retires(tmp_path, pids, 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (tmp_path / "logs").exists()  # nothing failed: no log is kept
+
+
+def wait_for_pids(path: Path, n: int, timeout: float = 30) -> list[int]:
+    deadline = time.time() + timeout
+    while len(started_pids(path)) < n:
+        assert time.time() < deadline, f"{len(started_pids(path))} of {n} processes started"
+        time.sleep(0.02)
+    return started_pids(path)
+
+
+def test_prewarmed_processes_run_their_slots_first_points(tmp_path, pids):
+    """Processes started ahead (while a sweep opens its store) are the ones the scheduler uses:
+    no other process starts; their logs move into the scheduler's folder, their own go."""
+    command = [sys.executable, "-c", STAND_IN]
+    slots = [Slot(i, None, 1) for i in range(2)]
+    point_processes.prewarm(slots, command)
+    warm_dirs = [log.parent for _, log in point_processes._WARM.values()]
+    warm = wait_for_pids(pids, 2)  # started before any scheduler exists
+    display = Recorder()
+    names = ["a", "b", "c"]
+    outcome = scheduler(tmp_path, 2, display).run(ListSource([job(n, sleep=0.05) for n in names], max_retries=0))
+    assert sorted(outcome.finished) == names and not outcome.failed
+    assert started_pids(pids) == warm and {t.summary["pid"] for t in display.done} == set(warm)
+    assert not point_processes._WARM and not [d for d in warm_dirs if d.exists()]
+    assert not (tmp_path / "logs").exists()  # logs moved in, then removed with the processes
+
+
+def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
+    """A sweep that finds nothing to run (or refuses its input) leaves no process behind."""
+    code = ("import sys; from orchestrator import point_processes as pp; from orchestrator.scheduler import Slot; "
+            f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); "
+            "print(pp._WARM[next(iter(pp._WARM))][1].parent, flush=True); "
+            "import time; deadline = time.time() + 30\n"
+            f"while not open({str(pids)!r}).read().strip() and time.time() < deadline: time.sleep(0.02)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (pid,) = started_pids(pids)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"prewarmed process {pid} outlived its parent")
+    assert not Path(out.stdout.strip()).exists()
 
 
 def test_failed_point_is_retried_first_then_recorded_with_its_log(tmp_path, pids):
