@@ -116,20 +116,19 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
         return
     if gpus and device == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
-    if not storage:  # the point processes import torch while this one opens the store
-        from orchestrator import point_processes
-        from orchestrator.scheduler import plan_slots
-
-        point_processes.prewarm(plan_slots(workers, gpus, runs_per_gpu, device)[:len(spec.runs)])
-    store = open_store(uri)
     if storage:
-        _queue_sweep(spec, store, storage, rerun=rerun)
+        _queue_sweep(spec, open_store(uri), storage, rerun=rerun)
         return
+    from orchestrator import point_processes
+    from orchestrator.scheduler import plan_slots
     from orchestrator.sweep import run_sweep
 
-    sys.exit(run_sweep(spec, store, workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
-                       max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                       metric=metric, wait=wait, until=until))
+    # the point processes import torch while this one opens the store and reads what is done
+    with point_processes.started_ahead(plan_slots(workers, gpus, runs_per_gpu, device)[:len(spec.runs)]):
+        code = run_sweep(spec, open_store(uri), workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
+                         max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
+                         metric=metric, wait=wait, until=until)
+    sys.exit(code)
 
 
 def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: int, direction: str,

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from orchestrator import slurm
 from orchestrator.schema import Tag
@@ -222,6 +222,17 @@ def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> No
         if key not in _WARM:
             log_path = Path(tempfile.mkdtemp(prefix="orch-warm-")) / "process.log"
             _WARM[key] = (_spawn(command, slot, log_path), log_path)
+
+
+@contextlib.contextmanager
+def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> Iterator[None]:
+    """:func:`prewarm` for the ``with`` block; at its end the processes no scheduler adopted are
+    killed (a command invoked in a longer-lived process, e.g. through click's CliRunner)."""
+    prewarm(slots, command)
+    try:
+        yield
+    finally:
+        release_unadopted()
 
 
 def _adopt(slot: Slot, command: Sequence[str], log_path: Path) -> subprocess.Popen | None:

@@ -266,33 +266,33 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
     from orchestrator import point_processes, tuning
 
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
-    point_processes.prewarm(slots)  # their imports run while this process opens the queue
-    tune_storage = None if sweep is not None else storage_mod.open_storage(url, heartbeat=True)
+    with point_processes.started_ahead(slots):  # their imports run while this process opens the queue
+        tune_storage = None if sweep is not None else storage_mod.open_storage(url, heartbeat=True)
 
-    def serve_tuning() -> bool:
-        if tune_storage is None:
-            return False
-        return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
+        def serve_tuning() -> bool:
+            if tune_storage is None:
+                return False
+            return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
 
-    source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
-    scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,
-                          on_idle=serve_tuning if wait else None)
-    try:
-        serve_tuning()
-        outcome = scheduler.run(source)
-        if not outcome.interrupted and not wait:
-            serve_tuning()  # studies queued while the points ran
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
-    if outcome.store_failure:  # its running points went back on the queue
-        print(f"error: {outcome.store_failure}; the worker started no further point and gave its points back "
-              "to the queue; fix the store and start the worker again", file=sys.stderr, flush=True)
-        return ExitCode.FAILED
-    if outcome.interrupted:  # its points checkpointed and went back on the queue at once
-        if stopped is not None and outcome.signal is not None:
-            stopped.append(outcome.signal)
-        return ExitCode.PREEMPTED if outcome.signal in (signal.SIGTERM, signal.SIGUSR1) else ExitCode.INTERRUPTED
-    return ExitCode.FAILED if outcome.failed else ExitCode.OK
+        source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
+        scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,
+                              on_idle=serve_tuning if wait else None)
+        try:
+            serve_tuning()
+            outcome = scheduler.run(source)
+            if not outcome.interrupted and not wait:
+                serve_tuning()  # studies queued while the points ran
+        except KeyboardInterrupt:
+            return ExitCode.INTERRUPTED
+        if outcome.store_failure:  # its running points went back on the queue
+            print(f"error: {outcome.store_failure}; the worker started no further point and gave its points back "
+                  "to the queue; fix the store and start the worker again", file=sys.stderr, flush=True)
+            return ExitCode.FAILED
+        if outcome.interrupted:  # its points checkpointed and went back on the queue at once
+            if stopped is not None and outcome.signal is not None:
+                stopped.append(outcome.signal)
+            return ExitCode.PREEMPTED if outcome.signal in (signal.SIGTERM, signal.SIGUSR1) else ExitCode.INTERRUPTED
+        return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
 
 def register_worker(url: str, *, stale_after: float) -> None:

@@ -34,6 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import TINY_BASE, all_runs, invoke, orch, write_grid
@@ -196,6 +197,9 @@ def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, requ
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], proc.stderr
     assert snapshot() == before  # nothing recorded, nothing created
+    # the point process started ahead (while the store was opened) went with the refused command
+    points = [c for c in psutil.Process().children(recursive=True) if "orchestrator.point" in " ".join(c.cmdline())]
+    assert not points, points
 
 
 @pytest.mark.parametrize("command", ["ui", "status"])

@@ -153,14 +153,15 @@ def test_prewarmed_processes_run_their_slots_first_points(tmp_path, pids):
     command = [sys.executable, "-c", STAND_IN]
     slots = [Slot(i, None, 1) for i in range(2)]
     point_processes.prewarm(slots, command)
-    warm_dirs = [log.parent for _, log in point_processes._WARM.values()]
+    keys = [(slot, tuple(command)) for slot in slots]
+    warm_dirs = [point_processes._WARM[key][1].parent for key in keys]
     warm = wait_for_pids(pids, 2)  # started before any scheduler exists
     display = Recorder()
     names = ["a", "b", "c"]
     outcome = scheduler(tmp_path, 2, display).run(ListSource([job(n, sleep=0.05) for n in names], max_retries=0))
     assert sorted(outcome.finished) == names and not outcome.failed
     assert started_pids(pids) == warm and {t.summary["pid"] for t in display.done} == set(warm)
-    assert not point_processes._WARM and not [d for d in warm_dirs if d.exists()]
+    assert not [key for key in keys if key in point_processes._WARM] and not [d for d in warm_dirs if d.exists()]
     assert not (tmp_path / "logs").exists()  # logs moved in, then removed with the processes
 
 
