@@ -250,8 +250,12 @@ class Scheduler:
 
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
                  log_dir: Path | None = None, idle_poll: float | None = None,
-                 on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND):
+                 on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND,
+                 keep_processes: bool = False):
         self.slots, self.fail_fast = slots, fail_fast
+        # Keep the slots' processes when a run ends cleanly, for the next run (a sweep's rounds of
+        # added seeds); the owner then calls close()
+        self.keep_processes = keep_processes
         self.display = display or PlainDisplay(quiet=True)
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="orch-logs-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -287,19 +291,25 @@ class Scheduler:
             self._loop(source, outcome)
             outcome.skipped = source.unstarted()
         finally:
-            if self.running or self.stop_requested:
+            stopped = bool(self.running) or self.stop_requested
+            if stopped:
                 outcome.interrupted = self.stop_requested
                 outcome.signal = self.stop_signal
                 self._stop_all(source)
-            self.processes.close()
-            with contextlib.suppress(OSError):
-                self.log_dir.rmdir()  # only when empty: nothing failed
+            if stopped or not self.keep_processes or self.store_failure is not None:
+                self.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             outcome.store_failure = self.store_failure
             outcome.seconds = time.time() - t0
             self.display.stop()
         return outcome
+
+    def close(self) -> None:
+        """End the slots' processes; remove the log folder unless a failed point's log is in it."""
+        self.processes.close()
+        with contextlib.suppress(OSError):
+            self.log_dir.rmdir()  # only when empty: nothing failed
 
     def _loop(self, source: PointSource, outcome: Outcome) -> None:
         while not self.stop_requested:

@@ -113,7 +113,9 @@ def run_sweep(
             if until is not None:  # the seeds that earlier rounds added
                 spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
                                                                                       Artifact.POINTS)))
-            scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet))
+            # with rounds, the slots keep their processes from one round to the next
+            scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet),
+                                  keep_processes=until is not None)
 
             def run(runs) -> Outcome:
                 jobs = [Job.from_spec(r, uri=store.uri, experiment_id=state.experiment_id,
@@ -124,12 +126,15 @@ def run_sweep(
                 except KeyboardInterrupt:
                     return Outcome(interrupted=True)
 
-            outcome = run(state.pending)
-            while until is not None and not (outcome.interrupted or outcome.failed or outcome.store_failure):
-                spec, todo = _next_round(store, spec, state, until, say)
-                if not todo:
-                    break
-                outcome = run(todo)
+            try:
+                outcome = run(state.pending)
+                while until is not None and not (outcome.interrupted or outcome.failed or outcome.store_failure):
+                    spec, todo = _next_round(store, spec, state, until, say)
+                    if not todo:
+                        break
+                    outcome = run(todo)
+            finally:
+                scheduler.close()
             if outcome.store_failure:
                 return _store_failed(spec, state, outcome, outcome.store_failure)
             if outcome.interrupted:

@@ -187,6 +187,23 @@ def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
     assert not Path(out.stdout.strip()).exists()
 
 
+def test_a_scheduler_that_keeps_its_processes_reuses_them_in_its_next_run(tmp_path, pids):
+    """Rounds (a sweep's added seeds) run in the same processes; close() ends them."""
+    sched = scheduler(tmp_path, 2, Recorder(), keep_processes=True)
+    first = sched.run(ListSource([job("a"), job("b")], max_retries=0))
+    kept = started_pids(pids)
+    assert sorted(first.finished) == ["a", "b"] and len(kept) == 2
+    for pid in kept:
+        os.kill(pid, 0)  # still there, idle, between the runs
+    second = sched.run(ListSource([job("c"), job("d")], max_retries=0))
+    assert sorted(second.finished) == ["c", "d"] and started_pids(pids) == kept
+    sched.close()
+    for pid in kept:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "logs").exists()
+
+
 def test_failed_point_is_retried_first_then_recorded_with_its_log(tmp_path, pids):
     display = Recorder()
     source = ListSource([job("bad", crash=3), job("good")], max_retries=2)

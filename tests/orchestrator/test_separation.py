@@ -35,6 +35,7 @@ def test_until_separated_adds_seeds_only_to_overlapping_settings_and_stops_at_th
         seeds[(float(k.data.params["optim.lr"]), k.data.params["train.precision"])].add(int(k.data.params["seed"]))
     assert seeds == {(0.1, "auto"): {0, 1, 2, 3}, (0.1, "fp32"): {0, 1, 2, 3},
                      (0.0001, "auto"): {0, 1}, (0.0001, "fp32"): {0, 1}}
+    assert len({k.data.tags[Tag.PID] for k in kids}) <= 2  # the two slots kept their processes across rounds
 
     (parent,) = parents(uri, spec.sweep_id)
     client = MlflowClient(tracking_uri=uri)
