@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,23 +214,28 @@ def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> No
     """Start the slots' point processes now, before the caller opens its store and reads what
     is done: a process's imports (torch, mlflow: seconds) then run beside the caller's own
     start-up instead of after it, and the first points start that much sooner. The caller's
-    next scheduler adopts them (same slot and command); those never adopted are killed when
-    this process exits (they hold no run: a process gets its first point from its scheduler)."""
+    next scheduler adopts them (same slot and command); the rest are killed by
+    :func:`release_unadopted` (they hold no run: a process gets its first point from its
+    scheduler). Best effort: a slot whose process cannot start now starts it later."""
     if not _WARM:
         atexit.register(release_unadopted)
     for slot in slots:
         key = (slot, tuple(command))
-        if key not in _WARM:
-            log_path = Path(tempfile.mkdtemp(prefix="orch-warm-")) / "process.log"
-            _WARM[key] = (_spawn(command, slot, log_path), log_path)
+        if key in _WARM:
+            continue
+        folder = Path(tempfile.mkdtemp(prefix="orch-warm-"))
+        try:
+            _WARM[key] = (_spawn(command, slot, folder / "process.log"), folder / "process.log")
+        except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> Iterator[None]:
     """:func:`prewarm` for the ``with`` block; at its end the processes no scheduler adopted are
     killed (a command invoked in a longer-lived process, e.g. through click's CliRunner)."""
-    prewarm(slots, command)
     try:
+        prewarm(slots, command)
         yield
     finally:
         release_unadopted()
@@ -263,10 +269,13 @@ def _discard(proc: subprocess.Popen, log: Path) -> None:
         log.parent.rmdir()
 
 
-def release_unadopted() -> None:
-    """Kill the prewarmed processes no scheduler adopted (at exit; call it before ``os._exit``)."""
-    while _WARM:
-        _discard(*_WARM.popitem()[1])
+def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:
+    """Kill the prewarmed processes no scheduler adopted, but those of ``keep`` (with
+    ``command``): at a command's end (call it before ``os._exit``, which skips atexit), and
+    where the slots a scheduler will use turn out fewer or other than those prewarmed."""
+    wanted = {(slot, tuple(command)) for slot in keep}
+    for key in [key for key in _WARM if key not in wanted]:
+        _discard(*_WARM.pop(key))
 
 
 def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:

@@ -43,7 +43,7 @@ from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.display import PlainDisplay
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.grid import RunSpec
-from orchestrator.point_processes import POINT_COMMAND, PointProcesses
+from orchestrator.point_processes import POINT_COMMAND, PointProcesses, release_unadopted
 from orchestrator.schema import Kind, Status, Tag
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def usable_cpus() -> int:
     without CPU binding does not put in the mask."""
     try:
         cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
     allocated = os.environ.get("SLURM_CPUS_ON_NODE", "")
     if os.environ.get("SLURM_JOB_ID") and allocated.isdigit() and int(allocated) > 0:
@@ -97,7 +97,7 @@ def cpu_threads(workers: int) -> int:
     """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
     ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
     given = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if given.isdigit() and int(given) > 0:
+    if given.isdecimal() and given.isascii() and int(given) > 0:
         return int(given)
     return max(1, usable_cpus() // max(1, workers))
 
@@ -355,6 +355,7 @@ class Scheduler:
             return False
         if self.on_idle is not None and self.on_idle():
             return True
+        release_unadopted()  # a waiting worker keeps no process started ahead idle
         time.sleep(self.idle_poll)
         return True
 

@@ -153,6 +153,7 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
     if EARLY:  # warned or cancelled before a point started
         return ExitCode.PREEMPTED, EARLY[0]
     slots = task_slots(len(jobs), per, device)
+    point_processes.release_unadopted(keep=slots)  # started for points found finished: other slots
     outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header.get("max_retries", 1))))
     if outcome.store_failure:  # its points were given up unfinished: the next run of the sweep resumes them
         _note(f"error: {outcome.store_failure}; fix the store, then rerun the sweep to resume its points")

@@ -28,6 +28,7 @@ from orchestrator import locks, separation
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.display import make_display
 from orchestrator.grid import SweepSpec
+from orchestrator.point_processes import release_unadopted
 from orchestrator.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
 from orchestrator.separation import Separation
 from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json, read_points
@@ -108,6 +109,7 @@ def run_sweep(
         state, outcome = None, Outcome()
         try:
             state = open_sweep(store, spec, rerun=rerun)
+            release_unadopted(keep=slots[:len(state.pending)])  # processes started ahead for finished points
             say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
                 f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
             if until is not None:  # the seeds that earlier rounds added

@@ -165,6 +165,31 @@ def test_prewarmed_processes_run_their_slots_first_points(tmp_path, pids):
     assert not (tmp_path / "logs").exists()  # logs moved in, then removed with the processes
 
 
+def test_prewarmed_processes_of_slots_not_needed_are_released(tmp_path, pids):
+    """A sweep that finds some points done, or a Slurm task with fewer points than it started
+    for, keeps only the processes of the slots it will use."""
+    command = [sys.executable, "-c", STAND_IN]
+    slots = [Slot(i, None, 1) for i in range(2)]
+    try:
+        point_processes.prewarm(slots, command)
+        folders = {slot: point_processes._WARM[(slot, tuple(command))][1].parent for slot in slots}
+        first, second = wait_for_pids(pids, 2)
+        point_processes.release_unadopted(keep=slots[:1], command=command)
+        assert (slots[0], tuple(command)) in point_processes._WARM
+        assert (slots[1], tuple(command)) not in point_processes._WARM and not folders[slots[1]].exists()
+        alive = []
+        for pid in (first, second):
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        assert len(alive) == 1  # one killed and reaped, the kept one idle
+    finally:
+        point_processes.release_unadopted()
+    assert not folders[slots[0]].exists()
+
+
 def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
     """A sweep that finds nothing to run (or refuses its input) leaves no process behind."""
     code = ("import sys; from orchestrator import point_processes as pp; from orchestrator.scheduler import Slot; "
@@ -310,6 +335,9 @@ def test_cpu_threads_follow_the_cpus_this_process_may_use():
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"}) == 1
     assert _threads_in({"SLURM_CPUS_ON_NODE": "1"}) == cpus  # outside a job the variable is not Slurm's word
     assert _threads_in({"OMP_NUM_THREADS": "3"}, workers=2) == 3
+    assert _threads_in({"OMP_NUM_THREADS": " 2 "}, workers=cpus) == 2
+    for odd in ("0", "abc", "²"):  # not a count: the usable CPUs decide
+        assert _threads_in({"OMP_NUM_THREADS": odd}) == cpus
 
 
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
