@@ -79,27 +79,30 @@ def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, devi
     return [Slot(i, None, threads) for i in range(workers)]
 
 
+def _count(name: str) -> int | None:
+    """An environment variable that holds a positive ASCII count, else None."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdecimal() and value.isascii() and int(value) > 0 else None
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
-    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``), which a cluster
-    without CPU binding does not put in the mask."""
+    Slurm job to what Slurm allocated (``SLURM_CPUS_PER_TASK``, else ``SLURM_CPUS_ON_NODE``),
+    which a cluster without CPU binding does not put in the mask."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
-    allocated = os.environ.get("SLURM_CPUS_ON_NODE", "")
-    if os.environ.get("SLURM_JOB_ID") and allocated.isdigit() and int(allocated) > 0:
-        cpus = min(cpus, int(allocated))
+    if os.environ.get("SLURM_JOB_ID"):
+        allocated = _count("SLURM_CPUS_PER_TASK") or _count("SLURM_CPUS_ON_NODE")
+        cpus = min(cpus, allocated or cpus)
     return max(1, cpus)
 
 
 def cpu_threads(workers: int) -> int:
     """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
     ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
-    given = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if given.isdecimal() and given.isascii() and int(given) > 0:
-        return int(given)
-    return max(1, usable_cpus() // max(1, workers))
+    return _count("OMP_NUM_THREADS") or max(1, usable_cpus() // max(1, workers))
 
 
 def visible_gpus() -> list[str]:

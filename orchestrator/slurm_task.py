@@ -21,7 +21,6 @@ same way without a requeue: rerunning the sweep submits what is missing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -166,12 +165,11 @@ def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int
 
 
 def task_slots(n_points: int, per: int, device: str) -> list:
-    """The slots of a task's ``n_points``: its CPU slots share the cores Slurm gave the task."""
+    """The slots of a task's ``n_points``: its CPU slots share the CPUs Slurm gave the task
+    (:func:`orchestrator.scheduler.usable_cpus`)."""
     from orchestrator.scheduler import plan_slots
 
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
-    return [s if s.gpu is not None else dataclasses.replace(s, threads=max(1, cpus // max(1, n_points)))
-            for s in plan_slots(max(1, n_points), None, per, device)]
+    return plan_slots(max(1, n_points), None, per, device)
 
 
 def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:

@@ -316,10 +316,11 @@ def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
     assert all(s.threads >= 1 for s in cpu)
 
 
-def _threads_in(env: dict, *prefix: str, workers: int = 1) -> int:
+def _threads_in(env: dict, *prefix: str, workers: int = 1, code: str = "") -> int:
     """A fresh interpreter's thread count per slot for ``workers`` CPU slots."""
-    code = f"from orchestrator.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE")}
+    code = code or f"from orchestrator.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK")}
     out = subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
                          capture_output=True, text=True, check=True)
     return int(out.stdout)
@@ -333,11 +334,23 @@ def test_cpu_threads_follow_the_cpus_this_process_may_use():
     assert _threads_in({}, workers=cpus) == 1
     assert _threads_in({}, "taskset", "-c", "0") == 1  # pinned to one CPU: one thread, not os.cpu_count()
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"}) == 1
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "64"}) == 1
     assert _threads_in({"SLURM_CPUS_ON_NODE": "1"}) == cpus  # outside a job the variable is not Slurm's word
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "¹"}) == cpus  # not a count
     assert _threads_in({"OMP_NUM_THREADS": "3"}, workers=2) == 3
     assert _threads_in({"OMP_NUM_THREADS": " 2 "}, workers=cpus) == 2
     for odd in ("0", "abc", "²"):  # not a count: the usable CPUs decide
         assert _threads_in({"OMP_NUM_THREADS": odd}) == cpus
+
+
+def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
+    """A Slurm task's CPU slots follow the same rule as any other command's: Slurm's allocation
+    divided among its points, or OMP_NUM_THREADS when the job script sets it."""
+    code = "from orchestrator.slurm_task import task_slots; print(task_slots(2, 1, 'cpu')[1].threads)"
+    cpus = len(os.sched_getaffinity(0))
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}, code=code) == 1
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "64"}, code=code) == max(1, cpus // 2)
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "3"}, code=code) == 3
 
 
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
