@@ -293,7 +293,10 @@ class TrackingStore:
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:
-        """Mark an ended run RUNNING again (a resumed sweep's parent)."""
+        """Mark an ended run RUNNING again (a resumed sweep's parent); the reason it failed
+        with no longer holds (its traceback artifact stays, as that attempt's record)."""
+        if Tag.FAILURE_REASON in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, Tag.FAILURE_REASON)
         self.client.update_run(run_id, status=Status.RUNNING)
 
     def run_status(self, run_id: str) -> str:

@@ -257,6 +257,7 @@ def test_a_full_disk_ends_the_sweep_with_one_message_and_the_rerun_finishes_exac
         assert {r.data.tags[Tag.RUN_KEY] for r in new}.isdisjoint(done_before)  # exactly the missing ran
         (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
         assert parent.info.status == Status.FINISHED
+        assert Tag.FAILURE_REASON not in parent.data.tags  # the full disk no longer explains anything
 
 
 # --------------------------------------------------------------------------- two sweeps at once

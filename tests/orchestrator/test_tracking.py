@@ -48,6 +48,18 @@ def _run(tracking, exp, key: str | None, status: str, **tags) -> str:
     return run_id
 
 
+def test_a_reopened_run_no_longer_carries_the_reason_it_failed_with(tracking):
+    exp = tracking.ensure_experiment("reopened")
+    run_id = _run(tracking, exp, "parent", Status.RUNNING)
+    tracking.end_run(run_id, Status.FAILED, "disk full")
+    assert tracking.failure_reason(run_id) == "disk full"
+    tracking.reopen_run(run_id)
+    assert tracking.run_status(run_id) == Status.RUNNING and tracking.failure_reason(run_id) is None
+    tracking.end_run(run_id, Status.FINISHED)
+    tracking.reopen_run(run_id)  # nothing to clear: still reopens
+    assert tracking.run_status(run_id) == Status.RUNNING
+
+
 def test_only_finished_keyed_unpruned_runs_are_results(tracking):
     exp = tracking.ensure_experiment("results")
     _run(tracking, exp, "done", Status.FINISHED)
