@@ -105,7 +105,8 @@ def run_sweep(
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
         check_device(r.config, "cuda" if slots[0].gpu is not None else "cpu")
-    with locks.hold(store.uri, spec.name, wait=wait, say=say), _signals_raise():
+    # the processes started ahead would idle while another sweep runs: the scheduler starts its own
+    with locks.hold(store.uri, spec.name, wait=wait, say=say, on_wait=release_unadopted), _signals_raise():
         state, outcome = None, Outcome()
         try:
             state = open_sweep(store, spec, rerun=rerun)

@@ -289,6 +289,31 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
     assert len(point_runs(uri)) == 2  # no point ran twice, not even as a failed attempt
 
 
+def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):
+    """A sweep started with --wait while another holds its experiment may wait for hours: the
+    point processes it started ahead are gone while it waits (its scheduler starts its own)."""
+    from orchestrator import locks
+
+    grid = tiny_grid(tmp_path, "queued")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    holder = popen([sys.executable, "-c", "import sys, time; from orchestrator import locks\n"
+                    "with locks.hold(sys.argv[1], 'queued'):\n    print('held', flush=True); time.sleep(120)", uri],
+                   tmp_path)
+    waiting = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiting = popen(sweep_cmd(str(grid), "--wait", "--tracking-uri", uri), tmp_path)
+        assert "waiting for" in waiting.stderr.readline()  # its first line
+        points = [c for c in psutil.Process(waiting.pid).children(recursive=True)
+                  if "orchestrator.point" in " ".join(c.cmdline())]
+        assert not points, points
+        assert locks.lock_path(uri, "queued").exists()
+    finally:
+        for proc in (p for p in (waiting, holder) if p is not None):
+            proc.kill()
+            proc.communicate()
+
+
 def test_a_grid_twice_and_its_extension_at_once_on_an_existing_store(tmp_path):
     """Three sweeps of one experiment with shared points (the same grid twice and the grid
     with a seed added) started together: one lock per experiment keeps them apart, so
