@@ -280,11 +280,14 @@ class TrackingStore:
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str, reason: str | None = None, details: str | None = None) -> None:
-        """Set the final status; a reason becomes ``Tag.FAILURE_REASON``, details the traceback artifact."""
+        """Set the final status; a reason becomes ``Tag.FAILURE_REASON``, details the traceback
+        artifact. A run that ends FINISHED keeps no reason an earlier attempt ended with."""
         from mlflow.exceptions import MlflowException
 
         if reason:
             self.client.set_tag(run_id, Tag.FAILURE_REASON, reason[:4000])
+        elif status == Status.FINISHED:
+            self._drop_failure_reason(run_id)
         if details:
             try:
                 self.client.log_text(run_id, details, Artifact.TRACEBACK)
@@ -293,11 +296,19 @@ class TrackingStore:
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:
-        """Mark an ended run RUNNING again (a resumed sweep's parent); the reason it failed
-        with no longer holds (its traceback artifact stays, as that attempt's record)."""
-        if Tag.FAILURE_REASON in self.client.get_run(run_id).data.tags:
-            self.client.delete_tag(run_id, Tag.FAILURE_REASON)
+        """Mark an ended run RUNNING again (a resumed sweep's or study's parent); the reason it
+        ended with no longer holds (its traceback artifact stays, as that attempt's record)."""
         self.client.update_run(run_id, status=Status.RUNNING)
+        self._drop_failure_reason(run_id)
+
+    def _drop_failure_reason(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(run_id, Tag.FAILURE_REASON)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # no reason, or another process dropped it first
+                raise
 
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status

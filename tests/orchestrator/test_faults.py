@@ -257,7 +257,6 @@ def test_a_full_disk_ends_the_sweep_with_one_message_and_the_rerun_finishes_exac
         assert {r.data.tags[Tag.RUN_KEY] for r in new}.isdisjoint(done_before)  # exactly the missing ran
         (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
         assert parent.info.status == Status.FINISHED
-        assert Tag.FAILURE_REASON not in parent.data.tags  # the full disk no longer explains anything
 
 
 # --------------------------------------------------------------------------- two sweeps at once
@@ -289,6 +288,13 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
     assert len(point_runs(uri)) == 2  # no point ran twice, not even as a failed attempt
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.NoSuchProcess:  # ended since it was listed
+        return []
+
+
 def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):
     """A sweep started with --wait while another holds its experiment may wait for hours: the
     point processes it started ahead are gone while it waits (its scheduler starts its own)."""
@@ -297,16 +303,15 @@ def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):
     grid = tiny_grid(tmp_path, "queued")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     holder = popen([sys.executable, "-c", "import sys, time; from orchestrator import locks\n"
-                    "with locks.hold(sys.argv[1], 'queued'):\n    print('held', flush=True); time.sleep(120)", uri],
+                    "with locks.hold(sys.argv[1], 'queued'):\n    print('held', flush=True); time.sleep(3600)", uri],
                    tmp_path)
     waiting = None
     try:
         assert holder.stdout.readline().strip() == "held"
         waiting = popen(sweep_cmd(str(grid), "--wait", "--tracking-uri", uri), tmp_path)
         assert "waiting for" in waiting.stderr.readline()  # its first line
-        points = [c for c in psutil.Process(waiting.pid).children(recursive=True)
-                  if "orchestrator.point" in " ".join(c.cmdline())]
-        assert not points, points
+        assert not [c for c in psutil.Process(waiting.pid).children(recursive=True)
+                    if "orchestrator.point" in " ".join(_cmdline(c))]
         assert locks.lock_path(uri, "queued").exists()
     finally:
         for proc in (p for p in (waiting, holder) if p is not None):

@@ -48,7 +48,10 @@ def _run(tracking, exp, key: str | None, status: str, **tags) -> str:
     return run_id
 
 
-def test_a_reopened_run_no_longer_carries_the_reason_it_failed_with(tracking):
+def test_a_reopened_or_finished_run_no_longer_carries_the_reason_it_failed_with(tracking):
+    """A resumed sweep's parent, or a study's parent that an ``orch worker`` closes FINISHED,
+    keeps no reason an earlier attempt ended with; dropping one that is not there (never
+    set, or dropped a moment before by another process on the same run) is no error."""
     exp = tracking.ensure_experiment("reopened")
     run_id = _run(tracking, exp, "parent", Status.RUNNING)
     tracking.end_run(run_id, Status.FAILED, "disk full")
@@ -56,8 +59,16 @@ def test_a_reopened_run_no_longer_carries_the_reason_it_failed_with(tracking):
     tracking.reopen_run(run_id)
     assert tracking.run_status(run_id) == Status.RUNNING and tracking.failure_reason(run_id) is None
     tracking.end_run(run_id, Status.FINISHED)
-    tracking.reopen_run(run_id)  # nothing to clear: still reopens
+    tracking.reopen_run(run_id)  # nothing to drop
     assert tracking.run_status(run_id) == Status.RUNNING
+    tracking.end_run(run_id, Status.KILLED, "interrupted")
+    other = TrackingStore(tracking.uri)  # a second process's view of the same store
+    other.reopen_run(run_id)
+    tracking.end_run(run_id, Status.FINISHED)  # closed without being reopened here
+    assert tracking.run_status(run_id) == Status.FINISHED and tracking.failure_reason(run_id) is None
+    tracking.end_run(run_id, Status.FAILED, "a point failed")
+    tracking.end_run(run_id, Status.FINISHED)
+    assert tracking.failure_reason(run_id) is None
 
 
 def test_only_finished_keyed_unpruned_runs_are_results(tracking):
