@@ -87,15 +87,15 @@ def _count(name: str) -> int | None:
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
-    Slurm job to what Slurm allocated (``SLURM_CPUS_PER_TASK``, else ``SLURM_CPUS_ON_NODE``),
-    which a cluster without CPU binding does not put in the mask."""
+    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``: the batch script
+    of a job of several tasks has them all), which a cluster without CPU binding does not
+    put in the mask."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cpus = os.cpu_count() or 1
     if os.environ.get("SLURM_JOB_ID"):
-        allocated = _count("SLURM_CPUS_PER_TASK") or _count("SLURM_CPUS_ON_NODE")
-        cpus = min(cpus, allocated or cpus)
+        cpus = min(cpus, _count("SLURM_CPUS_ON_NODE") or cpus)
     return max(1, cpus)
 
 

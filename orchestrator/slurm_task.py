@@ -172,6 +172,12 @@ def task_slots(n_points: int, per: int, device: str) -> list:
     return plan_slots(max(1, n_points), None, per, device)
 
 
+def own_threads() -> None:
+    """Forget the submitting shell's ``OMP_NUM_THREADS`` (``--export=ALL`` passes it on, e.g. a
+    ``1`` set for workers sharing a login node): the task's points divide what Slurm gave it."""
+    os.environ.pop("OMP_NUM_THREADS", None)
+
+
 def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
     """Queue mode: an ``orch worker`` for this sweep; (exit code, the signal that stopped it)."""
     from orchestrator import queue
@@ -229,6 +235,7 @@ def close(header: dict[str, Any]) -> int:
 
 
 def main() -> int:
+    own_threads()
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, _early_handler)
     header = json.loads(sys.stdin.readline())

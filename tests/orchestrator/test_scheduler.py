@@ -334,7 +334,6 @@ def test_cpu_threads_follow_the_cpus_this_process_may_use():
     assert _threads_in({}, workers=cpus) == 1
     assert _threads_in({}, "taskset", "-c", "0") == 1  # pinned to one CPU: one thread, not os.cpu_count()
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"}) == 1
-    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "64"}) == 1
     assert _threads_in({"SLURM_CPUS_ON_NODE": "1"}) == cpus  # outside a job the variable is not Slurm's word
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "¹"}) == cpus  # not a count
     assert _threads_in({"OMP_NUM_THREADS": "3"}, workers=2) == 3
@@ -344,13 +343,16 @@ def test_cpu_threads_follow_the_cpus_this_process_may_use():
 
 
 def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
-    """A Slurm task's CPU slots follow the same rule as any other command's: Slurm's allocation
-    divided among its points, or OMP_NUM_THREADS when the job script sets it."""
-    code = "from orchestrator.slurm_task import task_slots; print(task_slots(2, 1, 'cpu')[1].threads)"
+    """A Slurm task's CPU slots divide what Slurm allocated on the node (and the affinity mask)
+    among its points; the submitting shell's OMP_NUM_THREADS, passed on by --export=ALL, does
+    not shrink them (a task forgets it first, array and queue mode alike)."""
+    code = ("from orchestrator.slurm_task import own_threads, task_slots; own_threads(); "
+            "print(task_slots(2, 1, 'cpu')[1].threads)")
     cpus = len(os.sched_getaffinity(0))
-    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}, code=code) == 1
-    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "64"}, code=code) == max(1, cpus // 2)
-    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "3"}, code=code) == 3
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "64"}, code=code) == max(1, min(cpus, 64) // 2)
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "2"}, "taskset", "-c", "0", code=code) == 1
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "4", "OMP_NUM_THREADS": "5"},
+                       code=code) == max(1, min(cpus, 4) // 2)
 
 
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
