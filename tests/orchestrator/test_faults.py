@@ -71,6 +71,13 @@ def assert_consistent(uri: str, expected_keys: list[str]) -> list:
     return runs
 
 
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.NoSuchProcess:  # ended since it was listed
+        return []
+
+
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -198,7 +205,7 @@ def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, requ
     assert len(lines) == 1 and named in lines[0], proc.stderr
     assert snapshot() == before  # nothing recorded, nothing created
     # the point process started ahead (while the store was opened) went with the refused command
-    points = [c for c in psutil.Process().children(recursive=True) if "orchestrator.point" in " ".join(c.cmdline())]
+    points = [c for c in psutil.Process().children(recursive=True) if "orchestrator.point" in " ".join(_cmdline(c))]
     assert not points, points
 
 
@@ -286,13 +293,6 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
     assert sum("2 already finished, 0 to run" in r.stderr for r in results) == 1
     assert_consistent(uri, [r.run_key for r in load_grid(grid).runs])
     assert len(point_runs(uri)) == 2  # no point ran twice, not even as a failed attempt
-
-
-def _cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.NoSuchProcess:  # ended since it was listed
-        return []
 
 
 def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):

@@ -319,8 +319,7 @@ def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
 def _threads_in(env: dict, *prefix: str, workers: int = 1, code: str = "") -> int:
     """A fresh interpreter's thread count per slot for ``workers`` CPU slots."""
     code = code or f"from orchestrator.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE", "SLURM_CPUS_PER_TASK")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE")}
     out = subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
                          capture_output=True, text=True, check=True)
     return int(out.stdout)
@@ -350,7 +349,7 @@ def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
             "print(task_slots(2, 1, 'cpu')[1].threads)")
     cpus = len(os.sched_getaffinity(0))
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "64"}, code=code) == max(1, min(cpus, 64) // 2)
-    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "2"}, "taskset", "-c", "0", code=code) == 1
+    assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "4"}, "taskset", "-c", "0", code=code) == 1
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "4", "OMP_NUM_THREADS": "5"},
                        code=code) == max(1, min(cpus, 4) // 2)
 
