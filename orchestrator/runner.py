@@ -79,6 +79,17 @@ def stop_reason(err: Stopped) -> str:
     return f"{what} ({err.reason}) at epoch {err.epoch + 1}, batch {err.batch}; checkpoint saved, rerun to resume"
 
 
+def cap_threads() -> None:
+    """At most as many torch threads as the CPUs this process may use. Torch's default counts
+    the affinity mask, which leaves out a Slurm allocation on a cluster that does not bind
+    CPUs: ``orch run`` in a 4-CPU job on a 64-core node would otherwise run 64 threads."""
+    import torch
+
+    from orchestrator.scheduler import cpu_threads
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_threads(1))))
+
+
 def device_label(device: str | None) -> tuple[str, str]:
     """(resolved device string, human-readable device name)."""
     import platform
@@ -175,6 +186,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
     """:func:`run_tracked`'s body: start the run, train, and close the run however training ends."""
     from experiments.train import Stopped
 
+    cap_threads()
     dev, dev_name = device_label(device)
     previous, state = _resume_point(store, experiment_id, cfg, resume)
     run_tags = {Tag.KIND: Kind.RUN, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,

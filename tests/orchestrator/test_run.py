@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, all_runs, invoke, orch
 from experiments.config import build, run_key
 from experiments.metric_names import EPOCH_METRICS as EPOCH_KEYS
+from orchestrator.schema import Tag
 
 SUMMARY = [
     f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")
@@ -145,6 +148,19 @@ def test_non_finite_loss_fails_the_run(store):
     client = MlflowClient(tracking_uri=store)
     tb = Path(client.download_artifacts(run.info.run_id, "error/traceback.txt")).read_text()
     assert "Traceback" in tb and "TrainingDiverged" in tb
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell a Slurm allocation of 1 apart")
+def test_a_run_in_a_slurm_job_trains_with_the_cpus_slurm_allocated(store):
+    """Torch's own default counts the affinity mask, which a cluster without CPU binding does
+    not narrow to the job's CPUs; the run uses no more threads than Slurm allocated."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--set", "train.max_epochs=1", "--set",
+                           "model.depth_n=1", "--quiet"], capture_output=True, text=True, timeout=600,
+                          env={**env, "SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    (run,) = all_runs(store)
+    assert run.data.tags[Tag.DEVICE].endswith(", 1 threads)"), run.data.tags[Tag.DEVICE]
 
 
 @pytest.mark.parametrize(
