@@ -165,8 +165,28 @@ def main() -> int:
     return ExitCode.OK
 
 
+def _drop_unadopted_log() -> None:
+    """A process started ahead whose scheduler died before adopting it (SIGKILL: nothing else
+    is left to clean up) removes its log and the temporary folder that holds it. An adopted
+    process's log was moved into its scheduler's log folder and is left alone."""
+    from orchestrator.point_processes import WARM_LOG_ENV
+
+    path = os.environ.get(WARM_LOG_ENV)
+    if not path:
+        return
+    try:
+        if os.path.samestat(os.stat(path), os.fstat(2)):  # still where it was started: never adopted
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+    except OSError:  # moved meanwhile, or the folder holds more: not this process's to remove
+        pass
+
+
 if __name__ == "__main__":
-    code = main()
+    try:
+        code = main()
+    finally:
+        _drop_unadopted_log()
     sys.stdout.flush()
     sys.stderr.flush()
     # Every run of this process is closed and its writes flushed by now; skipping the

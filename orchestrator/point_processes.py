@@ -43,6 +43,7 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.point")
+WARM_LOG_ENV = "ORCH_WARM_LOG"  # a process started ahead: its log, removed by the process if never adopted
 
 
 def _die_with_parent() -> None:
@@ -193,11 +194,13 @@ class PointProcesses:
         _wait_or_kill(procs, grace)
 
 
-def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Popen:
+def _spawn(command: Sequence[str], slot: Slot, log_path: Path, *, warm: bool = False) -> subprocess.Popen:
+    env = PointProcesses.slot_env(slot)
+    if warm:
+        env[WARM_LOG_ENV] = str(log_path)
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-            env=PointProcesses.slot_env(slot), text=True,
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
             start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
             preexec_fn=_die_with_parent,
         )
@@ -216,7 +219,9 @@ def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> No
     start-up instead of after it, and the first points start that much sooner. The caller's
     next scheduler adopts them (same slot and command); the rest are killed by
     :func:`release_unadopted` (they hold no run: a process gets its first point from its
-    scheduler). Best effort: a slot whose process cannot start now starts it later."""
+    scheduler). A process whose caller dies before adopting it (SIGKILL) removes its own
+    temporary folder as it exits (see :mod:`orchestrator.point`). Best effort: a slot whose
+    process cannot start now starts it later."""
     if not _WARM:
         atexit.register(release_unadopted)
     for slot in slots:
@@ -225,7 +230,7 @@ def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> No
             continue
         folder = Path(tempfile.mkdtemp(prefix="orch-warm-"))
         try:
-            _WARM[key] = (_spawn(command, slot, folder / "process.log"), folder / "process.log")
+            _WARM[key] = (_spawn(command, slot, folder / "process.log", warm=True), folder / "process.log")
         except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -212,6 +212,45 @@ def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
     assert not Path(out.stdout.strip()).exists()
 
 
+def _gone(pid: int) -> bool:
+    """Exited (a zombie counts: an orphan's reaper may be slow, or absent in a container)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return True
+
+
+def test_a_point_process_started_ahead_removes_its_folder_when_its_caller_is_killed(tmp_path):
+    """A sweep SIGKILLed while it opens its store, before its scheduler adopts the point
+    processes started ahead: each one (the real ``orchestrator.point``, still importing) gets
+    its PR_SET_PDEATHSIG, exits, and removes its temporary folder and log."""
+    code = ("import os, signal, time\n"
+            "from orchestrator import point_processes as pp\n"
+            "from orchestrator.scheduler import Slot\n"
+            "pp.prewarm([Slot(0, None, 1)])\n"
+            "((proc, log),) = pp._WARM.values()\n"
+            "print(proc.pid, log.parent, flush=True)\n"
+            "deadline = time.time() + 60\n"
+            "while time.time() < deadline:  # until the child has its signal handlers, as it has within 0.1 s\n"
+            "    with open(f'/proc/{proc.pid}/status') as fh:\n"
+            "        caught = int(next(l for l in fh if l.startswith('SigCgt:')).split()[1], 16)\n"
+            "    if caught & (1 << (signal.SIGTERM - 1)):\n"
+            "        break\n"
+            "    time.sleep(0.01)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    pid, folder = out.stdout.split()
+    assert Path(folder).parent == tmp_path
+    deadline = time.time() + 60
+    while not _gone(int(pid)):
+        assert time.time() < deadline, f"point process {pid} outlived its killed caller"
+        time.sleep(0.05)
+    assert not list(tmp_path.glob("orch-warm-*"))
+
+
 def test_a_scheduler_that_keeps_its_processes_reuses_them_in_its_next_run(tmp_path, pids):
     """Rounds (a sweep's added seeds) run in the same processes; close() ends them."""
     sched = scheduler(tmp_path, 2, Recorder(), keep_processes=True)
