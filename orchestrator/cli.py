@@ -275,17 +275,20 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     its MLflow run marked FAILED. Without --sweep it also joins the `orch tune` studies
     of the storage that still want trials.
     """
+    from orchestrator import point_processes, queue
     from orchestrator import storage as storage_mod
+    from orchestrator.scheduler import plan_slots
 
     url = storage_mod.check(storage)
-    uri = open_store(tracking_uri).uri if tracking_uri else None
-    from orchestrator import queue
-
-    if url.startswith("sqlite:"):
-        queue.register_worker(url, stale_after=max(60.0, 3 * poll))
-    sys.exit(queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpus,
-                              runs_per_gpu=runs_per_gpu, device=device, max_retries=max_retries, wait=wait,
-                              poll=poll, quiet=quiet))
+    # the point processes import torch while this one opens the tracking store and the queue
+    with point_processes.started_ahead(plan_slots(workers, gpus, runs_per_gpu, device)):
+        uri = open_store(tracking_uri).uri if tracking_uri else None
+        if url.startswith("sqlite:"):
+            queue.register_worker(url, stale_after=max(60.0, 3 * poll))
+        code = queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpus,
+                                runs_per_gpu=runs_per_gpu, device=device, max_retries=max_retries, wait=wait,
+                                poll=poll, quiet=quiet)
+    sys.exit(code)
 
 
 @cli.command("status")

@@ -81,6 +81,21 @@ def invoke(*args: str, env: dict | None = None, cwd=None) -> subprocess.Complete
     return subprocess.CompletedProcess(["orch", *args], result.exit_code, result.stdout, result.stderr)
 
 
+def point_processes_under(pid: int | None = None) -> list:
+    """The live ``python -m orchestrator.point`` processes among the descendants of ``pid``
+    (default: this test process), as psutil processes."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "orchestrator.point" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:  # ended since it was listed (a zombie too)
+            pass
+    return found
+
+
 def all_runs(uri: str):
     """Every run in every experiment of the store (empty when the store does not exist)."""
     db = Path(uri[len("sqlite:///"):])

@@ -34,10 +34,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import TINY_BASE, all_runs, invoke, orch, write_grid
+from conftest import TINY_BASE, all_runs, invoke, orch, point_processes_under, write_grid
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
 
@@ -69,13 +68,6 @@ def assert_consistent(uri: str, expected_keys: list[str]) -> list:
     assert sorted(finished) == sorted(expected_keys), finished
     assert set(finished.values()) == {1}, finished
     return runs
-
-
-def _cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.NoSuchProcess:  # ended since it was listed
-        return []
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -205,7 +197,7 @@ def test_a_broken_store_is_refused_at_once_with_one_message(kind, tmp_path, requ
     assert len(lines) == 1 and named in lines[0], proc.stderr
     assert snapshot() == before  # nothing recorded, nothing created
     # the point process started ahead (while the store was opened) went with the refused command
-    points = [c for c in psutil.Process().children(recursive=True) if "orchestrator.point" in " ".join(_cmdline(c))]
+    points = point_processes_under()
     assert not points, points
 
 
@@ -310,8 +302,7 @@ def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         waiting = popen(sweep_cmd(str(grid), "--wait", "--tracking-uri", uri), tmp_path)
         assert "waiting for" in waiting.stderr.readline()  # its first line
-        assert not [c for c in psutil.Process(waiting.pid).children(recursive=True)
-                    if "orchestrator.point" in " ".join(_cmdline(c))]
+        assert not point_processes_under(waiting.pid)
         assert locks.lock_path(uri, "queued").exists()
     finally:
         for proc in (p for p in (waiting, holder) if p is not None):

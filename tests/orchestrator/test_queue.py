@@ -14,8 +14,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, write_grid
+from conftest import (REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, point_processes_under, results,
+                      write_grid)
 from experiments.metric_names import epoch_key
+from orchestrator import point_processes
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
 
@@ -155,6 +157,9 @@ def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
     proc = invoke(*args, cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert needle in proc.stderr and "Traceback" not in proc.stderr
+    # a worker starts its point processes before it opens the stores: none outlives the refusal
+    assert not point_processes._WARM
+    assert not point_processes_under()
 
 
 def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_path):
