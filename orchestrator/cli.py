@@ -280,14 +280,14 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     from orchestrator.scheduler import plan_slots
 
     url = storage_mod.check(storage)
-    # the point processes import torch while this one opens the tracking store and the queue
-    with point_processes.started_ahead(plan_slots(workers, gpus, runs_per_gpu, device)):
+    slots = plan_slots(workers, gpus, runs_per_gpu, device)
+    # the point processes import torch while this one opens the tracking store and joins the queue
+    with point_processes.started_ahead(slots):
         uri = open_store(tracking_uri).uri if tracking_uri else None
         if url.startswith("sqlite:"):
             queue.register_worker(url, stale_after=max(60.0, 3 * poll))
-        code = queue.run_worker(url, sweep=sweep, tracking_uri=uri, workers=workers, gpus=gpus,
-                                runs_per_gpu=runs_per_gpu, device=device, max_retries=max_retries, wait=wait,
-                                poll=poll, quiet=quiet)
+        code = queue.run_worker(url, slots, sweep=sweep, tracking_uri=uri, device=device, max_retries=max_retries,
+                                wait=wait, poll=poll, quiet=quiet)
     sys.exit(code)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -182,7 +183,16 @@ def _drop_unadopted_log() -> None:
         pass
 
 
+def _term_before_handlers(signum: int, frame: Any) -> None:  # noqa: ARG001
+    """SIGTERM before :func:`main` installs the stop handlers (a caller that died at once):
+    remove an unadopted log, then die of the signal as before."""
+    _drop_unadopted_log()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _term_before_handlers)
     try:
         code = main()
     finally:

@@ -43,6 +43,7 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.point")
+WARM_PREFIX = "orch-warm-"  # a temporary folder per process started ahead: orch-warm-<caller pid>-<random>
 WARM_LOG_ENV = "ORCH_WARM_LOG"  # a process started ahead: its log, removed by the process if never adopted
 
 
@@ -220,19 +221,37 @@ def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> No
     next scheduler adopts them (same slot and command); the rest are killed by
     :func:`release_unadopted` (they hold no run: a process gets its first point from its
     scheduler). A process whose caller dies before adopting it (SIGKILL) removes its own
-    temporary folder as it exits (see :mod:`orchestrator.point`). Best effort: a slot whose
+    temporary folder as it exits (see :mod:`orchestrator.point`); one killed too early for
+    that (in its interpreter's first milliseconds) leaves it to the next caller on this
+    machine, which removes the folders of callers no longer alive. Best effort: a slot whose
     process cannot start now starts it later."""
     if not _WARM:
         atexit.register(release_unadopted)
+        _remove_stale_warm_folders()
     for slot in slots:
         key = (slot, tuple(command))
         if key in _WARM:
             continue
-        folder = Path(tempfile.mkdtemp(prefix="orch-warm-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{WARM_PREFIX}{os.getpid()}-"))
         try:
             _WARM[key] = (_spawn(command, slot, folder / "process.log", warm=True), folder / "process.log")
         except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_warm_folders() -> None:
+    """Remove the temporary folders of processes started ahead by callers that are gone
+    (``orch-warm-<caller pid>-*``): nobody adopts those processes any more."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WARM_PREFIX}*-*"):
+        pid = folder.name[len(WARM_PREFIX):].split("-", 1)[0]
+        if not pid.isdecimal() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # gone: its folder is stale
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from orchestrator import storage as storage_mod
 from orchestrator.display import make_display
 from orchestrator.errors import ExitCode
 from orchestrator.grid import SweepSpec
-from orchestrator.scheduler import Job, PointSource, Scheduler, Task, plan_slots
+from orchestrator.scheduler import Job, PointSource, Scheduler, Slot, Task
 from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, read_points
 from orchestrator.tracking import TrackingStore
 
@@ -251,11 +251,12 @@ def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
     study.enqueue_trial({}, user_attrs=attrs)
 
 
-def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None = None, workers: int = 1,
-               gpus: Sequence[str] | None = None, runs_per_gpu: int = 1, device: str = "auto",
-               max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False,
-               stopped: list[int] | None = None) -> int:
-    """Claim and run points until the queue is empty (or forever with ``wait``); exit code.
+def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tracking_uri: str | None = None,
+               device: str = "auto", max_retries: int = 1, wait: bool = False, poll: float = 5.0,
+               quiet: bool = False, stopped: list[int] | None = None) -> int:
+    """Claim and run points on ``slots`` (:func:`orchestrator.scheduler.plan_slots`) until the
+    queue is empty (or forever with ``wait``); exit code. Their point processes start now,
+    unless the caller has started them already (:func:`orchestrator.point_processes.prewarm`).
 
     ``stopped`` receives the signal that stopped the worker, if one did (a Slurm task
     requeues itself after SIGUSR1, its time-limit warning).
@@ -265,7 +266,6 @@ def run_worker(url: str, *, sweep: str | None = None, tracking_uri: str | None =
     """
     from orchestrator import point_processes, tuning
 
-    slots = plan_slots(workers, gpus, runs_per_gpu, device)
     with point_processes.started_ahead(slots):  # their imports run while this process opens the queue
         tune_storage = None if sweep is not None else storage_mod.open_storage(url, heartbeat=True)
 

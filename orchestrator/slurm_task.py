@@ -185,9 +185,9 @@ def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
     if EARLY:
         return ExitCode.PREEMPTED, EARLY[0]
     stopped: list[int] = []
-    code = queue.run_worker(header["storage"], sweep=header["sweep_id"], tracking_uri=header["uri"],
-                            workers=int(header.get("per_task", 1)), runs_per_gpu=int(header.get("per_task", 1)),
-                            device=header.get("device", "auto"), max_retries=int(header.get("max_retries", 1)),
+    per, device = int(header.get("per_task", 1)), header.get("device", "auto")
+    code = queue.run_worker(header["storage"], task_slots(per, per, device), sweep=header["sweep_id"],
+                            tracking_uri=header["uri"], device=device, max_retries=int(header.get("max_retries", 1)),
                             quiet=False, stopped=stopped)
     return code, stopped[0] if stopped else None
 

@@ -199,6 +199,7 @@ def test_second_sqlite_worker_is_refused(tmp_path):
         proc = invoke("worker", "--storage", url, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "SQLite cannot hand out points exactly once" in proc.stderr
+        assert not point_processes_under()  # started before the refusal, gone with it
     finally:
         other.kill()
 

@@ -156,7 +156,7 @@ def test_a_run_in_a_slurm_job_trains_with_the_cpus_slurm_allocated(store):
     not narrow to the job's CPUs; the run uses no more threads than Slurm allocated."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--set", "train.max_epochs=1", "--set",
-                           "model.depth_n=1", "--quiet"], capture_output=True, text=True, timeout=600,
+                           "model.depth_n=1", "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=600,
                           env={**env, "SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "1"})
     assert proc.returncode == 0, proc.stderr
     (run,) = all_runs(store)

@@ -251,6 +251,24 @@ def test_a_point_process_started_ahead_removes_its_folder_when_its_caller_is_kil
     assert not list(tmp_path.glob("orch-warm-*"))
 
 
+def test_the_next_caller_removes_the_folders_of_callers_that_are_gone(tmp_path, pids):
+    """A point process killed in its interpreter's first milliseconds cannot remove its folder;
+    the next command on the machine removes every ``orch-warm-<pid>-*`` whose caller is gone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale, alive = tmp_path / f"orch-warm-{gone.pid}-x1", tmp_path / f"orch-warm-{os.getpid()}-x2"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "process.log").write_text("started ahead\n")
+    code = ("import sys; from orchestrator import point_processes as pp; from orchestrator.scheduler import Slot; "
+            f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); pp.release_unadopted()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert not stale.exists() and (alive / "process.log").exists()
+    assert sorted(p.name for p in tmp_path.glob("orch-warm-*")) == [alive.name]  # its own folder released
+
+
 def test_a_scheduler_that_keeps_its_processes_reuses_them_in_its_next_run(tmp_path, pids):
     """Rounds (a sweep's added seeds) run in the same processes; close() ends them."""
     sched = scheduler(tmp_path, 2, Recorder(), keep_processes=True)
