@@ -247,7 +247,12 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     """
     from orchestrator.grid import load_grid
 
+    from orchestrator import storage as storage_mod
+    from orchestrator.store_uri import resolve_tracking_uri
+
     spec = load_grid(grid_file, overrides, max_points=max_points)
+    # the Optuna storage is checked before the tracking store is opened (and perhaps created)
+    storage = storage_mod.check(storage or storage_mod.default_storage(resolve_tracking_uri(tracking_uri)))
     store = open_store(tracking_uri)
     from orchestrator.tuning import run_tune
 

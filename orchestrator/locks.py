@@ -54,12 +54,14 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def hold(uri: str, experiment: str, *, wait: bool = False, say: Callable[[str], None] = print,
-         on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+         on_wait: Callable[[], None] = lambda: None,
+         refusal: Callable[[str], str] | None = None) -> Iterator[None]:
     """Hold experiment ``experiment``'s sweep lock of store ``uri`` for the block; ``on_wait`` runs
     before waiting for another holder (which may take hours: let go of what is not needed meanwhile).
 
     Raises:
-        SweepBusy: another process holds it and ``wait`` is false; names that process.
+        SweepBusy: another process holds it and ``wait`` is false; names that process (in
+            ``refusal(holder)``'s words, when given).
     """
     from filelock import FileLock, Timeout
 
@@ -71,8 +73,9 @@ def hold(uri: str, experiment: str, *, wait: bool = False, say: Callable[[str], 
     except Timeout:
         who = _holder(path)
         if not wait:
-            raise SweepBusy(f"experiment {experiment!r} of {uri} is being swept by {who}; wait for it to end, "
-                            "or add --wait to start when it does") from None
+            raise SweepBusy(refusal(who) if refusal else (
+                f"experiment {experiment!r} of {uri} is being swept by {who}; wait for it to end, "
+                "or add --wait to start when it does")) from None
         on_wait()
         say(f"waiting for {who} to finish with experiment {experiment!r} …")
         lock.acquire()

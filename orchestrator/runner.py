@@ -36,7 +36,7 @@ class Interrupted(KeyboardInterrupt):
 
 def raise_on_sigterm() -> None:
     def handler(signum, frame):  # noqa: ARG001
-        raise Interrupted(f"signal {signum}")
+        raise Interrupted(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -65,6 +65,18 @@ def stop_on_signals() -> StopFlag:
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     return flag
+
+
+def interrupt_signal(err: KeyboardInterrupt) -> str:
+    """The signal behind an interrupt: :class:`Interrupted` names it; Python's own is Ctrl-C."""
+    return (str(err).split() or ["SIGINT"])[0]
+
+
+def interrupt_reason(err: KeyboardInterrupt) -> str:
+    """The failure-reason tag of a run or parent that an interrupt ended: ``preempted
+    (SIGTERM)``, or ``interrupted (SIGINT)`` for Ctrl-C."""
+    what = "interrupted" if interrupt_signal(err) == "SIGINT" else "preempted"
+    return f"{what} ({str(err) or 'SIGINT'})"
 
 
 def stop_exit_code(reason: str | None) -> int:
@@ -206,7 +218,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
             print(f"run {run_id} KILLED: {stop_reason(err)}", file=sys.stderr)
         return stop_exit_code(err.reason), run_id, {}
     except KeyboardInterrupt as err:
-        store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
+        store.end_run(run_id, Status.KILLED, interrupt_reason(err))
         raise
     except StoreFailure as err:  # not the point's fault: the caller stops; the next invocation repairs
         with contextlib.suppress(StoreFailure):

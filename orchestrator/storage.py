@@ -75,6 +75,7 @@ def check(url: str) -> str:
     """
     url = normalize(url)
     if url.startswith("sqlite:"):
+        _check_sqlite_file(Path(url[len("sqlite:///"):]), url)
         return url
     scheme = url.split("://", 1)[0]
     module = scheme.split("+", 1)[1] if "+" in scheme else "psycopg"  # the driver's module name
@@ -96,6 +97,32 @@ def check(url: str) -> str:
             f"storage {redact(url)} is not reachable ({first}); start the database or fix --storage"
         ) from None
     return url
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, url: str) -> None:
+    """A SQLite storage's file is a SQLite database, or can be created: its folder exists and
+    takes files. Reading the header never creates or changes the file."""
+    if path.is_dir():
+        raise StorageError(f"storage {url}: {path} is a folder; give a file, e.g. sqlite:///{path / 'optuna.db'}")
+    if path.exists():
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as err:
+            raise StorageError(f"storage {url}: cannot read {path} ({err.strerror}); fix its permissions") from None
+        if head and head != SQLITE_HEADER:
+            raise StorageError(f"storage {url}: {path} is not a SQLite database; give another file")
+        if not os.access(path, os.W_OK):
+            raise StorageError(f"storage {url}: {path} is read-only; fix its permissions or give another file")
+        return
+    if not path.parent.is_dir():
+        raise StorageError(f"storage {url}: folder {path.parent} does not exist; create it or give another path")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StorageError(f"storage {url}: cannot create {path.name} in {path.parent} (read-only); "
+                           "give a writable path")
 
 
 def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):

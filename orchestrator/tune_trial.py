@@ -193,7 +193,9 @@ def _close_trial_run(store: TrackingStore, run_id: str, err: BaseException) -> N
         store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
     elif isinstance(err, KeyboardInterrupt):
         store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
-        store.end_run(run_id, Status.KILLED, f"interrupted ({err or 'Ctrl-C'})")
+        from orchestrator.runner import interrupt_reason
+
+        store.end_run(run_id, Status.KILLED, interrupt_reason(err))
     else:
         store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.FAILED, str(err) or type(err).__name__)

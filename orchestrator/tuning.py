@@ -38,7 +38,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from experiments.config import build
 from orchestrator import storage as storage_mod
@@ -145,10 +145,34 @@ def run_tune(
     seed = spec.seeds[0]
     make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
     url = storage_mod.check(storage or storage_mod.default_storage(store.uri))
+    with _one_process(url):
+        return _tune(spec, store, tune, url, n_trials=n_trials, timeout=timeout, study_name=study_name,
+                     sampler=sampler, pruner=pruner, seed=seed, device=device, say=say)
+
+
+@contextlib.contextmanager
+def _one_process(url: str) -> Iterator[None]:
+    """A SQLite storage serves one process: a second ``orch tune`` on it is refused (two
+    would each start trials up to ``n_trials`` and finish more than were asked). Several
+    processes tune one study through PostgreSQL (``orch worker`` joins it)."""
+    if not url.startswith("sqlite:"):
+        yield
+        return
+    from orchestrator import locks
+
+    with locks.hold(url, "orch tune", refusal=lambda who: (
+            f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
+            "or tune with several processes through --storage postgresql://…")):
+        yield
+
+
+def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_trials: int, timeout: float | None,
+          study_name: str | None, sampler: str, pruner: str, seed: int, device: str, say) -> int:
+    """:func:`run_tune` once the storage is checked and held."""
     studies = _open_studies(url, spec, tune, study_name, sampler, pruner, seed, n_trials)
     seeds = tuple(tune.seeds or spec.seeds[:1])
 
-    from orchestrator.runner import raise_on_sigterm
+    from orchestrator.runner import interrupt_reason, interrupt_signal, raise_on_sigterm, stop_exit_code
 
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         raise_on_sigterm()
@@ -156,24 +180,28 @@ def run_tune(
     deadline = time.monotonic() + timeout if timeout else None
     settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed),
                 Tag.SEEDS: ",".join(map(str, seeds))}
-    code = ExitCode.OK
+    code, parent_id = ExitCode.OK, None
     try:
         for plan, fixed, study in studies:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 say(f"[{plan.name}] not started: --timeout reached; rerun to continue")
                 continue
+            parent_id = None
             parent_id, resumed = open_parent(store, experiment_id, plan, spec, tune, storage_mod.redact(url), settings)
             job = WorkerJob(tracking_uri=store.uri, experiment_id=experiment_id, parent_run_id=parent_id,
                             metric=tune.metric, space=tune.space, n_trials=n_trials, study=plan.name,
                             setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed, seeds=seeds)
             code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
                                         device=device, say=say))
-            if code == ExitCode.INTERRUPTED:
+            if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
                 break
-    except KeyboardInterrupt:  # between trials (a trial's own interrupt is handled in _run_study)
-        say("interrupted; rerun the same command to resume")
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as err:  # outside a trial (a trial's own interrupt is handled in _run_study)
+        reason = interrupt_reason(err)
+        if parent_id is not None and store.get_run(parent_id).info.status in Status.LIVE:
+            store.end_run(parent_id, Status.KILLED, reason)  # e.g. while the summary was written
+        say(f"{reason}; rerun the same command to resume")
+        return stop_exit_code(interrupt_signal(err))
     return code
 
 
@@ -197,9 +225,10 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
 
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-              job: WorkerJob, *, remaining: int, timeout: float | None, device: str, say) -> bool:
+              job: WorkerJob, *, remaining: int, timeout: float | None, device: str,
+              say) -> KeyboardInterrupt | None:
     """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
-    (counted over every process on the study); True when interrupted."""
+    (counted over every process on the study); the interrupt that stopped them, if one did."""
     import optuna
     from optuna.trial import TrialState as OptunaState
 
@@ -218,7 +247,7 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
             say(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
 
     if not remaining:
-        return False
+        return None
     objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device)
     finished = tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
     try:
@@ -230,9 +259,9 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
                 callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished), progress],
                 gc_after_trial=False,
             )
-    except KeyboardInterrupt:
-        return True
-    return False
+    except KeyboardInterrupt as err:
+        return err
+    return None
 
 
 def _n_finished(study: Any) -> int:
@@ -251,12 +280,17 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     say(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
         f"{remaining} to run{' (resumed)' if resumed else ''}")
     study.set_user_attr(StudyAttr.WORKER_JOB, job.to_attr())  # what an `orch worker` needs to join it
-    if _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device, say=say):
-        # no summary: a second Ctrl-C would cut it short; the next run writes it
-        store.end_run(job.parent_run_id, Status.KILLED, "interrupted")
-        say(f"[{plan.name}] interrupted: the running trial is recorded KILLED (FAIL in Optuna); "
-            "rerun the same command to resume")
-        return ExitCode.INTERRUPTED
+    stopped = _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device,
+                        say=say)
+    if stopped is not None:
+        from orchestrator.runner import interrupt_reason, interrupt_signal, stop_exit_code
+
+        # no summary: a second signal would cut it short; the next run writes it
+        reason = interrupt_reason(stopped)
+        store.end_run(job.parent_run_id, Status.KILLED, reason)
+        say(f"[{plan.name}] {reason}: a trial it stopped is recorded KILLED (FAIL in Optuna); "
+            "rerun the same command to resume the study")
+        return stop_exit_code(interrupt_signal(stopped))
     counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
     line = (f"study {plan.name}: {sum(counts.values())} trials ({counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed)")

@@ -7,6 +7,9 @@ MLflow's (``MlflowClient``), not through orch's code.
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, all_runs, orch
+from conftest import REPO, all_runs, invoke, orch
 from orchestrator import tracking
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
@@ -182,13 +185,90 @@ def test_finished_run_keys_excludes_pruned_runs(store):
 @pytest.mark.parametrize("url, needle", [
     ("mysql://u@localhost/db", "unsupported scheme 'mysql'"),
     ("postgresql://nobody@127.0.0.1:1/none", "not reachable"),
+    ("sqlite:///no/such/folder/optuna.db", "does not exist"),  # relative: in the test's folder
+    ("sqlite:///notes.txt", "is not a SQLite database"),
+    ("sqlite:///.", "is a folder"),
 ])
-def test_bad_storage_exits_2_and_starts_nothing(store, url, needle):
+def test_bad_storage_exits_2_and_starts_nothing(store, tmp_path, url, needle):
+    (tmp_path / "notes.txt").write_text("not a database\n")
     result = CliRunner().invoke(cli, ["tune", str(TUNE_GRID), "--storage", url])
     assert result.exit_code == 2, result.output
     assert needle in result.output
     assert result.output.count("\n") <= 2  # one message, no traceback
-    assert all_runs(store) == []
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store is opened
+    assert (tmp_path / "notes.txt").read_text() == "not a database\n"
+
+
+def test_a_second_orch_tune_on_one_sqlite_storage_is_refused(tmp_path):
+    """SQLite serves one process: two `orch tune` on it would each run trials up to n_trials."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    first = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(TUNE_GRID), "--n-trials", "50",
+                              "--quiet"], cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob(".optuna.db.*.holder")):  # the first one holds the storage
+            assert first.poll() is None and time.time() < deadline, "the first orch tune ended or is slow"
+            time.sleep(0.05)
+        second = invoke("tune", str(TUNE_GRID), "--n-trials", "50", "--timeout", "5", env=env, cwd=tmp_path)
+        assert second.returncode == 2, second.stderr
+        assert f"is in use by pid {first.pid}" in second.stderr and "--storage postgresql" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        while not _running_trials(tmp_path / "mlflow.db"):  # then preempt the first mid-trial
+            assert first.poll() is None and time.time() < deadline, "no trial started"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 143, err  # preempted: its trial and parent are closed KILLED
+    assert "Traceback" not in err
+    assert not [r for r in all_runs(uri) if r.info.status == "RUNNING"]
+    (parent,) = tune_parents(uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
+    stopped = [r for r in children_of(uri, parent.info.run_id) if r.info.status == "KILLED"]
+    assert stopped and all(r.data.tags["orch.failure_reason"] == "preempted (SIGTERM)" for r in stopped)
+
+
+def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_running(store, monkeypatch):
+    """SIGTERM after the last trial, while the study's summary is written: the parent ends KILLED
+    (preempted), exit 143; the rerun writes the summary and closes it FINISHED."""
+    from orchestrator import tuning
+    from orchestrator.runner import Interrupted
+
+    real = tuning.summarize_study
+
+    def preempted(*args, **kwargs):
+        raise Interrupted("SIGTERM")  # what the SIGTERM handler raises, wherever the signal lands
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        monkeypatch.setattr(tuning, "summarize_study", preempted)
+        first = invoke("tune", str(TUNE_GRID), "--n-trials", "1", "--set", "train.max_epochs=1")
+        monkeypatch.setattr(tuning, "summarize_study", real)
+        assert first.returncode == 143, first.stderr
+        (parent,) = tune_parents(store)
+        assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
+        rerun = invoke("tune", str(TUNE_GRID), "--n-trials", "1", "--set", "train.max_epochs=1")
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # in-process, orch tune turned SIGTERM into an exception
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 already finished, 0 to run" in rerun.stderr
+    (parent,) = tune_parents(store)
+    assert parent.info.status == "FINISHED" and "orch.failure_reason" not in parent.data.tags
+
+
+def _running_trials(db: Path) -> list:
+    """Trial runs RUNNING in a store another process is writing (read-only: never creates it)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                               "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
 
 
 def test_unknown_metric_exits_2(store, tmp_path):
