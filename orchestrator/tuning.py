@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from experiments.config import build
 from orchestrator import storage as storage_mod
+from orchestrator.checkpoints import StopFlag
 from orchestrator.errors import ExitCode
 from orchestrator.grid import SweepSpec
 from orchestrator.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
@@ -174,8 +175,10 @@ def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_
 
     from orchestrator.runner import interrupt_reason, interrupt_signal, raise_on_sigterm, stop_exit_code
 
-    with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
-        raise_on_sigterm()
+    try:
+        received = raise_on_sigterm()
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        received = StopFlag()
     experiment_id = store.ensure_experiment(spec.name)
     deadline = time.monotonic() + timeout if timeout else None
     settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed),
@@ -193,7 +196,7 @@ def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_
                             metric=tune.metric, space=tune.space, n_trials=n_trials, study=plan.name,
                             setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed, seeds=seeds)
             code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
-                                        device=device, say=say))
+                                        device=device, say=say, received=received))
             if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
                 break
     except KeyboardInterrupt as err:  # outside a trial (a trial's own interrupt is handled in _run_study)
@@ -225,10 +228,11 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
 
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-              job: WorkerJob, *, remaining: int, timeout: float | None, device: str,
-              say) -> KeyboardInterrupt | None:
+              job: WorkerJob, *, remaining: int, timeout: float | None, device: str, say,
+              received: StopFlag | None = None) -> KeyboardInterrupt | None:
     """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
-    (counted over every process on the study); the interrupt that stopped them, if one did."""
+    (counted over every process on the study); the interrupt that stopped them, if one did.
+    ``received``: a signal whose exception Python dropped stops them after the current trial."""
     import optuna
     from optuna.trial import TrialState as OptunaState
 
@@ -246,6 +250,16 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
         if t.state == OptunaState.FAIL and TrialAttr.FAILURE_REASON in t.user_attrs:
             say(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
 
+    from orchestrator.runner import Interrupted
+
+    received = received or StopFlag()
+
+    def stop_if_signalled(study: Any, t: Any) -> None:
+        if received.reason is not None:
+            study.stop()
+
+    if received.reason is not None:
+        return Interrupted(received.reason)
     if not remaining:
         return None
     objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device)
@@ -256,12 +270,13 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
             study.optimize(
                 objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
                 # Several processes on one PostgreSQL study stop at n_trials together.
-                callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished), progress],
+                callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished), progress,
+                           stop_if_signalled],
                 gc_after_trial=False,
             )
     except KeyboardInterrupt as err:
         return err
-    return None
+    return Interrupted(received.reason) if received.reason is not None else None
 
 
 def _n_finished(study: Any) -> int:
@@ -271,7 +286,8 @@ def _n_finished(study: Any) -> int:
 
 
 def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str, say) -> int:
+               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str, say,
+               received: StopFlag | None = None) -> int:
     orphans = fail_orphan_trials(store, study)
     if orphans:
         say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
@@ -281,7 +297,7 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
         f"{remaining} to run{' (resumed)' if resumed else ''}")
     study.set_user_attr(StudyAttr.WORKER_JOB, job.to_attr())  # what an `orch worker` needs to join it
     stopped = _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device,
-                        say=say)
+                        say=say, received=received)
     if stopped is not None:
         from orchestrator.runner import interrupt_reason, interrupt_signal, stop_exit_code
 
@@ -342,9 +358,10 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         store = stores.setdefault(uri, TrackingStore(uri))
         say(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
-        if _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
-                     device=device, say=say):
-            raise KeyboardInterrupt
+        stopped = _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
+                            device=device, say=say)
+        if stopped is not None:
+            raise stopped
         # This worker may have run the study's last trial: bring the parent's summary up to date.
         counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
         if counts[TrialState.COMPLETE]:

@@ -258,6 +258,39 @@ def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_runn
     assert parent.info.status == "FINISHED" and "orch.failure_reason" not in parent.data.tags
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_sigterm_that_python_drops_still_stops_the_study_after_its_trial(store, monkeypatch):
+    """A signal whose exception Python drops (it landed in a finalizer: "Exception ignored
+    in ...") is still a preemption: the study stops after the running trial; exit 143."""
+    from orchestrator import tune_trial
+
+    class SignalledInFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the finalizer, and its exception is dropped
+                pass
+
+    real, sent = tune_trial._Trainer.report, []
+
+    def report(self, trial, value, step):
+        if not sent:
+            sent.append(step)
+            SignalledInFinalizer()
+        return real(self, trial, value, step)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        monkeypatch.setattr(tune_trial._Trainer, "report", report)
+        result = invoke("tune", str(TUNE_GRID), "--n-trials", "3", "--set", "train.max_epochs=2", "--pruner", "none")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert sent and result.returncode == 143, result.stderr
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{Path.cwd() / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # the trial ran out, no other started
+    (parent,) = tune_parents(store)
+    assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
+
+
 def _running_trials(db: Path) -> list:
     """Trial runs RUNNING in a store another process is writing (read-only: never creates it)."""
     try:
