@@ -170,6 +170,9 @@ class TrialAttr:
     DISCARDED = "orch.discarded"  # a fresh trial that a worker got instead of a point
     HOST = Tag.HOST
     PID = Tag.PID
+    RESUMES = "orch.resumes_trial"  # a tuning trial queued again: the number of the stopped trial it continues
+    RESUME_RUN = "orch.resume_run"  # ... that trial's run, continued from its checkpoint
+    RESUME_REPORTS = "orch.resume_reports"  # ... and what it had reported to the pruner, by step
 
 
 class StudyAttr:

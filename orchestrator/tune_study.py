@@ -173,6 +173,33 @@ def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
     return failed
 
 
+def requeue_stopped_trials(store: TrackingStore, study: Any, n_seeds: int) -> list[int]:
+    """Queue again, with the same params, every FAIL trial whose training run was stopped with
+    a checkpoint (a signal; a process that died after a periodic checkpoint), so that the
+    study's next trial continues that run exactly where it stopped instead of sampling anew.
+    Returns the numbers of the trials queued again. A trial over several seeds starts over."""
+    from optuna.trial import TrialState as OptunaState
+
+    if n_seeds != 1:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get(TrialAttr.RESUMES) for t in trials}
+    queued = []
+    for t in trials:
+        run_id = t.user_attrs.get(TrialAttr.RUN_ID)
+        if t.state != OptunaState.FAIL or t.number in taken or not run_id:
+            continue
+        run = store.get_run(run_id)
+        died = run.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING")
+        if Tag.CHECKPOINT not in run.data.tags or not (run.info.status == Status.KILLED or died):
+            continue
+        study.enqueue_trial(t.params, user_attrs={
+            TrialAttr.RESUMES: t.number, TrialAttr.RESUME_RUN: run_id,
+            TrialAttr.RESUME_REPORTS: {str(step): value for step, value in t.intermediate_values.items()}})
+        queued.append(t.number)
+    return queued
+
+
 def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,
                 storage_label: str, tags: Mapping[str, str]) -> tuple[str, bool]:
     """The study's parent run, found by its tags and reopened, or created; (run id, resumed)."""

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, build, check, to_flat
+from orchestrator.checkpoints import StopFlag
 from orchestrator.errors import ExitCode
 from orchestrator.schema import Kind, Status, Tag, TrialAttr, TrialState
 from orchestrator.tracking import TrackingStore
@@ -70,9 +71,15 @@ def step_label(step: int, max_epochs: int, n_seeds: int) -> str:
 
 
 def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-                   experiment_id: str, parent_id: str, seeds: Sequence[int], device: str) -> Callable[[Any], float]:
-    """The Optuna objective of a study: a trial trains ``seeds`` in turn, pruned on the running mean."""
-    trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, build(fixed).train.max_epochs)
+                   experiment_id: str, parent_id: str, seeds: Sequence[int], device: str,
+                   stop: StopFlag | None = None) -> Callable[[Any], float]:
+    """The Optuna objective of a study: a trial trains ``seeds`` in turn, pruned on the running mean.
+
+    ``stop`` (set by a signal): the running training checkpoints and ends KILLED, and the
+    trial raises :class:`orchestrator.runner.Interrupted` (FAIL in Optuna, the study stops).
+    A trial queued again for a stopped one (:func:`orchestrator.tune_study.requeue_stopped_trials`)
+    continues that trial's run from its checkpoint."""
+    trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, build(fixed).train.max_epochs, stop)
     host, pid = socket.gethostname(), str(os.getpid())
 
     def objective(trial: Any) -> float:
@@ -91,9 +98,9 @@ class _Trainer:
     """Runs the training of one trial of a study: its tracked runs and its reports to the pruner."""
 
     def __init__(self, plan: StudyPlan, tune: TuneSpec, store: TrackingStore, experiment_id: str,
-                 seeds: Sequence[int], device: str, max_epochs: int):
+                 seeds: Sequence[int], device: str, max_epochs: int, stop: StopFlag | None):
         self.plan, self.tune, self.store, self.experiment_id = plan, tune, store, experiment_id
-        self.seeds, self.device, self.max_epochs = tuple(seeds), device, max_epochs
+        self.seeds, self.device, self.max_epochs, self.stop = tuple(seeds), device, max_epochs, stop
         self.report_key = epoch_metric(tune.metric, tune.direction)
 
     def tags(self, trial: Any, kind: str = Kind.TRIAL) -> dict[str, str]:
@@ -113,8 +120,11 @@ class _Trainer:
         def on_epoch(epoch: int, values: Mapping[str, float]) -> None:
             self.report(trial, float(values[self.report_key]), epoch)
 
+        resume = trial.user_attrs.get(TrialAttr.RESUME_RUN) or False
+        for step, value in sorted((int(k), v) for k, v in trial.user_attrs.get(TrialAttr.RESUME_REPORTS, {}).items()):
+            trial.report(value, step)  # the stopped trial's epochs, which its continued run does not train again
         run_id, summary = self.train(trial, cfg, f"{self.plan.name}-t{trial.number}", self.tags(trial), parent_id,
-                                     on_epoch, is_trial_run=True)
+                                     on_epoch, is_trial_run=True, resume=resume)
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
         return float(summary[self.tune.metric])
 
@@ -151,13 +161,16 @@ class _Trainer:
         return means[self.tune.metric]
 
     def train(self, trial: Any, cfg: RunConfig, run_name: str, tags: Mapping[str, str], parent: str,
-              on_epoch: Callable[[int, Mapping[str, float]], None], *, is_trial_run: bool) -> tuple[str, dict]:
-        """One tracked training run; returns (run id, summary metrics).
+              on_epoch: Callable[[int, Mapping[str, float]], None], *, is_trial_run: bool,
+              resume: str | bool = False) -> tuple[str, dict]:
+        """One tracked training run (``resume``: a stopped run to continue); returns (run id,
+        summary metrics).
 
         Raises:
             TrialFailed: training failed or gave no finite value of the study's metric.
+            Interrupted: a signal stopped the training (its run KILLED, with a checkpoint).
         """
-        from orchestrator.runner import run_tracked
+        from orchestrator.runner import Interrupted, run_tracked
 
         run_ids: list[str] = []
 
@@ -169,12 +182,17 @@ class _Trainer:
         try:
             code, run_id, summary = run_tracked(cfg, store=self.store, experiment_id=self.experiment_id,
                                                 run_name=run_name, tags=tags, parent_run_id=parent,
-                                                device=self.device, quiet=True, on_start=on_start, on_epoch=on_epoch)
+                                                device=self.device, quiet=True, on_start=on_start, on_epoch=on_epoch,
+                                                stop=self.stop, resume=resume)
         except KeyboardInterrupt:  # the run is KILLED; Optuna records the trial FAIL
             if run_ids:
                 self.store.set_tags(run_ids[0], {Tag.TRIAL_STATE: TrialState.FAIL})
             raise
         value = summary.get(self.tune.metric)
+        if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):  # checkpointed: a rerun continues it
+            self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            trial.set_user_attr(TrialAttr.FAILURE_REASON, self.store.failure_reason(run_id) or "stopped")
+            raise Interrupted(self.stop.reason if self.stop is not None and self.stop.reason else "SIGINT")
         if code != ExitCode.OK:
             reason = self.store.failure_reason(run_id) or "training failed"
         elif value is None or not math.isfinite(value):

@@ -57,6 +57,7 @@ from orchestrator.tune_study import (
     open_parent,
     open_study,
     plan_studies,
+    requeue_stopped_trials,
 )
 from orchestrator.tune_summary import summarize_study
 from orchestrator.tune_trial import epoch_metric, make_objective, step_label
@@ -173,11 +174,11 @@ def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_
     studies = _open_studies(url, spec, tune, study_name, sampler, pruner, seed, n_trials)
     seeds = tuple(tune.seeds or spec.seeds[:1])
 
-    from orchestrator.runner import interrupt_reason, interrupt_signal, raise_on_sigterm, stop_exit_code
+    from orchestrator.runner import interrupt_reason, interrupt_signal, stop_exit_code, stop_on_signals
 
-    try:
-        received = raise_on_sigterm()
-    except ValueError:  # not the main thread: leave SIGTERM alone
+    try:  # in a trial's training a signal checkpoints and stops it; elsewhere it interrupts
+        received = stop_on_signals()
+    except ValueError:  # not the main thread: leave the signals alone
         received = StopFlag()
     experiment_id = store.ensure_experiment(spec.name)
     deadline = time.monotonic() + timeout if timeout else None
@@ -262,7 +263,8 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
         return Interrupted(received.reason)
     if not remaining:
         return None
-    objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device)
+    objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device,
+                               stop=received)
     finished = tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
     try:
         with warnings.catch_warnings(), _quiet_expected_failures():
@@ -291,6 +293,10 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     orphans = fail_orphan_trials(store, study)
     if orphans:
         say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
+    requeued = requeue_stopped_trials(store, study, len(job.seeds))
+    if requeued:
+        say(f"[{plan.name}] trial(s) {', '.join(map(str, requeued))} stopped with a checkpoint: each continues "
+            "as the next trial, with its params")
     already = _n_finished(study)
     remaining = max(0, job.n_trials - already)
     say(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "

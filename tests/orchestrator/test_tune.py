@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, all_runs, invoke, orch
+from conftest import REPO, all_runs, invoke, orch, results
 from orchestrator import tracking
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
@@ -227,7 +227,7 @@ def test_a_second_orch_tune_on_one_sqlite_storage_is_refused(tmp_path):
     (parent,) = tune_parents(uri)
     assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
     stopped = [r for r in children_of(uri, parent.info.run_id) if r.info.status == "KILLED"]
-    assert stopped and all(r.data.tags["orch.failure_reason"] == "preempted (SIGTERM)" for r in stopped)
+    assert stopped and all(r.data.tags["orch.failure_reason"].startswith("preempted (SIGTERM)") for r in stopped)
 
 
 def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_running(store, monkeypatch):
@@ -241,7 +241,7 @@ def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_runn
     def preempted(*args, **kwargs):
         raise Interrupted("SIGTERM")  # what the SIGTERM handler raises, wherever the signal lands
 
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
         monkeypatch.setattr(tuning, "summarize_study", preempted)
         first = invoke("tune", str(TUNE_GRID), "--n-trials", "1", "--set", "train.max_epochs=1")
@@ -251,7 +251,8 @@ def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_runn
         assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
         rerun = invoke("tune", str(TUNE_GRID), "--n-trials", "1", "--set", "train.max_epochs=1")
     finally:
-        signal.signal(signal.SIGTERM, handler)  # in-process, orch tune turned SIGTERM into an exception
+        for sig, handler in handlers.items():  # in-process, orch tune installed its own
+            signal.signal(sig, handler)
     assert rerun.returncode == 0, rerun.stderr
     assert "1 already finished, 0 to run" in rerun.stderr
     (parent,) = tune_parents(store)
@@ -259,10 +260,11 @@ def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_runn
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
-def test_a_sigterm_that_python_drops_still_stops_the_study_after_its_trial(store, monkeypatch):
-    """A signal whose exception Python drops (it landed in a finalizer: "Exception ignored
-    in ...") is still a preemption: the study stops after the running trial; exit 143."""
-    from orchestrator import tune_trial
+def test_a_sigterm_that_python_drops_still_stops_the_study(store, monkeypatch):
+    """Outside a trial's training a signal raises where it lands; where Python drops that
+    exception (a finalizer: "Exception ignored in ..."), it is still a preemption: no trial
+    starts, the parent ends KILLED, exit 143."""
+    from orchestrator import tuning
 
     class SignalledInFinalizer:
         def __del__(self):
@@ -270,34 +272,78 @@ def test_a_sigterm_that_python_drops_still_stops_the_study_after_its_trial(store
             for _ in range(1000):  # the handler runs here, inside the finalizer, and its exception is dropped
                 pass
 
-    real, sent = tune_trial._Trainer.report, []
+    real = tuning.fail_orphan_trials
 
-    def report(self, trial, value, step):
-        if not sent:
-            sent.append(step)
-            SignalledInFinalizer()
-        return real(self, trial, value, step)
+    def orphans_then_signal(*args, **kwargs):
+        SignalledInFinalizer()
+        return real(*args, **kwargs)
 
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
-        monkeypatch.setattr(tune_trial._Trainer, "report", report)
+        monkeypatch.setattr(tuning, "fail_orphan_trials", orphans_then_signal)
         result = invoke("tune", str(TUNE_GRID), "--n-trials", "3", "--set", "train.max_epochs=2", "--pruner", "none")
     finally:
-        signal.signal(signal.SIGTERM, handler)
-    assert sent and result.returncode == 143, result.stderr
+        for sig, handler in handlers.items():  # in-process, orch tune installed its own
+            signal.signal(sig, handler)
+    assert result.returncode == 143, result.stderr
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{Path.cwd() / 'optuna.db'}")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # the trial ran out, no other started
+    assert study.trials == []  # none started after the signal
     (parent,) = tune_parents(store)
     assert parent.info.status == "KILLED" and parent.data.tags["orch.failure_reason"] == "preempted (SIGTERM)"
 
 
-def _running_trials(db: Path) -> list:
+def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(tmp_path):
+    """SIGTERM mid-trial: the trial's training checkpoints and its run ends KILLED; the rerun
+    queues the trial again with its params, continues its run from the checkpoint, and the
+    result equals the same config trained without a stop (`orch run`)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["tune", str(TUNE_GRID), "--n-trials", "2", "--pruner", "none", "--set", "train.max_epochs=8",
+            "--set", "train.patience=8", "--set", "train.checkpoint_seconds=0", "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=tmp_path, text=True,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not _running_trials(tmp_path / "mlflow.db", min_checkpoint_epoch=2):
+            assert first.poll() is None and time.time() < deadline, "no trial reached epoch 2"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 143, err
+    (stopped,) = [r for r in all_runs(uri) if r.info.status == "KILLED" and r.data.tags["orch.kind"] == "trial"]
+    assert stopped.data.tags["orch.failure_reason"].startswith("preempted (SIGTERM) at epoch")
+
+    rerun = orch(*args, env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    stopped_trial = int(stopped.data.tags["orch.trial"])
+    (again,) = [t for t in study.trials if t.user_attrs.get("orch.resumes_trial") == stopped_trial]
+    assert again.state == TrialState.COMPLETE and again.params == study.trials[stopped_trial].params
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
+    (resumed,) = [r for r in all_runs(uri) if r.data.tags.get("orch.resumed_from") == stopped.info.run_id]
+    assert resumed.info.status == "FINISHED" and int(resumed.data.tags["orch.resumed_epoch"]) >= 2
+    assert resumed.data.tags["orch.trial"] == str(again.number)
+
+    config = Path(MlflowClient(tracking_uri=uri).download_artifacts(resumed.info.run_id, "config.yaml"))
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    ref_uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
+    reference = orch("run", str(config), "--device", "cpu", "--quiet", env={"MLFLOW_TRACKING_URI": ref_uri},
+                     cwd=ref_dir)
+    assert reference.returncode == 0, reference.stderr
+    (ref,) = all_runs(ref_uri)
+    assert results(resumed) == results(ref)
+
+
+def _running_trials(db: Path, min_checkpoint_epoch: int = 0) -> list:
     """Trial runs RUNNING in a store another process is writing (read-only: never creates it)."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            return con.execute("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            rows = con.execute("SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
+                               "c.key = 'orch.checkpoint_epoch') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                                "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'").fetchall()
+            return [run for run, epoch in rows if int(epoch or 0) >= min_checkpoint_epoch]
         finally:
             con.close()
     except sqlite3.Error:
