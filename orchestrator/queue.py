@@ -272,7 +272,9 @@ def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tra
         def serve_tuning() -> bool:
             if tune_storage is None:
                 return False
-            return tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device, quiet=quiet) > 0
+            with tuning.tuning_held(url, refuse=False) as held:  # SQLite: not beside an orch tune on it
+                return held and tuning.serve_studies(tune_storage, tracking_uri=tracking_uri, device=device,
+                                                     quiet=quiet) > 0
 
         source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
         scheduler = Scheduler(slots=slots, display=make_display(quiet), idle_poll=poll if wait else None,

@@ -235,6 +235,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
         if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure
             store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
             store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
+            checkpoints.remove(store, run_id)  # a pruned trial is never continued
             raise
         reason = _reason(err)
         store.end_run(run_id, Status.FAILED, reason, traceback.format_exc())

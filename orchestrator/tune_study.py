@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from experiments.config import ConfigError, RunConfig, to_flat
 from orchestrator import processes
-from orchestrator.errors import UserError
+from orchestrator.errors import StoreFailure, UserError
 from orchestrator.grid import SweepSpec
 from orchestrator.run_names import run_name
 from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
@@ -174,30 +174,63 @@ def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
 
 
 def requeue_stopped_trials(store: TrackingStore, study: Any, n_seeds: int) -> list[int]:
-    """Queue again, with the same params, every FAIL trial whose training run was stopped with
-    a checkpoint (a signal; a process that died after a periodic checkpoint), so that the
+    """Queue again, with the same params, every FAIL trial whose training was stopped with a
+    checkpoint (a signal; a process that died after a periodic checkpoint), so that the
     study's next trial continues that run exactly where it stopped instead of sampling anew.
-    Returns the numbers of the trials queued again. A trial over several seeds starts over."""
+
+    A continuation that itself failed before it wrote a checkpoint (killed at once, say)
+    hands on the checkpoint it was to continue from, so a stopped trial is never lost; a
+    trial that failed for a reason of its own (its training diverged) is not retried.
+    Returns the numbers of the trials queued again. A trial over several seeds is not
+    continued: the study samples a new one."""
     from optuna.trial import TrialState as OptunaState
 
     if n_seeds != 1:
         return []
     trials = study.get_trials(deepcopy=False)
-    taken = {t.user_attrs.get(TrialAttr.RESUMES) for t in trials}
+    continued = {t.user_attrs.get(TrialAttr.RESUMES) for t in trials}  # each trial is continued once at most
     queued = []
     for t in trials:
-        run_id = t.user_attrs.get(TrialAttr.RUN_ID)
-        if t.state != OptunaState.FAIL or t.number in taken or not run_id:
+        if t.state != OptunaState.FAIL or t.number in continued:
             continue
-        run = store.get_run(run_id)
-        died = run.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING")
-        if Tag.CHECKPOINT not in run.data.tags or not (run.info.status == Status.KILLED or died):
-            continue
-        study.enqueue_trial(t.params, user_attrs={
-            TrialAttr.RESUMES: t.number, TrialAttr.RESUME_RUN: run_id,
-            TrialAttr.RESUME_REPORTS: {str(step): value for step, value in t.intermediate_values.items()}})
-        queued.append(t.number)
+        source = _resume_source(store, t)
+        if source is not None:
+            run_id, reports = source
+            study.enqueue_trial(t.params, user_attrs={
+                TrialAttr.RESUMES: t.number, TrialAttr.RESUME_RUN: run_id,
+                TrialAttr.RESUME_REPORTS: {str(step): value for step, value in reports.items()}})
+            queued.append(t.number)
     return queued
+
+
+def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, float]] | None:
+    """(run to continue, the pruner reports up to its checkpoint) of a FAIL trial, or None."""
+    own_id, attrs = trial.user_attrs.get(TrialAttr.RUN_ID), trial.user_attrs
+    own = _get_run(store, own_id) if own_id else None
+    if own is not None and own.info.status == Status.FAILED and not _died(own):
+        return None  # failed of itself (its training diverged): not retried
+    if own is not None and Tag.CHECKPOINT in own.data.tags:
+        epochs = int(own.data.tags.get(Tag.CHECKPOINT_EPOCH, 0))
+        return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= epochs}
+    earlier = attrs.get(TrialAttr.RESUME_RUN)  # a continuation stopped before its first checkpoint
+    run = _get_run(store, earlier) if earlier else None
+    if run is None or Tag.CHECKPOINT not in run.data.tags:
+        return None
+    return earlier, {int(k): v for k, v in attrs.get(TrialAttr.RESUME_REPORTS, {}).items()}
+
+
+def _died(run: Any) -> bool:
+    return run.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING")
+
+
+def _get_run(store: TrackingStore, run_id: str) -> Any | None:
+    """The run, or None when the tracking store does not hold it (another store, or deleted)."""
+    try:
+        return store.get_run(run_id)
+    except StoreFailure:
+        raise
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
+        return None
 
 
 def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, build, check, to_flat
+from orchestrator import checkpoints
 from orchestrator.checkpoints import StopFlag
 from orchestrator.errors import ExitCode
 from orchestrator.schema import Kind, Status, Tag, TrialAttr, TrialState
@@ -83,9 +84,9 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
     host, pid = socket.gethostname(), str(os.getpid())
 
     def objective(trial: Any) -> float:
+        trial.set_user_attr(TrialAttr.HOST, host)  # first: a trial left RUNNING by this process is then found
+        trial.set_user_attr(TrialAttr.PID, pid)  # an orphan once it is gone
         params = {p.key: p.suggest(trial) for p in tune.space}
-        trial.set_user_attr(TrialAttr.HOST, host)
-        trial.set_user_attr(TrialAttr.PID, pid)
         cfg = trial_config(fixed, params)
         if len(seeds) == 1:  # the trial's run is its training run, as before tune.seeds
             return trainer.one_seed(trial, dataclasses.replace(cfg, seed=seeds[0]), parent_id)
@@ -122,7 +123,7 @@ class _Trainer:
 
         resume = trial.user_attrs.get(TrialAttr.RESUME_RUN) or False
         for step, value in sorted((int(k), v) for k, v in trial.user_attrs.get(TrialAttr.RESUME_REPORTS, {}).items()):
-            trial.report(value, step)  # the stopped trial's epochs, which its continued run does not train again
+            self.report(trial, value, step)  # the stopped trial's epochs, which its continued run does not train again
         run_id, summary = self.train(trial, cfg, f"{self.plan.name}-t{trial.number}", self.tags(trial), parent_id,
                                      on_epoch, is_trial_run=True, resume=resume)
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
@@ -189,8 +190,10 @@ class _Trainer:
                 self.store.set_tags(run_ids[0], {Tag.TRIAL_STATE: TrialState.FAIL})
             raise
         value = summary.get(self.tune.metric)
-        if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):  # checkpointed: a rerun continues it
+        if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):  # checkpointed: a rerun continues a one-seed trial
             self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            if not is_trial_run:  # a seed of a trial over several seeds: never continued
+                checkpoints.remove(self.store, run_id)
             trial.set_user_attr(TrialAttr.FAILURE_REASON, self.store.failure_reason(run_id) or "stopped")
             raise Interrupted(self.stop.reason if self.stop is not None and self.stop.reason else "SIGINT")
         if code != ExitCode.OK:
@@ -200,6 +203,7 @@ class _Trainer:
         else:
             return run_id, summary
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+        checkpoints.remove(self.store, run_id)  # a failed trial is not retried
         trial.set_user_attr(TrialAttr.FAILURE_REASON, reason)
         raise TrialFailed(f"run {run_id}: {reason}")
 

@@ -157,15 +157,32 @@ def _one_process(url: str) -> Iterator[None]:
     """A SQLite storage serves one process: a second ``orch tune`` on it is refused (two
     would each start trials up to ``n_trials`` and finish more than were asked). Several
     processes tune one study through PostgreSQL (``orch worker`` joins it)."""
-    if not url.startswith("sqlite:"):
+    with tuning_held(url, refuse=True):
         yield
+
+
+@contextlib.contextmanager
+def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
+    """Hold a SQLite storage's tuning for the block; True when held (always with PostgreSQL).
+    Another process holding it: :class:`orchestrator.locks.SweepBusy` with ``refuse``, else False
+    (an ``orch worker`` then leaves the study to that process)."""
+    if not url.startswith("sqlite:"):
+        yield True
         return
     from orchestrator import locks
 
-    with locks.hold(url, "orch tune", refusal=lambda who: (
-            f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
-            "or tune with several processes through --storage postgresql://…")):
-        yield
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locks.hold(url, "orch tune", refusal=lambda who: (
+                f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
+                "or tune with several processes through --storage postgresql://…")))
+        except locks.SweepBusy:
+            if refuse:
+                raise
+            held = False
+        else:
+            held = True
+        yield held
 
 
 def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_trials: int, timeout: float | None,
@@ -310,8 +327,8 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
         # no summary: a second signal would cut it short; the next run writes it
         reason = interrupt_reason(stopped)
         store.end_run(job.parent_run_id, Status.KILLED, reason)
-        say(f"[{plan.name}] {reason}: a trial it stopped is recorded KILLED (FAIL in Optuna); "
-            "rerun the same command to resume the study")
+        say(f"[{plan.name}] {reason}; rerun the same command to resume the study (a trial it stopped "
+            "continues from its checkpoint)")
         return stop_exit_code(interrupt_signal(stopped))
     counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
     line = (f"study {plan.name}: {sum(counts.values())} trials ({counts[TrialState.COMPLETE]} complete, "

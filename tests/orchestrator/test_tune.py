@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import REPO, all_runs, invoke, orch, results
+from experiments.metric_names import epoch_key
 from orchestrator import tracking
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
@@ -293,36 +294,51 @@ def test_a_sigterm_that_python_drops_still_stops_the_study(store, monkeypatch):
 
 
 def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(tmp_path):
-    """SIGTERM mid-trial: the trial's training checkpoints and its run ends KILLED; the rerun
-    queues the trial again with its params, continues its run from the checkpoint, and the
-    result equals the same config trained without a stop (`orch run`)."""
+    """SIGTERM mid-trial: the trial's training checkpoints and its run ends KILLED. The rerun
+    queues the trial again with its params and continues its run; that continuation is
+    SIGKILLed at once (before or after its own first checkpoint), and the next rerun continues
+    from the newest checkpoint there is. The result equals the same config trained without a
+    stop (`orch run`), and the pruner saw each epoch once."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["tune", str(TUNE_GRID), "--n-trials", "2", "--pruner", "none", "--set", "train.max_epochs=8",
             "--set", "train.patience=8", "--set", "train.checkpoint_seconds=0", "--quiet"]
-    first = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=tmp_path, text=True,
-                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stderr=subprocess.PIPE)
-    try:
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=tmp_path, text=True,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stderr=subprocess.PIPE)
+
+    def stop_when(proc: subprocess.Popen, sig: int, **running) -> str:
         deadline = time.time() + 300
-        while not _running_trials(tmp_path / "mlflow.db", min_checkpoint_epoch=2):
-            assert first.poll() is None and time.time() < deadline, "no trial reached epoch 2"
-            time.sleep(0.05)
-    finally:
-        first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=120)
+        try:
+            while not _running_trials(tmp_path / "mlflow.db", **running):
+                assert proc.poll() is None and time.time() < deadline, "no such trial ran"
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+        return err
+
+    first = start()
+    err = stop_when(first, signal.SIGTERM, min_checkpoint_epoch=2)
     assert first.returncode == 143, err
     (stopped,) = [r for r in all_runs(uri) if r.info.status == "KILLED" and r.data.tags["orch.kind"] == "trial"]
     assert stopped.data.tags["orch.failure_reason"].startswith("preempted (SIGTERM) at epoch")
+    second = start()
+    stop_when(second, signal.SIGKILL, continuing=True)
 
     rerun = orch(*args, env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    stopped_trial = int(stopped.data.tags["orch.trial"])
-    (again,) = [t for t in study.trials if t.user_attrs.get("orch.resumes_trial") == stopped_trial]
-    assert again.state == TrialState.COMPLETE and again.params == study.trials[stopped_trial].params
-    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
-    (resumed,) = [r for r in all_runs(uri) if r.data.tags.get("orch.resumed_from") == stopped.info.run_id]
+    first_trial = study.trials[int(stopped.data.tags["orch.trial"])]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2
+    (last,) = [t for t in complete if "orch.resumes_trial" in t.user_attrs]
+    assert last.params == first_trial.params
+    assert sorted(last.intermediate_values) == list(range(1, 9))  # every epoch reported once
+    (resumed,) = [r for r in all_runs(uri) if r.info.run_id == last.user_attrs["orch.run_id"]]
     assert resumed.info.status == "FINISHED" and int(resumed.data.tags["orch.resumed_epoch"]) >= 2
-    assert resumed.data.tags["orch.trial"] == str(again.number)
+    assert "orch.checkpoint" not in stopped.data.tags or not [  # checkpoints go once the trial finished
+        r for r in all_runs(uri) if "orch.checkpoint" in r.data.tags]
 
     config = Path(MlflowClient(tracking_uri=uri).download_artifacts(resumed.info.run_id, "config.yaml"))
     ref_dir = tmp_path / "reference"
@@ -333,17 +349,24 @@ def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(
     assert reference.returncode == 0, reference.stderr
     (ref,) = all_runs(ref_uri)
     assert results(resumed) == results(ref)
+    ref_curve = {m.step: m.value for m in MlflowClient(tracking_uri=ref_uri).get_metric_history(
+        ref.info.run_id, epoch_key("val_f1_macro"))}
+    assert last.intermediate_values == pytest.approx(ref_curve, rel=1e-12)
 
 
-def _running_trials(db: Path, min_checkpoint_epoch: int = 0) -> list:
-    """Trial runs RUNNING in a store another process is writing (read-only: never creates it)."""
+def _running_trials(db: Path, min_checkpoint_epoch: int = 0, continuing: bool = False) -> list:
+    """Trial runs RUNNING in a store another process is writing (read-only: never creates it),
+    with a checkpoint of ``min_checkpoint_epoch`` epochs, or (``continuing``) continuing a run."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            rows = con.execute("SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
-                               "c.key = 'orch.checkpoint_epoch') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                               "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'").fetchall()
-            return [run for run, epoch in rows if int(epoch or 0) >= min_checkpoint_epoch]
+            rows = con.execute(
+                "SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
+                "c.key = 'orch.checkpoint_epoch'), (SELECT value FROM tags f WHERE f.run_uuid = r.run_uuid AND "
+                "f.key = 'orch.resumed_from') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'").fetchall()
+            return [run for run, epoch, source in rows
+                    if int(epoch or 0) >= min_checkpoint_epoch and (source or not continuing)]
         finally:
             con.close()
     except sqlite3.Error:
