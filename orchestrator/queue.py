@@ -284,8 +284,10 @@ def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tra
             outcome = scheduler.run(source)
             if not outcome.interrupted and not wait:
                 serve_tuning()  # studies queued while the points ran
-        except KeyboardInterrupt:
-            return ExitCode.INTERRUPTED
+        except KeyboardInterrupt as err:  # e.g. while it ran a tuning trial: 143 for SIGTERM, 130 for Ctrl-C
+            from orchestrator.runner import interrupt_signal, stop_exit_code
+
+            return stop_exit_code(interrupt_signal(err))
         if outcome.store_failure:  # its running points went back on the queue
             print(f"error: {outcome.store_failure}; the worker started no further point and gave its points back "
                   "to the queue; fix the store and start the worker again", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import time
 import warnings
@@ -354,9 +355,23 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
     (:func:`orchestrator.storage.open_storage` with ``heartbeat=True``). Returns how many
     studies this call joined.
     """
+    from orchestrator.runner import STOP_SIGNALS, stop_on_signals
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:  # a signal checkpoints the running trial's training, as in orch tune; the caller gets the interrupt
+        received = stop_on_signals()
+    except ValueError:  # not the main thread
+        previous, received = {}, StopFlag()
+    try:
+        return _serve_studies(storage, tracking_uri=tracking_uri, device=device, say=_say(quiet), received=received)
+    finally:
+        for sig, handler in previous.items():  # the worker's own (its scheduler's) again
+            signal.signal(sig, handler)
+
+
+def _serve_studies(storage: Any, *, tracking_uri: str | None, device: str, say, received: StopFlag) -> int:
     import optuna
 
-    say = _say(quiet)
     joined = 0
     stores: dict[str, TrackingStore] = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
@@ -382,7 +397,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         say(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
         stopped = _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
-                            device=device, say=say)
+                            device=device, say=say, received=received)
         if stopped is not None:
             raise stopped
         # This worker may have run the study's last trial: bring the parent's summary up to date.
