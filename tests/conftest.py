@@ -81,6 +81,21 @@ def invoke(*args: str, env: dict | None = None, cwd=None) -> subprocess.Complete
     return subprocess.CompletedProcess(["orch", *args], result.exit_code, result.stdout, result.stderr)
 
 
+def ro_rows(db: Path, sql: str, args=()) -> list:
+    """Rows of a SQLite store another process is writing, read-only (``mode=ro``: never creates
+    or migrates it); none while it does not exist yet or is locked."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
 def point_processes_under(pid: int | None = None) -> list:
     """The live ``python -m orchestrator.point`` processes among the descendants of ``pid``
     (default: this test process), as psutil processes."""

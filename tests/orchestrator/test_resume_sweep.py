@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUME_BASE, all_runs, orch, results, write_grid
+from conftest import RESUME_BASE, all_runs, orch, results, ro_rows, write_grid
 from experiments.metric_names import epoch_key
 from orchestrator.schema import Kind, Status, Tag
 
@@ -67,18 +66,10 @@ def wait_for_epoch(db: Path, epoch: int, *, nth_point: int = 1, timeout: float =
     """
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                rows = con.execute(
-                    "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
-                    "AND c.key = ?), (SELECT value FROM tags p WHERE p.run_uuid = r.run_uuid AND p.key = ?) "
-                    "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ? "
-                    "ORDER BY r.start_time", (Tag.CHECKPOINT_EPOCH, Tag.PID, Tag.KIND, Kind.POINT)).fetchall()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            rows = []
+        rows = ro_rows(db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
+                           "AND c.key = ?), (SELECT value FROM tags p WHERE p.run_uuid = r.run_uuid AND p.key = ?) "
+                           "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ? "
+                           "ORDER BY r.start_time", (Tag.CHECKPOINT_EPOCH, Tag.PID, Tag.KIND, Kind.POINT))
         if len(rows) >= nth_point:
             run_id, status, step, pid = rows[nth_point - 1]
             if status == Status.RUNNING and int(step or 0) >= epoch:

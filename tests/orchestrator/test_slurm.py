@@ -10,7 +10,6 @@ is tested without it). A store that tasks are writing is read with sqlite3 ``mod
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 import slurm_cluster
-from conftest import RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, write_grid
+from conftest import RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, ro_rows, write_grid
 from orchestrator.cli import cli
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
@@ -63,18 +62,6 @@ def wait_until_no_jobs(c: slurm_cluster.Cluster, sweep_id: str, timeout: float =
             return
         time.sleep(1)
     pytest.fail(f"jobs of sweep {sweep_id} still in squeue after {timeout} s: {c.squeue()}")
-
-
-def ro_rows(db: Path, sql: str, args=()) -> list:
-    """Rows of a store that tasks are writing, read-only (never creates or migrates it)."""
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        try:
-            return con.execute(sql, args).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
 
 
 def point_runs(uri: str, sweep_id: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, all_runs, invoke, orch, results
+from conftest import REPO, all_runs, invoke, orch, results, ro_rows
 from experiments.metric_names import epoch_key
 from orchestrator import tracking
 from orchestrator.cli import cli
@@ -355,22 +354,14 @@ def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(
 
 
 def _running_trials(db: Path, min_checkpoint_epoch: int = 0, continuing: bool = False) -> list:
-    """Trial runs RUNNING in a store another process is writing (read-only: never creates it),
-    with a checkpoint of ``min_checkpoint_epoch`` epochs, or (``continuing``) continuing a run."""
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            rows = con.execute(
-                "SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
-                "c.key = 'orch.checkpoint_epoch'), (SELECT value FROM tags f WHERE f.run_uuid = r.run_uuid AND "
-                "f.key = 'orch.resumed_from') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'").fetchall()
-            return [run for run, epoch, source in rows
-                    if int(epoch or 0) >= min_checkpoint_epoch and (source or not continuing)]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
+    """Trial runs RUNNING in a store another process is writing, with a checkpoint of
+    ``min_checkpoint_epoch`` epochs, or (``continuing``) continuing a run."""
+    rows = ro_rows(db, "SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
+                       "c.key = 'orch.checkpoint_epoch'), (SELECT value FROM tags f WHERE f.run_uuid = r.run_uuid "
+                       "AND f.key = 'orch.resumed_from') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                       "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'")
+    return [run for run, epoch, source in rows
+            if int(epoch or 0) >= min_checkpoint_epoch and (source or not continuing)]
 
 
 def test_unknown_metric_exits_2(store, tmp_path):
