@@ -34,20 +34,6 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, turned into an exception so that the run can be closed as KILLED."""
 
 
-def raise_on_sigterm() -> StopFlag:
-    """SIGTERM raises :class:`Interrupted` wherever it lands; the returned flag remembers it,
-    for where Python drops an exception raised in a handler (a finalizer, a weakref
-    callback): the caller then stops at its next check instead of going on."""
-    flag = StopFlag()
-
-    def handler(signum, frame):  # noqa: ARG001
-        flag.reason = flag.reason or signal.Signals(signum).name
-        raise Interrupted(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, handler)
-    return flag
-
-
 def stop_on_signals() -> StopFlag:
     """SIGTERM, SIGINT or SIGUSR1 ask the running training loop to checkpoint and stop at
     its next batch boundary; a second signal interrupts at once.

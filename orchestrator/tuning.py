@@ -148,23 +148,16 @@ def run_tune(
     seed = spec.seeds[0]
     make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
     url = storage_mod.check(storage or storage_mod.default_storage(store.uri))
-    with _one_process(url):
+    with tuning_held(url, refuse=True):  # SQLite serves one process: a second orch tune would overshoot n_trials
         return _tune(spec, store, tune, url, n_trials=n_trials, timeout=timeout, study_name=study_name,
                      sampler=sampler, pruner=pruner, seed=seed, device=device, say=say)
 
 
 @contextlib.contextmanager
-def _one_process(url: str) -> Iterator[None]:
-    """A SQLite storage serves one process: a second ``orch tune`` on it is refused (two
-    would each start trials up to ``n_trials`` and finish more than were asked). Several
-    processes tune one study through PostgreSQL (``orch worker`` joins it)."""
-    with tuning_held(url, refuse=True):
-        yield
-
-
-@contextlib.contextmanager
 def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
     """Hold a SQLite storage's tuning for the block; True when held (always with PostgreSQL).
+    SQLite serves one process: two would each start trials up to ``n_trials`` and finish more
+    than were asked; several processes tune one study through PostgreSQL.
     Another process holding it: :class:`orchestrator.locks.SweepBusy` with ``refuse``, else False
     (an ``orch worker`` then leaves the study to that process)."""
     if not url.startswith("sqlite:"):
@@ -248,7 +241,7 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
               job: WorkerJob, *, remaining: int, timeout: float | None, device: str, say,
-              received: StopFlag | None = None) -> KeyboardInterrupt | None:
+              received: StopFlag) -> KeyboardInterrupt | None:
     """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
     (counted over every process on the study); the interrupt that stopped them, if one did.
     ``received``: a signal whose exception Python dropped stops them after the current trial."""
@@ -270,8 +263,6 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
             say(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
 
     from orchestrator.runner import Interrupted
-
-    received = received or StopFlag()
 
     def stop_if_signalled(study: Any, t: Any) -> None:
         if received.reason is not None:
@@ -307,7 +298,7 @@ def _n_finished(study: Any) -> int:
 
 def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
                job: WorkerJob, *, resumed: bool, timeout: float | None, device: str, say,
-               received: StopFlag | None = None) -> int:
+               received: StopFlag) -> int:
     orphans = fail_orphan_trials(store, study)
     if orphans:
         say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
