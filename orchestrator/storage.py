@@ -118,10 +118,13 @@ def _check_sqlite_file(path: Path, url: str) -> None:
         if not os.access(path, os.W_OK):
             raise StorageError(f"storage {url}: {path} is read-only; fix its permissions or give another file")
         return
-    if not path.parent.is_dir():
+    from orchestrator.store_uri import unwritable
+
+    why = unwritable(path.parent)
+    if why == "missing":
         raise StorageError(f"storage {url}: folder {path.parent} does not exist; create it or give another path")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise StorageError(f"storage {url}: cannot create {path.name} in {path.parent} (read-only); "
+    if why:
+        raise StorageError(f"storage {url}: cannot create {path.name} in {path.parent} ({why}); "
                            "give a writable path")
 
 

@@ -149,18 +149,28 @@ def initialised(db: Path) -> bool:
         return False
 
 
-def _check_writable_folder(folder: Path, db: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that also catches read-only mounts."""
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (``"missing"``, or the OS's words), else None.
+    Creating and removing a file is the only test that also catches read-only mounts."""
     if not folder.is_dir():
-        raise TrackingError(f"cannot create the store {db}: the folder {folder} does not exist; create it "
-                            "or choose another --tracking-uri")
+        return "missing"
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".orch-write-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise TrackingError(f"cannot write in {folder} ({err.strerror}), where the store {db.name} and its "
-                            "artifacts live; choose a writable --tracking-uri") from None
+        return err.strerror or str(err)
+    return None
+
+
+def _check_writable_folder(folder: Path, db: Path) -> None:
+    why = unwritable(folder)
+    if why == "missing":
+        raise TrackingError(f"cannot create the store {db}: the folder {folder} does not exist; create it "
+                            "or choose another --tracking-uri")
+    if why:
+        raise TrackingError(f"cannot write in {folder} ({why}), where the store {db.name} and its "
+                            "artifacts live; choose a writable --tracking-uri")
 
 
 def _check_sqlite_file(db: Path) -> None:
