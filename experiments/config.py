@@ -73,7 +73,7 @@ class ModelConfig:
     bin_rho: float = 0.5  # initial Batch-Instance gate (norm=bin)
     bin_gate: str = "channel"  # BIN_GATES: one gate per channel, or one per layer (norm=bin)
     conv_bias: bool = False  # every conv gets a bias
-    init: str = "kaiming_fan_out"  # INIT_NAMES: conv weight initialisation
+    init: str = "torch_default"  # INIT_NAMES: conv weight initialisation (the study's recipe; see docs)
     stem_padding: int = 1  # stem conv padding: 1 keeps 32x32, 0 gives 30x30 maps
 
 

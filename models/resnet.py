@@ -94,7 +94,7 @@ class ResNet(nn.Module):
         *,
         norm_options: Mapping[str, Any] | None = None,
         conv_bias: bool = False,
-        init: str = "kaiming_fan_out",
+        init: str = "torch_default",
         stem_padding: int = 1,
     ) -> None:
         super().__init__()
