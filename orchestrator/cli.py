@@ -345,18 +345,28 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
 @click.option("--baseline", default=None, metavar="KEY=VALUE",
               help="Paired per-seed differences against this setting, with their 95% CI and the p of a "
                    "paired t-test, e.g. model.norm=bn_torch.")
+@click.option("--correction", type=click.Choice(["holm", "bonferroni", "none"]), default="holm", show_default=True,
+              help="Adjust the baseline tests' p for their number (p_holm / p_bonferroni); * follows the "
+                   "adjusted p. holm and bonferroni keep the chance of any false * at 5%.")
+@click.option("--failed-as", type=click.Choice(["drop", "worst"]), default="drop", show_default=True,
+              help="Diverged and failed runs: leave them out of the statistics, or count each as the worst "
+                   "value of the metric among the table's finished runs. Their count is always shown.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown", "json"]), default="table",
               show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best K rows only.")
 @tracking_uri_option
 @handle_errors
 def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str | None, direction: str,
-                baseline: str | None, fmt: str, top: int | None, tracking_uri: str | None) -> None:
-    """Rank the settings of a sweep: mean ± std and 95% CI over seeds, n finished / n expected.
+                baseline: str | None, correction: str, failed_as: str, fmt: str, top: int | None,
+                tracking_uri: str | None) -> None:
+    """Rank the settings of a sweep: mean ± std and 95% CI over seeds, n finished / n expected,
+    and how many runs diverged or failed.
 
     \b
     With --baseline, each setting's per-seed differences to the baseline (over the
-    seeds both have): mean ± std, 95% CI, p of a two-sided paired t-test, * when p < 0.05.
+    seeds both have): mean ± std, 95% CI, p of a two-sided paired t-test, that p
+    adjusted for the table's number of tests (--correction), * when the adjusted p < 0.05.
+    Grouping by fewer axes than the grid has pools the others (the notes name them).
     The table format ends with notes on the statistics; other formats print them on stderr.
     """
     from orchestrator import compare
@@ -364,7 +374,7 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     records, expected = _sweep_data(open_store(tracking_uri, write=False), experiment, sweep)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
-                             baseline=baseline, top=top)
+                             baseline=baseline, top=top, correction=correction, failed_as=failed_as)
     click.echo(compare.render(result, fmt))
     if fmt != "table":
         for note in compare.compare_notes(result):

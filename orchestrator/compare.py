@@ -5,13 +5,14 @@ The work is split by the question each part answers:
 * ``records.py``: which record stands for each run key of the grid (:class:`RunRecord`,
   :func:`select_finished`, :func:`summary_rows`);
 * ``results.py``: the numbers: groups, mean ± std and 95% CI over seeds, ranks, paired
-  deltas with a paired t-test, the report's statistics (:func:`compare`,
+  deltas with a paired t-test and its p adjusted for the table's number of tests,
+  diverged and failed runs per row, the report's statistics (:func:`compare`,
   :func:`report_stats`, :class:`Stats`, :class:`PairedStats`);
 * ``render.py``: the text: table, csv, markdown, json, and latex for the report
   (:func:`render`, :func:`report`, :func:`compare_notes`).
 
 None of them imports mlflow or torch (scipy is imported when an interval or a test is
-first computed), so ``orch compare`` / ``orch report`` and their
+first computed, statsmodels when p-values are adjusted), so ``orch compare`` / ``orch report`` and their
 tests stay fast and need no tracking server. What counts as a result is
 :func:`orchestrator.schema.is_finished_result`; when several finished records share one
 run key (``--rerun``), the one that started last wins.
@@ -25,7 +26,7 @@ Example::
 
 from __future__ import annotations
 
-from orchestrator.records import RunRecord, is_result, parse_point, select_finished, summary_rows
+from orchestrator.records import Outcome, RunRecord, is_result, parse_point, select_finished, summary_rows
 from orchestrator.render import (
     FORMATS,
     REPORT_FORMATS,
@@ -38,6 +39,8 @@ from orchestrator.render import (
     setting_label,
 )
 from orchestrator.results import (
+    CORRECTIONS,
+    FAILED_AS,
     CompareError,
     CompareResult,
     CompareRow,
@@ -51,12 +54,15 @@ from orchestrator.results import (
 )
 
 __all__ = [
+    "CORRECTIONS",
+    "FAILED_AS",
     "FORMATS",
     "REPORT_FORMATS",
     "STAT_FIELDS",
     "CompareError",
     "CompareResult",
     "CompareRow",
+    "Outcome",
     "PairedStats",
     "RunRecord",
     "Sample",

@@ -7,7 +7,8 @@ torch, so ``orch compare`` / ``orch report`` and their tests need no tracking se
 
 What counts as a result is :func:`orchestrator.schema.is_finished_result`. When several
 records share one run key (``--rerun``), the one that started last wins; on equal start
-times, the one listed last. Pruned Optuna trials are dropped entirely (they are neither
+times, the one listed last. A run key without a result is counted as diverged or failed
+by its latest record (:meth:`Unit.outcome`). Pruned Optuna trials are dropped entirely (they are neither
 results nor the latest state of a point). Records outside the expected grid are counted
 as ignored when a grid is given.
 
@@ -17,12 +18,25 @@ of the comparison modules, because grouping, rendering and plots all use them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from orchestrator.schema import ExpectedPoint, Tag, TrialState, is_finished_result
+from orchestrator.schema import ExpectedPoint, Status, Tag, TrialState, is_finished_result
 
 SEED_KEY = "seed"
+# A run whose training stopped on a non-finite loss ends FAILED with a reason that starts
+# with the exception's name (runner._reason: "TrainingDiverged: non-finite training loss ...").
+DIVERGED_REASON = "TrainingDiverged"
+
+
+class Outcome:
+    """What became of one run key, for one metric (:meth:`Unit.outcome`)."""
+
+    RESULT = "result"  # a finished run with a finite value
+    DIVERGED = "diverged"  # training stopped on a non-finite loss, or the finished value is not finite
+    FAILED = "failed"  # the latest run ended FAILED for another reason (a crash, out of memory, ...)
+    OPEN = "open"  # no result yet: never ran, running, killed, or finished without the metric
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,19 @@ class Unit:
             rec = self.finished or self.latest
             seed = rec.params.get(SEED_KEY) if rec is not None else None
         return seed
+
+    def outcome(self, metric: str) -> str:
+        """An :class:`Outcome`: the finished record's value if there is one, else the latest
+        record's status (and its failure reason)."""
+        if self.finished is not None:
+            value = self.finished.metrics.get(metric)
+            if isinstance(value, (int, float)):
+                return Outcome.RESULT if math.isfinite(value) else Outcome.DIVERGED
+            return Outcome.OPEN
+        if self.latest is not None and self.latest.status == Status.FAILED:
+            diverged = self.latest.tags.get(Tag.FAILURE_REASON, "").startswith(DIVERGED_REASON)
+            return Outcome.DIVERGED if diverged else Outcome.FAILED
+        return Outcome.OPEN
 
     def name(self) -> str:
         if self.expected is not None:

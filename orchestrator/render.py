@@ -7,8 +7,9 @@ booktabs ``tabular`` to paste into a paper. rich and tabulate are imported insid
 functions that use them.
 
 A comparison's table carries its footnotes (how the interval and the test were
-computed, and a warning at small n) as a caption; for the other formats they come
-from :func:`compare_notes`, so that the output stays a table a program can read.
+computed, the correction for the number of tests, diverged and failed runs, pooled axes,
+and a warning at small n) as a caption; for the other formats they come from
+:func:`compare_notes`, so that the output stays a table a program can read.
 
 Example::
 
@@ -30,6 +31,7 @@ from orchestrator.records import RunRecord, short_name, short_names, value_text
 from orchestrator.results import (
     ALPHA,
     CONFIDENCE,
+    CORRECTIONS,
     CompareError,
     CompareResult,
     CompareRow,
@@ -46,18 +48,23 @@ REPORT_TITLES = dict(zip(SCORES, ("Accuracy", "F1 micro", "F1 macro")))  # score
 SMALL_N = 5  # below this many seeds (or pairs) the notes warn that the t interval/test is weak
 BATCH_SIZE_KEY = "data.batch_size"
 MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
-TABLE_WIDTH = 160  # characters of a rich table
+TABLE_WIDTH = 180  # characters of a rich table (a baseline comparison of a 2-axis grid needs ~175)
 _SEED_SUFFIX = re.compile(r"-s\d+$")
 # The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
 # each is an attribute of CompareRow.
-ROW_STATS = ("mean", "std", "n_finished", "n_expected", "min", "max", "ci_low", "ci_high")
+ROW_STATS = ("mean", "std", "n_finished", "n_expected", "n_diverged", "n_failed", "min", "max", "ci_low", "ci_high")
 DELTA_STATS = ("delta_mean", "delta_std", "n_pairs",  # only with a baseline
                "delta_ci_low", "delta_ci_high", "p_value", "significant")
 CI_TITLE = f"{CONFIDENCE:.0%} CI"
 P_TITLE = "p (paired t)"
-SAMPLE_FIELDS = ("seeds", "values")  # per finished run, in grid order
+LOST_TITLE = "div/fail"  # run keys that diverged / failed otherwise (records.Outcome)
+# The adjusted p of a JSON/CSV row is named after its correction (p_holm, p_bonferroni), after p_value.
+CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
+SAMPLE_FIELDS = ("seeds", "values")  # per finished run (and stand-in), in grid order
+POOLED_FIELD = "pooled_axes"  # the grid axes that each row pools (the same on every row)
 # Keys of a JSON/CSV row that are not grouping values (used to read rows back).
-STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS})
+STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS, POOLED_FIELD,
+                         *(f"p_{c}" for c, method in CORRECTIONS.items() if method)})
 
 
 # --------------------------------------------------------------------------- cells
@@ -164,50 +171,113 @@ def render(result: CompareResult, fmt: str = "table", *, width: int = TABLE_WIDT
 def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     """Headers and string cells shared by the table and markdown formats."""
     has_baseline = result.baseline_key is not None
-    headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", CI_TITLE]
+    adjusted = has_baseline and CORRECTIONS[result.correction] is not None
+    headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", LOST_TITLE, CI_TITLE]
     if has_baseline:
         headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs",
-                    f"Δ {CI_TITLE}", P_TITLE, "*"]
+                    f"Δ {CI_TITLE}", P_TITLE, *([_adjusted_title(result)] if adjusted else []), "*"]
     body = []
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank)]
         cells += [value_text(r.group[k]) for k in result.group_keys]
-        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}", _ci_text(r.stats)]
+        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}", f"{r.n_diverged}/{r.n_failed}",
+                  _ci_text(r.stats)]
         if has_baseline:
             cells += [_delta_text(r.delta), str(r.n_pairs), _ci_text(r.delta), _p_text(r.p_value),
-                      "*" if r.significant else ""]
+                      *([_p_text(r.p_adjusted)] if adjusted else []), "*" if r.significant else ""]
         body.append(cells)
     return headers, body
 
 
+def _adjusted_title(result: CompareResult) -> str:
+    return f"p ({CORRECTION_NAMES[result.correction]})"
+
+
 def compare_notes(result: CompareResult) -> list[str]:
-    """One line each: how the interval (and the test) were computed; a warning at small n."""
+    """One line each: how the interval (and the test, and its correction) were computed;
+    diverged and failed runs; pooled axes; a warning at small n."""
     notes = [f"{CI_TITLE}: Student t over seeds, mean ± t(0.975, n-1)·s/√n; {MISSING} below 2 seeds."]
-    counts = [r.n_finished for r in result.rows]
+    counts = [r.stats.n for r in result.rows]
     what = "seeds: the t interval assumes roughly normal per-seed values"
     if result.baseline_key is not None:
         notes.append(f"Δ: per-seed difference to {result.baseline}, over the seeds both have; "
-                     f"p: two-sided paired t-test (scipy.stats.ttest_rel); * = p < {ALPHA} "
-                     "(not corrected for multiple comparisons).")
+                     f"p: two-sided paired t-test (scipy.stats.ttest_rel).")
+        notes.append(_correction_note(result))
         counts = [r.n_pairs for r in result.rows]
         what = "pairs: the t-test assumes roughly normal per-seed differences"
+    lost = _lost_note(result)
+    if lost:
+        notes.append(lost)
+    if result.pooled_axes:
+        pooled = ", ".join(result.pooled_axes)
+        notes.append(f"pooled over {pooled} (not a grouping key): each row's std, {CI_TITLE} and paired test "
+                     f"treat its runs at every {pooled} value as more seeds, so differences between "
+                     f"those values count as noise.")
     small = sorted({n for n in counts if 2 <= n < SMALL_N})
     if small:
-        notes.append(f"n = {'/'.join(map(str, small))} {what} and is weak at this n.")
+        note = f"n = {'/'.join(map(str, small))} {what} and is weak at this n"
+        if result.baseline_key is not None and CORRECTIONS[result.correction] is not None:
+            note += (f"; with {small[0]} pairs a paired t-test has {small[0] - 1} degree"
+                     f"{'s' if small[0] > 2 else ''} of freedom, so only large effects reach * after correction")
+        notes.append(note + ".")
     return notes
 
 
+def _correction_note(result: CompareResult) -> str:
+    m = result.n_tests
+    tests = f"the table's m = {m} paired test{'s' if m != 1 else ''}"
+    if CORRECTIONS[result.correction] is None:
+        return (f"* = p < {ALPHA}, not corrected for {tests}: if no setting differs from the baseline, "
+                f"the chance of at least one false * grows with m (up to m × {ALPHA:.0%}).")
+    name = CORRECTION_NAMES[result.correction]
+    how = "Holm's step-down adjustment" if result.correction == "holm" else "Bonferroni's adjustment (p × m)"
+    return (f"p ({name}): {how} over {tests} (statsmodels multipletests); * = p ({name}) < {ALPHA}: "
+            f"if no setting differs from the baseline, the chance of any * is at most {ALPHA:.0%} "
+            f"(family-wise, under any dependence between the tests).")
+
+
+def _lost_note(result: CompareResult) -> str | None:
+    diverged, failed = sum(r.n_diverged for r in result.rows), sum(r.n_failed for r in result.rows)
+    if not diverged + failed:
+        return None
+    one = diverged + failed == 1
+    runs = f"{diverged + failed} run{'' if one else 's'} ({diverged} diverged, {failed} failed)"
+    what = ("diverged: training stopped on a non-finite loss, or the finished value is not finite; "
+            "failed: ended FAILED for another reason")
+    if result.failed_as == "worst" and not math.isnan(result.worst):
+        lowest = "lowest" if result.direction == "max" else "highest"
+        return (f"{LOST_TITLE}: {runs} count{'s' if one else ''} as the {lowest} {result.metric} among the table's finished runs, "
+                f"{result.worst:.4f} (--failed-as worst); {what}.")
+    return (f"{LOST_TITLE}: {runs} {'has' if one else 'have'} no value and {'is' if one else 'are'} left out "
+            f"of the means, which flatters their settings (--failed-as worst counts them as the table's worst value); {what}.")
+
+
+def _adjusted_field(result: CompareResult) -> str | None:
+    """``p_holm`` / ``p_bonferroni``: the adjusted p's JSON/CSV name; None without a baseline or correction."""
+    if result.baseline_key is None or CORRECTIONS[result.correction] is None:
+        return None
+    return f"p_{result.correction}"
+
+
 def _stat_fields(result: CompareResult) -> tuple[str, ...]:
-    deltas = DELTA_STATS if result.baseline_key is not None else ()
-    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS)
+    deltas = list(DELTA_STATS) if result.baseline_key is not None else []
+    adjusted = _adjusted_field(result)
+    if adjusted:
+        deltas.insert(deltas.index("p_value") + 1, adjusted)
+    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS, POOLED_FIELD)
 
 
 def row_to_dict(row: CompareRow, result: CompareResult) -> dict[str, Any]:
-    """A flat, JSON-ready row: grouping keys, statistics, per-seed values (NaN → None)."""
+    """A flat, JSON-ready row: grouping keys, statistics, per-seed values (NaN → None), and
+    the pooled axes (the same on every row)."""
     out: dict[str, Any] = {"rank": row.rank}
     out.update({k: _json_value(row.group[k]) for k in result.group_keys})
+    adjusted = _adjusted_field(result)
     for name in _stat_fields(result):
-        value = getattr(row, name)
+        if name == POOLED_FIELD:
+            value = result.pooled_axes
+        else:
+            value = row.p_adjusted if name == adjusted else getattr(row, name)
         out[name] = [_json_value(v) for v in value] if isinstance(value, tuple) else _json_value(value)
     return out
 
@@ -219,6 +289,7 @@ def _compare_csv(result: CompareResult) -> str:
         d = row_to_dict(row, result)
         d["seeds"] = ";".join(value_text(s) for s in d["seeds"])
         d["values"] = ";".join(repr(v) for v in d["values"])
+        d[POOLED_FIELD] = ";".join(d[POOLED_FIELD])
         if d.get("significant") is not None:
             d["significant"] = str(d["significant"]).lower()  # as in the JSON: true / false
         body.append(["" if d[k] is None else d[k] for k in fields])

@@ -9,14 +9,22 @@ statistic is one more property of :class:`Stats`, and every row and cell has it:
 (:attr:`PairedStats.p_value`) is the deltas' own. scipy computes both; it is imported
 when they are first read.
 
-Non-finite metric values (a diverged run that still finished) are not counted.
+A comparison with a baseline runs one paired test per row; their p-values are adjusted
+for the table's number of tests (Holm by default, statsmodels' ``multipletests``,
+imported only then) and the row's ``significant`` follows the adjusted value.
+
+A run key without a finite result is counted per row as diverged or failed
+(:class:`orchestrator.records.Outcome`); ``failed_as="drop"`` leaves it out of the
+statistics, ``failed_as="worst"`` counts it as the worst finite value of the metric among
+all the table's runs (the lowest for ``direction="max"``, the highest for ``"min"``).
 
 Example::
 
     result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
     best = result.rows[0]
     print(best.label, best.mean, best.std, best.n_finished, best.delta_mean)
-    print(best.stats.ci95, best.delta.ci95, best.p_value, best.significant)
+    print(best.stats.ci95, best.delta.ci95, best.p_value, best.p_adjusted, best.significant)
+    print(best.n_diverged, best.n_failed, result.pooled_axes)
     for setting in report_stats(records, expected):
         print(setting.values, setting.splits[1].scores["f1_macro"].mean)
 """
@@ -36,6 +44,7 @@ from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.errors import UserError
 from orchestrator.records import (
     SEED_KEY,
+    Outcome,
     RunRecord,
     Unit,
     match_units,
@@ -48,7 +57,10 @@ DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
 # (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
 SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
 CONFIDENCE = 0.95  # of the intervals: mean ± t_{(1+CONFIDENCE)/2, n-1} · s / √n
-ALPHA = 0.05  # a paired difference is significant when its t-test's p is below this
+ALPHA = 0.05  # a paired difference is significant when its (adjusted) t-test's p is below this
+# --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
+CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
+FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
 
 
 class CompareError(UserError):
@@ -150,6 +162,7 @@ class Sample:
     run_name: str
     run_id: str
     point: Mapping[str, str] = field(default_factory=dict, compare=False)  # axes + seed, as strings
+    stand_in: bool = False  # a diverged or failed run counted as the table's worst value (failed_as="worst")
 
 
 @dataclass(frozen=True)
@@ -158,14 +171,18 @@ class CompareRow:
 
     group: Mapping[str, Any]  # grouping key -> value (the grid's value, else the param string)
     n_expected: int
-    samples: tuple[Sample, ...] = ()  # the finished runs with a finite value
-    rank: int | None = None  # 1 = best; None when the group has no finished run
+    samples: tuple[Sample, ...] = ()  # the finished runs with a finite value (and stand-ins), grid order
+    rank: int | None = None  # 1 = best; None when the group has no value
     delta: PairedStats = PairedStats()  # paired differences to the baseline (row - baseline), one per pair
     order: int = 0  # position of the group in grid order (for plots and stable ties)
+    n_diverged: int = 0  # run keys whose training diverged (Outcome.DIVERGED)
+    n_failed: int = 0  # run keys whose latest run FAILED otherwise (Outcome.FAILED)
+    p_adjusted: float = math.nan  # p_value adjusted over the table's tests; NaN without correction or p
+    correction: str = "none"  # a key of CORRECTIONS: which p decides ``significant``
 
     @cached_property
     def stats(self) -> Stats:
-        """The metric over the group's finished runs."""
+        """The metric over the group's samples (finished runs, and stand-ins with failed_as="worst")."""
         return Stats(self.values)
 
     @property
@@ -186,7 +203,8 @@ class CompareRow:
     std = property(lambda self: self.stats.std, doc="Sample std (ddof=1); NaN below two finished runs.")
     min = property(lambda self: self.stats.min)
     max = property(lambda self: self.stats.max)
-    n_finished = property(lambda self: self.stats.n)
+    n_finished = property(lambda self: sum(not s.stand_in for s in self.samples),
+                          doc="Finished runs with a finite value (stand-ins not counted).")
     ci_low = property(lambda self: self.stats.ci_low, doc="95% CI of the mean (Student t); NaN below two runs.")
     ci_high = property(lambda self: self.stats.ci_high)
     delta_mean = property(lambda self: self.delta.mean, doc="NaN without a baseline or a pair.")
@@ -195,7 +213,12 @@ class CompareRow:
     delta_ci_low = property(lambda self: self.delta.ci_low, doc="95% CI of the mean paired difference.")
     delta_ci_high = property(lambda self: self.delta.ci_high)
     p_value = property(lambda self: self.delta.p_value, doc="Paired t-test against the baseline (two-sided).")
-    significant = property(lambda self: self.delta.significant, doc="p < ALPHA; None without a p.")
+
+    @property
+    def significant(self) -> bool | None:
+        """The adjusted p (the raw one with ``correction="none"``) < ALPHA; None without a p."""
+        p = self.p_value if CORRECTIONS[self.correction] is None else self.p_adjusted
+        return None if math.isnan(p) else bool(p < ALPHA)
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,11 @@ class CompareResult:
     baseline_key: str | None = None
     baseline_value: str | None = None
     n_ignored: int = 0  # records outside the expected grid
+    correction: str = "none"  # a key of CORRECTIONS
+    n_tests: int = 0  # paired tests in the table (rows with a p, before ``top``): the correction's m
+    failed_as: str = "drop"  # one of FAILED_AS
+    worst: float = math.nan  # the stand-in value with failed_as="worst"; NaN when no run has a value
+    pooled_axes: tuple[str, ...] = ()  # grid axes that are not grouping keys: their runs share a row
 
     @property
     def baseline(self) -> str | None:
@@ -223,14 +251,23 @@ class Group:
     units: tuple[Unit, ...]
     order: int  # first appearance in grid order
 
-    def samples(self, metric: str) -> tuple[Sample, ...]:
-        """The finished runs' finite values of ``metric``, in grid order."""
+    def samples(self, metric: str, stand_in: float | None = None) -> tuple[Sample, ...]:
+        """The finished runs' finite values of ``metric``, in grid order; with ``stand_in``,
+        also that value for each diverged or failed run key."""
         out = []
         for u in self.units:
-            rec = u.finished
-            if rec is not None and _finite(rec.metrics.get(metric)):
+            outcome = u.outcome(metric)
+            if outcome == Outcome.RESULT:
+                rec = u.finished
                 out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.point()))
+            elif stand_in is not None and outcome in (Outcome.DIVERGED, Outcome.FAILED):
+                rec = u.finished or u.latest
+                out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.point(), stand_in=True))
         return tuple(out)
+
+    def count(self, metric: str, outcome: str) -> int:
+        """How many of the group's run keys have this :class:`Outcome` for ``metric``."""
+        return sum(u.outcome(metric) == outcome for u in self.units)
 
 
 @dataclass(frozen=True)
@@ -310,8 +347,11 @@ def compare(
     direction: str = "max",
     baseline: str | None = None,
     top: int | None = None,
+    correction: str = "holm",
+    failed_as: str = "drop",
 ) -> CompareResult:
-    """One row per setting (seeds pooled): mean ± std and 95% CI of ``metric``, n finished/expected.
+    """One row per setting (seeds pooled): mean ± std and 95% CI of ``metric``, n finished/expected,
+    and how many of its run keys diverged or failed.
 
     Args:
         records: runs of the sweep (any status; pruned trials and unfinished runs
@@ -327,32 +367,72 @@ def compare(
             paired differences against the baseline row that has the same values on
             the other grouping keys (:class:`PairedStats`: mean ± std, 95% CI and the
             paired t-test's p).
-        top: keep only the first ``top`` rows.
+        top: keep only the first ``top`` rows (the correction still counts every test).
+        correction: ``"holm"``, ``"bonferroni"`` or ``"none"``: how the baseline tests'
+            p-values are adjusted for their number (``CompareRow.p_adjusted``; the row's
+            ``significant`` follows it).
+        failed_as: ``"drop"`` (diverged and failed run keys leave the statistics) or
+            ``"worst"`` (each counts as the worst finite value of ``metric`` among all
+            the table's finished runs, in ``direction``).
 
     Raises:
         CompareError: unknown metric (lists the metrics that exist), bad direction,
-            group key or baseline (lists what exists).
+            correction, failed_as, group key or baseline (lists what exists).
     """
     if direction not in DIRECTIONS:
         raise CompareError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     direction = DIRECTIONS[direction]
     if top is not None and top < 0:
         raise CompareError(f"top must be a positive number of rows, not {top}")
+    if correction not in CORRECTIONS:
+        raise CompareError(f"correction must be one of {', '.join(CORRECTIONS)}, not {correction!r}")
+    if failed_as not in FAILED_AS:
+        raise CompareError(f"failed_as must be one of {', '.join(FAILED_AS)}, not {failed_as!r}")
     records = list(records)
     matched = match_units(records, expected)
     _check_metric(matched.units, metric)
     group_keys = _group_keys(group_by, matched.axes, records)
-    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric), order=g.order)
-            for g in group_units(matched.units, group_keys)]
+    groups = group_units(matched.units, group_keys)
+    worst = worst_value((s.value for g in groups for s in g.samples(metric)), direction)
+    stand_in = worst if failed_as == "worst" and not math.isnan(worst) else None
+    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric, stand_in), order=g.order,
+                       n_diverged=g.count(metric, Outcome.DIVERGED), n_failed=g.count(metric, Outcome.FAILED))
+            for g in groups]
     base = _baseline(baseline, group_keys, rows)
     if base is not None:
-        rows = paired_deltas(rows, base)
+        rows = adjust_p_values(paired_deltas(rows, base), correction)
+    n_tests = sum(not math.isnan(r.p_value) for r in rows)
     rows = rank_rows(rows, direction)[:top]
     return CompareResult(
         metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rows),
         baseline_key=None if base is None else base.key, baseline_value=None if base is None else base.value,
-        n_ignored=matched.n_ignored,
+        n_ignored=matched.n_ignored, correction=correction, n_tests=n_tests, failed_as=failed_as, worst=worst,
+        pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
     )
+
+
+def worst_value(values: Iterable[float], direction: str) -> float:
+    """The lowest value for ``"max"``, the highest for ``"min"``; NaN when there is none."""
+    values = list(values)
+    if not values:
+        return math.nan
+    return min(values) if direction == "max" else max(values)
+
+
+def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[CompareRow]:
+    """Each row with ``correction`` and, over the rows that have a p (the table's m tests),
+    ``p_adjusted`` from ``statsmodels.stats.multitest.multipletests``."""
+    rows = [dataclasses.replace(r, correction=correction) for r in rows]
+    tested = [i for i, r in enumerate(rows) if not math.isnan(r.p_value)]
+    method = CORRECTIONS[correction]
+    if method is None or not tested:
+        return rows
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = multipletests([rows[i].p_value for i in tested], alpha=ALPHA, method=method)[1]
+    for i, p in zip(tested, adjusted):
+        rows[i] = dataclasses.replace(rows[i], p_adjusted=float(p))
+    return rows
 
 
 def _check_metric(units: Sequence[Unit], metric: str) -> None:
@@ -417,10 +497,10 @@ def paired_deltas(rows: Sequence[CompareRow], baseline: Baseline) -> list[Compar
 
 
 def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
-    """Best first (``"max"``: highest mean); rows without a finished run last, unranked."""
+    """Best first (``"max"``: highest mean); rows without a value last, unranked."""
     sign = -1.0 if direction == "max" else 1.0
-    ordered = sorted(rows, key=lambda r: (r.n_finished == 0, sign * r.mean if r.n_finished else 0.0, r.order))
-    return [dataclasses.replace(r, rank=i + 1 if r.n_finished else None) for i, r in enumerate(ordered)]
+    ordered = sorted(rows, key=lambda r: (r.stats.n == 0, sign * r.mean if r.stats.n else 0.0, r.order))
+    return [dataclasses.replace(r, rank=i + 1 if r.stats.n else None) for i, r in enumerate(ordered)]
 
 
 # --------------------------------------------------------------------------- report

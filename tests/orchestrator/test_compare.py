@@ -10,11 +10,13 @@ import math
 import numpy as np
 import pytest
 import scipy.stats
+from statsmodels.stats.multitest import multipletests
 
 from conftest import run_record
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.compare import (
     FORMATS,
+    CompareError,
     CompareResult,
     RunRecord,
     compare,
@@ -131,6 +133,7 @@ def test_failed_pruned_and_reruns(sweep):
     original = {r.params["seed"]: r.metrics["val_f1_macro"] for r in sweep[1] if r.name in {e.name for e in gn8}}
     want = np.array([original["0"], original["1"], 0.123])
     assert row.n_finished == 3 and row.n_expected == 3
+    assert row.n_failed == 0 and row.n_diverged == 0  # the failed rerun does not undo a result
     assert sorted(row.values) == pytest.approx(sorted(want))
     assert row.mean == pytest.approx(want.mean())
     assert row.std == pytest.approx(want.std(ddof=1))
@@ -294,7 +297,7 @@ def t_interval(values) -> tuple[float, float]:
 
 def test_ci_and_paired_t_test_equal_scipy(known_sweep):
     expected, records = known_sweep
-    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch", correction="none")
     base = np.array(BASE_VALUES)
     for norm, values in KNOWN_VALUES.items():
         row = row_for(result, **{"model.norm": norm})
@@ -356,7 +359,8 @@ def test_every_format_shows_intervals_p_and_the_mark(known_sweep):
 
     header, *body = md_rows_with_header(render(result, "markdown"))
     assert header[:5] == ["rank", "norm", "batch_size", "val_f1_macro mean ± std", "n"]  # old columns first
-    assert header[5:] == ["95% CI", "Δ vs norm=bn_torch", "pairs", "Δ 95% CI", "p (paired t)", "*"]
+    assert header[5:] == ["div/fail", "95% CI", "Δ vs norm=bn_torch", "pairs", "Δ 95% CI", "p (paired t)",
+                          "p (Holm)", "*"]
     md = {cells[1]: dict(zip(header, cells)) for cells in body}
     assert md["bn"]["*"] == "*" and md["gn"]["*"] == "" and md["bn_torch"]["*"] == ""
     assert md["gn"]["p (paired t)"] == f"{gn.p_value:.3f}"
@@ -374,6 +378,206 @@ def md_rows_with_header(text: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
 
 
+# --------------------------------------------------------------------------- corrected tests
+
+# Two rows whose paired tests are significant alone (p = 0.034 and 0.042) but not after Holm
+# over the two of them (both 0.068): the star must follow the adjusted p.
+BORDERLINE_DELTAS = {"bn": (0.02, 0.03, 0.005, 0.025), "gn": (0.02, 0.035, 0.005, 0.03)}
+
+
+@pytest.fixture
+def borderline_sweep():
+    values = {"bn_torch": BASE_VALUES,
+              **{n: tuple(b + d for b, d in zip(BASE_VALUES, ds)) for n, ds in BORDERLINE_DELTAS.items()}}
+    expected = expected_grid(norms=tuple(values), batches=(8,), seeds=(0, 1, 2, 3))
+    records = [run_record(ep, {"val_f1_macro": values[ep.point["model.norm"]][ep.point["seed"]]}, start=i)
+               for i, ep in enumerate(expected)]
+    return expected, records
+
+
+def test_holm_adjusted_p_equals_statsmodels_and_decides_the_star(borderline_sweep):
+    expected, records = borderline_sweep
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    tested = [r for r in result.rows if r.group["model.norm"] != "bn_torch"]
+    raw = [r.p_value for r in tested]
+    assert all(0.025 < p < 0.05 for p in raw)  # each significant alone
+    holm = multipletests(raw, alpha=0.05, method="holm")[1]
+    assert [r.p_adjusted for r in tested] == pytest.approx(list(holm), abs=1e-12)
+    assert all(p > 0.05 for p in holm) and all(r.significant is False for r in tested)
+    assert result.correction == "holm" and result.n_tests == 2
+
+    rows = {r["model.norm"]: r for r in json.loads(render(result, "json"))}
+    for row in tested:
+        got = rows[row.group["model.norm"]]
+        assert got["p_value"] == pytest.approx(row.p_value, abs=1e-12)
+        assert got["p_holm"] == pytest.approx(row.p_adjusted, abs=1e-12) and got["significant"] is False
+    assert rows["bn_torch"]["p_holm"] is None and rows["bn_torch"]["significant"] is None
+    by_norm = {r["model.norm"]: r for r in csv.DictReader(io.StringIO(render(result, "csv")))}
+    assert float(by_norm["gn"]["p_holm"]) == pytest.approx(row_for(result, **{"model.norm": "gn"}).p_adjusted)
+    assert by_norm["gn"]["significant"] == "false" and by_norm["bn_torch"]["p_holm"] == ""
+    header, *body = md_rows_with_header(render(result, "markdown"))
+    md = {cells[1]: dict(zip(header, cells)) for cells in body}
+    assert md["bn"]["p (Holm)"] == f"{holm[0]:.3f}" and md["bn"]["*"] == "" and md["gn"]["*"] == ""
+    flat = " ".join(render(result, "table").split())
+    assert "p (Holm)" in flat and "m = 2 paired tests" in flat and "family-wise" in flat
+
+    # --top keeps every test in the family.
+    top = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch", top=1)
+    assert top.n_tests == 2 and top.rows[0].p_adjusted == pytest.approx(max(holm), abs=1e-12)
+
+    # Bonferroni: p × m, capped at 1; without a correction the raw p decides and no adjusted field exists.
+    bonf = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch", correction="bonferroni")
+    want = multipletests(raw, alpha=0.05, method="bonferroni")[1]
+    assert [row_for(bonf, **r.group).p_adjusted for r in tested] == pytest.approx(list(want), abs=1e-12)
+    assert {"p_bonferroni", "p_value"} <= set(json.loads(render(bonf, "json"))[0])
+    none = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch", correction="none")
+    assert all(row_for(none, **r.group).significant is True for r in tested)
+    assert all(math.isnan(r.p_adjusted) for r in none.rows)
+    assert not any(k.startswith("p_") and k != "p_value" for k in json.loads(render(none, "json"))[0])
+    assert "p (Holm)" not in render(none, "markdown") and "not corrected" in " ".join(compare_notes(none))
+    with pytest.raises(CompareError, match="holm"):
+        compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch", correction="fdr")
+
+
+@pytest.mark.parametrize("method", ["holm", "bonferroni"])
+def test_adjusted_p_on_random_tables_equals_statsmodels(method):
+    """Random tables of 2-8 settings (ties, a missing pair, p from 1e-4 to 1): the adjusted p
+    of every tested row is multipletests' on the table's raw p-values."""
+    rng = np.random.default_rng(26)
+    for trial in range(30):
+        norms = ("base", *(f"n{i}" for i in range(int(rng.integers(2, 9)))))
+        expected = expected_grid(norms=norms, batches=(8,), seeds=range(int(rng.integers(3, 6))))
+        shift = dict(zip(norms, rng.normal(0, 0.02, len(norms)) * (rng.uniform(size=len(norms)) < 0.5)))
+        records = [run_record(ep, {"val_acc": 0.8 + shift[ep.point["model.norm"]] + float(rng.normal(0, 0.01))},
+                              start=i) for i, ep in enumerate(expected) if i != 3]
+        if trial % 5 == 0:  # two identical settings: tied p-values
+            records += [run_record(ExpectedPoint(ep.name.replace("n0", "n1"), ep.run_key.replace("n0", "n1"),
+                                                 {**ep.point, "model.norm": "n1"}, ep.setting.replace("n0", "n1")),
+                                   dict(r.metrics), start=100 + i)
+                        for i, (ep, r) in enumerate(zip(expected, records)) if ep.point["model.norm"] == "n0"]
+        result = compare(records, expected, "val_acc", baseline="norm=base", correction=method)
+        tested = [r for r in result.rows if not math.isnan(r.p_value)]
+        assert len(tested) == result.n_tests >= 2
+        want = multipletests([r.p_value for r in tested], alpha=0.05, method=method)[1]
+        assert [r.p_adjusted for r in tested] == pytest.approx(list(want), abs=1e-12, rel=0)
+        assert [r.significant for r in tested] == [bool(p < 0.05) for p in want]
+
+
+def test_small_n_note_names_the_degrees_of_freedom(sweep):
+    expected, records = sweep
+    notes = " ".join(compare_notes(compare(records, expected, "val_acc", baseline="norm=bn_torch")))
+    assert "with 3 pairs a paired t-test has 2 degrees of freedom" in notes and "large effects" in notes
+
+
+# --------------------------------------------------------------------------- diverged and failed runs
+
+
+def with_lost_runs(expected, records):
+    """gn bs8: seed 1 diverged (FAILED, TrainingDiverged), seed 2 finished with a NaN value;
+    bn bs128: seed 0 failed (out of memory), seed 1 killed (not counted: it may resume)."""
+    by_name = {ep.name: ep for ep in expected}
+    lost = {"gn-bs8-s1": run_record(by_name["gn-bs8-s1"], {}, status="FAILED", start=1_000, tags={
+                Tag.FAILURE_REASON: "TrainingDiverged: non-finite training loss (nan) at epoch 3; lower optim.lr"}),
+            "gn-bs8-s2": run_record(by_name["gn-bs8-s2"], {"val_f1_macro": math.nan, "val_acc": math.nan},
+                                    start=1_001),
+            "bn-bs128-s0": run_record(by_name["bn-bs128-s0"], {}, status="FAILED", start=1_002,
+                                      tags={Tag.FAILURE_REASON: "out of memory: CUDA out of memory"}),
+            "bn-bs128-s1": run_record(by_name["bn-bs128-s1"], {}, status="KILLED", start=1_003)}
+    return [r for r in records if r.name not in lost] + list(lost.values())
+
+
+def test_diverged_and_failed_runs_are_counted_in_every_format(sweep):
+    expected, records = sweep
+    records = with_lost_runs(expected, records)
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    gn8 = row_for(result, **{"model.norm": "gn", "data.batch_size": 8})
+    bn128 = row_for(result, **{"model.norm": "bn", "data.batch_size": 128})
+    assert (gn8.n_finished, gn8.n_diverged, gn8.n_failed) == (1, 2, 0)
+    assert (bn128.n_finished, bn128.n_diverged, bn128.n_failed) == (1, 0, 1)
+    assert sum(r.n_diverged + r.n_failed for r in result.rows) == 3
+
+    rows = {(r["model.norm"], r["data.batch_size"]): r for r in json.loads(render(result, "json"))}
+    assert (rows["gn", 8]["n_diverged"], rows["gn", 8]["n_failed"]) == (2, 0)
+    assert (rows["bn", 128]["n_diverged"], rows["bn", 128]["n_failed"]) == (0, 1)
+    assert (rows["gn", 128]["n_diverged"], rows["gn", 128]["n_failed"]) == (0, 0)
+    by_key = {(r["model.norm"], r["data.batch_size"]): r for r in csv.DictReader(io.StringIO(render(result, "csv")))}
+    assert (by_key["gn", "8"]["n_diverged"], by_key["bn", "128"]["n_failed"]) == ("2", "1")
+    header, *body = md_rows_with_header(render(result, "markdown"))
+    md = {(cells[1], cells[2]): dict(zip(header, cells)) for cells in body}
+    assert md["gn", "8"]["div/fail"] == "2/0" and md["bn", "128"]["div/fail"] == "0/1"
+    assert md["gn", "128"]["div/fail"] == "0/0" and md["gn", "8"]["n"] == "1/3"
+    table = render(result, "table")
+    assert "div/fail" in table and "2/0" in table and "0/1" in table
+    flat = " ".join(table.split())
+    assert "3 runs (2 diverged, 1 failed) have no value and are left out of the means" in flat
+    assert not any("div/fail" in n for n in compare_notes(compare(sweep[1], expected, "val_f1_macro")))  # none lost: no note
+
+
+def test_failed_as_worst_counts_lost_runs_as_the_tables_worst_value(sweep):
+    expected, records = sweep
+    records = with_lost_runs(expected, records)
+    finite = [r.metrics["val_f1_macro"] for r in records
+              if r.status == "FINISHED" and math.isfinite(r.metrics["val_f1_macro"])]
+    for direction, worst in (("max", min(finite)), ("min", max(finite))):
+        drop = compare(records, expected, "val_f1_macro", direction=direction, baseline="model.norm=bn_torch")
+        result = compare(records, expected, "val_f1_macro", direction=direction, baseline="model.norm=bn_torch",
+                         failed_as="worst")
+        assert result.worst == worst
+        for key in (("gn", 8), ("bn", 128)):
+            group = {"model.norm": key[0], "data.batch_size": key[1]}
+            kept = list(row_for(drop, **group).values)
+            row = row_for(result, **group)
+            lost = row.n_diverged + row.n_failed
+            assert row.mean == pytest.approx(np.mean(kept + [worst] * lost))
+            assert row.std == pytest.approx(np.std(kept + [worst] * lost, ddof=1))
+            assert row.n_finished == len(kept) == 1 and row.stats.n == 1 + lost
+            assert row_for(drop, **group).mean == pytest.approx(np.mean(kept))
+            assert row.n_pairs == 1 + lost  # the stand-ins pair with the baseline's seeds
+        means = [r.mean for r in result.rows]
+        assert means == sorted(means, reverse=direction == "max")
+    rows = {(r["model.norm"], r["data.batch_size"]): r for r in json.loads(render(result, "json"))}
+    gn8 = row_for(result, **{"model.norm": "gn", "data.batch_size": 8})
+    assert rows["gn", 8]["mean"] == pytest.approx(gn8.mean) and rows["gn", 8]["n_diverged"] == 2
+    assert sorted(rows["gn", 8]["values"]) == pytest.approx(sorted(gn8.values))
+    flat = " ".join(render(result, "table").split())
+    assert f"count as the highest val_f1_macro among the table's finished runs, {worst:.4f}" in flat
+    with pytest.raises(CompareError, match="drop"):
+        compare(records, expected, "val_f1_macro", failed_as="zero")
+
+
+def test_a_setting_whose_seeds_all_diverged_is_ranked_only_with_worst():
+    expected = expected_grid(norms=("bn", "gn"), batches=(8,))
+    records = [run_record(ep, {"val_acc": 0.5 + i / 100}, start=i) if ep.point["model.norm"] == "bn" else
+               run_record(ep, {}, status="FAILED", start=i, tags={Tag.FAILURE_REASON: "TrainingDiverged: nan"})
+               for i, ep in enumerate(expected)]
+    drop = row_for(compare(records, expected, "val_acc"), **{"model.norm": "gn"})
+    assert (drop.rank, drop.n_diverged, drop.n_finished) == (None, 3, 0) and math.isnan(drop.mean)
+    worst = row_for(compare(records, expected, "val_acc", failed_as="worst"), **{"model.norm": "gn"})
+    assert (worst.rank, worst.n_finished) == (2, 0) and worst.mean == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- pooled axes
+
+
+def test_grouping_by_fewer_axes_names_the_pooled_ones(sweep):
+    expected, records = sweep
+    pooled = compare(records, expected, "val_acc", group_by=["norm"], baseline="norm=bn_torch")
+    assert pooled.pooled_axes == ("data.batch_size",)
+    assert all(r["pooled_axes"] == ["data.batch_size"] for r in json.loads(render(pooled, "json")))
+    assert {r["pooled_axes"] for r in csv.DictReader(io.StringIO(render(pooled, "csv")))} == {"data.batch_size"}
+    flat = " ".join(render(pooled, "table").split())
+    assert "pooled over data.batch_size" in flat and "count as noise" in flat
+    assert any("pooled over data.batch_size" in n for n in compare_notes(pooled))
+
+    full = compare(records, expected, "val_acc", baseline="norm=bn_torch")
+    assert full.pooled_axes == ()
+    assert all(r["pooled_axes"] == [] for r in json.loads(render(full, "json")))
+    assert not any("pooled" in n for n in compare_notes(full))
+    # Grouping by a param that is not an axis pools every axis.
+    assert compare(records, expected, "val_acc", group_by=["data.name"]).pooled_axes == (
+        "model.norm", "data.batch_size")
+
+
 def test_notes_name_the_test_and_warn_only_at_small_n(known_sweep):
     expected, records = known_sweep
     notes = compare_notes(compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch"))
@@ -384,7 +588,7 @@ def test_notes_name_the_test_and_warn_only_at_small_n(known_sweep):
     rng = np.random.default_rng(3)
     records = [run_record(ep, {"val_acc": float(rng.uniform())}, start=i) for i, ep in enumerate(five)]
     notes = compare_notes(compare(records, five, "val_acc", baseline="norm=bn"))
-    assert len(notes) == 2 and not any("weak" in n for n in notes)
+    assert len(notes) == 3 and not any("weak" in n for n in notes)  # interval, test, correction
 
 
 # --------------------------------------------------------------------------- render

@@ -17,8 +17,9 @@ import pytest
 import scipy.stats
 import yaml
 from click.testing import CliRunner
+from statsmodels.stats.multitest import multipletests
 
-from conftest import orch, run_record
+from conftest import orch, run_record, write_grid
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
 from orchestrator.cli import cli
 from orchestrator.compare import compare
@@ -214,6 +215,10 @@ def test_compare_baseline_p_values_and_intervals_equal_scipy(study_sweep):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == len(NORMS) * len(BATCHES)
+    tested = [row for row in rows if row["p_value"] is not None]
+    holm = multipletests([row["p_value"] for row in tested], alpha=0.05, method="holm")[1]
+    assert len(tested) == 2 and [row["p_holm"] for row in tested] == pytest.approx(list(holm), abs=1e-12, rel=0)
+    assert [row["significant"] for row in tested] == [bool(p < 0.05) for p in holm]
     for row in rows:
         bs = row["data.batch_size"]
         own = values_by_seed(points, "test_acc", row["model.norm"], bs)
@@ -226,8 +231,34 @@ def test_compare_baseline_p_values_and_intervals_equal_scipy(study_sweep):
             continue
         seeds = sorted(own)
         p = scipy.stats.ttest_rel([own[s] for s in seeds], [base[s] for s in seeds]).pvalue
-        assert row["p_value"] == pytest.approx(p) and row["significant"] is bool(p < 0.05)
+        assert row["p_value"] == pytest.approx(p)
+        assert row["n_diverged"] == row["n_failed"] == 0 and row["pooled_axes"] == []
     assert "ttest_rel" in result.stderr and "weak at this n" in result.stderr
+    assert "Holm" in result.stderr and "m = 2 paired tests" in result.stderr and "2 degrees of freedom" in result.stderr
+
+
+def test_compare_counts_a_real_diverged_setting_and_worst_replaces_it(tmp_path):
+    """A real sweep where lr=1e6 diverges on every seed (its runs end FAILED, TrainingDiverged)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "grid.yaml", "diverging", {"optim.lr": [0.05, 1.0e6]}, seeds=(0, 1))
+    proc = orch("sweep", str(grid), "--workers", "2", "--quiet", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # some points failed
+    common = ("compare", "--tracking-uri", uri, "--metric", "val_acc", "--format", "json")
+    dropped = invoke(*common)
+    assert dropped.exit_code == 0, dropped.output
+    rows = {row["optim.lr"]: row for row in json.loads(dropped.stdout)}
+    good, bad = rows[0.05], rows[1.0e6]
+    assert (bad["n_diverged"], bad["n_failed"], bad["n_finished"], bad["rank"]) == (2, 0, 0, None)
+    assert bad["mean"] is None and (good["n_diverged"], good["n_finished"]) == (0, 2)
+    assert "2 runs (2 diverged, 0 failed)" in dropped.stderr
+
+    worst = invoke(*common, "--failed-as", "worst")
+    assert worst.exit_code == 0, worst.output
+    rows = {row["optim.lr"]: row for row in json.loads(worst.stdout)}
+    assert rows[1.0e6]["mean"] == pytest.approx(min(good["values"])) and rows[1.0e6]["rank"] == 2
+    assert rows[1.0e6]["n_diverged"] == 2 and rows[0.05]["mean"] == pytest.approx(good["mean"])
+    table = invoke("compare", "--tracking-uri", uri, "--metric", "val_acc")
+    assert table.exit_code == 0 and "div/fail" in table.stdout and "2/0" in table.stdout
 
 
 @pytest.mark.parametrize("command", [["report"], ["compare", "--metric", "val_acc"]])
