@@ -347,7 +347,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
                    "paired t-test, e.g. model.norm=bn_torch.")
 @click.option("--correction", type=click.Choice(["holm", "bonferroni", "none"]), default="holm", show_default=True,
               help="Adjust the baseline tests' p for their number (p_holm / p_bonferroni); * follows the "
-                   "adjusted p. holm and bonferroni keep the chance of any false * at 5%.")
+                   "adjusted p. holm and bonferroni keep the chance of any false * at most 5%.")
 @click.option("--failed-as", type=click.Choice(["drop", "worst"]), default="drop", show_default=True,
               help="Diverged and failed runs: leave them out of the statistics, or count each as the worst "
                    "value of the metric among the table's finished runs. Their count is always shown.")
