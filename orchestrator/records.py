@@ -8,9 +8,9 @@ torch, so ``orch compare`` / ``orch report`` and their tests need no tracking se
 What counts as a result is :func:`orchestrator.schema.is_finished_result`. When several
 records share one run key (``--rerun``), the one that started last wins; on equal start
 times, the one listed last. A run key without a result is counted as diverged or failed
-by its latest record (:meth:`Unit.outcome`). Pruned Optuna trials are dropped entirely (they are neither
-results nor the latest state of a point). Records outside the expected grid are counted
-as ignored when a grid is given.
+by its latest record (:meth:`Unit.outcome`). Pruned Optuna trials are dropped entirely
+(they are neither results nor the latest state of a point). Records outside the expected
+grid are counted as ignored when a grid is given.
 
 The dotted-key helpers (:func:`short_name`, :func:`value_text`) live here, at the bottom
 of the comparison modules, because grouping, rendering and plots all use them.

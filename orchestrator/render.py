@@ -246,10 +246,11 @@ def _lost_note(result: CompareResult) -> str | None:
             "failed: ended FAILED for another reason")
     if result.failed_as == "worst" and not math.isnan(result.worst):
         lowest = "lowest" if result.direction == "max" else "highest"
-        return (f"{LOST_TITLE}: {runs} count{'s' if one else ''} as the {lowest} {result.metric} among the table's finished runs, "
-                f"{result.worst:.4f} (--failed-as worst); {what}.")
+        return (f"{LOST_TITLE}: {runs} count{'s' if one else ''} as the {lowest} {result.metric} among the "
+                f"table's finished runs, {result.worst:.4f} (--failed-as worst); {what}.")
     return (f"{LOST_TITLE}: {runs} {'has' if one else 'have'} no value and {'is' if one else 'are'} left out "
-            f"of the means, which flatters their settings (--failed-as worst counts them as the table's worst value); {what}.")
+            f"of the means, which flatters their settings (--failed-as worst counts them as the table's "
+            f"worst value); {what}.")
 
 
 def _adjusted_field(result: CompareResult) -> str | None:
