@@ -56,8 +56,10 @@ DELTA_STATS = ("delta_mean", "delta_std", "n_pairs",  # only with a baseline
 CI_TITLE = f"{CONFIDENCE:.0%} CI"
 P_TITLE = "p (paired t)"
 SAMPLE_FIELDS = ("seeds", "values")  # per finished run, in grid order
+EXTRA_SEEDS = "extra_seeds"  # only when some row got seeds from --until-separated
+EXTRA_MARK = "†"  # after n in the table: the row got seeds from --until-separated
 # Keys of a JSON/CSV row that are not grouping values (used to read rows back).
-STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS})
+STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS, EXTRA_SEEDS})
 
 
 # --------------------------------------------------------------------------- cells
@@ -172,7 +174,8 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank)]
         cells += [value_text(r.group[k]) for k in result.group_keys]
-        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}", _ci_text(r.stats)]
+        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}{EXTRA_MARK if r.extra_seeds else ''}",
+                  _ci_text(r.stats)]
         if has_baseline:
             cells += [_delta_text(r.delta), str(r.n_pairs), _ci_text(r.delta), _p_text(r.p_value),
                       "*" if r.significant else ""]
@@ -194,12 +197,16 @@ def compare_notes(result: CompareResult) -> list[str]:
     small = sorted({n for n in counts if 2 <= n < SMALL_N})
     if small:
         notes.append(f"n = {'/'.join(map(str, small))} {what} and is weak at this n.")
+    if any(r.extra_seeds for r in result.rows):
+        notes.append(f"{EXTRA_MARK} ({EXTRA_SEEDS}): seeds added by --until-separated; intervals after adaptive seed "
+                     "allocation are optimistic for the leader; confirm with `orch sweep GRID --confirm N`.")
     return notes
 
 
 def _stat_fields(result: CompareResult) -> tuple[str, ...]:
     deltas = DELTA_STATS if result.baseline_key is not None else ()
-    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS)
+    extra = (EXTRA_SEEDS,) if any(r.extra_seeds for r in result.rows) else ()
+    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS, *extra)
 
 
 def row_to_dict(row: CompareRow, result: CompareResult) -> dict[str, Any]:
@@ -221,6 +228,8 @@ def _compare_csv(result: CompareResult) -> str:
         d["values"] = ";".join(repr(v) for v in d["values"])
         if d.get("significant") is not None:
             d["significant"] = str(d["significant"]).lower()  # as in the JSON: true / false
+        if d.get(EXTRA_SEEDS) is not None:
+            d[EXTRA_SEEDS] = str(d[EXTRA_SEEDS]).lower()
         body.append(["" if d[k] is None else d[k] for k in fields])
     return _csv_text(fields, body)
 

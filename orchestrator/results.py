@@ -162,6 +162,7 @@ class CompareRow:
     rank: int | None = None  # 1 = best; None when the group has no finished run
     delta: PairedStats = PairedStats()  # paired differences to the baseline (row - baseline), one per pair
     order: int = 0  # position of the group in grid order (for plots and stable ties)
+    extra_seeds: bool = False  # --until-separated added seeds to it: its interval is optimistic if it leads
 
     @cached_property
     def stats(self) -> Stats:
@@ -342,7 +343,8 @@ def compare(
     matched = match_units(records, expected)
     _check_metric(matched.units, metric)
     group_keys = _group_keys(group_by, matched.axes, records)
-    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric), order=g.order)
+    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric), order=g.order,
+                       extra_seeds=any(u.expected is not None and u.expected.added for u in g.units))
             for g in group_units(matched.units, group_keys)]
     base = _baseline(baseline, group_keys, rows)
     if base is not None:
