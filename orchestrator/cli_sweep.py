@@ -180,10 +180,7 @@ def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
         raise BadInput(f"--confirm: no finished --until-separated sweep of {spec.path} in {store.uri}; run "
                        f"`orch sweep {spec.path} --until-separated METRIC` first (same grid, same --set)")
     points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
-    try:
-        return separation.confirm_spec(spec, decision, points, n)
-    except ValueError as err:
-        raise BadInput(f"--confirm: {err}") from None
+    return separation.confirm_spec(spec, decision, points, n)
 
 
 def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry_run: bool, rerun: bool,

@@ -40,12 +40,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from orchestrator.errors import UserError
 from orchestrator.grid import SweepSpec
 from orchestrator.grid_expand import RunSpec, run_with_seed, sweep_id
 from orchestrator.results import CompareResult, CompareRow, value_text
 from orchestrator.schema import ExpectedPoint
 
 ALPHA = 0.05  # default family-wise error of a separation sweep
+
+
+class ConfirmError(UserError):
+    """``--confirm`` has no separation verdict to confirm, or the grid lost one of its settings."""
 
 
 @dataclass(frozen=True)
@@ -279,17 +284,17 @@ def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[
     points are ordinary points, seed-major, under a sweep id of their own.
 
     Raises:
-        ValueError: the decision names no leader, or a setting the grid no longer has.
+        ConfirmError: the decision names no leader, or a setting the grid no longer has.
     """
     if not decision.get("leader"):
-        raise ValueError("the separation sweep declared no leader (fewer than two settings had a value)")
+        raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
     top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]
     templates = []
     for setting in top:
         runs = _setting_runs(spec, setting)
         if not runs:
             label = ",".join(f"{k}={value_text(v)}" for k, v in setting.items())
-            raise ValueError(f"setting {label} of the separation sweep is not in this grid any more")
+            raise ConfirmError(f"--confirm: setting {label} of the separation sweep is not in this grid any more")
         templates.append(runs[0])
     first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
     seeds = tuple(range(first, first + n))

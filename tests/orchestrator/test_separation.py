@@ -19,7 +19,7 @@ from conftest import REPO, TINY_BASE, children, invoke, orch, parents, run_recor
 from orchestrator.compare import compare, render
 from orchestrator.grid import load_grid
 from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
-from orchestrator.separation import Separation, holm, paired_p, separate
+from orchestrator.separation import ConfirmError, Separation, confirm_spec, holm, paired_p, separate
 
 # --------------------------------------------------------------------------- the decision
 
@@ -134,6 +134,21 @@ def test_compare_marks_settings_that_got_extra_seeds():
     assert "optimistic for the leader" in table and "--confirm N" in table
     plain = compare(records[:2] + records[4:], [e for e in expected if not e.added], "val_f1_macro")
     assert "extra_seeds" not in render(plain, "json") and "†" not in render(plain, "table")
+
+
+def test_confirm_spec_runs_the_leader_and_the_settings_not_separated_on_fresh_seeds(tmp_path):
+    spec = load_grid(write_grid(tmp_path / "g.yaml", "confirm", {"optim.lr": [0.1, 0.01, 0.001]}, seeds=(0, 1, 2)))
+    added = [ExpectedPoint(name="x", run_key="k", point={"optim.lr": 0.1, "seed": 4}, setting="optim.lr=0.1")]
+    decision = {"leader": {"setting": {"optim.lr": 0.01}}, "not_separated": [{"setting": {"optim.lr": 0.1}}],
+                "separated": [{"setting": {"optim.lr": 0.001}}]}
+    confirm = confirm_spec(spec, decision, added, 2)
+    assert [(r.point["optim.lr"], r.point["seed"]) for r in confirm.runs] == [(0.01, 5), (0.1, 5), (0.01, 6), (0.1, 6)]
+    assert confirm.seeds == (5, 6) and confirm.sweep_id != spec.sweep_id
+    assert [r.run_key for r in confirm.runs] == [r.run_key for r in confirm_spec(spec, decision, added, 2).runs]
+    with pytest.raises(ConfirmError, match="not in this grid"):
+        confirm_spec(spec, {**decision, "leader": {"setting": {"optim.lr": 0.5}}}, added, 2)
+    with pytest.raises(ConfirmError, match="no leader"):
+        confirm_spec(spec, {**decision, "leader": None}, added, 2)
 
 
 # --------------------------------------------------------------------------- a real sweep
