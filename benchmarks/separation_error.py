@@ -143,7 +143,12 @@ def main() -> None:
               f"scipy {scipy.__version__}",
               f"- {args.studies} studies per row and rule (seed {args.seed}); 3 seeds, +2 per round, at most 10; "
               f"σ = 1; new rule at alpha = {args.alpha:g} (guarantee: false sep. ≤ {args.alpha:g} in every row)",
-              f"- took {time.perf_counter() - started:.0f} s", ""]
+              "- rows: K settings all equal (gap 0), or K − 1 equal and one `gap` σ behind them; false sep.: studies "
+              "that end declaring a setting separated from a leader not truly better than it; power: studies that "
+              "end with the setting behind separated; seeds: mean seeds per setting. OLD: non-overlapping unpaired "
+              "95% intervals, uncorrected; NEW: orchestrator.separation.separate (Holm over all ordered pairs of "
+              "one-sided paired t-tests, alpha/L per look, L = 5)",
+              f"- took {time.perf_counter() - started:.0f} s on a machine shared with other work", ""]
     finish(header, "\n".join(rows), args.out)
 
 

@@ -20,7 +20,8 @@ first n of one seed sequence, and n takes at most L values, so by the union boun
 the m0 hypotheses and the L values of n the chance is at most m0 · L · alpha / (L·m0) =
 alpha, however the seeds were allocated and however the leader was chosen. It assumes
 per-seed paired differences that are independent across seeds and roughly normal (the
-t-test's assumption) and finite values on every seed. The price is power: with many
+t-test's assumption) and finite values on every seed (each round stopped and resumed
+can add a look at one more n per pair, and alpha / L to the bound). The price is power: with many
 settings the first Holm step is at alpha / (L·K·(K−1)), so only large gaps separate
 (``benchmarks/separation_error.py`` measures it).
 
