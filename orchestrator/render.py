@@ -62,8 +62,10 @@ LOST_TITLE = "div/fail"  # run keys that diverged / failed otherwise (records.Ou
 CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
 SAMPLE_FIELDS = ("seeds", "values")  # per finished run (and stand-in), in grid order
 POOLED_FIELD = "pooled_axes"  # the grid axes that each row pools (the same on every row)
+EXTRA_SEEDS = "extra_seeds"  # only when some row got seeds from --until-separated
+EXTRA_MARK = "†"  # after n in the table: the row got seeds from --until-separated
 # Keys of a JSON/CSV row that are not grouping values (used to read rows back).
-STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS, POOLED_FIELD,
+STAT_FIELDS = frozenset({"rank", *ROW_STATS, *DELTA_STATS, *SAMPLE_FIELDS, POOLED_FIELD, EXTRA_SEEDS,
                          *(f"p_{c}" for c, method in CORRECTIONS.items() if method)})
 
 
@@ -180,7 +182,8 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank)]
         cells += [value_text(r.group[k]) for k in result.group_keys]
-        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}", f"{r.n_diverged}/{r.n_failed}",
+        cells += [_mean_pm_std(r.stats), f"{r.n_finished}/{r.n_expected}{EXTRA_MARK if r.extra_seeds else ''}",
+                  f"{r.n_diverged}/{r.n_failed}",
                   _ci_text(r.stats)]
         if has_baseline:
             cells += [_delta_text(r.delta), str(r.n_pairs), _ci_text(r.delta), _p_text(r.p_value),
@@ -220,6 +223,9 @@ def compare_notes(result: CompareResult) -> list[str]:
             note += (f"; with {small[0]} pairs a paired t-test has {small[0] - 1} degree"
                      f"{'s' if small[0] > 2 else ''} of freedom, so only large effects reach * after correction")
         notes.append(note + ".")
+    if any(r.extra_seeds for r in result.rows):
+        notes.append(f"{EXTRA_MARK} ({EXTRA_SEEDS}): seeds added by --until-separated; intervals after adaptive seed "
+                     "allocation are optimistic for the leader; confirm with `orch sweep GRID --confirm N`.")
     return notes
 
 
@@ -265,7 +271,8 @@ def _stat_fields(result: CompareResult) -> tuple[str, ...]:
     adjusted = _adjusted_field(result)
     if adjusted:
         deltas.insert(deltas.index("p_value") + 1, adjusted)
-    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS, POOLED_FIELD)
+    extra = (EXTRA_SEEDS,) if any(r.extra_seeds for r in result.rows) else ()
+    return (*ROW_STATS, *deltas, *SAMPLE_FIELDS, POOLED_FIELD, *extra)
 
 
 def row_to_dict(row: CompareRow, result: CompareResult) -> dict[str, Any]:
@@ -293,6 +300,8 @@ def _compare_csv(result: CompareResult) -> str:
         d[POOLED_FIELD] = ";".join(d[POOLED_FIELD])
         if d.get("significant") is not None:
             d["significant"] = str(d["significant"]).lower()  # as in the JSON: true / false
+        if d.get(EXTRA_SEEDS) is not None:
+            d[EXTRA_SEEDS] = str(d[EXTRA_SEEDS]).lower()
         body.append(["" if d[k] is None else d[k] for k in fields])
     return _csv_text(fields, body)
 

@@ -179,6 +179,7 @@ class CompareRow:
     n_failed: int = 0  # run keys whose latest run FAILED otherwise (Outcome.FAILED)
     p_adjusted: float = math.nan  # p_value adjusted over the table's tests; NaN without correction or p
     correction: str = "none"  # a key of CORRECTIONS: which p decides ``significant``
+    extra_seeds: bool = False  # --until-separated added seeds to it: its interval is optimistic if it leads
 
     @cached_property
     def stats(self) -> Stats:
@@ -396,7 +397,8 @@ def compare(
     worst = worst_value((s.value for g in groups for s in g.samples(metric)), direction)
     stand_in = worst if failed_as == "worst" and not math.isnan(worst) else None
     rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric, stand_in), order=g.order,
-                       n_diverged=g.count(metric, Outcome.DIVERGED), n_failed=g.count(metric, Outcome.FAILED))
+                       n_diverged=g.count(metric, Outcome.DIVERGED), n_failed=g.count(metric, Outcome.FAILED),
+                       extra_seeds=any(u.expected is not None and u.expected.added for u in g.units))
             for g in groups]
     base = _baseline(baseline, group_keys, rows)
     if base is not None:

@@ -130,6 +130,7 @@ class Artifact:
 
     GRID = "grid.yaml"
     POINTS = "points.json"
+    SEPARATION = "separation.json"  # a --until-separated sweep's verdict (read by --confirm)
     SUMMARY = "summary.csv"
     VAL_CURVES = "plots/val_curves.png"
     CONFIG = "config.yaml"
@@ -215,10 +216,12 @@ class ExpectedPoint:
     point: Mapping[str, Any]  # axis -> value, including "seed"
     setting: str  # the point without its seed: "model.norm=gn,data.batch_size=8"
     index: int = 0  # position in the sweep's (seed-major) order
+    added: bool = False  # a seed --until-separated added beyond the grid's own
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "run_key": self.run_key, "point": dict(self.point),
-                "setting": self.setting}
+        out = {"index": self.index, "name": self.name, "run_key": self.run_key, "point": dict(self.point),
+               "setting": self.setting}
+        return {**out, "added": True} if self.added else out
 
 
 def points_json(points: Iterable[ExpectedPoint]) -> str:
@@ -229,5 +232,5 @@ def points_json(points: Iterable[ExpectedPoint]) -> str:
 def read_points(data: Sequence[Mapping[str, Any]]) -> list[ExpectedPoint]:
     """``points.json`` (parsed) → ExpectedPoints: the one place that reads that file's layout."""
     return [ExpectedPoint(name=p["name"], run_key=p["run_key"], point=p["point"], setting=p["setting"],
-                          index=int(p.get("index", i)))
+                          index=int(p.get("index", i)), added=bool(p.get("added", False)))
             for i, p in enumerate(data)]

@@ -48,7 +48,8 @@ class SweepState:
 
 def expected_points(spec: SweepSpec) -> list[ExpectedPoint]:
     """The sweep's points as logged in ``points.json`` (read back by ``orch compare``)."""
-    return [ExpectedPoint(name=r.name, run_key=r.run_key, point=r.point, setting=r.setting, index=r.index)
+    return [ExpectedPoint(name=r.name, run_key=r.run_key, point=r.point, setting=r.setting, index=r.index,
+                          added=r.point.get("seed") not in spec.seeds)
             for r in spec.runs]
 
 
@@ -129,12 +130,14 @@ def run_sweep(
                 except KeyboardInterrupt:
                     return Outcome(interrupted=True)
 
+            verdict = None
             try:
                 outcome = run(state.pending)
                 while until is not None and not (outcome.interrupted or outcome.failed or outcome.store_failure):
-                    spec, todo = _next_round(store, spec, state, until, say)
+                    spec, todo, verdict = _next_round(store, spec, state, until, say)
                     if not todo:
                         break
+                    verdict = None  # the round's new values decide again
                     outcome = run(todo)
             finally:
                 scheduler.close()
@@ -142,7 +145,8 @@ def run_sweep(
                 return _store_failed(spec, state, outcome, outcome.store_failure)
             if outcome.interrupted:
                 return _interrupted(store, state, outcome, say)
-            return _finish(store, spec, state, outcome, metric, say)
+            notes = _record_separation(store, state, verdict, until) if verdict is not None else []
+            return _finish(store, spec, state, outcome, metric, say, notes)
         except StoreFailure as err:
             return _store_failed(spec, state, outcome, str(err))
         except KeyboardInterrupt as err:  # a signal outside the scheduler: opening, between rounds, the summary
@@ -174,16 +178,31 @@ def _signals_raise():
 
 
 def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until: Separation, say):
-    """(spec with this round's new points, the round's runs); no runs once separated or at the maximum."""
+    """(spec with this round's new points, the round's runs, this look's verdict or None); no runs
+    once every rival is separated or at the maximum."""
     result = compare_sweep(store, spec, state, until.metric, until.direction)
+    if result is None:
+        return spec, [], None
     finished = store.finished_run_keys(state.experiment_id, kind=Kind.POINT)
-    todo = separation.next_round(spec, result, until, finished) if result is not None else []
+    verdict = separation.decide(result, until)
+    todo = separation.next_round(spec, verdict, until, finished)
     if todo:
         known = {r.run_key for r in spec.runs}
         spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
         store.log_text(state.parent_run_id, points_json(expected_points(spec)), Artifact.POINTS)
-        say(f"until separated on {until.metric}: {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
-    return spec, todo
+        rivals = len(verdict.separated) + len(verdict.undecided)
+        say(f"until separated on {until.metric}: {len(verdict.separated)} of {rivals} rival(s) separated from "
+            f"{verdict.leader.label}; {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
+    return spec, todo, verdict
+
+
+def _record_separation(store: TrackingStore, state: SweepState, verdict, until: Separation) -> list[str]:
+    """Keep the separation's verdict on the parent as ``separation.json``; returns the summary's lines."""
+    import json
+
+    store.log_text(state.parent_run_id, json.dumps(separation.verdict_json(verdict, until), indent=1),
+                   Artifact.SEPARATION)
+    return separation.summary_lines(verdict, until)
 
 
 def _store_failed(spec: SweepSpec, state: SweepState | None, outcome: Outcome, failure: str) -> int:
@@ -216,10 +235,13 @@ def _interrupted(store: TrackingStore, state: SweepState, outcome: Outcome, say)
     return ExitCode.PREEMPTED if preempted else ExitCode.INTERRUPTED
 
 
-def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: Outcome, metric: str, say) -> int:
+def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: Outcome, metric: str, say,
+            notes: Sequence[str] = ()) -> int:
     table = summarize(store, spec, state, metric)
     if table:
         print(table)
+    if notes:  # the separation's verdict, below the table
+        print("\n".join(notes), flush=True)
     if outcome.failed or outcome.skipped:
         store.end_run(state.parent_run_id, Status.FAILED, f"{len(outcome.failed)} point(s) failed")
         say(f"{len(outcome.failed)} point(s) FAILED:")
