@@ -215,6 +215,14 @@ def close(header: dict[str, Any]) -> int:
     """The close job: close the sweep, or, where tasks of it are queued again (requeued), hand
     the closing on to a new close job that runs after them. A later close job of a rerun
     (which runs after this one) closes the sweep itself, so none is handed on then."""
+    try:
+        return _close(header)
+    except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
+        _note(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
+        return ExitCode.FAILED
+
+
+def _close(header: dict[str, Any]) -> int:
     from orchestrator import slurm_sweep
     from orchestrator.tracking import TrackingStore
 
