@@ -213,7 +213,7 @@ def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry
         state = None
     else:
         sub, state = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device,
-                                              max_retries=max_retries, metric=metric, say=say)
+                                              max_retries=max_retries, metric=metric, wait=wait, say=say)
     if sub.job_ids:
         say(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
             f"{sub.job_ids[0]}" + (f" (close job {sub.job_ids[1]})" if len(sub.job_ids) > 1 else "")

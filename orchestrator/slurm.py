@@ -316,10 +316,7 @@ def resubmit_after(job_id: str, after: Sequence[str]) -> str:
 def live_jobs(sweep_id: str) -> list[tuple[str, str, str]]:
     """(job id as squeue shows it — ``12_3`` for an array task —, state, name) of the sweep's live jobs."""
     names = f"{job_name(sweep_id)},{job_name(sweep_id, close=True)}"
-    try:
-        out = _run(["squeue", "-h", "-r", "-n", names, "-o", "%i|%T|%j"])
-    except (OSError, subprocess.SubprocessError):
-        return []
+    out = _squeue(["-h", "-r", "-n", names, "-o", "%i|%T|%j"])
     _check_squeue(out)
     jobs = []
     for line in out.stdout.splitlines():
@@ -330,14 +327,15 @@ def live_jobs(sweep_id: str) -> list[tuple[str, str, str]]:
 
 
 def job_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """squeue's state of each job still known to it (``12_3`` or ``57``)."""
+    """squeue's state of each job still known to it (``12_3`` or ``57``).
+
+    Raises:
+        SlurmError: squeue failed or did not answer (a job missing from the answer has ended).
+    """
     ids = sorted(set(job_ids))
     if not ids or shutil.which("squeue") is None:
         return {}
-    try:
-        out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%A", "-j", ",".join(i.split("_")[0] for i in ids)])
-    except (OSError, subprocess.SubprocessError):
-        return {}
+    out = _squeue(["-h", "-r", "-o", "%i|%T|%A", "-j", ",".join(i.split("_")[0] for i in ids)])
     if "Invalid job id" not in out.stderr:  # every job already left the queue: not an error
         _check_squeue(out)
     states = {}
@@ -347,6 +345,16 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str]:
             states[parts[0]] = parts[1]
             states[parts[2]] = parts[1]  # the plain job id of an array task
     return {i: states[i] for i in ids if i in states}
+
+
+def _squeue(args: Sequence[str]) -> subprocess.CompletedProcess:
+    """``squeue ARGS``; one that cannot be run or does not answer in time raises, as a failed one does
+    (:func:`_check_squeue`)."""
+    try:
+        return _run(["squeue", *args])
+    except (OSError, subprocess.SubprocessError) as err:
+        raise SlurmError(f"squeue did not answer ({err}): the sweep's jobs are in an unknown state, so nothing "
+                         "was closed or resubmitted; try again when Slurm answers") from None
 
 
 def _check_squeue(out: subprocess.CompletedProcess) -> None:

@@ -46,24 +46,37 @@ def covered_run_keys(store: TrackingStore, parent_run_id: str, live: Sequence[tu
 
 def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, *, rerun: bool = False,
                  device: str = "auto", max_retries: int = 1, metric: str = DEFAULT_OBJECTIVE,
-                 dry_run: bool = False, say: Callable[[str], None] = print) -> tuple[Submission | None, Any]:
-    """Submit the sweep's missing points (array mode); returns (what was submitted, the sweep state)."""
+                 dry_run: bool = False, wait: bool = False,
+                 say: Callable[[str], None] = print) -> tuple[Submission | None, Any]:
+    """Submit the sweep's missing points (array mode); returns (what was submitted, the sweep state).
+
+    The experiment's sweep lock is held while submitting, so two submissions of the sweep
+    never both submit a point: the second is refused (naming the holder) or, with ``wait``,
+    waits and then submits only what the first did not.
+    """
     from orchestrator.sweep import open_sweep
 
-    with locks.hold(store.uri, spec.name, wait=False, say=say):
+    with locks.hold(store.uri, spec.name, wait=wait, say=say):
         exp_id = store.ensure_experiment(spec.name)
         parent = store.find_sweep_parent(exp_id, spec.sweep_id)
         finished = set() if rerun else store.finished_run_keys(exp_id, kind=Kind.POINT)
         pending = [r for r in spec.runs if r.run_key not in finished]
         live = slurm.live_jobs(spec.sweep_id)
+        live_arrays = sorted({j[0].split("_")[0] for j in live if j[2] == slurm.job_name(spec.sweep_id)})
         covered = covered_run_keys(store, parent.info.run_id, live) if parent is not None and live else set()
         todo = [r for r in pending if r.run_key not in covered]
         if not todo:
             if parent is not None and parent.info.status in Status.LIVE and not live:
                 say(close_if_done(store, parent, by="orch sweep (rerun)", metric=metric))
-            what = (f"all {len(pending)} unfinished point(s) are queued or running in Slurm jobs "
-                    f"{', '.join(sorted({j[0].split('_')[0] for j in live}))}" if pending
-                    else f"all {len(spec.runs)} points are finished")
+            elif (parent is not None and parent.info.status in Status.LIVE
+                  and not any(j[2] == slurm.job_name(spec.sweep_id, close=True) for j in live)):
+                # tasks but no close job (it was cancelled): without one the parent would stay open
+                close_id = _submit_close(store, spec, options, parent.info.run_id, live_arrays, metric, say)
+                if close_id:
+                    say(f"sweep {spec.name} [{spec.sweep_id}]: no close job of it was queued; close job {close_id} "
+                        f"closes it after job(s) {', '.join(live_arrays)}")
+            what = (f"all {len(pending)} unfinished point(s) are queued or running in Slurm job(s) "
+                    f"{', '.join(live_arrays)}" if pending else f"all {len(spec.runs)} points are finished")
             say(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
             return Submission([], 0, len(pending), len(spec.runs) - len(pending)), None
         state = open_sweep(store, spec, rerun=rerun)
@@ -80,8 +93,6 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
                    f"tracking URI {store.uri}; parent run {state.parent_run_id}")
         script = slurm.task_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=len(tasks), header=header,
                                    jobs=jobs, comment=comment)
-        close_header = {"mode": "close", "uri": store.uri, "parent_run_id": state.parent_run_id, "metric": metric}
-        older_close = [j[0] for j in live if j[2] == slurm.job_name(spec.sweep_id, close=True)]
         slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
         try:
             array_id = slurm.submit(script)
@@ -89,16 +100,31 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
             store.end_run(state.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
             raise
         manifest = slurm.Manifest(array_id, "points", [[r.run_key for r in t] for t in tasks])
-        try:
-            close_id = slurm.submit(slurm.close_script(
-                options, name=slurm.job_name(spec.sweep_id, close=True), after=[array_id, *older_close],
-                header=close_header, comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
-        except slurm.SlurmError as err:
-            close_id = None
-            say(f"warning: {err}; the tasks run, and `orch status` closes the sweep once they have ended")
+        # after every live job of the sweep: earlier arrays too, in case their close job was cancelled
+        after = [array_id, *sorted({j[0].split("_")[0] for j in live})]
+        close_id = _submit_close(store, spec, options, state.parent_run_id, after, metric, say, record=False)
         _record(store, state.parent_run_id, array_id, script, manifest, close_id, launcher=ARRAY)
         return Submission([array_id] + ([close_id] if close_id else []), len(todo), len(pending) - len(todo),
                           len(spec.runs) - len(pending)), state
+
+
+def _submit_close(store: TrackingStore, spec: SweepSpec, options: slurm.SlurmOptions, parent_run_id: str,
+                  after: Sequence[str], metric: str, say: Callable[[str], None], *, record: bool = True) -> str | None:
+    """Submit the sweep's close job, to run once every job in ``after`` has ended; its id, or None
+    (said) when Slurm refuses it."""
+    header = {"mode": "close", "uri": store.uri, "parent_run_id": parent_run_id, "metric": metric}
+    slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
+    try:
+        close_id = slurm.submit(slurm.close_script(
+            options, name=slurm.job_name(spec.sweep_id, close=True), after=after, header=header,
+            comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
+    except slurm.SlurmError as err:
+        say(f"warning: {err}; the tasks run, and `orch status` closes the sweep once they have ended")
+        return None
+    if record:
+        before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
+        store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join([i for i in before.split(",") if i] + [close_id])})
+    return close_id
 
 
 def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, device: str, max_retries: int,
@@ -197,7 +223,10 @@ def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", m
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
     live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]
     if live:
-        return f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running; the last one closes it"
+        if own_job or any(j[2] == slurm.job_name(sweep_id, close=True) for j in live):
+            return f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running; its close job closes it"
+        return (f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running, and no close job (was it "
+                "cancelled?): rerun the sweep to queue one, or run `orch status` again once they have ended")
     exp_id = parent.info.experiment_id
     for run in store.sweep_children(exp_id, sweep_id):
         if run.info.status in Status.LIVE:

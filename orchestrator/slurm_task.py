@@ -114,8 +114,13 @@ def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> 
             continue
         tags = run.data.tags
         other = tags.get(Tag.SLURM_JOB_ID)
-        if other and other != me.get(Tag.SLURM_JOB_ID) and slurm.job_states([other]).get(other) in slurm.LIVE_STATES:
-            return f"running in Slurm job {tags.get(Tag.SLURM_JOB, other)} (run {run.info.run_id})"
+        if other and other != me.get(Tag.SLURM_JOB_ID):
+            try:
+                state = slurm.job_states([other]).get(other)
+            except slurm.SlurmError as err:  # unknown is not "ended": the point may be running there
+                return f"Slurm did not say whether job {other} still runs it ({err}); rerun the sweep later"
+            if state in slurm.LIVE_STATES:
+                return f"running in Slurm job {tags.get(Tag.SLURM_JOB, other)} (run {run.info.run_id})"
         if not other and not processes.is_orphan(tags.get(Tag.HOST), tags.get(Tag.PID)):
             return f"running on {tags.get(Tag.HOST)} (pid {tags.get(Tag.PID)}, run {run.info.run_id})"
         who = f"Slurm task {tags.get(Tag.SLURM_JOB, other)}" if other else f"process {tags.get(Tag.PID)}"
@@ -210,6 +215,14 @@ def close(header: dict[str, Any]) -> int:
     """The close job: close the sweep, or, where tasks of it are queued again (requeued), hand
     the closing on to a new close job that runs after them. A later close job of a rerun
     (which runs after this one) closes the sweep itself, so none is handed on then."""
+    try:
+        return _close(header)
+    except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
+        _note(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
+        return ExitCode.FAILED
+
+
+def _close(header: dict[str, Any]) -> int:
     from orchestrator import slurm_sweep
     from orchestrator.tracking import TrackingStore
 

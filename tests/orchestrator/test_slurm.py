@@ -199,6 +199,107 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
     assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
 
 
+# --------------------------------------------------------------------------- scancel and double submission
+
+
+def test_scancel_of_the_whole_array_ends_every_run_and_the_close_job_still_closes_the_sweep(cluster, tmp_path):
+    """`scancel ARRAY` mid-point: each started point checkpoints and ends KILLED, and the close job
+    (afterany) closes the parent FAILED. (A rerun then resumes them: as after one task's scancel,
+    tested above.)"""
+    grid = write_grid(tmp_path / "g.yaml", "slurm-cancel-array", {"model.norm": ["bn", "gn"]}, base=RESUME_BASE)
+    spec = load_grid(grid)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    array = next(line.split()[0].split("_")[0] for line in sweep_jobs(cluster, spec.sweep_id)
+                 if line.split()[2] == f"orch-{spec.sweep_id}")
+    deadline = time.time() + 400
+    while time.time() < deadline and not ro_rows(
+            db, "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? WHERE r.status = ?",
+            (Tag.CHECKPOINT_EPOCH, Status.RUNNING)):
+        time.sleep(0.2)
+    assert time.time() < deadline, f"no point reached a checkpoint: {task_logs(tmp_path)[-3000:]}"
+    cluster.run("scancel", array)
+    wait_until_no_jobs(cluster, spec.sweep_id)
+
+    runs = point_runs(uri, spec.sweep_id)
+    assert runs and all(r.info.status == Status.KILLED for r in runs), [r.info.status for r in runs]
+    assert all(r.data.tags[Tag.FAILURE_REASON].startswith("preempted (SIGTERM)") for r in runs)
+    assert any(Tag.CHECKPOINT in r.data.tags for r in runs)
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.info.status == Status.FAILED, task_logs(tmp_path)[-3000:]
+    assert parent.data.tags[Tag.SUMMARIZED_BY].startswith("Slurm close job")
+    assert "rerun the sweep" in parent.data.tags[Tag.FAILURE_REASON]
+
+
+def test_a_second_submission_refuses_or_waits_and_a_cancelled_close_job_is_queued_again(cluster, tmp_path):
+    """Two hostile cases on one held one-point sweep. (1) While a submission holds the sweep
+    lock, another exits 2 naming it, or with --wait waits and then submits; one right after
+    submits nothing. (2) Its close job cancelled, the parent would stay RUNNING after the task:
+    `orch status` says so, and a rerun queues a new close job, which closes the sweep after it."""
+    from orchestrator import locks
+
+    grid = write_grid(tmp_path / "g.yaml", "slurm-twice", {"model.norm": ["bn"]})
+    spec = load_grid(grid)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    args = ("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri)
+    log = tmp_path / "waiting.err"
+    with locks.hold(uri, spec.name):  # stands for a submission under way
+        with open(log, "w") as err:  # held: the task stays queued while the test looks
+            waiting = subprocess.Popen([sys.executable, "-m", "orchestrator", *args, "--slurm", "hold", "--wait"],
+                                       cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        refused = invoke(*args, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr
+        assert f"pid {os.getpid()} on host" in refused.stderr and "Traceback" not in refused.stderr
+        deadline = time.time() + 120
+        while "waiting for" not in log.read_text() and waiting.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert waiting.poll() is None and "waiting for" in log.read_text(), log.read_text()
+        assert not sweep_jobs(cluster, spec.sweep_id)
+    deadline = time.time() + 120
+    while len(sweep_jobs(cluster, spec.sweep_id)) < 2 and waiting.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    jobs = {line.split()[2]: line.split()[0] for line in sweep_jobs(cluster, spec.sweep_id)}
+    task, close = jobs[f"orch-{spec.sweep_id}"], jobs[f"orch-{spec.sweep_id}-close"]
+    again = invoke(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing submitted" in again.stderr, again.stderr
+
+    cluster.run("scancel", close)
+    status = invoke("status", "--tracking-uri", uri, cwd=tmp_path)
+    assert status.returncode == 0 and "no close job (was it cancelled?)" in status.stderr, status.stderr
+    rerun = invoke(*args, cwd=tmp_path)
+    assert rerun.returncode == 0 and "nothing submitted" in rerun.stderr, rerun.stderr
+    successors = [line.split()[0] for line in sweep_jobs(cluster, spec.sweep_id)
+                  if line.split()[2] == f"orch-{spec.sweep_id}-close"]
+    assert len(successors) == 1 and f"close job {successors[0]} closes it after job(s)" in rerun.stderr, rerun.stderr
+
+    cluster.run("scontrol", "release", task.split("_")[0])
+    assert waiting.wait(timeout=600) == 0, log.read_text()[-3000:] + task_logs(tmp_path)[-3000:]
+    wait_until_no_jobs(cluster, spec.sweep_id)
+    (run,) = point_runs(uri, spec.sweep_id)
+    assert run.info.status == Status.FINISHED
+    parent = parent_run(uri, spec.sweep_id)
+    assert parent.info.status == Status.FINISHED, task_logs(tmp_path)[-3000:]
+    assert parent.data.tags[Tag.SUMMARIZED_BY] == f"Slurm close job {successors[0]}"
+    assert len(parent.data.tags[Tag.SLURM_JOBS].split(",")) == 3  # one array, its close job, the new one
+
+
+def test_a_squeue_that_cannot_be_asked_is_an_error_not_an_empty_queue(tmp_path, monkeypatch):
+    """An unanswered squeue read as "no live job" would submit, close or take over points that run."""
+    from orchestrator import slurm
+
+    fake = tmp_path / "squeue"
+    fake.write_bytes(b"\x00not a program")  # cannot be run: the same path as one that times out
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(slurm.SlurmError, match="squeue did not answer"):
+        slurm.live_jobs("abc")
+    with pytest.raises(slurm.SlurmError, match="squeue did not answer"):
+        slurm.job_states(["12_3"])
+
+
 # --------------------------------------------------------------------------- acceptance 2, 4
 
 
