@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.tracking import TrackingStore
 
 # A sweep through a tracking server refreshes its parent's heartbeat this often (seconds) ...
-HEARTBEAT_SECONDS = float(os.environ.get("ORCH_SWEEP_HEARTBEAT_SECONDS", "30"))
+HEARTBEAT_SECONDS = max(0.1, float(os.environ.get("ORCH_SWEEP_HEARTBEAT_SECONDS", "30")))
 # ... and one not refreshed for this long is a dead sweep's (a few missed beats: a slow server is not a dead sweep)
 STALE_SECONDS = float(os.environ.get("ORCH_SWEEP_STALE_SECONDS", "120"))
 

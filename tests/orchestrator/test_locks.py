@@ -8,6 +8,7 @@ lock itself (one machine, one store): ``tests/orchestrator/test_faults.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,9 +19,10 @@ import sys
 import time
 from collections import Counter
 
+import psutil
 import pytest
 
-from conftest import RESUME_BASE, invoke, write_grid
+from conftest import RESUME_BASE, point_processes_under, write_grid
 from orchestrator import locks
 from orchestrator.grid import load_grid
 from orchestrator.schema import Kind, Status, Tag
@@ -61,9 +63,42 @@ def wait_for_running_point(server: str, name: str, proc: subprocess.Popen, timeo
         time.sleep(0.2)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+def finish(proc: subprocess.Popen, timeout: float = 300, before: str = "") -> subprocess.CompletedProcess:
     out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, before + err)
+
+
+def read_until(proc: subprocess.Popen, text: str) -> str:
+    """The process's stderr up to the first line that holds ``text``."""
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if text in line:
+            return seen
+    pytest.fail(f"no line with {text!r} before the process ended ({proc.wait()}):\n{seen}")
+
+
+@contextlib.contextmanager
+def frozen_points(sweep_proc: subprocess.Popen):
+    """The sweep's point processes stopped (SIGSTOP) for the block, so that its points stay
+    running as long as the test needs; the sweep itself goes on beating."""
+    procs = point_processes_under(sweep_proc.pid)
+    assert procs, "the sweep has no point process"
+    for proc in procs:
+        proc.suspend()
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+
+
+def stop(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def assert_each_point_finished_once(server: str, name: str, grid) -> None:
@@ -76,7 +111,7 @@ def assert_each_point_finished_once(server: str, name: str, grid) -> None:
 
 
 def two_point_grid(tmp_path, name: str):
-    """Two points of a few seconds each: long enough for a second sweep to start meanwhile."""
+    """Two points of a few seconds each, so that a running one is caught and frozen in time."""
     return write_grid(tmp_path / f"{name}.yaml", name, {"model.norm": ["bn", "gn"]}, base=RESUME_BASE)
 
 
@@ -87,25 +122,24 @@ def test_a_second_sweep_through_one_server_with_its_own_lock_folder_refuses_or_w
     name = f"heartbeat-{os.getpid()}-{time.time_ns() % 10**6}"
     grid = two_point_grid(tmp_path, name)
     first = sweep(grid, mlflow_server, tmp_path / "machine-a")
-    waiting = None
+    second = waiting = None
     try:
         wait_for_running_point(mlflow_server, name, first)
-        refused = invoke("sweep", str(grid), "--tracking-uri", mlflow_server, cwd=tmp_path,
-                         env={"ORCH_CACHE_DIR": str(tmp_path / "machine-b")})
-        waiting = sweep(grid, mlflow_server, tmp_path / "machine-c", "--wait")
+        with frozen_points(first):
+            second = sweep(grid, mlflow_server, tmp_path / "machine-b")
+            refused = finish(second)
+            waiting = sweep(grid, mlflow_server, tmp_path / "machine-c", "--wait")
+            waited_for = read_until(waiting, "waiting for")
         done = finish(first)
-        waited = finish(waiting)
+        waited = finish(waiting, before=waited_for)
     finally:
-        for proc in (first, waiting):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert done.returncode == 0, done.stderr
-    assert refused.returncode == 2, refused.stderr + refused.stdout
+        stop(second, first, waiting)
+    assert refused.returncode == 2, refused.stderr
     message = refused.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message, message
     assert f"is being swept by pid {first.pid} on host {socket.gethostname()} (heartbeat " in message, message
     assert "s ago)" in message and "--wait" in message, message
+    assert done.returncode == 0, done.stderr
     assert waited.returncode == 0, waited.stderr
     assert f"waiting for pid {first.pid} on host {socket.gethostname()}" in waited.stderr, waited.stderr
     assert "2 already finished, 0 to run" in waited.stderr, waited.stderr
@@ -121,33 +155,28 @@ def _can_rename_host() -> bool:
 
 @pytest.mark.skipif(not _can_rename_host(), reason="needs a UTS namespace (unshare --uts, as root)")
 def test_a_sweep_killed_on_another_host_is_taken_over_once_its_heartbeat_is_stale(mlflow_server, tmp_path):
-    """A sweep on host machine-a is SIGKILLed mid-point: its parent stays RUNNING with its last
-    heartbeat. A sweep here with --wait cannot see whether that process lives, so it waits
-    until the heartbeat is older than ORCH_SWEEP_STALE_SECONDS, then takes over and runs
-    exactly what did not finish."""
-    import psutil
-
+    """A sweep here waits for a sweep on host machine-a, which is then SIGKILLed mid-point:
+    its parent stays RUNNING with its last heartbeat, and the waiting sweep, which cannot
+    see whether a process of another host lives, takes over once that heartbeat is older
+    than ORCH_SWEEP_STALE_SECONDS, and runs exactly what did not finish."""
     name = f"stale-{os.getpid()}-{time.time_ns() % 10**6}"
     grid = two_point_grid(tmp_path, name)
     other_host = ("unshare", "--uts", "sh", "-c", 'hostname machine-a && exec "$@"', "sh")
     holder = sweep(grid, mlflow_server, tmp_path / "machine-a", prefix=other_host)
+    taker = None
     try:
         wait_for_running_point(mlflow_server, name, holder)
-        point_procs = psutil.Process(holder.pid).children(recursive=True)
-        holder.send_signal(signal.SIGKILL)
-        holder.communicate()
-        psutil.wait_procs(point_procs, timeout=60)  # they checkpoint and end their runs KILLED
-    finally:
-        if holder.poll() is None:
-            holder.kill()
+        with frozen_points(holder) as point_procs:
+            taker = sweep(grid, mlflow_server, tmp_path / "here", "--wait", env={"ORCH_SWEEP_STALE_SECONDS": "8"})
+            waited_for = read_until(taker, f"waiting for pid {holder.pid} on host machine-a")
+            holder.send_signal(signal.SIGKILL)
             holder.communicate()
-    (parent,) = [r for r in experiment_runs(mlflow_server, name) if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
-    assert parent.info.status == Status.RUNNING
-    assert json.loads(parent.data.tags[Tag.HEARTBEAT])["host"] == "machine-a"
-    taker = finish(sweep(grid, mlflow_server, tmp_path / "here", "--wait", env={"ORCH_SWEEP_STALE_SECONDS": "20"}))
-    assert taker.returncode == 0, taker.stderr
-    assert f"waiting for pid {holder.pid} on host machine-a" in taker.stderr, taker.stderr
-    assert "Traceback" not in taker.stderr, taker.stderr
+        psutil.wait_procs(point_procs, timeout=60)  # thawed, they checkpoint and end their runs KILLED
+        took_over = finish(taker, before=waited_for)
+    finally:
+        stop(holder, taker)
+    assert took_over.returncode == 0, took_over.stderr
+    assert "Traceback" not in took_over.stderr, took_over.stderr
     assert_each_point_finished_once(mlflow_server, name, grid)
     (parent,) = [r for r in experiment_runs(mlflow_server, name) if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
     assert parent.info.status == Status.FINISHED
