@@ -6,7 +6,8 @@ Every other module imports these names; none spells an ``orch.*`` key itself. Wh
 run carries (the README's "What one run records" lists it for users):
 
 * sweep parent: ``Tag.KIND=sweep``, ``Tag.SWEEP``; artifacts ``grid.yaml``,
-  ``points.json``, later ``summary.csv`` and ``plots/``.
+  ``points.json``, later ``summary.csv`` and ``plots/``. While a sweep through a tracking
+  server runs it, ``Tag.HEARTBEAT`` (:mod:`orchestrator.locks`).
 * tune parent (one per Optuna study): ``Tag.KIND=tune``, ``Tag.STUDY``, ``Tag.STORAGE``
   (redacted), ``best.<key>`` tags; artifacts ``grid.yaml``, ``space.json``,
   ``trials.csv``, ``plots/``. Its children are trials (``Tag.KIND=trial``, ``Tag.TRIAL``,
@@ -65,6 +66,7 @@ class Tag:
     SLURM_JOBS = "orch.slurm_jobs"  # a sweep parent's submitted job ids, "12,15"
     LAUNCHER = "orch.launcher"  # a sweep parent submitted to Slurm: "slurm" (array) or "slurm-queue"
     SUMMARIZED_BY = "orch.summarized_by"  # a sweep parent: which process wrote its summary and closed it
+    HEARTBEAT = "orch.heartbeat"  # a sweep parent on a server: '{"host", "pid", "time"}' of the sweep running it
     # tuning
     STUDY = "orch.study"
     STORAGE = "orch.storage"

@@ -53,9 +53,16 @@ def expected_points(spec: SweepSpec) -> list[ExpectedPoint]:
             for r in spec.runs]
 
 
-def open_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False) -> SweepState:
-    """Find or create the parent run, close orphans, and split points into done and pending."""
+def open_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
+               heartbeat: locks.ParentHeartbeat | None = None) -> SweepState:
+    """Find or create the parent run, close orphans, and split points into done and pending.
+
+    With ``heartbeat``, first wait for (or refuse, ``SweepBusy``) a sweep of the experiment
+    that beats elsewhere, then beat on the parent from the moment it is found or created.
+    """
     exp_id = store.ensure_experiment(spec.name)
+    if heartbeat is not None:
+        heartbeat.claim(exp_id)
     parent = store.find_sweep_parent(exp_id, spec.sweep_id)
     if parent is None:
         parent_id = store.start_run(
@@ -65,11 +72,15 @@ def open_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False) ->
             tags={Tag.KIND: Kind.SWEEP, Tag.SWEEP: spec.sweep_id, Tag.GRID_FILE: spec.path,
                   Tag.N_POINTS: str(len(spec.runs))},
         )
+        if heartbeat is not None:
+            heartbeat.start(parent_id)
         store.log_text(parent_id, spec.text, Artifact.GRID)
         store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
         resumed = False
     else:
         parent_id = parent.info.run_id
+        if heartbeat is not None:
+            heartbeat.start(parent_id)
         store.reopen_run(parent_id)
         resumed = True
     store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
@@ -97,20 +108,21 @@ def run_sweep(
 ) -> int:
     """Run what is missing of ``spec``; returns the exit code (0, 1 failures, 130 Ctrl-C, 143 SIGTERM).
 
-    Holds the experiment's sweep lock (:mod:`orchestrator.locks`) while it runs: a second
-    sweep of the same experiment and store is refused (``SweepBusy``, exit 2) or, with
-    ``wait``, waits for this one. With ``until``, rounds of added seeds follow the grid's
-    own (:mod:`orchestrator.separation`).
+    Holds the experiment's sweep lock (:mod:`orchestrator.locks`) while it runs, and through
+    a tracking server beats a heartbeat on the parent: a second sweep of the same experiment
+    and store is refused (``SweepBusy``, exit 2) or, with ``wait``, waits for this one. With
+    ``until``, rounds of added seeds follow the grid's own (:mod:`orchestrator.separation`).
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
         check_device(r.config, "cuda" if slots[0].gpu is not None else "cpu")
     # the processes started ahead would idle while another sweep runs: the scheduler starts its own
+    heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait, say=say, on_wait=release_unadopted)
     with locks.hold(store.uri, spec.name, wait=wait, say=say, on_wait=release_unadopted), _signals_raise():
         state, outcome = None, Outcome()
         try:
-            state = open_sweep(store, spec, rerun=rerun)
+            state = open_sweep(store, spec, rerun=rerun, heartbeat=heartbeat)
             release_unadopted(keep=slots[:len(state.pending)])  # processes started ahead for finished points
             say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
                 f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
@@ -154,6 +166,8 @@ def run_sweep(
             if state is None:
                 return ExitCode.PREEMPTED if stopped.signal != signal.SIGINT else ExitCode.INTERRUPTED
             return _interrupted(store, state, stopped, say)
+        finally:
+            heartbeat.stop()
 
 
 class _Signalled(KeyboardInterrupt):
