@@ -84,7 +84,8 @@ class Splits:
         """uint8 (N, C, H, W) or (C, H, W) → float32 ``(x/255 - mean)/std`` on x's device.
 
         Per-pixel statistics apply by position: an augmented (cropped) image gets the
-        statistics of the positions it lands on.
+        statistics of the positions it lands on, so ink moved onto a position that is
+        nearly constant in the training split (digits' borders) becomes very large.
 
         With ``channels_last`` a 4-D result is in ``torch.channels_last`` memory format
         (the uint8 input is converted first, a quarter of the bytes of converting floats).
