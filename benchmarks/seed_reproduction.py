@@ -6,11 +6,11 @@ gamma 0.2, at most 50 epochs, early stopping with patience 5 on validation loss,
 seed 0; the checkpoint with the lowest validation loss is evaluated on every split. Each
 variant is that config with a set of knobs changed:
 
-* ``defaults``: orch's defaults (seed_norms.yaml);
+* ``defaults``: orch's defaults (seed_norms.yaml; PyTorch's default init, as the original);
 * ``original``: every knob of ``experiments/grids/seed_original.yaml`` (the original code's
-  choices: conv biases, PyTorch's default init, unpadded stem, tail validation carve, ...);
-* single-knob variants for finding which choice matters: ``init`` (PyTorch's default
-  init only), ``bias``, ``stem``, ``val_tail``.
+  choices: conv biases, unpadded stem, tail validation carve, per-pixel standardisation, ...);
+* single-knob variants for finding which choice matters: ``kaiming`` (Kaiming fan-out
+  init, orch's default until 2026-12-06), ``bias``, ``stem``, ``val_tail``, ``pixel``.
 
 Each variant trains in this process through ``experiments.train.train`` (nothing logged
 to MLflow: this measures the recipe, not the tracking) and the table shows train / val /
@@ -21,7 +21,7 @@ accuracy of the last epoch: the original code evaluated its last model, not its 
 Usage::
 
     python benchmarks/seed_reproduction.py --out benchmarks/results/seed_reproduction_cpu.md   # ~1 h on 2 CPU cores
-    python benchmarks/seed_reproduction.py --variants defaults,init,bias,stem,val_tail --max-epochs 5 \\
+    python benchmarks/seed_reproduction.py --variants defaults,kaiming,bias,stem,val_tail,pixel --max-epochs 5 \\
         --out benchmarks/results/seed_diagnosis_cpu.md                                        # which knob matters
 
 The data is ``--root`` (a tree with train/ and test/), else ../shared/data/cifar10-jpeg.tar.xz
@@ -50,10 +50,11 @@ REPORT = {"train_acc": 0.913, "val_acc": 0.791, "test_acc": 0.783,
           "train_f1_macro": 0.913, "val_f1_macro": 0.790, "test_f1_macro": 0.783}  # report §2.2, BN (torch)
 GRIDS = {"defaults": "seed_norms.yaml", "original": "seed_original.yaml"}
 SINGLE_KNOBS = {  # variant -> the one override on top of the defaults
-    "init": "model.init=torch_default",
+    "kaiming": "model.init=kaiming_fan_out",
     "bias": "model.conv_bias=true",
     "stem": "model.stem_padding=0",
     "val_tail": "data.val_split=tail",
+    "pixel": "data.standardize=pixel",
 }
 LOSS_AT = (1, 5, 10)
 

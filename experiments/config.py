@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 DATASET_NAMES = ("digits", "cifar10", "imagefolder")
 VAL_SPLITS = ("stratified", "tail")  # how the validation set is carved from the training split
+STANDARDIZATIONS = ("channel", "pixel")  # input statistics: one mean/std per channel, or per pixel and channel
 PRECISIONS = ("auto", "bf16", "fp32", "tf32")  # auto: bf16 on CUDA, fp32 on the CPU
 PROBE_METHODS = ("interpolated", "order")  # feature percentiles: interpolated, or order statistics
 # PyYAML (YAML 1.1) reads 1e-3 as a string; numeric fields take it as the number it plainly is.
@@ -62,6 +63,7 @@ class DataConfig:
     eval_batch_size: int = 1024  # evaluation batch; does not change results
     augment: bool = False  # pad-4-and-crop plus horizontal flip on training batches
     val_split: str = "stratified"  # VAL_SPLITS: a class-stratified random carve, or the tail of each class
+    standardize: str = "channel"  # STANDARDIZATIONS: the training split's mean/std per channel, or per pixel
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,7 @@ def _check_names(cfg: RunConfig, fail: Callable[[str, str], NoReturn]) -> None:
     for key, value, names, what in (
         ("data.name", d.name, DATASET_NAMES, "dataset"),
         ("data.val_split", d.val_split, VAL_SPLITS, "validation split"),
+        ("data.standardize", d.standardize, STANDARDIZATIONS, "standardization"),
         ("model.norm", m.norm, NORM_NAMES, "norm"),
         ("model.bin_gate", m.bin_gate, BIN_GATES, "gate granularity"),
         ("model.init", m.init, INIT_NAMES, "init"),
@@ -424,13 +427,24 @@ def to_flat(cfg: RunConfig) -> dict[str, Any]:
 # the run key, so that changing them neither reruns finished points nor refuses a checkpoint.
 EXECUTION_KEYS = ("train.checkpoint_seconds",)
 
+# Keys added after run keys were first written, with the value that computes what the code
+# did before the key existed: at that value the key is left out of the run key (and of a
+# checkpoint's config), so adding a knob neither reruns finished points nor refuses their
+# checkpoints. A key added later goes here with its default.
+OMITTED_AT_DEFAULT: dict[str, Any] = {"data.standardize": "channel"}
+
 
 def result_dict(cfg: RunConfig) -> dict[str, Any]:
-    """:func:`to_dict` without the :data:`EXECUTION_KEYS`: what decides a run's results."""
+    """:func:`to_dict` without the :data:`EXECUTION_KEYS`, nor the :data:`OMITTED_AT_DEFAULT`
+    keys at their default: what decides a run's results."""
     out = to_dict(cfg)
     for key in EXECUTION_KEYS:
         section, name = key.split(".", 1)
         del out[section][name]
+    for key, default in OMITTED_AT_DEFAULT.items():
+        section, name = key.split(".", 1)
+        if out[section][name] == default:
+            del out[section][name]
     return out
 
 

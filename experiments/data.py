@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from experiments.config import DATASET_NAMES, DataConfig
+from experiments.config import DATASET_NAMES, STANDARDIZATIONS, DataConfig
 from experiments.datasets import DatasetError, RawDataset, read_cifar10, read_digits
 from experiments.imagefolder import read_imagefolder
 
@@ -59,17 +59,18 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    mean: torch.Tensor  # float32 (C,): per-channel mean of train_x / 255
-    std: torch.Tensor  # float32 (C,): per-channel population std of train_x / 255
+    mean: torch.Tensor  # float32 (C,) per channel or (C, H, W) per pixel: mean of train_x / 255
+    std: torch.Tensor  # float32, shaped as mean: population std of train_x / 255
     class_names: list[str]
     _scale: torch.Tensor = field(init=False, repr=False)
     _shift: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # (x/255 - mean)/std as one multiply-subtract: x * scale - shift, shaped (C, 1, 1).
-        std = torch.where(self.std > 0, self.std, torch.ones_like(self.std))  # a constant channel stays finite
-        self._scale = (1.0 / (255.0 * std)).to(torch.float32)[:, None, None]
-        self._shift = (self.mean / std).to(torch.float32)[:, None, None]
+        # (x/255 - mean)/std as one multiply-subtract: x * scale - shift, shaped (C, 1, 1) or (C, H, W).
+        std = torch.where(self.std > 0, self.std, torch.ones_like(self.std))  # a constant channel/pixel stays finite
+        shape = (-1, 1, 1) if self.std.dim() == 1 else self.std.shape
+        self._scale = (1.0 / (255.0 * std)).to(torch.float32).reshape(shape)
+        self._shift = (self.mean / std).to(torch.float32).reshape(shape)
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +82,10 @@ class Splits:
 
     def normalize(self, x_uint8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """uint8 (N, C, H, W) or (C, H, W) → float32 ``(x/255 - mean)/std`` on x's device.
+
+        Per-pixel statistics apply by position: an augmented (cropped) image gets the
+        statistics of the positions it lands on, so ink moved onto a position that is
+        nearly constant in the training split (digits' borders) becomes very large.
 
         With ``channels_last`` a 4-D result is in ``torch.channels_last`` memory format
         (the uint8 input is converted first, a quarter of the bytes of converting floats).
@@ -181,6 +186,30 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means).float(), torch.stack(stds).float()
 
 
+def _pixel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (and channel) mean and population std of x/255 over the N images of uint8
+    (N, C, H, W): the mean and std images, each (C, H, W).
+
+    Exact: integer sums over chunks of images (int64 holds n * sum(x^2) up to n of about
+    10 million), so no float64 copy of the whole split (1 GB for CIFAR-10's training split).
+    """
+    n = x.shape[0]
+    total = torch.zeros(x.shape[1:], dtype=torch.int64)
+    squares = torch.zeros(x.shape[1:], dtype=torch.int64)
+    for chunk in x.split(4096):
+        wide = chunk.to(torch.int64)
+        total += wide.sum(0)
+        squares += wide.square().sum(0)
+    mean = total.to(torch.float64) / (255.0 * n)
+    var = (n * squares - total.square()).to(torch.float64) / (255.0 * n) ** 2
+    return mean.float(), var.sqrt().float()
+
+
+# data.standardize → the statistics taken of the training split.
+STATISTICS = {"channel": _channel_stats, "pixel": _pixel_stats}
+assert tuple(STATISTICS) == STANDARDIZATIONS, "STATISTICS must list exactly experiments.config.STANDARDIZATIONS"
+
+
 def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:
     """Load ``cfg.name`` and return train/val/test on ``device`` (moved there once).
 
@@ -190,7 +219,9 @@ def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:
       from the full data first (stratified), then val from the rest.
     - A size below 1 is a fraction (rounded up), 1 or more a count. Both carves use
       ``cfg.split_seed`` only: identical on every call, whatever the run's ``seed``.
-    - ``mean``/``std`` come from the training split after carving.
+    - ``mean``/``std`` come from the training split after carving: one per channel
+      (``data.standardize=channel``) or a mean and a std image (``pixel``, as the original
+      study code did).
 
     Raises:
         DatasetError: unknown name, missing or malformed data, or sizes that leave a class empty.
@@ -210,7 +241,7 @@ def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:
     keep, val_idx = carve(y.numpy(), cfg.val_size, cfg.split_seed, "data.val_size", "validation", names)
     val_x, val_y = x[val_idx], y[val_idx]
     train_x, train_y = x[keep], y[keep]
-    mean, std = _channel_stats(train_x)
+    mean, std = STATISTICS[cfg.standardize](train_x)
     splits = Splits(train_x, train_y, val_x, val_y, test_x, test_y, mean, std, list(names))
     return splits.to(device)
 

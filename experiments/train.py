@@ -364,7 +364,7 @@ def train(
             names.TRAIN_LOSS: train_loss,
             names.TRAIN_ACC: correct.item() / p.seen,
             names.VAL_LOSS: val_loss,
-            **M.classification_metrics(splits.val_y.cpu().numpy(), val_pred, "val"),
+            **M.classification_metrics(splits.val_y.cpu().numpy(), val_pred, "val", splits.num_classes),
             names.LR: lr,
             **probe(model, splits, autocast, channels_last, cfg.train.probe_method),
         }
@@ -398,7 +398,7 @@ def train(
         _, pred = predict(model, splits, split, cfg.data.eval_batch_size, autocast, channels_last)
         truth = getattr(splits, f"{split}_y").cpu().numpy()
         predictions[split] = (truth, pred)
-        summary.update(M.classification_metrics(truth, pred, split))
+        summary.update(M.classification_metrics(truth, pred, split, splits.num_classes))
     summary.update({
         names.BEST_EPOCH: p.best_epoch,
         names.EPOCHS_RUN: p.epoch,

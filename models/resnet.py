@@ -74,8 +74,9 @@ class ResNet(nn.Module):
         norm_options: options of that norm for :func:`models.norms.make_norm` (e.g.
             ``{"groups": 8}`` for ``gn``); an option the norm does not take is refused.
         conv_bias: give every conv a bias (default: none, the norm's shift replaces it).
-        init: ``"kaiming_fan_out"`` (He et al.'s normal init of the conv weights,
-            fan-out mode, ReLU gain) or ``"torch_default"`` (PyTorch's own layer init).
+        init: ``"torch_default"`` (PyTorch's own layer init; the default, which the
+            study's plain-SGD recipe was tuned with) or ``"kaiming_fan_out"`` (He et
+            al.'s normal init of the conv weights, fan-out mode, ReLU gain).
         stem_padding: padding of the stem conv: 1 keeps the input size, 0 shrinks a
             32×32 input to 30×30 maps.
 

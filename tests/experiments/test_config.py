@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.config import (KEYS, ConfigError, build, coerce, load, parse_override, run_key, to_flat, to_yaml)
+from experiments.config import (KEYS, OMITTED_AT_DEFAULT, ConfigError, build, coerce, load, parse_override, run_key,
+                                to_flat, to_yaml)
 from experiments.errors import UserError
 
 
@@ -68,3 +69,15 @@ def test_run_key_ignores_execution_settings_and_follows_results():
     base = build({"model.norm": "gn"})
     assert run_key(base) == run_key(build({"model.norm": "gn", "train.checkpoint_seconds": 5.0}))
     assert run_key(base) != run_key(build({"model.norm": "gn", "optim.lr": 0.2}))
+
+
+def test_a_knob_added_later_keeps_the_run_keys_of_configs_at_its_default():
+    """data.standardize did not exist when these keys were written (model.init already
+    defaulted to torch_default): at its default the key is unchanged, set, it changes."""
+    assert run_key(build({})) == "a040c89d97522aa4"
+    cifar = {"model.norm": "gn", "data.name": "cifar10", "data.root": "/x", "seed": 3}
+    assert run_key(build(cifar)) == "c8bd4087bc3d7651"
+    assert run_key(build({**cifar, "data.standardize": "channel"})) == "c8bd4087bc3d7651"
+    assert run_key(build({**cifar, "data.standardize": "pixel"})) != "c8bd4087bc3d7651"
+    for key, default in OMITTED_AT_DEFAULT.items():
+        assert to_flat(build({}))[key] == default  # the stated default is the dataclass's

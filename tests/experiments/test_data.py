@@ -186,6 +186,32 @@ def test_normalize_zero_mean_unit_std(digits):
     torch.testing.assert_close(one, x[0])
 
 
+def test_pixel_standardization_matches_numpy(tmp_path):
+    """data.standardize=pixel: every split is standardised with the training split's mean
+    image and population-std image (a pixel constant over the training split divides by 1)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 10, 10, 3), dtype=np.uint8)  # class, example, H, W, RGB
+    images[:, :, 0, 0, :] = 7  # the same in every image: std 0
+    for c, name in enumerate("abc"):
+        for i in range(8):
+            path = tmp_path / ("train" if i < 6 else "test") / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[c, i]).save(path)
+    s = load_splits(DataConfig(name="imagefolder", root=str(tmp_path), val_size=3, standardize="pixel"))
+    train = s.train_x.numpy() / 255.0  # (N, C, H, W)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    assert s.mean.shape == s.std.shape == (3, 10, 10) and len(train) == 15
+    np.testing.assert_allclose(s.mean.numpy(), mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s.std.numpy(), std, rtol=0, atol=1e-6)
+    assert torch.all(s.std[:, 0, 0] == 0)
+    safe = np.where(std > 1e-12, std, 1.0)
+    for split in ("train", "val", "test"):
+        x = getattr(s, f"{split}_x")
+        np.testing.assert_allclose(s.normalize(x).numpy(), (x.numpy() / 255.0 - mean) / safe, rtol=0, atol=1e-5)
+    channel = load_splits(DataConfig(name="imagefolder", root=str(tmp_path), val_size=3))
+    assert channel.mean.shape == (3,) and torch.equal(channel.train_x, s.train_x)
+
+
 def test_splits_to_device_keeps_everything(digits):
     moved = digits.to("cpu")
     assert torch.equal(moved.val_x, digits.val_x) and moved.class_names == digits.class_names

@@ -22,19 +22,30 @@ class _Splits:  # what build_model reads of the data
     num_classes, in_channels = 10, 3
 
 
-@pytest.mark.parametrize("grid", ["seed_norms", "seed_batch", "seed_long", "seed_original"])
-def test_seed_grids_validate_and_pin_float32(grid):
+SEED_GRIDS = sorted(p.stem for p in GRIDS.glob("seed_*.yaml"))
+
+
+def test_the_seed_grids_are_the_four_documented():
+    assert SEED_GRIDS == ["seed_batch", "seed_long_val", "seed_norms", "seed_original"]
+
+
+@pytest.mark.parametrize("grid", SEED_GRIDS)
+def test_seed_grids_validate_and_pin_float32_and_the_original_init(grid):
+    """The study's recipe is plain SGD tuned with PyTorch's own layer init (Kaiming fan-out underfits it)."""
     spec = load_grid(GRIDS / f"{grid}.yaml", check_data=False)
     assert spec.runs and all(r.config.train.precision == "fp32" for r in spec.runs)
+    assert all(r.config.model.init == "torch_default" for r in spec.runs)
 
 
-def test_seed_batch_runs_the_reports_bn_torch_rows():
+def test_seed_batch_runs_the_reports_rows():
+    """BN-128 is bn_torch (the norm table's BN (torch) row), BN-8 the hand-written bn."""
     spec = load_grid(GRIDS / "seed_batch.yaml", check_data=False)
-    assert {(r.config.model.norm, r.config.data.batch_size) for r in spec.runs} >= {("bn_torch", 8), ("bn_torch", 128)}
+    report_rows = {("bn_torch", 128), ("bn", 8), ("gn", 128), ("gn", 8)}
+    assert {(r.config.model.norm, r.config.data.batch_size) for r in spec.runs} >= report_rows
 
 
-def test_seed_long_is_the_100_epoch_recipe_without_early_stopping():
-    (cfg, *_) = [r.config for r in load_grid(GRIDS / "seed_long.yaml", check_data=False).runs]
+def test_seed_long_val_is_the_100_epoch_recipe_without_early_stopping():
+    (cfg, *_) = [r.config for r in load_grid(GRIDS / "seed_long_val.yaml", check_data=False).runs]
     assert (cfg.train.max_epochs, cfg.schedule.step_size, cfg.schedule.gamma) == (100, 20, 0.1)
     assert cfg.train.patience >= cfg.train.max_epochs
 
@@ -49,7 +60,7 @@ def test_seed_original_builds_the_original_structure():
     assert model.stem(torch.randn(1, 3, 32, 32)).shape[-2:] == (30, 30)
     bins = [m for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
     assert bins and all(b.rho.shape == (1,) for b in bins)
-    assert cfg.data.val_split == "tail" and cfg.train.probe_method == "order"
+    assert cfg.data.val_split == "tail" and cfg.train.probe_method == "order" and cfg.data.standardize == "pixel"
     assert cfg.model.init == "torch_default"
 
 
@@ -65,7 +76,7 @@ def test_gate_learning_rate_multiplier_reaches_the_optimizer():
 @pytest.mark.parametrize("key, value", [("model.init", "xavier"), ("model.bin_gate", "pixel"),
                                         ("train.precision", "fp16"), ("train.probe_method", "mean"),
                                         ("data.val_split", "first"), ("model.stem_padding", 2),
-                                        ("optim.gate_lr_mult", 0.0)])
+                                        ("optim.gate_lr_mult", 0.0), ("data.standardize", "image")])
 def test_bad_knob_values_name_the_key_and_the_choices(key, value):
     with pytest.raises(ConfigError) as err:
         check(build({key: value}))

@@ -29,7 +29,7 @@ def test_metrics_agree_with_sklearn_and_by_hand():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 7, 500)
     p = np.where(rng.random(500) < 0.6, y, rng.integers(0, 7, 500))
-    m = classification_metrics(y, p, "val")
+    m = classification_metrics(y, p, "val", 7)
     assert m["val_acc"] == pytest.approx(np.mean(y == p))
     assert m["val_f1_micro"] == pytest.approx(f1_score(y, p, average="micro"))
     assert m["val_f1_micro"] == pytest.approx(np.mean(y == p))
@@ -38,6 +38,17 @@ def test_metrics_agree_with_sklearn_and_by_hand():
     cm = confusion(y, p, 7)
     assert cm.sum() == 500 and np.trace(cm) == np.sum(y == p)
     assert cm[2].sum() == np.sum(y == 2)  # rows are true labels
+
+
+def test_f1_macro_counts_a_class_absent_from_the_split():
+    """Class 3 of 4 is in neither the labels nor the predictions (a small split): it counts
+    as an F1 of 0, so the macro average is over 4 classes, not the 3 present."""
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(y, p, "val", 4)
+    assert m["val_f1_macro"] == pytest.approx(f1_score(y, p, labels=[0, 1, 2, 3], average="macro", zero_division=0))
+    assert m["val_f1_macro"] == pytest.approx(_manual_f1(y, p, 4))
+    assert m["val_f1_macro"] == pytest.approx(f1_score(y, p, average="macro") * 3 / 4)
 
 
 class Recorder(NullTracker):

@@ -102,7 +102,7 @@ def test_an_option_of_another_norm_is_refused():
 def test_original_code_choices_change_the_structure():
     """conv biases, PyTorch's default init and an unpadded stem (30x30 maps on 32x32 input)."""
     torch.manual_seed(0)
-    ours = ResNet(n=1)
+    ours = ResNet(n=1, init="kaiming_fan_out")
     torch.manual_seed(0)
     orig = ResNet(n=1, conv_bias=True, init="torch_default", stem_padding=0)
     convs = [m for m in orig.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -117,6 +117,16 @@ def test_original_code_choices_change_the_structure():
     assert w_orig.var().item() == pytest.approx(1 / (3 * 9 * 16), rel=0.15)
     with pytest.raises(ValueError, match="unknown init"):
         ResNet(init="xavier")
+
+
+def test_default_init_is_pytorchs_own():
+    """The study's recipe (plain SGD) is tuned to PyTorch's layer init, so it is the default."""
+    torch.manual_seed(0)
+    default = ResNet(n=1)
+    torch.manual_seed(0)
+    torch_default = ResNet(n=1, init="torch_default")
+    for a, b in zip(default.parameters(), torch_default.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_digits_in_channels_1_8x8():

@@ -134,7 +134,7 @@ def test_quiet_and_logged_model_reproduces_val_f1(store, tmp_path):
     model.eval()
     with torch.no_grad():
         preds = torch.cat([model(x).argmax(1) for x, _ in eval_batches(splits, "val", 512)])
-    recomputed = classification_metrics(splits.val_y.numpy(), preds.numpy(), "val")["val_f1_macro"]
+    recomputed = classification_metrics(splits.val_y.numpy(), preds.numpy(), "val", splits.num_classes)["val_f1_macro"]
     assert recomputed == pytest.approx(m["val_f1_macro"], abs=1e-12)
 
 
