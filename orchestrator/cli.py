@@ -66,6 +66,17 @@ def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore
     return tracking.TrackingStore(uri)
 
 
+def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
+    """An ``--experiment`` that would create an experiment: refused before anything is created."""
+    from orchestrator.run_names import experiment_name_problem
+
+    problem = experiment_name_problem(value) if value is not None else None
+    if problem:
+        shown = value if len(value) <= 40 else f"{value[:20]}…{value[-20:]}"
+        raise BadInput(f"--experiment {shown!r} {problem}")
+    return value
+
+
 def check_device(device: str) -> None:
     """``--device cuda`` on a machine without a visible GPU is a usage mistake (imports torch)."""
     if device == "cuda":
@@ -136,7 +147,8 @@ def cli(debug: bool) -> None:
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @set_option
 @tracking_uri_option
-@click.option("--experiment", default="orch", show_default=True, help="MLflow experiment name.")
+@click.option("--experiment", default="orch", show_default=True, callback=check_experiment_name,
+              help="MLflow experiment name.")
 @device_option
 @click.option("--run-name", default=None, help="MLflow run name (default: <norm>-bs<batch>-s<seed>).")
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
