@@ -208,25 +208,42 @@ def _resolve_sweep(store, experiment: str | None, sweep: str):
     if not parents:
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
-    if sweep in ("latest", "", None):
-        parent = parents[0]
-    else:
-        matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
-        if not matches:
-            known = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:20])
-            raise BadInput(f"no sweep {sweep!r}; sweeps: {known}")
-        parent = matches[0]
-    return parent.info.experiment_id, parent
+    if sweep in ("latest", None):
+        return parents[0].info.experiment_id, parents[0]
+    matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
+    if len(matches) == 1 and sweep:
+        return matches[0].info.experiment_id, matches[0]
+    if not matches:
+        raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
+                   "give enough of the id to name one")
+
+
+def _one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -> None:
+    """``--sweep`` of a queue command names one queued sweep; ``may_come``: none yet is fine
+    (a worker with --wait waits for it)."""
+    matches = sorted(s for s in queued if s.startswith(sweep))
+    if len(matches) == 1 and sweep or not matches and may_come and sweep:
+        return
+    if not matches:
+        raise BadInput(f"no queued sweep {sweep!r}; queued sweeps: {', '.join(sorted(queued)) or 'none'}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} queued sweeps: {', '.join(matches[:20])}"
+                   f"{', …' if len(matches) > 20 else ''}; give enough of the id to name one")
+
+
+def _sweep_list(parents, limit: int = 20) -> str:
+    """``0a1f… (norm-study), …`` for a message; newest first."""
+    from orchestrator.schema import Tag
+
+    shown = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:limit])
+    return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
 
 def _sweep_data(store, experiment: str | None, sweep: str):
-    from orchestrator.schema import Artifact, Tag, read_points
-    from orchestrator.sweep import sweep_records
+    from orchestrator.study_report import sweep_results
 
-    exp_id, parent = _resolve_sweep(store, experiment, sweep)
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
-    records = sweep_records(store, exp_id, parent.data.tags[Tag.SWEEP], [p.run_key for p in points])
-    return records, points
+    _, parent = _resolve_sweep(store, experiment, sweep)
+    return sweep_results(store, parent)
 
 
 @cli.command("tune")
@@ -297,6 +314,8 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     from orchestrator.scheduler import plan_slots
 
     url = storage_mod.check(storage)
+    if sweep is not None:
+        _one_queued_sweep(sweep, queue.queued_sweeps(url), may_come=wait)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     # the point processes import torch while this one opens the tracking store and joins the queue
     with point_processes.started_ahead(slots):
@@ -334,13 +353,16 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         if db is not None and not db.exists():  # reading never creates a queue
             print_queue_status([], storage_mod.redact(url))
             return
-        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
+        rows = queue.status_rows(url, sweep)
+        if sweep is not None:
+            _one_queued_sweep(sweep, [row["sweep"] for row in rows])
+        print_queue_status(rows, storage_mod.redact(url))
         return
     from orchestrator.display import print_sweep_status
     from orchestrator.slurm_sweep import status_rows
 
     store = open_store(tracking_uri, write=False)
-    _, parent = _resolve_sweep(store, experiment, sweep or "latest")
+    _, parent = _resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
     print_sweep_status(rows, parent)
     if closed:
