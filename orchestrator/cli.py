@@ -166,7 +166,9 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
     from experiments.config import load
+    from orchestrator.output import ignore_hangup
 
+    ignore_hangup()
     store = open_store(tracking_uri)
     if resume_run:
         if config_file or overrides:
@@ -277,8 +279,10 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     from orchestrator.grid import load_grid
 
     from orchestrator import storage as storage_mod
+    from orchestrator.output import ignore_hangup
     from orchestrator.store_uri import resolve_tracking_uri
 
+    ignore_hangup()
     spec = load_grid(grid_file, overrides, max_points=max_points)
     # the Optuna storage is checked before the tracking store is opened (and perhaps created)
     storage = storage_mod.check(storage or storage_mod.default_storage(resolve_tracking_uri(tracking_uri)))
@@ -311,8 +315,10 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     """
     from orchestrator import point_processes, queue
     from orchestrator import storage as storage_mod
+    from orchestrator.output import ignore_hangup
     from orchestrator.scheduler import plan_slots
 
+    ignore_hangup()
     url = storage_mod.check(storage)
     if sweep is not None:
         _one_queued_sweep(sweep, queue.queued_sweeps(url), may_come=wait)
@@ -484,6 +490,9 @@ from orchestrator import cli_sweep  # noqa: E402,F401 - registers `orch sweep` o
 
 
 def main() -> None:
+    from orchestrator import output
+
+    output.guard()  # a closed pipe or terminal must not end a command half-way through its records
     cli(prog_name="orch")
 
 
