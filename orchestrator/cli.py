@@ -225,7 +225,7 @@ def _one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) 
     """``--sweep`` of a queue command names one queued sweep; ``may_come``: none yet is fine
     (a worker with --wait waits for it)."""
     matches = sorted(s for s in queued if s.startswith(sweep))
-    if len(matches) == 1 and sweep or not matches and may_come and sweep:
+    if sweep and (len(matches) == 1 or may_come and not matches):
         return
     if not matches:
         raise BadInput(f"no queued sweep {sweep!r}; queued sweeps: {', '.join(sorted(queued)) or 'none'}")
@@ -359,10 +359,9 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         if db is not None and not db.exists():  # reading never creates a queue
             print_queue_status([], storage_mod.redact(url))
             return
-        rows = queue.status_rows(url, sweep)
         if sweep is not None:
-            _one_queued_sweep(sweep, [row["sweep"] for row in rows])
-        print_queue_status(rows, storage_mod.redact(url))
+            _one_queued_sweep(sweep, queue.queued_sweeps(url))
+        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
         return
     from orchestrator.display import print_sweep_status
     from orchestrator.slurm_sweep import status_rows

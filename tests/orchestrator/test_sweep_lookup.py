@@ -104,3 +104,9 @@ def test_rerunning_the_sweep_records_the_missing_points(store, tmp_path):
     r = invoke("compare", "--metric", "test_acc", "--format", "json")
     assert r.returncode == 0, r.stderr
     assert [(row["n_finished"], row["n_expected"]) for row in json.loads(r.stdout)] == [(1, 1)]
+
+
+def test_queue_status_of_an_unknown_sweep_lists_the_queued_ones(two_queued):
+    r = invoke("status", "--storage", two_queued, "--sweep", "ff")
+    assert r.returncode == 2
+    assert "no queued sweep 'ff'" in r.stderr and "0a1111111111, 0a2222222222" in r.stderr
