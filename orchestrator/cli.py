@@ -66,6 +66,17 @@ def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore
     return tracking.TrackingStore(uri)
 
 
+def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
+    """An ``--experiment`` that would create an experiment: refused before anything is created."""
+    from orchestrator.run_names import experiment_name_problem
+
+    problem = experiment_name_problem(value) if value is not None else None
+    if problem:
+        shown = value if len(value) <= 40 else f"{value[:20]}…{value[-20:]}"
+        raise BadInput(f"--experiment {shown!r} {problem}")
+    return value
+
+
 def check_device(device: str) -> None:
     """``--device cuda`` on a machine without a visible GPU is a usage mistake (imports torch)."""
     if device == "cuda":
@@ -136,7 +147,8 @@ def cli(debug: bool) -> None:
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
 @set_option
 @tracking_uri_option
-@click.option("--experiment", default="orch", show_default=True, help="MLflow experiment name.")
+@click.option("--experiment", default="orch", show_default=True, callback=check_experiment_name,
+              help="MLflow experiment name.")
 @device_option
 @click.option("--run-name", default=None, help="MLflow run name (default: <norm>-bs<batch>-s<seed>).")
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
@@ -154,7 +166,9 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
     from experiments.config import load
+    from orchestrator.output import ignore_hangup
 
+    ignore_hangup()
     store = open_store(tracking_uri)
     if resume_run:
         if config_file or overrides:
@@ -196,25 +210,42 @@ def _resolve_sweep(store, experiment: str | None, sweep: str):
     if not parents:
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
-    if sweep in ("latest", "", None):
-        parent = parents[0]
-    else:
-        matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
-        if not matches:
-            known = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:20])
-            raise BadInput(f"no sweep {sweep!r}; sweeps: {known}")
-        parent = matches[0]
-    return parent.info.experiment_id, parent
+    if sweep in ("latest", None):
+        return parents[0].info.experiment_id, parents[0]
+    matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
+    if len(matches) == 1 and sweep:
+        return matches[0].info.experiment_id, matches[0]
+    if not matches:
+        raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
+                   "give enough of the id to name one")
+
+
+def _one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -> None:
+    """``--sweep`` of a queue command names one queued sweep; ``may_come``: none yet is fine
+    (a worker with --wait waits for it)."""
+    matches = sorted(s for s in queued if s.startswith(sweep))
+    if sweep and (len(matches) == 1 or may_come and not matches):
+        return
+    if not matches:
+        raise BadInput(f"no queued sweep {sweep!r}; queued sweeps: {', '.join(sorted(queued)) or 'none'}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} queued sweeps: {', '.join(matches[:20])}"
+                   f"{', …' if len(matches) > 20 else ''}; give enough of the id to name one")
+
+
+def _sweep_list(parents, limit: int = 20) -> str:
+    """``0a1f… (norm-study), …`` for a message; newest first."""
+    from orchestrator.schema import Tag
+
+    shown = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:limit])
+    return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
 
 def _sweep_data(store, experiment: str | None, sweep: str):
-    from orchestrator.schema import Artifact, Tag, read_points
-    from orchestrator.sweep import sweep_records
+    from orchestrator.study_report import sweep_results
 
-    exp_id, parent = _resolve_sweep(store, experiment, sweep)
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
-    records = sweep_records(store, exp_id, parent.data.tags[Tag.SWEEP], [p.run_key for p in points])
-    return records, points
+    _, parent = _resolve_sweep(store, experiment, sweep)
+    return sweep_results(store, parent)
 
 
 @cli.command("tune")
@@ -248,8 +279,10 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     from orchestrator.grid import load_grid
 
     from orchestrator import storage as storage_mod
+    from orchestrator.output import ignore_hangup
     from orchestrator.store_uri import resolve_tracking_uri
 
+    ignore_hangup()
     spec = load_grid(grid_file, overrides, max_points=max_points)
     # the Optuna storage is checked before the tracking store is opened (and perhaps created)
     storage = storage_mod.check(storage or storage_mod.default_storage(resolve_tracking_uri(tracking_uri)))
@@ -282,9 +315,13 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     """
     from orchestrator import point_processes, queue
     from orchestrator import storage as storage_mod
+    from orchestrator.output import ignore_hangup
     from orchestrator.scheduler import plan_slots
 
+    ignore_hangup()
     url = storage_mod.check(storage)
+    if sweep is not None:
+        _one_queued_sweep(sweep, queue.queued_sweeps(url), may_come=wait)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
     # the point processes import torch while this one opens the tracking store and joins the queue
     with point_processes.started_ahead(slots):
@@ -322,13 +359,15 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         if db is not None and not db.exists():  # reading never creates a queue
             print_queue_status([], storage_mod.redact(url))
             return
+        if sweep is not None:
+            _one_queued_sweep(sweep, queue.queued_sweeps(url))
         print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
         return
     from orchestrator.display import print_sweep_status
     from orchestrator.slurm_sweep import status_rows
 
     store = open_store(tracking_uri, write=False)
-    _, parent = _resolve_sweep(store, experiment, sweep or "latest")
+    _, parent = _resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
     print_sweep_status(rows, parent)
     if closed:
@@ -460,6 +499,9 @@ from orchestrator import cli_sweep  # noqa: E402,F401 - registers `orch sweep` o
 
 
 def main() -> None:
+    from orchestrator import output
+
+    output.guard()  # a closed pipe or terminal must not end a command half-way through its records
     cli(prog_name="orch")
 
 

@@ -100,7 +100,9 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
     """
     from orchestrator import tracking
     from orchestrator.grid import load_grid
+    from orchestrator.output import ignore_hangup
 
+    ignore_hangup()  # a closed terminal: the sweep goes on (its output to a closed pipe is dropped, see output.py)
     slurm_given = [name for name, value in (("--partition", partition), ("--time", time_limit),
                                             ("--gpus-per-task", gpus_per_task), ("--cpus-per-task", cpus_per_task),
                                             ("--mem", mem), ("--array-parallelism", array_parallelism),

@@ -21,7 +21,7 @@ import yaml
 
 from experiments.config import FIELD_TYPES, KEYS, SECTIONS, ConfigError, coerce
 from experiments.yaml_source import line_of
-from orchestrator.run_names import format_value
+from orchestrator.run_names import experiment_name_problem, format_value
 
 TOP_KEYS = ("name", "base", "grid", "seeds", "include", "exclude", "tune")
 DEFAULT_SEEDS = (0,)
@@ -69,6 +69,11 @@ def _looks_plain(text: str) -> bool:
         return not isinstance(yaml.safe_load(text), str)
     except yaml.YAMLError:
         return False
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted, its middle cut when it is long (a 300-character name in a message)."""
+    return repr(text) if len(text) <= limit else repr(f"{text[:limit // 2]}…{text[-limit // 2:]}")
 
 
 def _join(path: str, key: str) -> str:
@@ -186,6 +191,9 @@ class GridReader:
             self.fail("name", f"expected a string, got {type(name).__name__} {name!r}; e.g. name: norm-study")
         if not name.strip():
             self.fail("name", "empty; give the MLflow experiment a name, e.g. name: norm-study")
+        problem = experiment_name_problem(name.strip())
+        if problem:
+            self.fail("name", f"the experiment name {_shown(name.strip())} {problem}")
         return name.strip()
 
     def base(self, raw: Any) -> dict[str, Located]:

@@ -50,6 +50,14 @@ def _serves(name: str, sweep: str | None) -> bool:
     return name.startswith(STUDY_PREFIX) and (not sweep or name[len(STUDY_PREFIX):].startswith(sweep))
 
 
+def queued_sweeps(url: str) -> list[str]:
+    """The ids of the sweeps queued in storage ``url``."""
+    import optuna
+
+    names = optuna.get_all_study_names(storage_mod.open_storage(url))
+    return [n[len(STUDY_PREFIX):] for n in names if n.startswith(STUDY_PREFIX)]
+
+
 @dataclass
 class Submitted:
     study: str

@@ -3,7 +3,8 @@
 ``{"model.norm": "gn", "data.batch_size": 8, "seed": 0}`` is labelled
 ``model.norm=gn,data.batch_size=8,seed=0`` (tag ``Tag.POINT``; without the seed it is
 the setting, ``Tag.SETTING``) and its run is named ``gn-bs8-s0``. Sweeps, tuning studies
-and the compare table all spell points this way. This module imports nothing heavy.
+and the compare table all spell points this way. :func:`experiment_name_problem` says what
+is wrong with an experiment name before anything is created. This module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-__all__ = ["describe_point", "format_value", "run_name"]
+__all__ = ["describe_point", "experiment_name_problem", "format_value", "run_name"]
 
 # Short run-name prefixes: "bs8", "lr0.05", "s0". Keys listed in BARE_NAME_KEYS
 # show the value alone ("gn", "digits"); any other key shows its last dotted part.
@@ -26,6 +27,33 @@ NAME_PREFIXES = {
 BARE_NAME_KEYS = ("model.norm", "data.name")
 
 _NAME_UNSAFE = re.compile(r"[^\w.+=-]+")
+
+# An experiment's name is also its sweep parent's run name, and names its artifact folder.
+MAX_EXPERIMENT_CHARS = 250  # MLflow's SQL schema: runs.name is VARCHAR(250) (experiments.name 256)
+MAX_EXPERIMENT_BYTES = 255  # one path component (file name) on ext4, XFS, btrfs, APFS, NTFS
+_PATH_CHARACTERS = {"/": "'/'", "\\": "'\\'", "\0": "a NUL character"}
+NAME_FIX = "use letters, digits, '-', '_' and '.', e.g. norm-study"
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as an experiment name, with the fix ("is too long (…); shorten
+    it"; the caller names the name); None when it is fine.
+
+    The name becomes a folder beside the store (``mlartifacts/<name>``) and the run name of
+    its sweeps' parent runs, so it must be one path component (not ``.`` or ``..``, no
+    ``/``, ``\\`` or NUL) that fits the file system and MLflow's schema.
+    """
+    if name in (".", ".."):
+        return f"is a path component, but it names the folder of the experiment's artifacts; {NAME_FIX}"
+    bad = [shown for ch, shown in _PATH_CHARACTERS.items() if ch in name]
+    if bad:
+        return f"contains {' and '.join(bad)}, which would make the folder of its artifacts a path; {NAME_FIX}"
+    n_bytes = len(name.encode("utf-8", "surrogatepass"))
+    if len(name) > MAX_EXPERIMENT_CHARS or n_bytes > MAX_EXPERIMENT_BYTES:
+        return (f"is too long ({len(name)} characters, {n_bytes} bytes in UTF-8); an experiment name names a folder "
+                f"and a run, so it may have at most {MAX_EXPERIMENT_CHARS} characters and {MAX_EXPERIMENT_BYTES} "
+                "bytes: shorten it")
+    return None
 
 
 def format_value(value: Any) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from experiments.metric_names import QUANTILES, TRAIN_LOSS, VAL_LOSS, VAL_SCORES, epoch_key
+from orchestrator.errors import UserError
 from orchestrator.records import RunRecord
 from orchestrator.render import setting_label
 from orchestrator.results import SPLIT_SCORE, CompareError, compare, units_by_setting
@@ -36,11 +37,26 @@ CURVE_NAMES = (TRAIN_LOSS, VAL_LOSS, VAL_SCORES[0])  # per-epoch values of the t
 TEST_ACC = SPLIT_SCORE["test", "acc"]
 
 
+class NoPointsRecorded(UserError):
+    """A sweep's parent run without ``points.json``: the sweep stopped before recording its grid."""
+
+
 def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord], list[ExpectedPoint]]:
-    """The records and grid points of the sweep whose parent run is ``parent`` (an MLflow Run)."""
+    """The records and grid points of the sweep whose parent run is ``parent`` (an MLflow Run).
+
+    Raises:
+        NoPointsRecorded: the parent has no ``points.json``.
+    """
     from orchestrator.sweep import sweep_records
 
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
+    data = store.download_json_if_any(parent.info.run_id, Artifact.POINTS)
+    if data is None:
+        tags = parent.data.tags
+        raise NoPointsRecorded(
+            f"sweep {tags.get(Tag.SWEEP, '?')} ({parent.info.run_name}, parent run {parent.info.run_id}) has no "
+            f"points recorded: it stopped before writing {Artifact.POINTS}; rerun `orch sweep "
+            f"{tags.get(Tag.GRID_FILE, 'GRID.yaml')}` to record them, or pick another sweep with --sweep")
+    points = read_points(data)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],
                             [p.run_key for p in points])
     return records, points

@@ -82,6 +82,9 @@ def open_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
         if heartbeat is not None:
             heartbeat.start(parent_id)
         store.reopen_run(parent_id)
+        if store.download_json_if_any(parent_id, Artifact.POINTS) is None:  # stopped before recording them
+            store.log_text(parent_id, spec.text, Artifact.GRID)
+            store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
         resumed = True
     store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
     finished = set() if rerun else store.finished_run_keys(exp_id, kind=Kind.POINT)

@@ -420,6 +420,17 @@ class TrackingStore:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=self.uri)
         return json.loads(Path(local).read_text())
 
+    def download_json_if_any(self, run_id: str, path: str) -> Any | None:
+        """:meth:`download_json`, or None when the run has no such artifact."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.download_json(run_id, path)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+
     def search(self, experiment_ids: Sequence[str], filter_string: str = "", order_by: Sequence[str] = ()):
         """All matching runs (every page)."""
         runs, token = [], None

@@ -1,0 +1,72 @@
+"""Standard output and error that a reader who went away cannot break.
+
+``orch sweep grid.yaml | head -1`` closes the pipe after one line, and a closed terminal
+makes every later write fail with EIO. Python ignores SIGPIPE, so such a write raises
+(``BrokenPipeError``, ``OSError``) wherever it happens: in the middle of a sweep, which then
+dies with its runs left RUNNING. The work and its records must not depend on whoever reads
+the output, so :func:`guard` wraps ``sys.stdout`` and ``sys.stderr``: the first write that
+fails points that file descriptor at ``/dev/null`` (the idiom of the Python docs' note on
+SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup` keeps
+a command that records runs working when its terminal closes (as ``nohup`` would).
+
+The point processes never write to these streams: their stdout is the scheduler's event
+pipe and their stderr a log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Any, TextIO
+
+__all__ = ["guard", "ignore_hangup"]
+
+
+class _Guarded:
+    """A text stream whose failed writes are dropped, and every later one with them."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self.closed_reader = False  # a write failed: the reader has gone
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            self._drop()
+
+    def _drop(self) -> None:
+        """Point the descriptor at /dev/null: what is still buffered, and all that follows, goes there."""
+        self.closed_reader = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, …
+        return getattr(self._stream, name)
+
+
+def guard() -> None:
+    """Make ``sys.stdout`` and ``sys.stderr`` drop their output once their reader has gone."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Guarded):
+            setattr(sys, name, _Guarded(stream))
+
+
+def ignore_hangup() -> None:
+    """A closed terminal (SIGHUP) no longer ends this process: it finishes its work, output dropped."""
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
