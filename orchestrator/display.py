@@ -191,9 +191,8 @@ def print_dry_run(spec: SweepSpec, uri: str) -> None:
     from rich.table import Table
 
     from orchestrator import peek
-    from orchestrator.schema import Kind
 
-    done = peek.finished_keys(uri, spec.name, kind=Kind.POINT)
+    done = peek.finished_keys(uri, spec.name)  # the done rule of every path: a finished result of the run key
     columns = (*spec.axes, "seed")
     table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
     table.add_column("#", justify="right")

@@ -199,10 +199,11 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
     cap_threads()
     dev, dev_name = device_label(device)
     previous, state = _resume_point(store, experiment_id, cfg, resume)
-    run_tags = {Tag.KIND: Kind.RUN, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
+    identity, continued_parent = _identity(store, resume)
+    run_tags = {Tag.KIND: Kind.RUN, **identity, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
                 **tracking.runtime_tags(), **_resume_tags(previous, state)}
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
-                             parent_run_id=parent_run_id)
+                             parent_run_id=parent_run_id or continued_parent)
     printer = EpochPrinter(cfg, quiet, run_name or "")
     fence = None if claim is None else claims.Fence(store, run_id, claim)
     try:  # from here on, every ending closes the run
@@ -276,6 +277,20 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
     finally:
         printer.close()
         _flush(tracker)  # the epochs logged so far reach the store before the run ends
+
+
+IDENTITY_TAGS = (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING)  # what makes a run a sweep's point
+
+
+def _identity(store: tracking.TrackingStore, resume: bool | str) -> tuple[dict[str, str], str | None]:
+    """(tags, parent run id) that the continuation of run ``resume`` (a run id: ``orch run
+    --resume``) takes over: the continuation of a sweep's point is that point's run, under
+    its sweep's parent, so every path counts it as the point's result. Tags and a parent the
+    caller passes win (a tuning trial names its own)."""
+    if not isinstance(resume, str):
+        return {}, None
+    tags = store.get_run(resume).data.tags
+    return {k: tags[k] for k in IDENTITY_TAGS if k in tags}, tags.get(Tag.PARENT_RUN_ID)
 
 
 def _resume_tags(previous: str | None, state: dict | None) -> dict[str, str]:

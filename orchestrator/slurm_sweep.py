@@ -53,7 +53,7 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
     with locks.hold(store.uri, spec.name, wait=False, say=say):
         exp_id = store.ensure_experiment(spec.name)
         parent = store.find_sweep_parent(exp_id, spec.sweep_id)
-        finished = set() if rerun else store.finished_run_keys(exp_id, kind=Kind.POINT)
+        finished = set() if rerun else store.finished_run_keys(exp_id)
         pending = [r for r in spec.runs if r.run_key not in finished]
         live = slurm.live_jobs(spec.sweep_id)
         covered = covered_run_keys(store, parent.info.run_id, live) if parent is not None and live else set()
