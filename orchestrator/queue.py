@@ -138,22 +138,22 @@ class QueueSource(PointSource):
                 trial.set_user_attr(TrialAttr.DISCARDED, True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
+            trial.set_user_attr(TrialAttr.WORKER, worker_id())
+            self._start_heartbeat(trial)  # from here a worker that dies leaves a trial the reaper requeues
             uri = self.tracking_uri or study.user_attrs[StudyAttr.TRACKING_URI]
             exp_id = study.user_attrs[StudyAttr.EXPERIMENT_ID]
             done = self._finished_run(uri, exp_id, attrs[TrialAttr.RUN_KEY])
             if done is not None:  # finished meanwhile, by whoever: its result, never a second run
+                self.beats.pop(id(trial)).set()
                 trial.set_user_attr(TrialAttr.RUN_ID, done.info.run_id)
                 study.tell(trial, float(done.data.metrics.get(DEFAULT_OBJECTIVE, 0.0)))
                 self._maybe_close(study)
                 continue
             job = Job(attrs[TrialAttr.NAME], attrs[TrialAttr.CONFIG], uri, exp_id,
                       study.user_attrs[StudyAttr.PARENT_RUN_ID], dict(attrs[TrialAttr.TAGS]))
-            task = Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial),
+            return Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial),
                         claim={"storage": self.url, "study": study.study_name, "trial_id": storage_mod.trial_id(trial),
                                "run_key": attrs[TrialAttr.RUN_KEY]})
-            trial.set_user_attr(TrialAttr.WORKER, worker_id())
-            self._start_heartbeat(trial)
-            return task
         return None
 
     def _finished_run(self, uri: str, experiment_id: str, key: str):
