@@ -29,7 +29,7 @@ class PlainDisplay:
     def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.total = 0
+        self.total: int | None = 0  # None: not known (a queue's points keep coming)
         self.n_done = 0
         self.n_failed = 0
 
@@ -37,10 +37,16 @@ class PlainDisplay:
         if not self.quiet:
             print(text, file=self.stream, flush=True)
 
-    def start(self, total: int, slots: Sequence[Slot]) -> None:
+    def start(self, total: int | None, slots: Sequence[Slot]) -> None:
         self.total = total
         where = ", ".join(s.label for s in slots)
-        self._say(f"running {total} point(s) on {len(slots)} slot(s): {where}")
+        what = "points from the queue" if total is None else f"{total} point(s)"
+        self._say(f"running {what} on {len(slots)} slot(s): {where}")
+
+    def count(self) -> str:
+        """``[3/12]``: points ended of the total; ``[3 ended]`` when the total is not known."""
+        ended = self.n_done + self.n_failed
+        return f"[{ended} ended]" if self.total is None else f"[{ended}/{self.total}]"
 
     def started(self, task: Task) -> None:
         retry = f" (attempt {task.attempt})" if task.attempt > 1 else ""
@@ -57,14 +63,14 @@ class PlainDisplay:
         secs = time.time() - task.started
         f1 = task.summary.get(DEFAULT_OBJECTIVE)
         score = f"  {DEFAULT_OBJECTIVE} {f1:.4f}" if isinstance(f1, (int, float)) else ""
-        self._say(f"  done    {task.name}  [{self.n_done + self.n_failed}/{self.total}]  {secs:.1f}s{score}")
+        self._say(f"  done    {task.name}  {self.count()}  {secs:.1f}s{score}")
 
     def retrying(self, task: Task, reason: str) -> None:
         self._say(f"  retry   {task.name}: {reason}")
 
     def failed(self, task: Task, reason: str) -> None:
         self.n_failed += 1
-        self._say(f"  FAILED  {task.name}  [{self.n_done + self.n_failed}/{self.total}]: {reason}")
+        self._say(f"  FAILED  {task.name}  {self.count()}: {reason}")
 
     def note(self, text: str) -> None:
         self._say(text)
@@ -85,7 +91,7 @@ class LiveDisplay(PlainDisplay):
         self.slots = 1
         self.notes: list[str] = []
 
-    def start(self, total: int, slots: Sequence[Slot]) -> None:
+    def start(self, total: int | None, slots: Sequence[Slot]) -> None:
         from rich.console import Console
         from rich.live import Live
 
@@ -97,13 +103,15 @@ class LiveDisplay(PlainDisplay):
         from rich.table import Table
 
         elapsed = time.time() - self.t0
-        remaining = self.total - self.n_done - self.n_failed
-        eta = "–"
-        if self.durations:
-            mean = sum(self.durations) / len(self.durations)
-            eta = _fmt_seconds(mean * remaining / self.slots)
+        eta, pending = "–", "?"  # a queue's total is not known
+        if self.total is not None:
+            remaining = self.total - self.n_done - self.n_failed
+            pending = str(remaining - len(self.running))
+            if self.durations:
+                mean = sum(self.durations) / len(self.durations)
+                eta = _fmt_seconds(mean * remaining / self.slots)
         head = (f"done {self.n_done}  running {len(self.running)}  failed {self.n_failed}  "
-                f"pending {remaining - len(self.running)}   elapsed {_fmt_seconds(elapsed)}  eta {eta}")
+                f"pending {pending}   elapsed {_fmt_seconds(elapsed)}  eta {eta}")
         table = Table(title=head, title_justify="left", expand=False)
         table.add_column("point")
         table.add_column("slot")
@@ -183,9 +191,8 @@ def print_dry_run(spec: SweepSpec, uri: str) -> None:
     from rich.table import Table
 
     from orchestrator import peek
-    from orchestrator.schema import Kind
 
-    done = peek.finished_keys(uri, spec.name, kind=Kind.POINT)
+    done = peek.finished_keys(uri, spec.name)  # the done rule of every path: a finished result of the run key
     columns = (*spec.axes, "seed")
     table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
     table.add_column("#", justify="right")

@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     OK = 0  # everything asked for finished
     FAILED = 1  # some run failed (recorded FAILED with its reason)
     BAD_INPUT = 2  # nothing was started: one message names the problem and the fix
+    LOST_CLAIM = 3  # a point process: another process took its point over; it wrote no final state
     INTERRUPTED = 130  # Ctrl-C: running runs were recorded KILLED
     PREEMPTED = 143  # SIGTERM: running runs checkpointed and recorded KILLED (preempted); rerun to resume
 

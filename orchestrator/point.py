@@ -6,8 +6,11 @@ through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as 
 lines on the original stdout, every event carrying the job's id: ``started`` (the run
 id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
 retires after it; ``store_failure`` when the tracking store failed, which ends the
-process). Everything else that would go to stdout (library chatter) goes to
-stderr, which the scheduler keeps as the process's log.
+process). Every run is fenced (:mod:`orchestrator.claims`): code
+:attr:`~orchestrator.errors.ExitCode.LOST_CLAIM` says another process took the point over
+(the job's ``claim``, if any, is the queue trial it was claimed with). Everything else
+that would go to stdout (library chatter) goes to stderr, which the scheduler keeps as the
+process's log.
 
 Imports, the CUDA context and cuDNN's autotuning are thus paid once per slot, and the
 compiled graphs once per setting (the seeds of a setting reuse them). A point's results
@@ -113,6 +116,7 @@ def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
                                     **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
         stop=stop,
         resume=job.get("resume", True),
+        claim=job.get("claim") or {},  # fenced: a point another process took over writes no final state
     )
     return int(code), run_id, summary
 

@@ -69,6 +69,7 @@ def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
         "device": "cuda" if slot.gpu is not None else "cpu",
         "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm.task_tags()},
         "resume": job.resume,
+        "claim": task.claim,
     }
 
 

@@ -11,7 +11,14 @@ RetryHeartbeatStaleTrialCallback).
 
 ``ask()`` on a study with no waiting trial makes a fresh, empty trial; a worker that raced
 another to the last point gets one of those, recognises it (no ``orch.run_key``) and
-discards it.
+discards it. A claimed point whose run key already has a finished result (another worker,
+a sweep or ``orch run --resume`` finished it meanwhile) is completed with that result, not
+trained again.
+
+Fencing (:mod:`orchestrator.claims`): a worker that was frozen past the grace period (a
+paused VM, SIGSTOP) has lost its trial to the reaper. Its point process, thawed, finds that
+out at its next epoch, checkpoint or end and stops without a final state; the worker checks
+the trial before every ``tell`` and leaves a trial it no longer holds to its new owner.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from orchestrator.display import make_display
 from orchestrator.errors import ExitCode
 from orchestrator.grid import SweepSpec
 from orchestrator.scheduler import Job, PointSource, Scheduler, Slot, Task
-from orchestrator.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, read_points
+from orchestrator.schema import (Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, is_finished_result, read_points,
+                                 tag_filter)
 from orchestrator.tracking import TrackingStore
 
 STUDY_PREFIX = "orch-sweep-"
@@ -113,7 +121,7 @@ class QueueSource(PointSource):
         self.url, self.sweep, self.tracking_uri = url, sweep, tracking_uri
         self.max_retries = max_retries
         self.storage = storage_mod.open_storage(url, heartbeat=True, on_stale=self._on_stale)
-        self.total = 0  # points claimed so far: a queue does not know how many will come
+        self.total = None  # a queue does not know how many points will come
         self.beats: dict[int, threading.Event] = {}  # id(trial) -> stops its heartbeat
         self._stores: dict[str, TrackingStore] = {}
 
@@ -138,15 +146,43 @@ class QueueSource(PointSource):
                 trial.set_user_attr(TrialAttr.DISCARDED, True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
-            uri = self.tracking_uri or study.user_attrs[StudyAttr.TRACKING_URI]
-            job = Job(attrs[TrialAttr.NAME], attrs[TrialAttr.CONFIG], uri, study.user_attrs[StudyAttr.EXPERIMENT_ID],
-                      study.user_attrs[StudyAttr.PARENT_RUN_ID], dict(attrs[TrialAttr.TAGS]))
-            task = Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial))
             trial.set_user_attr(TrialAttr.WORKER, worker_id())
-            self._start_heartbeat(trial)
-            self.total += 1
-            return task
+            self._start_heartbeat(trial)  # from here a worker that dies leaves a trial the reaper requeues
+            uri = self.tracking_uri or study.user_attrs[StudyAttr.TRACKING_URI]
+            exp_id = study.user_attrs[StudyAttr.EXPERIMENT_ID]
+            done = self._finished_run(uri, exp_id, attrs[TrialAttr.RUN_KEY])
+            if done is not None:  # finished meanwhile, by whoever: its result, never a second run
+                self.beats.pop(id(trial)).set()
+                trial.set_user_attr(TrialAttr.RUN_ID, done.info.run_id)
+                study.tell(trial, float(done.data.metrics.get(DEFAULT_OBJECTIVE, 0.0)))
+                self._maybe_close(study)
+                continue
+            job = Job(attrs[TrialAttr.NAME], attrs[TrialAttr.CONFIG], uri, exp_id,
+                      study.user_attrs[StudyAttr.PARENT_RUN_ID], dict(attrs[TrialAttr.TAGS]))
+            return Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial),
+                        claim={"storage": self.url, "study": study.study_name, "trial_id": storage_mod.trial_id(trial),
+                               "run_key": attrs[TrialAttr.RUN_KEY]})
         return None
+
+    def _finished_run(self, uri: str, experiment_id: str, key: str):
+        """A finished result of run key ``key`` (:func:`orchestrator.schema.is_finished_result`), or None."""
+        runs = self.store(uri).search([experiment_id], f"{tag_filter(Tag.RUN_KEY, key)} and "
+                                                       f"attributes.status = '{Status.FINISHED}'")
+        return next((r for r in runs if is_finished_result(r.info.status, r.data.tags)), None)
+
+    def _holds(self, task: Task) -> bool:
+        """Whether this worker still holds the task's trial (the reaper fails a trial whose
+        heartbeat went silent, e.g. while this worker was frozen, and requeues its point).
+        Check, then tell: a reaper acting between the two makes ``tell`` raise, as before."""
+        from optuna.trial import TrialState
+
+        _, trial = task.ticket
+        if self.storage.get_trial(storage_mod.trial_id(trial)).state == TrialState.RUNNING:
+            return True
+        self._stop_heartbeat(task)
+        print(f"{task.name}: this worker lost its claim on the point (its trial was failed as stale and the "
+              "point requeued); the trial is left to the worker that took it over", file=sys.stderr, flush=True)
+        return False
 
     def exhausted(self) -> bool:
         return False  # points may be queued or requeued at any time, by any machine
@@ -169,6 +205,8 @@ class QueueSource(PointSource):
 
     def finished(self, task: Task) -> None:
         study, trial = task.ticket
+        if not self._holds(task):
+            return
         self._stop_heartbeat(task)
         study.tell(trial, float(task.summary.get(DEFAULT_OBJECTIVE, 0.0)))
         self._maybe_close(study)
@@ -177,6 +215,8 @@ class QueueSource(PointSource):
         from optuna.trial import TrialState
 
         study, trial = task.ticket
+        if not self._holds(task):
+            return False
         self._stop_heartbeat(task)
         trial.set_user_attr(TrialAttr.FAILURE_REASON, reason[:1000])
         study.tell(trial, state=TrialState.FAIL)
@@ -191,9 +231,15 @@ class QueueSource(PointSource):
         from optuna.trial import TrialState
 
         study, trial = task.ticket
+        if not self._holds(task):
+            return
         self._stop_heartbeat(task)
         study.tell(trial, state=TrialState.FAIL)
         _requeue(study, trial, attempt=task.attempt)
+
+    def lost(self, task: Task, reason: str) -> None:
+        """Another worker took the point over: its trial is the reaper's and the new owner's."""
+        self._stop_heartbeat(task)
 
     def _on_stale(self, study, trial) -> None:
         """A worker stopped beating: its MLflow run is FAILED (the point is requeued by Optuna)."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
-from orchestrator import checkpoints, tracking
+from orchestrator import checkpoints, claims, tracking
 from orchestrator.checkpoints import RunCheckpoints, StopFlag
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.schema import Kind, Status, Tag, TrialState
@@ -155,6 +155,7 @@ def run_tracked(
     on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
     stop: StopFlag | None = None,
     resume: bool | str = False,
+    claim: Mapping[str, Any] | None = None,
 ) -> tuple[int, str, dict[str, float]]:
     """Train ``cfg`` inside a new MLflow run; returns (exit code, run id, summary metrics).
 
@@ -168,10 +169,14 @@ def run_tracked(
     KILLED (reason ``preempted …``) with exit code 143 (130 for SIGINT). ``resume=True``
     continues the newest unfinished run of the same run key that holds a checkpoint (if
     any); a run id continues that run.
+
+    A point process passes ``claim`` (its queue trial, or ``{}``): the run is then fenced
+    (:mod:`orchestrator.claims`) and, once another process has taken the point over, writes
+    no checkpoint and no final state and gives :attr:`ExitCode.LOST_CLAIM`.
     """
     with _busy(stop):  # a signal now only asks the loop to checkpoint and stop: the run is always closed
         return _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start,
-                           on_epoch, stop, resume)
+                           on_epoch, stop, resume, claim)
 
 
 @contextlib.contextmanager
@@ -187,24 +192,33 @@ def _busy(stop: StopFlag | None):
 
 
 def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start, on_epoch,
-                stop, resume) -> tuple[int, str, dict[str, float]]:
+                stop, resume, claim) -> tuple[int, str, dict[str, float]]:
     """:func:`run_tracked`'s body: start the run, train, and close the run however training ends."""
     from experiments.train import Stopped
 
     cap_threads()
     dev, dev_name = device_label(device)
     previous, state = _resume_point(store, experiment_id, cfg, resume)
-    run_tags = {Tag.KIND: Kind.RUN, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
+    identity, continued_parent = _identity(store, resume)
+    run_tags = {Tag.KIND: Kind.RUN, **identity, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
                 **tracking.runtime_tags(), **_resume_tags(previous, state)}
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
-                             parent_run_id=parent_run_id)
+                             parent_run_id=parent_run_id or continued_parent)
     printer = EpochPrinter(cfg, quiet, run_name or "")
+    fence = None if claim is None else claims.Fence(store, run_id, claim)
     try:  # from here on, every ending closes the run
         if state is not None:  # the epochs before the checkpoint, with their original timestamps
             store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
         if on_start:
             on_start(run_id)
-        result = _train_logged(cfg, store, run_id, dev, printer, on_epoch, stop, state)
+        result = _train_logged(cfg, store, run_id, dev, printer, on_epoch, stop, state, fence)
+        if fence is not None:
+            fence.check()  # before the run ends FINISHED
+    except claims.LostClaim as err:  # another process runs the point now: leave the run as it marked it
+        with contextlib.suppress(StoreFailure):
+            store.close_if_live(run_id, Status.KILLED, str(err))
+        print(f"run {run_id} stopped: {err}; it wrote no final state", file=sys.stderr)
+        return ExitCode.LOST_CLAIM, run_id, {}
     except Stopped as err:
         store.end_run(run_id, Status.KILLED, stop_reason(err))
         if not quiet:
@@ -237,17 +251,23 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
 
 def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, dev: str, printer: EpochPrinter,
                   on_epoch: Callable[[int, Mapping[str, float]], None] | None, stop: StopFlag | None,
-                  state: dict | None):
-    """Train with the run's tracker, system metrics and checkpoints; log the artifacts."""
+                  state: dict | None, fence: claims.Fence | None = None):
+    """Train with the run's tracker, system metrics and checkpoints; log the artifacts. A
+    ``fence`` is checked at each epoch's end and before each checkpoint."""
     from experiments.train import train
     from orchestrator.run_artifacts import log_run_artifacts
 
     def epoch_hook(epoch: int, values: Mapping[str, float]) -> None:
+        if fence is not None:
+            fence.check()
         printer(epoch, values)
         if on_epoch:
             on_epoch(epoch, values)
 
-    ckpts = None if stop is None else RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop)
+    ckpts = None
+    if stop is not None:
+        ckpts = (RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop) if fence is None
+                 else claims.FencedCheckpoints(fence, store, run_id, cfg.train.checkpoint_seconds, stop))
     tracker = store.tracker(run_id)
     try:
         with store.system_metrics(run_id):
@@ -257,6 +277,20 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
     finally:
         printer.close()
         _flush(tracker)  # the epochs logged so far reach the store before the run ends
+
+
+IDENTITY_TAGS = (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING)  # what makes a run a sweep's point
+
+
+def _identity(store: tracking.TrackingStore, resume: bool | str) -> tuple[dict[str, str], str | None]:
+    """(tags, parent run id) that the continuation of run ``resume`` (a run id: ``orch run
+    --resume``) takes over: the continuation of a sweep's point is that point's run, under
+    its sweep's parent, so every path counts it as the point's result. Tags and a parent the
+    caller passes win (a tuning trial names its own)."""
+    if not isinstance(resume, str):
+        return {}, None
+    tags = store.get_run(resume).data.tags
+    return {k: tags[k] for k in IDENTITY_TAGS if k in tags}, tags.get(Tag.PARENT_RUN_ID)
 
 
 def _resume_tags(previous: str | None, state: dict | None) -> dict[str, str]:

@@ -147,6 +147,7 @@ class Task:
     job: Job
     attempt: int = 1
     ticket: Any = None  # the source's handle on the claim (a queue trial)
+    claim: dict | None = None  # what the point process checks its claim against (orchestrator.claims)
     run_id: str | None = None
     epoch: int = 0
     max_epochs: int = 0
@@ -169,7 +170,7 @@ class PointSource(Protocol):
     The scheduler calls these methods and nothing else; a source never sees a process.
     """
 
-    total: int  # points known so far (the display's denominator; a queue counts its claims)
+    total: int | None  # points to run (the display's denominator); None: not known (a queue)
 
     def claim(self) -> Task | None:
         """The next point to run, or None when there is none right now."""
@@ -188,6 +189,10 @@ class PointSource(Protocol):
 
     def abandon(self, task: Task) -> None:
         """The task was interrupted by a stop of the scheduler: not a failure of the point."""
+
+    def lost(self, task: Task, reason: str) -> None:
+        """Another process took the task's point over (:mod:`orchestrator.claims`): the point is
+        that process's now, neither finished nor failed here."""
 
     def unstarted(self) -> list[str]:
         """Names of the points that remain unclaimed when the scheduler ends."""
@@ -222,6 +227,9 @@ class ListSource(PointSource):
     def abandon(self, task: Task) -> None:
         pass  # an interrupted sweep is resumed by running it again
 
+    def lost(self, task: Task, reason: str) -> None:
+        pass
+
     def unstarted(self) -> list[str]:
         return [t.name for t in self.pending]
 
@@ -230,6 +238,7 @@ class ListSource(PointSource):
 class Outcome:
     finished: list[str] = field(default_factory=list)  # point names
     failed: dict[str, str] = field(default_factory=dict)  # point name -> last reason
+    lost: dict[str, str] = field(default_factory=dict)  # point name -> who took it over
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
     signal: int | None = None  # the signal that stopped the scheduler
@@ -408,6 +417,13 @@ class Scheduler:
 
     def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
                       died: bool = False) -> None:
+        if code == ExitCode.LOST_CLAIM and not died:  # its run is as the process that took it over left it
+            marked = task.run_id and self._use_store(lambda: self.store(task.job.uri).failure_reason(task.run_id))
+            reason = f"lost its claim: another process took the point over ({marked or 'its run was ended'})"
+            source.lost(task, reason)
+            outcome.lost[task.name] = reason
+            self.display.note(f"  lost    {task.name}: {reason}; nothing final was written here")
+            return
         if (code != ExitCode.OK or died) and self._finished_anyway(task):
             code, died = ExitCode.OK, False  # ended FINISHED, then its process died or was signalled
         if code == ExitCode.OK and not died:
@@ -477,11 +493,14 @@ class Scheduler:
             task = self.running.get(index)
             if task is not None and event and event.get("job") == task.job_id and event.get("event") == "started":
                 task.run_id = event.get("run_id")
+        reason = "interrupted: the sweep was stopped"  # not a signal: e.g. an error in the scheduler itself
+        if self.stop_signal is not None:  # the point's process ended without closing its run (the grace ran out)
+            name = signal.Signals(self.stop_signal).name
+            reason = f"{'interrupted' if name == 'SIGINT' else 'preempted'} ({name}): stopped before its checkpoint"
         for task in list(self.running.values()):
             if task.run_id:
                 uri, run_id = task.job.uri, task.run_id
-                self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.KILLED,
-                                                                      "interrupted: the sweep was stopped"))
+                self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.KILLED, reason))
             source.abandon(task)
         self.running = {}
 

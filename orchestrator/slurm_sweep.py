@@ -59,7 +59,7 @@ def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOpti
     with locks.hold(store.uri, spec.name, wait=wait, say=say):
         exp_id = store.ensure_experiment(spec.name)
         parent = store.find_sweep_parent(exp_id, spec.sweep_id)
-        finished = set() if rerun else store.finished_run_keys(exp_id, kind=Kind.POINT)
+        finished = set() if rerun else store.finished_run_keys(exp_id)
         pending = [r for r in spec.runs if r.run_key not in finished]
         live = slurm.live_jobs(spec.sweep_id)
         live_arrays = sorted({j[0].split("_")[0] for j in live if j[2] == slurm.job_name(spec.sweep_id)})

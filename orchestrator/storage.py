@@ -162,26 +162,33 @@ def open_storage(url: str, *, heartbeat: bool = False, on_stale=None):
     return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
+def trial_id(trial) -> int:
+    """The storage id of a trial that ``study.ask()`` returned.
+
+    The storage's per-trial calls (``record_heartbeat``, ``get_trial``) take it, and Optuna
+    exposes it only as the private ``Trial._trial_id``: this is the one place that reads it.
+    """
+    return trial._trial_id
+
+
 def start_heartbeat(storage, trial) -> threading.Event:
     """Beat ``trial``'s heartbeat every HEARTBEAT_SECONDS on a daemon thread until the
     returned event is set.
 
     Optuna beats only for trials that ``study.optimize`` runs itself; a point run by a
-    worker's child process needs its own beat. The storage's ``record_heartbeat`` takes
-    the trial's storage id, which Optuna exposes only as the private ``Trial._trial_id``:
-    this is the one place that reads it.
+    worker's child process needs its own beat.
     """
-    trial_id = trial._trial_id
+    tid = trial_id(trial)
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             try:
-                storage.record_heartbeat(trial_id)
+                storage.record_heartbeat(tid)
             except Exception as err:  # noqa: BLE001 - a missed beat is retried on the next tick
                 print(f"heartbeat of trial {trial.number} failed ({err}); retrying", flush=True)
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 
-    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}").start()
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{tid}").start()
     return stop

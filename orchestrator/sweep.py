@@ -1,7 +1,10 @@
 """A sweep from start to end: parent run, resume, scheduling, and the summary on the parent.
 
-Resume rule: a point is done when its run key has a FINISHED run in the experiment;
-everything else (missing, FAILED, KILLED, or RUNNING under a dead process) runs again.
+Resume rule: a point is done when its run key has a finished result in the experiment
+(:func:`orchestrator.schema.is_finished_result`), whoever finished it (this sweep, another
+sweep, a queue worker, a Slurm task, ``orch run --resume`` of one of its runs); everything
+else (missing, FAILED, KILLED, or RUNNING under a dead process) runs again. The dry run,
+the queue and Slurm apply the same rule.
 
 A store that fails during the sweep (:class:`StoreFailure`: full disk, a vanished or
 locked store) ends it with one message and exit 1, wherever it happens: while opening
@@ -87,7 +90,7 @@ def open_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
             store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
         resumed = True
     store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
-    finished = set() if rerun else store.finished_run_keys(exp_id, kind=Kind.POINT)
+    finished = set() if rerun else store.finished_run_keys(exp_id)
     pending = [r for r in spec.runs if r.run_key not in finished]
     done = [r for r in spec.runs if r.run_key in finished]
     return SweepState(exp_id, parent_id, resumed, pending, done)
@@ -200,7 +203,7 @@ def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until:
     result = compare_sweep(store, spec, state, until.metric, until.direction)
     if result is None:
         return spec, [], None
-    finished = store.finished_run_keys(state.experiment_id, kind=Kind.POINT)
+    finished = store.finished_run_keys(state.experiment_id)
     verdict = separation.decide(result, until)
     todo = separation.next_round(spec, verdict, until, finished)
     if todo:
@@ -274,17 +277,18 @@ def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: O
 
 
 def sweep_records(store: TrackingStore, experiment_id: str, sweep_id: str, run_keys: Sequence[str] = ()):
-    """The sweep's own runs, plus FINISHED points of other sweeps of the experiment that it reused.
+    """The sweep's own runs, plus the finished results of its run keys that others finished.
 
-    A point is a run key: a sweep skips a point that any sweep of the same experiment has
-    finished (editing a grid, e.g. adding a seed, makes a new sweep that reruns nothing
-    done), so its results are found by run key, not only among its own children.
+    A point is a run key: a sweep skips a point whose run key has a finished result in the
+    experiment, whoever finished it (editing a grid, e.g. adding a seed, makes a new sweep
+    that reruns nothing done), so its results are found by run key, not only among its own
+    children.
     """
     runs = store.sweep_children(experiment_id, sweep_id)
     if run_keys:
         own = {r.info.run_id for r in runs}
         wanted = set(run_keys)
-        runs += [r for r in store.finished_runs(experiment_id, kind=Kind.POINT)
+        runs += [r for r in store.finished_runs(experiment_id)
                  if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
     return [to_record(r) for r in runs]
 

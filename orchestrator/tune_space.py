@@ -46,9 +46,11 @@ SPACE_FIELDS = ("type", "low", "high", "log", "step", "choices")
 SPACE_TYPES = ("int", "float", "categorical")
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_METRIC = names.DEFAULT_OBJECTIVE
-# The StepLR schedule: epochs between decays and the decay factor.
+# The StepLR schedule: epochs between decays and the decay factor. The step size's range
+# ends below the grid's max_epochs (_step_sizes).
+STEP_SIZE = "schedule.step_size"
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
-    "schedule.step_size": {"type": "int", "low": 2, "high": 30},
+    STEP_SIZE: {"type": "int", "low": 2, "high": 30},
     "schedule.gamma": {"type": "float", "low": 0.05, "high": 0.9, "log": True},
 }
 SPACE_EXAMPLE = "e.g. {type: float, low: 0.05, high: 0.9, log: true}"
@@ -139,6 +141,18 @@ def read_tune(
     return TuneSpec(metric=metric.strip(), direction=direction, n_trials=n_trials, space=space, seeds=seeds)
 
 
+def _step_sizes(max_epochs: int) -> dict[str, Any]:
+    """The default range of ``schedule.step_size`` for runs of ``max_epochs`` epochs.
+
+    StepLR decays after every ``step_size`` epochs, so a step size of ``max_epochs`` or more
+    never acts, and every trial drawing one trains the same run. The range ends at
+    ``max_epochs - 1`` (at most 30); a run of 1 or 2 epochs keeps the range 1..2, the
+    narrowest an int range can be.
+    """
+    high = min(DEFAULT_SPACE[STEP_SIZE]["high"], max(2, max_epochs - 1))
+    return {**DEFAULT_SPACE[STEP_SIZE], "low": min(DEFAULT_SPACE[STEP_SIZE]["low"], high - 1), "high": high}
+
+
 def _is_number(value: Any, kind: str) -> bool:
     """An integer for an int space, an integer or float for a float one (never a bool)."""
     ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
@@ -155,12 +169,16 @@ class _SpaceReader:
         self.check_data = check_data
 
     def default_space(self) -> tuple[ParamSpace, ...]:
-        """:data:`DEFAULT_SPACE` without the grid axes (swept, so not tuned), read as if written."""
+        """:data:`DEFAULT_SPACE` without the grid axes (swept, so not tuned), read as if written,
+        with ``schedule.step_size`` below the shortest setting's ``train.max_epochs``."""
         keys = [k for k in DEFAULT_SPACE if k not in self.axes]
         if not keys:
             self.g.fail("tune", f"every key of the default search space ({', '.join(DEFAULT_SPACE)}) is a grid "
                                 "axis; add a tune.space section naming the keys to search")
-        return self.space({k: DEFAULT_SPACE[k] for k in keys})
+        space = {k: DEFAULT_SPACE[k] for k in keys}
+        if STEP_SIZE in space and self.flat_configs:
+            space[STEP_SIZE] = _step_sizes(min(int(f["train.max_epochs"]) for f in self.flat_configs))
+        return self.space(space)
 
     def space(self, raw: Any) -> tuple[ParamSpace, ...]:
         if not isinstance(raw, dict) or not raw:

@@ -376,6 +376,19 @@ def test_tune_defaults_and_suggest(tmp_path):
     assert grid(tmp_path, "name: t\n").tune is None
 
 
+@pytest.mark.parametrize("max_epochs, low, high", [(50, 2, 30), (6, 2, 5), (3, 1, 2), (2, 1, 2),
+                                                   ("[4, 9]", 2, 3)])
+def test_default_step_size_range_ends_below_max_epochs(tmp_path, max_epochs, low, high):
+    """A StepLR step size of max_epochs or more never decays: the default range ends below the
+    shortest setting's max_epochs (with or without a tune section)."""
+    axis = f"grid: {{train.max_epochs: {max_epochs}}}\n" if isinstance(max_epochs, str) else ""
+    base = "" if axis else f"base: {{train: {{max_epochs: {max_epochs}}}}}\n"
+    text = f"name: t\n{base}{axis}"
+    for spec in (grid(tmp_path, text + "tune: {}\n").tune, tune_spec(grid(tmp_path, text))):
+        (step,) = [p for p in spec.space if p.key == "schedule.step_size"]
+        assert (step.low, step.high) == (low, high)
+
+
 def test_default_space_leaves_out_grid_axes_with_or_without_a_tune_section(tmp_path):
     text = "name: t\ngrid: {schedule.gamma: [0.1, 0.2]}\n"
     with_section = grid(tmp_path, text + "tune: {n_trials: 3}\n").tune

@@ -320,3 +320,47 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
     assert sorted(m.step for m in c.get_metric_history(resumed.info.run_id, epoch_key("val_loss"))) == list(range(1, 9))
     assert results(resumed) == results(reference)
+
+
+def test_frozen_worker_that_lost_its_point_writes_no_final_state(postgres_url, mlflow_server, tmp_path):
+    """Worker A and its point process are frozen (SIGSTOP: a paused VM, a closed laptop lid)
+    past the grace period; worker B requeues the point and finishes it from A's checkpoint.
+    Thawed (SIGCONT), A's point process finds at its next epoch that its claim is gone: it
+    stops without writing a checkpoint or a final state, the run stays as the reaper marked
+    it, and A exits 0 without telling Optuna anything about the trial it lost."""
+    storage = new_database(postgres_url)
+    base = {**RESUME_BASE, "train": {**RESUME_BASE["train"], "max_epochs": 8, "patience": 8}}
+    grid = write_grid(tmp_path / "g.yaml", f"frozen-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
+    spec = load_grid(grid)
+    assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server,
+                cwd=tmp_path).returncode == 0
+    env = {**ONE_THREAD, **FAST_HEARTBEAT}
+    frozen = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stale_id = _wait_for_point(mlflow_server, spec.sweep_id, frozen, "worker A never checkpointed its point",
+                               lambda run: int(run.data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 1)
+    (point_proc,) = point_processes_under(frozen.pid)
+    point_proc.send_signal(signal.SIGSTOP)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        _wait_until_stale(storage, float(FAST_HEARTBEAT["ORCH_GRACE_SECONDS"]))
+        rescuer = orch("worker", "--storage", storage, "--quiet", env={**FAST_HEARTBEAT, "OMP_NUM_THREADS": "1"},
+                       cwd=tmp_path, timeout=600)
+        assert rescuer.returncode == 0, rescuer.stderr[-3000:]
+    finally:
+        point_proc.send_signal(signal.SIGCONT)
+        frozen.send_signal(signal.SIGCONT)
+    _, stderr = frozen.communicate(timeout=300)
+    assert frozen.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "lost its claim" in stderr, stderr[-3000:]
+
+    runs = _point_runs(mlflow_server, spec.sweep_id)
+    finished = [r for r in runs if r.info.status == Status.FINISHED]
+    assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in runs]  # the point ran once
+    assert finished[0].data.tags[Tag.RESUMED_FROM] == stale_id
+    stale = MlflowClient(tracking_uri=mlflow_server).get_run(stale_id)
+    assert stale.info.status == Status.FAILED  # as the reaper marked it
+    assert "stopped sending heartbeats" in stale.data.tags[Tag.FAILURE_REASON]
+    status = invoke("status", "--storage", storage)
+    assert "pending 0  running 0  done 1  failed 0" in status.stdout, status.stdout

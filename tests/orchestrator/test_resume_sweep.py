@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import RESUME_BASE, all_runs, orch, results, ro_rows, write_grid
+from conftest import RESUME_BASE, all_runs, invoke, orch, results, ro_rows, write_grid
 from experiments.metric_names import epoch_key
 from orchestrator.schema import Kind, Status, Tag
 
@@ -157,3 +157,41 @@ def test_a_killed_point_process_fails_only_its_point_which_resumes_on_retry(tmp_
     first, third = sorted((r for r in points(uri) if r.info.status == Status.FINISHED
                            and Tag.RESUMED_FROM not in r.data.tags), key=lambda r: r.info.start_time)
     assert first.data.tags[Tag.PID] == pid != third.data.tags[Tag.PID]  # a fresh process after the kill
+
+
+def test_orch_run_resume_of_a_sweep_point_is_that_point_and_the_sweep_trains_nothing_again(tmp_path):
+    """A point stopped with a checkpoint, continued by `orch run --resume`: the continuation
+    is the point's run (its kind, sweep tags and parent); the dry run and the rerun sweep
+    both count it done, and nothing is trained again."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = {**RESUME_BASE, "data": {"name": "digits", "batch_size": 64}, "train": {**RESUME_BASE["train"],
+                                                                                   "max_epochs": 3, "patience": 3}}
+    path = write_grid(tmp_path / "one.yaml", "resume-one", {"model.norm": ["bn"]}, base=base)
+    env = {"MLFLOW_TRACKING_URI": uri}
+    sweep = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(path), "--workers", "1"],
+                             cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    stopped_id, _ = wait_for_epoch(tmp_path / "mlflow.db", 1)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 143, stderr
+
+    resumed = orch("run", "--resume", stopped_id, "--quiet", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
+    (continued,) = [r for r in all_runs(uri) if r.info.status == Status.FINISHED]
+    stopped = MlflowClient(tracking_uri=uri).get_run(stopped_id)
+    assert continued.data.tags[Tag.RESUMED_FROM] == stopped_id
+    for key in (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, Tag.RUN_KEY):
+        assert continued.data.tags[key] == stopped.data.tags[key], key
+    assert continued.data.tags[Tag.PARENT_RUN_ID] == parent.info.run_id
+
+    dry = invoke("sweep", str(path), "--dry-run", cwd=tmp_path, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "1 points: 1 done, 0 pending" in dry.stdout, dry.stdout
+    rerun = orch("sweep", str(path), "--workers", "1", cwd=tmp_path, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 already finished, 0 to run" in rerun.stderr, rerun.stderr
+    assert [r.info.run_id for r in all_runs(uri) if r.info.status == Status.FINISHED
+            and r.data.tags.get(Tag.KIND) != Kind.SWEEP] == [continued.info.run_id]  # trained once
+    assert MlflowClient(tracking_uri=uri).get_run(parent.info.run_id).info.status == Status.FINISHED

@@ -26,13 +26,14 @@ from orchestrator.scheduler import Job, ListSource, PointSource, Scheduler, Slot
 STAND_IN = r"""
 import json, os, signal, sys, time
 stop, busy = [], []
+dies_on_stop = False
 
 
 def on_signal(code):  # as the real point: a running one checkpoints and ends KILLED; an idle one exits
     def handler(*args):
         stop.append(code)
-        if not busy:
-            sys.exit(code)
+        if not busy or dies_on_stop:
+            os._exit(code)
     return handler
 
 
@@ -47,6 +48,9 @@ for line in sys.stdin:  # an idle process waits here for its next job
     job = json.loads(line)
     busy.append(1)
     plan, jid, code = job["config"], job["job"], job["config"].get("code", 0)
+    dies_on_stop = plan.get("dies_on_stop", False)  # a stop signal ends it without closing its run
+    if plan.get("run_id"):
+        print(json.dumps({"event": "started", "job": jid, "run_id": plan["run_id"]}), flush=True)
     if plan.get("crash"):
         print("stand-in crashes", file=sys.stderr, flush=True)
         os._exit(plan["crash"])
@@ -346,6 +350,51 @@ def test_ctrl_c_stops_running_points_and_abandons_them(tmp_path, pids):
     assert outcome.seconds < 30  # the child was stopped, not waited for
 
 
+@pytest.mark.parametrize("signum, reason", [(signal.SIGTERM, "preempted (SIGTERM)"),
+                                             (signal.SIGINT, "interrupted (SIGINT)")])
+def test_a_run_its_stopped_process_left_open_is_closed_with_the_signal(tmp_path, pids, store, signum, reason):
+    """A point process that ends on the stop signal without closing its run (killed after
+    the grace, or dead): the scheduler closes the run KILLED with the signal's reason."""
+    from orchestrator.tracking import TrackingStore
+
+    tracking = TrackingStore(store)
+    run_id = tracking.start_run(tracking.ensure_experiment("e"), run_name="p", params={}, tags={})
+    point = Job("p", {"run_id": run_id, "dies_on_stop": True, "epochs": 2, "sleep": 60}, uri=store,
+                experiment_id="0", parent_run_id=None, tags={})
+    display = Recorder(on_progress=lambda: os.kill(os.getpid(), signum))
+    outcome = scheduler(tmp_path, 1, display).run(ListSource([point], max_retries=0))
+    assert outcome.interrupted and outcome.signal == signum
+    run = tracking.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["orch.failure_reason"].startswith(reason)
+
+
+def test_a_point_that_lost_its_claim_is_neither_finished_nor_failed(tmp_path, pids):
+    """A point process that reports LOST_CLAIM (another process took its point over): the
+    source hears ``lost``; no retry, no failure, the scheduler goes on."""
+    lost: list[str] = []
+
+    class Source(ListSource):
+        def lost(self, task: Task, reason: str) -> None:
+            lost.append(task.name)
+
+    outcome = scheduler(tmp_path, 1, Recorder()).run(Source([job("taken", code=3), job("next")], max_retries=1))
+    assert lost == ["taken"] and list(outcome.lost) == ["taken"]
+    assert outcome.finished == ["next"] and not outcome.failed
+
+
+def test_a_queue_workers_progress_counts_without_a_total(capsys):
+    """A queue does not know how many points will come: the count says what ended, not ``[1/0]``."""
+    display = PlainDisplay()
+    display.start(None, [Slot(0, None, 1)])
+    task = Task(job("a"), slot=Slot(0, None, 1), started=time.time())
+    display.finished(task)
+    display.failed(Task(job("b"), slot=Slot(0, None, 1)), "boom")
+    err = capsys.readouterr().err
+    assert "running points from the queue on 1 slot(s)" in err
+    assert "  done    a  [1 ended]" in err and "  FAILED  b  [2 ended]: boom" in err and "/0]" not in err
+
+
 def test_idle_scheduler_polls_until_stopped(tmp_path, pids):
     """A worker with --wait: idle, it asks ``on_idle`` and claims again, until Ctrl-C."""
     source = ListSource([], max_retries=0)
@@ -414,6 +463,6 @@ def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
 def test_sources_implement_the_whole_protocol(source):
     """Each source defines every method itself: none falls back to the protocol's empty stub."""
-    methods = ("claim", "exhausted", "started", "finished", "failed", "abandon", "unstarted")
+    methods = ("claim", "exhausted", "started", "finished", "failed", "abandon", "lost", "unstarted")
     assert PointSource in source.__mro__  # declared, not only matched by shape
     assert [m for m in methods if m not in vars(source)] == []
