@@ -3,8 +3,8 @@
 It imports torch, mlflow and the training code once, then reads jobs from stdin, one
 JSON object per line (written by :mod:`orchestrator.point_processes`), and runs each
 through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as JSON
-lines on the original stdout, every event carrying the job's id: ``started`` (the run
-id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
+lines on the original stdout, every event carrying the job's id: ``warning`` (a line for
+the sweep's own output: a skipped checkpoint), ``started`` (the run id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
 retires after it; ``store_failure`` when the tracking store failed, which ends the
 process). Everything else that would go to stdout (library chatter) goes to
 stderr, which the scheduler keeps as the process's log.
@@ -113,6 +113,7 @@ def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
                                     **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
         stop=stop,
         resume=job.get("resume", True),
+        on_warning=lambda text: emit(event="warning", text=text, **tag),
     )
     return int(code), run_id, summary
 
