@@ -4,10 +4,11 @@ It imports torch, mlflow and the training code once, then reads jobs from stdin,
 JSON object per line (written by :mod:`orchestrator.point_processes`), and runs each
 through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as JSON
 lines on the original stdout, every event carrying the job's id: ``warning`` (a line for
-the sweep's own output: a skipped checkpoint), ``started`` (the run id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
-retires after it; ``store_failure`` when the tracking store failed, which ends the
-process). Everything else that would go to stdout (library chatter) goes to
-stderr, which the scheduler keeps as the process's log.
+the sweep's own output: a skipped checkpoint), ``started`` (the run id), ``epoch``, and
+``end`` (the run's exit code and summary, and whether this process retires after it;
+``store_failure`` when the tracking store failed, which ends the process). Everything
+else that would go to stdout (library chatter) goes to stderr, which the scheduler keeps
+as the process's log.
 
 Imports, the CUDA context and cuDNN's autotuning are thus paid once per slot, and the
 compiled graphs once per setting (the seeds of a setting reuse them). A point's results
