@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, all_runs, invoke, write_grid
-from experiments.config import to_flat
+from experiments.config import result_dict, to_flat
 from experiments.metric_names import epoch_key
 from experiments.train import Stopped, train
 from orchestrator.checkpoints import RunCheckpoints, StopFlag
@@ -93,8 +93,8 @@ def damaged_store(tmp: Path, grid: Path, checkpoint) -> tuple[str, dict, str]:
             file.unlink()
         elif case == "tensor":
             torch.save(torch.zeros(3), file)
-        elif case == "no progress":
-            torch.save({k: v for k, v in state.items() if k != "progress"}, file)
+        elif case == "no progress":  # and the point's own config: nothing else gives it away
+            torch.save({**{k: v for k, v in state.items() if k != "progress"}, "config": result_dict(run.config)}, file)
         # "other config": the checkpoint as written, of own_cfg, in a run of another point's key
     bystander, _ = killed_run(own_cfg, load_grid(grid, ["seed=99"]).runs[0].run_key, "bystander")
     return uri, runs, bystander
