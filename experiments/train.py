@@ -13,6 +13,8 @@ import itertools
 import math
 import random
 import time
+import types
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,11 +239,69 @@ def capture(cfg: RunConfig, model, opt, sched, gen: torch.Generator, progress: P
     }
 
 
+_CHECKPOINT_PARTS = {"format": int, "config": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+                     "progress": dict, "rng": dict}
+_RNG_PARTS = {"gen": torch.Tensor, "torch": torch.Tensor, "cuda": list, "numpy": tuple, "python": tuple}
+
+
+def checkpoint_problem(state: Any, cfg: RunConfig | None = None) -> str | None:
+    """What keeps ``state`` from being a :func:`capture` checkpoint (of ``cfg``, if given), or None.
+
+    The whole checkpoint is checked before a run starts from it, so that a damaged or foreign
+    one is skipped instead of failing the run: its format, the keys and types of every part
+    (the progress against :class:`Progress`'s fields) and its config. The answer completes
+    the phrase "the checkpoint …", e.g. ``lacks 'progress'``.
+    """
+    if not isinstance(state, dict):
+        return f"is a {type(state).__name__}, not a checkpoint"
+    if state.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:  # another layout: say so before its keys
+        return f"has format {state['format']!r}, not {CHECKPOINT_FORMAT}"
+    problem = (_wrong_parts(state, _CHECKPOINT_PARTS, "")
+               or _wrong_parts(state["progress"], typing.get_type_hints(Progress), "progress.")
+               or _wrong_parts(state["rng"], _RNG_PARTS, "rng."))
+    if problem:
+        return problem
+    tensors = {"model": state["model"], "progress.best_state": state["progress"]["best_state"] or {}}
+    for part, values in tensors.items():
+        if not all(isinstance(v, torch.Tensor) for v in values.values()):
+            return f"has a {part} that is not all tensors"
+    if not {"state", "param_groups"} <= set(state["optimizer"]):
+        return "has an optimizer state without 'state' and 'param_groups'"
+    if cfg is not None and state["config"] != result_dict(cfg):
+        return "holds another config"
+    return None
+
+
+def _wrong_parts(parts: dict, expected: dict[str, Any], prefix: str) -> str | None:
+    """The first key of ``parts`` missing, unknown or of the wrong type against ``expected``."""
+    for key, tp in expected.items():
+        if key not in parts:
+            return f"lacks {prefix + key!r}"
+        if not _is_a(parts[key], tp):
+            return f"has {prefix + key!r} of type {type(parts[key]).__name__}"
+    unknown = sorted(map(str, set(parts) - set(expected)))
+    return f"has an unknown {prefix + unknown[0]!r}" if unknown else None
+
+
+def _is_a(value: Any, tp: Any) -> bool:
+    """isinstance against a type hint (``float``, ``dict[str, list]``, ``torch.Tensor | None``);
+    an int is a float, a bool is neither."""
+    if isinstance(tp, types.UnionType):
+        return any(_is_a(value, arg) for arg in tp.__args__)
+    tp = typing.get_origin(tp) or tp
+    if tp is type(None):
+        return value is None
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if tp is float else tp)
+
+
 def restore(state: dict[str, Any], cfg: RunConfig, model, opt, sched, gen: torch.Generator,
             dev: torch.device) -> Progress:
     """Load a :func:`capture` checkpoint into fresh objects; returns the loop's progress."""
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != result_dict(cfg):
-        raise ValueError("the checkpoint belongs to another config or checkpoint format; rerun from epoch 0")
+    problem = checkpoint_problem(state, cfg)
+    if problem is not None:
+        raise ValueError(f"the checkpoint {problem}; rerun from epoch 0")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -306,7 +366,7 @@ def train(
     opt = make_optimizer(cfg, model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.schedule.step_size, gamma=cfg.schedule.gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
-    p = restore(resume, cfg, model, opt, sched, gen, dev) if resume else Progress()
+    p = restore(resume, cfg, model, opt, sched, gen, dev) if resume is not None else Progress()
 
     def checkpoint() -> None:
         if checkpoints is not None:

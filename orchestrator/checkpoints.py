@@ -11,6 +11,10 @@ and those of the runs it continued.
 Resume rule: a point (a run key) continues from the newest run of that run key that did
 not finish and holds a checkpoint; its successor is a new run that carries the earlier
 epochs over (with their original timestamps) and is tagged with where it resumed.
+A checkpoint is checked as a whole before it is used (:func:`load`); one that is missing,
+unreadable, not a checkpoint or of another config is :class:`UnusableCheckpoint`: the
+successor then starts from epoch 0, carries ``Tag.CHECKPOINT_SKIPPED``, and drops the
+skipped checkpoint when it finishes, as it drops those it continued.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import StoreFailure
 from orchestrator.schema import Artifact, Status, Tag, tag_filter
 from orchestrator.tracking import TrackingStore
 
@@ -70,14 +75,55 @@ class RunCheckpoints:
         self.last = time.monotonic()
 
 
-def load(store: TrackingStore, run_id: str) -> dict[str, Any]:
-    """The checkpoint a run's ``Tag.CHECKPOINT`` names (torch tensors on the CPU)."""
+class UnusableCheckpoint(Exception):
+    """A run's checkpoint that no run can continue from; ``str()`` is ``<run id>/<path>: <reason>``
+    (the value of ``Tag.CHECKPOINT_SKIPPED``), the reason completing "the checkpoint …"."""
+
+    def __init__(self, run_id: str, path: str, reason: str):
+        self.run_id, self.path, self.reason = run_id, path, reason[:300]  # a tag value: short, whatever the file holds
+        self.where = f"{run_id}/{path}" if path else run_id
+        super().__init__(f"{self.where}: {self.reason}")
+
+    @staticmethod
+    def run_of(skipped: str | None) -> str | None:
+        """The run id in a ``Tag.CHECKPOINT_SKIPPED`` value (run ids hold neither ``/`` nor ``:``)."""
+        return skipped.split("/", 1)[0].split(":", 1)[0] if skipped else None
+
+
+def load(store: TrackingStore, run_id: str, cfg: Any = None) -> dict[str, Any]:
+    """The checkpoint a run's ``Tag.CHECKPOINT`` names (torch tensors on the CPU), checked as a
+    whole (:func:`experiments.train.checkpoint_problem`) against ``cfg``, a RunConfig, or
+    without one against the run key of the run that holds it.
+
+    Raises:
+        UnusableCheckpoint: the checkpoint is missing, cannot be read, is not a checkpoint,
+            or holds another config: whatever it is, no run can continue from it.
+        StoreFailure: the store itself failed; the checkpoint may be fine.
+    """
     import torch
 
-    path = store.get_run(run_id).data.tags[Tag.CHECKPOINT]
-    with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
-        local = store.download_artifact(run_id, path, tmp)
-        return torch.load(local, weights_only=True, map_location="cpu")
+    from experiments.config import build, run_key
+    from experiments.train import checkpoint_problem
+
+    tags = store.get_run(run_id).data.tags
+    path = tags.get(Tag.CHECKPOINT, "")
+    if not path:
+        raise UnusableCheckpoint(run_id, path, "does not exist (the run holds none)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+            local = store.download_artifact(run_id, path, tmp)
+            state = torch.load(local, weights_only=True, map_location="cpu")
+        problem = checkpoint_problem(state, cfg)
+        if problem is None and cfg is None and run_key(build(state["config"])) != tags.get(Tag.RUN_KEY):
+            problem = "holds another config than its run's"
+    except StoreFailure:
+        raise
+    except Exception as err:  # noqa: BLE001 - missing, truncated, not a torch file: all unusable alike
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]  # torch's go on for lines
+        problem = f"cannot be read ({type(err).__name__}: {first[:200]})"
+    if problem is not None:
+        raise UnusableCheckpoint(run_id, path, problem)
+    return state
 
 
 def resumable(store: TrackingStore, experiment_id: str, run_key: str):
@@ -92,12 +138,17 @@ def resumable(store: TrackingStore, experiment_id: str, run_key: str):
 
 
 def remove(store: TrackingStore, run_id: str) -> None:
-    """Drop the checkpoints of a finished run and of every run it continued."""
-    seen = set()
-    while run_id and run_id not in seen:
+    """Drop the checkpoints of a finished run and of every run it superseded: the runs it
+    continued (``Tag.RESUMED_FROM``) and the one whose checkpoint it skipped as unusable
+    (``Tag.CHECKPOINT_SKIPPED``), and theirs in turn. Other runs are left alone."""
+    todo, seen = [run_id], set()
+    while todo:
+        run_id = todo.pop()
+        if not run_id or run_id in seen:
+            continue
         seen.add(run_id)
-        run = store.get_run(run_id)
-        if Tag.CHECKPOINT in run.data.tags:
+        tags = store.get_run(run_id).data.tags
+        if Tag.CHECKPOINT in tags:
             store.delete_artifacts(run_id, Artifact.CHECKPOINT_DIR)
             store.delete_tag(run_id, Tag.CHECKPOINT)
-        run_id = run.data.tags.get(Tag.RESUMED_FROM)
+        todo += [tags.get(Tag.RESUMED_FROM), UnusableCheckpoint.run_of(tags.get(Tag.CHECKPOINT_SKIPPED))]

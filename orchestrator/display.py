@@ -68,6 +68,10 @@ class PlainDisplay:
     def retrying(self, task: Task, reason: str) -> None:
         self._say(f"  retry   {task.name}: {reason}")
 
+    def warning(self, task: Task, text: str) -> None:
+        """Something the user should know about a point (a skipped checkpoint); shown with --quiet too."""
+        print(f"  warning {task.name}: {text}", file=self.stream, flush=True)
+
     def failed(self, task: Task, reason: str) -> None:
         self.n_failed += 1
         self._say(f"  FAILED  {task.name}  {self.count()}: {reason}")
@@ -162,6 +166,11 @@ class LiveDisplay(PlainDisplay):
     def note(self, text: str) -> None:
         self.notes.append(text)
         self._update()
+
+    def warning(self, task: Task, text: str) -> None:
+        if self.live is None:
+            return super().warning(task, text)
+        self.live.console.print(f"warning {task.name}: {text}", markup=False, highlight=False)  # above the table, kept
 
     def stop(self) -> None:
         if self.live is not None:

@@ -3,14 +3,14 @@
 It imports torch, mlflow and the training code once, then reads jobs from stdin, one
 JSON object per line (written by :mod:`orchestrator.point_processes`), and runs each
 through :func:`orchestrator.runner.run_tracked`. It reports to the scheduler as JSON
-lines on the original stdout, every event carrying the job's id: ``started`` (the run
-id), ``epoch``, and ``end`` (the run's exit code and summary, and whether this process
-retires after it; ``store_failure`` when the tracking store failed, which ends the
-process). Every run is fenced (:mod:`orchestrator.claims`): code
-:attr:`~orchestrator.errors.ExitCode.LOST_CLAIM` says another process took the point over
-(the job's ``claim``, if any, is the queue trial it was claimed with). Everything else
-that would go to stdout (library chatter) goes to stderr, which the scheduler keeps as the
-process's log.
+lines on the original stdout, every event carrying the job's id: ``warning`` (a line for
+the sweep's own output: a skipped checkpoint), ``started`` (the run id), ``epoch``, and
+``end`` (the run's exit code and summary, and whether this process retires after it;
+``store_failure`` when the tracking store failed, which ends the process). Every run is
+fenced (:mod:`orchestrator.claims`): code :attr:`~orchestrator.errors.ExitCode.LOST_CLAIM`
+says another process took the point over (the job's ``claim``, if any, is the queue trial
+it was claimed with). Everything else that would go to stdout (library chatter) goes to
+stderr, which the scheduler keeps as the process's log.
 
 Imports, the CUDA context and cuDNN's autotuning are thus paid once per slot, and the
 compiled graphs once per setting (the seeds of a setting reuse them). A point's results
@@ -117,6 +117,7 @@ def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
         stop=stop,
         resume=job.get("resume", True),
         claim=job.get("claim") or {},  # fenced: a point another process took over writes no final state
+        on_warning=lambda text: emit(event="warning", text=text, **tag),
     )
     return int(code), run_id, summary
 

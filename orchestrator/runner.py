@@ -156,6 +156,7 @@ def run_tracked(
     stop: StopFlag | None = None,
     resume: bool | str = False,
     claim: Mapping[str, Any] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[int, str, dict[str, float]]:
     """Train ``cfg`` inside a new MLflow run; returns (exit code, run id, summary metrics).
 
@@ -168,7 +169,9 @@ def run_tracked(
     store every ``train.checkpoint_seconds`` and when a signal sets the flag; it then ends
     KILLED (reason ``preempted …``) with exit code 143 (130 for SIGINT). ``resume=True``
     continues the newest unfinished run of the same run key that holds a checkpoint (if
-    any); a run id continues that run.
+    any); a run id continues that run. A checkpoint that cannot be used is skipped: the run
+    starts from epoch 0, is tagged ``Tag.CHECKPOINT_SKIPPED``, and ``on_warning`` (default:
+    print to stderr) gets one line saying so.
 
     A point process passes ``claim`` (its queue trial, or ``{}``): the run is then fenced
     (:mod:`orchestrator.claims`) and, once another process has taken the point over, writes
@@ -176,7 +179,7 @@ def run_tracked(
     """
     with _busy(stop):  # a signal now only asks the loop to checkpoint and stop: the run is always closed
         return _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start,
-                           on_epoch, stop, resume, claim)
+                           on_epoch, stop, resume, claim, on_warning or _print_warning)
 
 
 @contextlib.contextmanager
@@ -192,16 +195,19 @@ def _busy(stop: StopFlag | None):
 
 
 def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start, on_epoch,
-                stop, resume, claim) -> tuple[int, str, dict[str, float]]:
+                stop, resume, claim, on_warning) -> tuple[int, str, dict[str, float]]:
     """:func:`run_tracked`'s body: start the run, train, and close the run however training ends."""
     from experiments.train import Stopped
 
     cap_threads()
     dev, dev_name = device_label(device)
-    previous, state = _resume_point(store, experiment_id, cfg, resume)
+    previous, state, skipped = _resume_point(store, experiment_id, cfg, resume)
+    if skipped is not None:
+        on_warning(f"the checkpoint {skipped.where} {skipped.reason}: skipped, training from epoch 0")
     identity, continued_parent = _identity(store, resume)
     run_tags = {Tag.KIND: Kind.RUN, **identity, **(tags or {}), Tag.RUN_KEY: run_key(cfg), Tag.DEVICE: dev_name,
-                **tracking.runtime_tags(), **_resume_tags(previous, state)}
+                **tracking.runtime_tags(), **_resume_tags(previous, state),
+                **({Tag.CHECKPOINT_SKIPPED: str(skipped)} if skipped else {})}
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
                              parent_run_id=parent_run_id or continued_parent)
     printer = EpochPrinter(cfg, quiet, run_name or "")
@@ -242,8 +248,8 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
         if not quiet:
             print(f"run {run_id} FAILED: {reason}", file=sys.stderr)
         return ExitCode.FAILED, run_id, {}
-    if stop is not None or state is not None:
-        checkpoints.remove(store, run_id)  # a finished run carries its final model, not its checkpoints
+    if stop is not None or state is not None or skipped is not None:
+        checkpoints.remove(store, run_id)  # a finished run carries its final model, not the checkpoints it superseded
     store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING, ""), result.summary))
     store.end_run(run_id, Status.FINISHED)
     return ExitCode.OK, run_id, result.summary
@@ -328,42 +334,36 @@ def resumed_config(store: tracking.TrackingStore, run_id: str) -> tuple[RunConfi
     if Tag.CHECKPOINT not in run.data.tags:
         state = "it finished" if run.info.status == Status.FINISHED else "it wrote no checkpoint"
         raise UserError(f"run {run_id} cannot be resumed: {state}; start it again with `orch run`")
-    cfg = build(checkpoints.load(store, run_id)["config"])
+    try:
+        cfg = build(checkpoints.load(store, run_id)["config"])
+    except checkpoints.UnusableCheckpoint as err:
+        raise UserError(f"run {run_id} cannot be resumed: its checkpoint {err.path} {err.reason}; train its "
+                        "config from epoch 0 instead (rerun its sweep, or `orch run` with its config)") from None
     experiment = store.client.get_experiment(run.info.experiment_id).name
     return cfg, experiment, run.info.run_name
 
 
-def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunConfig,
-                  resume: bool | str) -> tuple[str | None, dict | None]:
-    """(run id, checkpoint) to continue, or (None, None) to start at epoch 0.
-
-    A checkpoint that cannot be read or belongs to another config is reported on stderr
-    and not used: the point then trains from epoch 0, which is always correct.
-    """
+def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunConfig, resume: bool | str
+                  ) -> tuple[str | None, dict | None, checkpoints.UnusableCheckpoint | None]:
+    """(run id, checkpoint, None) to continue, or (None, None, why a checkpoint was skipped
+    or None) to start at epoch 0: training from epoch 0 is always correct."""
     if not resume:
-        return None, None
+        return None, None, None
     if isinstance(resume, str):
         previous = resume
     else:
         run = checkpoints.resumable(store, experiment_id, run_key(cfg))
         if run is None:
-            return None, None
+            return None, None, None
         previous = run.info.run_id
-    try:
-        state = checkpoints.load(store, previous)
-    except StoreFailure:
-        raise  # the store, not the checkpoint: starting over would silently break exact resume
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start over
-        print(f"warning: the checkpoint of run {previous} cannot be read ({err}); training from epoch 0",
-              file=sys.stderr)
-        return None, None
-    from experiments.config import result_dict
+    try:  # a StoreFailure passes: starting over because the store failed would silently break exact resume
+        return previous, checkpoints.load(store, previous, cfg), None
+    except checkpoints.UnusableCheckpoint as err:
+        return None, None, err
 
-    if state.get("config") != result_dict(cfg):
-        print(f"warning: the checkpoint of run {previous} is of another config; training from epoch 0",
-              file=sys.stderr)
-        return None, None
-    return previous, state
+
+def _print_warning(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def _flush(tracker: Any) -> None:

@@ -394,7 +394,9 @@ class Scheduler:
         if task is None or event.get("job") != task.job_id:
             return  # an event of a point already dealt with
         kind = event.get("event")
-        if kind == "started":
+        if kind == "warning":
+            self.display.warning(task, str(event.get("text", "")))
+        elif kind == "started":
             task.run_id = event.get("run_id")
             source.started(task)
         elif kind == "epoch":

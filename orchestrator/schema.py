@@ -20,6 +20,8 @@ run carries (the README's "What one run records" lists it for users):
 * a point run under Slurm also carries ``Tag.SLURM_JOB`` (``12_3``) and the job/array ids;
   its sweep parent ``Tag.SLURM_JOBS``, ``Tag.SUMMARIZED_BY`` and ``slurm/<job id>.{sh,json}``.
 * a failed or killed run: ``Tag.FAILURE_REASON`` and the artifact ``error/traceback.txt``.
+* a run that started from epoch 0 because the checkpoint it was to continue was unusable:
+  ``Tag.CHECKPOINT_SKIPPED`` (that checkpoint, and why).
 
 This module imports nothing heavy: the dry run reads stores through it without mlflow.
 """
@@ -57,6 +59,7 @@ class Tag:
     RESUMED_FROM = "orch.resumed_from"  # the run whose checkpoint this run continued
     RESUMED_EPOCH = "orch.resumed_epoch"
     RESUMED_BATCH = "orch.resumed_batch"
+    CHECKPOINT_SKIPPED = "orch.checkpoint_skipped"  # "<run id>/<path>: <reason>": a checkpoint this run could not use
     # Slurm (orch sweep --launcher slurm): the job a point ran in, and who closed the sweep
     SLURM_JOB = "orch.slurm_job"  # as squeue shows it: "12_3" for array task 3 of job 12
     SLURM_JOB_ID = "orch.slurm_job_id"  # SLURM_JOB_ID: the task's own job id

@@ -4,12 +4,13 @@ checkpoint ends bitwise equal to the same run uninterrupted (on the CPU)."""
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
 
 from experiments.config import build
-from experiments.train import Stopped, train
+from experiments.train import Stopped, checkpoint_problem, train
 
 CFG = build({"train.max_epochs": 4, "train.patience": 4, "data.batch_size": 64, "model.depth_n": 1,
              "data.augment": True, "model.norm": "bin", "optim.momentum": 0.9})
@@ -84,3 +85,31 @@ def test_a_checkpoint_of_another_config_is_refused():
     other = build({**{"train.max_epochs": 5}, "data.batch_size": 64})
     with pytest.raises(ValueError, match="another config"):
         train(other, device="cpu", resume=keeper.last())
+
+
+@pytest.fixture(scope="module")
+def stopped_once():
+    """A real checkpoint: CFG stopped after its first batch."""
+    keeper = StopAfter(1)
+    with pytest.raises(Stopped):
+        train(CFG, device="cpu", checkpoints=keeper)
+    return keeper.last()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda s: None, None),
+    (lambda s: torch.zeros(3), "is a Tensor, not a checkpoint"),
+    (lambda s: {k: v for k, v in s.items() if k != "progress"}, "lacks 'progress'"),
+    (lambda s: {**s, "format": 2}, "has format 2, not 1"),
+    (lambda s: {**s, "progress": {**s["progress"], "epoch": "1"}}, "has 'progress.epoch' of type str"),
+    (lambda s: {**s, "progress": {**s["progress"], "extra": 0}}, "has an unknown 'progress.extra'"),
+    (lambda s: {**s, "rng": {**s["rng"], "numpy": None}}, "has 'rng.numpy' of type NoneType"),
+    (lambda s: {**s, "model": {**s["model"], "w": [0.0]}}, "has a model that is not all tensors"),
+    (lambda s: {**s, "config": {**s["config"], "seed": 1}}, "holds another config"),
+])
+def test_a_checkpoint_is_checked_as_a_whole_before_it_is_used(stopped_once, damage, problem):
+    damaged = damage(stopped_once)
+    assert checkpoint_problem(stopped_once if damaged is None else damaged, CFG) == problem
+    if problem is not None:  # the training loop refuses it too
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            train(CFG, device="cpu", resume=damaged)
