@@ -151,12 +151,18 @@ def run_sweep(
             verdict = None
             try:
                 outcome = run(state.pending)
-                while until is not None and not (outcome.interrupted or outcome.failed or outcome.store_failure):
+                # Rounds go on past failed points (a setting that diverges on some seeds just has fewer
+                # values; one with none is not compared) and stop after L looks, the number the level
+                # alpha/L is spent over, so that seeds failing again and again cannot loop for ever.
+                looks = 0
+                while until is not None and not (outcome.interrupted or outcome.store_failure
+                                                  or (fail_fast and outcome.failed)):
                     spec, todo, verdict = _next_round(store, spec, state, until, say)
-                    if not todo:
+                    looks += 1
+                    if not todo or looks >= until.looks:
                         break
                     verdict = None  # the round's new values decide again
-                    outcome = run(todo)
+                    outcome = _merged(outcome, run(todo))
             finally:
                 scheduler.close()
             if outcome.store_failure:
@@ -174,6 +180,15 @@ def run_sweep(
             return _interrupted(store, state, stopped, say)
         finally:
             heartbeat.stop()
+
+
+def _merged(before: Outcome, after: Outcome) -> Outcome:
+    """The sweep's outcome over rounds: a point failed in one round and finished in a later one
+    (a retried planned seed) counts as finished."""
+    failed = {name: why for name, why in before.failed.items() if name not in after.finished}
+    return dataclasses.replace(after, finished=before.finished + after.finished,
+                               failed={**failed, **after.failed}, lost={**before.lost, **after.lost},
+                               skipped=before.skipped + after.skipped, seconds=before.seconds + after.seconds)
 
 
 class _Signalled(KeyboardInterrupt):

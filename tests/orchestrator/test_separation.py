@@ -213,6 +213,31 @@ def test_until_separated_adds_seeds_only_where_undecided_then_confirm_reruns_the
     assert table.returncode == 0 and "2/2" in table.stdout and "†" not in table.stdout
 
 
+def test_until_separated_goes_on_past_diverged_points_and_decides_on_the_settings_with_values(tmp_path):
+    # lr 1e6 diverges on every seed: those settings fail (exit 1) and have no values. The two tied
+    # lr 0.1 settings still get their rounds and a verdict; the diverged points are not retried in them.
+    base = {**TINY_BASE, "train": {"max_epochs": 2, "patience": 2}}
+    axes = {"optim.lr": [0.1, 1e6], "train.precision": ["auto", "fp32"]}
+    grid = write_grid(tmp_path / "g.yaml", "separate-diverged", axes, seeds=(0, 1, 2), base=base)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = orch("sweep", str(grid), "--workers", "2", "--tracking-uri", uri, "--until-separated", "val_f1_macro",
+                "--max-seeds", "4", "--seeds-per-round", "1", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    spec = load_grid(grid)
+    seeds = collections.defaultdict(set)
+    for k in children(uri, spec.sweep_id):
+        seeds[(float(k.data.params["optim.lr"]), k.data.params["train.precision"], k.info.status)].add(
+            int(k.data.params["seed"]))
+    assert seeds[(0.1, "auto", Status.FINISHED)] == seeds[(0.1, "fp32", Status.FINISHED)] == {0, 1, 2, 3}
+    assert not seeds[(1e6, "auto", Status.FINISHED)] and seeds[(1e6, "auto", Status.FAILED)] == {0, 1, 2}
+    assert "not separated: optim.lr=0.1" in proc.stdout
+    (parent,) = parents(uri, spec.sweep_id)
+    verdict = json.loads(open(MlflowClient(tracking_uri=uri).download_artifacts(
+        parent.info.run_id, Artifact.SEPARATION, str(tmp_path))).read())
+    assert verdict["looks"] == 2 and not verdict["separated"]
+
+
 def test_until_separated_and_confirm_refuse_bad_input_before_anything_starts(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "separate-bad", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
