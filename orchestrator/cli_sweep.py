@@ -109,6 +109,13 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
                                             ("--slurm", slurm_extra), ("--slurm-logs", slurm_logs)) if value]
     if launcher != "slurm" and slurm_given:
         raise BadInput(f"{', '.join(slurm_given)} only apply with --launcher slurm; add it or drop them")
+    if until_metric is None:
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("max_seeds", "seeds_per_round", "separation_alpha",
+                                                           "direction")
+                 if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            raise BadInput(f"{', '.join(given)} only apply with --until-separated METRIC; add it or drop them")
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage, separation_alpha)
     uri = tracking.resolve_tracking_uri(tracking_uri)

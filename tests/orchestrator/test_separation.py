@@ -245,7 +245,9 @@ def test_until_separated_and_confirm_refuse_bad_input_before_anything_starts(tmp
                           (["--until-separated", "val_f1_macro", "--max-seeds", "2"], "no room"),
                           (["--until-separated", "val_f1_macro", "--storage", "sqlite:///q.db"], "cannot queue"),
                           (["--until-separated", "val_f1_macro", "--separation-alpha", "1.5"], "separation-alpha"),
-                          (["--until-separated", "val_f1_macro", "--confirm", "3"], "drop one")):
+                          (["--until-separated", "val_f1_macro", "--confirm", "3"], "drop one"),
+                          (["--separation-alpha", "0.1", "--max-seeds", "5"], "--max-seeds, --separation-alpha only"),
+                          (["--direction", "min"], "--direction only apply with --until-separated")):
         proc = invoke("sweep", str(grid), "--tracking-uri", uri, *extra, cwd=tmp_path)
         assert proc.returncode == 2, (extra, proc.stderr)
         assert needle in proc.stderr and "Traceback" not in proc.stderr
