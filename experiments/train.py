@@ -269,6 +269,47 @@ def checkpoint_problem(state: Any, cfg: RunConfig | None = None) -> str | None:
         return "has an optimizer state without 'state' and 'param_groups'"
     if cfg is not None and state["config"] != result_dict(cfg):
         return "holds another config"
+    return _progress_problem(state["progress"]) or _restore_problem(state)
+
+
+def _progress_problem(p: dict[str, Any]) -> str | None:
+    """What in a checkpoint's progress no loop could have written, or None."""
+    if p["epoch"] < 0 or p["batch"] < 0:
+        return f"has a negative progress (epoch {p['epoch']}, batch {p['batch']})"
+    if set(p["history"]) != {epoch_key(k) for k in EPOCH_METRICS}:
+        return "has a progress.history of other metrics than the loop records"
+    if any(len(v) != p["epoch"] for v in p["history"].values()) or len(p["epoch_times"]) != p["epoch"]:
+        return f"has a progress.history that does not hold its {p['epoch']} epoch(s)"
+    if p["epoch"] > 0 and p["best_state"] is None:
+        return f"has {p['epoch']} epoch(s) but no best_state"
+    return None
+
+
+def _restore_problem(state: dict[str, Any]) -> str | None:
+    """Load the checkpoint into fresh CPU objects of its own config, as :func:`restore` would:
+    what that raises (a state of another shape, an RNG state of another size), or None. The
+    process's global RNG states are put back afterwards."""
+    from experiments.config import build
+
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        cfg = build(state["config"])
+        shape = types.SimpleNamespace(num_classes=state["model"]["head.weight"].shape[0],
+                                      in_channels=state["model"]["stem.0.weight"].shape[1])
+        model = build_model(cfg, shape)
+        opt = make_optimizer(cfg, model)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.schedule.step_size, gamma=cfg.schedule.gamma)
+        _apply(state, model, opt, sched, torch.Generator(), torch.device("cpu"))
+    except Exception as err:  # noqa: BLE001 - whatever keeps it from loading makes it unusable
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"does not load into its model ({type(err).__name__}: {first})"
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
     return None
 
 
@@ -302,6 +343,10 @@ def restore(state: dict[str, Any], cfg: RunConfig, model, opt, sched, gen: torch
     problem = checkpoint_problem(state, cfg)
     if problem is not None:
         raise ValueError(f"the checkpoint {problem}; rerun from epoch 0")
+    return _apply(state, model, opt, sched, gen, dev)
+
+
+def _apply(state: dict[str, Any], model, opt, sched, gen: torch.Generator, dev: torch.device) -> Progress:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

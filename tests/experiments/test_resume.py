@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,38 @@ def test_a_checkpoint_is_checked_as_a_whole_before_it_is_used(stopped_once, dama
     if problem is not None:  # the training loop refuses it too
         with pytest.raises(ValueError, match=re.escape(problem)):
             train(CFG, device="cpu", resume=damaged)
+
+
+def _renamed_first(d: dict) -> dict:
+    first = next(iter(d))
+    return {("bogus" if k == first else k): v for k, v in d.items()}
+
+
+@pytest.mark.parametrize("damage, start", [
+    (lambda s: {**s, "model": _renamed_first(s["model"])}, "does not load into its model"),
+    (lambda s: {**s, "model": {("bogus" if k == "head.bias" else k): v for k, v in s["model"].items()}},
+     "does not load into its model (RuntimeError"),
+    (lambda s: {**s, "optimizer": {**s["optimizer"], "param_groups": []}}, "does not load into its model (ValueError"),
+    (lambda s: {**s, "rng": {**s["rng"], "gen": torch.zeros(3, dtype=torch.uint8)}}, "does not load into its model"),
+    (lambda s: {**s, "rng": {**s["rng"], "numpy": ("MT19937",)}}, "does not load into its model (ValueError"),
+    (lambda s: {**s, "progress": {**s["progress"], "epoch": -3}}, "has a negative progress"),
+    (lambda s: {**s, "progress": {**s["progress"], "history": {"nope": []}}}, "has a progress.history of other"),
+    (lambda s: {**s, "progress": {**s["progress"], "epoch": 2}}, "has a progress.history that does not hold"),
+])
+def test_a_checkpoint_whose_contents_do_not_fit_is_refused_before_it_is_used(stopped_once, damage, start):
+    # Right types, wrong contents: each of these failed inside the training loop, every attempt, before.
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    problem = checkpoint_problem(damage(stopped_once), CFG)
+    assert problem is not None and problem.startswith(start), problem
+    assert torch.equal(torch.get_rng_state(), torch_state)  # the trial load leaves the process's RNGs alone
+    assert np.array_equal(np.random.get_state()[1], numpy_state[1])
+
+
+def test_a_checkpoint_with_epochs_but_no_best_state_is_refused(stopped_once):
+    full = StopAfter(None, every_epoch=True)  # a checkpoint at every epoch's end
+    train(CFG, device="cpu", checkpoints=full)
+    saved = [torch.load(io.BytesIO(b), weights_only=True) for b in full.saved]
+    after_epoch = next(s for s in saved if s["progress"]["epoch"] >= 1)
+    assert checkpoint_problem(after_epoch, CFG) is None
+    broken = {**after_epoch, "progress": {**after_epoch["progress"], "best_state": None}}
+    assert "but no best_state" in checkpoint_problem(broken, CFG)
