@@ -327,7 +327,9 @@ def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[li
     """Per point: name, MLflow status, Slurm job (tag), its state in squeue; and what closing did."""
     sweep_id = parent.data.tags[Tag.SWEEP]
     exp_id = parent.info.experiment_id
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
+    from orchestrator.study_report import sweep_points
+
+    points = sweep_points(store, parent)  # none recorded: one message, exit 2
     latest: dict[str, Any] = {}
     for run in sorted(store.search([exp_id], f"tags.`{Tag.SWEEP}` = '{sweep_id}'"), key=lambda r: r.info.start_time):
         key = run.data.tags.get(Tag.RUN_KEY)

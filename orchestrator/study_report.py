@@ -41,6 +41,22 @@ class NoPointsRecorded(UserError):
     """A sweep's parent run without ``points.json``: the sweep stopped before recording its grid."""
 
 
+def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
+    """The grid points recorded on the sweep's parent run (``parent``, an MLflow Run).
+
+    Raises:
+        NoPointsRecorded: the parent has no ``points.json``.
+    """
+    data = store.download_json_if_any(parent.info.run_id, Artifact.POINTS)
+    if data is None:
+        tags = parent.data.tags
+        raise NoPointsRecorded(
+            f"sweep {tags.get(Tag.SWEEP, '?')} ({parent.info.run_name}, parent run {parent.info.run_id}) has no "
+            f"points recorded: it stopped before writing {Artifact.POINTS}; rerun `orch sweep "
+            f"{tags.get(Tag.GRID_FILE, 'GRID.yaml')}` to record them, or pick another sweep with --sweep")
+    return read_points(data)
+
+
 def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord], list[ExpectedPoint]]:
     """The records and grid points of the sweep whose parent run is ``parent`` (an MLflow Run).
 
@@ -49,14 +65,7 @@ def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord],
     """
     from orchestrator.sweep import sweep_records
 
-    data = store.download_json_if_any(parent.info.run_id, Artifact.POINTS)
-    if data is None:
-        tags = parent.data.tags
-        raise NoPointsRecorded(
-            f"sweep {tags.get(Tag.SWEEP, '?')} ({parent.info.run_name}, parent run {parent.info.run_id}) has no "
-            f"points recorded: it stopped before writing {Artifact.POINTS}; rerun `orch sweep "
-            f"{tags.get(Tag.GRID_FILE, 'GRID.yaml')}` to record them, or pick another sweep with --sweep")
-    points = read_points(data)
+    points = sweep_points(store, parent)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],
                             [p.run_key for p in points])
     return records, points

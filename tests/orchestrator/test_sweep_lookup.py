@@ -33,7 +33,8 @@ def two_sweeps(store):
     return client, old, new
 
 
-@pytest.mark.parametrize("command", [["compare", "--metric", "test_acc"], ["report", "--no-figures"], ["report"]])
+@pytest.mark.parametrize("command", [["compare", "--metric", "test_acc"], ["report", "--no-figures"], ["report"],
+                                     ["status"]])
 def test_a_parent_without_points_json_is_no_points_recorded(two_sweeps, command):
     r = invoke(*command)  # latest: the newest parent, which has no points.json
     assert r.returncode == 2, r.stdout + r.stderr
