@@ -132,7 +132,7 @@ def run_sweep(
             release_unadopted(keep=slots[:len(state.pending)])  # processes started ahead for finished points
             say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
                 f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
-            if until is not None:  # the seeds that earlier rounds added
+            if state.resumed:  # the seeds that earlier --until-separated rounds added: in the closing table too
                 spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
                                                                                       Artifact.POINTS)))
             # with rounds, the slots keep their processes from one round to the next
