@@ -201,6 +201,9 @@ def test_until_separated_adds_seeds_only_where_undecided_then_confirm_reruns_the
     assert again.returncode == 0, again.stderr
     assert "0 to run" in again.stderr and "more point" not in again.stderr
     assert len(children(uri, spec.sweep_id)) == 14
+    plain = orch("sweep", str(grid), "--workers", "2", "--tracking-uri", uri, cwd=tmp_path)  # no rounds asked
+    assert plain.returncode == 0, plain.stderr
+    assert "4/4" in plain.stdout and "3/3" in plain.stdout  # its closing table keeps the added seeds
 
     confirm = orch("sweep", str(grid), "--workers", "2", "--tracking-uri", uri, "--confirm", "2", cwd=tmp_path)
     assert confirm.returncode == 0, confirm.stderr
