@@ -2,7 +2,7 @@
 
 Three sides train the same configuration (``orch run``'s defaults: digits, batch 128, at
 most 50 epochs with patience 5, unless ``--set`` changes them) in this one process, each
-through ``orchestrator.runner.run_tracked`` into a temporary SQLite store:
+through ``orchestrator.execute.runner.run_tracked`` into a temporary SQLite store:
 
 * off: ``stop=None`` — no checkpoint is ever written (``orch run`` without a stop flag);
 * every epoch: ``stop=StopFlag()`` with ``train.checkpoint_seconds=0``;
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow  # noqa: F401 - imported first so that its loggers can be quietened
 
     from experiments.config import load
-    from orchestrator import tracking
-    from orchestrator.checkpoints import RunCheckpoints, StopFlag
-    from orchestrator.runner import run_tracked
+    from orchestrator.store import tracking
+    from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
+    from orchestrator.execute.runner import run_tracked
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -60,7 +60,7 @@ LOSS_AT = (1, 5, 10)
 
 
 def config(variant: str, root: Path, extra: list[str]):
-    from orchestrator.grid import load_grid
+    from orchestrator.grid.load import load_grid
 
     grid = ROOT / "experiments" / "grids" / GRIDS.get(variant, GRIDS["defaults"])
     overrides = ["model.norm=bn_torch", "data.batch_size=128", "seed=0", f"data.root={root}", *extra]

@@ -6,7 +6,7 @@ leader and the rivals not separated get 2 more seeds (at most 10 each); the stud
 when every rival is separated or those left are at 10. Per-seed values are independent
 normal with σ = 1 (paired by seed: seed s of every setting is column s).
 
-* NEW: :func:`orchestrator.separation.separate`, the function the sweep calls (one-sided
+* NEW: :func:`orchestrator.analyze.separation.separate`, the function the sweep calls (one-sided
   paired t-tests of every ordered pair on common seeds, Holm over the K·(K−1) pairs at
   alpha / L per look, L = 5 for 3, 5, 7, 9, 10 seeds).
 * OLD: the rule before it (kept here as :func:`old_overlap`): a rival is separated when its
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import cpu_model, finish  # noqa: E402
-from orchestrator.separation import ALPHA, Separation, separate  # noqa: E402
+from orchestrator.analyze.separation import ALPHA, Separation, separate  # noqa: E402
 
 SETTINGS = (2, 3, 7, 14)  # K: 2 settings, 3, seed_norms' 7, norms × batch sizes' 14
 GAPS = (0.0, 1.0, 2.0, 3.0)  # σ between the setting behind and the others
@@ -146,7 +146,7 @@ def main() -> None:
               "- rows: K settings all equal (gap 0), or K − 1 equal and one `gap` σ behind them; false sep.: studies "
               "that end declaring a setting separated from a leader not truly better than it; power: studies that "
               "end with the setting behind separated; seeds: mean seeds per setting. OLD: non-overlapping unpaired "
-              "95% intervals, uncorrected; NEW: orchestrator.separation.separate (Holm over all ordered pairs of "
+              "95% intervals, uncorrected; NEW: orchestrator.analyze.separation.separate (Holm over all ordered pairs of "
               "one-sided paired t-tests, alpha/L per look, L = 5)",
               f"- took {time.perf_counter() - started:.0f} s on a machine shared with other work", ""]
     finish(header, "\n".join(rows), args.out)

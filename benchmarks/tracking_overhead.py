@@ -5,7 +5,7 @@ at most 50 epochs with patience 5, unless ``--set`` changes them) in this one pr
 
 * without: ``experiments.train.train(cfg, NullTracker(), device=...)`` — nothing logged,
   no artifacts built;
-* with: ``orchestrator.runner.run_tracked(cfg, store=<temporary SQLite store>, stop=StopFlag())``
+* with: ``orchestrator.execute.runner.run_tracked(cfg, store=<temporary SQLite store>, stop=StopFlag())``
   — the full tracked path of a sweep's point: run tags (git commit), params, dataset
   inputs, one ``log_batch`` per epoch, system metrics, checkpoints every
   ``train.checkpoint_seconds`` (default 60), summary metrics, three plots, text artifacts,
@@ -109,7 +109,9 @@ class Timings:
 def instrument(timings: Timings) -> None:
     """Wrap the tracking calls that ``run_tracked`` and ``train`` make (module attributes, looked up at call time)."""
     import experiments.plots
-    from orchestrator import run_artifacts, run_tracker, tracking
+    from orchestrator.store import artifacts as run_artifacts
+    from orchestrator.store import run_tracker
+    from orchestrator.store import tracking
 
     def wrap(owner: Any, attr: str, name: str) -> None:
         original: Callable[..., Any] = getattr(owner, attr)
@@ -129,8 +131,8 @@ def instrument(timings: Timings) -> None:
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
               "SystemMetrics": run_tracker.SystemMetrics, "run_artifacts": run_artifacts,
               "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
-              "ChildDrawing": __import__("orchestrator.figure_child", fromlist=["x"]).ChildDrawing,
-              "RunCheckpoints": __import__("orchestrator.checkpoints", fromlist=["x"]).RunCheckpoints}
+              "ChildDrawing": __import__("orchestrator.store.figure_child", fromlist=["x"]).ChildDrawing,
+              "RunCheckpoints": __import__("orchestrator.store.checkpoints", fromlist=["x"]).RunCheckpoints}
     for owner, attr, name in CALLS:
         wrap(owners[owner], attr, name)
 
@@ -243,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from experiments.config import load
     from experiments.train import NullTracker, train
-    from orchestrator import tracking
-    from orchestrator.checkpoints import StopFlag
-    from orchestrator.runner import run_tracked
+    from orchestrator.store import tracking
+    from orchestrator.store.checkpoints import StopFlag
+    from orchestrator.execute.runner import run_tracked
 
     cfg = load(None, args.overrides)
     lines = header("Tracking overhead: one run with MLflow logging vs without")

@@ -1,6 +1,6 @@
 """YAML files → data plus the line of every key: the one reader of orch's YAML files.
 
-Grid files (:func:`orchestrator.grid.load_grid`) and run configs
+Grid files (:func:`orchestrator.grid.load.load_grid`) and run configs
 (:func:`experiments.config.load`) both come through :func:`read_yaml`, so both give
 the line and column of a syntax error and refuse a key given twice in one mapping
 (PyYAML alone silently keeps the last one). Every failure is a

@@ -30,7 +30,7 @@ class ExitCode(enum.IntEnum):
 class StoreFailure(Exception):
     """The tracking store failed during the work: a write or read raised from the store itself.
 
-    Raised by :class:`orchestrator.tracking.TrackingStore` in place of MLflow's, SQLAlchemy's
+    Raised by :class:`orchestrator.store.tracking.TrackingStore` in place of MLflow's, SQLAlchemy's
     or the file system's exception (kept as ``__cause__``), so that the orchestrator can stop
     starting work and say what happened, instead of crashing half-way through closing runs.
     What could not be written is repaired by the next invocation (orphaned RUNNING runs are

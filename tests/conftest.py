@@ -69,7 +69,7 @@ def invoke(*args: str, env: dict | None = None, cwd=None) -> subprocess.Complete
     """
     from click.testing import CliRunner
 
-    from orchestrator.cli import cli
+    from orchestrator.cli.main import cli
 
     here = os.getcwd()
     if cwd is not None:
@@ -97,14 +97,14 @@ def ro_rows(db: Path, sql: str, args=()) -> list:
 
 
 def point_processes_under(pid: int | None = None) -> list:
-    """The live ``python -m orchestrator.point`` processes among the descendants of ``pid``
+    """The live ``python -m orchestrator.execute.point`` processes among the descendants of ``pid``
     (default: this test process), as psutil processes."""
     import psutil
 
     found = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
-            if "orchestrator.point" in " ".join(child.cmdline()):
+            if "orchestrator.execute.point" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.NoSuchProcess:  # ended since it was listed (a zombie too)
             pass
@@ -131,28 +131,28 @@ def write_grid(path: Path, name: str, grid: dict, seeds=(0,), base: dict | None 
 
 
 def _sweep_runs(uri: str, sweep_id: str, kind: str):
-    from orchestrator.schema import Tag
+    from orchestrator.store.schema import Tag
 
     return [r for r in all_runs(uri) if r.data.tags.get(Tag.SWEEP) == sweep_id and r.data.tags.get(Tag.KIND) == kind]
 
 
 def children(uri: str, sweep_id: str):
     """The point runs of one sweep."""
-    from orchestrator.schema import Kind
+    from orchestrator.store.schema import Kind
 
     return _sweep_runs(uri, sweep_id, Kind.POINT)
 
 
 def parents(uri: str, sweep_id: str):
     """The parent run(s) of one sweep (one, unless something is wrong)."""
-    from orchestrator.schema import Kind
+    from orchestrator.store.schema import Kind
 
     return _sweep_runs(uri, sweep_id, Kind.SWEEP)
 
 
 def finished_keys(runs) -> list[str]:
     """The sorted run keys of the FINISHED runs among ``runs``."""
-    from orchestrator.schema import Status, Tag
+    from orchestrator.store.schema import Status, Tag
 
     return sorted(r.data.tags[Tag.RUN_KEY] for r in runs if r.info.status == Status.FINISHED)
 
@@ -165,9 +165,9 @@ def results(run) -> dict:
 
 
 def run_record(ep, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None):
-    """A :class:`~orchestrator.compare.RunRecord` of one expected point, as a store would give it."""
-    from orchestrator.compare import RunRecord
-    from orchestrator.schema import Kind, Tag
+    """A :class:`~orchestrator.analyze.compare.RunRecord` of one expected point, as a store would give it."""
+    from orchestrator.analyze.compare import RunRecord
+    from orchestrator.store.schema import Kind, Tag
 
     p = ep.point
     all_tags = {

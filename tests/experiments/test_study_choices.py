@@ -13,7 +13,7 @@ from experiments.probes import feature_quantiles
 from experiments.train import build_model, make_optimizer, resolve_precision, train
 from models import gate_parameters
 from models.norms import BatchInstanceNorm2d
-from orchestrator.grid import load_grid
+from orchestrator.grid.load import load_grid
 
 GRIDS = REPO / "experiments" / "grids"
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import all_runs
 from experiments.config import ConfigError, load, load_yaml
 from experiments.yaml_source import line_of, parse_yaml, read_yaml
-from orchestrator.cli import cli
+from orchestrator.cli.main import cli
 
 DUPLICATE = "data:\n  name: digits\n  batch_size: 8\n  name: digits\n"
 

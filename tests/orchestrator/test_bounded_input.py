@@ -20,8 +20,8 @@ import pytest
 from conftest import REPO
 from experiments import yaml_source
 from experiments.config import ConfigError, load
-from orchestrator.grid import load_grid
-from orchestrator.grid_size import excluded_count
+from orchestrator.grid.load import load_grid
+from orchestrator.grid.size import excluded_count
 
 
 def values(n: int, start: int = 1) -> str:
@@ -208,7 +208,7 @@ def test_orch_sweep_dry_run_on_a_bomb_exits_2_at_once(tmp_path):
 def test_ctrl_c_interrupts_validation_at_once(tmp_path):
     """SIGINT during load_grid of a grid just under the limit raises KeyboardInterrupt within 1 s."""
     path = write_grid(tmp_path, {"data.batch_size": values(100), "train.max_epochs": values(99)})
-    code = ("import sys\nfrom orchestrator.grid import load_grid\nprint('ready', flush=True)\n"
+    code = ("import sys\nfrom orchestrator.grid.load import load_grid\nprint('ready', flush=True)\n"
             f"while True:\n    load_grid({str(path)!r})\n")
     # Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT's default action;
     # a test run started in the background (`cmd &`) hands its children SIGINT ignored.

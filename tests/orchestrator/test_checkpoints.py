@@ -3,7 +3,7 @@ own output and a tag on the new run, the point trains from epoch 0, and the chec
 superseded is removed; `orch run --resume` of such a run exits 2 with one message.
 
 One real checkpoint (the training loop stopped after a batch, of a config that no point
-has) is written by :class:`orchestrator.checkpoints.RunCheckpoints` into one KILLED run per
+has) is written by :class:`orchestrator.store.checkpoints.RunCheckpoints` into one KILLED run per
 point of a five-seed sweep, and each copy is then damaged on disk in its own way.
 """
 
@@ -20,10 +20,10 @@ from conftest import TINY_BASE, all_runs, invoke, write_grid
 from experiments.config import result_dict, to_flat
 from experiments.metric_names import epoch_key
 from experiments.train import Stopped, train
-from orchestrator.checkpoints import RunCheckpoints, StopFlag
-from orchestrator.grid import load_grid
-from orchestrator.schema import Kind, Status, Tag
-from orchestrator.tracking import TrackingStore
+from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Kind, Status, Tag
+from orchestrator.store.tracking import TrackingStore
 
 CHECKPOINT = "checkpoint/ckpt-0.pt"
 # case -> (what is done to the checkpoint file, what the skip says in a sweep, ... and to `orch run --resume`)

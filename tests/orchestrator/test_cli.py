@@ -13,16 +13,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import cli as cli_module
-from orchestrator import cli_sweep
-from orchestrator.cli import cli, handle_errors
+from orchestrator.cli import main as cli_module
+from orchestrator.cli import sweep as cli_sweep
+from orchestrator.cli.main import cli, handle_errors
 from orchestrator.errors import ExitCode, StoreFailure, UserError
 
 
 def user_errors() -> list[type]:
     """Every subclass of UserError that the package defines (its modules imported)."""
-    for module in ("experiments.config", "experiments.datasets", "orchestrator.locks", "orchestrator.results",
-                   "orchestrator.slurm", "orchestrator.storage", "orchestrator.store_uri", "orchestrator.ui"):
+    for module in ("experiments.config", "experiments.datasets", "orchestrator.store.locks", "orchestrator.analyze.results",
+                   "orchestrator.launch.slurm", "orchestrator.store.optuna_storage", "orchestrator.store.uri", "orchestrator.cli.ui"):
         importlib.import_module(module)
     found, todo = [], [UserError]
     while todo:
@@ -92,7 +92,7 @@ def test_the_cli_catches_the_base_and_nothing_found_at_run_time():
 
 def test_help_imports_nothing_heavy():
     code = (
-        "import sys; from click.testing import CliRunner; from orchestrator.cli import cli;"
+        "import sys; from click.testing import CliRunner; from orchestrator.cli.main import cli;"
         "r1 = CliRunner().invoke(cli, ['--help']); r2 = CliRunner().invoke(cli, ['run', '--help']);"
         "assert r1.exit_code == 0 and r2.exit_code == 0;"
         "heavy = [m for m in ('torch', 'mlflow', 'optuna', 'sklearn', 'matplotlib') if m in sys.modules];"

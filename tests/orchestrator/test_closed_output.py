@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import TINY_BASE, all_runs, write_grid
-from orchestrator.grid import load_grid
+from orchestrator.grid.load import load_grid
 
 
 def _sweep_grid(tmp_path):
@@ -22,7 +22,7 @@ def _sweep_grid(tmp_path):
 
 
 def _assert_all_recorded(tmp_path, grid) -> None:
-    from orchestrator.schema import Kind, Tag
+    from orchestrator.store.schema import Kind, Tag
 
     runs = all_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert runs and all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]

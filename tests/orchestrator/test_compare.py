@@ -14,7 +14,7 @@ from statsmodels.stats.multitest import multipletests
 
 from conftest import run_record
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
-from orchestrator.compare import (
+from orchestrator.analyze.compare import (
     FORMATS,
     CompareError,
     CompareResult,
@@ -24,12 +24,12 @@ from orchestrator.compare import (
     report,
     summary_rows,
 )
-from orchestrator.plot_style import setting_styles
-from orchestrator.records import match_units, short_names
-from orchestrator.render import compare_notes, latex_escape, render_report, setting_label
-from orchestrator.results import PairedStats, Stats, report_stats
-from orchestrator.schema import ExpectedPoint, Kind, Tag, TrialState
-from orchestrator.summary_plots import metric_by_axis, val_curves
+from orchestrator.analyze.plot_style import setting_styles
+from orchestrator.analyze.records import match_units, short_names
+from orchestrator.analyze.render import compare_notes, latex_escape, render_report, setting_label
+from orchestrator.analyze.results import PairedStats, Stats, report_stats
+from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState
+from orchestrator.analyze.summary_plots import metric_by_axis, val_curves
 
 NORMS = ("bn_torch", "bn", "gn")
 BATCHES = (8, 128)

@@ -37,8 +37,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_BASE, all_runs, invoke, orch, point_processes_under, write_grid
-from orchestrator.grid import load_grid
-from orchestrator.schema import Kind, Status, Tag
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Kind, Status, Tag
 
 BAD_STORE_SECONDS = 10
 
@@ -142,7 +142,7 @@ def read_only_store(tmp_path):
     """An MLflow store in a folder that has become read-only (remounted read-only as root, else mode 555)."""
     path = tmp_path / "ro-store"
     # Made by another process, which closes the file: a mount with an open file cannot turn read-only.
-    make = [sys.executable, "-c", "import sys; from orchestrator import tracking\n"
+    make = [sys.executable, "-c", "import sys; from orchestrator.store import tracking\n"
             "tracking.TrackingStore(sys.argv[1]).ensure_experiment('broken')", f"sqlite:///{path / 'mlflow.db'}"]
     if os.geteuid() == 0:
         with tmpfs(path, "8m"):
@@ -268,7 +268,7 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
     that hold the sweep."""
     import socket
 
-    from orchestrator import locks
+    from orchestrator.store import locks
 
     grid = tiny_grid(tmp_path, "twice")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -290,11 +290,11 @@ def test_sweeps_of_one_grid_at_once_on_a_fresh_store_run_each_point_once(tmp_pat
 def test_a_sweep_waiting_for_the_lock_keeps_no_process_idle(tmp_path):
     """A sweep started with --wait while another holds its experiment may wait for hours: the
     point processes it started ahead are gone while it waits (its scheduler starts its own)."""
-    from orchestrator import locks
+    from orchestrator.store import locks
 
     grid = tiny_grid(tmp_path, "queued")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    holder = popen([sys.executable, "-c", "import sys, time; from orchestrator import locks\n"
+    holder = popen([sys.executable, "-c", "import sys, time; from orchestrator.store import locks\n"
                     "with locks.hold(sys.argv[1], 'queued'):\n    print('held', flush=True); time.sleep(3600)", uri],
                    tmp_path)
     waiting = None
@@ -314,7 +314,7 @@ def test_a_grid_twice_and_its_extension_at_once_on_an_existing_store(tmp_path):
     """Three sweeps of one experiment with shared points (the same grid twice and the grid
     with a seed added) started together: one lock per experiment keeps them apart, so
     each point runs once, whichever sweep gets there first."""
-    from orchestrator import tracking
+    from orchestrator.store import tracking
 
     grid = tiny_grid(tmp_path, "grow", norms=("bn",), seeds=(0,), file="a.yaml")
     grown = tiny_grid(tmp_path, "grow", norms=("bn",), seeds=(0, 1), file="b.yaml")
@@ -332,11 +332,11 @@ def test_the_sweep_lock_of_a_tracking_server_is_held_per_machine(tmp_path, monke
     """Through an http:// store the lock is a file in this machine's cache folder, keyed by
     the server URL and the experiment: two sweeps of it on one machine exclude each other,
     other experiments do not (across machines, the PostgreSQL queue hands out points)."""
-    from orchestrator import locks
+    from orchestrator.store import locks
 
     uri = "http://127.0.0.1:5000"
     monkeypatch.setenv("ORCH_CACHE_DIR", str(tmp_path / "cache"))
-    holder = popen([sys.executable, "-c", "import sys, time; from orchestrator import locks\n"
+    holder = popen([sys.executable, "-c", "import sys, time; from orchestrator.store import locks\n"
                     "with locks.hold(sys.argv[1], 'exp'):\n    print('held', flush=True); time.sleep(60)", uri],
                    tmp_path)
     try:

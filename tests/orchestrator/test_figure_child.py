@@ -16,8 +16,8 @@ import pytest
 
 from experiments import plots
 from experiments.metric_names import QUANTILES, epoch_key
-from orchestrator import figure_child
-from orchestrator.figure_child import drawn_aside, save_png
+from orchestrator.store import figure_child
+from orchestrator.store.figure_child import drawn_aside, save_png
 
 pytestmark = pytest.mark.skipif(not figure_child.can_fork(), reason="figures are forked only on Linux with 2+ cores")
 
@@ -212,7 +212,7 @@ def test_a_child_reaped_elsewhere_is_redrawn_not_an_error(tmp_path):
 HANGING_PARENT = """
 import os, sys, time
 from pathlib import Path
-from orchestrator.figure_child import drawn_aside
+from orchestrator.store.figure_child import drawn_aside
 
 class Hangs:
     def __init__(self):
@@ -260,7 +260,7 @@ from pathlib import Path
 import numpy as np
 from experiments import plots
 from experiments.metric_names import QUANTILES, epoch_key
-from orchestrator.figure_child import _prepare_child_imports, save_png
+from orchestrator.store.figure_child import _prepare_child_imports, save_png
 
 history = {epoch_key(k): [0.1, 0.2, 0.3] for _, s in plots.CURVE_PANELS for _, k in s}
 figure = plots.curves(history, 2)
@@ -287,8 +287,8 @@ def test_a_failing_model_save_still_logs_the_childs_figures(tmp_path, monkeypatc
     from experiments.config import build
     from experiments.train import NullTracker, train
     from mlflow.tracking import MlflowClient
-    from orchestrator.run_artifacts import log_run_artifacts
-    from orchestrator.tracking import TrackingStore
+    from orchestrator.store.artifacts import log_run_artifacts
+    from orchestrator.store.tracking import TrackingStore
 
     cfg = build(TINY_BASE)
     result = train(cfg, NullTracker(), device="cpu")

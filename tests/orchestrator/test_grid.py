@@ -10,9 +10,9 @@ import pytest
 
 from conftest import REPO, TESTS
 from experiments.config import ConfigError, build, check, run_key
-from orchestrator.grid import SweepSpec, load_grid
-from orchestrator.run_names import describe_point, run_name
-from orchestrator.tune_space import DEFAULT_SPACE, ParamSpace, tune_spec
+from orchestrator.grid.load import SweepSpec, load_grid
+from orchestrator.grid.names import describe_point, run_name
+from orchestrator.grid.space import DEFAULT_SPACE, ParamSpace, tune_spec
 
 ROOT = REPO
 GRIDS = ROOT / "experiments" / "grids"
@@ -469,7 +469,7 @@ def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
 def test_grid_loading_imports_neither_torch_nor_mlflow():
     code = textwrap.dedent(f"""
         import sys
-        from orchestrator.grid import load_grid
+        from orchestrator.grid.load import load_grid
         spec = load_grid({str(GRIDS / 'demo.yaml')!r})
         assert len(spec.runs) == 14
         heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]

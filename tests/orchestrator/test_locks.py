@@ -23,10 +23,10 @@ import psutil
 import pytest
 
 from conftest import RESUME_BASE, point_processes_under, write_grid
-from orchestrator import locks
-from orchestrator.grid import load_grid
-from orchestrator.schema import Kind, Status, Tag
-from orchestrator.tracking import TrackingStore
+from orchestrator.store import locks
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Kind, Status, Tag
+from orchestrator.store.tracking import TrackingStore
 
 # beat every second, so that a sweep waiting on another one polls every second
 FAST_BEAT = {"ORCH_SWEEP_HEARTBEAT_SECONDS": "1", "OMP_NUM_THREADS": "1"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY_BASE, invoke, orch, write_grid
-from orchestrator.run_names import MAX_EXPERIMENT_BYTES, MAX_EXPERIMENT_CHARS, experiment_name_problem
+from orchestrator.grid.names import MAX_EXPERIMENT_BYTES, MAX_EXPERIMENT_CHARS, experiment_name_problem
 
 BAD_NAMES = {
     "300 characters": "x" * 300,

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 from conftest import (REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, point_processes_under, results,
                       write_grid)
 from experiments.metric_names import epoch_key
-from orchestrator import point_processes
-from orchestrator.grid import load_grid
-from orchestrator.schema import Kind, Status, Tag
+from orchestrator.execute import slots as point_processes
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Kind, Status, Tag
 
 FAST_HEARTBEAT = {"ORCH_HEARTBEAT_SECONDS": "1", "ORCH_GRACE_SECONDS": "4"}
 
@@ -181,7 +181,7 @@ def test_status_of_an_empty_storage_says_so(tmp_path):
 def test_second_sqlite_worker_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.db'}"
     other = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; from orchestrator import queue;"
+                              "import sys, time; from orchestrator.launch import queue;"
                               "queue.register_worker(sys.argv[1], stale_after=60); time.sleep(30)", url])
     try:
         import optuna
@@ -225,7 +225,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
     tuner = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(grid), "--storage", storage,
                               "--tracking-uri", mlflow_server, "--pruner", "none", "--quiet"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
-    from orchestrator.storage import open_storage
+    from orchestrator.store.optuna_storage import open_storage
 
     deadline = time.time() + 120
     while time.time() < deadline:  # the worker joins once the study says how
@@ -268,7 +268,7 @@ def test_processes_opening_a_fresh_storage_at_once_all_succeed(postgres_url):
     """Optuna creates its tables on first open; several orch processes racing to do it on a
     fresh database (workers and `orch tune` started together) must all get the storage."""
     url = new_database(postgres_url).replace("postgresql://", "postgresql+psycopg://")
-    code = "import sys; from orchestrator.storage import open_storage; open_storage(sys.argv[1])"
+    code = "import sys; from orchestrator.store.optuna_storage import open_storage; open_storage(sys.argv[1])"
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]

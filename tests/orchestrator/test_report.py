@@ -21,10 +21,10 @@ from statsmodels.stats.multitest import multipletests
 
 from conftest import orch, run_record, write_grid
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
-from orchestrator.cli import cli
-from orchestrator.compare import compare
-from orchestrator.report_plots import SettingCurves, panel_grid, quantiles, score_by_setting, training_curves
-from orchestrator.schema import Artifact, ExpectedPoint, Kind, Tag
+from orchestrator.cli.main import cli
+from orchestrator.analyze.compare import compare
+from orchestrator.analyze.report_plots import SettingCurves, panel_grid, quantiles, score_by_setting, training_curves
+from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Tag
 
 NORMS = ("bn", "gn")
 BATCHES = (32, 64)

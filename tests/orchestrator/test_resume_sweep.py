@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import RESUME_BASE, all_runs, invoke, orch, results, ro_rows, write_grid
 from experiments.metric_names import epoch_key
-from orchestrator.schema import Kind, Status, Tag
+from orchestrator.store.schema import Kind, Status, Tag
 
 VAL_LOSS = epoch_key("val_loss")
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, all_runs, invoke, orch
 from experiments.config import build, run_key
 from experiments.metric_names import EPOCH_METRICS as EPOCH_KEYS
-from orchestrator.schema import Tag
+from orchestrator.store.schema import Tag
 
 SUMMARY = [
     f"{s}_{m}" for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")

@@ -1,6 +1,6 @@
 """The scheduler over a real ListSource and real child processes, in about a second.
 
-The children are a stand-in for ``python -m orchestrator.point`` that speaks the same
+The children are a stand-in for ``python -m orchestrator.execute.point`` that speaks the same
 protocol (the job as JSON on stdin, events as JSON lines on stdout, the exit code) but
 trains nothing, so each starts in milliseconds instead of seconds of torch and mlflow
 imports. What the real point process does is tested end to end in test_sweep.py.
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from orchestrator import point_processes
-from orchestrator.display import PlainDisplay
-from orchestrator.queue import QueueSource
-from orchestrator.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
+from orchestrator.execute import slots as point_processes
+from orchestrator.execute.display import PlainDisplay
+from orchestrator.launch.queue import QueueSource
+from orchestrator.execute.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
 
 STAND_IN = r"""
 import json, os, signal, sys, time
@@ -196,7 +196,7 @@ def test_prewarmed_processes_of_slots_not_needed_are_released(tmp_path, pids):
 
 def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
     """A sweep that finds nothing to run (or refuses its input) leaves no process behind."""
-    code = ("import sys; from orchestrator import point_processes as pp; from orchestrator.scheduler import Slot; "
+    code = ("import sys; from orchestrator.execute import slots as point_processes as pp; from orchestrator.execute.scheduler import Slot; "
             f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); "
             "print(pp._WARM[next(iter(pp._WARM))][1].parent, flush=True); "
             "import time; deadline = time.time() + 30\n"
@@ -227,11 +227,11 @@ def _gone(pid: int) -> bool:
 
 def test_a_point_process_started_ahead_removes_its_folder_when_its_caller_is_killed(tmp_path):
     """A sweep SIGKILLed while it opens its store, before its scheduler adopts the point
-    processes started ahead: each one (the real ``orchestrator.point``, still importing) gets
+    processes started ahead: each one (the real ``orchestrator.execute.point``, still importing) gets
     its PR_SET_PDEATHSIG, exits, and removes its temporary folder and log."""
     code = ("import os, signal, time\n"
-            "from orchestrator import point_processes as pp\n"
-            "from orchestrator.scheduler import Slot\n"
+            "from orchestrator.execute import slots as point_processes as pp\n"
+            "from orchestrator.execute.scheduler import Slot\n"
             "pp.prewarm([Slot(0, None, 1)])\n"
             "((proc, log),) = pp._WARM.values()\n"
             "print(proc.pid, log.parent, flush=True)\n"
@@ -264,7 +264,7 @@ def test_the_next_caller_removes_the_folders_of_callers_that_are_gone(tmp_path, 
     for folder in (stale, alive):
         folder.mkdir()
         (folder / "process.log").write_text("started ahead\n")
-    code = ("import sys; from orchestrator import point_processes as pp; from orchestrator.scheduler import Slot; "
+    code = ("import sys; from orchestrator.execute import slots as point_processes as pp; from orchestrator.execute.scheduler import Slot; "
             f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); pp.release_unadopted()")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "TMPDIR": str(tmp_path)})
@@ -355,7 +355,7 @@ def test_ctrl_c_stops_running_points_and_abandons_them(tmp_path, pids):
 def test_a_run_its_stopped_process_left_open_is_closed_with_the_signal(tmp_path, pids, store, signum, reason):
     """A point process that ends on the stop signal without closing its run (killed after
     the grace, or dead): the scheduler closes the run KILLED with the signal's reason."""
-    from orchestrator.tracking import TrackingStore
+    from orchestrator.store.tracking import TrackingStore
 
     tracking = TrackingStore(store)
     run_id = tracking.start_run(tracking.ensure_experiment("e"), run_name="p", params={}, tags={})
@@ -424,7 +424,7 @@ def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
 
 def _threads_in(env: dict, *prefix: str, workers: int = 1, code: str = "") -> int:
     """A fresh interpreter's thread count per slot for ``workers`` CPU slots."""
-    code = code or f"from orchestrator.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
+    code = code or f"from orchestrator.execute.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE")}
     out = subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
                          capture_output=True, text=True, check=True)
@@ -451,7 +451,7 @@ def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
     """A Slurm task's CPU slots divide what Slurm allocated on the node (and the affinity mask)
     among its points; the submitting shell's OMP_NUM_THREADS, passed on by --export=ALL, does
     not shrink them (a task forgets it first, array and queue mode alike)."""
-    code = ("from orchestrator.slurm_task import own_threads, task_slots; own_threads(); "
+    code = ("from orchestrator.launch.slurm_task import own_threads, task_slots; own_threads(); "
             "print(task_slots(2, 1, 'cpu')[1].threads)")
     cpus = len(os.sched_getaffinity(0))
     assert _threads_in({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "64"}, code=code) == max(1, min(cpus, 64) // 2)

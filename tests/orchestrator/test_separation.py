@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 from statsmodels.stats.multitest import multipletests
 
 from conftest import REPO, TINY_BASE, children, invoke, orch, parents, run_record, write_grid
-from orchestrator.compare import compare, render
-from orchestrator.grid import load_grid
-from orchestrator.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
-from orchestrator.separation import ConfirmError, Separation, confirm_spec, holm, paired_p, separate
+from orchestrator.analyze.compare import compare, render
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
+from orchestrator.analyze.separation import ConfirmError, Separation, confirm_spec, holm, paired_p, separate
 
 # --------------------------------------------------------------------------- the decision
 

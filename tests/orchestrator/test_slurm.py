@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 
 import slurm_cluster
 from conftest import RESUME_BASE, TINY_BASE, invoke, new_database, orch, results, ro_rows, write_grid
-from orchestrator.cli import cli
-from orchestrator.grid import load_grid
-from orchestrator.schema import Kind, Status, Tag
+from orchestrator.cli.main import cli
+from orchestrator.grid.load import load_grid
+from orchestrator.store.schema import Kind, Status, Tag
 
 SHARED = "--store-is-shared"
 
@@ -238,7 +238,7 @@ def test_a_second_submission_refuses_or_waits_and_a_cancelled_close_job_is_queue
     lock, another exits 2 naming it, or with --wait waits and then submits; one right after
     submits nothing. (2) Its close job cancelled, the parent would stay RUNNING after the task:
     `orch status` says so, and a rerun queues a new close job, which closes the sweep after it."""
-    from orchestrator import locks
+    from orchestrator.store import locks
 
     grid = write_grid(tmp_path / "g.yaml", "slurm-twice", {"model.norm": ["bn"]})
     spec = load_grid(grid)
@@ -288,7 +288,7 @@ def test_a_second_submission_refuses_or_waits_and_a_cancelled_close_job_is_queue
 
 def test_a_squeue_that_cannot_be_asked_is_an_error_not_an_empty_queue(tmp_path, monkeypatch):
     """An unanswered squeue read as "no live job" would submit, close or take over points that run."""
-    from orchestrator import slurm
+    from orchestrator.launch import slurm
 
     fake = tmp_path / "squeue"
     fake.write_bytes(b"\x00not a program")  # cannot be run: the same path as one that times out
@@ -434,7 +434,7 @@ def test_dry_run_prints_the_job_script_and_submits_nothing(cluster, tmp_path):
     script = result.stdout
     assert script.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --array=0-3%2", "#SBATCH --time=1:00:00", "#SBATCH --signal=B:USR1@120",
-                 "#SBATCH --requeue", "#SBATCH --account=lab", "-m orchestrator.slurm_task"):
+                 "#SBATCH --requeue", "#SBATCH --account=lab", "-m orchestrator.launch.slurm_task"):
         assert line in script
     assert cluster.squeue() == before
     assert not (tmp_path / "mlflow.db").exists()
@@ -487,13 +487,13 @@ def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
 @pytest.mark.parametrize("value, minutes", [("90", 90), ("5:30", 5.5), ("1:30:00", 90), ("2-0", 2880),
                                             ("1-2:3", 1563), ("1-0:0:30", 1440.5), ("infinite", None)])
 def test_slurm_time_formats(value, minutes):
-    from orchestrator.slurm import parse_time
+    from orchestrator.launch.slurm import parse_time
 
     assert parse_time(value) == minutes
 
 
 def test_task_tags_name_the_array_task():
-    from orchestrator.slurm import task_tags
+    from orchestrator.launch.slurm import task_tags
 
     tags = task_tags({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
                       "SLURM_RESTART_COUNT": "2"})
@@ -504,7 +504,7 @@ def test_task_tags_name_the_array_task():
 
 def test_slurm_launcher_stays_out_of_heavy_imports(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "slurm-light", {"model.norm": ["bn"]})
-    code = ("import sys; from orchestrator.cli import cli\n"
+    code = ("import sys; from orchestrator.cli.main import cli\n"
             "try:\n"
             f"    cli(['sweep', {str(grid)!r}, '--launcher', 'slurm', '--dry-run', '--store-is-shared'])\n"
             "except SystemExit:\n"

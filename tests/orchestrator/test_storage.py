@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import _free_port, new_database
-from orchestrator import storage
-from orchestrator.storage import StorageError
+from orchestrator.store import optuna_storage as storage
+from orchestrator.store.optuna_storage import StorageError
 
 
 def test_postgres_urls_get_psycopg_and_sqlite_paths_become_absolute(tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import (REPO, TESTS, TINY_BASE, all_runs, children, finished_keys, invoke, orch, parents,
                       write_grid)
-from orchestrator.cli import cli
-from orchestrator.grid import load_grid
+from orchestrator.cli.main import cli
+from orchestrator.grid.load import load_grid
 
 BAD_GRIDS = sorted((TESTS / "grids" / "bad").glob("*.yaml"))
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_rerun_starts_nothing(seeded_sweep):
 def test_dry_run_reports_done_without_torch(seeded_sweep):
     uri, grid, env, tmp, _ = seeded_sweep
     code = (
-        "import sys; from click.testing import CliRunner; from orchestrator.cli import cli;"
+        "import sys; from click.testing import CliRunner; from orchestrator.cli.main import cli;"
         f"r = CliRunner().invoke(cli, ['sweep', {str(grid)!r}, '--dry-run', '--tracking-uri', {uri!r}]);"
         "print(r.output); assert r.exit_code == 0, r.output;"
         "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import'"
@@ -245,8 +245,8 @@ def test_sigkill_mid_sweep_then_resume_completes_exactly_the_missing(tmp_path):
 def test_run_left_running_by_a_dead_sweep_is_marked_failed(tmp_path):
     """The state a SIGKILLed sweep leaves behind (a RUNNING child whose process is gone) is
     closed as FAILED when the sweep resumes, and the point runs again."""
-    from orchestrator import sweep as sweep_mod
-    from orchestrator import tracking
+    from orchestrator.launch import sweep as sweep_mod
+    from orchestrator.store import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = write_grid(tmp_path / "g.yaml", "orphan", {"model.norm": ["bn"]})

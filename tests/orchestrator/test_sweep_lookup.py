@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import invoke
-from orchestrator.schema import Artifact, Kind, Status, Tag
+from orchestrator.store.schema import Artifact, Kind, Status, Tag
 
 
 def _parent(client, exp_id: str, sweep_id: str, *, points: bool = False) -> str:
@@ -94,7 +94,7 @@ def test_rerunning_the_sweep_records_the_missing_points(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from conftest import TINY_BASE, orch, write_grid
-    from orchestrator.grid import load_grid
+    from orchestrator.grid.load import load_grid
 
     grid = write_grid(tmp_path / "grid.yaml", "stopped", {}, base={**TINY_BASE, "train": {"max_epochs": 1}})
     client = MlflowClient(tracking_uri=store)

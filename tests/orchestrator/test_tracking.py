@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from orchestrator.schema import TRAINING_EXPERIMENT, Kind, Status, Tag, TrialState
-from orchestrator.tracking import TrackingStore, sqlite_path
+from orchestrator.store.schema import TRAINING_EXPERIMENT, Kind, Status, Tag, TrialState
+from orchestrator.store.tracking import TrackingStore, sqlite_path
 
 
 @pytest.fixture(scope="module")

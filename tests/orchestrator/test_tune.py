@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 
 from conftest import REPO, all_runs, invoke, orch, results, ro_rows
 from experiments.metric_names import epoch_key
-from orchestrator import tracking
-from orchestrator.cli import cli
-from orchestrator.grid import load_grid
-from orchestrator.tune_study import plan_studies
-from orchestrator.tuning import epoch_metric
+from orchestrator.store import tracking
+from orchestrator.cli.main import cli
+from orchestrator.grid.load import load_grid
+from orchestrator.tune.study import plan_studies
+from orchestrator.tune.tuning import epoch_metric
 
 TUNE_GRID = REPO / "experiments" / "grids" / "tune.yaml"
 STUDY = "tune-demo-bn"  # <grid name>-<setting run name>
@@ -233,8 +233,8 @@ def test_a_second_orch_tune_on_one_sqlite_storage_is_refused(tmp_path):
 def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_running(store, monkeypatch):
     """SIGTERM after the last trial, while the study's summary is written: the parent ends KILLED
     (preempted), exit 143; the rerun writes the summary and closes it FINISHED."""
-    from orchestrator import tuning
-    from orchestrator.runner import Interrupted
+    from orchestrator.tune import tuning
+    from orchestrator.execute.runner import Interrupted
 
     real = tuning.summarize_study
 
@@ -264,7 +264,7 @@ def test_a_sigterm_that_python_drops_still_stops_the_study(store, monkeypatch):
     """Outside a trial's training a signal raises where it lands; where Python drops that
     exception (a finalizer: "Exception ignored in ..."), it is still a preemption: no trial
     starts, the parent ends KILLED, exit 143."""
-    from orchestrator import tuning
+    from orchestrator.tune import tuning
 
     class SignalledInFinalizer:
         def __del__(self):
@@ -413,7 +413,7 @@ def test_study_names_and_pruning_signal(tmp_path):
 
 
 def test_importing_tuning_stays_light():
-    code = ("import sys, orchestrator.tuning; "
+    code = ("import sys, orchestrator.tune.tuning; "
             "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -504,9 +504,9 @@ def test_resuming_with_other_tune_seeds_is_refused(seeded):
 
 def test_a_worker_joining_the_study_trains_every_seed(seeded):
     """serve_studies (orch worker's share of tuning) reads the seeds from the stored WorkerJob."""
-    from orchestrator import storage as storage_mod
-    from orchestrator.schema import StudyAttr
-    from orchestrator.tuning import WorkerJob, serve_studies
+    from orchestrator.store import optuna_storage as storage_mod
+    from orchestrator.store.schema import StudyAttr
+    from orchestrator.tune.tuning import WorkerJob, serve_studies
 
     uri, tmp, _ = seeded
     url = f"sqlite:///{tmp / 'optuna.db'}"
@@ -523,7 +523,7 @@ def test_a_worker_joining_the_study_trains_every_seed(seeded):
 
 
 def test_worker_jobs_stored_before_tune_seeds_still_load():
-    from orchestrator.tuning import WorkerJob
+    from orchestrator.tune.tuning import WorkerJob
 
     job = WorkerJob(tracking_uri="u", experiment_id="1", parent_run_id="p", metric="val_f1_macro", space=(),
                     n_trials=2, study="s", setting="", sampler="tpe", pruner="none", seed=0, seeds=(3, 4))

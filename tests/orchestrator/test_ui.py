@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import _free_port, invoke, orch, write_grid
-from orchestrator.schema import TRAINING_EXPERIMENT, Artifact, Kind, Tag
+from orchestrator.store.schema import TRAINING_EXPERIMENT, Artifact, Kind, Tag
 
 SWEEP = "ui-tiny"
 WAIT = 30  # seconds for one view to render on a loaded 2-core machine

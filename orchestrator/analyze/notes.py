@@ -1,0 +1,109 @@
+"""The descriptions (``Tag.NOTE``, markdown) of a sweep's and a tuning study's parent run.
+
+MLflow shows a run's ``mlflow.note.content`` on its overview page: there a sweep's parent
+says what the sweep found, written each time its summary is (``sweep.summarize_records``,
+``queue.close_sweep``, ``tune_summary.summarize_study``). The comparison table is
+``orch compare``'s own markdown (:func:`orchestrator.analyze.compare.render`); nothing here
+imports mlflow, torch or optuna.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
+from orchestrator.analyze.render import github_table
+from orchestrator.store.schema import ExpectedPoint, Status, TrialState
+
+
+_STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+# MLflow 3.17's UI picks the GenAI or the training layout from its sidebar toggle, kept in the
+# browser (localStorage ``mlflow.workflowType``, GenAI when unset) or given by this URL
+# parameter; the experiment tag ``mlflow.experimentKind`` does not override it there.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI's training layout, relative to the UI's own address
+    (its router is the URL fragment)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def experiment_link(experiment_id: str) -> str:
+    """An experiment's runs table in the MLflow UI's training layout (relative, like :func:`run_link`)."""
+    return f"#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
+    return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
+
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else value_text(value)
+
+
+def _artifacts(paths: Sequence[str]) -> str:
+    return ", ".join(f"`{p}`" for p in paths)
+
+
+def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
+               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: Any | None,
+               artifacts: Sequence[str]) -> str:
+    """The sweep parent's description: its grid, what is done and failed, the comparison
+    table of ``metric`` (``result``: a :class:`~orchestrator.analyze.results.CompareResult`, None when
+    no finished run has the metric), the best child's link, and the parent's artifacts."""
+    from orchestrator.analyze import compare
+
+    statuses = [row["status"] for row in summary_rows(records, expected)]
+    done = statuses.count(Status.FINISHED)
+    failed = sum(s in (Status.FAILED, Status.KILLED) for s in statuses)
+    other = len(statuses) - done - failed
+    grid = "; ".join(f"`{a}` ∈ {{{', '.join(_values(expected, a))}}}" for a in axes) or "no axes (one setting)"
+    lines = [f"**Sweep `{name}`** (`{sweep_id}`)", "",
+             f"- Grid: {grid}",
+             f"- Seeds: {', '.join(_values(expected, SEED_KEY)) or '–'}",
+             f"- Points: {len(expected)}: **{done} done**, {failed} failed"
+             + (f", {other} not finished" if other else ""), ""]
+    if result is None:
+        lines.append(f"No finished point has `{metric}` yet.")
+    else:
+        better = "higher" if result.direction == "max" else "lower"
+        lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",
+                  compare.render(result, "markdown").rstrip(), ""]
+        best = _best_sample(result)
+        if best is not None:
+            lines.append(f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
+                         f"({metric} {best.value:.4f})")
+            lines.append("")
+    lines.append(f"Artifacts: {_artifacts(artifacts)}")
+    return "\n".join(lines) + "\n"
+
+
+def _best_sample(result: Any):
+    samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
+    if not samples:
+        return None
+    pick = max if result.direction == "max" else min
+    return pick(samples, key=lambda s: s.value)
+
+
+def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, counts: Mapping[str, int],
+              best: Mapping[str, Any] | None, artifacts: Sequence[str]) -> str:
+    """A tuning study's parent description: trials by state, the best trial's value and
+    params (``best``: ``number``, ``value``, ``params``, ``run_id``), and its artifacts."""
+    states = ", ".join(f"{n} {_STATE_WORDS.get(s, s.lower())}" for s, n in counts.items())
+    lines = [f"**Tuning study `{study}`**: {direction} `{metric}`", "",
+             f"- Trials: {sum(counts.values())} ({states})", ""]
+    if best is None:
+        lines.append("No trial completed yet.")
+    else:
+        link = (f"[trial {best['number']}]({run_link(experiment_id, best['run_id'])})" if best.get("run_id")
+                else f"trial {best['number']}")
+        lines += [f"Best: {link}, {metric} **{best['value']:.4f}**", "",
+                  github_table(["parameter", "best value"],
+                               [[f"`{k}`", _param(v)] for k, v in best["params"].items()]).rstrip()]
+    lines += ["", f"Artifacts: {_artifacts(artifacts)}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,534 @@
+"""Sweep results as numbers: groups of runs, mean ± std over seeds, ranks, paired deltas,
+and the report's statistics per (setting, split). Formatting is ``render.py``'s job.
+
+Every number a table shows comes from a :class:`Stats` (one value per seed, or one
+paired difference per seed): a comparison row holds one for the metric and a
+:class:`PairedStats` for the deltas to the baseline; a report cell is one. A new
+statistic is one more property of :class:`Stats`, and every row and cell has it: the
+95% confidence interval of the mean (Student t over seeds) is one, the paired t-test
+(:attr:`PairedStats.p_value`) is the deltas' own. scipy computes both; it is imported
+when they are first read.
+
+A comparison with a baseline runs one paired test per row; their p-values are adjusted
+for the table's number of tests (Holm by default, statsmodels' ``multipletests``,
+imported only then) and the row's ``significant`` follows the adjusted value.
+
+A run key without a finite result is counted per row as diverged or failed
+(:class:`orchestrator.analyze.records.Outcome`); ``failed_as="drop"`` leaves it out of the
+statistics, ``failed_as="worst"`` counts it as the worst finite value of the metric among
+all the table's runs (the lowest for ``direction="max"``, the highest for ``"min"``).
+
+Example::
+
+    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
+    best = result.rows[0]
+    print(best.label, best.mean, best.std, best.n_finished, best.delta_mean)
+    print(best.stats.ci95, best.delta.ci95, best.p_value, best.p_adjusted, best.significant)
+    print(best.n_diverged, best.n_failed, result.pooled_axes)
+    for setting in report_stats(records, expected):
+        print(setting.values, setting.splits[1].scores["f1_macro"].mean)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import statistics
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Sequence
+
+from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
+from orchestrator.errors import UserError
+from orchestrator.analyze.records import (
+    SEED_KEY,
+    Outcome,
+    RunRecord,
+    Unit,
+    match_units,
+    short_name,
+    value_text,
+)
+from orchestrator.store.schema import ExpectedPoint
+
+DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
+# (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
+SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
+CONFIDENCE = 0.95  # of the intervals: mean ± t_{(1+CONFIDENCE)/2, n-1} · s / √n
+ALPHA = 0.05  # a paired difference is significant when its (adjusted) t-test's p is below this
+# --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
+CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
+FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
+
+
+class CompareError(UserError):
+    """A comparison that cannot be made as asked: names what exists instead."""
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A sample of values (one per seed) and its summary; NaN where a number does not exist."""
+
+    values: tuple[float, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @cached_property
+    def mean(self) -> float:
+        """NaN when empty."""
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @cached_property
+    def std(self) -> float:
+        """Sample standard deviation (ddof=1); NaN below two values."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    @property
+    def min(self) -> float:
+        return min(self.values, default=math.nan)
+
+    @property
+    def max(self) -> float:
+        return max(self.values, default=math.nan)
+
+    @cached_property
+    def ci95(self) -> tuple[float, float]:
+        """95% confidence interval of the mean, Student t over the values: mean ± t·s/√n.
+
+        ``t`` is the 0.975 quantile of Student's t with n − 1 degrees of freedom
+        (``scipy.stats.t.ppf``). It assumes roughly normal values; (NaN, NaN) below two.
+        """
+        if self.n < 2:
+            return math.nan, math.nan
+        from scipy import stats
+
+        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    ci_low = property(lambda self: self.ci95[0], doc="Lower end of :attr:`ci95`.")
+    ci_high = property(lambda self: self.ci95[1], doc="Upper end of :attr:`ci95`.")
+
+
+@dataclass(frozen=True)
+class PairedStats(Stats):
+    """Paired differences ``own - baseline`` (one per seed both have) and their t-test.
+
+    ``values`` are the differences, so mean, std and :attr:`ci95` are those of the
+    differences; ``own`` and ``baseline`` keep the pairs for the test.
+    """
+
+    own: tuple[float, ...] = ()
+    baseline: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[float, float]]) -> "PairedStats":
+        """From ``(own value, baseline value)`` pairs."""
+        own, baseline = tuple(zip(*pairs)) or ((), ())
+        return cls(values=tuple(a - b for a, b in zip(own, baseline)), own=own, baseline=baseline)
+
+    @cached_property
+    def p_value(self) -> float:
+        """Two-sided p of the paired t-test (``scipy.stats.ttest_rel(own, baseline)``).
+
+        NaN below two pairs, and when every difference is 0 (the baseline against itself).
+        """
+        if self.n < 2:
+            return math.nan
+        from scipy import stats
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # identical pairs: scipy warns, returns NaN
+            return float(stats.ttest_rel(self.own, self.baseline).pvalue)
+
+    @property
+    def significant(self) -> bool | None:
+        """p < :data:`ALPHA`; None where there is no p."""
+        return None if math.isnan(self.p_value) else bool(self.p_value < ALPHA)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished run's value inside a row."""
+
+    seed: str | None
+    value: float
+    run_name: str
+    run_id: str
+    point: Mapping[str, str] = field(default_factory=dict, compare=False)  # axes + seed, as strings
+    stand_in: bool = False  # a diverged or failed run counted as the table's worst value (failed_as="worst")
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One group (by default one setting, seeds pooled)."""
+
+    group: Mapping[str, Any]  # grouping key -> value (the grid's value, else the param string)
+    n_expected: int
+    samples: tuple[Sample, ...] = ()  # the finished runs with a finite value (and stand-ins), grid order
+    rank: int | None = None  # 1 = best; None when the group has no value
+    delta: PairedStats = PairedStats()  # paired differences to the baseline (row - baseline), one per pair
+    order: int = 0  # position of the group in grid order (for plots and stable ties)
+    n_diverged: int = 0  # run keys whose training diverged (Outcome.DIVERGED)
+    n_failed: int = 0  # run keys whose latest run FAILED otherwise (Outcome.FAILED)
+    p_adjusted: float = math.nan  # p_value adjusted over the table's tests; NaN without correction or p
+    correction: str = "none"  # a key of CORRECTIONS: which p decides ``significant``
+    extra_seeds: bool = False  # --until-separated added seeds to it: its interval is optimistic if it leads
+
+    @cached_property
+    def stats(self) -> Stats:
+        """The metric over the group's samples (finished runs, and stand-ins with failed_as="worst")."""
+        return Stats(self.values)
+
+    @property
+    def label(self) -> str:
+        """``key=value,...`` in grouping-key order."""
+        return ",".join(f"{k}={value_text(v)}" for k, v in self.group.items())
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return tuple(s.value for s in self.samples)
+
+    @property
+    def seeds(self) -> tuple[str | None, ...]:
+        return tuple(s.seed for s in self.samples)
+
+    # The row's numbers under their table names; ``stats`` and ``delta`` compute them.
+    mean = property(lambda self: self.stats.mean, doc="NaN when no finished run.")
+    std = property(lambda self: self.stats.std, doc="Sample std (ddof=1); NaN below two finished runs.")
+    min = property(lambda self: self.stats.min)
+    max = property(lambda self: self.stats.max)
+    n_finished = property(lambda self: sum(not s.stand_in for s in self.samples),
+                          doc="Finished runs with a finite value (stand-ins not counted).")
+    ci_low = property(lambda self: self.stats.ci_low, doc="95% CI of the mean (Student t); NaN below two runs.")
+    ci_high = property(lambda self: self.stats.ci_high)
+    delta_mean = property(lambda self: self.delta.mean, doc="NaN without a baseline or a pair.")
+    delta_std = property(lambda self: self.delta.std)
+    n_pairs = property(lambda self: self.delta.n)
+    delta_ci_low = property(lambda self: self.delta.ci_low, doc="95% CI of the mean paired difference.")
+    delta_ci_high = property(lambda self: self.delta.ci_high)
+    p_value = property(lambda self: self.delta.p_value, doc="Paired t-test against the baseline (two-sided).")
+
+    @property
+    def significant(self) -> bool | None:
+        """The adjusted p (the raw one with ``correction="none"``) < ALPHA; None without a p."""
+        p = self.p_value if CORRECTIONS[self.correction] is None else self.p_adjusted
+        return None if math.isnan(p) else bool(p < ALPHA)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    metric: str
+    direction: str  # "max" | "min"
+    group_keys: tuple[str, ...]
+    rows: tuple[CompareRow, ...]
+    baseline_key: str | None = None
+    baseline_value: str | None = None
+    n_ignored: int = 0  # records outside the expected grid
+    correction: str = "none"  # a key of CORRECTIONS
+    n_tests: int = 0  # paired tests in the table (rows with a p, before ``top``): the correction's m
+    failed_as: str = "drop"  # one of FAILED_AS
+    worst: float = math.nan  # the stand-in value with failed_as="worst"; NaN when no run has a value
+    pooled_axes: tuple[str, ...] = ()  # grid axes that are not grouping keys: their runs share a row
+
+    @property
+    def baseline(self) -> str | None:
+        if self.baseline_key is None:
+            return None
+        return f"{self.baseline_key}={self.baseline_value}"
+
+
+@dataclass(frozen=True)
+class Group:
+    """The units that share the grouping keys' values: one row of a comparison."""
+
+    values: Mapping[str, Any]  # grouping key -> value
+    units: tuple[Unit, ...]
+    order: int  # first appearance in grid order
+
+    def samples(self, metric: str, stand_in: float | None = None) -> tuple[Sample, ...]:
+        """The finished runs' finite values of ``metric``, in grid order; with ``stand_in``,
+        also that value for each diverged or failed run key."""
+        out = []
+        for u in self.units:
+            outcome = u.outcome(metric)
+            if outcome == Outcome.RESULT:
+                rec = u.finished
+                out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.point()))
+            elif stand_in is not None and outcome in (Outcome.DIVERGED, Outcome.FAILED):
+                rec = u.finished or u.latest
+                out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.point(), stand_in=True))
+        return tuple(out)
+
+    def count(self, metric: str, outcome: str) -> int:
+        """How many of the group's run keys have this :class:`Outcome` for ``metric``."""
+        return sum(u.outcome(metric) == outcome for u in self.units)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """``key=value`` on one grouping key; ``value`` as the grouping value's text."""
+
+    key: str
+    value: str
+
+    def matches(self, row: CompareRow) -> bool:
+        return value_text(row.group[self.key]) == self.value
+
+    def pair_key(self, row: CompareRow, sample: Sample) -> tuple:
+        """What a sample pairs on: the row's other grouping values and its point off the key."""
+        others = tuple(value_text(v) for k, v in row.group.items() if k != self.key)
+        point = tuple(sorted((k, v) for k, v in sample.point.items() if k != self.key))
+        return others, point
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """One row of the report: a setting's scores on one split, over its finished seeds."""
+
+    split: str  # one of metric_names.SPLITS
+    scores: Mapping[str, Stats]  # score (metric_names.SCORES: "acc", ...) -> values over seeds
+
+
+@dataclass(frozen=True)
+class SettingStats:
+    """One setting of the report: its values (no seed) and one :class:`SplitStats` per split."""
+
+    values: Mapping[str, Any]  # setting key -> value, grid order
+    name: str  # a run name of the setting (what the label falls back to)
+    splits: tuple[SplitStats, ...]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def finite_values(records: Iterable[RunRecord], metric: str) -> tuple[float, ...]:
+    """The finite values of ``metric`` in ``records`` (missing and NaN ones skipped)."""
+    return tuple(float(r.metrics[metric]) for r in records if _finite(r.metrics.get(metric)))
+
+
+def resolve_key(key: str, known: Sequence[str], what: str) -> str:
+    """Accept a dotted key or its unambiguous short name (``norm`` → ``model.norm``)."""
+    if key in known:
+        return key
+    hits = [k for k in known if short_name(k) == key]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise CompareError(f"{what} {key!r} is ambiguous: it could be {', '.join(hits)}")
+    raise CompareError(f"unknown {what}: {key!r}; choose from {', '.join(known) or '(none)'}")
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(
+    records: Iterable[RunRecord],
+    expected: Sequence[ExpectedPoint] | None,
+    metric: str,
+    *,
+    group_by: Sequence[str] | None = None,
+    direction: str = "max",
+    baseline: str | None = None,
+    top: int | None = None,
+    correction: str = "holm",
+    failed_as: str = "drop",
+) -> CompareResult:
+    """One row per setting (seeds pooled): mean ± std and 95% CI of ``metric``, n finished/expected,
+    and how many of its run keys diverged or failed.
+
+    Args:
+        records: runs of the sweep (any status; pruned trials and unfinished runs
+            are not results).
+        expected: the sweep's grid points; when empty or None, the records alone
+            define the groups and the expected counts.
+        metric: a summary metric name, e.g. ``"val_f1_macro"``.
+        group_by: dotted keys (grid axes or any param; short names such as ``norm``
+            are accepted when unambiguous). Default: the grid's axes.
+        direction: ``"max"`` or ``"min"``: which end is best; rows sort best first
+            and rows without a finished run sort last.
+        baseline: ``"key=value"`` on one grouping key; each row gets the per-seed
+            paired differences against the baseline row that has the same values on
+            the other grouping keys (:class:`PairedStats`: mean ± std, 95% CI and the
+            paired t-test's p).
+        top: keep only the first ``top`` rows (the correction still counts every test).
+        correction: ``"holm"``, ``"bonferroni"`` or ``"none"``: how the baseline tests'
+            p-values are adjusted for their number (``CompareRow.p_adjusted``; the row's
+            ``significant`` follows it).
+        failed_as: ``"drop"`` (diverged and failed run keys leave the statistics) or
+            ``"worst"`` (each counts as the worst finite value of ``metric`` among all
+            the table's finished runs, in ``direction``).
+
+    Raises:
+        CompareError: unknown metric (lists the metrics that exist), bad direction,
+            correction, failed_as, group key or baseline (lists what exists).
+    """
+    if direction not in DIRECTIONS:
+        raise CompareError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    direction = DIRECTIONS[direction]
+    if top is not None and top < 0:
+        raise CompareError(f"top must be a positive number of rows, not {top}")
+    if correction not in CORRECTIONS:
+        raise CompareError(f"correction must be one of {', '.join(CORRECTIONS)}, not {correction!r}")
+    if failed_as not in FAILED_AS:
+        raise CompareError(f"failed_as must be one of {', '.join(FAILED_AS)}, not {failed_as!r}")
+    records = list(records)
+    matched = match_units(records, expected)
+    _check_metric(matched.units, metric)
+    group_keys = _group_keys(group_by, matched.axes, records)
+    groups = group_units(matched.units, group_keys)
+    worst = worst_value((s.value for g in groups for s in g.samples(metric)), direction)
+    stand_in = worst if failed_as == "worst" and not math.isnan(worst) else None
+    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric, stand_in), order=g.order,
+                       n_diverged=g.count(metric, Outcome.DIVERGED), n_failed=g.count(metric, Outcome.FAILED),
+                       extra_seeds=any(u.expected is not None and u.expected.added for u in g.units))
+            for g in groups]
+    base = _baseline(baseline, group_keys, rows)
+    if base is not None:
+        rows = adjust_p_values(paired_deltas(rows, base), correction)
+    n_tests = sum(not math.isnan(r.p_value) for r in rows)
+    rows = rank_rows(rows, direction)[:top]
+    return CompareResult(
+        metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rows),
+        baseline_key=None if base is None else base.key, baseline_value=None if base is None else base.value,
+        n_ignored=matched.n_ignored, correction=correction, n_tests=n_tests, failed_as=failed_as, worst=worst,
+        pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
+    )
+
+
+def worst_value(values: Iterable[float], direction: str) -> float:
+    """The lowest value for ``"max"``, the highest for ``"min"``; NaN when there is none."""
+    values = list(values)
+    if not values:
+        return math.nan
+    return min(values) if direction == "max" else max(values)
+
+
+def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[CompareRow]:
+    """Each row with ``correction`` and, over the rows that have a p (the table's m tests),
+    ``p_adjusted`` from ``statsmodels.stats.multitest.multipletests``."""
+    rows = [dataclasses.replace(r, correction=correction) for r in rows]
+    tested = [i for i, r in enumerate(rows) if not math.isnan(r.p_value)]
+    method = CORRECTIONS[correction]
+    if method is None or not tested:
+        return rows
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = multipletests([rows[i].p_value for i in tested], alpha=ALPHA, method=method)[1]
+    for i, p in zip(tested, adjusted):
+        rows[i] = dataclasses.replace(rows[i], p_adjusted=float(p))
+    return rows
+
+
+def _check_metric(units: Sequence[Unit], metric: str) -> None:
+    finished = [u.finished for u in units if u.finished is not None]
+    if finished and not any(metric in r.metrics for r in finished):
+        names = sorted({m for r in finished for m in r.metrics}, key=lambda m: ("/" in m, m))
+        raise CompareError(
+            f"no finished run has metric {metric!r}; metrics logged: {', '.join(names) or '(none)'}"
+        )
+
+
+def _group_keys(group_by: Sequence[str] | None, axes: Sequence[str], records: Sequence[RunRecord]) -> tuple[str, ...]:
+    """The axes by default, else the requested keys (axes, any param, or the seed)."""
+    if not group_by:
+        return tuple(axes)
+    param_keys = sorted({k for r in records for k in r.params})
+    known = list(axes) + [k for k in param_keys if k not in axes]
+    if SEED_KEY not in known:
+        known.append(SEED_KEY)
+    return tuple(dict.fromkeys(resolve_key(k, known, "group key") for k in group_by))
+
+
+def group_units(units: Iterable[Unit], keys: Sequence[str]) -> list[Group]:
+    """Units grouped by their values on ``keys``, groups in order of first appearance."""
+    values: dict[tuple[str, ...], dict[str, Any]] = {}
+    members: dict[tuple[str, ...], list[Unit]] = {}
+    for unit in units:
+        unit_values = {k: unit.value_of(k) for k in keys}
+        gid = tuple(value_text(v) for v in unit_values.values())
+        values.setdefault(gid, unit_values)
+        members.setdefault(gid, []).append(unit)
+    return [Group(values[gid], tuple(members[gid]), i) for i, gid in enumerate(values)]
+
+
+def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[CompareRow]) -> Baseline | None:
+    """Parse ``key=value``; the key must be a grouping key and the value one of its values."""
+    if text is None:
+        return None
+    if "=" not in text:
+        raise CompareError(f"baseline must look like key=value (e.g. model.norm=bn_torch), not {text!r}")
+    key, value = (s.strip() for s in text.split("=", 1))
+    key = resolve_key(key, group_keys, "baseline key (it must be a grouping key)")
+    existing = sorted({value_text(r.group[key]) for r in rows})
+    if value not in existing:
+        value = next((v for v in existing if _same_number(v, value)), value)  # "128.0" finds "128"
+    if value not in existing:
+        raise CompareError(
+            f"baseline {key}={value} matches no setting; values of {key}: {', '.join(existing) or '(none)'}"
+        )
+    return Baseline(key, value)
+
+
+def paired_deltas(rows: Sequence[CompareRow], baseline: Baseline) -> list[CompareRow]:
+    """Each row with ``delta``: its samples minus the baseline's sample of the same pair key."""
+    base = {baseline.pair_key(r, s): s.value for r in rows if baseline.matches(r) for s in r.samples}
+    out = []
+    for row in rows:
+        keyed = ((s, baseline.pair_key(row, s)) for s in row.samples)
+        pairs = [(s.value, base[pk]) for s, pk in keyed if pk in base]
+        out.append(dataclasses.replace(row, delta=PairedStats.of(pairs)))
+    return out
+
+
+def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
+    """Best first (``"max"``: highest mean); rows without a value last, unranked."""
+    sign = -1.0 if direction == "max" else 1.0
+    ordered = sorted(rows, key=lambda r: (r.stats.n == 0, sign * r.mean if r.stats.n else 0.0, r.order))
+    return [dataclasses.replace(r, rank=i + 1 if r.stats.n else None) for i, r in enumerate(ordered)]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[list[Unit]]:
+    """The units of each setting (its seeds), settings and units in grid order.
+
+    Sweeps run seed-major, so a setting's first unit is its first seed.
+    """
+    by_setting: dict[tuple[tuple[str, str], ...], list[Unit]] = {}
+    for unit in match_units(records, expected).units:
+        sid = tuple((k, value_text(v)) for k, v in unit.setting_values().items())
+        by_setting.setdefault(sid, []).append(unit)
+    return list(by_setting.values())
+
+
+def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[SettingStats]:
+    """Per setting (grid order) and split: every score over the setting's finished seeds."""
+    return [_setting_stats(units) for units in units_by_setting(records, expected)]
+
+
+def _setting_stats(units: Sequence[Unit]) -> SettingStats:
+    finished = [u.finished for u in units if u.finished is not None]
+    splits = tuple(
+        SplitStats(split, {score: Stats(finite_values(finished, SPLIT_SCORE[split, score])) for score in SCORES})
+        for split in SPLITS
+    )
+    return SettingStats(values=units[0].setting_values(), name=units[0].name(), splits=splits)

@@ -1,0 +1,304 @@
+"""``orch sweep --until-separated METRIC``: add seeds where the ranking is still uncertain,
+and say which settings are separated from the leader with a stated error guarantee.
+
+After the grid's own seeds, each look compares the settings on ``METRIC``. The leader is
+the setting with the best mean. Every ordered pair of settings (i, j) gets a one-sided
+paired t-test of "i is better than j" on the seeds both have (``scipy.stats.ttest_rel``
+with ``alternative="greater"``); the K·(K−1) p-values of a look are Holm-adjusted
+together and compared with ``alpha / L``, where L is the number of seed counts a setting
+can hold (the grid's n, then + ``per_round`` up to ``max_seeds``: 3, 5, 7, 9, 10 is L = 5).
+A rival is *separated* when the pair (leader, rival) is rejected. The leader and the
+rivals not separated get the next ``per_round`` seeds; the rounds stop when every rival
+is separated, or when those left hold ``max_seeds`` seeds.
+
+Guarantee (strong family-wise error control, for any true means, not only equal ones):
+the chance that a sweep ever declares a setting separated from a leader that is not
+truly better than it is at most ``alpha``. Why: a false declaration rejects a true
+hypothesis "μ_i ≤ μ_j"; Holm rejects one only if some true hypothesis has a p-value
+below alpha / (L·m0) (m0 = the number of true ones); a pair's common seeds are always the
+first n of one seed sequence, and n takes at most L values, so by the union bound over
+the m0 hypotheses and the L values of n the chance is at most m0 · L · alpha / (L·m0) =
+alpha, however the seeds were allocated and however the leader was chosen. It assumes
+per-seed paired differences that are independent across seeds and roughly normal (the
+t-test's assumption) and finite values on every seed (each round stopped and resumed
+can add a look at one more n per pair, and alpha / L to the bound). The price is power: with many
+settings the first Holm step is at alpha / (L·K·(K−1)), so only large gaps separate
+(``benchmarks/separation_error.py`` measures it).
+
+Added seeds are the integers after the grid's largest seed, in order, so a rerun picks
+the same ones: an added point is an ordinary point (same run key rules, resume from its
+checkpoint, listed in the parent's ``points.json`` for ``orch compare``, marked there as
+added). :func:`confirm_spec` builds ``orch sweep --confirm N``'s points: the leader and
+the settings not separated from it, on N seeds no earlier run of the sweep used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from orchestrator.errors import UserError
+from orchestrator.grid.load import SweepSpec
+from orchestrator.grid.expand import RunSpec, run_with_seed, sweep_id
+from orchestrator.analyze.results import CompareResult, CompareRow, value_text
+from orchestrator.store.schema import ExpectedPoint
+
+ALPHA = 0.05  # default family-wise error of a separation sweep
+
+
+class ConfirmError(UserError):
+    """``--confirm`` has no separation verdict to confirm, or the grid lost one of its settings."""
+
+
+@dataclass(frozen=True)
+class Separation:
+    metric: str
+    direction: str = "max"  # "max" | "min": which end of METRIC is best
+    max_seeds: int = 10  # seeds per setting at most, the grid's included
+    per_round: int = 2  # seeds added to each setting not yet separated, per round
+    alpha: float = ALPHA  # family-wise error over all looks and all pairs
+    grid_seeds: int = 3  # the grid's seeds per setting: the first look's n
+
+    @property
+    def looks(self) -> int:
+        """L: how many seed counts a setting can hold (grid_seeds, + per_round, …, max_seeds)."""
+        return 1 + max(0, math.ceil((self.max_seeds - self.grid_seeds) / self.per_round))
+
+
+def guarantee(alpha: float) -> str:
+    """The rule's promise in one line (help, summary, docs say the same)."""
+    return (f"for any true means, the chance that a sweep declares some setting separated from a leader "
+            f"that is not truly better than it is at most {alpha:g} (independent, roughly normal per-seed "
+            f"differences)")
+
+
+# --------------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One look's verdict; arrays carry any leading (study) axes of the values."""
+
+    leader: np.ndarray  # (...,) index of the best mean (the first on ties)
+    separated: np.ndarray  # (..., K) bool: the leader is significantly better than this setting
+    p_holm: np.ndarray  # (..., K) Holm-adjusted p of "leader better than j" (1 on the leader itself)
+    level: float  # alpha / looks: what p_holm is compared with
+
+
+def paired_p(values: np.ndarray) -> np.ndarray:
+    """One-sided paired t-test p of "i is better than j" for every ordered pair.
+
+    ``values``: (..., K, n), one column per seed, NaN where a setting lacks the seed;
+    pairs use the seeds both have. Returns (..., K, K); 1 on the diagonal, below two
+    common seeds, and where every difference is 0. Equals
+    ``scipy.stats.ttest_rel(x_i, x_j, alternative="greater").pvalue`` on the common seeds.
+    """
+    from scipy import stats
+
+    d = values[..., :, None, :] - values[..., None, :, :]  # (..., K, K, n)
+    both = ~np.isnan(d)
+    n = both.sum(-1)
+    d = np.where(both, d, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = d.sum(-1) / n
+        var = np.where(both, (d - mean[..., None]) ** 2, 0.0).sum(-1) / (n - 1)
+        t = mean / np.sqrt(var / n)
+        p = stats.t.sf(t, np.maximum(n - 1, 1))
+    return np.where((n >= 2) & ~np.isnan(p), p, 1.0)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values over the last axis (NaN entries are not hypotheses, stay NaN).
+
+    The running maximum of ``min(1, (m − k) · p_(k))`` over the sorted values, as
+    ``statsmodels.stats.multitest.multipletests(p, method="holm")``.
+    """
+    m = (~np.isnan(p)).sum(-1, keepdims=True)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), axis=-1)
+    ranked = np.take_along_axis(p, order, -1)
+    scaled = np.minimum(1.0, (m - np.arange(p.shape[-1])) * ranked)
+    adjusted = np.fmax.accumulate(scaled, axis=-1)
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, adjusted, -1)
+    return np.where(np.isnan(p), np.nan, out)
+
+
+def separate(values: np.ndarray, *, alpha: float, looks: int, direction: str = "max") -> Decision:
+    """Which settings are separated from the leader: the rule ``orch sweep --until-separated`` runs.
+
+    Args:
+        values: (..., K, n) per-seed values of K settings, one column per seed (the same
+            seed in every row), NaN where a setting lacks that seed's value. Leading axes
+            are independent studies (the benchmark stacks thousands).
+        alpha: the family-wise error over all looks and all pairs.
+        looks: L, the number of seed counts a setting can hold over the sweep.
+        direction: ``"max"`` or ``"min"``: which end is best.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v if direction == "max" else -v
+    k = v.shape[-2]
+    counts = (~np.isnan(v)).sum(-1)
+    with np.errstate(invalid="ignore"):
+        means = np.where(counts > 0, np.nansum(v, -1) / np.maximum(counts, 1), -np.inf)
+    leader = np.argmax(means, axis=-1)
+    p = paired_p(v)
+    p[..., np.arange(k), np.arange(k)] = np.nan  # no hypothesis "i better than i"
+    adjusted = holm(p.reshape(*p.shape[:-2], k * k)).reshape(p.shape)
+    p_leader = np.take_along_axis(adjusted, leader[..., None, None], -2)[..., 0, :]  # (..., K)
+    p_leader = np.where(np.isnan(p_leader), 1.0, p_leader)
+    level = alpha / looks
+    return Decision(leader=leader, separated=p_leader <= level, p_holm=p_leader, level=level)
+
+
+# --------------------------------------------------------------------------- the sweep's rounds
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A look at a sweep's comparison: the leader, the rows separated from it, and the rest."""
+
+    leader: CompareRow | None
+    separated: tuple[tuple[CompareRow, float], ...]  # (row, Holm-adjusted p)
+    undecided: tuple[tuple[CompareRow, float], ...]  # rivals with a value that are not separated
+    settings: int  # K, the comparison's rows
+    level: float
+
+
+def decide(result: CompareResult, sep: Separation) -> Verdict:
+    """:func:`separate` on a sweep's comparison (rows × seeds as values)."""
+    rows = list(result.rows)
+    seeds = list(dict.fromkeys(s for r in rows for s in r.seeds))
+    column = {s: i for i, s in enumerate(seeds)}
+    values = np.full((len(rows), len(seeds)), np.nan)
+    for i, row in enumerate(rows):
+        for sample in row.samples:
+            values[i, column[sample.seed]] = sample.value
+    if sum(1 for r in rows if r.n_finished) < 2:
+        return Verdict(None, (), (), len(rows), sep.alpha / sep.looks)
+    d = separate(values, alpha=sep.alpha, looks=sep.looks, direction=sep.direction)
+    lead = int(d.leader)
+    rivals = [(i, r) for i, r in enumerate(rows) if i != lead and r.n_finished]
+    return Verdict(rows[lead], tuple((r, float(d.p_holm[i])) for i, r in rivals if d.separated[i]),
+                   tuple((r, float(d.p_holm[i])) for i, r in rivals if not d.separated[i]), len(rows), d.level)
+
+
+def _setting_runs(spec: SweepSpec, group: Mapping[str, Any]) -> list[RunSpec]:
+    """The sweep's runs of the setting ``group`` names (axis -> value; any seed)."""
+    want = {k: value_text(v) for k, v in group.items() if k != "seed"}
+    return [r for r in spec.runs if all(value_text(r.point.get(k)) == v for k, v in want.items())]
+
+
+def _without_seed(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if k != "seed"}
+
+
+def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
+    """This round's runs: for the leader and each rival not yet separated, its planned seeds
+    that have not finished (a stopped round resumes them), then new seeds, ``per_round`` at
+    most and never past ``max_seeds`` finished; none once every rival is separated.
+    ``finished``: the run keys with a FINISHED run (a finished run whose metric is not
+    finite is done too, though it adds nothing). Runs not yet in ``spec`` are new RunSpecs."""
+    if verdict.leader is None or not verdict.undecided:
+        return []
+    todo: list[RunSpec] = []
+    index = len(spec.runs)
+    for row in [verdict.leader, *(r for r, _ in verdict.undecided)]:
+        runs = _setting_runs(spec, row.group)
+        if not runs:
+            continue
+        done = {r.point["seed"] for r in runs if r.run_key in finished}
+        want = min(sep.per_round, sep.max_seeds - len(done))
+        chosen = [r for r in runs if r.point["seed"] not in done][:max(want, 0)]
+        taken = {r.point["seed"] for r in runs}
+        setting = _without_seed(runs[0].point)
+        seed = max(spec.seeds) + 1
+        while len(chosen) < want:
+            if seed not in taken:
+                chosen.append(run_with_seed(setting, runs[0].config, seed, index))
+                index += 1
+            seed += 1
+        todo += chosen
+    return todo
+
+
+def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec:
+    """``spec`` with the seeds that earlier rounds added (read from the parent's ``points.json``)."""
+    known = {r.run_key for r in spec.runs}
+    extra: list[RunSpec] = []
+    for p in points:
+        if p.run_key in known:
+            continue
+        template = next(iter(_setting_runs(spec, p.point)), None)
+        if template is None:
+            continue  # a point of an older version of the grid
+        run = run_with_seed(_without_seed(template.point), template.config, int(p.point["seed"]),
+                            len(spec.runs) + len(extra))
+        if run.run_key == p.run_key:
+            extra.append(run)
+    return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
+
+
+# --------------------------------------------------------------------------- record and confirm
+
+
+def verdict_json(verdict: Verdict, sep: Separation) -> dict[str, Any]:
+    """What the sweep's parent keeps as ``separation.json`` (read back by ``--confirm``)."""
+    def entry(row: CompareRow, p: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"setting": dict(row.group), "mean": row.mean, "n": row.n_finished}
+        return out if p is None else {**out, "p_holm": p}
+
+    return {"metric": sep.metric, "direction": sep.direction, "alpha": sep.alpha, "looks": sep.looks,
+            "settings": verdict.settings, "level": verdict.level,
+            "leader": None if verdict.leader is None else entry(verdict.leader),
+            "separated": [entry(r, p) for r, p in verdict.separated],
+            "not_separated": [entry(r, p) for r, p in verdict.undecided]}
+
+
+def summary_lines(verdict: Verdict, sep: Separation) -> list[str]:
+    """The end-of-sweep lines: what was declared, at which alpha, and the guarantee."""
+    head = f"until separated on {sep.metric} ({'higher' if sep.direction == 'max' else 'lower'} is better):"
+    if verdict.leader is None:
+        return [f"{head} fewer than two settings have a value; nothing declared"]
+
+    def listed(pairs) -> str:
+        return ", ".join(f"{r.label} (p_holm {p:.3g}, n={r.n_finished})" for r, p in pairs) or "none"
+
+    return [f"{head} leader {verdict.leader.label} (n={verdict.leader.n_finished})",
+            f"  separated from the leader: {listed(verdict.separated)}",
+            f"  not separated: {listed(verdict.undecided)}",
+            f"  rule: one-sided paired t-tests on common seeds, Holm over all "
+            f"{verdict.settings * (verdict.settings - 1)} ordered pairs, each look at alpha/L = "
+            f"{sep.alpha:g}/{sep.looks} = {verdict.level:.4g}",
+            f"  guarantee: {guarantee(sep.alpha)}",
+            "  the leader's interval is optimistic after adaptive seeds; for an unbiased table run "
+            "`orch sweep GRID --confirm N`"]
+
+
+def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[ExpectedPoint], n: int) -> SweepSpec:
+    """``orch sweep --confirm N``'s sweep: the leader and the settings not separated from it
+    (``decision``: the separation sweep's ``separation.json``), each on ``n`` seeds after the
+    largest seed of the separation sweep's ``points`` (seeds no earlier run used). Its
+    points are ordinary points, seed-major, under a sweep id of their own.
+
+    Raises:
+        ConfirmError: the decision names no leader, or a setting the grid no longer has.
+    """
+    if not decision.get("leader"):
+        raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
+    top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]
+    templates = []
+    for setting in top:
+        runs = _setting_runs(spec, setting)
+        if not runs:
+            label = ",".join(f"{k}={value_text(v)}" for k, v in setting.items())
+            raise ConfirmError(f"--confirm: setting {label} of the separation sweep is not in this grid any more")
+        templates.append(runs[0])
+    first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
+    seeds = tuple(range(first, first + n))
+    runs = tuple(run_with_seed(_without_seed(t.point), t.config, seed, i * len(templates) + j)
+                 for i, seed in enumerate(seeds) for j, t in enumerate(templates))
+    return dataclasses.replace(spec, seeds=seeds, runs=runs, sweep_id=sweep_id(spec.name, runs))

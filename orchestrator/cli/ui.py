@@ -1,0 +1,199 @@
+"""``orch ui``: MLflow's UI on a SQLite store, sized for one person's browser tab.
+
+``mlflow ui`` alone starts four uvicorn workers and the job runner's consumers (GenAI
+jobs, unused by orch): about 3 GB resident here. orch starts it with one worker, job
+execution off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``) and uvicorn's own lines at
+warning level; ``benchmarks/ui_footprint.py`` measures both. The server runs as a child in
+its own process group, stopped with it.
+
+It never creates a store: the SQLite file must exist with MLflow's tables (a server that
+opened a missing or empty file would create and migrate it, racing a sweep that does the
+same). The newest parent run is looked up with sqlite3 in read-only mode, without
+importing mlflow, while a sweep may be writing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.errors import ExitCode, UserError
+from orchestrator.analyze.notes import TRAINING_VIEW, run_link
+from orchestrator.store.schema import Kind, Tag
+from orchestrator.store.uri import artifact_root, initialised, sqlite_path
+
+READY_SECONDS = 180  # start-up limit; on these 2-core machines it takes 5-15 s
+WORKERS = 1
+SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no huey consumers: orch queues no GenAI jobs
+    "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",  # MLflow's import, not ours to fix
+}
+UVICORN_OPTS = "--log-level warning --no-access-log"
+# Lines of the server's stderr that say nothing to act on (it binds to loopback by default).
+NOISE = ("[MLflow] Security middleware enabled with default settings",)
+
+
+class UiError(UserError):
+    """A store or port that ``orch ui`` cannot serve (exit 2)."""
+
+
+def newest_parent(db: Path) -> tuple[str, str, str] | None:
+    """(experiment id, run id, run name) of the newest sweep or tuning parent run, read with
+    sqlite3 ``mode=ro``; None when there is none (or the store cannot be read that way)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(
+                "SELECT r.experiment_id, r.run_uuid, r.name FROM runs r "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value IN (?, ?) "
+                "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' "
+                "ORDER BY r.start_time DESC LIMIT 1",
+                (Tag.KIND, Kind.SWEEP, Kind.TUNE),
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that something already listens on, before anything starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise UiError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+
+
+def server_command(uri: str, host: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line: one worker, quiet uvicorn, artifacts beside the store."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", str(WORKERS), "--uvicorn-opts", UVICORN_OPTS]
+    root = artifact_root(uri)
+    if root:
+        cmd += ["--artifacts-destination", root]
+    return cmd
+
+
+def _relay(stream, out) -> None:
+    """Copy the server's stderr to ours, less :data:`NOISE` (a daemon thread, until it closes)."""
+    for line in stream:
+        if not line.startswith(NOISE):
+            out.write(line)
+            out.flush()
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerExited(proc.returncode)
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise ServerExited(None)
+
+
+class ServerExited(Exception):
+    """The server died (``code``) or did not answer in time (None)."""
+
+    def __init__(self, code: int | None):
+        super().__init__(code)
+        self.code = code
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def open_browser(url: str) -> bool:
+    """Open ``url`` in this machine's browser; False where there is none (a headless server)."""
+    import webbrowser
+
+    try:
+        return webbrowser.get().open(url)
+    except webbrowser.Error:
+        return False
+
+
+def serve(uri: str, host: str, port: int, *, open_it: bool = False,
+          say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
+    """Run MLflow's UI on the SQLite store ``uri`` until Ctrl-C or SIGTERM; the exit code.
+
+    Prints (stdout) the URL of the newest sweep's or tuning study's parent run once the
+    server answers. Exit codes: 130 after Ctrl-C, 143 after SIGTERM, 1 when the server
+    stops by itself or does not start.
+
+    Raises:
+        UiError: no store at ``uri`` (or one without MLflow's tables), or the port is taken.
+    """
+    db = sqlite_path(uri)
+    if db is None or not initialised(db):
+        raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
+                      "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
+    check_port(host, port)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{shown}:{port}"
+    stopped: list[int] = []
+
+    def on_signal(signum: int, frame) -> None:  # noqa: ARG001
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    # Both set here: a shell's background job starts with SIGINT ignored, which Python keeps.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    proc = None
+    try:
+        proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
+        _wait_ready(proc, base, READY_SECONDS)
+        say(f"MLflow UI on {base}  (store {uri}); Ctrl-C to stop")
+        parent = newest_parent(db)
+        url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
+        if parent:
+            say(f"newest sweep: {parent[2]}")
+        print(url, flush=True)
+        if open_it and not open_browser(url):
+            say("no browser found on this machine; open the URL above in yours")
+        code = proc.wait()
+        say(f"the MLflow UI stopped by itself (exit {code})")
+        return ExitCode.FAILED
+    except ServerExited as err:
+        what = f"exited with {err.code}" if err.code is not None else f"did not answer in {READY_SECONDS} s"
+        say(f"the MLflow UI {what}; its messages are above")
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        return ExitCode.PREEMPTED if stopped[:1] == [signal.SIGTERM] else ExitCode.INTERRUPTED
+    finally:
+        for sig in previous:  # a second Ctrl-C does not cut the server's stop short
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            _stop(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,313 @@
+"""The slots' long-lived point processes: start, hand over jobs, replace, stop.
+
+The scheduler (:mod:`orchestrator.execute.scheduler`) decides what runs where; this module alone
+knows that a slot's points run in one ``python -m orchestrator.execute.point`` process that reads
+jobs as JSON lines on stdin and answers with events on stdout (see that module). A slot
+keeps its process from point to point, so imports, the CUDA context and compiled graphs
+are paid once per slot; a process that dies (a crash, a kill, the out-of-memory killer)
+fails only the point it was running, and the slot's next point starts a fresh one. A
+process retires by itself after ``ORCH_POINTS_PER_PROCESS`` points or past its memory
+bound. Children die with the scheduler (``PR_SET_PDEATHSIG``), however it dies.
+
+Each process writes its chatter to one log file; when a point fails, the part of the log
+written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import itertools
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from orchestrator.launch import slurm
+from orchestrator.store.schema import Tag
+
+if TYPE_CHECKING:
+    from orchestrator.execute.scheduler import Slot, Task
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
+IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
+POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
+WARM_PREFIX = "orch-warm-"  # a temporary folder per process started ahead: orch-warm-<caller pid>-<random>
+WARM_LOG_ENV = "ORCH_WARM_LOG"  # a process started ahead: its log, removed by the process if never adopted
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the scheduler dies, however it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # no glibc (not Linux): children then outlive a SIGKILLed scheduler
+        pass
+
+
+def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
+    """The JSON job a point process reads (see :mod:`orchestrator.execute.point`)."""
+    job = task.job
+    return {
+        "job": job_id,
+        "config": job.config,
+        "uri": job.uri,
+        "experiment_id": job.experiment_id,
+        "parent_run_id": job.parent_run_id,
+        "run_name": job.name,
+        "device": "cuda" if slot.gpu is not None else "cpu",
+        "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm.task_tags()},
+        "resume": job.resume,
+        "claim": task.claim,
+    }
+
+
+@dataclass
+class SlotProcess:
+    """One slot's point process."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    points: int = 0  # jobs handed to it
+    job_offset: int = 0  # the log's size when its current job was handed over
+    retiring: bool = False  # it said it exits after its current point
+
+
+class PointProcesses:
+    """The slots' point processes; their events arrive on ``events`` as (slot index, process, event).
+
+    An event of None says that process has exited. ``command`` is the child's command line:
+    anything that reads jobs as JSON lines on stdin and speaks :mod:`orchestrator.execute.point`'s events.
+    """
+
+    def __init__(self, log_dir: Path, *, command: Sequence[str] = POINT_COMMAND):
+        self.log_dir, self.command = log_dir, list(command)
+        self.slots: dict[int, SlotProcess] = {}
+        self.events: queue.Queue[tuple[int, subprocess.Popen, dict | None]] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._n_started = 0
+
+    @staticmethod
+    def slot_env(slot: Slot) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env["ORCH_THREADS"] = str(slot.threads)
+            env["OMP_NUM_THREADS"] = str(slot.threads)
+        return env
+
+    def _start(self, slot: Slot) -> SlotProcess:
+        self._n_started += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)  # a scheduler removes it when a run leaves it empty
+        log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
+        proc = _adopt(slot, self.command, log_path) or _spawn(self.command, slot, log_path)
+        threading.Thread(target=self._read_events, args=(slot.index, proc), daemon=True).start()
+        return SlotProcess(proc, log_path)
+
+    def _read_events(self, index: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                self.events.put((index, proc, json.loads(line)))
+            except json.JSONDecodeError:
+                continue  # not an event: the child writes its chatter to stderr, but be safe
+        proc.wait()
+        self.events.put((index, proc, None))  # the process is gone
+
+    def launch(self, task: Task, slot: Slot) -> int:
+        """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
+        job_id = next(self._ids)
+        payload = json.dumps(job_payload(task, slot, job_id)) + "\n"
+        current = self.slots.get(slot.index)
+        for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
+            if current is None or current.retiring or current.proc.poll() is not None:
+                current = self.slots[slot.index] = self._start(slot)
+            offset = current.log_path.stat().st_size
+            try:
+                current.proc.stdin.write(payload)
+                current.proc.stdin.flush()
+                break
+            except (BrokenPipeError, OSError):
+                if attempt:
+                    raise
+                current = None
+        current.points += 1
+        current.job_offset = offset
+        task.proc, task.log_path = current.proc, current.log_path
+        return job_id
+
+    def exited(self, index: int, proc: subprocess.Popen) -> bool:
+        """Forget a process that has exited; True when it was the slot's current one."""
+        current = self.slots.get(index)
+        if current is not None and current.proc is proc:
+            del self.slots[index]
+            return True
+        return False
+
+    def keep_log(self, task: Task, index: int) -> Path | None:
+        """Copy the part of the slot's log written during ``task`` to ``<point>-attempt<n>.log``."""
+        current = self.slots.get(index)
+        offset = current.job_offset if current is not None and current.proc is task.proc else 0
+        kept = self.log_dir / f"{task.name}-attempt{task.attempt}.log"
+        try:
+            with open(task.log_path, errors="replace") as src:
+                src.seek(offset)
+                kept.write_text(src.read())
+        except OSError:
+            return None
+        return kept
+
+    def mark_retiring(self, index: int, proc: subprocess.Popen) -> None:
+        current = self.slots.get(index)
+        if current is not None and current.proc is proc:
+            current.retiring = True
+
+    def close(self) -> None:
+        """End every process: idle ones exit on end of input; a late one is killed. Logs are removed."""
+        procs = [s.proc for s in self.slots.values()]
+        for proc in procs:
+            with contextlib.suppress(OSError):  # a process that died has a broken pipe
+                proc.stdin.close()
+        _wait_or_kill(procs, IDLE_EXIT_SECONDS)
+        self.slots = {}
+        for log in self.log_dir.glob("slot*-process*.log"):
+            log.unlink(missing_ok=True)
+
+    def stop(self, signum: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Send ``signum`` to every process (its point checkpoints and closes its run KILLED),
+        then kill what outlives ``grace``."""
+        procs = [s.proc for s in self.slots.values()]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        _wait_or_kill(procs, grace)
+
+
+def _spawn(command: Sequence[str], slot: Slot, log_path: Path, *, warm: bool = False) -> subprocess.Popen:
+    env = PointProcesses.slot_env(slot)
+    if warm:
+        env[WARM_LOG_ENV] = str(log_path)
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+            start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
+            preexec_fn=_die_with_parent,
+        )
+
+
+# ---------------------------------------------------------------- started ahead of the scheduler
+
+# Processes started by prewarm(), by slot and command, until a scheduler's first point on that
+# slot adopts them. Each logs to its own temporary folder until then.
+_WARM: dict[tuple[Slot, tuple[str, ...]], tuple[subprocess.Popen, Path]] = {}
+
+
+def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:
+    """Start the slots' point processes now, before the caller opens its store and reads what
+    is done: a process's imports (torch, mlflow: seconds) then run beside the caller's own
+    start-up instead of after it, and the first points start that much sooner. The caller's
+    next scheduler adopts them (same slot and command); the rest are killed by
+    :func:`release_unadopted` (they hold no run: a process gets its first point from its
+    scheduler). A process whose caller dies before adopting it (SIGKILL) removes its own
+    temporary folder as it exits (see :mod:`orchestrator.execute.point`); one killed too early for
+    that (in its interpreter's first milliseconds) leaves it to the next caller on this
+    machine, which removes the folders of callers no longer alive. Best effort: a slot whose
+    process cannot start now starts it later."""
+    if not _WARM:
+        atexit.register(release_unadopted)
+        _remove_stale_warm_folders()
+    for slot in slots:
+        key = (slot, tuple(command))
+        if key in _WARM:
+            continue
+        folder = Path(tempfile.mkdtemp(prefix=f"{WARM_PREFIX}{os.getpid()}-"))
+        try:
+            _WARM[key] = (_spawn(command, slot, folder / "process.log", warm=True), folder / "process.log")
+        except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_warm_folders() -> None:
+    """Remove the temporary folders of processes started ahead by callers that are gone
+    (``orch-warm-<caller pid>-*``): nobody adopts those processes any more."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{WARM_PREFIX}*-*"):
+        pid = folder.name[len(WARM_PREFIX):].split("-", 1)[0]
+        if not pid.isdecimal() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # gone: its folder is stale
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
+
+
+@contextlib.contextmanager
+def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> Iterator[None]:
+    """:func:`prewarm` for the ``with`` block; at its end the processes no scheduler adopted are
+    killed (a command invoked in a longer-lived process, e.g. through click's CliRunner)."""
+    try:
+        prewarm(slots, command)
+        yield
+    finally:
+        release_unadopted()
+
+
+def _adopt(slot: Slot, command: Sequence[str], log_path: Path) -> subprocess.Popen | None:
+    """The slot's process started by :func:`prewarm`, its log moved to ``log_path``; None if there
+    is none (or it died meanwhile, or its log cannot move there: then a fresh process starts)."""
+    entry = _WARM.pop((slot, tuple(command)), None)
+    if entry is None:
+        return None
+    proc, warm_log = entry
+    try:
+        if proc.poll() is not None:
+            raise OSError("exited before its first point")
+        os.replace(warm_log, log_path)  # the process keeps writing to the moved file
+    except OSError:
+        _discard(proc, warm_log)
+        return None
+    with contextlib.suppress(OSError):
+        warm_log.parent.rmdir()
+    return proc
+
+
+def _discard(proc: subprocess.Popen, log: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    log.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        log.parent.rmdir()
+
+
+def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:
+    """Kill the prewarmed processes no scheduler adopted, but those of ``keep`` (with
+    ``command``): at a command's end (call it before ``os._exit``, which skips atexit), and
+    where the slots a scheduler will use turn out fewer or other than those prewarmed."""
+    wanted = {(slot, tuple(command)) for slot in keep}
+    for key in [key for key in _WARM if key not in wanted]:
+        _discard(*_WARM.pop(key))
+
+
+def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    deadline = time.time() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,100 @@
+"""Fencing: a point process that has lost its claim on a point writes no checkpoint and no
+final state.
+
+A point process holds its point while its MLflow run is RUNNING and, for a point taken
+from the queue, while its Optuna trial is RUNNING. Whoever takes a point over ends the
+earlier claim before running the point again: the queue's reaper fails the silent worker's
+trial, marks its run FAILED, then requeues the point; a Slurm task (and a resumed sweep)
+marks a run left RUNNING by a process that looks gone FAILED before resuming its
+checkpoint. A process that was not gone but frozen (SIGSTOP, a paused VM, a closed laptop
+lid, a network partition) goes on where it stopped when it thaws; it checks its claim at
+each epoch's end, before each checkpoint and before its run ends FINISHED, and a lost
+claim raises :class:`LostClaim`: the run stays as the other process marked it (a run still
+RUNNING ends KILLED, ``lost its claim to <worker>``) and the process reports
+:attr:`~orchestrator.errors.ExitCode.LOST_CLAIM`, which its scheduler neither retries nor
+records as a failure.
+
+Check, then write: between a check and the write it guards (one store round trip,
+milliseconds) another process can still take the point over; then the thawed process's
+one write lands. The README's "What happens when…" table states this window.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from orchestrator.store.checkpoints import RunCheckpoints
+from orchestrator.store.schema import Status, Tag, TrialAttr
+
+_STORAGES: dict[str, Any] = {}  # a point process opens each queue's storage once
+
+
+class LostClaim(Exception):
+    """Another process has taken this process's point over; the message says who or how."""
+
+
+class Fence:
+    """The claim of one run: :meth:`check` raises :class:`LostClaim` once it is lost.
+
+    ``claim`` is what the queue hands a point process with its job (:func:`trial_claim`):
+    the storage, study and trial it claimed. Without it only the run's status is checked.
+    """
+
+    def __init__(self, store: Any, run_id: str, claim: Mapping[str, Any] | None = None):
+        self.store, self.run_id, self.claim = store, run_id, claim
+
+    def check(self) -> None:
+        why = self._run_lost() or self._trial_lost()
+        if why:
+            raise LostClaim(why)
+
+    def _run_lost(self) -> str | None:
+        run = self.store.get_run(self.run_id)
+        if run.info.status in Status.LIVE:
+            return None
+        why = run.data.tags.get(Tag.FAILURE_REASON)
+        return (f"lost its claim: run {self.run_id} was ended {run.info.status} by another process"
+                + (f" ({why})" if why else ""))
+
+    def _trial_lost(self) -> str | None:
+        if not self.claim:
+            return None
+        from optuna.trial import TrialState
+
+        try:
+            storage = _storage(self.claim["storage"])
+            trial = storage.get_trial(self.claim["trial_id"])
+            if trial.state == TrialState.RUNNING:
+                return None
+            study_id = storage.get_study_id_from_name(self.claim["study"])
+            later = [t for t in storage.get_all_trials(study_id, deepcopy=False)
+                     if t.number > trial.number and t.user_attrs.get(TrialAttr.RUN_KEY) == self.claim["run_key"]
+                     and t.state in (TrialState.RUNNING, TrialState.COMPLETE)]  # a requeued trial that was claimed
+        except Exception as err:  # noqa: BLE001 - an unreachable queue is not a lost claim: the run's status decides
+            print(f"warning: could not check the queue's claim on this point ({type(err).__name__}: {err})",
+                  file=sys.stderr, flush=True)
+            return None
+        if later:
+            return f"lost its claim to {later[-1].user_attrs[TrialAttr.WORKER]}"
+        return f"lost its claim: its queue trial {trial.number} is {trial.state.name} (the point was requeued)"
+
+
+def _storage(url: str) -> Any:
+    from orchestrator.store.optuna_storage import open_storage
+
+    if url not in _STORAGES:
+        _STORAGES[url] = open_storage(url)
+    return _STORAGES[url]
+
+
+class FencedCheckpoints(RunCheckpoints):
+    """:class:`RunCheckpoints` that write only while the run's claim holds."""
+
+    def __init__(self, fence: Fence, *args: Any):
+        super().__init__(*args)
+        self.fence = fence
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.fence.check()
+        super().save(state)

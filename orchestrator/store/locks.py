@@ -1,0 +1,192 @@
+"""One orchestrator per experiment of a store at a time, on this machine or a shared disk.
+
+A sweep holds an exclusive file lock for its experiment while it runs points. Points are
+keyed by run key within an experiment, so a grid and its extension (same name, shared
+points) never run a shared point twice, while sweeps of other experiments go on beside
+it. The kernel releases the lock when its process dies, however it dies. Beside a
+SQLite store the lock lives next to the file (so it also works on a shared filesystem
+with POSIX locks); for a tracking server it lives in this machine's cache folder.
+
+Through a tracking server, a sweep also beats a heartbeat on its parent run
+(:class:`ParentHeartbeat`: host, pid and time in ``Tag.HEARTBEAT``, every
+:data:`HEARTBEAT_SECONDS`), and a sweep that finds a RUNNING sweep parent of its
+experiment with another process's fresh heartbeat refuses or waits, as for the file
+lock: that keeps apart sweeps on two machines (or with two lock folders). A heartbeat
+older than :data:`STALE_SECONDS`, or of a process of this host that is gone, is a dead
+sweep's, and the next sweep takes over. Known window: the check and the first beat are
+two requests, not one atomic claim, so two sweeps that start within the same moment can
+both proceed, and a sweep frozen for longer than :data:`STALE_SECONDS` (a paused VM) is
+taken over while it may still wake up and run points. The PostgreSQL queue
+(``--storage``, ``orch worker``) hands out every point exactly once across machines.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from orchestrator import processes
+from orchestrator.errors import UserError
+from orchestrator.store.schema import Kind, Status, Tag, tag_filter
+from orchestrator.store.tracking import sqlite_path
+
+if TYPE_CHECKING:
+    from orchestrator.store.tracking import TrackingStore
+
+# A sweep through a tracking server refreshes its parent's heartbeat this often (seconds) ...
+HEARTBEAT_SECONDS = max(0.1, float(os.environ.get("ORCH_SWEEP_HEARTBEAT_SECONDS", "30")))
+# ... and one not refreshed for this long is a dead sweep's (a few missed beats: a slow server is not a dead sweep)
+STALE_SECONDS = float(os.environ.get("ORCH_SWEEP_STALE_SECONDS", "120"))
+
+
+class SweepBusy(UserError):
+    """Another orch process is running points of this experiment in this store."""
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
+
+
+def lock_path(uri: str, experiment: str) -> Path:
+    db = sqlite_path(uri)
+    tag = f"{_safe(experiment)}-{hashlib.sha1(experiment.encode()).hexdigest()[:8]}"
+    if db is not None:
+        return db.parent / f".{db.name}.{tag}.sweep-lock"
+    cache = Path(os.environ.get("ORCH_CACHE_DIR") or Path.home() / ".cache" / "orch").expanduser()
+    return cache / "locks" / f"{hashlib.sha1(uri.encode()).hexdigest()[:12]}-{tag}.lock"
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.with_suffix(".holder").read_text())
+    except (OSError, ValueError):
+        return "another orch process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+    return f"pid {info.get('pid')} on host {info.get('host')} since {since} ({info.get('command', '?')})"
+
+
+@contextlib.contextmanager
+def hold(uri: str, experiment: str, *, wait: bool = False, say: Callable[[str], None] = print,
+         on_wait: Callable[[], None] = lambda: None,
+         refusal: Callable[[str], str] | None = None) -> Iterator[None]:
+    """Hold experiment ``experiment``'s sweep lock of store ``uri`` for the block; ``on_wait`` runs
+    before waiting for another holder (which may take hours: let go of what is not needed meanwhile).
+
+    Raises:
+        SweepBusy: another process holds it and ``wait`` is false; names that process (in
+            ``refusal(holder)``'s words, when given).
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(uri, experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = _holder(path)
+        if not wait:
+            raise SweepBusy(refusal(who) if refusal else (
+                f"experiment {experiment!r} of {uri} is being swept by {who}; wait for it to end, "
+                "or add --wait to start when it does")) from None
+        on_wait()
+        say(f"waiting for {who} to finish with experiment {experiment!r} …")
+        lock.acquire()
+    holder = path.with_suffix(".holder")
+    try:
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                                      "command": " ".join(["orch", *sys.argv[1:]])[:300]}))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            holder.unlink()
+        lock.release()
+
+
+def heartbeat_holder(store: TrackingStore, experiment_id: str) -> str | None:
+    """Which other process sweeps experiment ``experiment_id`` ("pid 7 on host gpu2
+    (heartbeat 12 s ago)"), by the heartbeats on its RUNNING sweep parents; None when none does.
+
+    Not counted: this process's own heartbeat, one older than :data:`STALE_SECONDS`, and one
+    of a process of this host that is gone (a sweep killed here is taken over at once).
+    """
+    where = f"{tag_filter(Tag.KIND, Kind.SWEEP)} and attributes.status = '{Status.RUNNING}'"
+    for run in store.search([experiment_id], where):
+        try:
+            beat = json.loads(run.data.tags[Tag.HEARTBEAT])
+            host, pid, age = str(beat["host"]), int(beat["pid"]), time.time() - float(beat["time"])
+        except (KeyError, TypeError, ValueError):
+            continue  # no heartbeat: a parent left RUNNING by a SQLite-store, queued or older sweep
+        if age > STALE_SECONDS or (host, pid) == (socket.gethostname(), os.getpid()) or processes.is_orphan(host, pid):
+            continue
+        return f"pid {pid} on host {host} (heartbeat {max(age, 0):.0f} s ago)"
+    return None
+
+
+class ParentHeartbeat:
+    """The heartbeat of a sweep through a tracking server on its parent run (see the module
+    docstring); does nothing for a SQLite store, whose file lock is seen by every process.
+
+    ``claim`` before touching the experiment's runs, ``start`` with the parent run once it is
+    found or created, ``stop`` when the sweep ends. A closed parent holds nothing, so the
+    heartbeat's last value stays on it as a record of which process ran it last.
+    """
+
+    def __init__(self, store: TrackingStore, experiment: str, *, wait: bool = False,
+                 say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None):
+        self.store, self.experiment, self.wait, self.say, self.on_wait = store, experiment, wait, say, on_wait
+        self.enabled = sqlite_path(store.uri) is None
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def claim(self, experiment_id: str) -> None:
+        """Return once no other process beats on a sweep of the experiment; with ``wait``, poll
+        every :data:`HEARTBEAT_SECONDS` until that sweep ends or its heartbeat goes stale.
+
+        Raises:
+            SweepBusy: another process's heartbeat is fresh and ``wait`` is false.
+        """
+        waiting = False
+        while self.enabled and (who := heartbeat_holder(self.store, experiment_id)) is not None:
+            if not self.wait:
+                raise SweepBusy(
+                    f"experiment {self.experiment!r} of {self.store.uri} is being swept by {who}, through this "
+                    "server from another machine or lock folder; wait for it to end, or add --wait to start when "
+                    f"it does (a sweep that died is taken over once its heartbeat is {STALE_SECONDS:.0f} s old)")
+            if not waiting:
+                self.on_wait()
+                self.say(f"waiting for {who} to finish with experiment {self.experiment!r} …")
+                waiting = True
+            time.sleep(HEARTBEAT_SECONDS)
+
+    def start(self, parent_run_id: str) -> None:
+        """Beat on ``parent_run_id`` now and then every :data:`HEARTBEAT_SECONDS` from a thread."""
+        if not self.enabled:
+            return
+        self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: _beat()})
+        self._thread = threading.Thread(target=self._beat_until_stopped, args=(parent_run_id,),
+                                        name="orch-sweep-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat_until_stopped(self, parent_run_id: str) -> None:
+        while not self._stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: _beat()})
+            except Exception:  # noqa: BLE001 - retried at the next beat; a failing store is the sweep's to report
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:  # a beat stuck in a dead server's retries does not hold up the exit
+            self._thread.join(timeout=5)
+
+
+def _beat() -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 1)})

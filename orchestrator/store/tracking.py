@@ -1,0 +1,510 @@
+"""MLflow, and only here: the tracking store of one command, run lifecycle, lookups.
+
+A command resolves its tracking URI, opens one :class:`TrackingStore` and passes it
+down; every other module goes through it. mlflow itself is imported inside the store,
+so ``orch --help`` and grid validation never pay for it (about 2 s here). The names of
+tags, kinds and artifacts are those of :mod:`orchestrator.store.schema`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from orchestrator import processes
+from orchestrator.errors import StoreFailure
+from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is where callers find them
+    TrackingError,
+    artifact_root,
+    check_reachable,
+    check_store,
+    init_lock_path,
+    initialised,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from orchestrator.store.schema import TRAINING_EXPERIMENT, Artifact, Kind, Status, Tag, is_finished_result, tag_filter
+
+
+def preload() -> None:
+    """Import the parts of mlflow that a run uses (a point process does it before its job comes)."""
+    import mlflow.entities  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+
+_CONFIGURED = False
+
+
+def _configure_mlflow() -> None:
+    """Process-wide MLflow settings, applied once, when the first store is opened.
+
+    MLflow reads these from the environment only. orch downloads only small JSON
+    artifacts, and MLflow's progress bar for them would land in the middle of printed
+    tables; creating a new store's tables is not news either. The async buffer makes
+    MLflow's logging thread gather a couple of seconds of epochs into one write and stop
+    waiting at once when flushed (without it, it polls with a one-second timeout that
+    every flush waits out).
+    """
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
+    # It also logs every failed SQL session with its traceback at ERROR; the failure
+    # reaches orch as a StoreFailure, which says it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    _CONFIGURED = True
+
+
+def runtime_tags() -> dict[str, str]:
+    """Software, hardware and source version of this process, for reproducibility."""
+    import torch
+
+    tags = {
+        Tag.HOST: socket.gethostname(),
+        Tag.PID: str(os.getpid()),
+        Tag.TORCH_VERSION: torch.__version__,
+        Tag.CUDA_VERSION: torch.version.cuda or "none",
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        if commit.returncode == 0:
+            tags[Tag.GIT_SOURCE] = commit.stdout.strip()
+            tags[Tag.GIT_COMMIT] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def _metrics(values: Mapping[str, float], step: int) -> list:
+    """MLflow Metric entities for one step, stamped now."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+def _param_str(value: Any) -> str:
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _flush_async(client: Any) -> None:
+    """Write what MLflow's async logging thread holds for ``client``'s store now.
+
+    MLflow has no public per-client flush: ``mlflow.flush_async_logging()`` flushes the
+    store of the process-wide tracking URI, which orch never sets. Without this the
+    pending writes still complete, after the buffer time (``RunOperations.wait``).
+    """
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if hasattr(store, "flush_async_logging"):
+        store.flush_async_logging()
+
+
+# --------------------------------------------------------------------------- store failures
+
+# MLflow error codes that mean "this request was wrong" (no such run, already exists, a bad
+# value), not "the store failed": those exceptions pass through unchanged.
+_REQUEST_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "INVALID_STATE")
+
+
+def is_store_failure(err: BaseException) -> bool:
+    """Whether an exception raised by a store call means the store itself failed.
+
+    A full disk, a vanished or locked SQLite file, an artifact folder that cannot be
+    written, a server that stopped answering: OSError, SQLite and SQLAlchemy errors, and
+    MlflowException other than the request errors above.
+    """
+    if isinstance(err, (OSError, StoreFailure)):
+        return True
+    if type(err).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code not in _REQUEST_ERRORS
+
+
+def _cause(err: BaseException) -> str:
+    """One line saying what the store answered (SQLAlchemy appends the SQL and a link)."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}{f' ({err.filename})' if err.filename else ''}"
+    text = str(getattr(err, "message", None) or err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    for prefix in ("(sqlite3.OperationalError) ", "(sqlite3.DatabaseError) "):
+        line = line.replace(prefix, "")
+    return line[:300]
+
+
+DATASET_ATTEMPTS = 5
+
+
+def _lost_dataset_race(err: BaseException) -> bool:
+    """Two runs logging the same new dataset at once (the points of a sweep start together):
+    MLflow looks the dataset up, then inserts it, and the slower insert hits the table's
+    unique key. The whole call was rolled back and the dataset is there now, so the call
+    succeeds when made again."""
+    text = str(getattr(err, "message", None) or err)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a store failure raised in the block into :class:`StoreFailure` (other errors pass)."""
+    try:
+        yield
+    except StoreFailure:
+        raise
+    except Exception as err:
+        if not is_store_failure(err):
+            raise
+        raise StoreFailure(uri, _cause(err)) from err
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: TrackingStore, *args: Any, **kwargs: Any) -> Any:
+        with store_errors(self.uri):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+def _store_failures_raised(cls: type) -> type:
+    """Every public method of the store raises :class:`StoreFailure` when the store fails.
+
+    This is the one place where MLflow's, SQLAlchemy's and the file system's errors become
+    orch's: callers catch ``StoreFailure`` (the scheduler and the sweep stop starting work;
+    the CLI prints one line and exits 1) without knowing which backend failed.
+    """
+    for name, attr in list(vars(cls).items()):
+        if not name.startswith("_") and callable(attr) and name not in cls.UNGUARDED:
+            setattr(cls, name, _guarded(attr))
+    return cls
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@_store_failures_raised
+class TrackingStore:
+    """One MLflow tracking store (a SQLite file or a server), opened once per command.
+
+    Its methods raise :class:`StoreFailure` when the store itself fails (see
+    :func:`is_store_failure`); MLflow's request errors (no such run, …) pass unchanged.
+    """
+
+    UNGUARDED = ("system_metrics", "tracker")  # they return objects whose own calls are guarded
+
+    def __init__(self, uri: str):
+        _configure_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        db = sqlite_path(uri)
+        with store_errors(uri):
+            if db is not None and not initialised(db):
+                # MLflow creates a new store's tables when a client first opens it; two processes
+                # doing that at once race in the migration and one crashes. The first opens it
+                # under this lock, the second waits and finds the tables made.
+                from filelock import FileLock
+
+                with FileLock(init_lock_path(db)):
+                    self.client = MlflowClient(tracking_uri=uri)
+            else:
+                self.client = MlflowClient(tracking_uri=uri)
+
+    # -- experiments
+    def ensure_experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created (artifacts beside a SQLite store) if missing.
+
+        A deleted experiment of that name is restored rather than shadowed.
+        """
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            if Tag.EXPERIMENT_KIND not in exp.tags:  # never overwrite a user's choice
+                self.client.set_experiment_tag(exp.experiment_id, Tag.EXPERIMENT_KIND, TRAINING_EXPERIMENT)
+            return exp.experiment_id
+        root = artifact_root(self.uri)
+        try:
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{_safe(name)}",
+                                                 tags={Tag.EXPERIMENT_KIND: TRAINING_EXPERIMENT})
+        except MlflowException:  # created concurrently by another process
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def experiment_id(self, name: str) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp is not None and exp.lifecycle_stage == "active" else None
+
+    def experiment_ids(self) -> list[str]:
+        return [e.experiment_id for e in self.client.search_experiments()]
+
+    def experiment_names(self) -> list[str]:
+        return sorted(e.name for e in self.client.search_experiments())
+
+    # -- run lifecycle
+    def start_run(self, experiment_id: str, *, run_name: str | None, params: Mapping[str, Any],
+                  tags: Mapping[str, str], parent_run_id: str | None = None) -> str:
+        """Create a RUNNING run with its params and tags; returns its id."""
+        from mlflow.entities import Param
+
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags[Tag.PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        params_list = [Param(k, _param_str(v)) for k, v in params.items()]
+        for i in range(0, len(params_list), 100):
+            self.client.log_batch(run.info.run_id, params=params_list[i:i + 100])
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None, details: str | None = None) -> None:
+        """Set the final status; a reason becomes ``Tag.FAILURE_REASON``, details the traceback
+        artifact. A run that ends FINISHED keeps no reason an earlier attempt ended with."""
+        from mlflow.exceptions import MlflowException
+
+        if reason:
+            self.client.set_tag(run_id, Tag.FAILURE_REASON, reason[:4000])
+        elif status == Status.FINISHED:
+            self._drop_failure_reason(run_id)
+        if details:
+            try:
+                self.client.log_text(run_id, details, Artifact.TRACEBACK)
+            except (MlflowException, OSError):  # the status matters more than the artifact
+                pass
+        self.client.set_terminated(run_id, status=status)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again (a resumed sweep's or study's parent); the reason it
+        ended with no longer holds (its traceback artifact stays, as that attempt's record)."""
+        self.client.update_run(run_id, status=Status.RUNNING)
+        self._drop_failure_reason(run_id)
+
+    def _drop_failure_reason(self, run_id: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(run_id, Tag.FAILURE_REASON)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # no reason, or another process dropped it first
+                raise
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def failure_reason(self, run_id: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(Tag.FAILURE_REASON)
+
+    # -- writing to a run
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
+        from orchestrator.store.figure_child import PIL_PNG
+
+        self.client.log_figure(run_id, figure, path, save_kwargs={"pil_kwargs": PIL_PNG})
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0, *,
+                    synchronous: bool = True) -> Any:
+        """Metrics on a run at one step; asynchronous writes return a handle to ``wait()`` on."""
+        return self.client.log_batch(run_id, metrics=_metrics(values, step), synchronous=synchronous)
+
+    def log_artifacts(self, run_id: str, local_dir: str, path: str) -> None:
+        self.client.log_artifacts(run_id, local_dir, path)
+
+    def log_artifact(self, run_id: str, local_path: str, path: str) -> None:
+        self.client.log_artifact(run_id, local_path, path)
+
+    def download_artifact(self, run_id: str, path: str, dst: str) -> str:
+        return self.client.download_artifacts(run_id, path, dst)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove an artifact folder of a run.
+
+        MlflowClient has no delete; the run's artifact repository does (local folders and
+        an ``mlflow server``'s proxied artifacts both implement it).
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(self.get_run(run_id).info.artifact_uri, tracking_uri=self.uri)
+        repo.delete_artifacts(path)
+
+    def set_note(self, run_id: str, markdown: str) -> None:
+        """The run's description on its MLflow overview page."""
+        self.client.set_tag(run_id, Tag.NOTE, markdown)
+
+    def log_datasets(self, run_id: str, data: Mapping[str, Any]) -> None:
+        """The run's data as MLflow dataset inputs, one per split (the UI's Dataset column).
+
+        ``data``: ``name``, ``source`` (a path or a loader), ``splits``: split -> (examples,
+        content digest), as :func:`experiments.train.describe_data` gives it.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for split, (size, digest) in data["splits"].items():
+            dataset = Dataset(name=f"{data['name']}-{split}", digest=digest[:36], source_type="local",
+                              source=json.dumps({"uri": data["source"]}),
+                              profile=json.dumps({"num_rows": size, "split": split, "classes": data["classes"]}))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as err:
+                if attempt == DATASET_ATTEMPTS - 1 or not _lost_dataset_race(err):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    def system_metrics(self, run_id: str):
+        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py)
+        on this run while the block runs, sampling every ``ORCH_SYSTEM_METRICS_SECONDS``
+        (default 10; 0 turns it off), with one last sample at the end so that a run shorter
+        than the interval still has one."""
+        from orchestrator.store.run_tracker import SystemMetrics
+
+        return SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        self.client.delete_tag(run_id, key)
+
+    def log_history(self, run_id: str, history: Mapping[str, Sequence[float]], times: Sequence[int]) -> None:
+        """Per-epoch metrics of earlier epochs (a resumed run's carried epochs), each at its own
+        step and original timestamp."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(key, float(v), times[i], i + 1) for key, values in history.items()
+                   for i, v in enumerate(values[: len(times)])]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def flush_async(self) -> None:
+        _flush_async(self.client)
+
+    # -- reading
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        hist = self.client.get_metric_history(run_id, key)
+        return [m.value for m in sorted(hist, key=lambda m: m.step)]
+
+    def download_json(self, run_id: str, path: str) -> Any:
+        import mlflow.artifacts
+
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=self.uri)
+        return json.loads(Path(local).read_text())
+
+    def download_json_if_any(self, run_id: str, path: str) -> Any | None:
+        """:meth:`download_json`, or None when the run has no such artifact."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.download_json(run_id, path)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+
+    def search(self, experiment_ids: Sequence[str], filter_string: str = "", order_by: Sequence[str] = ()):
+        """All matching runs (every page)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(list(experiment_ids), filter_string=filter_string, max_results=1000,
+                                           order_by=list(order_by) or None, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def finished_runs(self, experiment_id: str, kind: str | None = None):
+        """The experiment's finished results (:func:`schema.is_finished_result`), of one ``Tag.KIND``."""
+        where = f"attributes.status = '{Status.FINISHED}'"
+        if kind:
+            where += " and " + tag_filter(Tag.KIND, kind)
+        return [r for r in self.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
+
+    def finished_run_keys(self, experiment_id: str, kind: str | None = None) -> set[str]:
+        return {r.data.tags[Tag.RUN_KEY] for r in self.finished_runs(experiment_id, kind)}
+
+    def find_sweep_parent(self, experiment_id: str, sweep_id: str):
+        runs = self.search([experiment_id], f"{tag_filter(Tag.SWEEP, sweep_id)} and {tag_filter(Tag.KIND, Kind.SWEEP)}",
+                           order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def sweep_parents(self, experiment_ids: Iterable[str]):
+        """Sweep parent runs, newest first."""
+        ids = list(experiment_ids)
+        if not ids:
+            return []
+        return self.search(ids, tag_filter(Tag.KIND, Kind.SWEEP), order_by=["attributes.start_time DESC"])
+
+    def sweep_children(self, experiment_id: str, sweep_id: str):
+        return self.search([experiment_id],
+                           f"{tag_filter(Tag.SWEEP, sweep_id)} and {tag_filter(Tag.KIND, Kind.SWEEP, '!=')}")
+
+    def tune_parents(self, experiment_id: str):
+        return self.search([experiment_id], tag_filter(Tag.KIND, Kind.TUNE), order_by=["attributes.start_time DESC"])
+
+    def fail_orphans(self, experiment_id: str, sweep_id: str, reason: str) -> list[str]:
+        """Mark FAILED the live children of a sweep whose process is gone (see :mod:`processes`)."""
+        failed = []
+        for run in self.sweep_children(experiment_id, sweep_id):
+            if run.info.status in Status.LIVE and processes.is_orphan(run.data.tags.get(Tag.HOST),
+                                                                       run.data.tags.get(Tag.PID)):
+                self.end_run(run.info.run_id, Status.FAILED, reason)
+                failed.append(run.info.run_id)
+        return failed
+
+    def close_if_live(self, run_id: str, status: str, reason: str, details: str | None = None) -> bool:
+        """End a run that is still RUNNING; True when it was."""
+        if self.run_status(run_id) in Status.LIVE:
+            self.end_run(run_id, status, reason, details)
+            return True
+        return False
+
+    def tracker(self, run_id: str):
+        """The training loop's tracker for one of this store's runs."""
+        from orchestrator.store.run_tracker import MlflowTracker
+
+        return MlflowTracker(self, run_id)
+
+
+def to_record(run):
+    """An MLflow Run → :class:`orchestrator.analyze.compare.RunRecord`."""
+    from orchestrator.analyze.compare import RunRecord
+
+    return RunRecord(
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        start_time=run.info.start_time or 0,
+    )

@@ -1,0 +1,253 @@
+"""One tuning study's objects: its plan, its Optuna sampler, pruner and study, and its MLflow parent run.
+
+``orch tune`` (:mod:`orchestrator.tune.tuning`) runs one study per setting of the grid. This
+module says which studies there are (:func:`plan_studies`), what every trial of a study
+shares (:func:`fixed_config`), and opens a study in its Optuna storage, refusing to resume
+one that optimises something else (:func:`open_study`). optuna is imported inside the
+functions that need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from experiments.config import ConfigError, RunConfig, to_flat
+from orchestrator import processes
+from orchestrator.errors import StoreFailure, UserError
+from orchestrator.grid.load import SweepSpec
+from orchestrator.grid.names import run_name
+from orchestrator.store.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
+from orchestrator.store.tracking import TrackingStore
+from orchestrator.grid.space import ParamSpace, TuneSpec
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """One study to run: a setting of the grid with its fixed config."""
+
+    name: str  # Optuna study name = MLflow parent run name
+    setting: str  # "model.norm=bn" ("" for a grid without axes)
+    config: RunConfig  # the setting's config with the first tuning seed
+
+
+# ---------------------------------------------------------------- which studies
+
+
+def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | None = None) -> list[StudyPlan]:
+    """One study per distinct setting of the grid, its config with ``seed`` (default: the
+    grid's first seed; :func:`orchestrator.grid.space.tune_spec` gives the first tuning seed).
+
+    Names: ``<grid name>-<setting run name>`` (``tune-demo-bn``; the grid name alone when the
+    grid has no axes), or ``--study`` (suffixed ``-<setting run name>`` with several settings).
+    """
+    first_seed = spec.seeds[0]
+    runs = [r for r in spec.runs if r.point.get("seed") == first_seed]
+    plans: list[StudyPlan] = []
+    used: set[str] = set()
+    for r in runs:
+        point = {k: v for k, v in r.point.items() if k != "seed"}
+        label = run_name(point) if point else ""
+        if study_name:
+            name = f"{study_name}-{label}" if len(runs) > 1 else study_name
+        else:
+            name = f"{spec.name}-{label}" if label else spec.name
+        if name in used:  # two settings whose names sanitise alike
+            name = f"{name}-{r.index}"
+        used.add(name)
+        config = r.config if seed is None else dataclasses.replace(r.config, seed=seed)
+        plans.append(StudyPlan(name=name, setting=r.setting, config=config))
+    return plans
+
+
+def fixed_config(cfg: RunConfig, space: Sequence[ParamSpace]) -> dict[str, Any]:
+    """The setting's flat config without the searched keys: what every trial shares."""
+    searched = {p.key for p in space}
+    return {k: v for k, v in to_flat(cfg).items() if k not in searched}
+
+
+# ---------------------------------------------------------------- Optuna and MLflow objects
+
+
+def make_sampler(name: str, seed: int, n_trials: int):
+    """TPE (its random start-up shortened to half the trials, 3 to 10, so that short
+    studies still get model-based suggestions) or random, both seeded with ``seed``."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, n_trials // 2)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, max_steps: int):
+    """``max_steps``: the last step a trial reports, max_epochs × the number of tuning seeds."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str, Any], sampler: Any, pruner: Any,
+               grid_path: str):
+    """Create the study, or load it and check that it optimises the same thing.
+
+    Raises:
+        ConfigError: the stored study was made for another metric, direction, fixed
+            config or seeds, or not by ``orch tune``.
+    """
+    import optuna
+
+    study = optuna.create_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction=tune.direction, load_if_exists=True)
+    attrs = study.user_attrs
+    if attrs.get(StudyAttr.KIND) != Kind.TUNE:
+        if study.get_trials(deepcopy=False):
+            raise ConfigError(f"study {plan.name!r} already exists in the storage and was not made by orch tune; "
+                              "choose another --study", key="--study", source=grid_path)
+        for key, value in ((StudyAttr.KIND, Kind.TUNE), (StudyAttr.METRIC, tune.metric),
+                           (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed)),
+                           (StudyAttr.SEEDS, list(tune.seeds or ()))):
+            study.set_user_attr(key, value)
+        return study
+    problems = _changes(study, tune, fixed)
+    if problems:
+        raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
+                          "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
+    if StudyAttr.SEEDS not in attrs:  # made before tune.seeds existed: the same seed, now written down
+        study.set_user_attr(StudyAttr.SEEDS, list(tune.seeds or ()))
+    return study
+
+
+def _changes(study: Any, tune: TuneSpec, fixed: Mapping[str, Any]) -> list[str]:
+    """What differs between a stored study and the one asked for: "metric a, not b", ..."""
+    attrs = study.user_attrs
+    problems = []
+    stored_direction = study.direction.name.lower()
+    if stored_direction != tune.direction:
+        problems.append(f"direction {stored_direction}, not {tune.direction}")
+    if attrs.get(StudyAttr.METRIC) != tune.metric:
+        problems.append(f"metric {attrs.get(StudyAttr.METRIC)}, not {tune.metric}")
+    stored = attrs.get(StudyAttr.FIXED_CONFIG) or {}
+    now = json.loads(json.dumps(dict(fixed)))  # tuples as lists, as stored
+    changed = [f"{k}: {stored.get(k)!r} → {now.get(k)!r}" for k in sorted(set(stored) | set(now))
+               if stored.get(k) != now.get(k)]
+    if changed:
+        problems.append("fixed config " + ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
+    stored_seeds = attrs.get(StudyAttr.SEEDS) or [stored.get("seed")]  # older studies: the fixed seed
+    if list(tune.seeds or ()) != stored_seeds:
+        problems.append(f"tune.seeds {stored_seeds}, not {list(tune.seeds or ())}")
+    return problems
+
+
+def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process on this host is gone (a killed ``orch tune``),
+    and their MLflow runs FAILED; trials of live processes or other hosts are left alone
+    (with PostgreSQL, Optuna's heartbeat fails those)."""
+    from optuna.trial import TrialState as OptunaState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        if not processes.is_orphan(t.user_attrs.get(TrialAttr.HOST, "?"), t.user_attrs.get(TrialAttr.PID)):
+            continue
+        study.tell(t.number, state=OptunaState.FAIL, skip_if_finished=True)
+        run_id = t.user_attrs.get(TrialAttr.RUN_ID)
+        if run_id and store.run_status(run_id) in Status.LIVE:
+            # a trial over several seeds: its seed run in flight too
+            seed_runs = store.search([store.get_run(run_id).info.experiment_id], tag_filter(Tag.PARENT_RUN_ID, run_id))
+            for live in [r.info.run_id for r in seed_runs if r.info.status in Status.LIVE] + [run_id]:
+                store.set_tags(live, {Tag.TRIAL_STATE: TrialState.FAIL})
+                store.end_run(live, Status.FAILED, "left RUNNING by an orch tune process that died")
+        failed.append(t.number)
+    return failed
+
+
+def requeue_stopped_trials(store: TrackingStore, study: Any, n_seeds: int) -> list[int]:
+    """Queue again, with the same params, every FAIL trial whose training was stopped with a
+    checkpoint (a signal; a process that died after a periodic checkpoint), so that the
+    study's next trial continues that run exactly where it stopped instead of sampling anew.
+
+    A continuation that itself failed before it wrote a checkpoint (killed at once, say)
+    hands on the checkpoint it was to continue from, so a stopped trial is never lost; a
+    trial that failed for a reason of its own (its training diverged) is not retried.
+    Returns the numbers of the trials queued again. A trial over several seeds is not
+    continued: the study samples a new one."""
+    from optuna.trial import TrialState as OptunaState
+
+    if n_seeds != 1:
+        return []
+    trials = study.get_trials(deepcopy=False)
+    continued = {t.user_attrs.get(TrialAttr.RESUMES) for t in trials}  # each trial is continued once at most
+    queued = []
+    for t in trials:
+        if t.state != OptunaState.FAIL or t.number in continued:
+            continue
+        source = _resume_source(store, t)
+        if source is not None:
+            run_id, reports = source
+            study.enqueue_trial(t.params, user_attrs={
+                TrialAttr.RESUMES: t.number, TrialAttr.RESUME_RUN: run_id,
+                TrialAttr.RESUME_REPORTS: {str(step): value for step, value in reports.items()}})
+            queued.append(t.number)
+    return queued
+
+
+def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, float]] | None:
+    """(run to continue, the pruner reports up to its checkpoint) of a FAIL trial, or None."""
+    own_id, attrs = trial.user_attrs.get(TrialAttr.RUN_ID), trial.user_attrs
+    own = _get_run(store, own_id) if own_id else None
+    if own is not None and own.info.status == Status.FAILED and not _died(own):
+        return None  # failed of itself (its training diverged): not retried
+    if own is not None and Tag.CHECKPOINT in own.data.tags:
+        epochs = int(own.data.tags.get(Tag.CHECKPOINT_EPOCH, 0))
+        return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= epochs}
+    earlier = attrs.get(TrialAttr.RESUME_RUN)  # a continuation stopped before its first checkpoint
+    run = _get_run(store, earlier) if earlier else None
+    if run is None or Tag.CHECKPOINT not in run.data.tags:
+        return None
+    return earlier, {int(k): v for k, v in attrs.get(TrialAttr.RESUME_REPORTS, {}).items()}
+
+
+def _died(run: Any) -> bool:
+    return run.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING")
+
+
+def _get_run(store: TrackingStore, run_id: str) -> Any | None:
+    """The run, or None when the tracking store does not hold it (another store, or deleted)."""
+    try:
+        return store.get_run(run_id)
+    except StoreFailure:
+        raise
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
+        return None
+
+
+def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,
+                storage_label: str, tags: Mapping[str, str]) -> tuple[str, bool]:
+    """The study's parent run, found by its tags and reopened, or created; (run id, resumed)."""
+    for run in store.tune_parents(experiment_id):
+        if run.data.tags.get(Tag.STUDY) == plan.name and run.data.tags.get(Tag.STORAGE) == storage_label:
+            store.reopen_run(run.info.run_id)
+            store.set_tags(run.info.run_id, tags)
+            return run.info.run_id, True
+    parent = store.start_run(
+        experiment_id, run_name=plan.name, params={},
+        tags={Tag.KIND: Kind.TUNE, Tag.STUDY: plan.name, Tag.STORAGE: storage_label,
+              Tag.SETTING: plan.setting, Tag.GRID_FILE: spec.path, Tag.METRIC: tune.metric,
+              Tag.DIRECTION: tune.direction, **tags},
+    )
+    store.log_text(parent, spec.text, Artifact.GRID)
+    space = [{k: v for k, v in vars(p).items() if v is not None} for p in tune.space]
+    store.log_text(parent, json.dumps(space, indent=1, default=list), Artifact.SPACE)
+    return parent, False

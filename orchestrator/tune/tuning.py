@@ -1,0 +1,421 @@
+"""``orch tune``: Optuna studies over a grid's ``tune.space``, every trial a nested MLflow run.
+
+One study per setting of the grid: the axes that are not searched (after ``--set``) are
+held fixed, and every trial of every study trains with the same seeds, so that trials
+differ only by the searched values: ``tune.seeds`` (each trial trains every one and its
+value is their mean, :mod:`orchestrator.tune.trial`), by default the grid's first seed
+alone (a tuned optimum is then worth checking over seeds with ``orch sweep``). Without
+a ``tune`` section the default space (:data:`orchestrator.grid.space.DEFAULT_SPACE`:
+StepLR ``schedule.step_size`` and ``schedule.gamma``, less the keys that are grid axes)
+is searched for ``val_f1_macro``, maximised; :mod:`orchestrator.grid.space` reads and
+checks every space, and :mod:`orchestrator.tune.study` plans and opens the studies.
+
+Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
+runs in this process through :func:`orchestrator.execute.runner.run_tracked` as a child run named
+``<study>-t<number>`` whose params are the resolved config, so the searched keys carry the
+trial's values (with several seeds that run holds the means, and each seed trains in a
+child run ``<study>-t<number>-s<seed>``). The trial reports its per-epoch objective after
+every epoch, and the pruner may stop it: its run then ends KILLED, tagged PRUNED, and
+counts as no result for ``orch sweep``/``orch compare``.
+
+Resuming: the study lives in an Optuna storage (default: ``optuna.db`` beside a SQLite
+MLflow store) and is loaded by name, so the same command again runs only the trials
+still missing, ``n_trials`` minus the COMPLETE and PRUNED trials already in the study
+(FAILED trials are retried), under the same parent run. A study that was started with
+another metric, direction, fixed config or seeds is refused (exit 2): pick another ``--study``.
+
+Exit codes: 0 done (some trials may have failed: they are part of a search), 1 no trial
+of the study completed, 2 bad input (nothing started), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+from experiments.config import build
+from orchestrator.store import optuna_storage as storage_mod
+from orchestrator.store.checkpoints import StopFlag
+from orchestrator.errors import ExitCode
+from orchestrator.grid.load import SweepSpec
+from orchestrator.store.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
+from orchestrator.store.tracking import TrackingStore
+from orchestrator.grid.space import ParamSpace, TuneSpec, tune_spec
+from orchestrator.tune.study import (
+    StudyPlan,
+    fail_orphan_trials,
+    fixed_config,
+    make_pruner,
+    make_sampler,
+    open_parent,
+    open_study,
+    plan_studies,
+    requeue_stopped_trials,
+)
+from orchestrator.tune.summary import summarize_study
+from orchestrator.tune.trial import epoch_metric, make_objective, step_label
+
+__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "epoch_metric", "run_tune", "serve_studies"]
+
+DEFAULT_N_TRIALS = 20
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What an ``orch worker`` needs to join a tuning study, stored with the study.
+
+    Written by ``orch tune`` as one user attribute of the study (:meth:`to_attr`) and
+    read back by :func:`serve_studies` (:meth:`from_attr`): the one serialisation.
+    """
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    metric: str
+    space: tuple[ParamSpace, ...]
+    n_trials: int
+    study: str
+    setting: str
+    sampler: str
+    pruner: str
+    seed: int  # the sampler's
+    seeds: tuple[int, ...] = ()  # every trial trains each; () in jobs stored before tune.seeds: the fixed seed
+
+    def to_attr(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    @classmethod
+    def from_attr(cls, attr: Mapping[str, Any]) -> WorkerJob:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in attr.items() if k in fields}
+        values["space"] = tuple(ParamSpace(**{**p, "choices": tuple(p["choices"]) if p.get("choices") else None})
+                                for p in attr["space"])
+        values["seeds"] = tuple(attr.get("seeds") or ())
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- running
+
+
+def _say(quiet: bool) -> Callable[..., None]:
+    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+
+def run_tune(
+    spec: SweepSpec,
+    store: TrackingStore,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    device: str = "auto",
+    quiet: bool = False,
+) -> int:
+    """Tune ``spec``'s search space, one study per setting; returns the exit code.
+
+    Args:
+        spec: a loaded grid (``--set`` already applied); every trial trains its ``tune.seeds``
+            (default: its first seed).
+        store: the MLflow tracking store (reachable).
+        n_trials: trials per study, counting COMPLETE and PRUNED trials already in a resumed
+            study (default: the grid's ``tune.n_trials``, else 20).
+        timeout: stop starting trials after this many seconds, over all studies together.
+        storage: Optuna storage URL (default: ``optuna.db`` beside a SQLite MLflow store).
+        study_name: ``--study``; with several settings each study gets ``-<setting>`` appended.
+        sampler: ``tpe`` or ``random``, seeded with the grid's first seed (plus the number of
+            trials already in a resumed study, so that it draws new points).
+        pruner: ``median``, ``hyperband`` or ``none``.
+
+    Raises:
+        UserError: an unusable storage URL, an unknown metric, sampler or pruner, or a
+            stored study that optimises something else (all found before anything starts).
+    """
+    say = _say(quiet)
+    tune = tune_spec(spec)
+    n_trials = n_trials or tune.n_trials or DEFAULT_N_TRIALS
+    seed = spec.seeds[0]
+    make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
+    url = storage_mod.check(storage or storage_mod.default_storage(store.uri))
+    with tuning_held(url, refuse=True):  # SQLite serves one process: a second orch tune would overshoot n_trials
+        return _tune(spec, store, tune, url, n_trials=n_trials, timeout=timeout, study_name=study_name,
+                     sampler=sampler, pruner=pruner, seed=seed, device=device, say=say)
+
+
+@contextlib.contextmanager
+def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
+    """Hold a SQLite storage's tuning for the block; True when held (always with PostgreSQL).
+    SQLite serves one process: two would each start trials up to ``n_trials`` and finish more
+    than were asked; several processes tune one study through PostgreSQL.
+    Another process holding it: :class:`orchestrator.store.locks.SweepBusy` with ``refuse``, else False
+    (an ``orch worker`` then leaves the study to that process)."""
+    if not url.startswith("sqlite:"):
+        yield True
+        return
+    from orchestrator.store import locks
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locks.hold(url, "orch tune", refusal=lambda who: (
+                f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
+                "or tune with several processes through --storage postgresql://…")))
+        except locks.SweepBusy:
+            if refuse:
+                raise
+            held = False
+        else:
+            held = True
+        yield held
+
+
+def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_trials: int, timeout: float | None,
+          study_name: str | None, sampler: str, pruner: str, seed: int, device: str, say) -> int:
+    """:func:`run_tune` once the storage is checked and held."""
+    studies = _open_studies(url, spec, tune, study_name, sampler, pruner, seed, n_trials)
+    seeds = tuple(tune.seeds or spec.seeds[:1])
+
+    from orchestrator.execute.runner import interrupt_reason, interrupt_signal, stop_exit_code, stop_on_signals
+
+    try:  # in a trial's training a signal checkpoints and stops it; elsewhere it interrupts
+        received = stop_on_signals()
+    except ValueError:  # not the main thread: leave the signals alone
+        received = StopFlag()
+    experiment_id = store.ensure_experiment(spec.name)
+    deadline = time.monotonic() + timeout if timeout else None
+    settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed),
+                Tag.SEEDS: ",".join(map(str, seeds))}
+    code, parent_id = ExitCode.OK, None
+    try:
+        for plan, fixed, study in studies:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                say(f"[{plan.name}] not started: --timeout reached; rerun to continue")
+                continue
+            parent_id = None
+            parent_id, resumed = open_parent(store, experiment_id, plan, spec, tune, storage_mod.redact(url), settings)
+            job = WorkerJob(tracking_uri=store.uri, experiment_id=experiment_id, parent_run_id=parent_id,
+                            metric=tune.metric, space=tune.space, n_trials=n_trials, study=plan.name,
+                            setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed, seeds=seeds)
+            code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
+                                        device=device, say=say, received=received))
+            if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
+                break
+    except KeyboardInterrupt as err:  # outside a trial (a trial's own interrupt is handled in _run_study)
+        reason = interrupt_reason(err)
+        if parent_id is not None and store.get_run(parent_id).info.status in Status.LIVE:
+            store.end_run(parent_id, Status.KILLED, reason)  # e.g. while the summary was written
+        say(f"{reason}; rerun the same command to resume")
+        return stop_exit_code(interrupt_signal(err))
+    return code
+
+
+def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None, sampler: str, pruner: str,
+                  seed: int, n_trials: int) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
+    """Every study of the grid, created or loaded and checked, before any MLflow run exists."""
+    optuna_storage = storage_mod.open_storage(url, heartbeat=True)
+    studies = []
+    seeds = tune.seeds or spec.seeds[:1]
+    for plan in plan_studies(spec, study_name, seed=seeds[0]):
+        fixed = fixed_config(plan.config, tune.space)
+        study = open_study(optuna_storage, plan, tune, fixed, make_sampler(sampler, seed, n_trials),
+                           make_pruner(pruner, plan.config.train.max_epochs * len(seeds)), spec.path)
+        # A resumed study must not replay the first session's random draws: offset the seed
+        # by the trials it already has (0 for a new study, so a new study's draws are the seed's).
+        n_before = len(study.get_trials(deepcopy=False))
+        if n_before:
+            study.sampler = make_sampler(sampler, seed + n_before, n_trials)
+        studies.append((plan, fixed, study))
+    return studies
+
+
+def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
+              job: WorkerJob, *, remaining: int, timeout: float | None, device: str, say,
+              received: StopFlag) -> KeyboardInterrupt | None:
+    """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
+    (counted over every process on the study); the interrupt that stopped them, if one did.
+    ``received``: a signal whose exception Python dropped stops them after the current trial."""
+    import optuna
+    from optuna.trial import TrialState as OptunaState
+
+    def progress(study: Any, t: Any) -> None:
+        params = "  ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else 0.0
+        if t.state == OptunaState.COMPLETE:
+            what = f"COMPLETE {tune.metric} {t.value:.4f}"
+        elif t.state == OptunaState.PRUNED:
+            step = max(t.intermediate_values) if t.intermediate_values else None
+            what = f"PRUNED at {step_label(step, plan.config.train.max_epochs, len(job.seeds)) if step else '?'}"
+        else:
+            what = t.state.name
+        say(f"[{plan.name}] trial {t.number:>3} {what:<32} {params}  {secs:.1f}s")
+        if t.state == OptunaState.FAIL and TrialAttr.FAILURE_REASON in t.user_attrs:
+            say(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
+
+    from orchestrator.execute.runner import Interrupted
+
+    def stop_if_signalled(study: Any, t: Any) -> None:
+        if received.reason is not None:
+            study.stop()
+
+    if received.reason is not None:
+        return Interrupted(received.reason)
+    if not remaining:
+        return None
+    objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device,
+                               stop=received)
+    finished = tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
+    try:
+        with warnings.catch_warnings(), _quiet_expected_failures():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(
+                objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
+                # Several processes on one PostgreSQL study stop at n_trials together.
+                callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished), progress,
+                           stop_if_signalled],
+                gc_after_trial=False,
+            )
+    except KeyboardInterrupt as err:
+        return err
+    return Interrupted(received.reason) if received.reason is not None else None
+
+
+def _n_finished(study: Any) -> int:
+    from optuna.trial import TrialState as OptunaState
+
+    return len(study.get_trials(deepcopy=False, states=tuple(getattr(OptunaState, s) for s in FINISHED_STATES)))
+
+
+def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
+               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str, say,
+               received: StopFlag) -> int:
+    orphans = fail_orphan_trials(store, study)
+    if orphans:
+        say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
+    requeued = requeue_stopped_trials(store, study, len(job.seeds))
+    if requeued:
+        say(f"[{plan.name}] trial(s) {', '.join(map(str, requeued))} stopped with a checkpoint: each continues "
+            "as the next trial, with its params")
+    already = _n_finished(study)
+    remaining = max(0, job.n_trials - already)
+    say(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
+        f"{remaining} to run{' (resumed)' if resumed else ''}")
+    study.set_user_attr(StudyAttr.WORKER_JOB, job.to_attr())  # what an `orch worker` needs to join it
+    stopped = _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device,
+                        say=say, received=received)
+    if stopped is not None:
+        from orchestrator.execute.runner import interrupt_reason, interrupt_signal, stop_exit_code
+
+        # no summary: a second signal would cut it short; the next run writes it
+        reason = interrupt_reason(stopped)
+        store.end_run(job.parent_run_id, Status.KILLED, reason)
+        say(f"[{plan.name}] {reason}; rerun the same command to resume the study (a trial it stopped "
+            "continues from its checkpoint)")
+        return stop_exit_code(interrupt_signal(stopped))
+    counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
+    line = (f"study {plan.name}: {sum(counts.values())} trials ({counts[TrialState.COMPLETE]} complete, "
+            f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed)")
+    if counts[TrialState.COMPLETE]:
+        best = study.best_trial
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        print(f"{line}; best {tune.metric} {best.value:.4f} (trial {best.number}): {params}", flush=True)
+        store.end_run(job.parent_run_id, Status.FINISHED)
+        return ExitCode.OK
+    print(f"{line}; no trial completed", flush=True)
+    store.end_run(job.parent_run_id, Status.FAILED, "no trial completed")
+    return ExitCode.FAILED
+
+
+def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+    """``orch worker``'s share of tuning: join every ``orch tune`` study of the storage that
+    still wants trials and run trials of it here until it has its ``n_trials``.
+
+    The study, its MLflow parent and what a trial needs (:class:`WorkerJob`, the fixed
+    config) were stored by ``orch tune``; Optuna's heartbeat on the storage fails the
+    trials of a worker that dies. ``storage``: an open Optuna storage
+    (:func:`orchestrator.store.optuna_storage.open_storage` with ``heartbeat=True``). Returns how many
+    studies this call joined.
+    """
+    from orchestrator.execute.runner import STOP_SIGNALS, stop_on_signals
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:  # a signal checkpoints the running trial's training, as in orch tune; the caller gets the interrupt
+        received = stop_on_signals()
+    except ValueError:  # not the main thread
+        previous, received = {}, StopFlag()
+    try:
+        return _serve_studies(storage, tracking_uri=tracking_uri, device=device, say=_say(quiet), received=received)
+    finally:
+        for sig, handler in previous.items():  # the worker's own (its scheduler's) again
+            signal.signal(sig, handler)
+
+
+def _serve_studies(storage: Any, *, tracking_uri: str | None, device: str, say, received: StopFlag) -> int:
+    import optuna
+
+    joined = 0
+    stores: dict[str, TrackingStore] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attr = summary.user_attrs.get(StudyAttr.WORKER_JOB)
+        if summary.user_attrs.get(StudyAttr.KIND) != Kind.TUNE or not attr:
+            continue
+        job = WorkerJob.from_attr(attr)
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        finished = _n_finished(study)
+        if finished >= job.n_trials:
+            continue
+        fixed = study.user_attrs[StudyAttr.FIXED_CONFIG]
+        config = build(fixed)
+        job = dataclasses.replace(job, seeds=job.seeds or (config.seed,))
+        tune = TuneSpec(metric=job.metric, direction=study.direction.name.lower(), n_trials=job.n_trials,
+                        space=job.space, seeds=job.seeds)
+        plan = StudyPlan(name=summary.study_name, setting=job.setting, config=config)
+        # Seeded apart from every other process on the study: it has drawn this many trials.
+        study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
+        study.pruner = make_pruner(job.pruner, config.train.max_epochs * len(job.seeds))
+        uri = tracking_uri or job.tracking_uri
+        store = stores.setdefault(uri, TrackingStore(uri))
+        say(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
+        joined += 1
+        stopped = _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
+                            device=device, say=say, received=received)
+        if stopped is not None:
+            raise stopped
+        # This worker may have run the study's last trial: bring the parent's summary up to date.
+        counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
+        if counts[TrialState.COMPLETE]:
+            store.end_run(job.parent_run_id, Status.FINISHED)
+    return joined
+
+
+@contextlib.contextmanager
+def _quiet_expected_failures():
+    """Drop Optuna's report of a TrialFailed (the progress line gives its reason) or of an
+    interrupt, and its redundant "failed with value None"; any other exception in a trial
+    is unexpected and keeps Optuna's report with the traceback."""
+    logger = logging.getLogger("optuna.study._optimize")
+
+    def keep(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(s in msg for s in ("TrialFailed(", "KeyboardInterrupt(", "Interrupted(",
+                                          "failed with value None"))
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
