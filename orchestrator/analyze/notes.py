@@ -2,8 +2,8 @@
 
 MLflow shows a run's ``mlflow.note.content`` on its overview page: there a sweep's parent
 says what the sweep found, written each time its summary is (``sweep.summarize_records``,
-``queue.close_sweep``, ``tune_summary.summarize_study``). The comparison table is
-``orch compare``'s own markdown (:func:`orchestrator.analyze.compare.render`); nothing here
+``queue.close_sweep``, ``tune.summary.summarize_study``). The comparison table is
+``orch compare``'s own markdown (:func:`orchestrator.analyze.render.render`); nothing here
 imports mlflow, torch or optuna.
 """
 
@@ -13,9 +13,9 @@ import math
 from typing import Any, Mapping, Sequence
 
 from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
-from orchestrator.analyze.render import github_table
+from orchestrator.analyze.render import github_table, render
+from orchestrator.analyze.results import CompareResult
 from orchestrator.store.schema import ExpectedPoint, Status, TrialState
-
 
 _STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -50,13 +50,11 @@ def _artifacts(paths: Sequence[str]) -> str:
 
 
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
-               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: Any | None,
+               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: CompareResult | None,
                artifacts: Sequence[str]) -> str:
     """The sweep parent's description: its grid, what is done and failed, the comparison
-    table of ``metric`` (``result``: a :class:`~orchestrator.analyze.results.CompareResult`, None when
-    no finished run has the metric), the best child's link, and the parent's artifacts."""
-    from orchestrator.analyze import compare
-
+    table of ``metric`` (``result``: None when no finished run has the metric), the best child's
+    link, and the parent's artifacts."""
     statuses = [row["status"] for row in summary_rows(records, expected)]
     done = statuses.count(Status.FINISHED)
     failed = sum(s in (Status.FAILED, Status.KILLED) for s in statuses)
@@ -72,7 +70,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
     else:
         better = "higher" if result.direction == "max" else "lower"
         lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",
-                  compare.render(result, "markdown").rstrip(), ""]
+                  render(result, "markdown").rstrip(), ""]
         best = _best_sample(result)
         if best is not None:
             lines.append(f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
@@ -82,7 +80,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def _best_sample(result: Any):
+def _best_sample(result: CompareResult):
     samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
     if not samples:
         return None

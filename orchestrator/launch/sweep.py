@@ -34,9 +34,10 @@ from orchestrator.execute.display import make_display
 from orchestrator.grid.load import SweepSpec
 from orchestrator.execute.slots import release_unadopted
 from orchestrator.execute.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
+from orchestrator.analyze.report import sweep_records
 from orchestrator.analyze.separation import Separation
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json, read_points
-from orchestrator.store.tracking import TrackingStore, to_record
+from orchestrator.store.tracking import TrackingStore
 
 ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed"
 
@@ -292,23 +293,6 @@ def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: O
     return ExitCode.OK
 
 
-def sweep_records(store: TrackingStore, experiment_id: str, sweep_id: str, run_keys: Sequence[str] = ()):
-    """The sweep's own runs, plus the finished results of its run keys that others finished.
-
-    A point is a run key: a sweep skips a point whose run key has a finished result in the
-    experiment, whoever finished it (editing a grid, e.g. adding a seed, makes a new sweep
-    that reruns nothing done), so its results are found by run key, not only among its own
-    children.
-    """
-    runs = store.sweep_children(experiment_id, sweep_id)
-    if run_keys:
-        own = {r.info.run_id for r in runs}
-        wanted = set(run_keys)
-        runs += [r for r in store.finished_runs(experiment_id)
-                 if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
-    return [to_record(r) for r in runs]
-
-
 def compare_sweep(store: TrackingStore, spec: SweepSpec, state: SweepState, metric: str, direction: str):
     """The sweep's comparison on ``metric``; None when no finished run has it."""
     from orchestrator.analyze import compare
@@ -358,11 +342,11 @@ def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: 
                    axes: Sequence[str], metric: str, result) -> list[str]:
     """The metric by each axis and the validation curves on the parent; the paths logged."""
     from orchestrator.analyze import compare
-    from orchestrator.analyze import summary_plots
+    from orchestrator.analyze import figures
 
     logged = []
     for axis in axes:
-        fig = summary_plots.metric_by_axis(result, metric, axis)
+        fig = figures.metric_by_axis(result, metric, axis)
         store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
         logged.append(Artifact.metric_by_axis(metric, axis))
     curve_metric = metric if metric.startswith("val_") else DEFAULT_OBJECTIVE
@@ -371,10 +355,10 @@ def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: 
     for point in expected:
         rec = finished.get(point.run_key)
         if rec is not None:
-            label = compare.setting_label({k: v for k, v in point.point.items() if k != "seed"}, point.name)
+            label = compare.setting_label(point)
             curves.setdefault(label, []).append(store.metric_history(rec.run_id, epoch_key(curve_metric)))
     if curves:
-        fig = summary_plots.val_curves(curves, curve_metric)
+        fig = figures.val_curves(curves, curve_metric)
         store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)
         logged.append(Artifact.VAL_CURVES)
     return logged
