@@ -32,11 +32,6 @@ def run_link(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
-def experiment_link(experiment_id: str) -> str:
-    """An experiment's runs table in the MLflow UI's training layout (relative, like :func:`run_link`)."""
-    return f"#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
-
-
 def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
     return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
 

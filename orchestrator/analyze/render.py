@@ -23,20 +23,18 @@ import csv
 import io
 import json
 import math
-import textwrap
 from typing import Any, Iterable, Sequence
 
 from experiments.metric_names import SCORES, SPLITS
 from orchestrator.analyze.records import RunRecord, short_name, short_names, value_text
-from orchestrator.analyze.results import (ALPHA, CONFIDENCE, CORRECTIONS, CompareError, CompareResult, SettingStats,
-                                          SplitStats, Stats, report_stats)
+from orchestrator.analyze.results import CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats, report_stats
+from orchestrator.analyze.stats import ALPHA, CONFIDENCE, Stats
 from orchestrator.store.schema import ExpectedPoint
 
 FORMATS = ("table", "csv", "markdown", "json")
 REPORT_FORMATS = ("markdown", "csv", "latex", "table", "json")
 REPORT_TITLES = dict(zip(SCORES, ("Accuracy", "F1 micro", "F1 macro")))  # score -> column title
 SMALL_N = 5  # below this many seeds (or pairs) the notes warn that the t interval/test is weak
-NOTE_WIDTH = 110  # characters per line of the notes under a table
 MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
 # The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
 # each is an attribute of CompareRow.
@@ -108,7 +106,7 @@ def render(result: CompareResult, fmt: str = "table") -> str:
     if fmt == "markdown":
         return _layout(headers, body, fmt)
     title = f"{result.metric} ({'higher' if result.direction == 'max' else 'lower'} is better)"
-    notes = "".join(textwrap.fill(note, NOTE_WIDTH) + "\n" for note in compare_notes(result))
+    notes = "".join(f"{note}\n" for note in compare_notes(result))  # one line each, for grep
     return f"{title}\n{_layout(headers, body, fmt, right=right)}{notes}"
 
 

@@ -1,11 +1,10 @@
 """Sweep results as numbers: groups of runs, mean ± std over seeds, ranks, paired deltas,
 and the report's statistics per (setting, split). Formatting is ``render.py``'s job.
 
-Every number a table shows comes from a :class:`Stats` (one value per seed, or one
-paired difference per seed): a comparison row holds one for the metric and a
-:class:`PairedStats` for the deltas to the baseline; a report cell is one. The 95%
-confidence interval of the mean (Student t over seeds) and the paired t-test
-(:attr:`PairedStats.p_value`) come from scipy, imported when first read.
+Every number a table shows comes from a :class:`~orchestrator.analyze.stats.Stats` (one
+value per seed, or one paired difference per seed): a comparison row holds one for the
+metric and a :class:`~orchestrator.analyze.stats.PairedStats` for the deltas to the
+baseline; a report cell is one.
 
 A comparison with a baseline runs one paired test per row; their p-values are adjusted
 for the table's number of tests (Holm by default, statsmodels' ``multipletests``) and the
@@ -29,11 +28,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
-import statistics
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,14 +37,13 @@ from typing import Any, Iterable, Mapping, Sequence
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
 from orchestrator.analyze.records import (SEED_KEY, Outcome, RunRecord, Unit, match_units, setting_label, short_name,
                                           value_text)
+from orchestrator.analyze.stats import ALPHA, PairedStats, Stats
 from orchestrator.errors import UserError
 from orchestrator.store.schema import ExpectedPoint
 
-DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
+DIRECTIONS = ("max", "min")  # which end of the metric is best
 # (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
 SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
-CONFIDENCE = 0.95  # of the intervals: mean ± t_{(1+CONFIDENCE)/2, n-1} · s / √n
-ALPHA = 0.05  # a paired difference is significant when its (adjusted) t-test's p is below this
 # --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
 CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
 FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
@@ -56,82 +51,6 @@ FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
 
 class CompareError(UserError):
     """A comparison that cannot be made as asked: names what exists instead."""
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-@functools.cache
-def _t_quantile(df: int) -> float:
-    """The (1 + CONFIDENCE)/2 quantile of Student's t: one scipy call per df, not one per row."""
-    from scipy import stats
-
-    return float(stats.t.ppf((1 + CONFIDENCE) / 2, df))
-
-
-@dataclass(frozen=True)
-class Stats:
-    """A sample of values (one per seed) and its summary; NaN where a number does not exist."""
-
-    values: tuple[float, ...] = ()
-
-    n = property(lambda self: len(self.values))
-    mean = cached_property(lambda self: statistics.fmean(self.values) if self.values else math.nan)
-    mean.__doc__ = "NaN when empty."
-    std = cached_property(lambda self: statistics.stdev(self.values) if self.n > 1 else math.nan)
-    std.__doc__ = "Sample standard deviation (ddof=1); NaN below two values."
-    min = property(lambda self: min(self.values, default=math.nan))
-    max = property(lambda self: max(self.values, default=math.nan))
-
-    @cached_property
-    def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the mean, Student t over the values: mean ± t·s/√n.
-
-        ``t`` is the 0.975 quantile of Student's t with n − 1 degrees of freedom
-        (``scipy.stats.t.ppf``). It assumes roughly normal values; (NaN, NaN) below two.
-        """
-        if self.n < 2:
-            return math.nan, math.nan
-        half = _t_quantile(self.n - 1) * self.std / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
-
-    ci_low = property(lambda self: self.ci95[0], doc="Lower end of :attr:`ci95`.")
-    ci_high = property(lambda self: self.ci95[1], doc="Upper end of :attr:`ci95`.")
-
-
-@dataclass(frozen=True)
-class PairedStats(Stats):
-    """Paired differences ``own - baseline`` (one per seed both have) and their t-test.
-
-    ``values`` are the differences, so mean, std and :attr:`ci95` are those of the
-    differences; ``own`` and ``baseline`` keep the pairs for the test.
-    """
-
-    own: tuple[float, ...] = ()
-    baseline: tuple[float, ...] = ()
-
-    @classmethod
-    def of(cls, pairs: Iterable[tuple[float, float]]) -> "PairedStats":
-        """From ``(own value, baseline value)`` pairs."""
-        own, baseline = tuple(zip(*pairs)) or ((), ())
-        return cls(values=tuple(a - b for a, b in zip(own, baseline)), own=own, baseline=baseline)
-
-    @cached_property
-    def p_value(self) -> float:
-        """Two-sided p of the paired t-test (``scipy.stats.ttest_rel(own, baseline)``).
-
-        NaN below two pairs, and when every difference is 0 (the baseline against itself).
-        """
-        if self.n < 2:
-            return math.nan
-        from scipy import stats
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # identical pairs: scipy warns, returns NaN
-            return float(stats.ttest_rel(self.own, self.baseline).pvalue)
-
-    significant = property(lambda self: None if math.isnan(self.p_value) else bool(self.p_value < ALPHA),
-                           doc="p < :data:`ALPHA` (uncorrected); None where there is no p.")
 
 
 # --------------------------------------------------------------------------- data model
@@ -205,7 +124,6 @@ class CompareResult:
     rows: tuple[CompareRow, ...]
     baseline_key: str | None = None
     baseline_value: str | None = None
-    n_ignored: int = 0  # records outside the expected grid
     correction: str = "none"  # a key of CORRECTIONS
     n_tests: int = 0  # paired tests in the table (rows with a p, before ``top``): the correction's m
     failed_as: str = "drop"  # one of FAILED_AS
@@ -278,7 +196,7 @@ def compare(
         CompareError: unknown metric (lists the metrics that exist), bad direction,
             correction, failed_as, group key or baseline (lists what exists).
     """
-    direction = _check_options(direction, top, correction, failed_as)
+    _check_options(direction, top, correction, failed_as)
     records = list(records)
     matched = match_units(records, expected)
     _check_metric(matched.units, metric)
@@ -289,21 +207,20 @@ def compare(
         rows = adjust_p_values(paired_deltas(rows, base_key, base_value), correction)
     return CompareResult(
         metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rank_rows(rows, direction)[:top]),
-        baseline_key=base_key, baseline_value=base_value, n_ignored=matched.n_ignored,
-        correction=correction, n_tests=sum(not math.isnan(r.p_value) for r in rows), failed_as=failed_as,
-        worst=worst, pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
+        baseline_key=base_key, baseline_value=base_value, correction=correction,
+        n_tests=sum(not math.isnan(r.p_value) for r in rows), failed_as=failed_as, worst=worst,
+        pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
     )
 
 
-def _check_options(direction: str, top: int | None, correction: str, failed_as: str) -> str:
-    """The normalised direction ("max" | "min"); raises on any value the comparison cannot take."""
+def _check_options(direction: str, top: int | None, correction: str, failed_as: str) -> None:
+    """Raise on any value the comparison cannot take."""
     for name, value, allowed in (("direction", direction, DIRECTIONS), ("correction", correction, CORRECTIONS),
                                  ("failed_as", failed_as, FAILED_AS)):
         if value not in allowed:
             raise CompareError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     if top is not None and top < 0:
         raise CompareError(f"top must be a positive number of rows, not {top}")
-    return DIRECTIONS[direction]
 
 
 def _check_metric(units: Sequence[Unit], metric: str) -> None:
@@ -386,19 +303,10 @@ def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[Compar
     key = resolve_key(key, group_keys, "baseline key (it must be a grouping key)")
     existing = sorted({value_text(r.group[key]) for r in rows})
     if value not in existing:
-        value = next((v for v in existing if _same_number(v, value)), value)  # "128.0" finds "128"
-    if value not in existing:
         raise CompareError(
             f"baseline {key}={value} matches no setting; values of {key}: {', '.join(existing) or '(none)'}"
         )
     return key, value
-
-
-def _same_number(a: str, b: str) -> bool:
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
 
 
 def paired_deltas(rows: Sequence[CompareRow], key: str, value: str) -> list[CompareRow]:
@@ -455,14 +363,9 @@ def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]
     """Per setting (grid order) and split: every score over the setting's finished seeds."""
     out = []
     for units in units_by_setting(records, expected):
-        finished = [u.finished for u in units if u.finished is not None]
-        splits = tuple(SplitStats(split, {score: Stats(_finite_values(finished, SPLIT_SCORE[split, score]))
-                                          for score in SCORES}) for split in SPLITS)
+        def stats(split: str, score: str) -> Stats:
+            return Stats(tuple(s.value for s in _samples(units, SPLIT_SCORE[split, score])))
+
+        splits = tuple(SplitStats(split, {score: stats(split, score) for score in SCORES}) for split in SPLITS)
         out.append(SettingStats(units[0].setting_values(), setting_label(units[0].expected), splits))
     return out
-
-
-def _finite_values(records: Iterable[RunRecord], metric: str) -> tuple[float, ...]:
-    """The finite values of ``metric`` in ``records`` (missing and NaN ones skipped)."""
-    values = (r.metrics.get(metric) for r in records)
-    return tuple(float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v))

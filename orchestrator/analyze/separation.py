@@ -186,14 +186,22 @@ def decide(result: CompareResult, sep: Separation) -> Verdict:
                    tuple((r, float(d.p_holm[i])) for i, r in rivals if not d.separated[i]), len(rows), d.level)
 
 
-def _setting_runs(spec: SweepSpec, group: Mapping[str, Any]) -> list[RunSpec]:
-    """The sweep's runs of the setting ``group`` names (axis -> value; any seed)."""
-    want = {k: value_text(v) for k, v in group.items() if k != "seed"}
-    return [r for r in spec.runs if all(value_text(r.point.get(k)) == v for k, v in want.items())]
+def _setting(point: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A setting's identity: its point (or a row's group) without the seed, as text, by key."""
+    return tuple(sorted((k, value_text(v)) for k, v in point.items() if k != "seed"))
 
 
-def _without_seed(point: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in point.items() if k != "seed"}
+def _runs_by_setting(spec: SweepSpec) -> dict[tuple[tuple[str, str], ...], list[RunSpec]]:
+    """The sweep's runs of each setting, built once (a lookup per row, not a scan of the sweep)."""
+    out: dict[tuple[tuple[str, str], ...], list[RunSpec]] = {}
+    for run in spec.runs:
+        out.setdefault(_setting(run.point), []).append(run)
+    return out
+
+
+def _with_seed(template: RunSpec, seed: int, index: int) -> RunSpec:
+    """The run of ``template``'s setting with another seed."""
+    return run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config, seed, index)
 
 
 def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
@@ -205,20 +213,18 @@ def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set
     if verdict.leader is None or not verdict.undecided:
         return []
     todo: list[RunSpec] = []
-    index = len(spec.runs)
+    by_setting = _runs_by_setting(spec)
+    index = len(spec.runs)  # of the next new run
     for row in [verdict.leader, *(r for r, _ in verdict.undecided)]:
-        runs = _setting_runs(spec, row.group)
-        if not runs:
-            continue
+        runs = by_setting.get(_setting(row.group), [])
         done = {r.point["seed"] for r in runs if r.run_key in finished}
-        want = min(sep.per_round, sep.max_seeds - len(done))
-        chosen = [r for r in runs if r.point["seed"] not in done][:max(want, 0)]
+        want = max(min(sep.per_round, sep.max_seeds - len(done)), 0)
+        chosen = [r for r in runs if r.point["seed"] not in done][:want]
         taken = {r.point["seed"] for r in runs}
-        setting = _without_seed(runs[0].point)
         seed = max(spec.seeds) + 1
-        while len(chosen) < want:
+        while runs and len(chosen) < want:
             if seed not in taken:
-                chosen.append(run_with_seed(setting, runs[0].config, seed, index))
+                chosen.append(_with_seed(runs[0], seed, index))
                 index += 1
             seed += 1
         todo += chosen
@@ -228,17 +234,14 @@ def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set
 def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec:
     """``spec`` with the seeds that earlier rounds added (read from the parent's ``points.json``)."""
     known = {r.run_key for r in spec.runs}
+    by_setting = _runs_by_setting(spec)
     extra: list[RunSpec] = []
     for p in points:
-        if p.run_key in known:
-            continue
-        template = next(iter(_setting_runs(spec, p.point)), None)
-        if template is None:
-            continue  # a point of an older version of the grid
-        run = run_with_seed(_without_seed(template.point), template.config, int(p.point["seed"]),
-                            len(spec.runs) + len(extra))
-        if run.run_key == p.run_key:
-            extra.append(run)
+        templates = by_setting.get(_setting(p.point)) if p.run_key not in known else None
+        if templates:  # else a point of the grid, or of an older version of it
+            run = _with_seed(templates[0], int(p.point["seed"]), len(spec.runs) + len(extra))
+            if run.run_key == p.run_key:
+                extra.append(run)
     return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
 
 
@@ -290,15 +293,15 @@ def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[
     if not decision.get("leader"):
         raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
     top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]
+    by_setting = _runs_by_setting(spec)
     templates = []
     for setting in top:
-        runs = _setting_runs(spec, setting)
-        if not runs:
+        if _setting(setting) not in by_setting:
             label = ",".join(f"{k}={value_text(v)}" for k, v in setting.items())
             raise ConfirmError(f"--confirm: setting {label} of the separation sweep is not in this grid any more")
-        templates.append(runs[0])
+        templates.append(by_setting[_setting(setting)][0])
     first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
     seeds = tuple(range(first, first + n))
-    runs = tuple(run_with_seed(_without_seed(t.point), t.config, seed, i * len(templates) + j)
+    runs = tuple(_with_seed(t, seed, i * len(templates) + j)
                  for i, seed in enumerate(seeds) for j, t in enumerate(templates))
     return dataclasses.replace(spec, seeds=seeds, runs=runs, sweep_id=sweep_id(spec.name, runs))

@@ -27,7 +27,8 @@ from orchestrator.analyze.compare import (
 from orchestrator.analyze.figures import metric_by_axis, setting_styles, val_curves
 from orchestrator.analyze.records import match_units, short_names
 from orchestrator.analyze.render import compare_notes, latex_escape, render_report
-from orchestrator.analyze.results import PairedStats, Stats, report_stats
+from orchestrator.analyze.results import report_stats
+from orchestrator.analyze.stats import PairedStats, Stats
 from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState
 
 NORMS = ("bn_torch", "bn", "gn")
@@ -136,7 +137,6 @@ def test_failed_pruned_and_reruns(sweep):
     assert sorted(row.values) == pytest.approx(sorted(want))
     assert row.mean == pytest.approx(want.mean())
     assert row.std == pytest.approx(want.std(ddof=1))
-    assert result.n_ignored == 1
     assert all(r.group["model.norm"] != "ln" for r in result.rows)
 
 
@@ -802,8 +802,8 @@ def test_match_units_latest_record_per_run_key(sweep):
                tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}),
     ]
     matched = match_units(records, expected)
-    assert [u.identity for u in matched.units] == [e.run_key for e in expected]
-    assert matched.axes == ("model.norm", "data.batch_size") and matched.n_ignored == 0
+    assert [u.expected for u in matched.units] == expected
+    assert matched.axes == ("model.norm", "data.batch_size")
     first = matched.units[0]
     assert first.latest.run_id == "tie-listed-last" and first.finished.run_id == "tie-listed-last"
     assert first.point() == {"model.norm": "bn_torch", "data.batch_size": "8", "seed": "0"}
