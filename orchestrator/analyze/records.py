@@ -113,10 +113,6 @@ class Unit:
     finished: RunRecord | None
     latest: RunRecord | None
 
-    def point(self) -> dict[str, str]:
-        """The full point (axes + seed) as strings."""
-        return {k: value_text(v) for k, v in self.expected.point.items()}
-
     def setting_values(self) -> dict[str, Any]:
         """The point without seed; grid values keep their type."""
         return {k: v for k, v in self.expected.point.items() if k != SEED_KEY}

@@ -64,7 +64,7 @@ class Sample:
     value: float
     run_name: str
     run_id: str
-    point: Mapping[str, str] = field(default_factory=dict, compare=False)  # axes + seed, as strings
+    point: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the grid point: axes + seed
     stand_in: bool = False  # a diverged or failed run counted as the table's worst value (failed_as="worst")
 
 
@@ -269,10 +269,10 @@ def _samples(units: Sequence[Unit], metric: str, stand_in: float | None = None) 
         outcome = u.outcome(metric)
         if outcome == Outcome.RESULT:
             rec = u.finished
-            out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.point()))
+            out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.expected.point))
         elif stand_in is not None and outcome in (Outcome.DIVERGED, Outcome.FAILED):
             rec = u.finished or u.latest
-            out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.point(), stand_in=True))
+            out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.expected.point, stand_in=True))
     return tuple(out)
 
 
@@ -314,7 +314,7 @@ def paired_deltas(rows: Sequence[CompareRow], key: str, value: str) -> list[Comp
     the same other grouping values and the same point off ``key``."""
     def pair_key(row: CompareRow, sample: Sample) -> tuple:
         others = tuple(value_text(v) for k, v in row.group.items() if k != key)
-        return others, tuple(sorted((k, v) for k, v in sample.point.items() if k != key))
+        return others, tuple(sorted((k, value_text(v)) for k, v in sample.point.items() if k != key))
 
     base = {pair_key(r, s): s.value for r in rows if value_text(r.group[key]) == value for s in r.samples}
     out = []

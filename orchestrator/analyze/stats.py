@@ -45,7 +45,11 @@ class Stats:
     @cached_property
     def std(self) -> float:
         """Sample standard deviation (ddof=1); NaN below two values."""
-        return statistics.stdev(self.values) if self.n > 1 else math.nan
+        if self.n < 2:
+            return math.nan
+        import numpy as np  # statistics.stdev sums exact fractions: 100 times slower
+
+        return float(np.std(self.values, ddof=1))
 
     min = property(lambda self: min(self.values, default=math.nan))
     max = property(lambda self: max(self.values, default=math.nan))

@@ -806,7 +806,7 @@ def test_match_units_latest_record_per_run_key(sweep):
     assert matched.axes == ("model.norm", "data.batch_size")
     first = matched.units[0]
     assert first.latest.run_id == "tie-listed-last" and first.finished.run_id == "tie-listed-last"
-    assert first.point() == {"model.norm": "bn_torch", "data.batch_size": "8", "seed": "0"}
+    assert first.expected.point == {"model.norm": "bn_torch", "data.batch_size": 8, "seed": 0}
 
 
 def test_short_names_keep_ambiguous_keys_whole():
