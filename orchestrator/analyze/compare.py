@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from orchestrator.analyze.records import Outcome, RunRecord, select_finished, setting_label, summary_rows
+from orchestrator.analyze.records import Outcome, RunRecord, select_finished, summary_rows
 from orchestrator.analyze.render import FORMATS, REPORT_FORMATS, compare_notes, render, render_report, report
 from orchestrator.analyze.results import CompareError, CompareResult, CompareRow, compare
 from orchestrator.analyze.stats import PairedStats, Stats
@@ -23,5 +23,5 @@ from orchestrator.analyze.stats import PairedStats, Stats
 __all__ = [
     "FORMATS", "REPORT_FORMATS", "CompareError", "CompareResult", "CompareRow", "Outcome", "PairedStats",
     "RunRecord", "Stats", "compare", "compare_notes", "render", "render_report", "report", "select_finished",
-    "setting_label", "summary_rows",
+    "summary_rows",
 ]

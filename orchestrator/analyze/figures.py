@@ -125,7 +125,7 @@ def metric_by_axis(result: CompareResult, metric: str | None, axis: str, *, inte
     axis = resolve_key(axis, result.group_keys, "axis (a grouping key of the comparison)")
     others = [k for k in result.group_keys if k != axis]
     rows = sorted((r for r in result.rows if r.stats.n), key=lambda r: r.order)
-    xs = _ordered_unique([value_text(r.group[axis]) for r in rows])
+    xs = list(dict.fromkeys(value_text(r.group[axis]) for r in rows))  # grid order
     series: dict[tuple[str, ...], list[CompareRow]] = {}
     for r in rows:
         series.setdefault(tuple(value_text(r.group[k]) for k in others), []).append(r)
@@ -170,35 +170,22 @@ def _error_bar(row: CompareRow, interval: str) -> tuple[float, float]:
     return row.mean - row.ci_low, row.ci_high - row.mean
 
 
-def _ordered_unique(values: Sequence[str]) -> list[str]:
-    """Unique values in first-seen order, or numerically sorted when all are numbers."""
-    unique = list(dict.fromkeys(values))
-    try:
-        return sorted(unique, key=float)
-    except ValueError:
-        return unique
-
-
-def val_curves(curves: Mapping[str, Sequence[Sequence[float]]], metric_name: str) -> "Figure":
-    """Mean over seeds per epoch, one line per setting (shaded ± std where ≥ 2 seeds).
-
-    ``curves[setting label]`` holds one sequence per seed (see :func:`epoch_mean_std`).
-    Labels are ``records.setting_label`` s (one word per axis value): the colour follows
-    their first word, the line style the second, so no two settings look alike.
-    """
+def val_curves(settings: Sequence["SettingCurves"], name: str) -> "Figure":
+    """Mean over seeds per epoch of the per-epoch value ``name``, one line per setting (shaded
+    ± std where ≥ 2 seeds); settings styled by their axis values (:func:`setting_styles`)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=FIGSIZE, layout="constrained")
     ax = fig.add_subplot()
-    styles = dict(zip(curves, setting_styles([label.split() for label in curves])))
-    for setting, seeds in curves.items():
-        n = sum(1 for s in seeds if len(s))
-        _band(ax, seeds, alpha=0.12, label=f"{setting} (n={n})", markersize=4, **styles[setting])
+    styles = setting_styles([tuple(value_text(v) for v in s.values.values()) for s in settings])
+    for setting, style in zip(settings, styles):
+        n = sum(1 for s in setting.series(name) if len(s))
+        _band(ax, setting.series(name), alpha=0.12, label=f"{setting.label} (n={n})", markersize=4, **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric_name)
-    ax.set_title(f"{metric_name} by epoch (mean over seeds, band ± std)")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} by epoch (mean over seeds, band ± std)")
     if ax.lines:
         # Outside the axes: with a dozen settings an inside legend hides the curves.
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from experiments.config import check_device
-from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
+from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.store import locks
 from orchestrator.analyze import separation
 from orchestrator.errors import ExitCode, StoreFailure
@@ -341,8 +341,8 @@ def summarize_records(store: TrackingStore, parent_run_id: str, records, expecte
 def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                    axes: Sequence[str], metric: str, result) -> list[str]:
     """The metric by each axis and the validation curves on the parent; the paths logged."""
-    from orchestrator.analyze import compare
     from orchestrator.analyze import figures
+    from orchestrator.analyze.report import setting_curves
 
     logged = []
     for axis in axes:
@@ -350,13 +350,7 @@ def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: 
         store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
         logged.append(Artifact.metric_by_axis(metric, axis))
     curve_metric = metric if metric.startswith("val_") else DEFAULT_OBJECTIVE
-    curves: dict[str, list[list[float]]] = {}
-    finished = {r.tags.get(Tag.RUN_KEY): r for r in compare.select_finished(records)}
-    for point in expected:
-        rec = finished.get(point.run_key)
-        if rec is not None:
-            label = compare.setting_label(point)
-            curves.setdefault(label, []).append(store.metric_history(rec.run_id, epoch_key(curve_metric)))
+    curves = setting_curves(store, records, expected, [curve_metric])
     if curves:
         fig = figures.val_curves(curves, curve_metric)
         store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)

@@ -24,7 +24,7 @@ from orchestrator.analyze.compare import (
     report,
     summary_rows,
 )
-from orchestrator.analyze.figures import metric_by_axis, setting_styles, val_curves
+from orchestrator.analyze.figures import SettingCurves, metric_by_axis, setting_styles, val_curves
 from orchestrator.analyze.records import match_units, short_names
 from orchestrator.analyze.render import compare_notes, latex_escape, render_report
 from orchestrator.analyze.results import report_stats
@@ -870,7 +870,10 @@ def test_val_curves(tmp_path):
         "bn bs8": [[0.3, 0.5, 0.7, 0.75, 0.76]],
         "ln bs8": [],
     }
-    fig = val_curves(curves, "val_acc")
+    settings = [SettingCurves(label, {"model.norm": label.split()[0], "data.batch_size": 8},
+                              tuple(map(str, range(len(seeds)))), tuple({"val_acc": s} for s in seeds))
+                for label, seeds in curves.items()]
+    fig = val_curves(settings, "val_acc")
     ax = fig.axes[0]
     assert len(ax.lines) == 2
     gn = ax.lines[0]
