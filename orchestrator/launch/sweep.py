@@ -29,6 +29,7 @@ from experiments.config import check_device
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.store import locks
 from orchestrator.analyze import separation
+from orchestrator.launch import rounds
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute.display import make_display
 from orchestrator.grid.load import SweepSpec
@@ -119,7 +120,7 @@ def run_sweep(
     Holds the experiment's sweep lock (:mod:`orchestrator.store.locks`) while it runs, and through
     a tracking server beats a heartbeat on the parent: a second sweep of the same experiment
     and store is refused (``SweepBusy``, exit 2) or, with ``wait``, waits for this one. With
-    ``until``, rounds of added seeds follow the grid's own (:mod:`orchestrator.analyze.separation`).
+    ``until``, rounds of added seeds follow the grid's own (:mod:`orchestrator.launch.rounds`).
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
@@ -135,7 +136,7 @@ def run_sweep(
             say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
                 f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
             if state.resumed:  # the seeds that earlier --until-separated rounds added: in the closing table too
-                spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
+                spec = rounds.restore_added(spec, read_points(store.download_json(state.parent_run_id,
                                                                                       Artifact.POINTS)))
             # with rounds, the slots keep their processes from one round to the next
             scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet),
@@ -222,7 +223,7 @@ def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until:
         return spec, [], None
     finished = store.finished_run_keys(state.experiment_id)
     verdict = separation.decide(result, until)
-    todo = separation.next_round(spec, verdict, until, finished)
+    todo = rounds.next_round(spec, verdict, until, finished)
     if todo:
         known = {r.run_key for r in spec.runs}
         spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
