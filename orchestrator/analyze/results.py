@@ -17,12 +17,8 @@ all the table's runs (the lowest for ``direction="max"``, the highest for ``"min
 
 Example::
 
-    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
-    best = result.rows[0]
-    print(best.label, best.mean, best.std, best.n_finished, best.delta_mean)
-    print(best.stats.ci95, best.delta.ci95, best.p_value, best.p_adjusted, best.significant)
-    for setting in report_stats(records, expected):
-        print(setting.label, setting.splits[1].scores["f1_macro"].mean)
+    best = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch").rows[0]
+    print(best.label, best.mean, best.stats.ci95, best.delta_mean, best.p_adjusted, best.significant)
 """
 
 from __future__ import annotations
