@@ -55,7 +55,9 @@ class RunRecord:
 
 def value_text(value: Any) -> str:
     """A grouping value as shown and matched: the string MLflow stores for a param, ``?`` when absent."""
-    return "?" if value is None else value if isinstance(value, str) else str(value)
+    if value is None:
+        return "?"
+    return value if isinstance(value, str) else str(value)
 
 
 def short_name(key: str) -> str:

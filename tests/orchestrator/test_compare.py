@@ -25,7 +25,7 @@ from orchestrator.analyze.compare import (
     summary_rows,
 )
 from orchestrator.analyze.figures import SettingCurves, metric_by_axis, setting_styles, val_curves
-from orchestrator.analyze.records import match_units, short_names
+from orchestrator.analyze.records import match_units, setting_label, short_names
 from orchestrator.analyze.render import compare_notes, latex_escape, render_report
 from orchestrator.analyze.results import report_stats
 from orchestrator.analyze.stats import PairedStats, Stats
@@ -807,6 +807,16 @@ def test_match_units_latest_record_per_run_key(sweep):
     first = matched.units[0]
     assert first.latest.run_id == "tie-listed-last" and first.finished.run_id == "tie-listed-last"
     assert first.expected.point == {"model.norm": "bn_torch", "data.batch_size": 8, "seed": 0}
+
+
+def test_setting_labels_are_run_names_without_the_seed():
+    def label(name: str, point: dict) -> str:
+        return setting_label(ExpectedPoint(name, "k", point, ""))
+
+    assert label("gn-bs8-s0", {"model.norm": "gn", "data.batch_size": 8, "seed": 0}) == "gn bs8"
+    assert label("width64-relu-s3", {"width": 64, "act": "relu", "seed": 3}) == "width64 relu"  # any axes
+    assert label("lr1e-05-s0", {"optim.lr": 1e-5, "seed": 0}) == "lr1e-05"  # a dash inside a value stays
+    assert label("s0", {"seed": 0}) == "(base)"  # no axes
 
 
 def test_short_names_keep_ambiguous_keys_whole():
