@@ -1,4 +1,4 @@
-"""Results: run records -> statistics (intervals, paired tests, separation) -> tables, summaries and figures.
+"""Results: run records -> statistics (intervals, paired tests, separation) -> tables, notes and figures.
 
-May import ``store`` and ``grid``; the statistics themselves are pure.
+May import ``store`` only (and ``experiments.metric_names``); the statistics themselves are pure.
 """

@@ -2,8 +2,8 @@
 
 MLflow shows a run's ``mlflow.note.content`` on its overview page: there a sweep's parent
 says what the sweep found, written each time its summary is (``sweep.summarize_records``,
-``queue.close_sweep``, ``tune_summary.summarize_study``). The comparison table is
-``orch compare``'s own markdown (:func:`orchestrator.analyze.compare.render`); nothing here
+``queue.close_sweep``, ``tune.summary.summarize_study``). The comparison table is
+``orch compare``'s own markdown (:func:`orchestrator.analyze.render.render`); nothing here
 imports mlflow, torch or optuna.
 """
 
@@ -13,9 +13,9 @@ import math
 from typing import Any, Mapping, Sequence
 
 from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
-from orchestrator.analyze.render import github_table
+from orchestrator.analyze.render import github_table, render
+from orchestrator.analyze.results import CompareResult
 from orchestrator.store.schema import ExpectedPoint, Status, TrialState
-
 
 _STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -32,11 +32,6 @@ def run_link(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
-def experiment_link(experiment_id: str) -> str:
-    """An experiment's runs table in the MLflow UI's training layout (relative, like :func:`run_link`)."""
-    return f"#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
-
-
 def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
     return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
 
@@ -50,13 +45,11 @@ def _artifacts(paths: Sequence[str]) -> str:
 
 
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
-               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: Any | None,
+               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: CompareResult | None,
                artifacts: Sequence[str]) -> str:
     """The sweep parent's description: its grid, what is done and failed, the comparison
-    table of ``metric`` (``result``: a :class:`~orchestrator.analyze.results.CompareResult`, None when
-    no finished run has the metric), the best child's link, and the parent's artifacts."""
-    from orchestrator.analyze import compare
-
+    table of ``metric`` (``result``: None when no finished run has the metric), the best child's
+    link, and the parent's artifacts."""
     statuses = [row["status"] for row in summary_rows(records, expected)]
     done = statuses.count(Status.FINISHED)
     failed = sum(s in (Status.FAILED, Status.KILLED) for s in statuses)
@@ -72,7 +65,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
     else:
         better = "higher" if result.direction == "max" else "lower"
         lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",
-                  compare.render(result, "markdown").rstrip(), ""]
+                  render(result, "markdown").rstrip(), ""]
         best = _best_sample(result)
         if best is not None:
             lines.append(f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
@@ -82,7 +75,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def _best_sample(result: Any):
+def _best_sample(result: CompareResult):
     samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
     if not samples:
         return None

@@ -1,7 +1,9 @@
-"""``orch report``'s figures: read per-epoch histories from the tracking store, draw, publish.
+"""A sweep's results read from the tracking store, and ``orch report``'s figures published.
 
-The table is ``render.report``'s; this module gathers what the figures need (the
-per-epoch metrics of every finished run of the sweep), asks ``report_plots.py`` to draw
+:func:`sweep_results` reads what ``orch compare``, ``orch report`` and a sweep's summary
+work on: the grid points its parent recorded (``points.json``) and the records of its run
+keys. The report's table is ``render.report``'s; this module gathers what its figures need
+(the per-epoch metrics of every finished run of the sweep), asks ``figures.py`` to draw
 them, and logs them on the sweep's parent run under ``report/`` (the paths are
 ``schema.Artifact.REPORT_*``) and, when asked, writes them to a folder as PNG.
 
@@ -21,16 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from experiments.metric_names import QUANTILES, TRAIN_LOSS, VAL_LOSS, VAL_SCORES, epoch_key
-from orchestrator.errors import UserError
-from orchestrator.analyze.records import RunRecord
-from orchestrator.analyze.render import setting_label
+from orchestrator.analyze.records import RunRecord, setting_label
 from orchestrator.analyze.results import SPLIT_SCORE, CompareError, compare, units_by_setting
+from orchestrator.errors import UserError
 from orchestrator.store.schema import Artifact, ExpectedPoint, Tag, read_points
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from orchestrator.analyze.report_plots import SettingCurves
+    from orchestrator.analyze.figures import SettingCurves
     from orchestrator.store.tracking import TrackingStore
 
 CURVE_NAMES = (TRAIN_LOSS, VAL_LOSS, VAL_SCORES[0])  # per-epoch values of the training-curve panels
@@ -57,61 +58,80 @@ def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
     return read_points(data)
 
 
+def sweep_records(store: "TrackingStore", experiment_id: str, sweep_id: str,
+                  run_keys: Sequence[str] = ()) -> list[RunRecord]:
+    """The sweep's own runs, plus the finished results of its run keys that others finished.
+
+    A point is a run key: a sweep skips a point whose run key has a finished result in the
+    experiment, whoever finished it (editing a grid, e.g. adding a seed, makes a new sweep
+    that reruns nothing done), so its results are found by run key, not only among its own
+    children.
+    """
+    from orchestrator.store.tracking import to_record
+
+    runs = store.sweep_children(experiment_id, sweep_id)
+    if run_keys:
+        own = {r.info.run_id for r in runs}
+        wanted = set(run_keys)
+        runs += [r for r in store.finished_runs(experiment_id)
+                 if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
+    return [to_record(r) for r in runs]
+
+
 def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord], list[ExpectedPoint]]:
     """The records and grid points of the sweep whose parent run is ``parent`` (an MLflow Run).
 
     Raises:
         NoPointsRecorded: the parent has no ``points.json``.
     """
-    from orchestrator.launch.sweep import sweep_records
-
     points = sweep_points(store, parent)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],
                             [p.run_key for p in points])
     return records, points
 
 
-def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expected: Sequence[ExpectedPoint] | None,
+def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expected: Sequence[ExpectedPoint],
                    names: Sequence[str], *, first_seed_only: bool = False) -> list["SettingCurves"]:
     """Per setting (grid order), the per-epoch histories of ``names`` of its finished seeds.
 
     ``names`` are per-epoch names of ``metric_names`` (``"val_loss"``); settings
     without a finished run are left out.
     """
-    from orchestrator.analyze.report_plots import SettingCurves
+    from orchestrator.analyze.figures import SettingCurves
 
     out = []
     for units in units_by_setting(records, expected):
         finished = [u for u in units if u.finished is not None][: 1 if first_seed_only else None]
-        if not finished:
-            continue
-        histories = tuple({name: store.metric_history(u.finished.run_id, epoch_key(name)) for name in names}
-                          for u in finished)
-        label = setting_label(units[0].setting_values(), units[0].name())
-        out.append(SettingCurves(label, tuple(str(u.seed()) for u in finished), histories))
+        if finished:
+            histories = tuple({name: store.metric_history(u.finished.run_id, epoch_key(name)) for name in names}
+                              for u in finished)
+            out.append(SettingCurves(setting_label(units[0].expected), units[0].setting_values(),
+                                     tuple(str(u.seed()) for u in finished), histories))
     return out
 
 
 def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
-                   expected: Sequence[ExpectedPoint] | None) -> dict[str, "Figure"]:
+                   expected: Sequence[ExpectedPoint]) -> dict[str, "Figure"]:
     """The report's figures by artifact path; a figure without data (no finished run) is left out,
-    and so is the test-accuracy figure of a sweep without axes."""
-    from orchestrator.analyze import report_plots
+    and so is the test-accuracy figure of a sweep without axes. Test accuracy is drawn by the
+    grid's first axis, one series per value of the others."""
+    from orchestrator.analyze import figures
 
-    figures = {}
+    out = {}
     curves = setting_curves(store, records, expected, CURVE_NAMES)
     if curves:
-        figures[Artifact.REPORT_CURVES] = report_plots.training_curves(curves)
+        out[Artifact.REPORT_CURVES] = figures.training_curves(curves)
         quantiles = setting_curves(store, records, expected, tuple(QUANTILES), first_seed_only=True)
-        figures[Artifact.REPORT_QUANTILES] = report_plots.quantiles(quantiles)
+        out[Artifact.REPORT_QUANTILES] = figures.quantiles(quantiles)
     try:
         result = compare(records, expected, TEST_ACC)
     except CompareError:  # no finished run logged a test accuracy
         result = None
     # A sweep without axes (seeds only) has one setting: nothing to set side by side.
     if result is not None and result.group_keys and any(row.n_finished for row in result.rows):
-        figures[Artifact.REPORT_TEST_ACC] = report_plots.score_by_setting(result)
-    return figures
+        out[Artifact.REPORT_TEST_ACC] = figures.metric_by_axis(result, "test accuracy", result.group_keys[0],
+                                                               interval="ci")
+    return out
 
 
 def publish(store: "TrackingStore", parent_run_id: str, figures: dict[str, "Figure"],

@@ -1,17 +1,14 @@
 """Sweep results as numbers: groups of runs, mean ± std over seeds, ranks, paired deltas,
 and the report's statistics per (setting, split). Formatting is ``render.py``'s job.
 
-Every number a table shows comes from a :class:`Stats` (one value per seed, or one
-paired difference per seed): a comparison row holds one for the metric and a
-:class:`PairedStats` for the deltas to the baseline; a report cell is one. A new
-statistic is one more property of :class:`Stats`, and every row and cell has it: the
-95% confidence interval of the mean (Student t over seeds) is one, the paired t-test
-(:attr:`PairedStats.p_value`) is the deltas' own. scipy computes both; it is imported
-when they are first read.
+Every number a table shows comes from a :class:`~orchestrator.analyze.stats.Stats` (one
+value per seed, or one paired difference per seed): a comparison row holds one for the
+metric and a :class:`~orchestrator.analyze.stats.PairedStats` for the deltas to the
+baseline; a report cell is one.
 
 A comparison with a baseline runs one paired test per row; their p-values are adjusted
-for the table's number of tests (Holm by default, statsmodels' ``multipletests``,
-imported only then) and the row's ``significant`` follows the adjusted value.
+for the table's number of tests (Holm by default, statsmodels' ``multipletests``) and the
+row's ``significant`` follows the adjusted value.
 
 A run key without a finite result is counted per row as diverged or failed
 (:class:`orchestrator.analyze.records.Outcome`); ``failed_as="drop"`` leaves it out of the
@@ -20,13 +17,8 @@ all the table's runs (the lowest for ``direction="max"``, the highest for ``"min
 
 Example::
 
-    result = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch")
-    best = result.rows[0]
-    print(best.label, best.mean, best.std, best.n_finished, best.delta_mean)
-    print(best.stats.ci95, best.delta.ci95, best.p_value, best.p_adjusted, best.significant)
-    print(best.n_diverged, best.n_failed, result.pooled_axes)
-    for setting in report_stats(records, expected):
-        print(setting.values, setting.splits[1].scores["f1_macro"].mean)
+    best = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch").rows[0]
+    print(best.label, best.mean, best.stats.ci95, best.delta_mean, best.p_adjusted, best.significant)
 """
 
 from __future__ import annotations
@@ -34,30 +26,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import statistics
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
+from orchestrator.analyze.records import (SEED_KEY, Outcome, RunRecord, Unit, match_units, setting_label, short_name,
+                                          value_text)
+from orchestrator.analyze.stats import ALPHA, PairedStats, Stats
 from orchestrator.errors import UserError
-from orchestrator.analyze.records import (
-    SEED_KEY,
-    Outcome,
-    RunRecord,
-    Unit,
-    match_units,
-    short_name,
-    value_text,
-)
 from orchestrator.store.schema import ExpectedPoint
 
-DIRECTIONS = {"max": "max", "maximize": "max", "min": "min", "minimize": "min"}
+DIRECTIONS = ("max", "min")  # which end of the metric is best
 # (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
 SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
-CONFIDENCE = 0.95  # of the intervals: mean ± t_{(1+CONFIDENCE)/2, n-1} · s / √n
-ALPHA = 0.05  # a paired difference is significant when its (adjusted) t-test's p is below this
 # --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
 CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
 FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
@@ -71,89 +53,6 @@ class CompareError(UserError):
 
 
 @dataclass(frozen=True)
-class Stats:
-    """A sample of values (one per seed) and its summary; NaN where a number does not exist."""
-
-    values: tuple[float, ...] = ()
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @cached_property
-    def mean(self) -> float:
-        """NaN when empty."""
-        return statistics.fmean(self.values) if self.values else math.nan
-
-    @cached_property
-    def std(self) -> float:
-        """Sample standard deviation (ddof=1); NaN below two values."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
-
-    @property
-    def min(self) -> float:
-        return min(self.values, default=math.nan)
-
-    @property
-    def max(self) -> float:
-        return max(self.values, default=math.nan)
-
-    @cached_property
-    def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the mean, Student t over the values: mean ± t·s/√n.
-
-        ``t`` is the 0.975 quantile of Student's t with n − 1 degrees of freedom
-        (``scipy.stats.t.ppf``). It assumes roughly normal values; (NaN, NaN) below two.
-        """
-        if self.n < 2:
-            return math.nan, math.nan
-        from scipy import stats
-
-        half = float(stats.t.ppf((1 + CONFIDENCE) / 2, self.n - 1)) * self.std / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
-
-    ci_low = property(lambda self: self.ci95[0], doc="Lower end of :attr:`ci95`.")
-    ci_high = property(lambda self: self.ci95[1], doc="Upper end of :attr:`ci95`.")
-
-
-@dataclass(frozen=True)
-class PairedStats(Stats):
-    """Paired differences ``own - baseline`` (one per seed both have) and their t-test.
-
-    ``values`` are the differences, so mean, std and :attr:`ci95` are those of the
-    differences; ``own`` and ``baseline`` keep the pairs for the test.
-    """
-
-    own: tuple[float, ...] = ()
-    baseline: tuple[float, ...] = ()
-
-    @classmethod
-    def of(cls, pairs: Iterable[tuple[float, float]]) -> "PairedStats":
-        """From ``(own value, baseline value)`` pairs."""
-        own, baseline = tuple(zip(*pairs)) or ((), ())
-        return cls(values=tuple(a - b for a, b in zip(own, baseline)), own=own, baseline=baseline)
-
-    @cached_property
-    def p_value(self) -> float:
-        """Two-sided p of the paired t-test (``scipy.stats.ttest_rel(own, baseline)``).
-
-        NaN below two pairs, and when every difference is 0 (the baseline against itself).
-        """
-        if self.n < 2:
-            return math.nan
-        from scipy import stats
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # identical pairs: scipy warns, returns NaN
-            return float(stats.ttest_rel(self.own, self.baseline).pvalue)
-
-    @property
-    def significant(self) -> bool | None:
-        """p < :data:`ALPHA`; None where there is no p."""
-        return None if math.isnan(self.p_value) else bool(self.p_value < ALPHA)
-
-
-@dataclass(frozen=True)
 class Sample:
     """One finished run's value inside a row."""
 
@@ -161,7 +60,7 @@ class Sample:
     value: float
     run_name: str
     run_id: str
-    point: Mapping[str, str] = field(default_factory=dict, compare=False)  # axes + seed, as strings
+    point: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the grid point: axes + seed
     stand_in: bool = False  # a diverged or failed run counted as the table's worst value (failed_as="worst")
 
 
@@ -186,19 +85,10 @@ class CompareRow:
         """The metric over the group's samples (finished runs, and stand-ins with failed_as="worst")."""
         return Stats(self.values)
 
-    @property
-    def label(self) -> str:
-        """``key=value,...`` in grouping-key order."""
-        return ",".join(f"{k}={value_text(v)}" for k, v in self.group.items())
-
-    @property
-    def values(self) -> tuple[float, ...]:
-        return tuple(s.value for s in self.samples)
-
-    @property
-    def seeds(self) -> tuple[str | None, ...]:
-        return tuple(s.seed for s in self.samples)
-
+    label = property(lambda self: ",".join(f"{k}={value_text(v)}" for k, v in self.group.items()),
+                     doc="``key=value,...`` in grouping-key order.")
+    values = property(lambda self: tuple(s.value for s in self.samples))
+    seeds = property(lambda self: tuple(s.seed for s in self.samples))
     # The row's numbers under their table names; ``stats`` and ``delta`` compute them.
     mean = property(lambda self: self.stats.mean, doc="NaN when no finished run.")
     std = property(lambda self: self.stats.std, doc="Sample std (ddof=1); NaN below two finished runs.")
@@ -230,7 +120,6 @@ class CompareResult:
     rows: tuple[CompareRow, ...]
     baseline_key: str | None = None
     baseline_value: str | None = None
-    n_ignored: int = 0  # records outside the expected grid
     correction: str = "none"  # a key of CORRECTIONS
     n_tests: int = 0  # paired tests in the table (rows with a p, before ``top``): the correction's m
     failed_as: str = "drop"  # one of FAILED_AS
@@ -239,53 +128,7 @@ class CompareResult:
 
     @property
     def baseline(self) -> str | None:
-        if self.baseline_key is None:
-            return None
-        return f"{self.baseline_key}={self.baseline_value}"
-
-
-@dataclass(frozen=True)
-class Group:
-    """The units that share the grouping keys' values: one row of a comparison."""
-
-    values: Mapping[str, Any]  # grouping key -> value
-    units: tuple[Unit, ...]
-    order: int  # first appearance in grid order
-
-    def samples(self, metric: str, stand_in: float | None = None) -> tuple[Sample, ...]:
-        """The finished runs' finite values of ``metric``, in grid order; with ``stand_in``,
-        also that value for each diverged or failed run key."""
-        out = []
-        for u in self.units:
-            outcome = u.outcome(metric)
-            if outcome == Outcome.RESULT:
-                rec = u.finished
-                out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.point()))
-            elif stand_in is not None and outcome in (Outcome.DIVERGED, Outcome.FAILED):
-                rec = u.finished or u.latest
-                out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.point(), stand_in=True))
-        return tuple(out)
-
-    def count(self, metric: str, outcome: str) -> int:
-        """How many of the group's run keys have this :class:`Outcome` for ``metric``."""
-        return sum(u.outcome(metric) == outcome for u in self.units)
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """``key=value`` on one grouping key; ``value`` as the grouping value's text."""
-
-    key: str
-    value: str
-
-    def matches(self, row: CompareRow) -> bool:
-        return value_text(row.group[self.key]) == self.value
-
-    def pair_key(self, row: CompareRow, sample: Sample) -> tuple:
-        """What a sample pairs on: the row's other grouping values and its point off the key."""
-        others = tuple(value_text(v) for k, v in row.group.items() if k != self.key)
-        point = tuple(sorted((k, v) for k, v in sample.point.items() if k != self.key))
-        return others, point
+        return None if self.baseline_key is None else f"{self.baseline_key}={self.baseline_value}"
 
 
 @dataclass(frozen=True)
@@ -298,42 +141,11 @@ class SplitStats:
 
 @dataclass(frozen=True)
 class SettingStats:
-    """One setting of the report: its values (no seed) and one :class:`SplitStats` per split."""
+    """One setting of the report: its values (no seed), its label and one :class:`SplitStats` per split."""
 
     values: Mapping[str, Any]  # setting key -> value, grid order
-    name: str  # a run name of the setting (what the label falls back to)
+    label: str  # records.setting_label: "gn bs8"
     splits: tuple[SplitStats, ...]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def finite_values(records: Iterable[RunRecord], metric: str) -> tuple[float, ...]:
-    """The finite values of ``metric`` in ``records`` (missing and NaN ones skipped)."""
-    return tuple(float(r.metrics[metric]) for r in records if _finite(r.metrics.get(metric)))
-
-
-def resolve_key(key: str, known: Sequence[str], what: str) -> str:
-    """Accept a dotted key or its unambiguous short name (``norm`` → ``model.norm``)."""
-    if key in known:
-        return key
-    hits = [k for k in known if short_name(k) == key]
-    if len(hits) == 1:
-        return hits[0]
-    if len(hits) > 1:
-        raise CompareError(f"{what} {key!r} is ambiguous: it could be {', '.join(hits)}")
-    raise CompareError(f"unknown {what}: {key!r}; choose from {', '.join(known) or '(none)'}")
-
-
-def _same_number(a: str, b: str) -> bool:
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- compare
@@ -341,7 +153,7 @@ def _same_number(a: str, b: str) -> bool:
 
 def compare(
     records: Iterable[RunRecord],
-    expected: Sequence[ExpectedPoint] | None,
+    expected: Sequence[ExpectedPoint],
     metric: str,
     *,
     group_by: Sequence[str] | None = None,
@@ -357,8 +169,8 @@ def compare(
     Args:
         records: runs of the sweep (any status; pruned trials and unfinished runs
             are not results).
-        expected: the sweep's grid points; when empty or None, the records alone
-            define the groups and the expected counts.
+        expected: the sweep's grid points (``points.json``): they define the groups and
+            the expected counts.
         metric: a summary metric name, e.g. ``"val_f1_macro"``.
         group_by: dotted keys (grid axes or any param; short names such as ``norm``
             are accepted when unambiguous). Default: the grid's axes.
@@ -380,45 +192,132 @@ def compare(
         CompareError: unknown metric (lists the metrics that exist), bad direction,
             correction, failed_as, group key or baseline (lists what exists).
     """
-    if direction not in DIRECTIONS:
-        raise CompareError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
-    direction = DIRECTIONS[direction]
-    if top is not None and top < 0:
-        raise CompareError(f"top must be a positive number of rows, not {top}")
-    if correction not in CORRECTIONS:
-        raise CompareError(f"correction must be one of {', '.join(CORRECTIONS)}, not {correction!r}")
-    if failed_as not in FAILED_AS:
-        raise CompareError(f"failed_as must be one of {', '.join(FAILED_AS)}, not {failed_as!r}")
+    _check_options(direction, top, correction, failed_as)
     records = list(records)
     matched = match_units(records, expected)
     _check_metric(matched.units, metric)
     group_keys = _group_keys(group_by, matched.axes, records)
-    groups = group_units(matched.units, group_keys)
-    worst = worst_value((s.value for g in groups for s in g.samples(metric)), direction)
-    stand_in = worst if failed_as == "worst" and not math.isnan(worst) else None
-    rows = [CompareRow(group=g.values, n_expected=len(g.units), samples=g.samples(metric, stand_in), order=g.order,
-                       n_diverged=g.count(metric, Outcome.DIVERGED), n_failed=g.count(metric, Outcome.FAILED),
-                       extra_seeds=any(u.expected is not None and u.expected.added for u in g.units))
-            for g in groups]
-    base = _baseline(baseline, group_keys, rows)
-    if base is not None:
-        rows = adjust_p_values(paired_deltas(rows, base), correction)
-    n_tests = sum(not math.isnan(r.p_value) for r in rows)
-    rows = rank_rows(rows, direction)[:top]
+    rows, worst = _rows(group_units(matched.units, group_keys), metric, direction, failed_as)
+    base_key, base_value = _baseline(baseline, group_keys, rows) or (None, None)
+    if base_key is not None:
+        rows = adjust_p_values(paired_deltas(rows, base_key, base_value), correction)
     return CompareResult(
-        metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rows),
-        baseline_key=None if base is None else base.key, baseline_value=None if base is None else base.value,
-        n_ignored=matched.n_ignored, correction=correction, n_tests=n_tests, failed_as=failed_as, worst=worst,
+        metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rank_rows(rows, direction)[:top]),
+        baseline_key=base_key, baseline_value=base_value, correction=correction,
+        n_tests=sum(not math.isnan(r.p_value) for r in rows), failed_as=failed_as, worst=worst,
         pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
     )
 
 
-def worst_value(values: Iterable[float], direction: str) -> float:
-    """The lowest value for ``"max"``, the highest for ``"min"``; NaN when there is none."""
-    values = list(values)
-    if not values:
-        return math.nan
-    return min(values) if direction == "max" else max(values)
+def _check_options(direction: str, top: int | None, correction: str, failed_as: str) -> None:
+    """Raise on any value the comparison cannot take."""
+    for name, value, allowed in (("direction", direction, DIRECTIONS), ("correction", correction, CORRECTIONS),
+                                 ("failed_as", failed_as, FAILED_AS)):
+        if value not in allowed:
+            raise CompareError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if top is not None and top < 0:
+        raise CompareError(f"top must be a positive number of rows, not {top}")
+
+
+def _check_metric(units: Sequence[Unit], metric: str) -> None:
+    finished = [u.finished for u in units if u.finished is not None]
+    if finished and not any(metric in r.metrics for r in finished):
+        names = sorted({m for r in finished for m in r.metrics}, key=lambda m: ("/" in m, m))
+        raise CompareError(
+            f"no finished run has metric {metric!r}; metrics logged: {', '.join(names) or '(none)'}"
+        )
+
+
+def resolve_key(key: str, known: Sequence[str], what: str) -> str:
+    """Accept a dotted key or its unambiguous short name (``norm`` → ``model.norm``)."""
+    if key in known:
+        return key
+    hits = [k for k in known if short_name(k) == key]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise CompareError(f"{what} {key!r} is ambiguous: it could be {', '.join(hits)}")
+    raise CompareError(f"unknown {what}: {key!r}; choose from {', '.join(known) or '(none)'}")
+
+
+def _group_keys(group_by: Sequence[str] | None, axes: Sequence[str], records: Sequence[RunRecord]) -> tuple[str, ...]:
+    """The axes by default, else the requested keys (axes, any param, or the seed)."""
+    if not group_by:
+        return tuple(axes)
+    known = list(dict.fromkeys([*axes, *sorted({k for r in records for k in r.params}), SEED_KEY]))
+    return tuple(dict.fromkeys(resolve_key(k, known, "group key") for k in group_by))
+
+
+def group_units(units: Iterable[Unit], keys: Sequence[str]) -> list[tuple[dict[str, Any], list[Unit]]]:
+    """``(values on keys, units)`` per group, groups in order of first appearance."""
+    groups: dict[tuple[str, ...], tuple[dict[str, Any], list[Unit]]] = {}
+    for unit in units:
+        values = {k: unit.value_of(k) for k in keys}
+        groups.setdefault(tuple(map(value_text, values.values())), (values, []))[1].append(unit)
+    return list(groups.values())
+
+
+def _samples(units: Sequence[Unit], metric: str, stand_in: float | None = None) -> tuple[Sample, ...]:
+    """The finished runs' finite values of ``metric``, in grid order; with ``stand_in``,
+    also that value for each diverged or failed run key."""
+    out = []
+    for u in units:
+        outcome = u.outcome(metric)
+        if outcome == Outcome.RESULT:
+            rec = u.finished
+            out.append(Sample(u.seed(), float(rec.metrics[metric]), rec.name, rec.run_id, u.expected.point))
+        elif stand_in is not None and outcome in (Outcome.DIVERGED, Outcome.FAILED):
+            rec = u.finished or u.latest
+            out.append(Sample(u.seed(), stand_in, rec.name, rec.run_id, u.expected.point, stand_in=True))
+    return tuple(out)
+
+
+def _rows(groups: Sequence[tuple[dict[str, Any], list[Unit]]], metric: str, direction: str,
+          failed_as: str) -> tuple[list[CompareRow], float]:
+    """One row per group, and the table's worst finite value (NaN when there is none)."""
+    finite = [s.value for _, units in groups for s in _samples(units, metric)]
+    worst = (min if direction == "max" else max)(finite, default=math.nan)
+    stand_in = worst if failed_as == "worst" and finite else None
+    rows = []
+    for order, (values, units) in enumerate(groups):
+        outcomes = [u.outcome(metric) for u in units]
+        rows.append(CompareRow(group=values, n_expected=len(units), samples=_samples(units, metric, stand_in),
+                               order=order, n_diverged=outcomes.count(Outcome.DIVERGED),
+                               n_failed=outcomes.count(Outcome.FAILED),
+                               extra_seeds=any(u.expected.added for u in units)))
+    return rows, worst
+
+
+def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[CompareRow]) -> tuple[str, str] | None:
+    """Parse ``key=value``; the key must be a grouping key and the value one of its values."""
+    if text is None:
+        return None
+    if "=" not in text:
+        example = f"{group_keys[0]}={value_text(rows[0].group[group_keys[0]])}" if group_keys and rows else "key=value"
+        raise CompareError(f"baseline must look like key=value (e.g. {example}), not {text!r}")
+    key, value = (s.strip() for s in text.split("=", 1))
+    key = resolve_key(key, group_keys, "baseline key (it must be a grouping key)")
+    existing = sorted({value_text(r.group[key]) for r in rows})
+    if value not in existing:
+        raise CompareError(
+            f"baseline {key}={value} matches no setting; values of {key}: {', '.join(existing) or '(none)'}"
+        )
+    return key, value
+
+
+def paired_deltas(rows: Sequence[CompareRow], key: str, value: str) -> list[CompareRow]:
+    """Each row with ``delta``: its samples minus the baseline's (``key=value``) sample that has
+    the same other grouping values and the same point off ``key``."""
+    def pair_key(row: CompareRow, sample: Sample) -> tuple:
+        others = tuple(value_text(v) for k, v in row.group.items() if k != key)
+        return others, tuple(sorted((k, value_text(v)) for k, v in sample.point.items() if k != key))
+
+    base = {pair_key(r, s): s.value for r in rows if value_text(r.group[key]) == value for s in r.samples}
+    out = []
+    for row in rows:
+        pairs = [(s.value, base[pk]) for s in row.samples if (pk := pair_key(row, s)) in base]
+        out.append(dataclasses.replace(row, delta=PairedStats.of(pairs)))
+    return out
 
 
 def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[CompareRow]:
@@ -437,67 +336,6 @@ def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[Compare
     return rows
 
 
-def _check_metric(units: Sequence[Unit], metric: str) -> None:
-    finished = [u.finished for u in units if u.finished is not None]
-    if finished and not any(metric in r.metrics for r in finished):
-        names = sorted({m for r in finished for m in r.metrics}, key=lambda m: ("/" in m, m))
-        raise CompareError(
-            f"no finished run has metric {metric!r}; metrics logged: {', '.join(names) or '(none)'}"
-        )
-
-
-def _group_keys(group_by: Sequence[str] | None, axes: Sequence[str], records: Sequence[RunRecord]) -> tuple[str, ...]:
-    """The axes by default, else the requested keys (axes, any param, or the seed)."""
-    if not group_by:
-        return tuple(axes)
-    param_keys = sorted({k for r in records for k in r.params})
-    known = list(axes) + [k for k in param_keys if k not in axes]
-    if SEED_KEY not in known:
-        known.append(SEED_KEY)
-    return tuple(dict.fromkeys(resolve_key(k, known, "group key") for k in group_by))
-
-
-def group_units(units: Iterable[Unit], keys: Sequence[str]) -> list[Group]:
-    """Units grouped by their values on ``keys``, groups in order of first appearance."""
-    values: dict[tuple[str, ...], dict[str, Any]] = {}
-    members: dict[tuple[str, ...], list[Unit]] = {}
-    for unit in units:
-        unit_values = {k: unit.value_of(k) for k in keys}
-        gid = tuple(value_text(v) for v in unit_values.values())
-        values.setdefault(gid, unit_values)
-        members.setdefault(gid, []).append(unit)
-    return [Group(values[gid], tuple(members[gid]), i) for i, gid in enumerate(values)]
-
-
-def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[CompareRow]) -> Baseline | None:
-    """Parse ``key=value``; the key must be a grouping key and the value one of its values."""
-    if text is None:
-        return None
-    if "=" not in text:
-        raise CompareError(f"baseline must look like key=value (e.g. model.norm=bn_torch), not {text!r}")
-    key, value = (s.strip() for s in text.split("=", 1))
-    key = resolve_key(key, group_keys, "baseline key (it must be a grouping key)")
-    existing = sorted({value_text(r.group[key]) for r in rows})
-    if value not in existing:
-        value = next((v for v in existing if _same_number(v, value)), value)  # "128.0" finds "128"
-    if value not in existing:
-        raise CompareError(
-            f"baseline {key}={value} matches no setting; values of {key}: {', '.join(existing) or '(none)'}"
-        )
-    return Baseline(key, value)
-
-
-def paired_deltas(rows: Sequence[CompareRow], baseline: Baseline) -> list[CompareRow]:
-    """Each row with ``delta``: its samples minus the baseline's sample of the same pair key."""
-    base = {baseline.pair_key(r, s): s.value for r in rows if baseline.matches(r) for s in r.samples}
-    out = []
-    for row in rows:
-        keyed = ((s, baseline.pair_key(row, s)) for s in row.samples)
-        pairs = [(s.value, base[pk]) for s, pk in keyed if pk in base]
-        out.append(dataclasses.replace(row, delta=PairedStats.of(pairs)))
-    return out
-
-
 def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
     """Best first (``"max"``: highest mean); rows without a value last, unranked."""
     sign = -1.0 if direction == "max" else 1.0
@@ -508,27 +346,22 @@ def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
 # --------------------------------------------------------------------------- report
 
 
-def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[list[Unit]]:
+def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[list[Unit]]:
     """The units of each setting (its seeds), settings and units in grid order.
 
     Sweeps run seed-major, so a setting's first unit is its first seed.
     """
-    by_setting: dict[tuple[tuple[str, str], ...], list[Unit]] = {}
-    for unit in match_units(records, expected).units:
-        sid = tuple((k, value_text(v)) for k, v in unit.setting_values().items())
-        by_setting.setdefault(sid, []).append(unit)
-    return list(by_setting.values())
+    matched = match_units(records, expected)
+    return [units for _, units in group_units(matched.units, matched.axes)]
 
 
-def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint] | None) -> list[SettingStats]:
+def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[SettingStats]:
     """Per setting (grid order) and split: every score over the setting's finished seeds."""
-    return [_setting_stats(units) for units in units_by_setting(records, expected)]
+    out = []
+    for units in units_by_setting(records, expected):
+        def stats(split: str, score: str) -> Stats:
+            return Stats(tuple(s.value for s in _samples(units, SPLIT_SCORE[split, score])))
 
-
-def _setting_stats(units: Sequence[Unit]) -> SettingStats:
-    finished = [u.finished for u in units if u.finished is not None]
-    splits = tuple(
-        SplitStats(split, {score: Stats(finite_values(finished, SPLIT_SCORE[split, score])) for score in SCORES})
-        for split in SPLITS
-    )
-    return SettingStats(values=units[0].setting_values(), name=units[0].name(), splits=splits)
+        splits = tuple(SplitStats(split, {score: stats(split, score) for score in SCORES}) for split in SPLITS)
+        out.append(SettingStats(units[0].setting_values(), setting_label(units[0].expected), splits))
+    return out

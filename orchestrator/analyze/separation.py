@@ -25,33 +25,21 @@ can add a look at one more n per pair, and alpha / L to the bound). The price is
 settings the first Holm step is at alpha / (L·K·(K−1)), so only large gaps separate
 (``benchmarks/separation_error.py`` measures it).
 
-Added seeds are the integers after the grid's largest seed, in order, so a rerun picks
-the same ones: an added point is an ordinary point (same run key rules, resume from its
-checkpoint, listed in the parent's ``points.json`` for ``orch compare``, marked there as
-added). :func:`confirm_spec` builds ``orch sweep --confirm N``'s points: the leader and
-the settings not separated from it, on N seeds no earlier run of the sweep used.
+Which runs a round adds, and ``orch sweep --confirm N``'s points, are
+:mod:`orchestrator.launch.rounds`'s: this module decides, it does not plan runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import UserError
-from orchestrator.grid.load import SweepSpec
-from orchestrator.grid.expand import RunSpec, run_with_seed, sweep_id
-from orchestrator.analyze.results import CompareResult, CompareRow, value_text
-from orchestrator.store.schema import ExpectedPoint
+from orchestrator.analyze.results import CompareResult, CompareRow
 
 ALPHA = 0.05  # default family-wise error of a separation sweep
-
-
-class ConfirmError(UserError):
-    """``--confirm`` has no separation verdict to confirm, or the grid lost one of its settings."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +142,7 @@ def separate(values: np.ndarray, *, alpha: float, looks: int, direction: str = "
     return Decision(leader=leader, separated=p_leader <= level, p_holm=p_leader, level=level)
 
 
-# --------------------------------------------------------------------------- the sweep's rounds
+# --------------------------------------------------------------------------- a look at a sweep
 
 
 @dataclass(frozen=True)
@@ -186,63 +174,7 @@ def decide(result: CompareResult, sep: Separation) -> Verdict:
                    tuple((r, float(d.p_holm[i])) for i, r in rivals if not d.separated[i]), len(rows), d.level)
 
 
-def _setting_runs(spec: SweepSpec, group: Mapping[str, Any]) -> list[RunSpec]:
-    """The sweep's runs of the setting ``group`` names (axis -> value; any seed)."""
-    want = {k: value_text(v) for k, v in group.items() if k != "seed"}
-    return [r for r in spec.runs if all(value_text(r.point.get(k)) == v for k, v in want.items())]
-
-
-def _without_seed(point: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in point.items() if k != "seed"}
-
-
-def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
-    """This round's runs: for the leader and each rival not yet separated, its planned seeds
-    that have not finished (a stopped round resumes them), then new seeds, ``per_round`` at
-    most and never past ``max_seeds`` finished; none once every rival is separated.
-    ``finished``: the run keys with a FINISHED run (a finished run whose metric is not
-    finite is done too, though it adds nothing). Runs not yet in ``spec`` are new RunSpecs."""
-    if verdict.leader is None or not verdict.undecided:
-        return []
-    todo: list[RunSpec] = []
-    index = len(spec.runs)
-    for row in [verdict.leader, *(r for r, _ in verdict.undecided)]:
-        runs = _setting_runs(spec, row.group)
-        if not runs:
-            continue
-        done = {r.point["seed"] for r in runs if r.run_key in finished}
-        want = min(sep.per_round, sep.max_seeds - len(done))
-        chosen = [r for r in runs if r.point["seed"] not in done][:max(want, 0)]
-        taken = {r.point["seed"] for r in runs}
-        setting = _without_seed(runs[0].point)
-        seed = max(spec.seeds) + 1
-        while len(chosen) < want:
-            if seed not in taken:
-                chosen.append(run_with_seed(setting, runs[0].config, seed, index))
-                index += 1
-            seed += 1
-        todo += chosen
-    return todo
-
-
-def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec:
-    """``spec`` with the seeds that earlier rounds added (read from the parent's ``points.json``)."""
-    known = {r.run_key for r in spec.runs}
-    extra: list[RunSpec] = []
-    for p in points:
-        if p.run_key in known:
-            continue
-        template = next(iter(_setting_runs(spec, p.point)), None)
-        if template is None:
-            continue  # a point of an older version of the grid
-        run = run_with_seed(_without_seed(template.point), template.config, int(p.point["seed"]),
-                            len(spec.runs) + len(extra))
-        if run.run_key == p.run_key:
-            extra.append(run)
-    return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
-
-
-# --------------------------------------------------------------------------- record and confirm
+# --------------------------------------------------------------------------- the record
 
 
 def verdict_json(verdict: Verdict, sep: Separation) -> dict[str, Any]:
@@ -276,29 +208,3 @@ def summary_lines(verdict: Verdict, sep: Separation) -> list[str]:
             f"  guarantee: {guarantee(sep.alpha)}",
             "  the leader's interval is optimistic after adaptive seeds; for an unbiased table run "
             "`orch sweep GRID --confirm N`"]
-
-
-def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[ExpectedPoint], n: int) -> SweepSpec:
-    """``orch sweep --confirm N``'s sweep: the leader and the settings not separated from it
-    (``decision``: the separation sweep's ``separation.json``), each on ``n`` seeds after the
-    largest seed of the separation sweep's ``points`` (seeds no earlier run used). Its
-    points are ordinary points, seed-major, under a sweep id of their own.
-
-    Raises:
-        ConfirmError: the decision names no leader, or a setting the grid no longer has.
-    """
-    if not decision.get("leader"):
-        raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
-    top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]
-    templates = []
-    for setting in top:
-        runs = _setting_runs(spec, setting)
-        if not runs:
-            label = ",".join(f"{k}={value_text(v)}" for k, v in setting.items())
-            raise ConfirmError(f"--confirm: setting {label} of the separation sweep is not in this grid any more")
-        templates.append(runs[0])
-    first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
-    seeds = tuple(range(first, first + n))
-    runs = tuple(run_with_seed(_without_seed(t.point), t.config, seed, i * len(templates) + j)
-                 for i, seed in enumerate(seeds) for j, t in enumerate(templates))
-    return dataclasses.replace(spec, seeds=seeds, runs=runs, sweep_id=sweep_id(spec.name, runs))

@@ -176,7 +176,7 @@ def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: 
 
 def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
     """``--confirm N``: the top settings of GRID's last separation sweep on N fresh seeds."""
-    from orchestrator.analyze import separation
+    from orchestrator.launch import rounds
     from orchestrator.store.schema import Artifact, read_points
 
     exp_id = store.experiment_id(spec.name)
@@ -189,7 +189,7 @@ def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
         raise BadInput(f"--confirm: no finished --until-separated sweep of {spec.path} in {store.uri}; run "
                        f"`orch sweep {spec.path} --until-separated METRIC` first (same grid, same --set)")
     points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
-    return separation.confirm_spec(spec, decision, points, n)
+    return rounds.confirm_spec(spec, decision, points, n)
 
 
 def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry_run: bool, rerun: bool,

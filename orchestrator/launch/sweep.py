@@ -26,17 +26,19 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from experiments.config import check_device
-from experiments.metric_names import DEFAULT_OBJECTIVE, epoch_key
+from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.store import locks
 from orchestrator.analyze import separation
+from orchestrator.launch import rounds
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute.display import make_display
 from orchestrator.grid.load import SweepSpec
 from orchestrator.execute.slots import release_unadopted
 from orchestrator.execute.scheduler import Job, ListSource, Outcome, Scheduler, plan_slots
+from orchestrator.analyze.report import sweep_records
 from orchestrator.analyze.separation import Separation
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json, read_points
-from orchestrator.store.tracking import TrackingStore, to_record
+from orchestrator.store.tracking import TrackingStore
 
 ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed"
 
@@ -118,7 +120,7 @@ def run_sweep(
     Holds the experiment's sweep lock (:mod:`orchestrator.store.locks`) while it runs, and through
     a tracking server beats a heartbeat on the parent: a second sweep of the same experiment
     and store is refused (``SweepBusy``, exit 2) or, with ``wait``, waits for this one. With
-    ``until``, rounds of added seeds follow the grid's own (:mod:`orchestrator.analyze.separation`).
+    ``until``, rounds of added seeds follow the grid's own (:mod:`orchestrator.launch.rounds`).
     """
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
@@ -134,7 +136,7 @@ def run_sweep(
             say(f"sweep {spec.name} [{spec.sweep_id}]: {len(spec.runs)} points, {len(state.done)} already "
                 f"finished, {len(state.pending)} to run{' (resumed)' if state.resumed else ''}")
             if state.resumed:  # the seeds that earlier --until-separated rounds added: in the closing table too
-                spec = separation.restore_added(spec, read_points(store.download_json(state.parent_run_id,
+                spec = rounds.restore_added(spec, read_points(store.download_json(state.parent_run_id,
                                                                                       Artifact.POINTS)))
             # with rounds, the slots keep their processes from one round to the next
             scheduler = Scheduler(slots=slots, fail_fast=fail_fast, display=make_display(quiet),
@@ -221,7 +223,7 @@ def _next_round(store: TrackingStore, spec: SweepSpec, state: SweepState, until:
         return spec, [], None
     finished = store.finished_run_keys(state.experiment_id)
     verdict = separation.decide(result, until)
-    todo = separation.next_round(spec, verdict, until, finished)
+    todo = rounds.next_round(spec, verdict, until, finished)
     if todo:
         known = {r.run_key for r in spec.runs}
         spec = dataclasses.replace(spec, runs=spec.runs + tuple(r for r in todo if r.run_key not in known))
@@ -292,23 +294,6 @@ def _finish(store: TrackingStore, spec: SweepSpec, state: SweepState, outcome: O
     return ExitCode.OK
 
 
-def sweep_records(store: TrackingStore, experiment_id: str, sweep_id: str, run_keys: Sequence[str] = ()):
-    """The sweep's own runs, plus the finished results of its run keys that others finished.
-
-    A point is a run key: a sweep skips a point whose run key has a finished result in the
-    experiment, whoever finished it (editing a grid, e.g. adding a seed, makes a new sweep
-    that reruns nothing done), so its results are found by run key, not only among its own
-    children.
-    """
-    runs = store.sweep_children(experiment_id, sweep_id)
-    if run_keys:
-        own = {r.info.run_id for r in runs}
-        wanted = set(run_keys)
-        runs += [r for r in store.finished_runs(experiment_id)
-                 if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
-    return [to_record(r) for r in runs]
-
-
 def compare_sweep(store: TrackingStore, spec: SweepSpec, state: SweepState, metric: str, direction: str):
     """The sweep's comparison on ``metric``; None when no finished run has it."""
     from orchestrator.analyze import compare
@@ -357,24 +342,18 @@ def summarize_records(store: TrackingStore, parent_run_id: str, records, expecte
 def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                    axes: Sequence[str], metric: str, result) -> list[str]:
     """The metric by each axis and the validation curves on the parent; the paths logged."""
-    from orchestrator.analyze import compare
-    from orchestrator.analyze import summary_plots
+    from orchestrator.analyze import figures
+    from orchestrator.analyze.report import setting_curves
 
     logged = []
     for axis in axes:
-        fig = summary_plots.metric_by_axis(result, metric, axis)
+        fig = figures.metric_by_axis(result, metric, axis)
         store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
         logged.append(Artifact.metric_by_axis(metric, axis))
     curve_metric = metric if metric.startswith("val_") else DEFAULT_OBJECTIVE
-    curves: dict[str, list[list[float]]] = {}
-    finished = {r.tags.get(Tag.RUN_KEY): r for r in compare.select_finished(records)}
-    for point in expected:
-        rec = finished.get(point.run_key)
-        if rec is not None:
-            label = compare.setting_label({k: v for k, v in point.point.items() if k != "seed"}, point.name)
-            curves.setdefault(label, []).append(store.metric_history(rec.run_id, epoch_key(curve_metric)))
+    curves = setting_curves(store, records, expected, [curve_metric])
     if curves:
-        fig = summary_plots.val_curves(curves, curve_metric)
+        fig = figures.val_curves(curves, curve_metric)
         store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)
         logged.append(Artifact.VAL_CURVES)
     return logged

@@ -1,4 +1,4 @@
-"""compare.py (records.py, results.py, render.py) and summary_plots.py on synthetic records, checked against numpy."""
+"""compare.py (records.py, results.py, render.py) and the summary figures on synthetic records, checked against numpy."""
 
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from orchestrator.analyze.compare import (
     report,
     summary_rows,
 )
-from orchestrator.analyze.plot_style import setting_styles
-from orchestrator.analyze.records import match_units, short_names
-from orchestrator.analyze.render import compare_notes, latex_escape, render_report, setting_label
-from orchestrator.analyze.results import PairedStats, Stats, report_stats
+from orchestrator.analyze.figures import SettingCurves, metric_by_axis, setting_styles, val_curves
+from orchestrator.analyze.records import match_units, setting_label, short_names
+from orchestrator.analyze.render import compare_notes, latex_escape, render_report
+from orchestrator.analyze.results import report_stats
+from orchestrator.analyze.stats import PairedStats, Stats
 from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState
-from orchestrator.analyze.summary_plots import metric_by_axis, val_curves
 
 NORMS = ("bn_torch", "bn", "gn")
 BATCHES = (8, 128)
@@ -137,7 +137,6 @@ def test_failed_pruned_and_reruns(sweep):
     assert sorted(row.values) == pytest.approx(sorted(want))
     assert row.mean == pytest.approx(want.mean())
     assert row.std == pytest.approx(want.std(ddof=1))
-    assert result.n_ignored == 1
     assert all(r.group["model.norm"] != "ln" for r in result.rows)
 
 
@@ -188,18 +187,6 @@ def test_group_by_subset_pools_other_axes(sweep):
     assert [(r.group["data.name"], r.n_finished, r.n_expected) for r in by_data.rows] == [("cifar10", 18, 18)]
     with pytest.raises(ValueError, match="model.norm"):
         compare(records, expected, "test_acc", group_by=["nonsense"])
-
-
-def test_no_expected_counts_records(sweep):
-    _, records = sweep
-    records = records + [run_record(expected_grid()[0], {}, status="RUNNING", start=99_999)]
-    result = compare(records, None, "val_acc")
-    assert result.group_keys == ("model.norm", "data.batch_size")
-    row = row_for(result, **{"model.norm": "bn_torch", "data.batch_size": 8})
-    # The running rerun shares the run key: still 3 records, 3 finished.
-    assert (row.n_finished, row.n_expected) == (3, 3)
-    vals = np.array(list(values_for(records, "val_acc", **{"model.norm": "bn_torch", "data.batch_size": 8}).values()))
-    assert row.mean == pytest.approx(vals.mean())
 
 
 def test_baseline_paired_deltas(sweep):
@@ -745,7 +732,7 @@ def test_render_report_json_and_table_from_the_same_stats(sweep):
     assert len(rows) == len(settings) * len(SPLITS)
     for i, row in enumerate(rows):
         setting, split = settings[i // len(SPLITS)], settings[i // len(SPLITS)].splits[i % len(SPLITS)]
-        assert row["setting"] == setting_label(setting.values) and row["set"] == split.split
+        assert row["setting"] == setting.label and row["set"] == split.split
         for score in SCORES:
             stats = split.scores[score]
             if stats.n:
@@ -756,7 +743,7 @@ def test_render_report_json_and_table_from_the_same_stats(sweep):
     assert render_report(settings, "markdown") == report(records, expected)
     table = render_report(settings, "table")
     assert "gn bs8" in table and "F1 macro" in table and "\x1b[" not in table
-    assert table.count("├") == len(settings) - 1  # a rule between settings, none between splits
+    assert table.count("├") == len(settings)  # a rule under the header and between settings, none between splits
     with pytest.raises(ValueError, match="markdown"):
         render_report(settings, "xlsx")
 
@@ -815,11 +802,21 @@ def test_match_units_latest_record_per_run_key(sweep):
                tags={Tag.KIND: Kind.TRIAL, Tag.TRIAL_STATE: TrialState.PRUNED}),
     ]
     matched = match_units(records, expected)
-    assert [u.identity for u in matched.units] == [e.run_key for e in expected]
-    assert matched.axes == ("model.norm", "data.batch_size") and matched.n_ignored == 0
+    assert [u.expected for u in matched.units] == expected
+    assert matched.axes == ("model.norm", "data.batch_size")
     first = matched.units[0]
     assert first.latest.run_id == "tie-listed-last" and first.finished.run_id == "tie-listed-last"
-    assert first.point() == {"model.norm": "bn_torch", "data.batch_size": "8", "seed": "0"}
+    assert first.expected.point == {"model.norm": "bn_torch", "data.batch_size": 8, "seed": 0}
+
+
+def test_setting_labels_are_run_names_without_the_seed():
+    def label(name: str, point: dict) -> str:
+        return setting_label(ExpectedPoint(name, "k", point, ""))
+
+    assert label("gn-bs8-s0", {"model.norm": "gn", "data.batch_size": 8, "seed": 0}) == "gn bs8"
+    assert label("width64-relu-s3", {"width": 64, "act": "relu", "seed": 3}) == "width64 relu"  # any axes
+    assert label("lr1e-05-s0", {"optim.lr": 1e-5, "seed": 0}) == "lr1e-05"  # a dash inside a value stays
+    assert label("s0", {"seed": 0}) == "(base)"  # no axes
 
 
 def test_short_names_keep_ambiguous_keys_whole():
@@ -866,9 +863,9 @@ def test_metric_by_axis_bars(sweep, tmp_path):
     fig.savefig(tmp_path / "by_norm.png")
     assert (tmp_path / "by_norm.png").stat().st_size > 0
 
-    # One axis only, from JSON rows, short axis name: one bar per value, no legend.
+    # One axis only, short axis name: one bar per value, no legend.
     single = compare(records, expected, "val_acc", group_by=["data.batch_size"])
-    fig = metric_by_axis(json.loads(render(single, "json")), None, "batch_size")
+    fig = metric_by_axis(single, None, "batch_size")
     ax = fig.axes[0]
     assert len(ax.patches) == 2 and ax.get_legend() is None
     assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "128"]
@@ -883,7 +880,10 @@ def test_val_curves(tmp_path):
         "bn bs8": [[0.3, 0.5, 0.7, 0.75, 0.76]],
         "ln bs8": [],
     }
-    fig = val_curves(curves, "val_acc")
+    settings = [SettingCurves(label, {"model.norm": label.split()[0], "data.batch_size": 8},
+                              tuple(map(str, range(len(seeds)))), tuple({"val_acc": s} for s in seeds))
+                for label, seeds in curves.items()]
+    fig = val_curves(settings, "val_acc")
     ax = fig.axes[0]
     assert len(ax.lines) == 2
     gn = ax.lines[0]

@@ -17,13 +17,14 @@ import pytest
 import scipy.stats
 import yaml
 from click.testing import CliRunner
+from matplotlib.container import BarContainer
 from statsmodels.stats.multitest import multipletests
 
 from conftest import orch, run_record, write_grid
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
 from orchestrator.cli.main import cli
 from orchestrator.analyze.compare import compare
-from orchestrator.analyze.report_plots import SettingCurves, panel_grid, quantiles, score_by_setting, training_curves
+from orchestrator.analyze.figures import SettingCurves, metric_by_axis, panel_grid, quantiles, training_curves
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Tag
 
 NORMS = ("bn", "gn")
@@ -46,15 +47,18 @@ def synthetic_curves(labels, n_seeds=3, seed=0) -> list[SettingCurves]:
             length = int(rng.integers(3, 7))
             names = (TRAIN_LOSS, VAL_LOSS, VAL_SCORES[0], *QUANTILES)
             histories.append({name: list(rng.uniform(0, 2, length)) for name in names})
-        out.append(SettingCurves(label, tuple(str(s) for s in range(n_seeds)), tuple(histories)))
+        values = dict(zip(("model.norm", "data.batch_size"), label.split()))
+        out.append(SettingCurves(label, values, tuple(str(s) for s in range(n_seeds)), tuple(histories)))
     return out
 
 
 def test_panel_grid_rows_by_first_axis_columns_by_the_rest():
-    labels = [f"{n} bs{b}" for n in ("bn_torch", "bn", "gn") for b in (8, 128)]
-    assert panel_grid(labels) == (3, 2, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)])
-    assert panel_grid(["bn", "in", "ln", "gn"], wrap=3) == (2, 3, [(0, 0), (0, 1), (0, 2), (1, 0)])
-    assert panel_grid(["gn bs8", "bn bs128"]) == (2, 2, [(0, 0), (1, 1)])  # a sparse grid keeps its places
+    settings = [{"model.norm": n, "data.batch_size": b} for n in ("bn_torch", "bn", "gn") for b in (8, 128)]
+    assert panel_grid(settings) == (3, 2, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)])
+    one_axis = [{"model.norm": n} for n in ("bn", "in", "ln", "gn")]
+    assert panel_grid(one_axis, wrap=3) == (2, 3, [(0, 0), (0, 1), (0, 2), (1, 0)])
+    sparse = [{"model.norm": "gn", "data.batch_size": 8}, {"model.norm": "bn", "data.batch_size": 128}]
+    assert panel_grid(sparse) == (2, 2, [(0, 0), (1, 1)])  # a sparse grid keeps its places
 
 
 def test_training_curves_small_multiples_share_y_per_quantity():
@@ -99,23 +103,25 @@ def test_quantile_panels_show_the_first_seed_on_shared_axes(tmp_path):
     fig.savefig(tmp_path / "q.png")
 
 
-def test_score_by_setting_error_bars_are_the_t_interval():
+def test_test_accuracy_error_bars_are_the_t_interval():
     expected = [ExpectedPoint(f"{n}-bs{b}-s{s}", f"k-{n}-{b}-{s}", {"model.norm": n, "data.batch_size": b, "seed": s},
                               f"model.norm={n},data.batch_size={b}") for n in ("bn", "gn") for b in (8, 128)
                 for s in SEEDS]
     rng = np.random.default_rng(5)
     records = [run_record(ep, {"test_acc": float(rng.uniform(0.6, 0.9))}, start=i) for i, ep in enumerate(expected)]
     result = compare(records, expected, "test_acc")
-    fig = score_by_setting(result)
+    fig = metric_by_axis(result, "test accuracy", "model.norm", interval="ci")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["bn", "gn"]
     assert "95% CI" in ax.get_ylabel() and ax.get_xlabel() == "norm"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bs8", "bs128"]
+    assert ax.get_legend().get_title().get_text() == "batch_size"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["8", "128"]
     assert ax.get_title() == "test accuracy by norm and batch_size\n(n = 3 seeds per setting)"
-    for container, bs in zip(ax.containers, (8, 128)):
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for container, bs in zip(bars, (8, 128), strict=True):
         rows = sorted((r for r in result.rows if r.group["data.batch_size"] == bs), key=lambda r: r.order)
-        assert list(container.lines[0].get_ydata()) == pytest.approx([r.mean for r in rows])
-        segments = container.lines[2][0].get_segments()
+        assert [bar.get_height() for bar in container] == pytest.approx([r.mean for r in rows])
+        segments = container.errorbar.lines[2][0].get_segments()
         for seg, row in zip(segments, rows):
             vals = np.array(row.values)
             half = scipy.stats.t.ppf(0.975, 2) * vals.std(ddof=1) / math.sqrt(3)

@@ -19,7 +19,8 @@ from conftest import REPO, TINY_BASE, children, invoke, orch, parents, run_recor
 from orchestrator.analyze.compare import compare, render
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
-from orchestrator.analyze.separation import ConfirmError, Separation, confirm_spec, holm, paired_p, separate
+from orchestrator.analyze.separation import Separation, holm, paired_p, separate
+from orchestrator.launch.rounds import ConfirmError, confirm_spec
 
 # --------------------------------------------------------------------------- the decision
 

@@ -1,0 +1,317 @@
+"""Every figure of a sweep: its summary's (a metric by each axis, validation curves) and its
+report's (training curves and feature quantiles per setting, test accuracy by setting).
+
+Each function takes plain data (a :class:`~orchestrator.analyze.results.CompareResult`, or
+per-epoch histories) and returns a bare :class:`matplotlib.figure.Figure` built without
+pyplot: no GUI backend is needed, the process-wide backend is left alone and no figure
+lingers in pyplot's registry when a caller forgets to close it. The caller logs it (e.g.
+``store.log_figure(parent_run_id, fig, "plots/val_curves.png")``). Matplotlib (≈0.3 s to
+import) is imported inside the functions, so importing this module is free.
+
+Settings are told apart by their values on the sweep's axes, in axis order: a setting's
+colour comes from its first value, its line style from the second, its marker from the
+third, so the legend reads as a small table (matplotlib's default cycle of ten colours
+drew ``bn_torch bs8`` and ``gn bs8`` alike). The report's small multiples put one panel
+per setting in a grid whose rows are the values of the first axis and whose columns are
+the values of the others; a one-axis sweep wraps its settings into a few columns.
+
+Example::
+
+    fig = metric_by_axis(compare(records, expected, "val_acc"), None, "model.norm")
+    fig.savefig("val_acc_by_norm.png")
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from experiments.metric_names import QUANTILES, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
+from orchestrator.analyze.records import short_name, value_text
+from orchestrator.analyze.results import CompareResult, CompareRow, resolve_key
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# matplotlib's "tab10": distinct hues that stay apart in greyscale print better than a ramp.
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+          "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+HATCHES = ("", "//", "..", "xx", "\\\\", "++")  # bars: a second encoding past ten colours
+FIGSIZE = (7.0, 4.2)  # inches of a one-panel figure; 100 dpi → 700×420 px PNGs
+PANEL_SIZE = (3.0, 2.2)  # inches per small-multiple panel; 100 dpi → 300×220 px
+WRAP = 3  # panels per row when the sweep has a single axis
+BAR_GROUP_WIDTH = 0.8  # share of one x slot that a group of series' bars fills
+# Per-epoch series of the training-curve panels: name -> (legend label, colour, line style).
+LOSS_SERIES = {TRAIN_LOSS: ("train loss", COLORS[0], "-"), VAL_LOSS: ("val loss", COLORS[1], "--")}
+ACC_SERIES = {VAL_SCORES[0]: ("val accuracy", COLORS[2], "-")}
+# The quantile panels: low percentiles blue, high ones red; the extremes dashed.
+QUANTILE_STYLE = dict(zip(QUANTILES, (("#08519c", "--"), ("#6baed6", "-"), ("#fc9272", "-"), ("#a50f15", "--"))))
+
+
+def setting_styles(settings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
+    """One distinct ``color``/``linestyle``/``marker`` (keyword arguments of ``plot``) per setting.
+
+    Args:
+        settings: each setting's values on the sweep's axes, as text, in axis order
+            (``("gn", "bs8")``); a setting with fewer values is drawn solid, unmarked. Where
+            colour × line style × marker by value still gives two settings one look (more
+            values than colours), every setting gets the next combination in turn instead.
+    """
+    firsts, seconds, thirds = (list(dict.fromkeys(s[i] for s in settings if len(s) > i)) for i in range(3))
+    styles = [{"color": COLORS[firsts.index(parts[0]) % len(COLORS)] if parts else COLORS[0],
+               "linestyle": LINESTYLES[seconds.index(parts[1]) % len(LINESTYLES)] if len(parts) > 1 else "-",
+               "marker": MARKERS[thirds.index(parts[2]) % len(MARKERS)] if len(parts) > 2 else None}
+              for parts in settings]
+    if len({(s["color"], str(s["linestyle"]), s["marker"]) for s in styles}) < len({tuple(s) for s in settings}):
+        n_c, n_l = len(COLORS), len(LINESTYLES)
+        styles = [{"color": COLORS[i % n_c], "linestyle": LINESTYLES[(i // n_c) % n_l],
+                   "marker": MARKERS[(i // (n_c * n_l)) % len(MARKERS)] if i >= n_c * n_l else None}
+                  for i in range(len(settings))]
+    return styles
+
+
+def epoch_mean_std(seeds: Sequence[Sequence[float]]):
+    """Per epoch: ``(epochs, mean, std, count)`` over the seeds' sequences, as numpy arrays.
+
+    Early stopping makes the sequences of different lengths, so epoch ``e`` (from 1)
+    averages the seeds that reached it; NaN counts as missing. ``std`` is the sample std
+    (NaN where fewer than two seeds count). Empty input gives empty arrays.
+    """
+    import numpy as np
+
+    seeds = [s for s in seeds if len(s)]
+    grid = np.full((len(seeds), max(map(len, seeds), default=0)), np.nan)
+    for i, s in enumerate(seeds):
+        grid[i, : len(s)] = np.asarray(s, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch with no seed, or one: NaN, as documented
+        mean, std = np.nanmean(grid, axis=0), np.nanstd(grid, axis=0, ddof=1)
+    return np.arange(1, grid.shape[1] + 1), mean, std, (~np.isnan(grid)).sum(axis=0)
+
+
+def _band(ax: "Axes", seeds: Sequence[Sequence[float]], alpha: float = 0.2, **style: Any) -> None:
+    """Mean over seeds by epoch, shaded ± std where at least two seeds reached the epoch."""
+    epochs, mean, std, count = epoch_mean_std(seeds)
+    if count.any():
+        (line,) = ax.plot(epochs, mean, **style)
+        ax.fill_between(epochs, mean - std, mean + std, where=count > 1, color=line.get_color(), alpha=alpha,
+                        linewidth=0)
+
+
+# --------------------------------------------------------------------------- one panel
+
+
+def metric_by_axis(result: CompareResult, metric: str | None, axis: str, *, interval: str = "std") -> "Figure":
+    """Bars of the mean over seeds, one slot per value of ``axis``.
+
+    When the rows are grouped by other keys too, each combination of their values is one
+    series (colour, then hatch) with its own bar in every slot. Groups without a value get
+    no bar. Error bars: ± std (``interval="std"``) or the 95% CI of the mean (Student t,
+    ``"ci"``), where a group has two values or more.
+
+    Args:
+        result: a comparison grouped by ``axis`` and possibly other keys.
+        metric: axis label and title; ``None`` takes the result's metric.
+        axis: the grouping key on the x axis (dotted or short name, e.g. ``norm``).
+    """
+    from matplotlib.figure import Figure
+
+    metric = metric or result.metric
+    axis = resolve_key(axis, result.group_keys, "axis (a grouping key of the comparison)")
+    others = [k for k in result.group_keys if k != axis]
+    rows = sorted((r for r in result.rows if r.stats.n), key=lambda r: r.order)
+    xs = list(dict.fromkeys(value_text(r.group[axis]) for r in rows))  # grid order
+    series: dict[tuple[str, ...], list[CompareRow]] = {}
+    for r in rows:
+        series.setdefault(tuple(value_text(r.group[k]) for k in others), []).append(r)
+    width = BAR_GROUP_WIDTH / max(len(series), 1)
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    ax = fig.add_subplot()
+    lows, highs = [], []
+    for i, (key, mine) in enumerate(series.items()):
+        pos = [xs.index(value_text(r.group[axis])) + (i - (len(series) - 1) / 2) * width for r in mine]
+        errors = [_error_bar(r, interval) for r in mine]
+        lows += [r.mean - below for r, (below, _) in zip(mine, errors)]
+        highs += [r.mean + above for r, (_, above) in zip(mine, errors)]
+        bars = ax.bar(pos, [r.mean for r in mine], width * 0.95, yerr=list(zip(*errors)), capsize=3,
+                      label=", ".join(key), color=COLORS[i % len(COLORS)],
+                      hatch=HATCHES[(i // len(COLORS)) % len(HATCHES)] or None)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    if lows:
+        # Zoom in on the bars' tops: rival settings often differ by less than 0.05.
+        low, high = min(lows), max(highs)
+        span = max(high - low, 1e-6)
+        ax.set_ylim(max(0.0, low - 0.25 * span) if low >= 0 else low - 0.25 * span, high + 0.25 * span)
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlabel(short_name(axis))
+    ax.set_ylabel(f"{metric} (mean ± std over seeds)" if interval == "std"
+                  else f"{metric}\n(mean over seeds; bars: 95% CI, Student t)")
+    counts = sorted({r.stats.n for r in rows}) or [0]
+    n_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    by = " and ".join(short_name(k) for k in (axis, *others))
+    ax.set_title(f"{metric} by {by}\n(n = {n_text} seeds per setting)", fontsize=10)
+    if len(series) > 1:
+        ax.legend(title=", ".join(short_name(k) for k in others), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _error_bar(row: CompareRow, interval: str) -> tuple[float, float]:
+    """(below, above) the mean: the std or the CI's ends; 0 below two values."""
+    if row.stats.n < 2:
+        return 0.0, 0.0
+    if interval == "std":
+        return row.std, row.std
+    return row.mean - row.ci_low, row.ci_high - row.mean
+
+
+def val_curves(settings: Sequence["SettingCurves"], name: str) -> "Figure":
+    """Mean over seeds per epoch of the per-epoch value ``name``, one line per setting (shaded
+    ± std where ≥ 2 seeds); settings styled by their axis values (:func:`setting_styles`)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    ax = fig.add_subplot()
+    styles = setting_styles([tuple(value_text(v) for v in s.values.values()) for s in settings])
+    for setting, style in zip(settings, styles):
+        n = sum(1 for s in setting.series(name) if len(s))
+        _band(ax, setting.series(name), alpha=0.12, label=f"{setting.label} (n={n})", markersize=4, **style)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} by epoch (mean over seeds, band ± std)")
+    if ax.lines:
+        # Outside the axes: with a dozen settings an inside legend hides the curves.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- small multiples
+
+
+@dataclass(frozen=True)
+class SettingCurves:
+    """One setting's per-epoch histories: one mapping per seed, seeds in grid order."""
+
+    label: str  # records.setting_label: "gn bs8"
+    values: Mapping[str, Any]  # the setting's axis -> value, in axis order (places its panel)
+    seeds: tuple[str, ...]
+    histories: tuple[Mapping[str, Sequence[float]], ...]  # per seed: per-epoch name -> values from epoch 1
+
+    def series(self, name: str) -> list[Sequence[float]]:
+        """The seeds' sequences of one per-epoch value (missing ones empty)."""
+        return [h.get(name, ()) for h in self.histories]
+
+
+def panel_grid(settings: Sequence[Mapping[str, Any]], wrap: int = WRAP) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(rows, columns, (row, column) per setting)``: rows by the value of the first axis,
+    columns by the values of the others. With one axis, or settings with different axes,
+    the settings fill ``wrap`` columns row by row instead."""
+    keys = list(settings[0]) if settings else []
+    if len(keys) > 1 and all(list(s) == keys for s in settings):
+        parts = [tuple(value_text(s[k]) for k in keys) for s in settings]
+        rows, cols = list(dict.fromkeys(p[0] for p in parts)), list(dict.fromkeys(p[1:] for p in parts))
+        return len(rows), len(cols), [(rows.index(p[0]), cols.index(p[1:])) for p in parts]
+    ncols = max(1, min(wrap, len(settings)))
+    return math.ceil(len(settings) / ncols), ncols, [divmod(i, ncols) for i in range(len(settings))]
+
+
+def _small_multiples(settings: Sequence[SettingCurves], per_setting: int, wrap: int):
+    """A figure with ``per_setting`` panels side by side for each setting, placed by
+    :func:`panel_grid`; returns it, its axes array and each setting's panels."""
+    from matplotlib.figure import Figure
+
+    nrows, ncols, where = panel_grid([s.values for s in settings], wrap)
+    ncols *= per_setting
+    fig = Figure(figsize=(PANEL_SIZE[0] * ncols + 0.8, PANEL_SIZE[1] * nrows + 0.9), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
+    return fig, axes, [[axes[r][per_setting * c + j] for j in range(per_setting)] for r, c in where]
+
+
+def _finish_grid(fig: "Figure", axes: Any, used: Sequence["Axes"], title: str) -> None:
+    """Hide unused panels, put epochs under the lowest panel of each column, one legend, the title."""
+    from matplotlib.ticker import MaxNLocator
+
+    nrows, ncols = axes.shape
+    legend: dict[str, Any] = {}
+    for r in range(nrows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if ax not in used:
+                ax.set_visible(False)
+                continue
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if r == nrows - 1 or axes[r + 1][c] not in used:
+                ax.set_xlabel("epoch")
+                ax.tick_params(labelbottom=True)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+    if legend:
+        # Below the panels: above them it would collide with the title.
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+
+
+def _share_y(axes: Sequence["Axes"]) -> None:
+    """One y axis for panels that show the same quantity (called after plotting: rescale to all)."""
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
+    if axes:
+        axes[0].autoscale(axis="y")  # the limits of every shared panel's data, not only the first's
+
+
+def training_curves(settings: Sequence[SettingCurves]) -> "Figure":
+    """Per setting, two panels side by side: train and val loss; val accuracy.
+
+    Mean over the setting's seeds per epoch with a ± std band; every loss panel shares
+    one y axis, every accuracy panel another.
+    """
+    fig, axes, panels = _small_multiples(settings, 2, wrap=2)
+    for setting, (loss_ax, acc_ax) in zip(settings, panels):
+        for ax, series in ((loss_ax, LOSS_SERIES), (acc_ax, ACC_SERIES)):
+            for name, (label, color, linestyle) in series.items():
+                _band(ax, setting.series(name), label=label, color=color, linestyle=linestyle, linewidth=1.5)
+        n = sum(1 for s in setting.series(VAL_LOSS) if len(s))
+        loss_ax.set_title(f"{setting.label} (n={n}): loss", fontsize=9)
+        acc_ax.set_title(f"{setting.label} (n={n}): val accuracy", fontsize=9)
+        loss_ax.set_ylabel("loss (cross-entropy)", fontsize=8)
+        acc_ax.set_ylabel("accuracy", fontsize=8)
+    _share_y([p[0] for p in panels])
+    _share_y([p[1] for p in panels])
+    _finish_grid(fig, axes, [ax for p in panels for ax in p],
+                 "Training curves per setting: mean over seeds by epoch, band ± 1 std")
+    return fig
+
+
+def quantiles(settings: Sequence[SettingCurves]) -> "Figure":
+    """One panel per setting: the four feature percentiles of the first validation example
+    by epoch, from the setting's first seed (named in each panel's title). Shared axes."""
+    fig, axes, panels = _small_multiples(settings, 1, wrap=WRAP)
+    for setting, (ax,) in zip(settings, panels):
+        history = setting.histories[0] if setting.histories else {}
+        for name, (color, linestyle) in QUANTILE_STYLE.items():
+            values = history.get(name, ())
+            ax.plot(range(1, len(values) + 1), values, color=color, linestyle=linestyle,
+                    label=_percentile_name(QUANTILES[name]))
+        ax.set_title(f"{setting.label}, seed {setting.seeds[0] if setting.seeds else '?'}", fontsize=9)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("feature value", fontsize=8)
+    _share_y([p[0] for p in panels])
+    _finish_grid(fig, axes, [p[0] for p in panels], "Feature percentiles of the first validation example by "
+                 "epoch\n(penultimate layer; one run per setting: its first seed)")
+    return fig
+
+
+def _percentile_name(q: float) -> str:
+    """0.01 → ``"1st percentile"``, 0.2 → ``"20th percentile"``."""
+    n = round(100 * q)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} percentile"

@@ -1,0 +1,113 @@
+"""The rounds of ``orch sweep --until-separated`` and the points of ``--confirm N``.
+
+:mod:`orchestrator.analyze.separation` decides which settings are separated from the
+leader; this module turns the verdict into runs. The leader and the rivals not separated
+get the next ``per_round`` seeds. Added seeds are the integers after the grid's largest
+seed, in order, so a rerun picks the same ones: an added point is an ordinary point (same
+run key rules, resume from its checkpoint, listed in the parent's ``points.json`` for
+``orch compare``, marked there as added). :func:`confirm_spec` builds ``--confirm N``'s
+points: the leader and the settings not separated from it, on N seeds no earlier run of
+the sweep used. Settings are looked up in an index built once per call, so a round costs
+one pass over the sweep's runs however many settings it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from orchestrator.analyze.records import value_text
+from orchestrator.analyze.separation import Separation, Verdict
+from orchestrator.errors import UserError
+from orchestrator.grid.expand import RunSpec, run_with_seed, sweep_id
+from orchestrator.grid.load import SweepSpec
+from orchestrator.store.schema import ExpectedPoint
+
+
+class ConfirmError(UserError):
+    """``--confirm`` has no separation verdict to confirm, or the grid lost one of its settings."""
+
+
+def _setting(point: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A setting's identity: its point (or a row's group) without the seed, as text, by key."""
+    return tuple(sorted((k, value_text(v)) for k, v in point.items() if k != "seed"))
+
+
+def _runs_by_setting(spec: SweepSpec) -> dict[tuple[tuple[str, str], ...], list[RunSpec]]:
+    """The sweep's runs of each setting, built once (a lookup per row, not a scan of the sweep)."""
+    out: dict[tuple[tuple[str, str], ...], list[RunSpec]] = {}
+    for run in spec.runs:
+        out.setdefault(_setting(run.point), []).append(run)
+    return out
+
+
+def _with_seed(template: RunSpec, seed: int, index: int) -> RunSpec:
+    """The run of ``template``'s setting with another seed."""
+    return run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config, seed, index)
+
+
+def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
+    """This round's runs: for the leader and each rival not yet separated, its planned seeds
+    that have not finished (a stopped round resumes them), then new seeds, ``per_round`` at
+    most and never past ``max_seeds`` finished; none once every rival is separated.
+    ``finished``: the run keys with a FINISHED run (a finished run whose metric is not
+    finite is done too, though it adds nothing). Runs not yet in ``spec`` are new RunSpecs."""
+    if verdict.leader is None or not verdict.undecided:
+        return []
+    todo: list[RunSpec] = []
+    by_setting = _runs_by_setting(spec)
+    index = len(spec.runs)  # of the next new run
+    for row in [verdict.leader, *(r for r, _ in verdict.undecided)]:
+        runs = by_setting.get(_setting(row.group), [])
+        done = {r.point["seed"] for r in runs if r.run_key in finished}
+        want = max(min(sep.per_round, sep.max_seeds - len(done)), 0)
+        chosen = [r for r in runs if r.point["seed"] not in done][:want]
+        taken = {r.point["seed"] for r in runs}
+        seed = max(spec.seeds) + 1
+        while runs and len(chosen) < want:
+            if seed not in taken:
+                chosen.append(_with_seed(runs[0], seed, index))
+                index += 1
+            seed += 1
+        todo += chosen
+    return todo
+
+
+def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec:
+    """``spec`` with the seeds that earlier rounds added (read from the parent's ``points.json``)."""
+    known = {r.run_key for r in spec.runs}
+    by_setting = _runs_by_setting(spec)
+    extra: list[RunSpec] = []
+    for p in points:
+        templates = by_setting.get(_setting(p.point)) if p.run_key not in known else None
+        if templates:  # else a point of the grid, or of an older version of it
+            run = _with_seed(templates[0], int(p.point["seed"]), len(spec.runs) + len(extra))
+            if run.run_key == p.run_key:
+                extra.append(run)
+    return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
+
+
+def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[ExpectedPoint], n: int) -> SweepSpec:
+    """``orch sweep --confirm N``'s sweep: the leader and the settings not separated from it
+    (``decision``: the separation sweep's ``separation.json``), each on ``n`` seeds after the
+    largest seed of the separation sweep's ``points`` (seeds no earlier run used). Its
+    points are ordinary points, seed-major, under a sweep id of their own.
+
+    Raises:
+        ConfirmError: the decision names no leader, or a setting the grid no longer has.
+    """
+    if not decision.get("leader"):
+        raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
+    top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]
+    by_setting = _runs_by_setting(spec)
+    templates = []
+    for setting in top:
+        if _setting(setting) not in by_setting:
+            label = ",".join(f"{k}={value_text(v)}" for k, v in setting.items())
+            raise ConfirmError(f"--confirm: setting {label} of the separation sweep is not in this grid any more")
+        templates.append(by_setting[_setting(setting)][0])
+    first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
+    seeds = tuple(range(first, first + n))
+    runs = tuple(_with_seed(t, seed, i * len(templates) + j)
+                 for i, seed in enumerate(seeds) for j, t in enumerate(templates))
+    return dataclasses.replace(spec, seeds=seeds, runs=runs, sweep_id=sweep_id(spec.name, runs))
