@@ -45,7 +45,7 @@ class Setting:
     @property
     def label(self) -> str:
         """``grid point optim.lr=0.1`` or ``include[1] optim.lr=0.1``."""
-        return f"{'grid point' if self.origin == 'grid' else self.origin} {describe_point(self.point) or 'of base'}"
+        return f"{'grid point' if self.origin == 'grid' else self.origin} {describe_point(self.point)}"
 
 
 def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
@@ -81,7 +81,7 @@ def resolve_settings(g: GridReader, sections: GridSections, settings: Sequence[S
         # Grid axes (an include entry's unset ones resolved from base) and the entry's own keys.
         keys = [k for k in all_axes if k in s.values or k in sections.axes]
         params = entry.params(s.config) if any(k not in s.values for k in keys) else {}
-        s.point = {k: s.values[k] if k in s.values else params[k] for k in keys}
+        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys}
         _check_setting(g, s, check_data)
         first = first_by_key.setdefault(entry.run_key(s.config), s)
         if first is not s:

@@ -145,6 +145,16 @@ def test_include_and_exclude(tmp_path):
     assert spec.runs[0].config.model.gn_groups == 16
 
 
+def test_an_include_entry_takes_an_axis_it_leaves_unset_from_base_with_its_type(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid: {model.widths: [[16, 32, 64], [32, 64, 128]]}
+        include: [{model.norm: gn}]
+    """)
+    assert spec.runs[2].point == {"model.widths": (16, 32, 64), "model.norm": "gn", "seed": 0}
+    assert spec.runs[2].name == "widths16x32x64-gn-s0"
+
+
 def test_include_only_grid(tmp_path):
     spec = grid(tmp_path, """
         name: t
