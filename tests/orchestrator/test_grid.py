@@ -31,6 +31,13 @@ def grid(tmp_path: Path, text: str, overrides: tuple[str, ...] = (), **kw) -> Sw
     return load_grid(write(tmp_path, text), overrides, **kw)
 
 
+def refused(tmp_path: Path, text: str) -> ConfigError:
+    """The error a grid of ``text`` is refused with."""
+    with pytest.raises(ConfigError) as info:
+        grid(tmp_path, text)
+    return info.value
+
+
 def settings(spec: SweepSpec) -> tuple[str, ...]:
     """Distinct settings (points without seed) in expansion order."""
     return tuple(dict.fromkeys(r.setting for r in spec.runs))
@@ -466,10 +473,9 @@ def test_tune_seeds_default_to_the_first_seed_and_set_seed_pins_them(tmp_path):
     ("[0.5]", "seed 0.5 is not an integer"),
 ])
 def test_tune_seeds_are_checked_like_the_grid_seeds(tmp_path, seeds, message):
-    with pytest.raises(ConfigError) as info:
-        grid(tmp_path, f"name: t\ntune:\n  n_trials: 2\n  seeds: {seeds}\n")
-    assert info.value.key == "tune.seeds"
-    assert message in info.value.problem and "(line 4)" in info.value.problem
+    err = refused(tmp_path, f"name: t\ntune:\n  n_trials: 2\n  seeds: {seeds}\n")
+    assert err.key == "tune.seeds"
+    assert message in err.problem and "(line 4)" in err.problem
 
 
 def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
@@ -575,13 +581,11 @@ def test_a_grid_names_its_entry_and_the_orchestrator_reads_points_through_it(tmp
     assert spec.runs[4].config.seed == 1 and spec.runs[4].run_key == repr(spec.runs[4].config)
     tune = tune_spec(spec)
     assert (tune.metric, [p.key for p in tune.space]) == ("acc", ["lr"])
-    with pytest.raises(ConfigError) as info:  # its keys, not the built-in study's
-        grid(tmp_path, toy + "name: toy\ngrid: {optim.lr: [0.1]}\n")
-    assert info.value.key == "grid.optim.lr" and "valid keys: seed, lr, width, act" in info.value.problem
-    with pytest.raises(ConfigError) as info:  # its related keys: a check on width blames the varying act
-        grid(tmp_path, toy + "name: toy\ngrid: {act: [relu, gelu]}\n")
-    assert info.value.key == "grid.act" and "width: gelu needs an even width, got 63" in info.value.problem
-    assert "at act=gelu" in info.value.problem
+    err = refused(tmp_path, toy + "name: toy\ngrid: {optim.lr: [0.1]}\n")  # its keys, not the built-in study's
+    assert err.key == "grid.optim.lr" and "valid keys: seed, lr, width, act" in err.problem
+    err = refused(tmp_path, toy + "name: toy\ngrid: {act: [relu, gelu]}\n")  # a check on width blames the act axis
+    assert err.key == "grid.act" and "width: gelu needs an even width, got 63" in err.problem
+    assert "at act=gelu" in err.problem
 
 
 def test_the_built_in_study_is_the_entry_without_one(tmp_path):
@@ -597,9 +601,8 @@ def test_the_built_in_study_is_the_entry_without_one(tmp_path):
     ("os.path:join", "os.path:join is not an entry"),
 ])
 def test_an_entry_that_cannot_be_loaded_is_refused_with_its_line(tmp_path, entry, needle):
-    with pytest.raises(ConfigError) as info:
-        grid(tmp_path, f"name: t\nentry: {entry}\n")
-    assert info.value.key == "entry" and needle in info.value.problem and "(line 2)" in info.value.problem
+    err = refused(tmp_path, f"name: t\nentry: {entry}\n")
+    assert err.key == "entry" and needle in err.problem and "(line 2)" in err.problem
 
 
 # ---------------------------------------------------------------- bad grids
