@@ -1,14 +1,11 @@
-"""Checked grid sections → settings → one :class:`RunSpec` per setting and seed.
-
-The expansion rules (product of the axes in file order, ``exclude``, ``include`` on top
-of ``base``, ``--set`` overrides, seed-major order) are stated in :mod:`orchestrator.grid.load`.
-Every setting is resolved to a :class:`~experiments.config.RunConfig` and checked once
-here; a failure blames the key path in the grid file that set the failing value. This
-module imports neither torch nor mlflow.
+"""Checked grid sections → settings → one :class:`RunSpec` per setting and seed (the rules are
+:mod:`orchestrator.grid.load`'s). A setting that fails its entry's check blames the key path in
+the grid file that set the failing value.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -16,18 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from experiments.config import ConfigError, RunConfig, build, check, parse_override, run_key
-from orchestrator.grid.reader import MAX_SEED, GridReader, GridSections, Located
+from experiments.config import ConfigError
+from orchestrator.grid.entry import Entry, resolve_entry
 from orchestrator.grid.names import describe_point, run_name
-
-# check() reports a cross-field problem under one key; when that key keeps its
-# default, blame the first of these that an axis, include entry or --set varies
-# (else the error names base.<key>, where the fix would go).
-RELATED_KEYS = {
-    "model.gn_groups": ("model.norm", "model.widths"),
-    "model.norm": ("model.widths", "model.gn_groups", "model.bin_rho"),
-    "data.root": ("data.name", "data.download"),
-}
+from orchestrator.grid.reader import GridReader, GridSections
 
 
 @dataclass(frozen=True)
@@ -37,187 +26,107 @@ class RunSpec:
     index: int  # 0-based position in expansion order
     name: str  # readable, unique within the sweep: "gn-bs8-s0"
     point: dict[str, Any] = field(hash=False)  # varying values in axis order, then "seed"
-    setting: str  # the point without its seed: "model.norm=gn,data.batch_size=8" ("" with no axes)
-    point_label: str  # the point with its seed: "model.norm=gn,data.batch_size=8,seed=0" (tag Tag.POINT)
-    config: RunConfig
-    run_key: str  # experiments.config.run_key(config)
+    setting: str  # the point without its seed: "optim.lr=0.1,train.max_epochs=8" ("" with no axes)
+    point_label: str  # the point with its seed: "optim.lr=0.1,train.max_epochs=8,seed=0" (tag Tag.POINT)
+    config: Any  # the entry's config (the built-in study's: an experiments.config.RunConfig)
+    run_key: str  # the entry's run_key(config)
 
 
 @dataclass
 class Setting:
-    """A point of the sweep before seeds: its own values and where each value came from."""
+    """A point of the sweep before seeds; resolve_settings() adds its config and point."""
 
     values: dict[str, Any]  # the keys this setting sets beyond base
     origin: str  # "grid" or "include[i]"
     where: dict[str, str]  # key -> key path in the grid file (or "--set key")
+    config: Any = None
+    point: dict[str, Any] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class ResolvedSetting:
-    """A checked setting: its config (seed from base) and its point (varying keys → values)."""
-
-    setting: Setting
-    config: RunConfig
-    point: dict[str, Any]
-
-
-def apply_overrides(g: GridReader, overrides: Sequence[str], sections: GridSections) -> GridSections:
-    """``--set key=value`` on top of the file: a grid axis shrinks to that one value, any
-    other key overrides ``base``, include entries that give the key another value are
-    dropped, and ``seed=N`` replaces ``seeds`` (and ``tune.seeds``)."""
-    base, axes, includes = dict(sections.base), dict(sections.axes), list(sections.includes)
-    seeds, seed_pinned = sections.seeds, sections.seed_pinned
-    for item in overrides:
-        try:
-            key, raw = parse_override(item)
-        except ConfigError as err:
-            where = f"--set {err.key}" if err.key else "--set"
-            raise ConfigError(err.problem, key=where, source=g.source) from None
-        where = f"--set {key}"
-        if key == "seed":
-            if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < MAX_SEED:
-                g.fail(where, f"expected a seed, an integer from 0, got {raw!r}; e.g. --set seed=1")
-            seeds, seed_pinned = (raw,), True
-            continue
-        value = g.coerce(key, raw, where, one_value="--set gives one value")
-        if key in axes:
-            axes[key] = ([value], where)
-        else:
-            base[key] = (value, where)
-        includes = [(i, e) for i, e in includes if key not in e or e[key][0] == value]
-    return dataclasses.replace(sections, base=base, axes=axes, seeds=seeds, includes=includes,
-                               seed_pinned=seed_pinned)
+    @property
+    def label(self) -> str:
+        """``grid point optim.lr=0.1`` or ``include[1] optim.lr=0.1``."""
+        return f"{'grid point' if self.origin == 'grid' else self.origin} {describe_point(self.point)}"
 
 
 def expand_settings(g: GridReader, sections: GridSections) -> list[Setting]:
     """The product of the axes minus the excluded points, then the include entries."""
-    base, axes, includes = sections.base, sections.axes, sections.includes
-    base_where = {k: p for k, (_, p) in base.items()}
+    base_where = {k: p for k, (_, p) in sections.base.items()}
     settings: list[Setting] = []
-    if axes or not includes:
-        keys = list(axes)
-        product = [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k][0] for k in keys))]
-        excluded = _exclude_lookup(sections.excludes)
-        kept = [p for p in product if not any(tuple(p[k] for k in ks) in values for ks, values in excluded)]
+    if sections.axes or not sections.includes:
+        keys = list(sections.axes)
+        product = [dict(zip(keys, combo)) for combo in itertools.product(*(sections.axes[k][0] for k in keys))]
+        kept = [p for p in product
+                if not any(all(p[k] == v for k, (v, _) in e.items()) for e in sections.excludes)]
         if product and not kept:
-            g.fail(
-                "exclude",
-                f"the grid is empty after exclude: every one of its {len(product)} points matches an "
-                "exclude entry; remove or narrow the entries",
-            )
-        axis_where = {k: p for k, (_, p) in axes.items()}
+            g.fail("exclude", f"the grid is empty after exclude: every one of its {len(product)} points matches an "
+                              "exclude entry; remove or narrow the entries")
+        axis_where = {k: p for k, (_, p) in sections.axes.items()}
         settings += [Setting(p, "grid", base_where | axis_where) for p in kept]
-    for i, entry in includes:
+    for i, entry in sections.includes:
         values = {k: v for k, (v, _) in entry.items()}
         settings.append(Setting(values, f"include[{i}]", base_where | {k: p for k, (_, p) in entry.items()}))
     return settings
 
 
-def _exclude_lookup(excludes: Sequence[Mapping[str, Located]]) -> list[tuple[tuple[str, ...], set[tuple]]]:
-    """Exclude entries grouped by the axes they name, each group a set of value tuples: a
-    point is then checked against every group in one lookup, not against every entry."""
-    groups: dict[tuple[str, ...], set[tuple]] = {}
-    for entry in excludes:
-        keys = tuple(sorted(entry))
-        groups.setdefault(keys, set()).add(tuple(entry[k][0] for k in keys))
-    return list(groups.items())
-
-
-def varying_keys(settings: Sequence[Setting], axes: Mapping[str, Any]) -> tuple[str, ...]:
-    """Grid axes in file order, then keys that only include entries set."""
-    extra = [k for s in settings if s.origin != "grid" for k in s.values if k not in axes]
-    return tuple(axes) + tuple(dict.fromkeys(extra))
-
-
-def resolve_settings(
-    g: GridReader,
-    base: Mapping[str, Located],
-    settings: Sequence[Setting],
-    axes: Mapping[str, Any],
-    all_axes: Sequence[str],
-    check_data: bool,
-) -> list[ResolvedSetting]:
-    """Build and check each setting once (seeds never change what check() sees); refuse
-    two settings that give the same run. ``all_axes``: :func:`varying_keys`."""
-    resolved: list[ResolvedSetting] = []
-    first_by_key: dict[str, ResolvedSetting] = {}
+def resolve_settings(g: GridReader, sections: GridSections, settings: Sequence[Setting], check_data: bool
+                     ) -> tuple[str, ...]:
+    """Build and check each setting once (seeds never change what a check sees), refusing two that
+    give the same run; returns the varying keys: grid axes in file order, then include entries' keys."""
+    extra = [k for s in settings if s.origin != "grid" for k in s.values if k not in sections.axes]
+    all_axes = tuple(sections.axes) + tuple(dict.fromkeys(extra))
+    entry, base = g.entry, {k: v for k, (v, _) in sections.base.items()}
+    first_by_key: dict[str, Setting] = {}
     for s in settings:
-        cfg = build({k: v for k, (v, _) in base.items()} | s.values, source=g.source)
+        s.config = entry.build(base | s.values)
         # Grid axes (an include entry's unset ones resolved from base) and the entry's own keys.
-        point = {k: s.values[k] if k in s.values else config_value(cfg, k)
-                 for k in all_axes if k in s.values or k in axes}
-        _check_setting(g, cfg, s, point, check_data)
-        this = ResolvedSetting(s, cfg, point)
-        key = run_key(cfg)
-        if key in first_by_key:
-            first = first_by_key[key]
-            g.fail(
-                s.origin,
-                f"{_describe_setting(s, point, this=True)} gives the same run as "
-                f"{_describe_setting(first.setting, first.point)}; remove one of them",
-            )
-        first_by_key[key] = this
-        resolved.append(this)
-    return resolved
+        keys = [k for k in all_axes if k in s.values or k in sections.axes]
+        params = entry.params(s.config) if any(k not in s.values for k in keys) else {}
+        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys}
+        _check_setting(g, s, check_data)
+        first = first_by_key.setdefault(entry.run_key(s.config), s)
+        if first is not s:
+            g.fail(s.origin, f"{s.label} gives the same run as {first.label}; remove one of them")
+    return all_axes
 
 
-def config_value(cfg: RunConfig, key: str) -> Any:
-    """The value of dotted ``key`` in ``cfg``."""
-    if key == "seed":
-        return cfg.seed
-    section, name = key.split(".", 1)
-    return getattr(getattr(cfg, section), name)
-
-
-def _describe_setting(s: Setting, point: Mapping[str, Any], *, this: bool = False) -> str:
-    label = describe_point(point) or "the base config"
-    if s.origin == "grid":
-        return f"grid point {label}"
-    return f"this entry ({label})" if this else f"{s.origin} ({label})"
-
-
-def _check_setting(
-    g: GridReader, cfg: RunConfig, s: Setting, point: Mapping[str, Any], check_data: bool
-) -> None:
-    """check() on a resolved setting, blaming the grid key path that set the failing value."""
+def _check_setting(g: GridReader, s: Setting, check_data: bool) -> None:
+    """The entry's check() on a resolved setting, blaming the grid key path that set the failing value."""
     try:
-        check(cfg, check_paths=check_data)
+        g.entry.check(s.config, check_data)
     except ConfigError as err:
         key = err.key or ""
         if key in s.where:
             path, problem = s.where[key], err.problem
         else:
-            # The key is left at its default: blame a varying key that makes this point
-            # fail, or else name the base key to set.
-            varying = [k for k in RELATED_KEYS.get(key, ()) if k in s.where and not s.where[k].startswith("base.")]
+            # The key keeps its default: blame a varying key that makes this point fail, else name the base key.
+            varying = [k for k in g.entry.related_keys.get(key, ())
+                       if k in s.where and not s.where[k].startswith("base.")]
             path = s.where[varying[0]] if varying else f"base.{key}"
             problem = f"{key}: {err.problem}" if varying else f"{err.problem}; set {path}"
         if ";" not in problem:  # a bare range message: say where the fix goes
             axis = path.startswith("grid.")
             problem += "; change or remove that value of the axis" if axis else "; change the value"
-        label = describe_point(point)
+        label = describe_point(s.point)
         g.fail(path, problem, context=f"at {label}" if label else "")
 
 
-def seed_major_runs(resolved: Sequence[ResolvedSetting], seeds: Sequence[int]) -> tuple[RunSpec, ...]:
+def seed_major_runs(entry: Entry, settings: Sequence[Setting], seeds: Sequence[int]) -> tuple[RunSpec, ...]:
     """Every setting with the first seed, then every setting with the next, ...: a sweep
     cut short still covers every setting. Names that collide get ``-<index>`` appended."""
-    runs: list[RunSpec] = []
-    for seed in seeds:
-        for r in resolved:
-            runs.append(run_with_seed(r.point, r.config, seed, len(runs)))
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.name] = counts.get(run.name, 0) + 1
+    runs = [run_with_seed(s.point, s.config, seed, i * len(settings) + j, entry)
+            for i, seed in enumerate(seeds) for j, s in enumerate(settings)]
+    counts = collections.Counter(r.name for r in runs)
     return tuple(dataclasses.replace(r, name=f"{r.name}-{r.index}") if counts[r.name] > 1 else r for r in runs)
 
 
-def run_with_seed(point: Mapping[str, Any], config: RunConfig, seed: int, index: int) -> RunSpec:
-    """The run of a setting (``point`` without its seed) with ``seed``."""
-    cfg = dataclasses.replace(config, seed=seed)
+def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, entry: Entry | None = None) -> RunSpec:
+    """The run of a setting (``point`` without its seed, ``config`` its config) with ``seed``;
+    ``entry``: the sweep's (``SweepSpec.entry``), default the built-in study."""
+    entry = entry or resolve_entry()
+    cfg = entry.seeded(config, seed)
     full = {**point, "seed": seed}
-    return RunSpec(index=index, name=run_name(full), point=full, setting=describe_point(point),
-                   point_label=describe_point(full), config=cfg, run_key=run_key(cfg))
+    return RunSpec(index=index, name=run_name(full, entry), point=full, setting=describe_point(point),
+                   point_label=describe_point(full), config=cfg, run_key=entry.run_key(cfg))
 
 
 def sweep_id(name: str, runs: Sequence[RunSpec]) -> str:

@@ -12,7 +12,8 @@ from conftest import REPO, TESTS
 from experiments.config import ConfigError, build, check, run_key
 from orchestrator.grid.load import SweepSpec, load_grid
 from orchestrator.grid.names import describe_point, run_name
-from orchestrator.grid.space import DEFAULT_SPACE, ParamSpace, tune_spec
+from experiments.study import DEFAULT_SPACE
+from orchestrator.grid.space import ParamSpace, tune_spec
 
 ROOT = REPO
 GRIDS = ROOT / "experiments" / "grids"
@@ -28,6 +29,18 @@ def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
 
 def grid(tmp_path: Path, text: str, overrides: tuple[str, ...] = (), **kw) -> SweepSpec:
     return load_grid(write(tmp_path, text), overrides, **kw)
+
+
+def refused(tmp_path: Path, text: str) -> ConfigError:
+    """The error a grid of ``text`` is refused with."""
+    with pytest.raises(ConfigError) as info:
+        grid(tmp_path, text)
+    return info.value
+
+
+def settings(spec: SweepSpec) -> tuple[str, ...]:
+    """Distinct settings (points without seed) in expansion order."""
+    return tuple(dict.fromkeys(r.setting for r in spec.runs))
 
 
 # ---------------------------------------------------------------- expansion
@@ -65,7 +78,7 @@ def test_runs_are_seed_major(tmp_path):
     assert len(spec.runs) == 12
     assert [r.name for r in spec.runs[:5]] == ["bn-bs8-s0", "bn-bs128-s0", "gn-bs8-s0", "gn-bs128-s0", "bn-bs8-s1"]
     assert [r.config.seed for r in spec.runs] == [0] * 4 + [1] * 4 + [2] * 4
-    assert spec.settings == (
+    assert settings(spec) == (
         "model.norm=bn,data.batch_size=8",
         "model.norm=bn,data.batch_size=128",
         "model.norm=gn,data.batch_size=8",
@@ -137,6 +150,16 @@ def test_include_and_exclude(tmp_path):
     # grid points do not carry keys that only include entries set
     assert "model.gn_groups" not in spec.runs[0].point
     assert spec.runs[0].config.model.gn_groups == 16
+
+
+def test_an_include_entry_takes_an_axis_it_leaves_unset_from_base_with_its_type(tmp_path):
+    spec = grid(tmp_path, """
+        name: t
+        grid: {model.widths: [[16, 32, 64], [32, 64, 128]]}
+        include: [{model.norm: gn}]
+    """)
+    assert spec.runs[2].point == {"model.widths": (16, 32, 64), "model.norm": "gn", "seed": 0}
+    assert spec.runs[2].name == "widths16x32x64-gn-s0"
 
 
 def test_include_only_grid(tmp_path):
@@ -288,7 +311,7 @@ def test_errors_name_the_include_entry_as_written_after_overrides_drop_some(tmp_
         ("data.batch_size=big", "--set data.batch_size", "expected an integer"),
         ("optim.lr=0", "--set optim.lr", "greater than 0"),
         ("model.norm=xx", "--set model.norm", "unknown norm"),
-        ("seed=-1", "--set seed", "expected a seed"),
+        ("seed=-1", "--set seed", "seed -1 is negative"),
         ("lr", "--set", "key=value"),
     ],
 )
@@ -316,7 +339,7 @@ def test_seed_grids_load_without_data():
 
     batch = load_grid(GRIDS / "seed_batch.yaml", check_data=False)
     assert batch.name == "seed-batch" and len(batch.runs) == 18
-    assert batch.settings == (
+    assert settings(batch) == (
         "model.norm=bn_torch,data.batch_size=8",
         "model.norm=bn_torch,data.batch_size=128",
         "model.norm=bn,data.batch_size=8",
@@ -450,10 +473,9 @@ def test_tune_seeds_default_to_the_first_seed_and_set_seed_pins_them(tmp_path):
     ("[0.5]", "seed 0.5 is not an integer"),
 ])
 def test_tune_seeds_are_checked_like_the_grid_seeds(tmp_path, seeds, message):
-    with pytest.raises(ConfigError) as info:
-        grid(tmp_path, f"name: t\ntune:\n  n_trials: 2\n  seeds: {seeds}\n")
-    assert info.value.key == "tune.seeds"
-    assert message in info.value.problem and "(line 4)" in info.value.problem
+    err = refused(tmp_path, f"name: t\ntune:\n  n_trials: 2\n  seeds: {seeds}\n")
+    assert err.key == "tune.seeds"
+    assert message in err.problem and "(line 4)" in err.problem
 
 
 def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
@@ -466,17 +488,121 @@ def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
 # ---------------------------------------------------------------- imports
 
 
-def test_grid_loading_imports_neither_torch_nor_mlflow():
+def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlflow(tmp_path):
+    """The built-in entry is resolved with the grid: its config, names and checks import no torch,
+    and ``orch sweep --dry-run`` on a grid whose store does not exist yet reads no store."""
     code = textwrap.dedent(f"""
         import sys
+        from click.testing import CliRunner
         from orchestrator.grid.load import load_grid
+        from orchestrator.grid.space import tune_spec
         spec = load_grid({str(GRIDS / 'demo.yaml')!r})
-        assert len(spec.runs) == 14
+        assert len(spec.runs) == 14 and tune_spec(spec).space
         heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
-        assert not heavy, heavy
+        assert not heavy, ("load_grid", heavy)
+        from orchestrator.cli.main import cli
+        uri = "sqlite:///" + {str(tmp_path / 'none' / 'mlflow.db')!r}
+        result = CliRunner().invoke(cli, ["sweep", {str(GRIDS / 'demo.yaml')!r}, "--dry-run", "--tracking-uri", uri])
+        assert result.exit_code == 0 and "gn-bs8-s0" in result.output, result.output
+        heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
+        assert not heavy, ("orch sweep --dry-run", heavy)
     """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "none").exists()  # nothing was created
+
+
+# ---------------------------------------------------------------- the entry seam
+
+# A study the orchestrator has never heard of: flat keys, its own naming, check and default space.
+TOY_ENTRY = '''
+import dataclasses
+from experiments.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    lr: float = 0.1
+    width: int = 63
+    act: str = "relu"
+    seed: int = 0
+
+
+class Toy:
+    fields = {"seed": int, "lr": float, "width": int, "act": str}
+    related_keys = {"width": ("act",)}
+    name_prefixes = {"act": ""}
+    headline_keys = ("act",)
+    summary_metrics = ("acc", "loss")
+    default_metric = "acc"
+
+    def coerce(self, key, value):
+        tp = self.fields[key]
+        value = float(value) if tp is float and isinstance(value, int) and not isinstance(value, bool) else value
+        if type(value) is not tp:
+            raise ConfigError(f"expected {tp.__name__}, got {value!r}", key=key)
+        return value
+
+    def build(self, values):
+        return Config(**values)
+
+    def check(self, config, check_paths):
+        if config.act == "gelu" and config.width % 2:
+            raise ConfigError(f"gelu needs an even width, got {config.width}", key="width")
+
+    def params(self, config):
+        return dataclasses.asdict(config)
+
+    def seeded(self, config, seed):
+        return dataclasses.replace(config, seed=seed)
+
+    def run_key(self, config):
+        return repr(config)
+
+    def default_space(self, settings):
+        return {"lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}
+
+
+TOY = Toy()
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    (tmp_path / "toy_entry.py").write_text(TOY_ENTRY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "entry: toy_entry:TOY\n"
+
+
+def test_a_grid_names_its_entry_and_the_orchestrator_reads_points_through_it(tmp_path, toy):
+    spec = grid(tmp_path, toy + "name: toy\ngrid: {act: [relu, silu], width: [64, 128]}\nseeds: [0, 1]\n")
+    assert [r.name for r in spec.runs[:3]] == ["relu-width64-s0", "relu-width128-s0", "silu-width64-s0"]
+    assert spec.runs[4].point_label == "act=relu,width=64,seed=1"
+    assert spec.runs[4].config.seed == 1 and spec.runs[4].run_key == repr(spec.runs[4].config)
+    tune = tune_spec(spec)
+    assert (tune.metric, [p.key for p in tune.space]) == ("acc", ["lr"])
+    err = refused(tmp_path, toy + "name: toy\ngrid: {optim.lr: [0.1]}\n")  # its keys, not the built-in study's
+    assert err.key == "grid.optim.lr" and "valid keys: seed, lr, width, act" in err.problem
+    err = refused(tmp_path, toy + "name: toy\ngrid: {act: [relu, gelu]}\n")  # a check on width blames the act axis
+    assert err.key == "grid.act" and "width: gelu needs an even width, got 63" in err.problem
+    assert "at act=gelu" in err.problem
+
+
+def test_the_built_in_study_is_the_entry_without_one(tmp_path):
+    named = grid(tmp_path, "name: t\nentry: experiments.study:STUDY\ngrid: {model.norm: [bn, gn]}\n")
+    default = grid(tmp_path, "name: t\ngrid: {model.norm: [bn, gn]}\n")
+    assert named.sweep_id == default.sweep_id and named.entry is default.entry
+    assert [r.run_key for r in named.runs] == [r.run_key for r in default.runs]
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("nowhere_at_all:main", "cannot load 'nowhere_at_all:main' (No module named 'nowhere_at_all')"),
+    ("experiments.study:NOPE", "has no attribute 'NOPE'"),
+    ("os.path:join", "os.path:join is not an entry"),
+])
+def test_an_entry_that_cannot_be_loaded_is_refused_with_its_line(tmp_path, entry, needle):
+    err = refused(tmp_path, f"name: t\nentry: {entry}\n")
+    assert err.key == "entry" and needle in err.problem and "(line 2)" in err.problem
 
 
 # ---------------------------------------------------------------- bad grids

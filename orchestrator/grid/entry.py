@@ -1,0 +1,53 @@
+"""The entry: the code a sweep runs, and all that the grid knows about its config. A grid may name
+one (``entry: module:name``); without one the built-in study, :data:`experiments.study.STUDY`, is
+the entry. The grid reads, checks, keys and names points through it alone: it knows no study's keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+from experiments.config import ConfigError
+
+__all__ = ["BUILTIN", "Entry", "resolve_entry"]
+
+BUILTIN = "experiments.study:STUDY"
+
+
+@runtime_checkable
+class Entry(Protocol):
+    """What the grid asks of the code a sweep runs. A config is the entry's own object, which the
+    grid only hands back; a bad value or config raises :class:`~experiments.config.ConfigError`
+    naming the dotted key. ``build`` takes values as ``coerce`` or ``params`` give them."""
+
+    fields: Mapping[str, Any]  # dotted config key → type: int, float, bool, str, tuple[int, ...], X | None
+    related_keys: Mapping[str, tuple[str, ...]]  # key a check() problem names → keys whose values can cause it
+    name_prefixes: Mapping[str, str]  # key → its run-name prefix ("" shows the value alone); others: last dotted part
+    headline_keys: tuple[str, ...]  # the keys that tell runs apart at a glance (a lone run's name)
+    summary_metrics: tuple[str, ...]  # what a finished run reports: orch tune's objectives
+    default_metric: str  # orch tune's objective when a grid names none
+
+    def coerce(self, key: str, value: Any) -> Any: ...  # checked against the key's type, normalised ("1e-3" → 0.001)
+    def build(self, values: Mapping[str, Any]) -> Any: ...  # dotted key → value; defaults for the other keys
+    def check(self, config: Any, check_paths: bool) -> None: ...  # ranges, cross-field rules; paths: the data exists
+    def params(self, config: Any) -> dict[str, Any]: ...  # dotted key → value, seed included: a run's params
+    def seeded(self, config: Any, seed: int) -> Any: ...  # the config with this seed
+    def run_key(self, config: Any) -> str: ...  # a stable id of what the config computes, whatever wrote it
+    # orch tune's search space when a grid names none, for settings with these params (key → range or choices)
+    def default_space(self, settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]: ...
+
+
+def resolve_entry(name: Any = None) -> Entry:
+    """The entry a grid names (``module:name``), or the built-in study for None; ConfigError
+    (key ``entry``) when it cannot be imported or is not an entry."""
+    module, _, attribute = str(name or BUILTIN).partition(":")
+    try:
+        entry = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"cannot load {name!r} ({err}); name an importable module:name, e.g. entry: {BUILTIN}, "
+                          "or leave entry out for the built-in study", key="entry") from None
+    if not isinstance(entry, Entry):
+        raise ConfigError(f"{name} is not an entry: it lacks attributes of orchestrator.grid.entry.Entry; "
+                          f"e.g. entry: {BUILTIN}, or leave entry out for the built-in study", key="entry")
+    return entry
