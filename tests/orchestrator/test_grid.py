@@ -46,25 +46,25 @@ def settings(spec: SweepSpec) -> tuple[str, ...]:
 # ---------------------------------------------------------------- expansion
 
 
-def test_demo_grid_expands_to_fourteen_runs_in_file_order():
+def test_demo_grid_expands_to_eighteen_runs_seed_major_in_file_order():
     spec = load_grid(GRIDS / "demo.yaml")
     assert spec.name == "demo"
     assert spec.axes == ("model.norm", "data.batch_size")
-    assert spec.seeds == (0,)
-    assert [r.index for r in spec.runs] == list(range(14))
-    # first axis slowest, second fastest
-    assert [(r.point["model.norm"], r.point["data.batch_size"]) for r in spec.runs] == [
-        (n, b) for n in NORMS for b in (8, 128)
+    assert spec.seeds == (0, 1, 2)
+    assert [r.index for r in spec.runs] == list(range(18))
+    # seed slowest, then the first axis, the second fastest
+    assert [(r.config.seed, r.point["model.norm"], r.point["data.batch_size"]) for r in spec.runs] == [
+        (s, n, b) for s in (0, 1, 2) for n in ("bn_torch", "gn", "nn") for b in (8, 128)
     ]
     assert spec.runs[0].name == "bn_torch-bs8-s0"
-    assert spec.runs[11].name == "gn-bs128-s0"
+    assert spec.runs[11].name == "nn-bs128-s1"
     for r in spec.runs:
         assert r.config.data.name == "digits"
         assert (r.config.train.max_epochs, r.config.train.patience) == (4, 3)
         assert r.config.model.widths == (16, 32, 64)
         assert r.run_key == run_key(r.config)
-    assert len({r.run_key for r in spec.runs}) == 14
-    assert len({r.name for r in spec.runs}) == 14
+    assert len({r.run_key for r in spec.runs}) == 18
+    assert len({r.name for r in spec.runs}) == 18
 
 
 def test_runs_are_seed_major(tmp_path):
@@ -266,14 +266,14 @@ def test_run_key_is_the_resolved_config(tmp_path):
 
 def test_override_replaces_an_axis():
     spec = load_grid(GRIDS / "demo.yaml", ["model.norm=gn"])
-    assert [r.name for r in spec.runs] == ["gn-bs8-s0", "gn-bs128-s0"]
+    assert [r.name for r in spec.runs] == [f"gn-bs{b}-s{s}" for s in (0, 1, 2) for b in (8, 128)]
     assert spec.axes == ("model.norm", "data.batch_size")
     assert spec.sweep_id != load_grid(GRIDS / "demo.yaml").sweep_id
 
 
 def test_override_sets_base_and_seed():
     spec = load_grid(GRIDS / "demo.yaml", ["optim.lr=0.05", "train.max_epochs=2", "seed=4"])
-    assert len(spec.runs) == 14
+    assert len(spec.runs) == 6
     assert {(r.config.optim.lr, r.config.train.max_epochs, r.config.seed) for r in spec.runs} == {(0.05, 2, 4)}
     assert spec.runs[0].name == "bn_torch-bs8-s4"
 
@@ -497,7 +497,7 @@ def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlf
         from orchestrator.grid.load import load_grid
         from orchestrator.grid.space import tune_spec
         spec = load_grid({str(GRIDS / 'demo.yaml')!r})
-        assert len(spec.runs) == 14 and tune_spec(spec).space
+        assert len(spec.runs) == 18 and tune_spec(spec).space
         heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
         assert not heavy, ("load_grid", heavy)
         from orchestrator.cli.main import cli
