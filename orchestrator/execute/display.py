@@ -17,7 +17,7 @@ from experiments.metric_names import DEFAULT_OBJECTIVE
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
-    from orchestrator.execute.scheduler import Slot, Task
+    from orchestrator.execute.slots import Slot, Task
 
 
 # --------------------------------------------------------------------------- a running sweep
