@@ -44,15 +44,7 @@ from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.execute.job import Job
-from orchestrator.execute.slots import (  # noqa: F401 - Slot, Task and the slot planning are imported from here too
-    POINT_COMMAND,
-    PointProcesses,
-    Slot,
-    Task,
-    cpu_threads,
-    plan_slots,
-    usable_cpus,
-)
+from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task, plan_slots  # noqa: F401 - re-exported
 from orchestrator.store.schema import Status
 
 if TYPE_CHECKING:
