@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.main import (BadInput, cli, device_option, handle_errors, max_points_option, open_store, set_option,
-                              slot_options, tracking_uri_option)
+from orchestrator.cli.group import (BadInput, cli, device_option, handle_errors, max_points_option, open_store, set_option,
+                               slot_options, tracking_uri_option)
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
@@ -136,7 +136,7 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
                      shared=store_is_shared, device=device, max_retries=max_retries, metric=metric, quiet=quiet)
         return
     if dry_run:
-        from orchestrator.execute.display import print_dry_run
+        from orchestrator.cli.listing import print_dry_run
 
         print_dry_run(spec, uri)
         return
@@ -145,15 +145,11 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
     if storage:
         _queue_sweep(spec, open_store(uri), storage, rerun=rerun)
         return
-    from orchestrator.execute import slots as point_processes
-    from orchestrator.execute.scheduler import plan_slots
     from orchestrator.launch.sweep import run_sweep
 
-    # the point processes import torch while this one opens the store and reads what is done
-    with point_processes.started_ahead(plan_slots(workers, gpus, runs_per_gpu, device)[:len(spec.runs)]):
-        code = run_sweep(spec, open_store(uri), workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
-                         max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                         metric=metric, wait=wait, until=until)
+    code = run_sweep(spec, open_store(uri), workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
+                     max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
+                     metric=metric, wait=wait, until=until)
     sys.exit(code)
 
 
