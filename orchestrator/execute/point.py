@@ -35,6 +35,8 @@ import signal
 import sys
 from typing import Any, TextIO
 
+from orchestrator.execute.job import Job, decode
+
 POINTS_PER_PROCESS = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50"))
 MAX_RSS_MB = float(os.environ.get("ORCH_PROCESS_MAX_RSS_MB", "8192"))
 
@@ -93,30 +95,30 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
-    """One point: its tracked run, with events tagged by the job's id; (exit code, run id, summary)."""
+def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
+    """One point: its tracked run, with events tagged by the attempt's id; (exit code, run id, summary)."""
     from experiments.config import build
     from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
     from orchestrator.execute.runner import run_tracked
     from orchestrator.store.tracking import TrackingStore
 
-    cfg = build(job["config"])
-    tag = {"job": job["job"]}
+    cfg = build(job.config)
+    tag = {"job": attempt["job"]}
     code, run_id, summary = run_tracked(
         cfg,
-        store=TrackingStore(job["uri"]),
-        experiment_id=job["experiment_id"],
-        run_name=job.get("run_name"),
-        tags=job.get("tags"),
-        parent_run_id=job.get("parent_run_id"),
-        device=job.get("device", "auto"),
+        store=TrackingStore(job.uri),
+        experiment_id=job.experiment_id,
+        run_name=job.name,
+        tags=job.tags,
+        parent_run_id=job.parent_run_id,
+        device=attempt.get("device", "auto"),
         quiet=False,
         on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid(), **tag),
         on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=cfg.train.max_epochs,
                                     **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
         stop=stop,
-        resume=job.get("resume", True),
-        claim=job.get("claim") or {},  # fenced: a point another process took over writes no final state
+        resume=job.resume,
+        claim=attempt.get("claim") or {},  # fenced: a point another process took over writes no final state
         on_warning=lambda text: emit(event="warning", text=text, **tag),
     )
     return int(code), run_id, summary
@@ -148,24 +150,24 @@ def main() -> int:
             return stop_exit_code(stop.reason)
         if not line.strip():
             break
-        job = json.loads(line)
+        job, attempt = decode(line)
         reset_process_state()
-        setting = json.dumps({k: v for k, v in job["config"].items() if k != "seed"}, sort_keys=True)
+        setting = json.dumps({k: v for k, v in job.config.items() if k != "seed"}, sort_keys=True)
         if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
             _reset_compiled()
             last_setting = setting
         try:
-            code, run_id, summary = run_job(job, stop, emit)
+            code, run_id, summary = run_job(job, attempt, stop, emit)
         except KeyboardInterrupt:  # a second signal, or one before training started: the run is KILLED
-            emit(event="end", job=job["job"], code=int(ExitCode.INTERRUPTED), retire=True)
+            emit(event="end", job=attempt["job"], code=int(ExitCode.INTERRUPTED), retire=True)
             return ExitCode.INTERRUPTED
         except StoreFailure as err:  # the store, not the point: the scheduler starts nothing more
             print(f"error: {err}", file=sys.stderr)
-            emit(event="end", job=job["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
+            emit(event="end", job=attempt["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
             return ExitCode.FAILED
         done += 1
         retire = stop.reason is not None or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
-        emit(event="end", job=job["job"], code=code, run_id=run_id, summary=summary, retire=retire)
+        emit(event="end", job=attempt["job"], code=code, run_id=run_id, summary=summary, retire=retire)
         if retire:
             return stop_exit_code(stop.reason) if stop.reason else ExitCode.OK
     return ExitCode.OK

@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from experiments.config import to_dict
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.execute.display import PlainDisplay
+from orchestrator.execute.job import Job
 from orchestrator.errors import ExitCode, StoreFailure
-from orchestrator.grid.load import RunSpec
 from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, release_unadopted
-from orchestrator.store.schema import Kind, Status, Tag
+from orchestrator.store.schema import Status
 
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
@@ -118,26 +117,6 @@ def visible_gpus() -> list[str]:
 
 
 # --------------------------------------------------------------------------- points
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a child process needs to run one point."""
-
-    name: str
-    config: dict  # experiments.config.to_dict form
-    uri: str
-    experiment_id: str
-    parent_run_id: str | None
-    tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
-    resume: bool = True  # continue a checkpointed earlier attempt of the point (False: --rerun)
-
-    @classmethod
-    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
-                  resume: bool = True) -> Job:
-        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
-                   {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
-                    Tag.SETTING: spec.setting}, resume)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from orchestrator.launch import slurm
+from orchestrator.execute.job import encode, slurm_tags
 from orchestrator.store.schema import Tag
 
 if TYPE_CHECKING:
@@ -56,21 +56,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
-    """The JSON job a point process reads (see :mod:`orchestrator.execute.point`)."""
-    job = task.job
-    return {
-        "job": job_id,
-        "config": job.config,
-        "uri": job.uri,
-        "experiment_id": job.experiment_id,
-        "parent_run_id": job.parent_run_id,
-        "run_name": job.name,
-        "device": "cuda" if slot.gpu is not None else "cpu",
-        "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm.task_tags()},
-        "resume": job.resume,
-        "claim": task.claim,
-    }
+def job_line(task: Task, slot: Slot, job_id: int) -> str:
+    """The line a point process reads for ``task`` (:func:`orchestrator.execute.job.encode`;
+    see :mod:`orchestrator.execute.point`)."""
+    job = task.job.with_tags({Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()})
+    return encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
 
 
 @dataclass
@@ -130,7 +120,7 @@ class PointProcesses:
     def launch(self, task: Task, slot: Slot) -> int:
         """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
         job_id = next(self._ids)
-        payload = json.dumps(job_payload(task, slot, job_id)) + "\n"
+        payload = job_line(task, slot, job_id)
         current = self.slots.get(slot.index)
         for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
             if current is None or current.retiring or current.proc.poll() is not None:
