@@ -15,23 +15,20 @@ written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import itertools
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.execute.job import encode, slurm_tags
 from orchestrator.store.schema import Tag
@@ -43,8 +40,6 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
-WARM_PREFIX = "orch-warm-"  # a temporary folder per process started ahead: orch-warm-<caller pid>-<random>
-WARM_LOG_ENV = "ORCH_WARM_LOG"  # a process started ahead: its log, removed by the process if never adopted
 
 
 def _die_with_parent() -> None:
@@ -104,7 +99,7 @@ class PointProcesses:
         self._n_started += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)  # a scheduler removes it when a run leaves it empty
         log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
-        proc = _adopt(slot, self.command, log_path) or _spawn(self.command, slot, log_path)
+        proc = _spawn(self.command, slot, log_path)
         threading.Thread(target=self._read_events, args=(slot.index, proc), daemon=True).start()
         return SlotProcess(proc, log_path)
 
@@ -186,111 +181,29 @@ class PointProcesses:
         _wait_or_kill(procs, grace)
 
 
-def _spawn(command: Sequence[str], slot: Slot, log_path: Path, *, warm: bool = False) -> subprocess.Popen:
-    env = PointProcesses.slot_env(slot)
-    if warm:
-        env[WARM_LOG_ENV] = str(log_path)
+def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Popen:
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=PointProcesses.slot_env(slot),
+            text=True,
             start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
             preexec_fn=_die_with_parent,
         )
 
 
-# ---------------------------------------------------------------- started ahead of the scheduler
-
-# Processes started by prewarm(), by slot and command, until a scheduler's first point on that
-# slot adopts them. Each logs to its own temporary folder until then.
-_WARM: dict[tuple[Slot, tuple[str, ...]], tuple[subprocess.Popen, Path]] = {}
-
-
-def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:
-    """Start the slots' point processes now, before the caller opens its store and reads what
-    is done: a process's imports (torch, mlflow: seconds) then run beside the caller's own
-    start-up instead of after it, and the first points start that much sooner. The caller's
-    next scheduler adopts them (same slot and command); the rest are killed by
-    :func:`release_unadopted` (they hold no run: a process gets its first point from its
-    scheduler). A process whose caller dies before adopting it (SIGKILL) removes its own
-    temporary folder as it exits (see :mod:`orchestrator.execute.point`); one killed too early for
-    that (in its interpreter's first milliseconds) leaves it to the next caller on this
-    machine, which removes the folders of callers no longer alive. Best effort: a slot whose
-    process cannot start now starts it later."""
-    if not _WARM:
-        atexit.register(release_unadopted)
-        _remove_stale_warm_folders()
-    for slot in slots:
-        key = (slot, tuple(command))
-        if key in _WARM:
-            continue
-        folder = Path(tempfile.mkdtemp(prefix=f"{WARM_PREFIX}{os.getpid()}-"))
-        try:
-            _WARM[key] = (_spawn(command, slot, folder / "process.log", warm=True), folder / "process.log")
-        except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
-            shutil.rmtree(folder, ignore_errors=True)
+# Kept for the callers in orchestrator/launch and orchestrator/cli until they drop their calls: point
+# processes are no longer started ahead of the scheduler (about 3 s per command, far below 1% of a run).
+def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
+    """Does nothing: the scheduler starts its slots' processes itself."""
 
 
-def _remove_stale_warm_folders() -> None:
-    """Remove the temporary folders of processes started ahead by callers that are gone
-    (``orch-warm-<caller pid>-*``): nobody adopts those processes any more."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{WARM_PREFIX}*-*"):
-        pid = folder.name[len(WARM_PREFIX):].split("-", 1)[0]
-        if not pid.isdecimal() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # gone: its folder is stale
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # alive, another user's
-            pass
+def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> contextlib.AbstractContextManager:  # noqa: ARG001
+    """Does nothing: the scheduler starts its slots' processes itself."""
+    return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> Iterator[None]:
-    """:func:`prewarm` for the ``with`` block; at its end the processes no scheduler adopted are
-    killed (a command invoked in a longer-lived process, e.g. through click's CliRunner)."""
-    try:
-        prewarm(slots, command)
-        yield
-    finally:
-        release_unadopted()
-
-
-def _adopt(slot: Slot, command: Sequence[str], log_path: Path) -> subprocess.Popen | None:
-    """The slot's process started by :func:`prewarm`, its log moved to ``log_path``; None if there
-    is none (or it died meanwhile, or its log cannot move there: then a fresh process starts)."""
-    entry = _WARM.pop((slot, tuple(command)), None)
-    if entry is None:
-        return None
-    proc, warm_log = entry
-    try:
-        if proc.poll() is not None:
-            raise OSError("exited before its first point")
-        os.replace(warm_log, log_path)  # the process keeps writing to the moved file
-    except OSError:
-        _discard(proc, warm_log)
-        return None
-    with contextlib.suppress(OSError):
-        warm_log.parent.rmdir()
-    return proc
-
-
-def _discard(proc: subprocess.Popen, log: Path) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    log.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        log.parent.rmdir()
-
-
-def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:
-    """Kill the prewarmed processes no scheduler adopted, but those of ``keep`` (with
-    ``command``): at a command's end (call it before ``os._exit``, which skips atexit), and
-    where the slots a scheduler will use turn out fewer or other than those prewarmed."""
-    wanted = {(slot, tuple(command)) for slot in keep}
-    for key in [key for key in _WARM if key not in wanted]:
-        _discard(*_WARM.pop(key))
+def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
+    """Does nothing: no process is started ahead."""
 
 
 def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:
