@@ -6,10 +6,10 @@ makes every later write fail with EIO. Python ignores SIGPIPE, so such a write r
 dies with its runs left RUNNING. The work and its records must not depend on whoever reads
 the output, so :func:`guard` wraps ``sys.stdout`` and ``sys.stderr``: the first write that
 fails points that file descriptor at ``/dev/null`` (the idiom of the Python docs' note on
-SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup` keeps
-a command that records runs working when its terminal closes (as ``nohup`` would).
-:func:`logging_to_stderr` prints the ``orchestrator`` logger's records on stderr for the
-length of one command, as bare lines.
+SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup`
+(:mod:`orchestrator.execute.stop`) keeps a command that records runs working when its
+terminal closes (as ``nohup`` would). :func:`logging_to_stderr` prints the ``orchestrator``
+logger's records on stderr for the length of one command, as bare lines.
 
 The point processes never write to these streams: their stdout is the scheduler's event
 pipe and their stderr a log file.
@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 from typing import Any, Iterator, TextIO
+
+from orchestrator.execute.stop import ignore_hangup  # the commands import it from here
 
 __all__ = ["guard", "ignore_hangup", "logging_to_stderr"]
 
@@ -90,9 +91,3 @@ def guard() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Guarded):
             setattr(sys, name, _Guarded(stream))
-
-
-def ignore_hangup() -> None:
-    """A closed terminal (SIGHUP) no longer ends this process: it finishes its work, output dropped."""
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)

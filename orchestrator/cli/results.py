@@ -70,7 +70,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
     status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
     ended but which nobody closed gets its summary written and its parent run closed.
     """
-    from orchestrator.execute.display import print_queue_status
+    from orchestrator.cli.listing import print_queue_status
 
     if storage:
         from orchestrator.launch import queue
@@ -86,7 +86,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
             one_queued_sweep(sweep, queue.queued_sweeps(url))
         print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
         return
-    from orchestrator.execute.display import print_sweep_status
+    from orchestrator.cli.listing import print_sweep_status
     from orchestrator.launch.slurm_sweep import status_rows
 
     store = open_store(tracking_uri, write=False)

@@ -51,14 +51,15 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
         cfg = load(config_file, overrides)
     check_device(device)
 
-    from orchestrator.execute.runner import run_tracked, stop_on_signals, summary_line
+    from orchestrator.execute import stop
+    from orchestrator.execute.runner import run_tracked, summary_line
 
-    stop = stop_on_signals()
     exp_id = store.ensure_experiment(experiment)
     # TODO(seam): the entry names its run (grid/entry.py); until then the built-in study's rule
     name = run_name or f"{cfg.model.norm}-bs{cfg.data.batch_size}-s{cfg.seed}"
-    code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
-                                        quiet=quiet, stop=stop, resume=resume_run or False)
+    with stop.handling() as flag:
+        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
+                                            quiet=quiet, stop=flag, resume=resume_run or False)
     if code == ExitCode.OK:
         log.info("run %s FINISHED  %s", run_id, summary_line(summary))
     elif code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):

@@ -181,7 +181,7 @@ def _slurm_options(launch: dict[str, Any]):
 def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any]) -> None:
     """``--dry-run``: the points and whether each is done, or with Slurm the job script; no store opened."""
     if launch["launcher"] != "slurm":
-        from orchestrator.execute.display import print_dry_run
+        from orchestrator.cli.listing import print_dry_run
 
         print_dry_run(spec, uri)
         return

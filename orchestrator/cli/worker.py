@@ -32,7 +32,6 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     of the storage that still want trials.
     """
     from orchestrator.cli.output import ignore_hangup
-    from orchestrator.execute import slots as point_processes
     from orchestrator.execute.scheduler import plan_slots
     from orchestrator.launch import queue
     from orchestrator.store import optuna_storage as storage_mod
@@ -42,14 +41,12 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     if sweep is not None:
         one_queued_sweep(sweep, queue.queued_sweeps(url), may_come=wait)
     slots = plan_slots(workers, gpus, runs_per_gpu, device)
-    # the point processes import torch while this one opens the tracking store and joins the queue
-    with point_processes.started_ahead(slots):
-        uri = open_store(tracking_uri).uri if tracking_uri else None
-        if url.startswith("sqlite:"):
-            queue.register_worker(url, stale_after=max(60.0, 3 * poll))
-        tuning = None if sweep is not None else _serve_tuning(url, uri, device, quiet)
-        code = queue.run_worker(url, slots, sweep=sweep, tracking_uri=uri, max_retries=max_retries, wait=wait,
-                                poll=poll, quiet=quiet, serve_others=tuning)
+    uri = open_store(tracking_uri).uri if tracking_uri else None
+    if url.startswith("sqlite:"):
+        queue.register_worker(url, stale_after=max(60.0, 3 * poll))
+    tuning = None if sweep is not None else _serve_tuning(url, uri, device, quiet)
+    code = queue.run_worker(url, slots, sweep=sweep, tracking_uri=uri, max_retries=max_retries, wait=wait,
+                            poll=poll, quiet=quiet, serve_others=tuning)
     sys.exit(code)
 
 

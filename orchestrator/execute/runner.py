@@ -28,13 +28,12 @@ from orchestrator.store.schema import Kind, Status, Tag, TrialState
 log = logging.getLogger(__name__)
 
 
+# Kept for orchestrator/launch/queue.py until it uses orchestrator.execute.stop.
 def interrupt_signal(err: KeyboardInterrupt) -> str:
-    """Kept for ``orchestrator.launch.queue`` until it catches :class:`~orchestrator.execute.stop.Stopped`."""
-    return signal.Signals(getattr(err, "signum", signal.SIGINT)).name
+    return signal.Signals(stopping.signal_of(err)).name
 
 
 def stop_exit_code(name: str | None) -> int:
-    """Kept for ``orchestrator.launch.queue`` until it uses :func:`orchestrator.execute.stop.exit_code`."""
     return stopping.exit_code(signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
 
 
@@ -44,7 +43,7 @@ def cap_threads() -> None:
     CPUs: ``orch run`` in a 4-CPU job on a 64-core node would otherwise run 64 threads."""
     import torch
 
-    from orchestrator.execute.scheduler import cpu_threads
+    from orchestrator.execute.slots import cpu_threads
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_threads(1))))
 
@@ -168,8 +167,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
         log.warning(f"run {run_id} stopped: {err}; it wrote no final state")
         return ExitCode.LOST_CLAIM, run_id, {}
     except KeyboardInterrupt as err:  # a second signal: stopped at once, without a checkpoint
-        store.end_run(run_id, Status.KILLED, err.reason if isinstance(err, stopping.Stopped)
-                      else stopping.reason(signal.SIGINT))
+        store.end_run(run_id, Status.KILLED, stopping.reason(stopping.signal_of(err)))
         raise
     except StoreFailure as err:  # not the point's fault: the caller stops; the next invocation repairs
         with contextlib.suppress(StoreFailure):

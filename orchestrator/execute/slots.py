@@ -26,20 +26,106 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
-from orchestrator.execute.job import encode, slurm_tags
+from orchestrator.execute.job import Job, encode, slurm_tags
 from orchestrator.store.schema import Tag
-
-if TYPE_CHECKING:
-    from orchestrator.execute.scheduler import Slot, Task
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
+
+
+# --------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None  # CUDA_VISIBLE_DEVICES value, None on the CPU
+    threads: int  # torch threads on the CPU (0: torch's default)
+
+    @property
+    def label(self) -> str:
+        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+
+
+def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
+    """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
+    if device != "cpu" and not gpus:
+        gpus = visible_gpus() if device in ("auto", "cuda") else []
+    if gpus and device != "cpu":
+        return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
+    threads = cpu_threads(workers)
+    return [Slot(i, None, threads) for i in range(workers)]
+
+
+def _count(name: str) -> int | None:
+    """An environment variable that holds a positive ASCII count, else None."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdecimal() and value.isascii() and int(value) > 0 else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
+    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``: the batch script
+    of a job of several tasks has them all), which a cluster without CPU binding does not
+    put in the mask."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    if os.environ.get("SLURM_JOB_ID"):
+        cpus = min(cpus, _count("SLURM_CPUS_ON_NODE") or cpus)
+    return max(1, cpus)
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
+    ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
+    return _count("OMP_NUM_THREADS") or max(1, usable_cpus() // max(1, workers))
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices that ``nvidia-smi`` lists (respecting CUDA_VISIBLE_DEVICES), without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass
+class Task:
+    """One attempt at a job: where it runs and how far it got."""
+
+    job: Job
+    attempt: int = 1
+    ticket: Any = None  # the source's handle on the claim (a queue trial)
+    claim: dict | None = None  # what the point process checks its claim against (orchestrator.store.claims)
+    run_id: str | None = None
+    epoch: int = 0
+    max_epochs: int = 0
+    started: float = 0.0
+    slot: Slot | None = None
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    summary: dict = field(default_factory=dict)
+    last_f1: float | None = None
+    job_id: int = 0  # the point process's id for this attempt
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+# --------------------------------------------------------------------------- their processes
 
 
 def _die_with_parent() -> None:
@@ -64,7 +150,6 @@ class SlotProcess:
 
     proc: subprocess.Popen
     log_path: Path
-    points: int = 0  # jobs handed to it
     job_offset: int = 0  # the log's size when its current job was handed over
     retiring: bool = False  # it said it exits after its current point
 
@@ -129,18 +214,15 @@ class PointProcesses:
                 if attempt:
                     raise
                 current = None
-        current.points += 1
         current.job_offset = offset
         task.proc, task.log_path = current.proc, current.log_path
         return job_id
 
-    def exited(self, index: int, proc: subprocess.Popen) -> bool:
-        """Forget a process that has exited; True when it was the slot's current one."""
+    def exited(self, index: int, proc: subprocess.Popen) -> None:
+        """Forget a process that has exited."""
         current = self.slots.get(index)
         if current is not None and current.proc is proc:
             del self.slots[index]
-            return True
-        return False
 
     def keep_log(self, task: Task, index: int) -> Path | None:
         """Copy the part of the slot's log written during ``task`` to ``<point>-attempt<n>.log``."""
@@ -171,14 +253,18 @@ class PointProcesses:
         for log in self.log_dir.glob("slot*-process*.log"):
             log.unlink(missing_ok=True)
 
-    def stop(self, signum: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+    def send(self, signum: int) -> None:
+        """Send ``signum`` to every live process; safe in a signal handler (it waits for nothing)."""
+        for current in list(self.slots.values()):
+            if current.proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    os.kill(current.proc.pid, signum)
+
+    def stop(self, signum: int) -> None:
         """Send ``signum`` to every process (its point checkpoints and closes its run KILLED),
-        then kill what outlives ``grace``."""
-        procs = [s.proc for s in self.slots.values()]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-        _wait_or_kill(procs, grace)
+        then kill what outlives :data:`STOP_GRACE_SECONDS`."""
+        self.send(signum)
+        _wait_or_kill([s.proc for s in self.slots.values()], STOP_GRACE_SECONDS)
 
 
 def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Popen:

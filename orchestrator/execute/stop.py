@@ -72,7 +72,7 @@ from typing import Callable, Iterator
 from orchestrator.errors import ExitCode
 
 __all__ = ["REPEAT_WINDOW_SECONDS", "SIGNALS", "StopFlag", "Stopped", "exit_code", "handling", "ignore",
-           "ignore_hangup", "reason"]
+           "ignore_hangup", "reason", "signal_of"]
 
 # Ctrl-C, a preemption (scancel, kill), and Slurm's time-limit warning: each asks for a stop
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -88,6 +88,12 @@ def reason(signum: int) -> str:
 def exit_code(signum: int | None) -> int:
     """130 for Ctrl-C (SIGINT), 143 for a preemption (SIGTERM, SIGUSR1)."""
     return ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.PREEMPTED
+
+
+def signal_of(err: KeyboardInterrupt) -> int:
+    """The signal behind an interrupt: a :class:`Stopped`'s own, SIGINT for Python's (Ctrl-C
+    where no handler of this module was installed)."""
+    return getattr(err, "signum", signal.SIGINT)
 
 
 class Stopped(KeyboardInterrupt):

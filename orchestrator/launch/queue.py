@@ -39,7 +39,8 @@ from orchestrator.execute import stop
 from orchestrator.execute.display import make_display
 from orchestrator.execute.job import Job
 from orchestrator.execute.plan import Plan, finished_results
-from orchestrator.execute.scheduler import PointSource, Scheduler, Slot, Task
+from orchestrator.execute.scheduler import PointSource, Scheduler
+from orchestrator.execute.slots import Slot, Task
 from orchestrator.store import optuna_storage as storage_mod
 from orchestrator.store.schema import Kind, Status, StudyAttr, TrialAttr
 from orchestrator.store.tracking import TrackingStore
@@ -305,8 +306,8 @@ def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tra
             outcome = scheduler.run(source)
             if not outcome.interrupted and not wait:
                 serve()  # work queued while the points ran
-        except KeyboardInterrupt as err:  # e.g. while it ran a tuning trial: 143 for SIGTERM, 130 for Ctrl-C
-            return stop.exit_code(getattr(err, "signum", None) or scheduler.stop_signal or signal.SIGINT)
+        except stop.Stopped as err:  # e.g. while it ran a tuning trial: 143 for SIGTERM, 130 for Ctrl-C
+            return err.exit_code
     if outcome.store_failure:  # its running points went back on the queue
         log.error(f"error: {outcome.store_failure}; the worker started no further point and gave its points back "
                   "to the queue; fix the store and start the worker again")

@@ -32,7 +32,8 @@ from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.job import Job
 from orchestrator.execute.plan import Plan, expected_points, finished_results, plan_sweep
-from orchestrator.execute.scheduler import ListSource, Outcome, Scheduler, Slot
+from orchestrator.execute.scheduler import ListSource, Outcome, Scheduler
+from orchestrator.execute.slots import Slot
 from orchestrator.store import locks
 from orchestrator.store.schema import Artifact, Status, Tag, points_json, read_points
 
@@ -83,10 +84,7 @@ class LocalLauncher:
         if self.scheduler is None:
             self.scheduler = Scheduler(slots=self.slots, fail_fast=self.fail_fast, display=make_display(self.quiet),
                                        keep_processes=True)
-        try:
-            return self.scheduler.run(ListSource(jobs, self.max_retries))
-        except KeyboardInterrupt:  # a second signal while the points stopped
-            return Outcome(interrupted=True, signal=self.scheduler.stop_signal or signal.SIGINT)
+        return self.scheduler.run(ListSource(jobs, self.max_retries))
 
     def close(self) -> None:
         if self.scheduler is not None:
