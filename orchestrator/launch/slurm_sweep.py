@@ -214,7 +214,8 @@ def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", m
     closed by the worker that ends its last point. Returns what it did.
     """
     from orchestrator.analyze import compare
-    from orchestrator.launch.sweep import summarize_records, sweep_records
+    from orchestrator.analyze.report import sweep_records
+    from orchestrator.analyze.sweep_summary import write_summary
 
     sweep_id = parent.data.tags[Tag.SWEEP]
     parent = store.get_run(parent.info.run_id)  # fresh: another process may have closed it
@@ -236,7 +237,7 @@ def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", m
     points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
     records = sweep_records(store, exp_id, sweep_id, [p.run_key for p in points])
     axes = [k for k in (points[0].point if points else {}) if k != "seed"]
-    summarize_records(store, parent.info.run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
+    write_summary(store, parent.info.run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
     finished = {r.tags.get(Tag.RUN_KEY) for r in compare.select_finished(records)}
     missing = [p.name for p in points if p.run_key not in finished]
     store.set_tags(parent.info.run_id, {Tag.SUMMARIZED_BY: by})
@@ -298,7 +299,8 @@ def wait_and_close(store: TrackingStore, spec: SweepSpec, state, sub: Submission
     """``--wait``: follow the jobs, close the sweep if its close job did not, print the table; exit code."""
     from orchestrator.analyze import compare
     from orchestrator.execute.display import make_display
-    from orchestrator.launch.sweep import expected_points, sweep_records
+    from orchestrator.analyze.report import sweep_records
+    from orchestrator.execute.plan import expected_points
 
     exp_id = state.experiment_id if state else store.ensure_experiment(spec.name)
     parent = store.find_sweep_parent(exp_id, spec.sweep_id)

@@ -192,7 +192,7 @@ def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
     stopped: list[int] = []
     per, device = int(header.get("per_task", 1)), header.get("device", "auto")
     code = queue.run_worker(header["storage"], task_slots(per, per, device), sweep=header["sweep_id"],
-                            tracking_uri=header["uri"], device=device, max_retries=int(header.get("max_retries", 1)),
+                            tracking_uri=header["uri"], max_retries=int(header.get("max_retries", 1)),
                             quiet=False, stopped=stopped)
     return code, stopped[0] if stopped else None
 
