@@ -215,24 +215,34 @@ def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry
     slurm.test_only(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
                                                storage=url))
     store = open_store(uri)
-    say = slurm_sweep.say_to_stderr(quiet)
+    _log_to_stderr(quiet)
     since_ms = int(time.time() * 1000)
     if url:
         sub = slurm_sweep.submit_workers(spec, store, options, url, rerun=rerun, device=device,
-                                         max_retries=max_retries, say=say)
-        state = None
+                                         max_retries=max_retries)
     else:
-        sub, state = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device,
-                                              max_retries=max_retries, metric=metric, wait=wait, say=say)
-    if sub.job_ids:
-        say(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
-            f"{sub.job_ids[0]}" + (f" (close job {sub.job_ids[1]})" if len(sub.job_ids) > 1 else "")
-            + f"; {sub.done} already finished, {sub.skipped_live} queued or running in earlier jobs\n"
-            f"follow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri {store.uri}"
-            f"\ntask logs: {slurm.log_dir(options)}")
+        sub = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device, max_retries=max_retries,
+                                       metric=metric, wait=wait)
+    if sub.job_ids and not quiet:
+        click.echo(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
+                   f"{sub.job_ids[0]}; {sub.done} already finished, {sub.skipped_live} queued or running in earlier "
+                   f"jobs\nfollow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri "
+                   f"{store.uri}\ntask logs: {slurm.log_dir(options)}", err=True)
     if wait and (sub.job_ids or sub.skipped_live):
-        sys.exit(slurm_sweep.wait_and_close(store, spec, state, sub, quiet=quiet, metric=metric, since_ms=since_ms,
-                                            say=say))
+        sys.exit(slurm_sweep.wait_and_close(store, spec, sub, quiet=quiet, metric=metric, since_ms=since_ms))
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """Until the CLI configures the ``orchestrator`` logger once: its messages on stderr, bare."""
+    import logging
+
+    root = logging.getLogger("orchestrator")
+    for handler in [h for h in root.handlers if getattr(h, "orch_stderr", False)]:
+        root.removeHandler(handler)  # bound to an earlier sys.stderr (CliRunner swaps it per command)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.orch_stderr = True
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:

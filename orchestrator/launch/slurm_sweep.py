@@ -1,32 +1,55 @@
 """``orch sweep --launcher slurm``: submit what is missing, follow it, close the sweep once.
 
-Submission finds or creates the sweep's parent run (as a local sweep does), leaves out
-the points that are finished and those that a live task of the sweep already covers
-(queued or running: the ``slurm/<job id>.json`` manifests on the parent say which task
-holds which points), and submits the rest as one array plus its close job. A rerun
-therefore submits only what is missing.
+Submission opens the sweep as a local sweep does (:func:`orchestrator.launch.sweep.open_sweep`:
+parent run, orphans, which points are done), leaves out the points that a live task of the
+sweep already holds (the parent's ``slurm/<job id>.json`` says which task holds which
+points), and submits the rest as one array. A rerun therefore submits only what is missing.
 
-Closing: the summary (summary.csv, plots) is written and the parent ended by
-:func:`close_if_done`, which acts only when no job of the sweep is left in Slurm and the
-parent is still RUNNING. The close job runs it after its array (``afterany``), each
-close job also after the close jobs submitted before it, so they never race; ``orch
-status``, a rerun and ``--wait`` run it too, which covers a close job that never ran.
+Closing (the summary and the parent's final status) is :func:`close_if_done`, run by each
+array task as it ends, and by ``orch status``, ``--wait`` and a rerun that has nothing to
+submit. It acts only when no other job of the sweep is live in ``squeue``, and it runs under
+the experiment's sweep lock (:func:`orchestrator.store.locks.hold`), which serialises the
+closers and the submissions: of two tasks that end together, the first to take the lock
+sees the other still RUNNING and leaves it, the second sees the first COMPLETING or gone and
+closes. So the last task closes the sweep, once, with no job of its own.
+
+Why not a close job (``--dependency=afterany``), as before: ``scontrol requeue`` also takes
+a job that has ended, which satisfies ``afterany`` and then runs again, so a close job had to
+wait for COMPLETING tasks, hand the closing on to a successor after requeued ones, chain
+after the close jobs of earlier submissions and be re-queued when cancelled: four
+mechanisms for one summary. A task that was requeued is simply not the last one, and if a
+closer did close the sweep in the seconds a requeued task shows COMPLETING, that task is
+the last to end when it comes back and closes the sweep again (a task closes even a closed
+parent), as a rerun reopens and closes a sweep that ended with points missing. Why not
+submitit: it pickles the function onto the shared disk and owns the signal handling, where
+here a task is an ordinary process whose script ``--dry-run`` prints, and submitit has no
+notion of a sweep to close either.
+
+Known limits: a task killed hard (SIGKILL, a dead node) does not close; neither does a
+sweep whose tasks were cancelled before they started. ``orch status``, ``--wait`` or a rerun
+closes such a sweep. Through a tracking server the sweep lock is per machine (see
+:mod:`orchestrator.store.locks`): unless ``~/.cache/orch`` is shared, tasks on two nodes
+that end within the same second can both close the sweep (the summary is written twice,
+the same both times).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from experiments.config import to_dict
 from experiments.metric_names import DEFAULT_OBJECTIVE
-from orchestrator.store import locks
-from orchestrator.launch import slurm
 from orchestrator.errors import ExitCode
 from orchestrator.grid.load import SweepSpec
+from orchestrator.launch import slurm
+from orchestrator.store import locks
 from orchestrator.store.schema import Artifact, Kind, Status, Tag, read_points
 from orchestrator.store.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
 
 FOLLOW_POLL_SECONDS = 2.0
 ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
@@ -34,221 +57,214 @@ ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 @dataclass
 class Submission:
-    job_ids: list[str]  # the sweep jobs submitted now (array, close job)
+    job_ids: list[str]  # the array submitted now (none when nothing was missing)
     points: int  # points submitted
-    skipped_live: int  # unfinished points already covered by live tasks
+    skipped_live: int  # unfinished points already held by live tasks
     done: int
-
-
-def covered_run_keys(store: TrackingStore, parent_run_id: str, live: Sequence[tuple[str, str, str]]) -> set[str]:
-    """Run keys of the points that live array tasks of the sweep hold (from the parent's manifests)."""
-    return set(covered_jobs(store, parent_run_id, live))
 
 
 def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, *, rerun: bool = False,
                  device: str = "auto", max_retries: int = 1, metric: str = DEFAULT_OBJECTIVE,
-                 dry_run: bool = False, wait: bool = False,
-                 say: Callable[[str], None] = print) -> tuple[Submission | None, Any]:
-    """Submit the sweep's missing points (array mode); returns (what was submitted, the sweep state).
+                 wait: bool = False) -> Submission:
+    """Open the sweep and submit its missing points as one array (array mode).
 
-    The experiment's sweep lock is held while submitting, so two submissions of the sweep
-    never both submit a point: the second is refused (naming the holder) or, with ``wait``,
-    waits and then submits only what the first did not.
+    The experiment's sweep lock is held meanwhile, so two submissions of the sweep never
+    both submit a point: the second is refused (naming the holder) or, with ``wait``, waits
+    and then submits only what the first did not.
     """
     from orchestrator.launch.sweep import open_sweep
 
-    with locks.hold(store.uri, spec.name, wait=wait, say=say):
-        exp_id = store.ensure_experiment(spec.name)
-        parent = store.find_sweep_parent(exp_id, spec.sweep_id)
-        finished = set() if rerun else store.finished_run_keys(exp_id)
-        pending = [r for r in spec.runs if r.run_key not in finished]
+    with locks.hold(store.uri, spec.name, wait=wait, say=log.info):
         live = slurm.live_jobs(spec.sweep_id)
-        live_arrays = sorted({j[0].split("_")[0] for j in live if j[2] == slurm.job_name(spec.sweep_id)})
-        covered = covered_run_keys(store, parent.info.run_id, live) if parent is not None and live else set()
-        todo = [r for r in pending if r.run_key not in covered]
-        if not todo:
-            if parent is not None and parent.info.status in Status.LIVE and not live:
-                say(close_if_done(store, parent, by="orch sweep (rerun)", metric=metric))
-            elif (parent is not None and parent.info.status in Status.LIVE
-                  and not any(j[2] == slurm.job_name(spec.sweep_id, close=True) for j in live)):
-                # tasks but no close job (it was cancelled): without one the parent would stay open
-                close_id = _submit_close(store, spec, options, parent.info.run_id, live_arrays, metric, say)
-                if close_id:
-                    say(f"sweep {spec.name} [{spec.sweep_id}]: no close job of it was queued; close job {close_id} "
-                        f"closes it after job(s) {', '.join(live_arrays)}")
-            what = (f"all {len(pending)} unfinished point(s) are queued or running in Slurm job(s) "
-                    f"{', '.join(live_arrays)}" if pending else f"all {len(spec.runs)} points are finished")
-            say(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
-            return Submission([], 0, len(pending), len(spec.runs) - len(pending)), None
         state = open_sweep(store, spec, rerun=rerun)
-        per = options.runs_per_gpu
-        tasks = [todo[i:i + per] for i in range(0, len(todo), per)]
-        header = {"mode": "points", "uri": store.uri, "experiment_id": state.experiment_id,
-                  "parent_run_id": state.parent_run_id, "sweep_id": spec.sweep_id, "per_task": per,
-                  "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options), "resume": not rerun}
-        jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
-                 "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
-                          Tag.SETTING: r.setting}} for r in todo]
-        comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(todo)} point(s), {per} per array task\n"
-                   f"tracking URI {store.uri}; parent run {state.parent_run_id}")
-        script = slurm.task_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=len(tasks), header=header,
-                                   jobs=jobs, comment=comment)
-        slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-        try:
-            array_id = slurm.submit(script)
-        except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
-            store.end_run(state.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
-            raise
-        manifest = slurm.Manifest(array_id, "points", [[r.run_key for r in t] for t in tasks])
-        # after every live job of the sweep: earlier arrays too, in case their close job was cancelled
-        after = [array_id, *sorted({j[0].split("_")[0] for j in live})]
-        close_id = _submit_close(store, spec, options, state.parent_run_id, after, metric, say, record=False)
-        _record(store, state.parent_run_id, array_id, script, manifest, close_id, launcher=ARRAY)
-        return Submission([array_id] + ([close_id] if close_id else []), len(todo), len(pending) - len(todo),
-                          len(spec.runs) - len(pending)), state
+        store.set_tags(state.parent_run_id, {Tag.LAUNCHER: ARRAY})
+        held = held_points(store, state.parent_run_id, live)
+        todo = [r for r in state.pending if r.run_key not in held]
+        sub = Submission([], len(todo), len(state.pending) - len(todo), len(state.done))
+        if todo:
+            script = points_script(spec, todo, store.uri, options, experiment_id=state.experiment_id,
+                                   parent_run_id=state.parent_run_id, device=device, max_retries=max_retries,
+                                   metric=metric, resume=not rerun)
+            sub.job_ids.append(_submit(store, state.parent_run_id, script, options, todo))
+            return sub
+        if not live:  # nothing missing and nothing running: the rerun closes the sweep
+            log.info(_close(store, state.parent_run_id, by="orch sweep (rerun)", metric=metric))
+    arrays = sorted({j.array for j in live})
+    what = (f"all {sub.skipped_live} unfinished point(s) are queued or running in Slurm job(s) {', '.join(arrays)}"
+            if sub.skipped_live else f"all {len(spec.runs)} points are finished")
+    log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
+    return sub
 
 
-def _submit_close(store: TrackingStore, spec: SweepSpec, options: slurm.SlurmOptions, parent_run_id: str,
-                  after: Sequence[str], metric: str, say: Callable[[str], None], *, record: bool = True) -> str | None:
-    """Submit the sweep's close job, to run once every job in ``after`` has ended; its id, or None
-    (said) when Slurm refuses it."""
-    header = {"mode": "close", "uri": store.uri, "parent_run_id": parent_run_id, "metric": metric}
-    slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-    try:
-        close_id = slurm.submit(slurm.close_script(
-            options, name=slurm.job_name(spec.sweep_id, close=True), after=after, header=header,
-            comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
-    except slurm.SlurmError as err:
-        say(f"warning: {err}; the tasks run, and `orch status` closes the sweep once they have ended")
-        return None
-    if record:
-        before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
-        store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join([i for i in before.split(",") if i] + [close_id])})
-    return close_id
+def points_script(spec: SweepSpec, runs: Sequence, uri: str, options: slurm.SlurmOptions, *, experiment_id: str,
+                  parent_run_id: str, device: str, max_retries: int, metric: str, resume: bool) -> str:
+    """The job script of an array that runs ``runs``, ``--runs-per-gpu`` points per task."""
+    from orchestrator.execute.scheduler import Job
+
+    per = options.runs_per_gpu
+    header = {"mode": "points", "uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
+              "per_task": per, "device": device, "max_retries": max_retries, "metric": metric, "resume": resume}
+    jobs = [Job.from_spec(r, uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                          sweep_id=spec.sweep_id) for r in runs]
+    lines = [{"name": j.name, "run_key": r.run_key, "config": j.config, "tags": j.tags} for j, r in zip(jobs, runs)]
+    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(runs)} point(s), {per} per array task\n"
+               f"tracking URI {uri}; parent run {parent_run_id}")
+    return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(runs) // per),
+                            task_input=_task_input(header, lines), comment=comment)
+
+
+def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
+                  device: str, max_retries: int) -> str:
+    """The job script of ``n_tasks`` array tasks, each an ``orch worker`` on the sweep's queue."""
+    header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
+              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries}
+    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue "
+               f"{storage.split('@')[-1]}")
+    opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
+    return slurm.job_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks,
+                            task_input=_task_input(header, ()), comment=comment)
 
 
 def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, device: str, max_retries: int,
                    storage: str | None = None) -> str:
     """The job script ``orch sweep --launcher slurm`` would submit now (every point; ids unknown)."""
-    per = options.runs_per_gpu
     if storage:
-        return _worker_script(spec, uri, options, storage, n_tasks=options.array_parallelism or 4, device=device,
-                              max_retries=max_retries)
-    header = {"mode": "points", "uri": uri, "experiment_id": "<experiment id>", "parent_run_id": "<parent run id>",
-              "sweep_id": spec.sweep_id, "per_task": per, "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options),
-              "resume": True}
-    jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
-             "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
-                      Tag.SETTING: r.setting}} for r in spec.runs]
-    n_tasks = -(-len(jobs) // per)
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task "
-               "(finished points are left out at submission)\n"
-               f"tracking URI {uri}; a close job (--dependency=afterany:<this job>) writes the summary")
-    return slurm.task_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks, header=header, jobs=jobs,
-                             comment=comment)
+        return worker_script(spec, uri, options, storage, n_tasks=options.array_parallelism or 4, device=device,
+                             max_retries=max_retries)
+    return points_script(spec, spec.runs, uri, options, experiment_id="<experiment id>",
+                         parent_run_id="<parent run id>", device=device, max_retries=max_retries,
+                         metric=DEFAULT_OBJECTIVE, resume=True)
 
 
-def _worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
-                   device: str, max_retries: int) -> str:
-    header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
-              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options)}
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue "
-               f"{storage.split('@')[-1]}")
-    opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
-    return slurm.task_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks, header=header, jobs=(),
-                             comment=comment)
+def _task_input(header: dict, lines: Sequence[dict]) -> list[str]:
+    import json
+
+    return [json.dumps(header), *(json.dumps(line) for line in lines)]
+
+
+def _submit(store: TrackingStore, parent_run_id: str, script: str, options: slurm.SlurmOptions, runs: Sequence,
+            launcher: str = ARRAY) -> str:
+    """Submit ``script``; keep it and which task holds which points on the parent. The job id."""
+    import json
+
+    slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
+    try:
+        job_id = slurm.submit(script)
+    except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
+        store.end_run(parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
+        raise
+    per = options.runs_per_gpu
+    tasks = [[r.run_key for r in runs[i:i + per]] for i in range(0, len(runs), per)]
+    store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
+    store.log_text(parent_run_id, json.dumps({"job_id": job_id, "tasks": tasks}), f"{Artifact.SLURM_DIR}/{job_id}.json")
+    before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
+    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join([*filter(None, before.split(",")), job_id]),
+                                   Tag.LAUNCHER: launcher})
+    return job_id
+
+
+def held_points(store: TrackingStore, parent_run_id: str, live: Sequence[slurm.LiveJob]) -> dict[str, str]:
+    """run key -> the live array task (``12_3``) that holds it, from the parent's manifests."""
+    held: dict[str, str] = {}
+    manifests: dict[str, Any] = {}
+    for job in live:
+        array, _, index = job.id.partition("_")
+        if array not in manifests:
+            manifests[array] = store.download_json_if_any(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json")
+        tasks = (manifests[array] or {}).get("tasks", [])
+        if index.isdigit() and int(index) < len(tasks):
+            held.update(dict.fromkeys(tasks[int(index)], job.id))
+    return held
 
 
 def submit_workers(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, storage: str, *,
-                   rerun: bool = False, device: str = "auto", max_retries: int = 1,
-                   say: Callable[[str], None] = print) -> Submission:
+                   rerun: bool = False, device: str = "auto", max_retries: int = 1) -> Submission:
     """Queue mode: queue the missing points on PostgreSQL, then K worker tasks (unless enough are live)."""
     from orchestrator.launch import queue
 
     sub = queue.submit(spec, store, storage, rerun=rerun)
     waiting = sub.enqueued + sub.queued_before
-    live = [j for j in slurm.live_jobs(spec.sweep_id) if j[2] == slurm.job_name(spec.sweep_id)]
+    live = slurm.live_jobs(spec.sweep_id)
     k = min(options.array_parallelism or 4, max(waiting, 1))
     if not waiting or len(live) >= k:
-        say(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
-            f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
+                 f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
         return Submission([], sub.enqueued, sub.queued_before, sub.done)
-    slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-    script = _worker_script(spec, store.uri, options, storage, n_tasks=k - len(live), device=device,
-                            max_retries=max_retries)
-    job_id = slurm.submit(script)
+    script = worker_script(spec, store.uri, options, storage, n_tasks=k - len(live), device=device,
+                           max_retries=max_retries)
     parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
-    _record(store, parent.info.run_id, job_id, script, slurm.Manifest(job_id, "worker"), None, launcher=QUEUE)
+    job_id = _submit(store, parent.info.run_id, script, options, (), launcher=QUEUE)
     return Submission([job_id], sub.enqueued, sub.queued_before, sub.done)
-
-
-def _config(r) -> dict:
-    from experiments.config import to_dict
-
-    return to_dict(r.config)
-
-
-def _record(store: TrackingStore, parent_run_id: str, job_id: str, script: str, manifest: slurm.Manifest,
-            close_id: str | None, *, launcher: str) -> None:
-    """The job script and its manifest on the parent run; the job ids as a tag."""
-    store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
-    store.log_text(parent_run_id, manifest.to_json(), f"{Artifact.SLURM_DIR}/{job_id}.json")
-    before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
-    ids = [i for i in before.split(",") if i] + [job_id] + ([close_id] if close_id else [])
-    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join(ids), Tag.LAUNCHER: launcher})
 
 
 # --------------------------------------------------------------------------- closing
 
 
-def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", metric: str | None = None) -> str:
-    """Write the summary and end the parent, if no job of the sweep is left and it is still open.
+def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "",
+                  metric: str | None = None, wait: bool = False) -> str:
+    """Write the summary and end the parent, if no other job of the sweep is live; returns what it did.
 
-    ``own_job`` (the caller's Slurm job) does not count as left. A task that is COMPLETING
-    does: it may be requeueing itself (see :func:`orchestrator.launch.slurm_task.close`).
-    Runs left RUNNING by tasks that are gone are closed FAILED first. Only a sweep
-    submitted as Slurm arrays is touched: a local sweep closes itself, and a queued one is
-    closed by the worker that ends its last point. Returns what it did.
+    ``own_job`` is the calling task (``12_3``), which is not counted, and which closes the
+    parent even when another closer ended it already (see the module's docstring). The
+    sweep lock is taken first: with ``wait`` a busy lock is waited for, else nothing is done.
+    """
+    parent = store.get_run(parent_run_id)
+    experiment = store.client.get_experiment(parent.info.experiment_id).name
+    try:
+        with locks.hold(store.uri, experiment, wait=wait, say=log.info):
+            return _close(store, parent_run_id, by=by, own_job=own_job, metric=metric)
+    except locks.SweepBusy as err:
+        return f"sweep [{parent.data.tags.get(Tag.SWEEP)}] not closed now: {err}"
+
+
+def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "", metric: str | None = None) -> str:
+    """:func:`close_if_done` under the sweep lock.
+
+    A task that decided it is not the last one records that it has ended (``Tag.SLURM_ENDED``)
+    before it exits, because squeue goes on showing it RUNNING for a moment after its
+    process ends, and then COMPLETING for a few seconds: a closer counts neither (a task
+    being requeued shows COMPLETING too; see the module's docstring).
     """
     from orchestrator.analyze import compare
     from orchestrator.launch.sweep import summarize_records, sweep_records
 
+    parent = store.get_run(parent_run_id)  # fresh: another closer may have ended it
     sweep_id = parent.data.tags[Tag.SWEEP]
-    parent = store.get_run(parent.info.run_id)  # fresh: another process may have closed it
     if parent.data.tags.get(Tag.LAUNCHER) != ARRAY:  # a local sweep, or the queue's: closed by their own rules
         return f"sweep [{sweep_id}] is not a Slurm array sweep; left as it is"
-    if parent.info.status not in Status.LIVE:
+    if parent.info.status not in Status.LIVE and not own_job:
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
-    live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]
-    if live:
-        if own_job or any(j[2] == slurm.job_name(sweep_id, close=True) for j in live):
-            return f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running; its close job closes it"
-        return (f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running, and no close job (was it "
-                "cancelled?): rerun the sweep to queue one, or run `orch status` again once they have ended")
+    live = slurm.live_jobs(sweep_id)
+    ended = set(parent.data.tags.get(Tag.SLURM_ENDED, "").split(","))
+    others = [j for j in live if j.id != own_job and j.state != "COMPLETING"
+              and not (j.state == "RUNNING" and j.id in ended)]
+    if others:
+        if own_job:  # what the next closer needs to know: this task has ended, whatever squeue says
+            ended = {j.id for j in live if j.id in ended} | {own_job}
+            store.set_tags(parent_run_id, {Tag.SLURM_ENDED: ",".join(sorted(ended))})
+        return (f"sweep [{sweep_id}]: {len(others)} Slurm job(s) of it still queued or running; the last of them "
+                "to end closes it")
     exp_id = parent.info.experiment_id
     for run in store.sweep_children(exp_id, sweep_id):
         if run.info.status in Status.LIVE:
             job = run.data.tags.get(Tag.SLURM_JOB, "?")
             store.end_run(run.info.run_id, Status.FAILED, f"its Slurm task {job} ended without closing the run")
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
+    points = read_points(store.download_json(parent_run_id, Artifact.POINTS))
     records = sweep_records(store, exp_id, sweep_id, [p.run_key for p in points])
     axes = [k for k in (points[0].point if points else {}) if k != "seed"]
-    summarize_records(store, parent.info.run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
+    summarize_records(store, parent_run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
     finished = {r.tags.get(Tag.RUN_KEY) for r in compare.select_finished(records)}
     missing = [p.name for p in points if p.run_key not in finished]
-    store.set_tags(parent.info.run_id, {Tag.SUMMARIZED_BY: by})
+    store.set_tags(parent_run_id, {Tag.SUMMARIZED_BY: by})
     if missing:
-        store.end_run(parent.info.run_id, Status.FAILED,
+        store.end_run(parent_run_id, Status.FAILED,
                       f"{len(missing)} point(s) not finished ({', '.join(missing[:10])}); rerun the sweep to run them")
         return f"sweep [{sweep_id}] closed FAILED: {len(missing)} point(s) not finished; rerun the sweep to run them"
-    store.end_run(parent.info.run_id, Status.FINISHED)
-    return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent.info.run_id}"
+    store.end_run(parent_run_id, Status.FINISHED)
+    return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
 
 
-# --------------------------------------------------------------------------- following (--wait)
+# --------------------------------------------------------------------------- following (--wait), orch status
 
 
 @dataclass(frozen=True)
@@ -258,32 +274,32 @@ class _JobSlot:
     gpu: str | None = None
 
 
-def follow(store: TrackingStore, spec: SweepSpec, experiment_id: str, parent_run_id: str, total: int, display,
-           since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
+def follow(store: TrackingStore, spec: SweepSpec, parent, display, since_ms: int,
+           poll: float = FOLLOW_POLL_SECONDS) -> None:
     """Show the sweep's points starting and ending until no job of the sweep is left in Slurm."""
     from orchestrator.execute.scheduler import Job, Task
 
-    display.start(total, [_JobSlot("slurm")])
+    exp_id, parent_run_id = parent.info.experiment_id, parent.info.run_id
+    display.start(len(spec.runs), [_JobSlot("slurm")])
     seen: dict[str, str] = {}
     tasks: dict[str, Task] = {}
     try:
         while True:
             live = slurm.live_jobs(spec.sweep_id)
-            for run in sorted(store.sweep_children(experiment_id, spec.sweep_id), key=lambda r: r.info.start_time):
+            for run in sorted(store.sweep_children(exp_id, spec.sweep_id), key=lambda r: r.info.start_time):
                 rid, status = run.info.run_id, run.info.status
                 if run.info.start_time < since_ms or seen.get(rid) == status:
                     continue
-                task = tasks.get(rid)
-                if task is None:
-                    task = tasks[rid] = Task(Job(run.info.run_name or rid, {}, store.uri, experiment_id, parent_run_id,
-                                                 {}), started=run.info.start_time / 1000,
-                                             slot=_JobSlot(f"job {run.data.tags.get(Tag.SLURM_JOB, '?')}"))
-                    display.started(task)
+                if rid not in tasks:
+                    job = Job(run.info.run_name or rid, {}, store.uri, exp_id, parent_run_id, {})
+                    slot = _JobSlot(f"job {run.data.tags.get(Tag.SLURM_JOB, '?')}")
+                    tasks[rid] = Task(job, started=run.info.start_time / 1000, slot=slot)
+                    display.started(tasks[rid])
                 if status == Status.FINISHED:
-                    task.summary = dict(run.data.metrics)
-                    display.finished(task)
+                    tasks[rid].summary = dict(run.data.metrics)
+                    display.finished(tasks[rid])
                 elif status in (Status.FAILED, Status.KILLED):
-                    display.failed(task, run.data.tags.get(Tag.FAILURE_REASON, status))
+                    display.failed(tasks[rid], run.data.tags.get(Tag.FAILURE_REASON, status))
                 seen[rid] = status
             if not live:
                 return
@@ -293,23 +309,22 @@ def follow(store: TrackingStore, spec: SweepSpec, experiment_id: str, parent_run
         display.stop()
 
 
-def wait_and_close(store: TrackingStore, spec: SweepSpec, state, sub: Submission, *, quiet: bool, metric: str,
-                   since_ms: int, say: Callable[[str], None]) -> int:
-    """``--wait``: follow the jobs, close the sweep if its close job did not, print the table; exit code."""
+def wait_and_close(store: TrackingStore, spec: SweepSpec, sub: Submission, *, quiet: bool, metric: str,
+                   since_ms: int) -> int:
+    """``--wait``: follow the jobs, close the sweep if no task did, print the table; the exit code."""
     from orchestrator.analyze import compare
     from orchestrator.execute.display import make_display
     from orchestrator.launch.sweep import expected_points, sweep_records
 
-    exp_id = state.experiment_id if state else store.ensure_experiment(spec.name)
-    parent = store.find_sweep_parent(exp_id, spec.sweep_id)
+    parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
     try:
-        follow(store, spec, exp_id, parent.info.run_id, sub.points + sub.skipped_live, make_display(quiet), since_ms)
+        follow(store, spec, parent, make_display(quiet), since_ms)
     except KeyboardInterrupt:
-        say(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
+        log.info(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
         return ExitCode.INTERRUPTED
-    if store.get_run(parent.info.run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
-        say(close_if_done(store, parent, by="orch sweep --wait", metric=metric))
-    records = sweep_records(store, exp_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    if parent.data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
+        log.info(close_if_done(store, parent.info.run_id, by="orch sweep --wait", metric=metric, wait=True))
+    records = sweep_records(store, parent.info.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
     try:
         print(compare.render(compare.compare(records, expected_points(spec), metric), "table"))
     except compare.CompareError:
@@ -317,67 +332,38 @@ def wait_and_close(store: TrackingStore, spec: SweepSpec, state, sub: Submission
     status = store.run_status(parent.info.run_id)
     if status == Status.FINISHED:
         return ExitCode.OK
-    say(f"sweep {spec.name} ended {status}: {store.failure_reason(parent.info.run_id) or ''}")
+    log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(parent.info.run_id) or ''}")
     return ExitCode.FAILED
-
-
-# --------------------------------------------------------------------------- orch status
 
 
 def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[list[dict], str | None]:
     """Per point: name, MLflow status, Slurm job (tag), its state in squeue; and what closing did."""
-    sweep_id = parent.data.tags[Tag.SWEEP]
-    exp_id = parent.info.experiment_id
+    import shutil
+
     from orchestrator.analyze.report import sweep_points
 
+    sweep_id = parent.data.tags[Tag.SWEEP]
     points = sweep_points(store, parent)  # none recorded: one message, exit 2
-    latest: dict[str, Any] = {}
-    for run in sorted(store.search([exp_id], f"tags.`{Tag.SWEEP}` = '{sweep_id}'"), key=lambda r: r.info.start_time):
+    latest: dict[str, Any] = {}  # run key -> its finished run, else its newest
+    for run in sorted(store.sweep_children(parent.info.experiment_id, sweep_id), key=lambda r: r.info.start_time):
         key = run.data.tags.get(Tag.RUN_KEY)
-        if key and run.data.tags.get(Tag.KIND) == Kind.POINT:
-            if latest.get(key) is None or latest[key].info.status != Status.FINISHED:
-                latest[key] = run
-    live = slurm.live_jobs(sweep_id) if _has_squeue() else []
-    covered = covered_jobs(store, parent.info.run_id, live)
+        if key and run.data.tags.get(Tag.KIND) == Kind.POINT and (
+                key not in latest or latest[key].info.status != Status.FINISHED):
+            latest[key] = run
+    squeue = shutil.which("squeue") is not None
+    live = slurm.live_jobs(sweep_id) if squeue else []
+    held = held_points(store, parent.info.run_id, live)
     states = slurm.job_states([r.data.tags[Tag.SLURM_JOB] for r in latest.values() if Tag.SLURM_JOB in r.data.tags])
+    states.update({j.id: j.state for j in live})
     rows = []
     for p in points:
         run = latest.get(p.run_key)
-        job = run.data.tags.get(Tag.SLURM_JOB, "") if run is not None else covered.get(p.run_key, "")
+        tags = run.data.tags if run is not None else {}
+        job = tags.get(Tag.SLURM_JOB) or held.get(p.run_key, "")
         rows.append({"name": p.name, "status": run.info.status if run is not None else ("queued" if job else "missing"),
-                     "job": job, "slurm": states.get(job) or next((s for j, s, _ in live if j == job), ""),
-                     "run_id": run.info.run_id if run is not None else "",
-                     "reason": run.data.tags.get(Tag.FAILURE_REASON, "") if run is not None else ""})
+                     "job": job, "slurm": states.get(job, ""), "run_id": run.info.run_id if run is not None else "",
+                     "reason": tags.get(Tag.FAILURE_REASON, "")})
     closed = None
-    array = parent.data.tags.get(Tag.LAUNCHER) == ARRAY
-    if close and array and _has_squeue() and parent.info.status in Status.LIVE:
-        closed = close_if_done(store, parent, by="orch status")
+    if close and squeue and parent.data.tags.get(Tag.LAUNCHER) == ARRAY and parent.info.status in Status.LIVE:
+        closed = close_if_done(store, parent.info.run_id, by="orch status")
     return rows, closed
-
-
-def covered_jobs(store: TrackingStore, parent_run_id: str, live: Sequence[tuple[str, str, str]]) -> dict[str, str]:
-    """run key -> the live array task (``12_3``) that holds it."""
-    out: dict[str, str] = {}
-    for job, _, _ in live:
-        array, _, index = job.partition("_")
-        if not index.isdigit():
-            continue
-        try:
-            data = store.download_json(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json")
-            manifest = slurm.Manifest.from_json(data)
-        except Exception:  # noqa: BLE001 - another sweep's job, or no manifest
-            continue
-        if int(index) < len(manifest.tasks):
-            for key in manifest.tasks[int(index)]:
-                out[key] = job
-    return out
-
-
-def _has_squeue() -> bool:
-    import shutil
-
-    return shutil.which("squeue") is not None
-
-
-def say_to_stderr(quiet: bool) -> Callable[[str], None]:
-    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
