@@ -236,8 +236,7 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = 
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
     live = slurm.live_jobs(sweep_id)
     ended = set(parent.data.tags.get(Tag.SLURM_ENDED, "").split(","))
-    others = [j for j in live if j.id != own_job and j.state != "COMPLETING"
-              and not (j.state == "RUNNING" and j.id in ended)]
+    others = [j for j in live if j.id != own_job and not (j.id in ended and j.state in ("RUNNING", "COMPLETING"))]
     if others:
         if own_job:  # what the next closer needs to know: this task has ended, whatever squeue says
             ended = {j.id for j in live if j.id in ended} | {own_job}

@@ -254,7 +254,7 @@ def test_a_second_submission_refuses_or_waits_and_a_queued_task_keeps_the_sweep_
     assert run.info.status == Status.FINISHED
     parent = parent_run(uri, spec.sweep_id)
     assert parent.info.status == Status.FINISHED, task_logs(tmp_path)[-3000:]
-    assert parent.data.tags[Tag.SUMMARIZED_BY] == f"Slurm task {task}"
+    assert parent.data.tags[Tag.SUMMARIZED_BY] == f"Slurm task {run.data.tags[Tag.SLURM_JOB]}"
     assert parent.data.tags[Tag.SLURM_JOBS] == task.split("_")[0]  # one array, no other job
 
 
