@@ -203,15 +203,6 @@ class Checkpoints(Protocol):
 
     def due(self) -> bool: ...  # time for a periodic checkpoint at this epoch end
     def save(self, state: dict[str, Any]) -> None: ...
-    def stop_requested(self) -> str | None: ...  # a signal asked the run to stop: its name
-
-
-class Stopped(Exception):
-    """The run was asked to stop (a signal); its checkpoint has been written."""
-
-    def __init__(self, reason: str, epoch: int, batch: int):
-        super().__init__(f"{reason} at epoch {epoch + 1}, batch {batch}")
-        self.reason, self.epoch, self.batch = reason, epoch, batch
 
 
 CHECKPOINT_FORMAT = 1
@@ -372,8 +363,9 @@ def train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     checkpoints: Checkpoints | None = None,
     resume: dict[str, Any] | None = None,
-) -> RunResult:
-    """Train one configuration and evaluate its best checkpoint.
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult | None:
+    """Train one configuration and evaluate its best checkpoint; None when it was asked to stop.
 
     Args:
         cfg: the resolved run configuration.
@@ -384,10 +376,11 @@ def train(
         checkpoints: gets a checkpoint (:func:`capture`) at epoch ends when it is due, and
             at the next batch boundary when a stop is requested.
         resume: a checkpoint to continue from, exactly where it was taken (mid-epoch too).
+        should_stop: polled after every batch (the caller's signal flag); once it is true the
+            loop writes a checkpoint and returns None, and the caller ends the run.
 
     Raises:
         TrainingDiverged: the training or validation loss became non-finite.
-        Stopped: a stop was requested; the checkpoint was written first.
     """
     tracker = tracker or NullTracker()
     dev = resolve_device(device)
@@ -446,11 +439,11 @@ def train(
             correct += (logits.argmax(1) == y).sum()
             p.seen += len(y)
             p.batch += 1
-            if checkpoints is not None and (reason := checkpoints.stop_requested()):
+            if should_stop is not None and should_stop():
                 p.loss_sum, p.correct = loss_sum.item(), int(correct.item())  # one sync, only when stopping
                 p.train_seconds += time.perf_counter() - t0
                 checkpoint()
-                raise Stopped(reason, p.epoch, p.batch)
+                return None
         train_loss = loss_sum.item() / p.seen
         if cuda:
             torch.cuda.synchronize()
@@ -488,12 +481,11 @@ def train(
             p.stale += 1
         p.train_seconds += time.perf_counter() - t0
         done = p.stale >= cfg.train.patience or p.epoch >= cfg.train.max_epochs
-        if not done and checkpoints is not None:
-            if (reason := checkpoints.stop_requested()):
-                checkpoint()
-                raise Stopped(reason, p.epoch, 0)
-            if checkpoints.due():
-                checkpoint()
+        if not done and should_stop is not None and should_stop():
+            checkpoint()
+            return None
+        if not done and checkpoints is not None and checkpoints.due():
+            checkpoint()
 
     # Restore the best checkpoint and evaluate it on every split.
     model.load_state_dict(p.best_state)

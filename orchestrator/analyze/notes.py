@@ -1,8 +1,8 @@
 """The descriptions (``Tag.NOTE``, markdown) of a sweep's and a tuning study's parent run.
 
 MLflow shows a run's ``mlflow.note.content`` on its overview page: there a sweep's parent
-says what the sweep found, written each time its summary is (``sweep.summarize_records``,
-``queue.close_sweep``, ``tune_summary.summarize_study``). The comparison table is
+says what the sweep found, written each time its summary is (``sweep_summary.write_summary``,
+``tune_summary.summarize_study``). The comparison table is
 ``orch compare``'s own markdown (:func:`orchestrator.analyze.compare.render`); nothing here
 imports mlflow, torch or optuna.
 """

@@ -63,7 +63,7 @@ def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord],
     Raises:
         NoPointsRecorded: the parent has no ``points.json``.
     """
-    from orchestrator.launch.sweep import sweep_records
+    from orchestrator.analyze.sweep_summary import sweep_records
 
     points = sweep_points(store, parent)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],

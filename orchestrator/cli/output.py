@@ -6,8 +6,10 @@ makes every later write fail with EIO. Python ignores SIGPIPE, so such a write r
 dies with its runs left RUNNING. The work and its records must not depend on whoever reads
 the output, so :func:`guard` wraps ``sys.stdout`` and ``sys.stderr``: the first write that
 fails points that file descriptor at ``/dev/null`` (the idiom of the Python docs' note on
-SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup` keeps
-a command that records runs working when its terminal closes (as ``nohup`` would).
+SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup`
+(:mod:`orchestrator.execute.stop`) keeps a command that records runs working when its
+terminal closes (as ``nohup`` would). :func:`logging_to_stderr` prints the ``orchestrator``
+logger's records on stderr for the length of one command, as bare lines.
 
 The point processes never write to these streams: their stdout is the scheduler's event
 pipe and their stderr a log file.
@@ -16,12 +18,14 @@ pipe and their stderr a log file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import signal
 import sys
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
-__all__ = ["guard", "ignore_hangup"]
+from orchestrator.execute.stop import ignore_hangup  # the commands import it from here
+
+__all__ = ["guard", "ignore_hangup", "logging_to_stderr"]
 
 
 class _Guarded:
@@ -58,15 +62,32 @@ class _Guarded:
         return getattr(self._stream, name)
 
 
+@contextlib.contextmanager
+def logging_to_stderr() -> Iterator[None]:
+    """While it is open, the ``orchestrator`` logger prints its records at INFO and up on
+    ``sys.stderr`` (as it is now: guarded, or click's CliRunner's) as bare lines, flushed.
+
+    Opened once per command by the ``orch`` group; a command's ``--quiet`` raises the level to
+    WARNING. Closing it takes the handler away and puts the level back, so a test process that
+    invokes many commands, or calls the library directly, is left as it was. Records still
+    propagate to the root logger (pytest's ``caplog`` sees them).
+    """
+    logger = logging.getLogger("orchestrator")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def guard() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` drop their output once their reader has gone."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Guarded):
             setattr(sys, name, _Guarded(stream))
-
-
-def ignore_hangup() -> None:
-    """A closed terminal (SIGHUP) no longer ends this process: it finishes its work, output dropped."""
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -1,114 +1,125 @@
-"""``orch sweep``: the command and its launchers (here, the PostgreSQL queue, Slurm).
+"""``orch sweep``: the command, and the launcher its options name.
 
-Registered on :data:`orchestrator.cli.main.cli` when that module is imported; the shared
-options and the error mapping live there.
+The points run on this machine's slots (the default), go on the PostgreSQL queue
+(``--storage``) or to Slurm (``--launcher slurm``, its sbatch options as ``--slurm KEY=VALUE``);
+:func:`orchestrator.launch.sweep.run_sweep` plans the sweep and hands the launcher what is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from orchestrator.cli.main import (BadInput, cli, device_option, handle_errors, max_points_option, open_store, set_option,
-                              slot_options, tracking_uri_option)
+from orchestrator.cli.group import (BadInput, device_option, handle_errors, max_points_option, open_store,
+                                    quiet_option, set_option, slot_options, tracking_uri_option)
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
     from orchestrator.store.tracking import TrackingStore
 
+# --slurm keys orch reads itself (checks the partition and time; array-parallelism and logs are its own); the
+# other keys are sbatch options, passed on as given
+SLURM_OWN_KEYS = ("partition", "time", "array-parallelism", "logs")
 
-@cli.command("sweep")
+
+def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[..., Any]]):
+    """Options whose values reach the command as one dict ``name`` (parameter name -> value)."""
+    def probe() -> None: ...
+
+    for decorate in decorators:
+        probe = decorate(probe)
+    names = [param.name for param in probe.__click_params__]
+
+    def decorate_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = {key: kwargs.pop(key) for key in names}
+            return fn(*args, **kwargs)
+
+        for decorate in reversed(decorators):
+            command = decorate(command)
+        return command
+
+    return decorate_command
+
+
+@click.command("sweep")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="List every point and whether it is done; start nothing.")
-@slot_options
-@click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure.")
-@click.option("--rerun", is_flag=True, help="Run every point again, even those already finished.")
-@click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
-@click.option("--storage", default=None, metavar="URL",
-              help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
-@click.option("--wait", is_flag=True,
-              help="If another sweep of this experiment runs on this store, wait for it instead of exiting 2; "
-                   "with --launcher slurm, follow the jobs until they end.")
-@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Where the points run: here, or as Slurm jobs (see the README's 'On a Slurm cluster').")
-@click.option("--partition", default=None, help="[slurm] Partition to submit to (default: the cluster's).")
-@click.option("--time", "time_limit", default=None, metavar="LIMIT",
-              help="[slurm] Time limit of a task, in Slurm's format (90, 1:30:00, 2-00:00).")
-@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None, help="[slurm] GPUs per task.")
-@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, help="[slurm] CPU cores per task.")
-@click.option("--mem", default=None, metavar="SIZE", help="[slurm] Memory per task, e.g. 16G.")
-@click.option("--array-parallelism", type=click.IntRange(min=1), default=None, metavar="K",
-              help="[slurm] Tasks running at once (queue mode: the number of worker tasks, default 4).")
-@click.option("--slurm", "slurm_extra", multiple=True, metavar="KEY=VALUE",
-              help="[slurm] Any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable).")
-@click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
-              help="[slurm] The tracking store (and --storage) is reachable from the compute nodes as given, "
-                   "even on a path or address that looks local (a one-machine cluster).")
-@click.option("--slurm-logs", default=None, metavar="DIR",
-              help="[slurm] Folder of the tasks' output files, on a shared filesystem (default: ./slurm-logs).")
-@max_points_option
-@click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
-              help="After the grid's seeds, add seeds to the leader (best mean of METRIC) and to every setting "
-                   "not yet separated from it, round by round, until all are or --max-seeds. Separated: a one-sided "
-                   "paired t-test on the seeds both have, Holm over all K(K-1) ordered pairs of the K settings, "
-                   "at --separation-alpha / L per look (L: the seed counts a setting can hold, 5 for 3,5,7,9,10). "
-                   "Guarantee: for any true means, the chance of declaring some setting separated from a leader "
-                   "that is not truly better is at most --separation-alpha (independent, roughly normal per-seed "
-                   "differences). Cost: power falls with many settings (simulated, one rival 2 sd behind, 3 to 10 "
-                   "seeds: found in 87% of sweeps with 2 settings, 59% with 7, 38% with 14; "
-                   "benchmarks/separation_error.py).")
-@click.option("--max-seeds", type=click.IntRange(min=2), default=10, show_default=True,
-              help="With --until-separated: seeds per setting at most, the grid's included.")
-@click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, show_default=True,
-              help="With --until-separated: seeds added to each setting not yet separated per round.")
-@click.option("--separation-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-              show_default=True, help="With --until-separated: the family-wise error of declaring a separation.")
-@click.option("--confirm", type=click.IntRange(min=1), default=None, metavar="N",
-              help="After an --until-separated sweep of GRID: run its leader and the settings not separated from "
-                   "it on N fresh seeds, as a sweep of their own (an unbiased final table for `orch compare`).")
-@click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True,
-              help="With --until-separated: which end of METRIC is best.")
-@tracking_uri_option
-@device_option
 @set_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@max_points_option
+@click.option("--dry-run", is_flag=True, help="List the points and whether each is done; start nothing.")
+@click.option("--rerun", is_flag=True, help="Run every point again, finished or not.")
+@click.option("--wait", is_flag=True, help="Wait for another sweep of the experiment instead of exiting 2; "
+                                           "with Slurm, follow the jobs.")
+@click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
+@grouped(
+    "launch", slot_options, device_option,
+    click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure."),
+    click.option("--storage", default=None, metavar="URL",
+                 help="Queue the points in this database (postgresql://…) for `orch worker`s and return."),
+    click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                 help="Run the points here, or submit them as a Slurm job array."),
+    click.option("--slurm", multiple=True, metavar="KEY=VALUE",
+                 help="[slurm] An sbatch option (partition=gpu, time=2:00:00, gpus-per-task=1, mem=32G, "
+                      "account=lab, …), or orch's array-parallelism=K (tasks at once) or logs=DIR."),
+    click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
+                 help="[slurm] The nodes reach the store as given, though it looks local."))
+@grouped(
+    "separation",
+    click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
+                 help="Add seeds where settings are not yet separated on METRIC (the README says how and what "
+                      "it guarantees)."),
+    click.option("--max-seeds", type=click.IntRange(min=2), default=10, metavar="N",
+                 help="[separation] Seeds per setting at most (10)."),
+    click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, metavar="N",
+                 help="[separation] Seeds added per round (2)."),
+    click.option("--separation-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                 metavar="A", help="[separation] Chance of any false separation (0.05)."),
+    click.option("--direction", type=click.Choice(["max", "min"]), default="max",
+                 help="[separation] Which end of METRIC is best (max)."),
+    click.option("--confirm", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Rerun an --until-separated sweep's leader and close rivals on N fresh seeds."))
+@tracking_uri_option
+@quiet_option("No progress display.")
 @handle_errors
-def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | None, runs_per_gpu: int,
-              max_retries: int, fail_fast: bool, rerun: bool, metric: str, storage: str | None, wait: bool,
-              max_points: int, launcher: str, partition: str | None, time_limit: str | None,
-              gpus_per_task: int | None, cpus_per_task: int | None, mem: str | None, array_parallelism: int | None,
-              slurm_extra: tuple[str, ...], store_is_shared: bool, slurm_logs: str | None,
-              until_metric: str | None, max_seeds: int, seeds_per_round: int, separation_alpha: float,
-              confirm: int | None, direction: str, tracking_uri: str | None, device: str,
-              overrides: tuple[str, ...], quiet: bool) -> None:
+def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_run: bool, rerun: bool, wait: bool,
+              metric: str, launch: dict[str, Any], separation: dict[str, Any], tracking_uri: str | None,
+              quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
-    Rerunning the same grid resumes it: points with a FINISHED run in the experiment
-    (from this sweep or an earlier one, e.g. before a seed was added) are skipped;
-    points that were stopped or killed continue from their checkpoints; failed and
-    missing ones run. One sweep per experiment and store runs at a time (--wait queues
-    behind it). Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
+    A rerun skips finished points, resumes stopped ones from their checkpoints and runs
+    the rest. Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
     130 Ctrl-C, 143 SIGTERM (running points checkpoint and are recorded KILLED).
-
-    \b
-    --launcher slurm submits the missing points as a Slurm job array (one task per
-    --runs-per-gpu points) and returns; --wait follows the jobs; --dry-run prints the
-    job script. With --storage, K array tasks are `orch worker`s on the queue.
     """
-    from orchestrator.store import tracking
-    from orchestrator.grid.load import load_grid
     from orchestrator.cli.output import ignore_hangup
+    from orchestrator.grid.load import load_grid
+    from orchestrator.store.uri import resolve_tracking_uri
 
     ignore_hangup()  # a closed terminal: the sweep goes on (its output to a closed pipe is dropped, see output.py)
-    slurm_given = [name for name, value in (("--partition", partition), ("--time", time_limit),
-                                            ("--gpus-per-task", gpus_per_task), ("--cpus-per-task", cpus_per_task),
-                                            ("--mem", mem), ("--array-parallelism", array_parallelism),
-                                            ("--slurm", slurm_extra), ("--slurm-logs", slurm_logs)) if value]
-    if launcher != "slurm" and slurm_given:
-        raise BadInput(f"{', '.join(slurm_given)} only apply with --launcher slurm; add it or drop them")
+    if launch["slurm"] and launch["launcher"] != "slurm":
+        raise BadInput("--slurm only applies with --launcher slurm; add it or drop them")
+    spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
+    until = _separation(spec, launch, **separation)
+    uri = resolve_tracking_uri(tracking_uri)
+    if separation["confirm"] is not None:
+        spec = _confirm_spec(spec, open_store(uri), separation["confirm"])
+    if dry_run:
+        _dry_run(spec, uri, launch)
+        return
+    from orchestrator.launch.sweep import run_sweep
+
+    launcher = _launcher(launch, wait=wait, metric=metric, quiet=quiet)
+    launcher.setup(spec, uri)  # before open_store, which creates a SQLite store: bad input records nothing
+    sys.exit(run_sweep(spec, open_store(uri), launcher, rerun=rerun, wait=wait, until=until, metric=metric))
+
+
+def _separation(spec: SweepSpec, launch: dict[str, Any], *, until_metric: str | None, max_seeds: int,
+                seeds_per_round: int, separation_alpha: float, direction: str, confirm: int | None):
+    """``--until-separated``'s settings, checked before anything starts; None without it."""
     if until_metric is None:
         ctx = click.get_current_context()
         given = [f"--{name.replace('_', '-')}" for name in ("max_seeds", "seeds_per_round", "separation_alpha",
@@ -116,62 +127,22 @@ def sweep_cmd(grid_file: str, dry_run: bool, workers: int, gpus: list[str] | Non
                  if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
         if given:
             raise BadInput(f"{', '.join(given)} only apply with --until-separated METRIC; add it or drop them")
-    spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
-    until = _separation(spec, until_metric, max_seeds, seeds_per_round, direction, storage, separation_alpha)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    if confirm is not None:
-        if until is not None:
-            raise BadInput("--confirm reruns the outcome of an earlier --until-separated sweep: drop one of them")
-        spec = _confirm_spec(spec, open_store(uri), confirm)
-    if until is not None and launcher == "slurm":
-        raise BadInput("--until-separated runs its rounds here; it cannot submit them to Slurm: drop one")
-    if launcher == "slurm":
-        from orchestrator.launch import slurm
-
-        options = slurm.SlurmOptions(partition=partition, time=time_limit, gpus_per_task=gpus_per_task,
-                                     cpus_per_task=cpus_per_task, mem=mem, array_parallelism=array_parallelism,
-                                     extra=slurm.parse_extra(slurm_extra), runs_per_gpu=runs_per_gpu,
-                                     log_dir=slurm_logs)
-        _slurm_sweep(spec, uri, options, storage=storage, dry_run=dry_run, rerun=rerun, wait=wait,
-                     shared=store_is_shared, device=device, max_retries=max_retries, metric=metric, quiet=quiet)
-        return
-    if dry_run:
-        from orchestrator.execute.display import print_dry_run
-
-        print_dry_run(spec, uri)
-        return
-    if gpus and device == "cpu":
-        raise BadInput("--gpus and --device cpu contradict each other; drop one")
-    if storage:
-        _queue_sweep(spec, open_store(uri), storage, rerun=rerun)
-        return
-    from orchestrator.execute import slots as point_processes
-    from orchestrator.execute.scheduler import plan_slots
-    from orchestrator.launch.sweep import run_sweep
-
-    # the point processes import torch while this one opens the store and reads what is done
-    with point_processes.started_ahead(plan_slots(workers, gpus, runs_per_gpu, device)[:len(spec.runs)]):
-        code = run_sweep(spec, open_store(uri), workers=workers, gpus=gpus, runs_per_gpu=runs_per_gpu,
-                         max_retries=max_retries, fail_fast=fail_fast, rerun=rerun, device=device, quiet=quiet,
-                         metric=metric, wait=wait, until=until)
-    sys.exit(code)
-
-
-def _separation(spec: SweepSpec, metric: str | None, max_seeds: int, per_round: int, direction: str,
-                storage: str | None, alpha: float = 0.05):
-    """``--until-separated``'s settings, checked before anything starts; None without it."""
-    if metric is None:
         return None
     from experiments.metric_names import SUMMARY_METRICS
     from orchestrator.analyze.separation import Separation
 
-    if metric not in SUMMARY_METRICS:
-        raise BadInput(f"--until-separated {metric}: not a summary metric; use one of {', '.join(SUMMARY_METRICS)}")
-    if storage:
-        raise BadInput("--until-separated runs the rounds itself; it cannot queue them (--storage): drop one")
+    if until_metric not in SUMMARY_METRICS:
+        raise BadInput(f"--until-separated {until_metric}: not a summary metric; use one of "
+                       f"{', '.join(SUMMARY_METRICS)}")
+    if launch["storage"] or launch["launcher"] != "local":
+        raise BadInput("--until-separated runs its rounds here; it cannot queue them (--storage) or submit them "
+                       "(--launcher slurm): drop one")
+    if confirm is not None:
+        raise BadInput("--confirm reruns the outcome of an earlier --until-separated sweep: drop one of them")
     if max_seeds <= len(spec.seeds):
         raise BadInput(f"--max-seeds {max_seeds} leaves no room above the grid's {len(spec.seeds)} seeds; raise it")
-    return Separation(metric, direction, max_seeds, per_round, alpha, grid_seeds=len(spec.seeds))
+    return Separation(until_metric, direction, max_seeds, seeds_per_round, separation_alpha,
+                      grid_seeds=len(spec.seeds))
 
 
 def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
@@ -192,69 +163,59 @@ def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
     return separation.confirm_spec(spec, decision, points, n)
 
 
-def _slurm_sweep(spec: SweepSpec, uri: str, options, *, storage: str | None, dry_run: bool, rerun: bool,
-                 wait: bool, shared: bool, device: str, max_retries: int, metric: str, quiet: bool) -> None:
-    """``orch sweep --launcher slurm``: every check before anything is recorded or submitted."""
-    import time
-
+def _slurm_options(launch: dict[str, Any]):
+    """``--slurm KEY=VALUE`` items → the Slurm launcher's options: the keys orch reads itself
+    (:data:`SLURM_OWN_KEYS`), and every other sbatch option passed on as given."""
     from orchestrator.launch import slurm
-    from orchestrator.launch import slurm_sweep
-    from orchestrator.store import optuna_storage as storage_mod
 
-    url = storage_mod.check(storage) if storage else None
-    if url and not storage_mod.is_postgres(url):
-        raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "
-                       "out points exactly once to several tasks")
-    if dry_run:
-        options.minutes()
-        slurm.check_reachable_from_nodes(uri, shared)
-        click.echo(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
-                                              storage=url), nl=False)
+    pairs = slurm.parse_extra(launch["slurm"])
+    own = {key: value for key, value in pairs if key in SLURM_OWN_KEYS}
+    tasks = own.get("array-parallelism")
+    if tasks is not None and not (tasks.isdecimal() and int(tasks) > 0):
+        raise BadInput(f"--slurm array-parallelism={tasks}: give the number of tasks at once, 1 or more")
+    return slurm.SlurmOptions(partition=own.get("partition"), time=own.get("time"),
+                              array_parallelism=int(tasks) if tasks else None, log_dir=own.get("logs"),
+                              extra=tuple(pair for pair in pairs if pair[0] not in SLURM_OWN_KEYS),
+                              runs_per_gpu=launch["runs_per_gpu"])
+
+
+def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any]) -> None:
+    """``--dry-run``: the points and whether each is done, or with Slurm the job script; no store opened."""
+    if launch["launcher"] != "slurm":
+        from orchestrator.cli.listing import print_dry_run
+
+        print_dry_run(spec, uri)
         return
-    slurm.check(options, uri, shared=shared, storage=url)
-    slurm.test_only(slurm_sweep.dry_run_script(spec, uri, options, device=device, max_retries=max_retries,
-                                               storage=url))
-    store = open_store(uri)
-    _log_to_stderr(quiet)
-    since_ms = int(time.time() * 1000)
-    if url:
-        sub = slurm_sweep.submit_workers(spec, store, options, url, rerun=rerun, device=device,
-                                         max_retries=max_retries)
-    else:
-        sub = slurm_sweep.submit_sweep(spec, store, options, rerun=rerun, device=device, max_retries=max_retries,
-                                       metric=metric, wait=wait)
-    if sub.job_ids and not quiet:
-        click.echo(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job "
-                   f"{sub.job_ids[0]}; {sub.done} already finished, {sub.skipped_live} queued or running in earlier "
-                   f"jobs\nfollow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri "
-                   f"{store.uri}\ntask logs: {slurm.log_dir(options)}", err=True)
-    if wait and (sub.job_ids or sub.skipped_live):
-        sys.exit(slurm_sweep.wait_and_close(store, spec, sub, quiet=quiet, metric=metric, since_ms=since_ms))
+    from orchestrator.launch import slurm, slurm_sweep
+
+    options = _slurm_options(launch)
+    options.minutes()
+    slurm.check_reachable_from_nodes(uri, launch["store_is_shared"])
+    click.echo(slurm_sweep.dry_run_script(spec, uri, options, device=launch["device"],
+                                          max_retries=launch["max_retries"], storage=launch["storage"]), nl=False)
 
 
-def _log_to_stderr(quiet: bool) -> None:
-    """Until the CLI configures the ``orchestrator`` logger once: its messages on stderr, bare."""
-    import logging
-
-    root = logging.getLogger("orchestrator")
-    for handler in [h for h in root.handlers if getattr(h, "orch_stderr", False)]:
-        root.removeHandler(handler)  # bound to an earlier sys.stderr (CliRunner swaps it per command)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.orch_stderr = True
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-def _queue_sweep(spec: SweepSpec, store: TrackingStore, storage: str, *, rerun: bool) -> None:
-    """``orch sweep --storage``: queue the unfinished points for workers and say where."""
-    from orchestrator.launch import queue
+def _launcher(launch: dict[str, Any], *, wait: bool, metric: str, quiet: bool):
+    """The launcher the options name (:class:`orchestrator.launch.sweep.Launcher`)."""
     from orchestrator.store import optuna_storage as storage_mod
 
-    url = storage_mod.check(storage)
-    if store.uri.startswith("sqlite:") and storage_mod.is_postgres(url):
-        click.echo(f"note: workers on other machines cannot reach the SQLite store {store.uri}; "
-                   "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs", err=True)
-    sub = queue.submit(spec, store, url, rerun=rerun)
-    click.echo(f"sweep {spec.name} [{spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
-               f"({sub.done} already finished, {sub.queued_before} already queued) at "
-               f"{storage_mod.redact(url)}\nstart workers with: orch worker --storage URL", err=True)
+    url = storage_mod.check(launch["storage"]) if launch["storage"] else None
+    if launch["launcher"] == "slurm":
+        from orchestrator.launch.sweep import SlurmLauncher
+
+        if url and not storage_mod.is_postgres(url):
+            raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "
+                           "out points exactly once to several tasks")
+        return SlurmLauncher(_slurm_options(launch), device=launch["device"], max_retries=launch["max_retries"],
+                             storage=url, shared=launch["store_is_shared"], wait=wait, metric=metric)
+    if url:
+        from orchestrator.launch.queue import QueueLauncher
+
+        return QueueLauncher(url)
+    if launch["gpus"] and launch["device"] == "cpu":
+        raise BadInput("--gpus and --device cpu contradict each other; drop one")
+    from orchestrator.execute.scheduler import plan_slots
+    from orchestrator.launch.sweep import LocalLauncher
+
+    slots = plan_slots(launch["workers"], launch["gpus"], launch["runs_per_gpu"], launch["device"])
+    return LocalLauncher(slots, max_retries=launch["max_retries"], fail_fast=launch["fail_fast"], quiet=quiet)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.errors import ExitCode, UserError
+from orchestrator.execute import stop
 from orchestrator.analyze.notes import TRAINING_VIEW, run_link
 from orchestrator.store.schema import Kind, Tag
 from orchestrator.store.uri import artifact_root, initialised, sqlite_path
@@ -151,6 +152,12 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False,
     Raises:
         UiError: no store at ``uri`` (or one without MLflow's tables), or the port is taken.
     """
+    # Ctrl-C and SIGTERM stop the server (also in a shell's background job, which starts with SIGINT ignored)
+    with stop.handling() as flag:
+        return _serve(uri, host, port, open_it, say, flag)
+
+
+def _serve(uri: str, host: str, port: int, open_it: bool, say: Callable[[str], None], flag: stop.StopFlag) -> int:
     db = sqlite_path(uri)
     if db is None or not initialised(db):
         raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
@@ -158,14 +165,6 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False,
     check_port(host, port)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     base = f"http://{shown}:{port}"
-    stopped: list[int] = []
-
-    def on_signal(signum: int, frame) -> None:  # noqa: ARG001
-        stopped.append(signum)
-        raise KeyboardInterrupt
-
-    # Both set here: a shell's background job starts with SIGINT ignored, which Python keeps.
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     proc = None
     try:
         proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
@@ -188,12 +187,9 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False,
         what = f"exited with {err.code}" if err.code is not None else f"did not answer in {READY_SECONDS} s"
         say(f"the MLflow UI {what}; its messages are above")
         return ExitCode.FAILED
-    except KeyboardInterrupt:
-        return ExitCode.PREEMPTED if stopped[:1] == [signal.SIGTERM] else ExitCode.INTERRUPTED
+    except stop.Stopped as err:
+        return err.exit_code
     finally:
-        for sig in previous:  # a second Ctrl-C does not cut the server's stop short
-            signal.signal(sig, signal.SIG_IGN)
         if proc is not None:
-            _stop(proc)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            with flag.deferred(on_second=lambda: None):  # a second Ctrl-C does not cut the server's stop short
+                _stop(proc)

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
-import signal
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
+
+from orchestrator.execute.job import Job, decode
 
 POINTS_PER_PROCESS = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50"))
 MAX_RSS_MB = float(os.environ.get("ORCH_PROCESS_MAX_RSS_MB", "8192"))
@@ -93,30 +95,30 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
-    """One point: its tracked run, with events tagged by the job's id; (exit code, run id, summary)."""
+def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
+    """One point: its tracked run, with events tagged by the attempt's id; (exit code, run id, summary)."""
     from experiments.config import build
     from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
     from orchestrator.execute.runner import run_tracked
     from orchestrator.store.tracking import TrackingStore
 
-    cfg = build(job["config"])
-    tag = {"job": job["job"]}
+    cfg = build(job.config)
+    tag = {"job": attempt["job"]}
     code, run_id, summary = run_tracked(
         cfg,
-        store=TrackingStore(job["uri"]),
-        experiment_id=job["experiment_id"],
-        run_name=job.get("run_name"),
-        tags=job.get("tags"),
-        parent_run_id=job.get("parent_run_id"),
-        device=job.get("device", "auto"),
+        store=TrackingStore(job.uri),
+        experiment_id=job.experiment_id,
+        run_name=job.name,
+        tags=job.tags,
+        parent_run_id=job.parent_run_id,
+        device=attempt.get("device", "auto"),
         quiet=False,
         on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid(), **tag),
         on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=cfg.train.max_epochs,
                                     **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
         stop=stop,
-        resume=job.get("resume", True),
-        claim=job.get("claim") or {},  # fenced: a point another process took over writes no final state
+        resume=job.resume,
+        claim=attempt.get("claim") or {},  # fenced: a point another process took over writes no final state
         on_warning=lambda text: emit(event="warning", text=text, **tag),
     )
     return int(code), run_id, summary
@@ -124,6 +126,7 @@ def run_job(job: dict, stop: Any, emit) -> tuple[int, str, dict]:
 
 def main() -> int:
     events = _event_stream()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # into the slot's log
 
     def emit(**event: Any) -> None:
         try:
@@ -132,10 +135,20 @@ def main() -> int:
         except OSError:  # the scheduler is gone (broken pipe): its PR_SET_PDEATHSIG stops the run, not this
             pass
 
-    from orchestrator.errors import ExitCode, StoreFailure
-    from orchestrator.execute.runner import stop_exit_code, stop_on_signals
+    from orchestrator.execute import stop
 
-    stop = stop_on_signals()
+    with stop.handling() as flag:  # idle, a signal ends the process; in a run, it stops the run (runner)
+        try:
+            return _serve(flag, emit)
+        except stop.Stopped as err:
+            return err.exit_code
+
+
+def _serve(flag: Any, emit: Callable[..., None]) -> int:
+    """Run the jobs of stdin until its end, a retirement or a stop."""
+    from orchestrator.errors import ExitCode, StoreFailure
+    from orchestrator.execute.stop import Stopped
+
     _preload()
     threads = int(os.environ.get("ORCH_THREADS", "0"))
     import torch
@@ -144,64 +157,33 @@ def main() -> int:
         torch.set_num_threads(threads)
     done, last_setting = 0, None
     for line in sys.stdin:  # an idle process waits here for its slot's next point
-        if stop.reason is not None:
-            return stop_exit_code(stop.reason)
         if not line.strip():
             break
-        job = json.loads(line)
+        job, attempt = decode(line)
         reset_process_state()
-        setting = json.dumps({k: v for k, v in job["config"].items() if k != "seed"}, sort_keys=True)
+        setting = json.dumps({k: v for k, v in job.config.items() if k != "seed"}, sort_keys=True)
         if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
             _reset_compiled()
             last_setting = setting
         try:
-            code, run_id, summary = run_job(job, stop, emit)
-        except KeyboardInterrupt:  # a second signal, or one before training started: the run is KILLED
-            emit(event="end", job=job["job"], code=int(ExitCode.INTERRUPTED), retire=True)
-            return ExitCode.INTERRUPTED
+            code, run_id, summary = run_job(job, attempt, flag, emit)
+        except Stopped as err:  # a second signal, or one before training started: the run is KILLED
+            emit(event="end", job=attempt["job"], code=err.exit_code, retire=True)
+            return err.exit_code
         except StoreFailure as err:  # the store, not the point: the scheduler starts nothing more
-            print(f"error: {err}", file=sys.stderr)
-            emit(event="end", job=job["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
+            logging.getLogger(__name__).error(f"error: {err}")
+            emit(event="end", job=attempt["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
             return ExitCode.FAILED
         done += 1
-        retire = stop.reason is not None or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
-        emit(event="end", job=job["job"], code=code, run_id=run_id, summary=summary, retire=retire)
+        retire = flag.is_set() or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
+        emit(event="end", job=attempt["job"], code=code, run_id=run_id, summary=summary, retire=retire)
         if retire:
-            return stop_exit_code(stop.reason) if stop.reason else ExitCode.OK
+            return flag.exit_code if flag.is_set() else ExitCode.OK
     return ExitCode.OK
 
 
-def _drop_unadopted_log() -> None:
-    """A process started ahead whose scheduler died before adopting it (SIGKILL: nothing else
-    is left to clean up) removes its log and the temporary folder that holds it. An adopted
-    process's log was moved into its scheduler's log folder and is left alone."""
-    from orchestrator.execute.slots import WARM_LOG_ENV
-
-    path = os.environ.get(WARM_LOG_ENV)
-    if not path:
-        return
-    try:
-        if os.path.samestat(os.stat(path), os.fstat(2)):  # still where it was started: never adopted
-            os.unlink(path)
-            os.rmdir(os.path.dirname(path))
-    except OSError:  # moved meanwhile, or the folder holds more: not this process's to remove
-        pass
-
-
-def _term_before_handlers(signum: int, frame: Any) -> None:  # noqa: ARG001
-    """SIGTERM before :func:`main` installs the stop handlers (a caller that died at once):
-    remove an unadopted log, then die of the signal as before."""
-    _drop_unadopted_log()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _term_before_handlers)
-    try:
-        code = main()
-    finally:
-        _drop_unadopted_log()
+    code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     # Every run of this process is closed and its writes flushed by now; skipping the

@@ -9,81 +9,32 @@ an artifact) or KILLED (interrupted by Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
-from orchestrator.store import checkpoints
-from orchestrator.store import claims
-from orchestrator.store import tracking
-from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
 from orchestrator.errors import ExitCode, StoreFailure
+from orchestrator.execute import stop as stopping
+from orchestrator.execute.stop import StopFlag
+from orchestrator.store import checkpoints, claims, tracking
+from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Kind, Status, Tag, TrialState
 
-if TYPE_CHECKING:
-    from experiments.train import Stopped
+log = logging.getLogger(__name__)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)  # preemption, Ctrl-C, Slurm's time-limit warning
-REPEAT_WINDOW_SECONDS = 1.0  # the same signal again within this is the same request
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that the run can be closed as KILLED."""
-
-
-def stop_on_signals() -> StopFlag:
-    """SIGTERM, SIGINT or SIGUSR1 ask the running training loop to checkpoint and stop at
-    its next batch boundary; a second signal interrupts at once.
-
-    A repeat of the first signal within :data:`REPEAT_WINDOW_SECONDS` counts as the same
-    request: a parent that dies sends its ``PR_SET_PDEATHSIG`` once per exiting thread.
-    """
-    flag = StopFlag()
-    first: list[tuple[int, float]] = []
-
-    def handler(signum, frame):  # noqa: ARG001
-        name = signal.Signals(signum).name
-        now = time.monotonic()
-        if first and first[0][0] == signum and now - first[0][1] < REPEAT_WINDOW_SECONDS:
-            return
-        first[:] = first or [(signum, now)]
-        if flag.reason is not None or not flag.busy:
-            flag.reason = flag.reason or name
-            raise Interrupted(name if not flag.busy else f"{name} (second signal)")
-        flag.reason = name
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    return flag
-
-
+# Kept for orchestrator/launch/queue.py until it uses orchestrator.execute.stop.
 def interrupt_signal(err: KeyboardInterrupt) -> str:
-    """The signal behind an interrupt: :class:`Interrupted` names it; Python's own is Ctrl-C."""
-    return (str(err).split() or ["SIGINT"])[0]
+    return signal.Signals(stopping.signal_of(err)).name
 
 
-def interrupt_reason(err: KeyboardInterrupt) -> str:
-    """The failure-reason tag of a run or parent that an interrupt ended: ``preempted
-    (SIGTERM)``, or ``interrupted (SIGINT)`` for Ctrl-C."""
-    what = "interrupted" if interrupt_signal(err) == "SIGINT" else "preempted"
-    return f"{what} ({str(err) or 'SIGINT'})"
-
-
-def stop_exit_code(reason: str | None) -> int:
-    """130 for Ctrl-C, 143 for a preemption (SIGTERM, SIGUSR1)."""
-    return ExitCode.INTERRUPTED if reason == "SIGINT" else ExitCode.PREEMPTED
-
-
-def stop_reason(err: Stopped) -> str:
-    """The failure-reason tag of a run stopped by a signal: starts with ``preempted`` (or
-    ``interrupted`` for Ctrl-C) and says where its checkpoint is."""
-    what = "interrupted" if err.reason == "SIGINT" else "preempted"
-    return f"{what} ({err.reason}) at epoch {err.epoch + 1}, batch {err.batch}; checkpoint saved, rerun to resume"
+def stop_exit_code(name: str | None) -> int:
+    return stopping.exit_code(signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
 
 
 def cap_threads() -> None:
@@ -92,7 +43,7 @@ def cap_threads() -> None:
     CPUs: ``orch run`` in a 4-CPU job on a 64-core node would otherwise run 64 threads."""
     import torch
 
-    from orchestrator.execute.scheduler import cpu_threads
+    from orchestrator.execute.slots import cpu_threads
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_threads(1))))
 
@@ -162,45 +113,33 @@ def run_tracked(
 ) -> tuple[int, str, dict[str, float]]:
     """Train ``cfg`` inside a new MLflow run; returns (exit code, run id, summary metrics).
 
-    Exceptions from training end the run FAILED and give exit code 1; an interrupt ends
-    it KILLED and is re-raised; a :class:`StoreFailure` (the store, not the point, failed)
-    is re-raised after one attempt to end the run FAILED. ``on_epoch`` may raise to stop the run (pruning): its
-    exception propagates after the run is closed by the caller's handler of that type.
+    Exceptions from training end the run FAILED and give exit code 1; an interrupt (a second
+    signal) ends it KILLED and is re-raised; a :class:`StoreFailure` (the store, not the
+    point, failed) is re-raised after one attempt to end the run FAILED. ``on_epoch`` may
+    raise to stop the run (pruning): its exception propagates after the run is closed.
 
-    With ``stop`` (see :func:`stop_on_signals`) the run writes checkpoints to its artifact
-    store every ``train.checkpoint_seconds`` and when a signal sets the flag; it then ends
-    KILLED (reason ``preempted …``) with exit code 143 (130 for SIGINT). ``resume=True``
-    continues the newest unfinished run of the same run key that holds a checkpoint (if
-    any); a run id continues that run. A checkpoint that cannot be used is skipped: the run
-    starts from epoch 0, is tagged ``Tag.CHECKPOINT_SKIPPED``, and ``on_warning`` (default:
-    print to stderr) gets one line saying so.
+    With ``stop`` (the flag of :func:`orchestrator.execute.stop.handling`) the run writes
+    checkpoints to its artifact store every ``train.checkpoint_seconds`` and when a signal
+    sets the flag; it then ends KILLED (``preempted (SIGTERM) at epoch …``) with exit code
+    143 (130 for SIGINT): this is the one place a stop request becomes a run's end state.
+    ``resume=True`` continues the newest unfinished run of the same run key that holds a
+    checkpoint (if any); a run id continues that run. A checkpoint that cannot be used is
+    skipped: the run starts from epoch 0, is tagged ``Tag.CHECKPOINT_SKIPPED``, and
+    ``on_warning`` (default: a warning on this module's logger) gets one line saying so.
 
     A point process passes ``claim`` (its queue trial, or ``{}``): the run is then fenced
     (:mod:`orchestrator.store.claims`) and, once another process has taken the point over, writes
     no checkpoint and no final state and gives :attr:`ExitCode.LOST_CLAIM`.
     """
-    with _busy(stop):  # a signal now only asks the loop to checkpoint and stop: the run is always closed
+    deferral = stop.deferred() if stop is not None else contextlib.nullcontext()
+    with deferral:  # a signal now only asks the loop to checkpoint and stop: the run is always closed
         return _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start,
-                           on_epoch, stop, resume, claim, on_warning or _print_warning)
-
-
-@contextlib.contextmanager
-def _busy(stop: StopFlag | None):
-    if stop is None:
-        yield
-        return
-    stop.busy = True
-    try:
-        yield
-    finally:
-        stop.busy = False
+                           on_epoch, stop, resume, claim, on_warning or _warn)
 
 
 def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device, quiet, on_start, on_epoch,
                 stop, resume, claim, on_warning) -> tuple[int, str, dict[str, float]]:
     """:func:`run_tracked`'s body: start the run, train, and close the run however training ends."""
-    from experiments.train import Stopped
-
     cap_threads()
     dev, dev_name = device_label(device)
     previous, state, skipped = _resume_point(store, experiment_id, cfg, resume)
@@ -212,44 +151,32 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
                 **({Tag.CHECKPOINT_SKIPPED: str(skipped)} if skipped else {})}
     run_id = store.start_run(experiment_id, run_name=run_name, params=to_flat(cfg), tags=run_tags,
                              parent_run_id=parent_run_id or continued_parent)
-    printer = EpochPrinter(cfg, quiet, run_name or "")
     fence = None if claim is None else claims.Fence(store, run_id, claim)
     try:  # from here on, every ending closes the run
         if state is not None:  # the epochs before the checkpoint, with their original timestamps
             store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
         if on_start:
             on_start(run_id)
-        result = _train_logged(cfg, store, run_id, dev, printer, on_epoch, stop, state, fence)
+        result = _train_logged(cfg, store, run_id, dev, EpochPrinter(cfg, quiet, run_name or ""), on_epoch, stop,
+                               state, fence)
         if fence is not None:
-            fence.check()  # before the run ends FINISHED
+            fence.check()  # before the run ends FINISHED, or KILLED with its checkpoint
     except claims.LostClaim as err:  # another process runs the point now: leave the run as it marked it
         with contextlib.suppress(StoreFailure):
             store.close_if_live(run_id, Status.KILLED, str(err))
-        print(f"run {run_id} stopped: {err}; it wrote no final state", file=sys.stderr)
+        log.warning(f"run {run_id} stopped: {err}; it wrote no final state")
         return ExitCode.LOST_CLAIM, run_id, {}
-    except Stopped as err:
-        store.end_run(run_id, Status.KILLED, stop_reason(err))
-        if not quiet:
-            print(f"run {run_id} KILLED: {stop_reason(err)}", file=sys.stderr)
-        return stop_exit_code(err.reason), run_id, {}
-    except KeyboardInterrupt as err:
-        store.end_run(run_id, Status.KILLED, interrupt_reason(err))
+    except KeyboardInterrupt as err:  # a second signal: stopped at once, without a checkpoint
+        store.end_run(run_id, Status.KILLED, stopping.reason(stopping.signal_of(err)))
         raise
     except StoreFailure as err:  # not the point's fault: the caller stops; the next invocation repairs
         with contextlib.suppress(StoreFailure):
             store.end_run(run_id, Status.FAILED, str(err))
         raise
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, then reported
-        if _is_pruned(err):  # stopped by the tuner's pruner: not a result, not a failure
-            store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
-            store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
-            checkpoints.remove(store, run_id)  # a pruned trial is never continued
-            raise
-        reason = _reason(err)
-        store.end_run(run_id, Status.FAILED, reason, traceback.format_exc())
-        if not quiet:
-            print(f"run {run_id} FAILED: {reason}", file=sys.stderr)
-        return ExitCode.FAILED, run_id, {}
+        return _close_failed(store, run_id, err, quiet)
+    if result is None:  # the loop was asked to stop, and wrote its checkpoint
+        return _close_stopped(store, run_id, stop, quiet)
     if stop is not None or state is not None or skipped is not None:
         checkpoints.remove(store, run_id)  # a finished run carries its final model, not the checkpoints it superseded
     store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING, ""), result.summary))
@@ -257,11 +184,38 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
     return ExitCode.OK, run_id, result.summary
 
 
+def _close_stopped(store: tracking.TrackingStore, run_id: str, stop: StopFlag, quiet: bool
+                   ) -> tuple[int, str, dict]:
+    """End a run whose loop stopped on request: KILLED, saying where its checkpoint is."""
+    tags = store.get_run(run_id).data.tags
+    where = f"epoch {int(tags[Tag.CHECKPOINT_EPOCH]) + 1}, batch {tags[Tag.CHECKPOINT_BATCH]}"
+    reason = f"{stop.reason} at {where}; checkpoint saved, rerun to resume"
+    store.end_run(run_id, Status.KILLED, reason)
+    if not quiet:
+        log.info(f"run {run_id} KILLED: {reason}")
+    return stop.exit_code, run_id, {}
+
+
+def _close_failed(store: tracking.TrackingStore, run_id: str, err: BaseException, quiet: bool
+                  ) -> tuple[int, str, dict]:
+    """End a run whose training raised: PRUNED (the tuner's exception, re-raised) or FAILED."""
+    if type(err).__name__ == "TrialPruned":  # stopped by the tuner's pruner: not a result, not a failure
+        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
+        store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
+        checkpoints.remove(store, run_id)  # a pruned trial is never continued
+        raise err
+    reason = _reason(err)
+    store.end_run(run_id, Status.FAILED, reason, "".join(traceback.format_exception(err)))
+    if not quiet:
+        log.info(f"run {run_id} FAILED: {reason}")
+    return ExitCode.FAILED, run_id, {}
+
+
 def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, dev: str, printer: EpochPrinter,
                   on_epoch: Callable[[int, Mapping[str, float]], None] | None, stop: StopFlag | None,
                   state: dict | None, fence: claims.Fence | None = None):
-    """Train with the run's tracker, system metrics and checkpoints; log the artifacts. A
-    ``fence`` is checked at each epoch's end and before each checkpoint."""
+    """Train with the run's tracker, system metrics and checkpoints; log the artifacts; None
+    when a stop was requested. A ``fence`` is checked at each epoch's end and before each checkpoint."""
     from experiments.train import train
     from orchestrator.store.artifacts import log_run_artifacts
 
@@ -279,8 +233,10 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
     tracker = store.tracker(run_id)
     try:
         with store.system_metrics(run_id):
-            result = train(cfg, tracker, device=dev, on_epoch=epoch_hook, checkpoints=ckpts, resume=state)
-            log_run_artifacts(tracker, cfg, result)
+            result = train(cfg, tracker, device=dev, on_epoch=epoch_hook, checkpoints=ckpts, resume=state,
+                           should_stop=None if stop is None else stop.is_set)
+            if result is not None:
+                log_run_artifacts(tracker, cfg, result)
         return result
     finally:
         printer.close()
@@ -364,19 +320,15 @@ def _resume_point(store: tracking.TrackingStore, experiment_id: str, cfg: RunCon
         return None, None, err
 
 
-def _print_warning(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
+def _warn(text: str) -> None:
+    log.warning(f"warning: {text}")
 
 
 def _flush(tracker: Any) -> None:
     try:
         tracker.flush()
     except Exception as err:  # noqa: BLE001 - a lost epoch record must not hide the run's own outcome
-        print(f"warning: some per-epoch metrics could not be written: {err}", file=sys.stderr)
-
-
-def _is_pruned(err: BaseException) -> bool:
-    return type(err).__name__ == "TrialPruned"
+        log.warning(f"warning: some per-epoch metrics could not be written: {err}")
 
 
 def _reason(err: BaseException) -> str:

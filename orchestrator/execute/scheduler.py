@@ -1,25 +1,27 @@
-"""Local scheduler: slots, long-lived point processes, retries, signals, resume.
+"""Local scheduler: points over slots, in long-lived point processes, with retries and stops.
 
 One scheduler process hands out the points, so no two slots ever claim the same point.
-A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one
-of N CPU workers with the cores divided among them. Each slot runs its points one after
-another in one long-lived process (:mod:`orchestrator.execute.point`), which logs straight to
-MLflow under the sweep's parent run and reports progress as JSON lines; a process that
-dies fails only its current point, and the slot starts a fresh one for the next.
+A slot (:mod:`orchestrator.execute.slots`) is a GPU × runs-per-gpu position pinned through
+``CUDA_VISIBLE_DEVICES``, or one of N CPU workers with the cores divided among them. Each
+slot runs its points one after another in one long-lived process (:mod:`orchestrator.execute.point`),
+which logs straight to MLflow under the sweep's parent run and reports progress as events; a
+process that dies fails only its current point, and the slot starts a fresh one for the next.
+The loop reads like Optuna's: ask the source for a point, run it on a free slot, tell the
+source how it ended.
 
 Where the points come from is a :class:`PointSource`: :class:`ListSource` for a local
-sweep, :class:`orchestrator.launch.queue.QueueSource` for the multi-machine queue. Starting,
-feeding and stopping the processes is :class:`orchestrator.execute.slots.PointProcesses`'
-job alone.
+sweep, :class:`orchestrator.launch.queue.QueueSource` for the multi-machine queue.
 
-Ctrl-C, SIGTERM or SIGUSR1 (Slurm's time-limit warning) stops the scheduler: the signal goes on to every point process, whose
-point checkpoints and ends KILLED (``preempted``/``interrupted``); the next invocation
-resumes them from their checkpoints. Children die with the scheduler: a SIGKILLed sweep
-leaves no orphans, only runs left RUNNING, which the next invocation marks FAILED and
-resumes from their last periodic checkpoint.
+Ctrl-C, SIGTERM or SIGUSR1 (:mod:`orchestrator.execute.stop`) stops the scheduler: the signal
+goes on to every point process, whose point checkpoints and ends KILLED
+(``preempted``/``interrupted``); a second signal kills them at once. :attr:`Outcome.interrupted`
+and :attr:`Outcome.signal` say so: ``run()`` returns (a stop raised in ``on_idle``, e.g. in a
+tuning trial a worker runs, propagates once the points are stopped). Children die with the scheduler:
+a SIGKILLed sweep leaves no orphans, only runs left RUNNING, which the next invocation marks
+FAILED and resumes from their last periodic checkpoint.
 
 A tracking store that fails (:class:`StoreFailure`, raised by the scheduler's own writes
-or reported by a point process) stops the scheduler the same way a failure stops it under
+or reported by a point process) stops the scheduler the way a failure stops it under
 ``fail_fast``: no point is started any more, the running ones end, and nothing more is
 written to the store; :attr:`Outcome.store_failure` says why. What could not be written
 (runs left RUNNING) is closed by the next invocation.
@@ -28,7 +30,6 @@ written to the store; :attr:`Outcome.store_failure` says why. What could not be 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
 import subprocess
@@ -38,130 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from experiments.config import to_dict
 from experiments.metric_names import DEFAULT_OBJECTIVE
-from orchestrator.execute.display import PlainDisplay
 from orchestrator.errors import ExitCode, StoreFailure
-from orchestrator.grid.load import RunSpec
-from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, release_unadopted
-from orchestrator.store.schema import Kind, Status, Tag
+from orchestrator.execute import stop
+from orchestrator.execute.display import PlainDisplay
+from orchestrator.execute.job import Job
+from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task, plan_slots  # noqa: F401 - re-exported
+from orchestrator.store.schema import Status
 
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
 
 EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
 STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.PREEMPTED)  # a point stopped by a signal, checkpointed
-# Ctrl-C, preemption, and Slurm's time-limit warning (--signal=B:USR1@N): each stops the scheduler
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-
-# --------------------------------------------------------------------------- slots
-
-
-@dataclass(frozen=True)
-class Slot:
-    index: int
-    gpu: str | None  # CUDA_VISIBLE_DEVICES value, None on the CPU
-    threads: int  # torch threads on the CPU (0: torch's default)
-
-    @property
-    def label(self) -> str:
-        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
-
-
-def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
-    """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
-    if device != "cpu" and not gpus:
-        gpus = visible_gpus() if device in ("auto", "cuda") else []
-    if gpus and device != "cpu":
-        return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
-    threads = cpu_threads(workers)
-    return [Slot(i, None, threads) for i in range(workers)]
-
-
-def _count(name: str) -> int | None:
-    """An environment variable that holds a positive ASCII count, else None."""
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdecimal() and value.isascii() and int(value) > 0 else None
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
-    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``: the batch script
-    of a job of several tasks has them all), which a cluster without CPU binding does not
-    put in the mask."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    if os.environ.get("SLURM_JOB_ID"):
-        cpus = min(cpus, _count("SLURM_CPUS_ON_NODE") or cpus)
-    return max(1, cpus)
-
-
-def cpu_threads(workers: int) -> int:
-    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
-    ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
-    return _count("OMP_NUM_THREADS") or max(1, usable_cpus() // max(1, workers))
-
-
-def visible_gpus() -> list[str]:
-    """GPU indices that ``nvidia-smi`` lists (respecting CUDA_VISIBLE_DEVICES), without importing torch."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
-
-
-# --------------------------------------------------------------------------- points
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a child process needs to run one point."""
-
-    name: str
-    config: dict  # experiments.config.to_dict form
-    uri: str
-    experiment_id: str
-    parent_run_id: str | None
-    tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
-    resume: bool = True  # continue a checkpointed earlier attempt of the point (False: --rerun)
-
-    @classmethod
-    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
-                  resume: bool = True) -> Job:
-        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
-                   {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
-                    Tag.SETTING: spec.setting}, resume)
-
-
-@dataclass
-class Task:
-    """One attempt at a job: where it runs and how far it got."""
-
-    job: Job
-    attempt: int = 1
-    ticket: Any = None  # the source's handle on the claim (a queue trial)
-    claim: dict | None = None  # what the point process checks its claim against (orchestrator.store.claims)
-    run_id: str | None = None
-    epoch: int = 0
-    max_epochs: int = 0
-    started: float = 0.0
-    slot: Slot | None = None
-    proc: subprocess.Popen | None = None
-    log_path: Path | None = None
-    summary: dict = field(default_factory=dict)
-    last_f1: float | None = None
-    job_id: int = 0  # the point process's id for this attempt
-
-    @property
-    def name(self) -> str:
-        return self.job.name
 
 
 class PointSource(Protocol):
@@ -174,9 +64,6 @@ class PointSource(Protocol):
 
     def claim(self) -> Task | None:
         """The next point to run, or None when there is none right now."""
-
-    def exhausted(self) -> bool:
-        """True when no point will come any more (then no spare process is started)."""
 
     def started(self, task: Task) -> None:
         """The task's MLflow run exists (``task.run_id`` is set)."""
@@ -208,9 +95,6 @@ class ListSource(PointSource):
 
     def claim(self) -> Task | None:
         return self.pending.pop(0) if self.pending else None
-
-    def exhausted(self) -> bool:
-        return not self.pending
 
     def started(self, task: Task) -> None:
         pass  # the run id lives on the task; nothing to record
@@ -246,43 +130,32 @@ class Outcome:
     seconds: float = 0.0
 
 
-# --------------------------------------------------------------------------- scheduler
-
-
 class Scheduler:
     """Runs the points of a source over slots, in long-lived point processes; reports through ``display``.
 
     Failed attempts keep their logs in ``log_dir`` (default: a new ``orch-logs-*`` folder in
-    the temporary directory, removed at the end when nothing failed).
+    the temporary directory, removed at the end when nothing failed). ``idle_poll``: seconds
+    between claims while idle (None: stop when idle); ``on_idle`` is called while idle and
+    returns True when it did some work (then the scheduler looks again at once).
+    ``keep_processes``: keep the slots' processes when a run ends cleanly, for the next run
+    (a sweep's rounds of added seeds); the owner then calls :meth:`close`.
     """
-
-    # A process may set this to ignore some stop signals: a Slurm task ignores a time-limit
-    # warning that Slurm sent early (see orchestrator.launch.slurm_task). None: every one stops.
-    accept_signal: Callable[[int], bool] | None = None
 
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
                  log_dir: Path | None = None, idle_poll: float | None = None,
                  on_idle: Callable[[], bool] | None = None, point_command: Sequence[str] = POINT_COMMAND,
                  keep_processes: bool = False):
-        self.slots, self.fail_fast = slots, fail_fast
-        # Keep the slots' processes when a run ends cleanly, for the next run (a sweep's rounds of
-        # added seeds); the owner then calls close()
-        self.keep_processes = keep_processes
+        self.slots, self.fail_fast, self.keep_processes = slots, fail_fast, keep_processes
         self.display = display or PlainDisplay(quiet=True)
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="orch-logs-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.idle_poll = idle_poll  # seconds between claims while idle; None: stop when idle
-        self.on_idle = on_idle  # called while idle (with idle_poll); True: it did work, look again at once
+        self.idle_poll, self.on_idle = idle_poll, on_idle
         self.processes = PointProcesses(self.log_dir, command=point_command)
-        self.stop_signal: int | None = None  # SIGINT or SIGTERM, once one asked the scheduler to stop
+        self.flag = stop.StopFlag()  # the stop request, while run() runs
         self.store_failure: str | None = None  # the first store failure: start nothing, write nothing more
         self.running: dict[int, Task] = {}  # slot index -> task
         self.free: list[Slot] = []
         self._stores: dict[str, TrackingStore] = {}
-
-    @property
-    def stop_requested(self) -> bool:
-        return self.stop_signal is not None
 
     def store(self, uri: str) -> TrackingStore:
         """The tracking store of a job's URI, opened once per scheduler."""
@@ -295,26 +168,24 @@ class Scheduler:
     def run(self, source: PointSource) -> Outcome:
         """Run points until the source has none (or, with ``idle_poll``, until stopped)."""
         outcome = Outcome()
-        self.running, self.free, self.store_failure, self._stopping = {}, list(self.slots), None, False
+        self.running, self.free, self.store_failure = {}, list(self.slots), None
         t0 = time.time()
         self.display.start(source.total, self.slots)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
-        try:
-            self._loop(source, outcome)
-            outcome.skipped = source.unstarted()
-        finally:
-            stopped = bool(self.running) or self.stop_requested
-            if stopped:
-                outcome.interrupted = self.stop_requested
-                outcome.signal = self.stop_signal
-                self._stop_all(source)
-            if stopped or not self.keep_processes or self.store_failure is not None:
-                self.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            outcome.store_failure = self.store_failure
-            outcome.seconds = time.time() - t0
-            self.display.stop()
+        # a second signal kills the points at once, and the clean-up below still finishes
+        with stop.handling() as self.flag, self.flag.deferred(on_second=lambda: self.processes.send(signal.SIGKILL)):
+            try:
+                self._loop(source, outcome)
+                outcome.skipped = source.unstarted()
+            finally:
+                stopped = bool(self.running) or self.flag.is_set()
+                if stopped:
+                    outcome.interrupted, outcome.signal = self.flag.is_set(), self.flag.signum
+                    self._stop_all(source)
+                if stopped or not self.keep_processes or self.store_failure is not None:
+                    self.close()
+                outcome.store_failure = self.store_failure
+                outcome.seconds = time.time() - t0
+                self.display.stop()
         return outcome
 
     def close(self) -> None:
@@ -324,7 +195,8 @@ class Scheduler:
             self.log_dir.rmdir()  # only when empty: nothing failed
 
     def _loop(self, source: PointSource, outcome: Outcome) -> None:
-        while not self.stop_requested:
+        """Ask the source for points while slots are free, run them, tell it how each ended."""
+        while not self.flag.is_set():
             self._fill_slots(source, outcome)
             if not self.running:
                 if not self._wait_idle(outcome):
@@ -336,6 +208,7 @@ class Scheduler:
                 self.display.tick()
                 continue
             self._on_event(index, proc, event, source, outcome)
+        self.display.note("stopping: running points checkpoint and are closed as KILLED (Ctrl-C again to force)")
 
     def _halted(self, outcome: Outcome) -> bool:
         return self.store_failure is not None or (self.fail_fast and bool(outcome.failed))
@@ -365,22 +238,9 @@ class Scheduler:
         """Nothing runs: False to stop, True after waiting (or after ``on_idle`` did some work)."""
         if self.idle_poll is None or self._halted(outcome):
             return False
-        if self.on_idle is not None and self.on_idle():
-            return True
-        release_unadopted()  # a waiting worker keeps no process started ahead idle
-        time.sleep(self.idle_poll)
+        if self.on_idle is None or not self.on_idle():
+            time.sleep(self.idle_poll)
         return True
-
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
-        if self.accept_signal is not None and not self.accept_signal(signum):
-            return
-        if self.stop_requested:  # a second one: stop waiting politely
-            if self._stopping:  # already closing down: kill the points now, and let the cleanup finish
-                self.processes.stop(signal.SIGKILL, grace=0)
-                return
-            raise KeyboardInterrupt
-        self.stop_signal = signum
-        self.display.note("stopping: running points checkpoint and are closed as KILLED (Ctrl-C again to force)")
 
     def _on_event(self, index: int, proc: subprocess.Popen, event: dict | None, source: PointSource,
                   outcome: Outcome) -> None:
@@ -434,13 +294,13 @@ class Scheduler:
             self.display.finished(task)
             return
         reason = self._close_dead_run(task, code, died)
-        if (code in STOP_CODES and self.stop_requested) or self.store_failure is not None:
+        if (code in STOP_CODES and self.flag.is_set()) or self.store_failure is not None:
             source.abandon(task)  # not the point's failure: the next invocation runs it again
             return
         kept = self.processes.keep_log(task, task.slot.index)
         if kept is not None:
             reason += f"; log: {kept}"
-        if not self.stop_requested and source.failed(task, reason):
+        if not self.flag.is_set() and source.failed(task, reason):
             self.display.retrying(task, reason)
         else:
             outcome.failed[task.name] = reason
@@ -485,8 +345,7 @@ class Scheduler:
 
     def _stop_all(self, source: PointSource) -> None:
         """Pass the stop signal to every process, wait for their points to close their runs, then make sure."""
-        self._stopping = True
-        self.processes.stop(self.stop_signal or signal.SIGTERM)
+        self.processes.stop(self.flag.signum or signal.SIGTERM)
         while True:  # the events the processes sent while stopping: run ids and ends
             try:
                 index, proc, event = self.processes.events.get_nowait()
@@ -496,9 +355,8 @@ class Scheduler:
             if task is not None and event and event.get("job") == task.job_id and event.get("event") == "started":
                 task.run_id = event.get("run_id")
         reason = "interrupted: the sweep was stopped"  # not a signal: e.g. an error in the scheduler itself
-        if self.stop_signal is not None:  # the point's process ended without closing its run (the grace ran out)
-            name = signal.Signals(self.stop_signal).name
-            reason = f"{'interrupted' if name == 'SIGINT' else 'preempted'} ({name}): stopped before its checkpoint"
+        if self.flag.is_set():  # the point's process ended without closing its run (the grace ran out)
+            reason = f"{self.flag.reason}: stopped before its checkpoint"
         for task in list(self.running.values()):
             if task.run_id:
                 uri, run_id = task.job.uri, task.run_id

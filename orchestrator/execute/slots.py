@@ -15,36 +15,117 @@ written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import itertools
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Any, Sequence
 
-from orchestrator.launch import slurm
+from orchestrator.execute.job import Job, encode, slurm_tags
 from orchestrator.store.schema import Tag
-
-if TYPE_CHECKING:
-    from orchestrator.execute.scheduler import Slot, Task
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
-WARM_PREFIX = "orch-warm-"  # a temporary folder per process started ahead: orch-warm-<caller pid>-<random>
-WARM_LOG_ENV = "ORCH_WARM_LOG"  # a process started ahead: its log, removed by the process if never adopted
+
+
+# --------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    gpu: str | None  # CUDA_VISIBLE_DEVICES value, None on the CPU
+    threads: int  # torch threads on the CPU (0: torch's default)
+
+    @property
+    def label(self) -> str:
+        return f"gpu{self.gpu}" if self.gpu is not None else f"cpu{self.index}"
+
+
+def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
+    """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
+    if device != "cpu" and not gpus:
+        gpus = visible_gpus() if device in ("auto", "cuda") else []
+    if gpus and device != "cpu":
+        return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
+    threads = cpu_threads(workers)
+    return [Slot(i, None, threads) for i in range(workers)]
+
+
+def _count(name: str) -> int | None:
+    """An environment variable that holds a positive ASCII count, else None."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdecimal() and value.isascii() and int(value) > 0 else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
+    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``: the batch script
+    of a job of several tasks has them all), which a cluster without CPU binding does not
+    put in the mask."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    if os.environ.get("SLURM_JOB_ID"):
+        cpus = min(cpus, _count("SLURM_CPUS_ON_NODE") or cpus)
+    return max(1, cpus)
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
+    ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
+    return _count("OMP_NUM_THREADS") or max(1, usable_cpus() // max(1, workers))
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices that ``nvidia-smi`` lists (respecting CUDA_VISIBLE_DEVICES), without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+@dataclass
+class Task:
+    """One attempt at a job: where it runs and how far it got."""
+
+    job: Job
+    attempt: int = 1
+    ticket: Any = None  # the source's handle on the claim (a queue trial)
+    claim: dict | None = None  # what the point process checks its claim against (orchestrator.store.claims)
+    run_id: str | None = None
+    epoch: int = 0
+    max_epochs: int = 0
+    started: float = 0.0
+    slot: Slot | None = None
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    summary: dict = field(default_factory=dict)
+    last_f1: float | None = None
+    job_id: int = 0  # the point process's id for this attempt
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+# --------------------------------------------------------------------------- their processes
 
 
 def _die_with_parent() -> None:
@@ -56,21 +137,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def job_payload(task: Task, slot: Slot, job_id: int) -> dict:
-    """The JSON job a point process reads (see :mod:`orchestrator.execute.point`)."""
-    job = task.job
-    return {
-        "job": job_id,
-        "config": job.config,
-        "uri": job.uri,
-        "experiment_id": job.experiment_id,
-        "parent_run_id": job.parent_run_id,
-        "run_name": job.name,
-        "device": "cuda" if slot.gpu is not None else "cpu",
-        "tags": {**job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm.task_tags()},
-        "resume": job.resume,
-        "claim": task.claim,
-    }
+def job_line(task: Task, slot: Slot, job_id: int) -> str:
+    """The line a point process reads for ``task`` (:func:`orchestrator.execute.job.encode`;
+    see :mod:`orchestrator.execute.point`)."""
+    job = task.job.with_tags({Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()})
+    return encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
 
 
 @dataclass
@@ -79,7 +150,6 @@ class SlotProcess:
 
     proc: subprocess.Popen
     log_path: Path
-    points: int = 0  # jobs handed to it
     job_offset: int = 0  # the log's size when its current job was handed over
     retiring: bool = False  # it said it exits after its current point
 
@@ -114,7 +184,7 @@ class PointProcesses:
         self._n_started += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)  # a scheduler removes it when a run leaves it empty
         log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
-        proc = _adopt(slot, self.command, log_path) or _spawn(self.command, slot, log_path)
+        proc = _spawn(self.command, slot, log_path)
         threading.Thread(target=self._read_events, args=(slot.index, proc), daemon=True).start()
         return SlotProcess(proc, log_path)
 
@@ -130,7 +200,7 @@ class PointProcesses:
     def launch(self, task: Task, slot: Slot) -> int:
         """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
         job_id = next(self._ids)
-        payload = json.dumps(job_payload(task, slot, job_id)) + "\n"
+        payload = job_line(task, slot, job_id)
         current = self.slots.get(slot.index)
         for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
             if current is None or current.retiring or current.proc.poll() is not None:
@@ -144,18 +214,15 @@ class PointProcesses:
                 if attempt:
                     raise
                 current = None
-        current.points += 1
         current.job_offset = offset
         task.proc, task.log_path = current.proc, current.log_path
         return job_id
 
-    def exited(self, index: int, proc: subprocess.Popen) -> bool:
-        """Forget a process that has exited; True when it was the slot's current one."""
+    def exited(self, index: int, proc: subprocess.Popen) -> None:
+        """Forget a process that has exited."""
         current = self.slots.get(index)
         if current is not None and current.proc is proc:
             del self.slots[index]
-            return True
-        return False
 
     def keep_log(self, task: Task, index: int) -> Path | None:
         """Copy the part of the slot's log written during ``task`` to ``<point>-attempt<n>.log``."""
@@ -186,121 +253,43 @@ class PointProcesses:
         for log in self.log_dir.glob("slot*-process*.log"):
             log.unlink(missing_ok=True)
 
-    def stop(self, signum: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+    def send(self, signum: int) -> None:
+        """Send ``signum`` to every live process; safe in a signal handler (it waits for nothing)."""
+        for current in list(self.slots.values()):
+            if current.proc.returncode is None:
+                with contextlib.suppress(OSError):
+                    os.kill(current.proc.pid, signum)
+
+    def stop(self, signum: int) -> None:
         """Send ``signum`` to every process (its point checkpoints and closes its run KILLED),
-        then kill what outlives ``grace``."""
-        procs = [s.proc for s in self.slots.values()]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-        _wait_or_kill(procs, grace)
+        then kill what outlives :data:`STOP_GRACE_SECONDS`."""
+        self.send(signum)
+        _wait_or_kill([s.proc for s in self.slots.values()], STOP_GRACE_SECONDS)
 
 
-def _spawn(command: Sequence[str], slot: Slot, log_path: Path, *, warm: bool = False) -> subprocess.Popen:
-    env = PointProcesses.slot_env(slot)
-    if warm:
-        env[WARM_LOG_ENV] = str(log_path)
+def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Popen:
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=PointProcesses.slot_env(slot),
+            text=True,
             start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
             preexec_fn=_die_with_parent,
         )
 
 
-# ---------------------------------------------------------------- started ahead of the scheduler
-
-# Processes started by prewarm(), by slot and command, until a scheduler's first point on that
-# slot adopts them. Each logs to its own temporary folder until then.
-_WARM: dict[tuple[Slot, tuple[str, ...]], tuple[subprocess.Popen, Path]] = {}
-
-
-def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:
-    """Start the slots' point processes now, before the caller opens its store and reads what
-    is done: a process's imports (torch, mlflow: seconds) then run beside the caller's own
-    start-up instead of after it, and the first points start that much sooner. The caller's
-    next scheduler adopts them (same slot and command); the rest are killed by
-    :func:`release_unadopted` (they hold no run: a process gets its first point from its
-    scheduler). A process whose caller dies before adopting it (SIGKILL) removes its own
-    temporary folder as it exits (see :mod:`orchestrator.execute.point`); one killed too early for
-    that (in its interpreter's first milliseconds) leaves it to the next caller on this
-    machine, which removes the folders of callers no longer alive. Best effort: a slot whose
-    process cannot start now starts it later."""
-    if not _WARM:
-        atexit.register(release_unadopted)
-        _remove_stale_warm_folders()
-    for slot in slots:
-        key = (slot, tuple(command))
-        if key in _WARM:
-            continue
-        folder = Path(tempfile.mkdtemp(prefix=f"{WARM_PREFIX}{os.getpid()}-"))
-        try:
-            _WARM[key] = (_spawn(command, slot, folder / "process.log", warm=True), folder / "process.log")
-        except OSError:  # no fork, no memory, a process limit: the scheduler tries again itself
-            shutil.rmtree(folder, ignore_errors=True)
+# Kept for the callers in orchestrator/launch and orchestrator/cli until they drop their calls: point
+# processes are no longer started ahead of the scheduler (about 3 s per command, far below 1% of a run).
+def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
+    """Does nothing: the scheduler starts its slots' processes itself."""
 
 
-def _remove_stale_warm_folders() -> None:
-    """Remove the temporary folders of processes started ahead by callers that are gone
-    (``orch-warm-<caller pid>-*``): nobody adopts those processes any more."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{WARM_PREFIX}*-*"):
-        pid = folder.name[len(WARM_PREFIX):].split("-", 1)[0]
-        if not pid.isdecimal() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # gone: its folder is stale
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # alive, another user's
-            pass
+def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> contextlib.AbstractContextManager:  # noqa: ARG001
+    """Does nothing: the scheduler starts its slots' processes itself."""
+    return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> Iterator[None]:
-    """:func:`prewarm` for the ``with`` block; at its end the processes no scheduler adopted are
-    killed (a command invoked in a longer-lived process, e.g. through click's CliRunner)."""
-    try:
-        prewarm(slots, command)
-        yield
-    finally:
-        release_unadopted()
-
-
-def _adopt(slot: Slot, command: Sequence[str], log_path: Path) -> subprocess.Popen | None:
-    """The slot's process started by :func:`prewarm`, its log moved to ``log_path``; None if there
-    is none (or it died meanwhile, or its log cannot move there: then a fresh process starts)."""
-    entry = _WARM.pop((slot, tuple(command)), None)
-    if entry is None:
-        return None
-    proc, warm_log = entry
-    try:
-        if proc.poll() is not None:
-            raise OSError("exited before its first point")
-        os.replace(warm_log, log_path)  # the process keeps writing to the moved file
-    except OSError:
-        _discard(proc, warm_log)
-        return None
-    with contextlib.suppress(OSError):
-        warm_log.parent.rmdir()
-    return proc
-
-
-def _discard(proc: subprocess.Popen, log: Path) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    log.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        log.parent.rmdir()
-
-
-def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:
-    """Kill the prewarmed processes no scheduler adopted, but those of ``keep`` (with
-    ``command``): at a command's end (call it before ``os._exit``, which skips atexit), and
-    where the slots a scheduler will use turn out fewer or other than those prewarmed."""
-    wanted = {(slot, tuple(command)) for slot in keep}
-    for key in [key for key in _WARM if key not in wanted]:
-        _discard(*_WARM.pop(key))
+def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
+    """Does nothing: no process is started ahead."""
 
 
 def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:

@@ -26,11 +26,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from orchestrator.errors import UserError
-from orchestrator.store.schema import Tag
 
 WARN_SECONDS = 120  # the time-limit warning (SIGUSR1) comes this long before the limit
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -53,11 +52,8 @@ class SlurmOptions:
 
     partition: str | None = None
     time: str | None = None  # Slurm's time format, checked by parse_time
-    gpus_per_task: int | None = None
-    cpus_per_task: int | None = None
-    mem: str | None = None
     array_parallelism: int | None = None  # tasks running at once (array mode); tasks (queue mode)
-    extra: tuple[tuple[str, str], ...] = ()  # --slurm KEY=VALUE
+    extra: tuple[tuple[str, str], ...] = ()  # every other sbatch option (--slurm KEY=VALUE)
     runs_per_gpu: int = 1
     log_dir: str | None = None
 
@@ -202,16 +198,10 @@ def job_name(sweep_id: str) -> str:
 
 
 def warn_seconds(options: SlurmOptions) -> int:
-    """The warning's lead time: a ``--slurm signal=…@N``'s N, else 120 s or half of a shorter limit."""
-    extra = dict(options.extra)
-    given = re.search(r"@(\d+)$", extra.get("signal", ""))
-    if given:
-        return int(given.group(1))
-    time_limit = extra.get("time") or options.time
-    minutes = parse_time(time_limit) if time_limit else None
-    if minutes is None:
-        return WARN_SECONDS
-    return int(max(10, min(WARN_SECONDS, minutes * 60 / 2)))
+    """The time-limit warning's lead: 120 s, or half of a limit under four minutes (a ``--slurm
+    signal=…`` replaces orch's directive, lead and all)."""
+    minutes = options.minutes()
+    return WARN_SECONDS if minutes is None else int(max(10, min(WARN_SECONDS, minutes * 30)))
 
 
 def log_dir(options: SlurmOptions) -> Path:
@@ -227,9 +217,7 @@ def job_script(options: SlurmOptions, *, name: str, n_tasks: int, task_input: Se
     array = f"0-{n_tasks - 1}" + (f"%{options.array_parallelism}" if options.array_parallelism else "")
     pairs = [("job-name", name), ("partition", options.partition), ("output", str(log_dir(options) / "%x-%A_%a.out")),
              ("open-mode", "append"), ("chdir", str(Path.cwd())), ("export", "ALL"), ("array", array),
-             ("time", options.time), ("cpus-per-task", options.cpus_per_task),
-             ("gpus-per-task", options.gpus_per_task), ("mem", options.mem),
-             ("signal", f"B:USR1@{warn_seconds(options)}"), ("requeue", "")]
+             ("time", options.time), ("signal", f"B:USR1@{warn_seconds(options)}"), ("requeue", "")]
     given = dict(options.extra)
     merged = [(k, given.pop(k) if k in given else v) for k, v in pairs if v is not None or k in given]
     merged += [(k, v) for k, v in options.extra if k in given]
@@ -295,18 +283,4 @@ def _squeue(args: Sequence[str]) -> list[tuple[str, str, str]]:
                          "Slurm answers")
     rows = [tuple(line.strip().split("|")) for line in out.stdout.splitlines()]
     return [row for row in rows if len(row) == 3 and row[1] in LIVE_STATES]
-
-
-def task_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Slurm job this process runs in, as run tags (empty outside Slurm)."""
-    env = os.environ if env is None else env
-    job = env.get("SLURM_JOB_ID")
-    if not job:
-        return {}
-    array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-    tags = {Tag.SLURM_JOB_ID: job, Tag.SLURM_JOB: f"{array}_{index}" if array and index else job,
-            Tag.SLURM_RESTARTS: env.get("SLURM_RESTART_COUNT", "0")}
-    if array and index:
-        tags[Tag.SLURM_ARRAY_JOB_ID], tags[Tag.SLURM_ARRAY_TASK_ID] = array, index
-    return tags
 

@@ -1,52 +1,52 @@
-"""``orch sweep --launcher slurm``: submit what is missing, follow it, close the sweep once.
+"""The Slurm launcher: submit a sweep's missing points as a job array, follow it, close it once.
 
-Submission opens the sweep as a local sweep does (:func:`orchestrator.launch.sweep.open_sweep`:
-parent run, orphans, which points are done), leaves out the points that a live task of the
-sweep already holds (the parent's ``slurm/<job id>.json`` says which task holds which
-points), and submits the rest as one array. A rerun therefore submits only what is missing.
+:class:`orchestrator.launch.sweep.SlurmLauncher` calls :func:`check_sweep` before anything is
+recorded and :func:`submit_sweep` with the plan's missing points (as jobs) under the sweep
+lock. Points that a live task of the sweep already holds are left out (the parent's
+``slurm/<job id>.json`` says which task holds which), so a rerun submits only what is missing.
 
-Closing (the summary and the parent's final status) is :func:`close_if_done`, run by each
-array task as it ends, and by ``orch status``, ``--wait`` and a rerun that has nothing to
-submit. It acts only when no other job of the sweep is live in ``squeue``, and it runs under
-the experiment's sweep lock (:func:`orchestrator.store.locks.hold`), which serialises the
-closers and the submissions: of two tasks that end together, the first to take the lock
-sees the other still RUNNING and leaves it, the second sees the first COMPLETING or gone and
-closes. So the last task closes the sweep, once, with no job of its own.
+Closing (the summary and the parent's end, :func:`orchestrator.launch.sweep.close_sweep`) is
+:func:`close_if_done`: each array task runs it as it ends, and so do ``orch status``,
+``--wait`` and a rerun with nothing to submit. It closes only when no other job of the
+sweep is live in squeue, and the closers take turns under a lock of the sweep. squeue lags a
+task's end (it shows RUNNING for a moment after the process ended, then COMPLETING), so a
+task that finds it is not the last records on the parent that it has ended (``Tag.SLURM_ENDED``)
+before it lets the next closer in, and a closer counts neither those nor COMPLETING tasks.
+Of tasks that end together the last to take the lock closes: once, with no job of its own.
 
-Why not a close job (``--dependency=afterany``), as before: ``scontrol requeue`` also takes
-a job that has ended, which satisfies ``afterany`` and then runs again, so a close job had to
-wait for COMPLETING tasks, hand the closing on to a successor after requeued ones, chain
-after the close jobs of earlier submissions and be re-queued when cancelled: four
-mechanisms for one summary. A task that was requeued is simply not the last one, and if a
-closer did close the sweep in the seconds a requeued task shows COMPLETING, that task is
-the last to end when it comes back and closes the sweep again (a task closes even a closed
-parent), as a rerun reopens and closes a sweep that ended with points missing. Why not
-submitit: it pickles the function onto the shared disk and owns the signal handling, where
-here a task is an ordinary process whose script ``--dry-run`` prints, and submitit has no
-notion of a sweep to close either.
+Why not the close job of before (``--dependency=afterany``): ``scontrol requeue`` also takes a
+task that has ended, which satisfies ``afterany`` and then runs again, so the close job had to
+wait for COMPLETING tasks, hand the closing on to a successor after requeued ones, chain after
+earlier submissions' close jobs and be queued again when cancelled. Here a requeued task is
+simply not the last, and if a closer ends the sweep in the seconds a requeued task shows
+COMPLETING, that task closes it again when it ends (a task closes even a closed parent), as a
+rerun does after a sweep ended with points missing. Why not submitit: it pickles a function
+onto the shared disk and owns the signals, where a task here is a plain process whose script
+``--dry-run`` prints, and a sweep's closing would still be ours to write.
 
-Known limits: a task killed hard (SIGKILL, a dead node) does not close; neither does a
-sweep whose tasks were cancelled before they started. ``orch status``, ``--wait`` or a rerun
-closes such a sweep. Through a tracking server the sweep lock is per machine (see
-:mod:`orchestrator.store.locks`): unless ``~/.cache/orch`` is shared, tasks on two nodes
-that end within the same second can both close the sweep (the summary is written twice,
-the same both times).
+Known limits, for ``orch status``, ``--wait`` or a rerun to close: a task killed hard
+(SIGKILL, a dead node) does not close, and tasks cancelled before they started never run.
+The lock is a file beside a SQLite store (shared with the nodes), and for a tracking server in
+``~/.cache/orch`` (:mod:`orchestrator.store.locks`): unless that is shared too, tasks on two
+nodes that end within the same second may both write the summary (the same both times).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from experiments.config import to_dict
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.errors import ExitCode
+from orchestrator.execute.job import Job, encode
+from orchestrator.execute.plan import Plan
 from orchestrator.grid.load import SweepSpec
 from orchestrator.launch import slurm
 from orchestrator.store import locks
-from orchestrator.store.schema import Artifact, Kind, Status, Tag, read_points
+from orchestrator.store.schema import Artifact, Kind, Status, Tag
 from orchestrator.store.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
@@ -59,58 +59,85 @@ ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 class Submission:
     job_ids: list[str]  # the array submitted now (none when nothing was missing)
     points: int  # points submitted
-    skipped_live: int  # unfinished points already held by live tasks
-    done: int
+    skipped_live: int  # missing points already held by live tasks
 
 
-def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, *, rerun: bool = False,
-                 device: str = "auto", max_retries: int = 1, metric: str = DEFAULT_OBJECTIVE,
-                 wait: bool = False) -> Submission:
-    """Open the sweep and submit its missing points as one array (array mode).
+def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
+                device: str, max_retries: int, metric: str) -> None:  # noqa: ARG001
+    """Every check before anything is recorded or submitted, down to ``sbatch --test-only``."""
+    slurm.check(options, uri, shared=shared, storage=storage)
+    slurm.test_only(dry_run_script(spec, uri, options, device=device, max_retries=max_retries, storage=storage))
 
-    The experiment's sweep lock is held meanwhile, so two submissions of the sweep never
-    both submit a point: the second is refused (naming the holder) or, with ``wait``, waits
-    and then submits only what the first did not.
-    """
-    from orchestrator.launch.sweep import open_sweep
 
-    with locks.hold(store.uri, spec.name, wait=wait, say=log.info):
-        live = slurm.live_jobs(spec.sweep_id)
-        state = open_sweep(store, spec, rerun=rerun)
-        store.set_tags(state.parent_run_id, {Tag.LAUNCHER: ARRAY})
-        held = held_points(store, state.parent_run_id, live)
-        todo = [r for r in state.pending if r.run_key not in held]
-        sub = Submission([], len(todo), len(state.pending) - len(todo), len(state.done))
-        if todo:
-            script = points_script(spec, todo, store.uri, options, experiment_id=state.experiment_id,
-                                   parent_run_id=state.parent_run_id, device=device, max_retries=max_retries,
-                                   metric=metric, resume=not rerun)
-            sub.job_ids.append(_submit(store, state.parent_run_id, script, options, todo))
-            return sub
-        if not live:  # nothing missing and nothing running: the rerun closes the sweep
-            log.info(_close(store, state.parent_run_id, by="orch sweep (rerun)", metric=metric))
-    arrays = sorted({j.array for j in live})
-    what = (f"all {sub.skipped_live} unfinished point(s) are queued or running in Slurm job(s) {', '.join(arrays)}"
-            if sub.skipped_live else f"all {len(spec.runs)} points are finished")
+def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None, wait: bool,
+                 device: str, max_retries: int, metric: str) -> int:
+    """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); with
+    ``wait``, follow the jobs until they end. The exit code."""
+    spec, store = plan.spec, TrackingStore(plan.uri)
+    since_ms = int(time.time() * 1000)
+    if storage:
+        sub = _submit_workers(plan, jobs, options, storage, device=device, max_retries=max_retries)
+    else:
+        sub = _submit_points(store, plan, jobs, options, device=device, max_retries=max_retries, metric=metric)
+    if sub.job_ids:
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job {sub.job_ids[0]}; "
+                 f"{len(plan.done)} already finished, {sub.skipped_live} queued or running in earlier jobs\n"
+                 f"follow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri "
+                 f"{plan.uri}\ntask logs: {slurm.log_dir(options)}")
+    if wait and (sub.job_ids or sub.skipped_live):
+        return wait_and_close(store, plan, sub, metric=metric, since_ms=since_ms)
+    return ExitCode.OK
+
+
+def _submit_points(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *,
+                   device: str, max_retries: int, metric: str) -> Submission:
+    """Array mode: the jobs that no live task holds, as one array."""
+    spec = plan.spec
+    live = slurm.live_jobs(spec.sweep_id)
+    held = held_points(store, plan.parent_run_id, live)
+    todo = [job for job in jobs if job.run_key not in held]
+    if todo:
+        script = points_script(spec, todo, options, device=device, max_retries=max_retries, metric=metric)
+        return Submission([_submit(store, plan.parent_run_id, script, options, todo)], len(todo), len(jobs) - len(todo))
+    what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) "
+            f"{', '.join(sorted({j.array for j in live}))}" if jobs else f"all {len(spec.runs)} points are finished")
     log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
-    return sub
+    if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
+        store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
+        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=metric, wait=True))
+    return Submission([], 0, len(jobs))
 
 
-def points_script(spec: SweepSpec, runs: Sequence, uri: str, options: slurm.SlurmOptions, *, experiment_id: str,
-                  parent_run_id: str, device: str, max_retries: int, metric: str, resume: bool) -> str:
-    """The job script of an array that runs ``runs``, ``--runs-per-gpu`` points per task."""
-    from orchestrator.execute.scheduler import Job
+def _submit_workers(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str, *, device: str,
+                    max_retries: int) -> Submission:
+    """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
+    from orchestrator.launch import queue
 
-    per = options.runs_per_gpu
-    header = {"mode": "points", "uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-              "per_task": per, "device": device, "max_retries": max_retries, "metric": metric, "resume": resume}
-    jobs = [Job.from_spec(r, uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                          sweep_id=spec.sweep_id) for r in runs]
-    lines = [{"name": j.name, "run_key": r.run_key, "config": j.config, "tags": j.tags} for j, r in zip(jobs, runs)]
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(runs)} point(s), {per} per array task\n"
-               f"tracking URI {uri}; parent run {parent_run_id}")
-    return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(runs) // per),
-                            task_input=_task_input(header, lines), comment=comment)
+    spec = plan.spec
+    sub = queue.submit(plan, jobs, storage)
+    waiting = sub.enqueued + sub.queued_before
+    live = slurm.live_jobs(spec.sweep_id)
+    k = min(options.array_parallelism or 4, max(waiting, 1))
+    if not waiting or len(live) >= k:
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
+                 f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
+        return Submission([], sub.enqueued, sub.queued_before)
+    script = worker_script(spec, plan.uri, options, storage, n_tasks=k - len(live), device=device,
+                           max_retries=max_retries)
+    job_id = _submit(TrackingStore(plan.uri), plan.parent_run_id, script, options, (), launcher=QUEUE)
+    return Submission([job_id], sub.enqueued, sub.queued_before)
+
+
+def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOptions, *, device: str,
+                  max_retries: int, metric: str) -> str:
+    """The job script of an array that runs ``jobs``, ``--runs-per-gpu`` of them per task."""
+    per, first = options.runs_per_gpu, jobs[0]
+    header = {"mode": "points", "uri": first.uri, "parent_run_id": first.parent_run_id, "per_task": per,
+              "device": device, "max_retries": max_retries, "metric": metric}
+    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task\n"
+               f"tracking URI {first.uri}; parent run {first.parent_run_id}")
+    return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(jobs) // per),
+                            task_input=[json.dumps(header), *map(encode, jobs)], comment=comment)
 
 
 def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
@@ -122,7 +149,7 @@ def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storag
                f"{storage.split('@')[-1]}")
     opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
     return slurm.job_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks,
-                            task_input=_task_input(header, ()), comment=comment)
+                            task_input=[json.dumps(header)], comment=comment)
 
 
 def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, device: str, max_retries: int,
@@ -131,22 +158,14 @@ def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, de
     if storage:
         return worker_script(spec, uri, options, storage, n_tasks=options.array_parallelism or 4, device=device,
                              max_retries=max_retries)
-    return points_script(spec, spec.runs, uri, options, experiment_id="<experiment id>",
-                         parent_run_id="<parent run id>", device=device, max_retries=max_retries,
-                         metric=DEFAULT_OBJECTIVE, resume=True)
+    jobs = [Job.from_spec(r, uri=uri, experiment_id="<experiment id>", parent_run_id="<parent run id>",
+                          sweep_id=spec.sweep_id) for r in spec.runs]
+    return points_script(spec, jobs, options, device=device, max_retries=max_retries, metric=DEFAULT_OBJECTIVE)
 
 
-def _task_input(header: dict, lines: Sequence[dict]) -> list[str]:
-    import json
-
-    return [json.dumps(header), *(json.dumps(line) for line in lines)]
-
-
-def _submit(store: TrackingStore, parent_run_id: str, script: str, options: slurm.SlurmOptions, runs: Sequence,
+def _submit(store: TrackingStore, parent_run_id: str, script: str, options: slurm.SlurmOptions, jobs: Sequence[Job],
             launcher: str = ARRAY) -> str:
-    """Submit ``script``; keep it and which task holds which points on the parent. The job id."""
-    import json
-
+    """Submit ``script``; keep it, and which task holds which points, on the parent. The job id."""
     slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
     try:
         job_id = slurm.submit(script)
@@ -154,7 +173,7 @@ def _submit(store: TrackingStore, parent_run_id: str, script: str, options: slur
         store.end_run(parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
         raise
     per = options.runs_per_gpu
-    tasks = [[r.run_key for r in runs[i:i + per]] for i in range(0, len(runs), per)]
+    tasks = [[job.run_key for job in jobs[i:i + per]] for i in range(0, len(jobs), per)]
     store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
     store.log_text(parent_run_id, json.dumps({"job_id": job_id, "tasks": tasks}), f"{Artifact.SLURM_DIR}/{job_id}.json")
     before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
@@ -177,56 +196,28 @@ def held_points(store: TrackingStore, parent_run_id: str, live: Sequence[slurm.L
     return held
 
 
-def submit_workers(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, storage: str, *,
-                   rerun: bool = False, device: str = "auto", max_retries: int = 1) -> Submission:
-    """Queue mode: queue the missing points on PostgreSQL, then K worker tasks (unless enough are live)."""
-    from orchestrator.launch import queue
-
-    sub = queue.submit(spec, store, storage, rerun=rerun)
-    waiting = sub.enqueued + sub.queued_before
-    live = slurm.live_jobs(spec.sweep_id)
-    k = min(options.array_parallelism or 4, max(waiting, 1))
-    if not waiting or len(live) >= k:
-        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
-                 f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
-        return Submission([], sub.enqueued, sub.queued_before, sub.done)
-    script = worker_script(spec, store.uri, options, storage, n_tasks=k - len(live), device=device,
-                           max_retries=max_retries)
-    parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
-    job_id = _submit(store, parent.info.run_id, script, options, (), launcher=QUEUE)
-    return Submission([job_id], sub.enqueued, sub.queued_before, sub.done)
-
-
 # --------------------------------------------------------------------------- closing
 
 
 def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "",
                   metric: str | None = None, wait: bool = False) -> str:
-    """Write the summary and end the parent, if no other job of the sweep is live; returns what it did.
+    """Write the summary and end the parent if no other job of the sweep is live; what it did.
 
-    ``own_job`` is the calling task (``12_3``), which is not counted, and which closes the
-    parent even when another closer ended it already (see the module's docstring). The
-    sweep lock is taken first: with ``wait`` a busy lock is waited for, else nothing is done.
+    ``own_job`` is the calling task (``12_3``): it does not count, and it closes the parent
+    even when another closer has ended it (see the module's docstring). ``wait``: wait for
+    a closer that holds the sweep's closing lock, else leave the closing to it.
     """
-    parent = store.get_run(parent_run_id)
-    experiment = store.client.get_experiment(parent.info.experiment_id).name
+    sweep_id = store.get_run(parent_run_id).data.tags[Tag.SWEEP]
     try:
-        with locks.hold(store.uri, experiment, wait=wait, say=log.info):
+        with locks.hold(store.uri, f"slurm-close-{sweep_id}", wait=wait, say=log.info,
+                        refusal=lambda who: f"sweep [{sweep_id}] not closed now: {who} is closing it"):
             return _close(store, parent_run_id, by=by, own_job=own_job, metric=metric)
     except locks.SweepBusy as err:
-        return f"sweep [{parent.data.tags.get(Tag.SWEEP)}] not closed now: {err}"
+        return str(err)
 
 
-def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "", metric: str | None = None) -> str:
-    """:func:`close_if_done` under the sweep lock.
-
-    A task that decided it is not the last one records that it has ended (``Tag.SLURM_ENDED``)
-    before it exits, because squeue goes on showing it RUNNING for a moment after its
-    process ends, and then COMPLETING for a few seconds: a closer counts neither (a task
-    being requeued shows COMPLETING too; see the module's docstring).
-    """
-    from orchestrator.analyze import compare
-    from orchestrator.launch.sweep import summarize_records, sweep_records
+def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, metric: str | None) -> str:
+    from orchestrator.launch.sweep import close_sweep
 
     parent = store.get_run(parent_run_id)  # fresh: another closer may have ended it
     sweep_id = parent.data.tags[Tag.SWEEP]
@@ -238,28 +229,18 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = 
     ended = set(parent.data.tags.get(Tag.SLURM_ENDED, "").split(","))
     others = [j for j in live if j.id != own_job and not (j.id in ended and j.state in ("RUNNING", "COMPLETING"))]
     if others:
-        if own_job:  # what the next closer needs to know: this task has ended, whatever squeue says
+        if own_job:  # for the next closer: this task has ended, whatever squeue shows for a moment
             ended = {j.id for j in live if j.id in ended} | {own_job}
             store.set_tags(parent_run_id, {Tag.SLURM_ENDED: ",".join(sorted(ended))})
-        return (f"sweep [{sweep_id}]: {len(others)} Slurm job(s) of it still queued or running; the last of them "
-                "to end closes it")
-    exp_id = parent.info.experiment_id
-    for run in store.sweep_children(exp_id, sweep_id):
+        return f"sweep [{sweep_id}]: {len(others)} Slurm job(s) of it still queued or running; the last to end closes it"
+    for run in store.sweep_children(parent.info.experiment_id, sweep_id):
         if run.info.status in Status.LIVE:
             job = run.data.tags.get(Tag.SLURM_JOB, "?")
             store.end_run(run.info.run_id, Status.FAILED, f"its Slurm task {job} ended without closing the run")
-    points = read_points(store.download_json(parent_run_id, Artifact.POINTS))
-    records = sweep_records(store, exp_id, sweep_id, [p.run_key for p in points])
-    axes = [k for k in (points[0].point if points else {}) if k != "seed"]
-    summarize_records(store, parent_run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
-    finished = {r.tags.get(Tag.RUN_KEY) for r in compare.select_finished(records)}
-    missing = [p.name for p in points if p.run_key not in finished]
     store.set_tags(parent_run_id, {Tag.SUMMARIZED_BY: by})
+    missing = close_sweep(store, parent_run_id, metric=metric or DEFAULT_OBJECTIVE)
     if missing:
-        store.end_run(parent_run_id, Status.FAILED,
-                      f"{len(missing)} point(s) not finished ({', '.join(missing[:10])}); rerun the sweep to run them")
         return f"sweep [{sweep_id}] closed FAILED: {len(missing)} point(s) not finished; rerun the sweep to run them"
-    store.end_run(parent_run_id, Status.FINISHED)
     return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
 
 
@@ -273,24 +254,23 @@ class _JobSlot:
     gpu: str | None = None
 
 
-def follow(store: TrackingStore, spec: SweepSpec, parent, display, since_ms: int,
-           poll: float = FOLLOW_POLL_SECONDS) -> None:
+def follow(store: TrackingStore, plan: Plan, display, since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
     """Show the sweep's points starting and ending until no job of the sweep is left in Slurm."""
-    from orchestrator.execute.scheduler import Job, Task
+    from orchestrator.execute.slots import Task
 
-    exp_id, parent_run_id = parent.info.experiment_id, parent.info.run_id
-    display.start(len(spec.runs), [_JobSlot("slurm")])
+    sweep_id = plan.spec.sweep_id
+    display.start(len(plan.spec.runs), [_JobSlot("slurm")])
     seen: dict[str, str] = {}
     tasks: dict[str, Task] = {}
     try:
         while True:
-            live = slurm.live_jobs(spec.sweep_id)
-            for run in sorted(store.sweep_children(exp_id, spec.sweep_id), key=lambda r: r.info.start_time):
+            live = slurm.live_jobs(sweep_id)
+            for run in sorted(store.sweep_children(plan.experiment_id, sweep_id), key=lambda r: r.info.start_time):
                 rid, status = run.info.run_id, run.info.status
                 if run.info.start_time < since_ms or seen.get(rid) == status:
                     continue
                 if rid not in tasks:
-                    job = Job(run.info.run_name or rid, {}, store.uri, exp_id, parent_run_id, {})
+                    job = Job(run.info.run_name or rid, {}, plan.uri, plan.experiment_id, plan.parent_run_id, {})
                     slot = _JobSlot(f"job {run.data.tags.get(Tag.SLURM_JOB, '?')}")
                     tasks[rid] = Task(job, started=run.info.start_time / 1000, slot=slot)
                     display.started(tasks[rid])
@@ -308,30 +288,28 @@ def follow(store: TrackingStore, spec: SweepSpec, parent, display, since_ms: int
         display.stop()
 
 
-def wait_and_close(store: TrackingStore, spec: SweepSpec, sub: Submission, *, quiet: bool, metric: str,
-                   since_ms: int) -> int:
+def wait_and_close(store: TrackingStore, plan: Plan, sub: Submission, *, metric: str, since_ms: int) -> int:
     """``--wait``: follow the jobs, close the sweep if no task did, print the table; the exit code."""
-    from orchestrator.analyze import compare
+    from orchestrator.analyze import compare, sweep_summary
     from orchestrator.execute.display import make_display
-    from orchestrator.launch.sweep import expected_points, sweep_records
+    from orchestrator.execute.plan import expected_points
 
-    parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
     try:
-        follow(store, spec, parent, make_display(quiet), since_ms)
+        follow(store, plan, make_display(not log.isEnabledFor(logging.INFO)), since_ms)
     except KeyboardInterrupt:
         log.info(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
         return ExitCode.INTERRUPTED
-    if parent.data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
-        log.info(close_if_done(store, parent.info.run_id, by="orch sweep --wait", metric=metric, wait=True))
-    records = sweep_records(store, parent.info.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
-    try:
-        print(compare.render(compare.compare(records, expected_points(spec), metric), "table"))
-    except compare.CompareError:
-        pass
-    status = store.run_status(parent.info.run_id)
+    if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
+        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
+    spec = plan.spec
+    records = sweep_summary.sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    result = sweep_summary.compare_sweep(records, expected_points(spec), metric)
+    if result is not None:
+        print(compare.render(result, "table"), flush=True)
+    status = store.run_status(plan.parent_run_id)
     if status == Status.FINISHED:
         return ExitCode.OK
-    log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(parent.info.run_id) or ''}")
+    log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(plan.parent_run_id) or ''}")
     return ExitCode.FAILED
 
 

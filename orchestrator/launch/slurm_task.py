@@ -1,25 +1,25 @@
 """One Slurm array task of a sweep: ``python -m orchestrator.launch.slurm_task``, its input on stdin.
 
-The job script (:func:`orchestrator.launch.slurm.job_script`) feeds it a heredoc: a header
-(JSON: the mode, the tracking URI, the sweep's parent run, options), then, in array mode,
-one JSON line per point. Two modes:
+The job script (:func:`orchestrator.launch.slurm.job_script`) feeds it a heredoc: a header (JSON:
+the mode, the tracking URI, the sweep's parent run, options), then, in array mode, one job per
+point in the job codec's form (:func:`orchestrator.execute.job.encode`). Two modes:
 
 * ``points``: array task i runs points ``[i*K, (i+1)*K)`` (K = ``--runs-per-gpu``) with the
-  local scheduler, each resumed from its checkpoint when an earlier attempt left one. A
-  point that is finished, or RUNNING in another live Slurm job, is left out: a point never
-  runs twice at once. As it ends, the task closes the sweep if it is the last job of it
+  local scheduler, each resumed from its checkpoint when an earlier attempt left one. A point
+  that is finished, or RUNNING in another live Slurm job, is left out: a point never runs
+  twice at once. As it ends, the task closes the sweep if it is the sweep's last job
   (:func:`orchestrator.launch.slurm_sweep.close_if_done`).
 * ``worker``: an ``orch worker`` on the PostgreSQL queue, limited to this sweep (the worker
   that ends the sweep's last point closes it).
 
-Signals, submitit's rule: Slurm's time-limit warning (SIGUSR1, ``--signal=B:USR1@N``) makes
-the running points checkpoint and end KILLED (``preempted (SIGUSR1)``), and the task then
-requeues itself; its next start resumes them. SIGTERM (``scancel``, a preemption, which
-Slurm requeues by itself where the partition says so) checkpoints the same way and ends
-the task. The scheduler does the stopping; this module only looks at which signal stopped
-it. Slurm checks time limits about every 30 s and may send the warning up to a minute
-before the lead it was given: with limits of minutes (not hours) choose the lead with that
-in mind (``--slurm signal=B:USR1@N``).
+Signals, submitit's rule, through :mod:`orchestrator.execute.stop`: Slurm's time-limit warning
+(SIGUSR1, ``--signal=B:USR1@N``) makes the running points checkpoint and end KILLED
+(``preempted (SIGUSR1)``), and the task requeues itself; its next start resumes them. SIGTERM
+(``scancel``, a preemption, which Slurm requeues by itself where the partition says so) stops
+the same way, without a requeue. A signal before the scheduler starts is kept and acted on
+alike. Slurm checks time limits about every 30 s and may send the warning up to a minute
+before the lead it was given: for limits of minutes, not hours, choose the lead with that in
+mind (``--slurm signal=B:USR1@N``).
 """
 
 from __future__ import annotations
@@ -32,27 +32,27 @@ import sys
 from typing import Any
 
 from orchestrator.errors import ExitCode, StoreFailure
+from orchestrator.execute import stop
+from orchestrator.execute.job import Job, decode, slurm_tags
 from orchestrator.launch import slurm
 from orchestrator.store.schema import Status, Tag, tag_filter
 
 log = logging.getLogger("orchestrator.launch.slurm_task")  # not __name__: it runs as __main__
 
 
-def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> str | None:
-    """Why this task must not run the point (finished, or running in another live job), or None.
+def left_out(store, job: Job, me: dict[str, str]) -> str | None:
+    """Why this task must not run the job's point (finished, or running in another live job), or None.
 
-    A run left RUNNING by a task that is gone (this task's own earlier start, killed before
-    it could close it, or a dead job) is closed FAILED, so that its checkpoint can be resumed.
+    A run left RUNNING by a task that is gone (this task's own earlier start, killed before it
+    could close it, or a dead job) is closed FAILED, so that its checkpoint can be resumed.
     """
     from orchestrator import processes
-    from orchestrator.store.schema import is_finished_result
+    from orchestrator.execute.plan import finished_results
 
-    runs = store.search([experiment_id], tag_filter(Tag.RUN_KEY, run_key), order_by=["attributes.start_time DESC"])
-    if any(is_finished_result(r.info.status, r.data.tags) for r in runs):
+    if finished_results(store, job.experiment_id, [job.run_key]):
         return "already finished"
-    for run in runs:
-        if run.info.status not in Status.LIVE:
-            continue
+    for run in store.search([job.experiment_id], f"{tag_filter(Tag.RUN_KEY, job.run_key)} and "
+                                                 f"attributes.status = '{Status.RUNNING}'"):
         tags = run.data.tags
         other = tags.get(Tag.SLURM_JOB_ID)
         if other and other != me.get(Tag.SLURM_JOB_ID):
@@ -60,7 +60,7 @@ def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> 
                 state = slurm.job_states([other]).get(other)
             except slurm.SlurmError as err:  # unknown is not "ended": the point may be running there
                 return f"Slurm did not say whether job {other} still runs it ({err}); rerun the sweep later"
-            if state in slurm.LIVE_STATES:
+            if state is not None:
                 return f"running in Slurm job {tags.get(Tag.SLURM_JOB, other)} (run {run.info.run_id})"
         if not other and not processes.is_orphan(tags.get(Tag.HOST), tags.get(Tag.PID)):
             return f"running on {tags.get(Tag.HOST)} (pid {tags.get(Tag.PID)}, run {run.info.run_id})"
@@ -69,33 +69,31 @@ def point_state(store, experiment_id: str, run_key: str, me: dict[str, str]) -> 
     return None
 
 
-def run_points(header: dict[str, Any], lines: list[dict[str, Any]]) -> tuple[int, int | None]:
-    """Array mode: this task's points; (exit code, the signal that stopped it)."""
+def run_points(header: dict[str, Any], lines: list[str]) -> int:
+    """Array mode: this task's points; the exit code."""
     from orchestrator.execute.display import PlainDisplay
-    from orchestrator.execute.scheduler import Job, ListSource, Scheduler
+    from orchestrator.execute.scheduler import ListSource, Scheduler
     from orchestrator.store.tracking import TrackingStore
 
     per = int(header["per_task"])
     index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    store = TrackingStore(header["uri"])
-    me = slurm.task_tags()
+    store, me = TrackingStore(header["uri"]), slurm_tags()
     jobs = []
-    for line in lines[index * per:(index + 1) * per]:
-        why = point_state(store, header["experiment_id"], line["run_key"], me)
+    for job, _ in map(decode, lines[index * per:(index + 1) * per]):
+        why = left_out(store, job, me)
         if why:
-            log.info(f"{line['name']}: {why}; not run here")
-            continue
-        jobs.append(Job(line["name"], line["config"], header["uri"], header["experiment_id"], header["parent_run_id"],
-                        dict(line["tags"]), header["resume"]))
-    if not jobs:  # nothing left for this task
-        return ExitCode.OK, None
+            log.info(f"{job.name}: {why}; not run here")
+        else:
+            jobs.append(job)
+    if not jobs:
+        return ExitCode.OK
     slots = task_slots(len(jobs), per, header["device"])
     outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header["max_retries"])))
     if outcome.store_failure:  # its points were given up unfinished: the next run of the sweep resumes them
         raise StoreFailure(f"{outcome.store_failure}; fix the store, then rerun the sweep to resume its points")
     if outcome.interrupted:
-        return ExitCode.PREEMPTED, outcome.signal
-    return (ExitCode.FAILED if outcome.failed else ExitCode.OK), None
+        return stop.exit_code(outcome.signal)
+    return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
 
 def task_slots(n_points: int, per: int, device: str) -> list:
@@ -112,27 +110,24 @@ def own_threads() -> None:
     os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def run_worker(header: dict[str, Any]) -> tuple[int, int | None]:
-    """Queue mode: an ``orch worker`` for this sweep; (exit code, the signal that stopped it)."""
+def run_worker(header: dict[str, Any]) -> int:
+    """Queue mode: an ``orch worker`` for this sweep; the exit code."""
     from orchestrator.launch import queue
 
-    stopped: list[int] = []
-    per, device = int(header["per_task"]), header["device"]
-    code = queue.run_worker(header["storage"], task_slots(per, per, device), sweep=header["sweep_id"],
-                            tracking_uri=header["uri"], device=device, max_retries=int(header["max_retries"]),
-                            quiet=False, stopped=stopped)
-    return code, stopped[0] if stopped else None
+    per = int(header["per_task"])
+    return queue.run_worker(header["storage"], task_slots(per, per, header["device"]), sweep=header["sweep_id"],
+                            tracking_uri=header["uri"], max_retries=int(header["max_retries"]), quiet=False)
 
 
 def close_sweep(header: dict[str, Any]) -> None:
-    """Close the sweep if this task is the last job of it (array mode)."""
+    """Close the sweep if this task is its last job (array mode)."""
     from orchestrator.launch.slurm_sweep import close_if_done
     from orchestrator.store.tracking import TrackingStore
 
-    me = slurm.task_tags().get(Tag.SLURM_JOB, "")
+    me = slurm_tags().get(Tag.SLURM_JOB, "")
     try:
         log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
-                               own_job=me, metric=header.get("metric"), wait=True))
+                               own_job=me, metric=header["metric"], wait=True))
     except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
         log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
 
@@ -140,9 +135,9 @@ def close_sweep(header: dict[str, Any]) -> None:
 def requeue(code: int) -> int:
     """Put this task back in the queue; its next start resumes its points from their checkpoints.
 
-    ``scontrol requeue`` ends this job at once (SIGTERM to its processes), so the task
-    becomes that command (exec) as its last act: the work is saved already, and nothing
-    is left to stop. Returns only when scontrol cannot be started.
+    ``scontrol requeue`` ends this job at once (SIGTERM to its processes), so the task becomes
+    that command (exec) as its last act: the work is saved, nothing is left to stop. Returns
+    only when scontrol cannot be started.
     """
     job = os.environ.get("SLURM_JOB_ID")
     if job:
@@ -163,17 +158,18 @@ def main() -> int:
     logging.getLogger("orchestrator").addHandler(handler)
     logging.getLogger("orchestrator").setLevel(logging.INFO)
     header = json.loads(sys.stdin.readline())
-    lines = [json.loads(line) for line in sys.stdin if line.strip()]
-    try:
-        code, stopped_by = run_worker(header) if header["mode"] == "worker" else run_points(header, lines)
-    except StoreFailure as err:
-        log.error(f"error: {err}")
-        return ExitCode.FAILED
-    if stopped_by == signal.SIGUSR1:
-        return requeue(code)
-    if header["mode"] == "points":
-        close_sweep(header)
-    return code
+    lines = [line for line in sys.stdin if line.strip()]
+    with stop.handling() as flag, flag.deferred():  # a signal only sets the flag; the work stops itself
+        try:
+            code = run_worker(header) if header["mode"] == "worker" else run_points(header, lines)
+        except StoreFailure as err:
+            log.error(f"error: {err}")
+            return ExitCode.FAILED
+        if flag.signum == signal.SIGUSR1 and code == ExitCode.PREEMPTED:
+            return requeue(code)
+        if header["mode"] == "points":
+            close_sweep(header)
+        return code
 
 
 if __name__ == "__main__":

@@ -168,8 +168,7 @@ class TrialAttr:
 
     RUN_KEY = Tag.RUN_KEY
     NAME = "orch.name"
-    CONFIG = "orch.config"
-    TAGS = "orch.tags"
+    JOB = "orch.job"  # the point's job (orchestrator.execute.job.Job.to_dict)
     ATTEMPT = Tag.ATTEMPT
     WORKER = "orch.worker"
     RUN_ID = "orch.run_id"

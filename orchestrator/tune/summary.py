@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from orchestrator.store.schema import Artifact, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
 
+log = logging.getLogger(__name__)
+
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: str,
-                    say: Callable[[str], None]) -> dict[str, int]:
+def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: str) -> dict[str, int]:
     """Best params/value, plots, trials.csv and the description on the parent; returns the counts by state."""
     from orchestrator.analyze.notes import tune_note
 
@@ -39,7 +41,7 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
         store.log_text(parent_id, trials_csv(trials, metric, "last_step" if several_seeds else "last_epoch"),
                        Artifact.TRIALS)
         logged.append(Artifact.TRIALS)
-    logged += _log_plots(store, parent_id, study, counts[TrialState.COMPLETE], say)
+    logged += _log_plots(store, parent_id, study, counts[TrialState.COMPLETE])
     parent = store.get_run(parent_id)
     store.set_note(parent_id, tune_note(
         study=study.study_name, experiment_id=parent.info.experiment_id, metric=metric,
@@ -66,7 +68,7 @@ def trials_csv(trials: Sequence[Any], metric: str, last: str = "last_epoch") -> 
     return buf.getvalue()
 
 
-def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int, say) -> list[str]:
+def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int) -> list[str]:
     """Optuna's plots on the parent, those that the study's trials allow; the paths logged."""
     import matplotlib
 
@@ -82,7 +84,7 @@ def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int
              (Artifact.PARAM_IMPORTANCES, ovm.plot_param_importances, 2)]
     for path, plot, needed in plots:
         if n_complete < needed:
-            say(f"note: {path} skipped: it needs {needed} complete trial(s), the study has {n_complete}")
+            log.info(f"note: {path} skipped: it needs {needed} complete trial(s), the study has {n_complete}")
             continue
         try:
             with warnings.catch_warnings():
@@ -92,7 +94,7 @@ def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int
                 ax = plot(study)
             fig: Figure = ax.figure
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. params that never varied
-            say(f"note: {path} skipped: {type(err).__name__}: {err}")
+            log.info(f"note: {path} skipped: {type(err).__name__}: {err}")
             continue
         fig.set_size_inches(8, 5)
         fig.tight_layout()

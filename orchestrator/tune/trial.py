@@ -20,14 +20,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import socket
 from typing import Any, Callable, Mapping, Sequence
 
 from experiments import metric_names as names
 from experiments.config import RunConfig, build, check, to_flat
 from orchestrator.store import checkpoints
-from orchestrator.store.checkpoints import StopFlag
 from orchestrator.errors import ExitCode
+from orchestrator.execute import stop
+from orchestrator.execute.stop import StopFlag
 from orchestrator.store.schema import Kind, Status, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
 from orchestrator.grid.space import TuneSpec
@@ -77,7 +79,7 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
     """The Optuna objective of a study: a trial trains ``seeds`` in turn, pruned on the running mean.
 
     ``stop`` (set by a signal): the running training checkpoints and ends KILLED, and the
-    trial raises :class:`orchestrator.execute.runner.Interrupted` (FAIL in Optuna, the study stops).
+    trial raises :class:`orchestrator.execute.stop.Stopped` (FAIL in Optuna, the study stops).
     A trial queued again for a stopped one (:func:`orchestrator.tune.study.requeue_stopped_trials`)
     continues that trial's run from its checkpoint."""
     trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, build(fixed).train.max_epochs, stop)
@@ -169,9 +171,9 @@ class _Trainer:
 
         Raises:
             TrialFailed: training failed or gave no finite value of the study's metric.
-            Interrupted: a signal stopped the training (its run KILLED, with a checkpoint).
+            Stopped: a signal stopped the training (its run KILLED, with a checkpoint).
         """
-        from orchestrator.execute.runner import Interrupted, run_tracked
+        from orchestrator.execute.runner import run_tracked
 
         run_ids: list[str] = []
 
@@ -195,7 +197,7 @@ class _Trainer:
             if not is_trial_run:  # a seed of a trial over several seeds: never continued
                 checkpoints.remove(self.store, run_id)
             trial.set_user_attr(TrialAttr.FAILURE_REASON, self.store.failure_reason(run_id) or "stopped")
-            raise Interrupted(self.stop.reason if self.stop is not None and self.stop.reason else "SIGINT")
+            raise stop.Stopped(self.stop.signum or signal.SIGINT)
         if code != ExitCode.OK:
             reason = self.store.failure_reason(run_id) or "training failed"
         elif value is None or not math.isfinite(value):
@@ -215,9 +217,7 @@ def _close_trial_run(store: TrackingStore, run_id: str, err: BaseException) -> N
         store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
     elif isinstance(err, KeyboardInterrupt):
         store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
-        from orchestrator.execute.runner import interrupt_reason
-
-        store.end_run(run_id, Status.KILLED, interrupt_reason(err))
+        store.end_run(run_id, Status.KILLED, stop.reason(stop.signal_of(err)))
     else:
         store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.FAILED, str(err) or type(err).__name__)

@@ -34,21 +34,19 @@ import contextlib
 import dataclasses
 import json
 import logging
-import signal
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from experiments.config import build
-from orchestrator.store import optuna_storage as storage_mod
-from orchestrator.store.checkpoints import StopFlag
 from orchestrator.errors import ExitCode
+from orchestrator.execute import stop
 from orchestrator.grid.load import SweepSpec
+from orchestrator.grid.space import ParamSpace, TuneSpec, tune_spec
+from orchestrator.store import optuna_storage as storage_mod
 from orchestrator.store.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
-from orchestrator.grid.space import ParamSpace, TuneSpec, tune_spec
 from orchestrator.tune.study import (
     StudyPlan,
     fail_orphan_trials,
@@ -64,6 +62,8 @@ from orchestrator.tune.summary import summarize_study
 from orchestrator.tune.trial import epoch_metric, make_objective, step_label
 
 __all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "epoch_metric", "run_tune", "serve_studies"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
@@ -106,10 +106,6 @@ class WorkerJob:
 # ---------------------------------------------------------------- running
 
 
-def _say(quiet: bool) -> Callable[..., None]:
-    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-
-
 def run_tune(
     spec: SweepSpec,
     store: TrackingStore,
@@ -121,7 +117,7 @@ def run_tune(
     sampler: str = "tpe",
     pruner: str = "median",
     device: str = "auto",
-    quiet: bool = False,
+    quiet: bool = False,  # noqa: ARG001 - progress goes to this module's logger, whose level --quiet sets
 ) -> int:
     """Tune ``spec``'s search space, one study per setting; returns the exit code.
 
@@ -132,7 +128,8 @@ def run_tune(
         n_trials: trials per study, counting COMPLETE and PRUNED trials already in a resumed
             study (default: the grid's ``tune.n_trials``, else 20).
         timeout: stop starting trials after this many seconds, over all studies together.
-        storage: Optuna storage URL (default: ``optuna.db`` beside a SQLite MLflow store).
+        storage: Optuna storage URL, checked (:func:`orchestrator.store.optuna_storage.check`);
+            default: ``optuna.db`` beside a SQLite MLflow store, checked here.
         study_name: ``--study``; with several settings each study gets ``-<setting>`` appended.
         sampler: ``tpe`` or ``random``, seeded with the grid's first seed (plus the number of
             trials already in a resumed study, so that it draws new points).
@@ -142,15 +139,17 @@ def run_tune(
         UserError: an unusable storage URL, an unknown metric, sampler or pruner, or a
             stored study that optimises something else (all found before anything starts).
     """
-    say = _say(quiet)
     tune = tune_spec(spec)
     n_trials = n_trials or tune.n_trials or DEFAULT_N_TRIALS
-    seed = spec.seeds[0]
-    make_sampler(sampler, seed, n_trials)  # refuses an unknown name before anything starts
-    url = storage_mod.check(storage or storage_mod.default_storage(store.uri))
-    with tuning_held(url, refuse=True):  # SQLite serves one process: a second orch tune would overshoot n_trials
-        return _tune(spec, store, tune, url, n_trials=n_trials, timeout=timeout, study_name=study_name,
-                     sampler=sampler, pruner=pruner, seed=seed, device=device, say=say)
+    make_sampler(sampler, spec.seeds[0], n_trials)  # refuses an unknown name before anything starts
+    url = storage or storage_mod.check(storage_mod.default_storage(store.uri))
+    # what every study's job shares; its study, parent and experiment are filled in as they open
+    template = WorkerJob(tracking_uri=store.uri, experiment_id="", parent_run_id="", metric=tune.metric,
+                         space=tune.space, n_trials=n_trials, study="", setting="", sampler=sampler, pruner=pruner,
+                         seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]))
+    # SQLite serves one process: a second orch tune would overshoot n_trials
+    with tuning_held(url, refuse=True), stop.handling():
+        return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout, device=device)
 
 
 @contextlib.contextmanager
@@ -179,73 +178,87 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
         yield held
 
 
-def _tune(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, url: str, *, n_trials: int, timeout: float | None,
-          study_name: str | None, sampler: str, pruner: str, seed: int, device: str, say) -> int:
-    """:func:`run_tune` once the storage is checked and held."""
-    studies = _open_studies(url, spec, tune, study_name, sampler, pruner, seed, n_trials)
-    seeds = tuple(tune.seeds or spec.seeds[:1])
-
-    from orchestrator.execute.runner import interrupt_reason, interrupt_signal, stop_exit_code, stop_on_signals
-
-    try:  # in a trial's training a signal checkpoints and stops it; elsewhere it interrupts
-        received = stop_on_signals()
-    except ValueError:  # not the main thread: leave the signals alone
-        received = StopFlag()
-    experiment_id = store.ensure_experiment(spec.name)
+def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template: WorkerJob, url: str,
+                 study_name: str | None, *, timeout: float | None, device: str) -> int:
+    """Open every study, then run each in turn under its parent run. A stop, wherever it lands
+    (in a trial, between trials, while a summary is written), ends the open parent KILLED
+    here and nowhere else."""
     deadline = time.monotonic() + timeout if timeout else None
-    settings = {Tag.SAMPLER: sampler, Tag.PRUNER: pruner, Tag.N_TRIALS: str(n_trials), Tag.SEED: str(seed),
-                Tag.SEEDS: ",".join(map(str, seeds))}
+    settings = {Tag.SAMPLER: template.sampler, Tag.PRUNER: template.pruner, Tag.N_TRIALS: str(template.n_trials),
+                Tag.SEED: str(template.seed), Tag.SEEDS: ",".join(map(str, template.seeds))}
     code, parent_id = ExitCode.OK, None
     try:
+        studies = _open_studies(url, spec, tune, study_name, template)  # checked before any MLflow run exists
+        template = dataclasses.replace(template, experiment_id=store.ensure_experiment(spec.name))
         for plan, fixed, study in studies:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                say(f"[{plan.name}] not started: --timeout reached; rerun to continue")
+                log.info(f"[{plan.name}] not started: --timeout reached; rerun to continue")
                 continue
             parent_id = None
-            parent_id, resumed = open_parent(store, experiment_id, plan, spec, tune, storage_mod.redact(url), settings)
-            job = WorkerJob(tracking_uri=store.uri, experiment_id=experiment_id, parent_run_id=parent_id,
-                            metric=tune.metric, space=tune.space, n_trials=n_trials, study=plan.name,
-                            setting=plan.setting, sampler=sampler, pruner=pruner, seed=seed, seeds=seeds)
+            parent_id, resumed = open_parent(store, template.experiment_id, plan, spec, tune,
+                                             storage_mod.redact(url), settings)
+            job = dataclasses.replace(template, parent_run_id=parent_id, study=plan.name, setting=plan.setting)
             code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
-                                        device=device, say=say, received=received))
-            if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
-                break
-    except KeyboardInterrupt as err:  # outside a trial (a trial's own interrupt is handled in _run_study)
-        reason = interrupt_reason(err)
-        if parent_id is not None and store.get_run(parent_id).info.status in Status.LIVE:
-            store.end_run(parent_id, Status.KILLED, reason)  # e.g. while the summary was written
-        say(f"{reason}; rerun the same command to resume")
-        return stop_exit_code(interrupt_signal(err))
+                                        device=device))
+    except stop.Stopped as err:  # no summary: a second signal would cut it short; the next run writes it
+        if parent_id is not None and store.run_status(parent_id) in Status.LIVE:
+            store.end_run(parent_id, Status.KILLED, err.reason)
+        log.info(f"{err.reason}; rerun the same command to resume (a trial it stopped continues from its "
+                 "checkpoint)")
+        return err.exit_code
     return code
 
 
-def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None, sampler: str, pruner: str,
-                  seed: int, n_trials: int) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
-    """Every study of the grid, created or loaded and checked, before any MLflow run exists."""
+def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None,
+                  job: WorkerJob) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
+    """Every study of the grid, created or loaded and checked."""
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
     studies = []
-    seeds = tune.seeds or spec.seeds[:1]
-    for plan in plan_studies(spec, study_name, seed=seeds[0]):
+    for plan in plan_studies(spec, study_name, seed=job.seeds[0]):
         fixed = fixed_config(plan.config, tune.space)
-        study = open_study(optuna_storage, plan, tune, fixed, make_sampler(sampler, seed, n_trials),
-                           make_pruner(pruner, plan.config.train.max_epochs * len(seeds)), spec.path)
+        study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
+                           make_pruner(job.pruner, plan.config.train.max_epochs * len(job.seeds)), spec.path)
         # A resumed study must not replay the first session's random draws: offset the seed
         # by the trials it already has (0 for a new study, so a new study's draws are the seed's).
         n_before = len(study.get_trials(deepcopy=False))
         if n_before:
-            study.sampler = make_sampler(sampler, seed + n_before, n_trials)
+            study.sampler = make_sampler(job.sampler, job.seed + n_before, job.n_trials)
         studies.append((plan, fixed, study))
     return studies
 
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-              job: WorkerJob, *, remaining: int, timeout: float | None, device: str, say,
-              received: StopFlag) -> KeyboardInterrupt | None:
+              job: WorkerJob, *, remaining: int, timeout: float | None, device: str) -> None:
     """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
-    (counted over every process on the study); the interrupt that stopped them, if one did.
-    ``received``: a signal whose exception Python dropped stops them after the current trial."""
+    (counted over every process on the study).
+
+    Raises:
+        Stopped: a signal stopped them; one whose exception Python dropped (in a finalizer)
+            still stops them after the current trial.
+    """
     import optuna
+
+    with stop.handling() as flag:  # this process's flag: the caller's, or the worker's scheduler's
+        if remaining and not flag.is_set():
+            objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds,
+                                       device, stop=flag)
+            with warnings.catch_warnings(), _quiet_expected_failures():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(
+                    objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
+                    # Several processes on one PostgreSQL study stop at n_trials together.
+                    callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=_finished()),
+                               _progress(plan, tune, len(job.seeds)),
+                               lambda study, t: study.stop() if flag.is_set() else None],
+                    gc_after_trial=False,
+                )
+        if flag.is_set():
+            raise stop.Stopped(flag.signum)
+
+
+def _progress(plan: StudyPlan, tune: TuneSpec, n_seeds: int) -> Callable[[Any, Any], None]:
+    """The study callback that logs one line per trial."""
     from optuna.trial import TrialState as OptunaState
 
     def progress(study: Any, t: Any) -> None:
@@ -255,74 +268,44 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
             what = f"COMPLETE {tune.metric} {t.value:.4f}"
         elif t.state == OptunaState.PRUNED:
             step = max(t.intermediate_values) if t.intermediate_values else None
-            what = f"PRUNED at {step_label(step, plan.config.train.max_epochs, len(job.seeds)) if step else '?'}"
+            what = f"PRUNED at {step_label(step, plan.config.train.max_epochs, n_seeds) if step else '?'}"
         else:
             what = t.state.name
-        say(f"[{plan.name}] trial {t.number:>3} {what:<32} {params}  {secs:.1f}s")
+        log.info(f"[{plan.name}] trial {t.number:>3} {what:<32} {params}  {secs:.1f}s")
         if t.state == OptunaState.FAIL and TrialAttr.FAILURE_REASON in t.user_attrs:
-            say(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
+            log.info(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
 
-    from orchestrator.execute.runner import Interrupted
+    return progress
 
-    def stop_if_signalled(study: Any, t: Any) -> None:
-        if received.reason is not None:
-            study.stop()
 
-    if received.reason is not None:
-        return Interrupted(received.reason)
-    if not remaining:
-        return None
-    objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds, device,
-                               stop=received)
-    finished = tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
-    try:
-        with warnings.catch_warnings(), _quiet_expected_failures():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                objective, n_trials=remaining, timeout=timeout, catch=(Exception,),
-                # Several processes on one PostgreSQL study stop at n_trials together.
-                callbacks=[optuna.study.MaxTrialsCallback(job.n_trials, states=finished), progress,
-                           stop_if_signalled],
-                gc_after_trial=False,
-            )
-    except KeyboardInterrupt as err:
-        return err
-    return Interrupted(received.reason) if received.reason is not None else None
+def _finished() -> tuple:
+    from optuna.trial import TrialState as OptunaState
+
+    return tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
 
 
 def _n_finished(study: Any) -> int:
-    from optuna.trial import TrialState as OptunaState
-
-    return len(study.get_trials(deepcopy=False, states=tuple(getattr(OptunaState, s) for s in FINISHED_STATES)))
+    return len(study.get_trials(deepcopy=False, states=_finished()))
 
 
 def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str, say,
-               received: StopFlag) -> int:
+               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str) -> int:
+    """The study's missing trials, then its summary on the parent, which ends FINISHED (or FAILED
+    when no trial completed)."""
     orphans = fail_orphan_trials(store, study)
     if orphans:
-        say(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
+        log.info(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
     requeued = requeue_stopped_trials(store, study, len(job.seeds))
     if requeued:
-        say(f"[{plan.name}] trial(s) {', '.join(map(str, requeued))} stopped with a checkpoint: each continues "
-            "as the next trial, with its params")
+        log.info(f"[{plan.name}] trial(s) {', '.join(map(str, requeued))} stopped with a checkpoint: each continues "
+                 "as the next trial, with its params")
     already = _n_finished(study)
     remaining = max(0, job.n_trials - already)
-    say(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
-        f"{remaining} to run{' (resumed)' if resumed else ''}")
+    log.info(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
+             f"{remaining} to run{' (resumed)' if resumed else ''}")
     study.set_user_attr(StudyAttr.WORKER_JOB, job.to_attr())  # what an `orch worker` needs to join it
-    stopped = _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device,
-                        say=say, received=received)
-    if stopped is not None:
-        from orchestrator.execute.runner import interrupt_reason, interrupt_signal, stop_exit_code
-
-        # no summary: a second signal would cut it short; the next run writes it
-        reason = interrupt_reason(stopped)
-        store.end_run(job.parent_run_id, Status.KILLED, reason)
-        say(f"[{plan.name}] {reason}; rerun the same command to resume the study (a trial it stopped "
-            "continues from its checkpoint)")
-        return stop_exit_code(interrupt_signal(stopped))
-    counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
+    _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device)
+    counts = summarize_study(store, job.parent_run_id, study, tune.metric)
     line = (f"study {plan.name}: {sum(counts.values())} trials ({counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed)")
     if counts[TrialState.COMPLETE]:
@@ -336,7 +319,8 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     return ExitCode.FAILED
 
 
-def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto", quiet: bool = False) -> int:
+def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto",
+                  quiet: bool = False) -> int:  # noqa: ARG001 - --quiet sets this module's logger's level
     """``orch worker``'s share of tuning: join every ``orch tune`` study of the storage that
     still wants trials and run trials of it here until it has its ``n_trials``.
 
@@ -344,23 +328,9 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
     config) were stored by ``orch tune``; Optuna's heartbeat on the storage fails the
     trials of a worker that dies. ``storage``: an open Optuna storage
     (:func:`orchestrator.store.optuna_storage.open_storage` with ``heartbeat=True``). Returns how many
-    studies this call joined.
+    studies this call joined. A signal checkpoints the running trial's training, as in
+    ``orch tune``, and raises :class:`~orchestrator.execute.stop.Stopped` to the caller.
     """
-    from orchestrator.execute.runner import STOP_SIGNALS, stop_on_signals
-
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    try:  # a signal checkpoints the running trial's training, as in orch tune; the caller gets the interrupt
-        received = stop_on_signals()
-    except ValueError:  # not the main thread
-        previous, received = {}, StopFlag()
-    try:
-        return _serve_studies(storage, tracking_uri=tracking_uri, device=device, say=_say(quiet), received=received)
-    finally:
-        for sig, handler in previous.items():  # the worker's own (its scheduler's) again
-            signal.signal(sig, handler)
-
-
-def _serve_studies(storage: Any, *, tracking_uri: str | None, device: str, say, received: StopFlag) -> int:
     import optuna
 
     joined = 0
@@ -385,14 +355,12 @@ def _serve_studies(storage: Any, *, tracking_uri: str | None, device: str, say, 
         study.pruner = make_pruner(job.pruner, config.train.max_epochs * len(job.seeds))
         uri = tracking_uri or job.tracking_uri
         store = stores.setdefault(uri, TrackingStore(uri))
-        say(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
+        log.info(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
-        stopped = _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
-                            device=device, say=say, received=received)
-        if stopped is not None:
-            raise stopped
+        _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
+                  device=device)
         # This worker may have run the study's last trial: bring the parent's summary up to date.
-        counts = summarize_study(store, job.parent_run_id, study, tune.metric, say)
+        counts = summarize_study(store, job.parent_run_id, study, tune.metric)
         if counts[TrialState.COMPLETE]:
             store.end_run(job.parent_run_id, Status.FINISHED)
     return joined
@@ -407,7 +375,7 @@ def _quiet_expected_failures():
 
     def keep(record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not any(s in msg for s in ("TrialFailed(", "KeyboardInterrupt(", "Interrupted(",
+        return not any(s in msg for s in ("TrialFailed(", "KeyboardInterrupt(", "Stopped(",
                                           "failed with value None"))
 
     logger.addFilter(keep)

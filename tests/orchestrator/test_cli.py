@@ -7,14 +7,12 @@ import importlib
 import inspect
 import subprocess
 import sys
-import time
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main as cli_module
-from orchestrator.cli import sweep as cli_sweep
+from orchestrator.cli import group, main, results, run, sweep, tune, worker
 from orchestrator.cli.main import cli, handle_errors
 from orchestrator.errors import ExitCode, StoreFailure, UserError
 
@@ -85,7 +83,7 @@ def test_debug_shows_the_traceback_of_an_input_error():
 
 
 def test_the_cli_catches_the_base_and_nothing_found_at_run_time():
-    for module in (cli_module, cli_sweep):
+    for module in (group, main, results, run, sweep, tune, worker):
         source = inspect.getsource(module)
         assert "sys.modules" not in source and "except ValueError" not in source, module.__name__
 
@@ -100,10 +98,10 @@ def test_help_imports_nothing_heavy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, check=True)
-    subprocess.run([sys.executable, "-m", "orchestrator", "run", "--help"], capture_output=True, check=True)
-    assert (time.perf_counter() - t0) / 2 < 1.5  # measured ~0.15 s each; generous for a loaded CI box
+    # liveness only (its speed is benchmarks' business): ~0.15 s each, the timeout is over 100x that
+    subprocess.run([sys.executable, "-m", "orchestrator", "--help"], capture_output=True, check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "orchestrator", "run", "--help"], capture_output=True, check=True,
+                   timeout=60)
 
 
 def test_every_command_is_listed_in_help():
@@ -111,3 +109,49 @@ def test_every_command_is_listed_in_help():
     assert result.exit_code == 0
     for name in ("run", "sweep", "tune", "compare", "report", "status", "worker", "ui"):
         assert f"  {name} " in result.stdout, name
+
+
+def test_every_command_and_option_says_what_it_does():
+    """Flask's habit: the docstring is a command's help and every option has ``help=``."""
+    for name, command in cli.commands.items():
+        assert command.help, name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, (name, param.opts)
+
+
+def test_the_orchestrator_logger_prints_bare_lines_on_stderr_for_one_command(caplog):
+    """The group shows INFO records of every ``orchestrator.*`` logger as they are, on stderr
+    (as the old ``say`` callbacks printed them), and leaves the logger as it found it."""
+    import logging
+
+    @cli.command("say-hello")
+    def hello() -> None:
+        logging.getLogger("orchestrator.launch.somewhere").info("sweep x: 3 points")
+        logging.getLogger("orchestrator.execute.other").warning("warning: careful")
+
+    try:
+        result = CliRunner().invoke(cli, ["say-hello"])
+    finally:
+        del cli.commands["say-hello"]
+    assert result.exit_code == 0 and result.stderr == "sweep x: 3 points\nwarning: careful\n"
+    assert logging.getLogger("orchestrator").handlers == []
+    assert "sweep x: 3 points" in caplog.text  # records still reach pytest's handler on the root logger
+
+
+def test_quiet_keeps_warnings_only():
+    import logging
+
+    from orchestrator.cli.group import quiet_option
+
+    @cli.command("say-quietly")
+    @quiet_option("No progress.")
+    def quietly(quiet: bool) -> None:
+        logging.getLogger("orchestrator.x").info("progress")
+        logging.getLogger("orchestrator.x").warning("a warning")
+
+    try:
+        loud, quiet = (CliRunner().invoke(cli, ["say-quietly", *flag]) for flag in ([], ["-q"]))
+    finally:
+        del cli.commands["say-quietly"]
+    assert loud.stderr == "progress\na warning\n" and quiet.stderr == "a warning\n"

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 from conftest import (REPO, RESUME_BASE, TINY_BASE, invoke, new_database, orch, point_processes_under, results,
                       write_grid)
 from experiments.metric_names import epoch_key
-from orchestrator.execute import slots as point_processes
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Kind, Status, Tag
 
@@ -157,9 +156,7 @@ def test_bad_storage_or_server_exits_2_before_work(tmp_path, args, needle):
     proc = invoke(*args, cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert needle in proc.stderr and "Traceback" not in proc.stderr
-    # a worker starts its point processes before it opens the stores: none outlives the refusal
-    assert not point_processes._WARM
-    assert not point_processes_under()
+    assert not point_processes_under()  # no point process outlives the refusal
 
 
 def test_sweep_submit_to_unreachable_server_starts_nothing(postgres_url, tmp_path):
@@ -199,7 +196,7 @@ def test_second_sqlite_worker_is_refused(tmp_path):
         proc = invoke("worker", "--storage", url, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert "SQLite cannot hand out points exactly once" in proc.stderr
-        assert not point_processes_under()  # started before the refusal, gone with it
+        assert not point_processes_under()  # none outlives the refusal
     finally:
         other.kill()
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from orchestrator.execute import slots as point_processes
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.launch.queue import QueueSource
 from orchestrator.execute.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
@@ -149,128 +148,6 @@ def wait_for_pids(path: Path, n: int, timeout: float = 30) -> list[int]:
         assert time.time() < deadline, f"{len(started_pids(path))} of {n} processes started"
         time.sleep(0.02)
     return started_pids(path)
-
-
-def test_prewarmed_processes_run_their_slots_first_points(tmp_path, pids):
-    """Processes started ahead (while a sweep opens its store) are the ones the scheduler uses:
-    no other process starts; their logs move into the scheduler's folder, their own go."""
-    command = [sys.executable, "-c", STAND_IN]
-    slots = [Slot(i, None, 1) for i in range(2)]
-    point_processes.prewarm(slots, command)
-    keys = [(slot, tuple(command)) for slot in slots]
-    warm_dirs = [point_processes._WARM[key][1].parent for key in keys]
-    warm = wait_for_pids(pids, 2)  # started before any scheduler exists
-    display = Recorder()
-    names = ["a", "b", "c"]
-    outcome = scheduler(tmp_path, 2, display).run(ListSource([job(n, sleep=0.05) for n in names], max_retries=0))
-    assert sorted(outcome.finished) == names and not outcome.failed
-    assert started_pids(pids) == warm and {t.summary["pid"] for t in display.done} == set(warm)
-    assert not [key for key in keys if key in point_processes._WARM] and not [d for d in warm_dirs if d.exists()]
-    assert not (tmp_path / "logs").exists()  # logs moved in, then removed with the processes
-
-
-def test_prewarmed_processes_of_slots_not_needed_are_released(tmp_path, pids):
-    """A sweep that finds some points done, or a Slurm task with fewer points than it started
-    for, keeps only the processes of the slots it will use."""
-    command = [sys.executable, "-c", STAND_IN]
-    slots = [Slot(i, None, 1) for i in range(2)]
-    try:
-        point_processes.prewarm(slots, command)
-        folders = {slot: point_processes._WARM[(slot, tuple(command))][1].parent for slot in slots}
-        first, second = wait_for_pids(pids, 2)
-        point_processes.release_unadopted(keep=slots[:1], command=command)
-        assert (slots[0], tuple(command)) in point_processes._WARM
-        assert (slots[1], tuple(command)) not in point_processes._WARM and not folders[slots[1]].exists()
-        alive = []
-        for pid in (first, second):
-            try:
-                os.kill(pid, 0)
-                alive.append(pid)
-            except ProcessLookupError:
-                pass
-        assert len(alive) == 1  # one killed and reaped, the kept one idle
-    finally:
-        point_processes.release_unadopted()
-    assert not folders[slots[0]].exists()
-
-
-def test_prewarmed_processes_never_adopted_are_killed_at_exit(tmp_path, pids):
-    """A sweep that finds nothing to run (or refuses its input) leaves no process behind."""
-    code = ("import sys; from orchestrator.execute import slots as point_processes as pp; from orchestrator.execute.scheduler import Slot; "
-            f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); "
-            "print(pp._WARM[next(iter(pp._WARM))][1].parent, flush=True); "
-            "import time; deadline = time.time() + 30\n"
-            f"while not open({str(pids)!r}).read().strip() and time.time() < deadline: time.sleep(0.02)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    (pid,) = started_pids(pids)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"prewarmed process {pid} outlived its parent")
-    assert not Path(out.stdout.strip()).exists()
-
-
-def _gone(pid: int) -> bool:
-    """Exited (a zombie counts: an orphan's reaper may be slow, or absent in a container)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
-    except FileNotFoundError:
-        return True
-
-
-def test_a_point_process_started_ahead_removes_its_folder_when_its_caller_is_killed(tmp_path):
-    """A sweep SIGKILLed while it opens its store, before its scheduler adopts the point
-    processes started ahead: each one (the real ``orchestrator.execute.point``, still importing) gets
-    its PR_SET_PDEATHSIG, exits, and removes its temporary folder and log."""
-    code = ("import os, signal, time\n"
-            "from orchestrator.execute import slots as point_processes as pp\n"
-            "from orchestrator.execute.scheduler import Slot\n"
-            "pp.prewarm([Slot(0, None, 1)])\n"
-            "((proc, log),) = pp._WARM.values()\n"
-            "print(proc.pid, log.parent, flush=True)\n"
-            "deadline = time.time() + 60\n"
-            "while time.time() < deadline:  # until the child has its signal handlers, as it has within 0.1 s\n"
-            "    with open(f'/proc/{proc.pid}/status') as fh:\n"
-            "        caught = int(next(l for l in fh if l.startswith('SigCgt:')).split()[1], 16)\n"
-            "    if caught & (1 << (signal.SIGTERM - 1)):\n"
-            "        break\n"
-            "    time.sleep(0.01)\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert out.returncode == -signal.SIGKILL, out.stderr
-    pid, folder = out.stdout.split()
-    assert Path(folder).parent == tmp_path
-    deadline = time.time() + 60
-    while not _gone(int(pid)):
-        assert time.time() < deadline, f"point process {pid} outlived its killed caller"
-        time.sleep(0.05)
-    assert not list(tmp_path.glob("orch-warm-*"))
-
-
-def test_the_next_caller_removes_the_folders_of_callers_that_are_gone(tmp_path, pids):
-    """A point process killed in its interpreter's first milliseconds cannot remove its folder;
-    the next command on the machine removes every ``orch-warm-<pid>-*`` whose caller is gone."""
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    stale, alive = tmp_path / f"orch-warm-{gone.pid}-x1", tmp_path / f"orch-warm-{os.getpid()}-x2"
-    for folder in (stale, alive):
-        folder.mkdir()
-        (folder / "process.log").write_text("started ahead\n")
-    code = ("import sys; from orchestrator.execute import slots as point_processes as pp; from orchestrator.execute.scheduler import Slot; "
-            f"pp.prewarm([Slot(0, None, 1)], [sys.executable, '-c', {STAND_IN!r}]); pp.release_unadopted()")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert out.returncode == 0, out.stderr
-    assert not stale.exists() and (alive / "process.log").exists()
-    assert sorted(p.name for p in tmp_path.glob("orch-warm-*")) == [alive.name]  # its own folder released
 
 
 def test_a_scheduler_that_keeps_its_processes_reuses_them_in_its_next_run(tmp_path, pids):
@@ -463,6 +340,6 @@ def test_a_slurm_tasks_points_share_the_cpus_slurm_gave_it():
 @pytest.mark.parametrize("source", [ListSource, QueueSource])
 def test_sources_implement_the_whole_protocol(source):
     """Each source defines every method itself: none falls back to the protocol's empty stub."""
-    methods = ("claim", "exhausted", "started", "finished", "failed", "abandon", "lost", "unstarted")
+    methods = ("claim", "started", "finished", "failed", "abandon", "lost", "unstarted")
     assert PointSource in source.__mro__  # declared, not only matched by shape
     assert [m for m in methods if m not in vars(source)] == []

@@ -90,7 +90,7 @@ def test_four_points_with_wait_finish_under_one_parent_summarized_once(cluster, 
     grid = write_grid(tmp_path / "g.yaml", "slurm-wait", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
     spec = load_grid(grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, "--time", "10",
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--wait", SHARED, "--tracking-uri", uri, "--slurm", "time=10",
                 cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
     assert "Traceback" not in proc.stderr
@@ -302,7 +302,8 @@ def test_time_limit_warning_requeues_the_task_and_a_submission_returns_at_once(c
     # alone takes MLflow seconds (12 s on a loaded 2-core machine), which is not what is timed here
     MlflowClient(tracking_uri=uri).search_experiments()
     t0 = time.time()
-    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "30", cwd=tmp_path)
+    sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--slurm", "time=30",
+               cwd=tmp_path)
     seconds = time.time() - t0
     assert sub.returncode == 0, sub.stderr
     assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
@@ -372,7 +373,7 @@ def test_queue_mode_two_worker_tasks_run_six_points_once(cluster, postgres_url, 
                       seeds=(0, 1), base={**TINY_BASE, "train": {"max_epochs": 1, "patience": 1}})
     spec = load_grid(grid)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the node is this machine; PostgreSQL hands out the points
-    proc = orch("sweep", str(grid), "--launcher", "slurm", "--storage", storage, "--array-parallelism", "2", SHARED,
+    proc = orch("sweep", str(grid), "--launcher", "slurm", "--storage", storage, "--slurm", "array-parallelism=2", SHARED,
                 "--tracking-uri", uri, "--wait", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:] + task_logs(tmp_path)[-3000:]
     runs = point_runs(uri, spec.sweep_id)
@@ -390,8 +391,8 @@ def test_queue_mode_two_worker_tasks_run_six_points_once(cluster, postgres_url, 
 def test_dry_run_prints_the_job_script_and_submits_nothing(cluster, tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "slurm-dry", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
     before = cluster.squeue()
-    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", "--dry-run", SHARED, "--time",
-                                      "1:00:00", "--array-parallelism", "2", "--slurm", "account=lab",
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--launcher", "slurm", "--dry-run", SHARED, "--slurm",
+                                      "time=1:00:00", "--slurm", "array-parallelism=2", "--slurm", "account=lab",
                                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert result.exit_code == 0, result.output
     script = result.stdout
@@ -404,13 +405,13 @@ def test_dry_run_prints_the_job_script_and_submits_nothing(cluster, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--partition", "nosuch"], "no such partition"),
-    (["--time", "1:2:3:4"], "is not a Slurm time limit"),
-    (["--time", "soon"], "is not a Slurm time limit"),
+    (["--slurm", "partition=nosuch"], "no such partition"),
+    (["--slurm", "time=1:2:3:4"], "is not a Slurm time limit"),
+    (["--slurm", "time=soon"], "is not a Slurm time limit"),
     (["--slurm", "=x"], "give an sbatch option as KEY=VALUE"),
     (["--slurm", "no-such-option=1"], "Slurm would refuse the job"),
-    (["--gpus-per-task", "1"], "Slurm would refuse the job"),  # the test node has no GPU
-    (["--mem", "99999G"], "Slurm would refuse the job"),
+    (["--slurm", "gpus-per-task=1"], "Slurm would refuse the job"),  # the test node has no GPU
+    (["--slurm", "mem=99999G"], "Slurm would refuse the job"),
     (["--tracking-uri", "sqlite:////tmp/orch-not-shared/mlflow.db"], "which the compute nodes do not share"),
     (["--tracking-uri", "http://127.0.0.1:1"], "loopback address"),
     (["--storage", "sqlite:////srv/q.db"], "needs a PostgreSQL queue"),
@@ -439,9 +440,9 @@ def test_no_sbatch_on_path_exits_2(tmp_path):
 
 def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "slurm-opts", {"model.norm": ["bn"]})
-    result = CliRunner().invoke(cli, ["sweep", str(grid), "--partition", "gpu", "--tracking-uri",
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--slurm", "partition=gpu", "--tracking-uri",
                                       f"sqlite:///{tmp_path / 'm.db'}"])
-    assert result.exit_code == 2 and "only apply with --launcher slurm" in result.output
+    assert result.exit_code == 2 and "only applies with --launcher slurm" in result.output
 
 
 # --------------------------------------------------------------------------- no cluster needed
@@ -456,13 +457,13 @@ def test_slurm_time_formats(value, minutes):
 
 
 def test_task_tags_name_the_array_task():
-    from orchestrator.launch.slurm import task_tags
+    from orchestrator.execute.job import slurm_tags
 
-    tags = task_tags({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
+    tags = slurm_tags({"SLURM_JOB_ID": "17", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
                       "SLURM_RESTART_COUNT": "2"})
     assert tags == {Tag.SLURM_JOB_ID: "17", Tag.SLURM_JOB: "12_3", Tag.SLURM_ARRAY_JOB_ID: "12",
                     Tag.SLURM_ARRAY_TASK_ID: "3", Tag.SLURM_RESTARTS: "2"}
-    assert task_tags({}) == {}
+    assert slurm_tags({}) == {}
 
 
 def test_slurm_launcher_stays_out_of_heavy_imports(tmp_path):

@@ -245,14 +245,14 @@ def test_sigkill_mid_sweep_then_resume_completes_exactly_the_missing(tmp_path):
 def test_run_left_running_by_a_dead_sweep_is_marked_failed(tmp_path):
     """The state a SIGKILLed sweep leaves behind (a RUNNING child whose process is gone) is
     closed as FAILED when the sweep resumes, and the point runs again."""
-    from orchestrator.launch import sweep as sweep_mod
+    from orchestrator.execute.plan import plan_sweep
     from orchestrator.store import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = write_grid(tmp_path / "g.yaml", "orphan", {"model.norm": ["bn"]})
     spec = load_grid(grid)
     store = tracking.TrackingStore(uri)
-    state = sweep_mod.open_sweep(store, spec)
+    state = plan_sweep(store, spec)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan = store.start_run(state.experiment_id, run_name=spec.runs[0].name, params={},

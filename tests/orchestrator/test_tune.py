@@ -233,13 +233,13 @@ def test_a_second_orch_tune_on_one_sqlite_storage_is_refused(tmp_path):
 def test_a_signal_while_the_summary_is_written_leaves_the_parent_killed_not_running(store, monkeypatch):
     """SIGTERM after the last trial, while the study's summary is written: the parent ends KILLED
     (preempted), exit 143; the rerun writes the summary and closes it FINISHED."""
+    from orchestrator.execute.stop import Stopped
     from orchestrator.tune import tuning
-    from orchestrator.execute.runner import Interrupted
 
     real = tuning.summarize_study
 
     def preempted(*args, **kwargs):
-        raise Interrupted("SIGTERM")  # what the SIGTERM handler raises, wherever the signal lands
+        raise Stopped(signal.SIGTERM)  # what the SIGTERM handler raises, wherever the signal lands
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:

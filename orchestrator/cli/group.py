@@ -1,0 +1,174 @@
+"""The ``orch`` group and what its commands share: the error mapping, options, the store, logging.
+
+Exit codes (:class:`orchestrator.errors.ExitCode`): 0 done, 1 some work failed, 2 bad
+input (nothing was started), 130 Ctrl-C, 143 SIGTERM. Every error the user must fix derives from
+:class:`orchestrator.errors.UserError`; :func:`handle_errors` turns it into one line and
+exit 2. Heavy imports (torch, mlflow, optuna) happen inside the commands that need them,
+so ``orch --help`` and grid validation stay fast.
+
+Progress goes through :mod:`logging`: every module logs to its own ``logging.getLogger(__name__)``
+and the group prints the ``orchestrator`` logger's records on stderr as bare lines for the
+length of a command, INFO and up (WARNING and up with a command's ``--quiet``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import click
+
+from orchestrator import __version__
+from orchestrator.cli.output import logging_to_stderr
+from orchestrator.errors import ExitCode, StoreFailure, UserError
+
+if TYPE_CHECKING:
+    from orchestrator.store.tracking import TrackingStore
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group("orch", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="orch")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for input errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:  # noqa: ARG001 - read back by handle_errors
+    """orch: sweep orchestration with experiment tracking for training-recipe ablations.
+
+    \b
+    orch run [CONFIG.yaml]        train one configuration, logged to MLflow
+    orch sweep GRID.yaml          run every point of a grid (resumable; --launcher slurm)
+    orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
+    orch report                   the study's table: accuracy and F1 per split
+    orch tune GRID.yaml           tune the LR schedule with Optuna, trials as MLflow runs
+    orch worker --storage URL     run queued points (several machines, PostgreSQL)
+    orch status [--storage URL]   a sweep's points and Slurm jobs; the queue's state
+    orch ui                       browse runs in MLflow's UI
+    """
+    ctx.with_resource(logging_to_stderr())
+
+
+class BadInput(click.ClickException):
+    """A user mistake: one message naming the problem and the fix; exit code 2."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`UserError` into exit 2 and a :class:`StoreFailure` into exit 1, each with
+    one line (a traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise BadInput(str(err)) from None
+        except StoreFailure as err:  # the store failed mid-command; the next invocation repairs
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {err}; fix the store and run the command again", err=True)
+            sys.exit(ExitCode.FAILED)
+        except KeyboardInterrupt:  # Ctrl-C before any run exists (reading, validating, opening the store)
+            click.echo("interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
+
+    return wrapper
+
+
+def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore:
+    """The command's tracking store: resolved, checked (:func:`tracking.check_store`), opened once.
+
+    ``write=False`` for commands that only read: they never create a store.
+    """
+    from orchestrator.store import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_store(uri, write=write)
+    return tracking.TrackingStore(uri)
+
+
+def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
+    """An ``--experiment`` that would create an experiment: refused before anything is created."""
+    from orchestrator.grid.names import experiment_name_problem
+
+    problem = experiment_name_problem(value) if value is not None else None
+    if problem:
+        shown = value if len(value) <= 40 else f"{value[:20]}…{value[-20:]}"
+        raise BadInput(f"--experiment {shown!r} {problem}")
+    return value
+
+
+def check_device(device: str) -> None:
+    """``--device cuda`` on a machine without a visible GPU is a usage mistake (imports torch)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+
+
+def one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -> None:
+    """``--sweep`` of a queue command names one queued sweep; ``may_come``: none yet is fine
+    (a worker with --wait waits for it)."""
+    matches = sorted(s for s in queued if s.startswith(sweep))
+    if sweep and (len(matches) == 1 or may_come and not matches):
+        return
+    if not matches:
+        raise BadInput(f"no queued sweep {sweep!r}; queued sweeps: {', '.join(sorted(queued)) or 'none'}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} queued sweeps: {', '.join(matches[:20])}"
+                   f"{', …' if len(matches) > 20 else ''}; give enough of the id to name one")
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri", metavar="URI", envvar=None,
+    help="MLflow tracking URI (sqlite:///PATH.db or http://HOST:PORT). "
+         "Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.",
+)
+max_points_option = click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,
+                                 help="Refuse a grid of more points (settings x seeds) than this.")
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config value by dotted key, e.g. --set optim.lr=0.05 (repeatable).",
+)
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where to train: CUDA when available under auto.",
+)
+
+
+def quiet_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--quiet/-q``: the command gets the flag, and the ``orchestrator`` logger shows warnings only."""
+
+    def quiet_logging(ctx: click.Context, param: click.Parameter, value: bool) -> bool:  # noqa: ARG001
+        if value:
+            logging.getLogger("orchestrator").setLevel(logging.WARNING)
+        return value
+
+    return click.option("--quiet", "-q", is_flag=True, callback=quiet_logging, help=help_text)
+
+
+def split_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:  # noqa: ARG001
+    """``--gpus 0,1`` -> ["0", "1"]; None when not given (every visible GPU)."""
+    gpus = [g.strip() for g in value.split(",") if g.strip()] if value else []
+    return gpus or None
+
+
+def slot_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers, --gpus, --runs-per-gpu, --max-retries: where points run and how often one is retried."""
+    for option in reversed((
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel points on the CPU (torch threads are divided among them)."),
+        click.option("--gpus", default=None, metavar="0,1,...", callback=split_gpus,
+                     help="GPU indices to use; default: every visible GPU (none: the CPU)."),
+        click.option("--runs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Points packed on each GPU at once."),
+        click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Retries (requeues) of a point that fails before it is recorded FAILED."),
+    )):
+        fn = option(fn)
+    return fn

@@ -1,0 +1,223 @@
+"""The commands that read what sweeps recorded: ``orch status``, ``compare``, ``report`` and ``ui``.
+
+None of them creates a store; each names the sweep it reads with ``--experiment``/``--sweep``
+(default: the newest), and a name that matches none or several lists what exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from orchestrator.cli.group import BadInput, handle_errors, one_queued_sweep, open_store, tracking_uri_option
+
+log = logging.getLogger(__name__)
+
+experiment_option = click.option("--experiment", default=None,
+                                 help="MLflow experiment (default: the one of the newest sweep).")
+sweep_option = click.option("--sweep", default="latest", show_default=True,
+                            help="Sweep id (a prefix is enough) or 'latest'.")
+
+
+def resolve_sweep(store, experiment: str | None, sweep: str):
+    """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
+    from orchestrator.store.schema import Tag
+
+    if experiment:
+        exp_id = store.experiment_id(experiment)
+        if exp_id is None:
+            names = ", ".join(store.experiment_names()) or "none"
+            raise BadInput(f"no experiment {experiment!r} in {store.uri}; experiments: {names}")
+        exp_ids = [exp_id]
+    else:
+        exp_ids = store.experiment_ids()
+    parents = store.sweep_parents(exp_ids)
+    if not parents:
+        where = f"experiment {experiment!r}" if experiment else store.uri
+        raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
+    if sweep in ("latest", None):
+        return parents[0].info.experiment_id, parents[0]
+    matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
+    if len(matches) == 1 and sweep:
+        return matches[0].info.experiment_id, matches[0]
+    if not matches:
+        raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
+    raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
+                   "give enough of the id to name one")
+
+
+def _sweep_list(parents, limit: int = 20) -> str:
+    """``0a1f… (norm-study), …`` for a message; newest first."""
+    from orchestrator.store.schema import Tag
+
+    shown = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:limit])
+    return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
+
+
+@click.command("status")
+@click.option("--storage", default=None, metavar="URL", help="The queue's database (queued sweeps).")
+@click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough); without --storage: "
+                                            "the sweep to show (default: the newest).")
+@click.option("--experiment", default=None, help="Without --storage: the sweep's MLflow experiment.")
+@tracking_uri_option
+@handle_errors
+def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, tracking_uri: str | None) -> None:
+    """Queued sweeps (--storage): pending / running (which worker, since when) / done / failed.
+
+    Without --storage: a sweep's points from the tracking store, each with its MLflow
+    status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
+    ended but which nobody closed gets its summary written and its parent run closed.
+    """
+    from orchestrator.cli.listing import print_queue_status
+
+    if storage:
+        from orchestrator.launch import queue
+        from orchestrator.store import optuna_storage as storage_mod
+        from orchestrator.store.uri import sqlite_path
+
+        url = storage_mod.check(storage)
+        db = sqlite_path(url)
+        if db is not None and not db.exists():  # reading never creates a queue
+            print_queue_status([], storage_mod.redact(url))
+            return
+        if sweep is not None:
+            one_queued_sweep(sweep, queue.queued_sweeps(url))
+        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
+        return
+    from orchestrator.cli.listing import print_sweep_status
+    from orchestrator.launch.slurm_sweep import status_rows
+
+    store = open_store(tracking_uri, write=False)
+    _, parent = resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
+    rows, closed = status_rows(store, parent)
+    print_sweep_status(rows, parent)
+    if closed:
+        log.info(closed)
+
+
+@click.command("compare")
+@experiment_option
+@sweep_option
+@click.option("--metric", required=True, help="Summary metric to rank by, e.g. val_f1_macro or test_acc.")
+@click.option("--group-by", default=None, metavar="AXES",
+              help="Comma-separated dotted keys to group by (default: the sweep's axes).")
+@click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True,
+              help="Which end of the metric is best.")
+@click.option("--baseline", default=None, metavar="KEY=VALUE",
+              help="Paired per-seed differences against this setting, with their 95% CI and the p of a "
+                   "paired t-test, e.g. optim.lr=0.1.")
+@click.option("--correction", type=click.Choice(["holm", "bonferroni", "none"]), default="holm", show_default=True,
+              help="Adjust the baseline tests' p for their number (p_holm / p_bonferroni); * follows the "
+                   "adjusted p. holm and bonferroni keep the chance of any false * at most 5%.")
+@click.option("--failed-as", type=click.Choice(["drop", "worst"]), default="drop", show_default=True,
+              help="Diverged and failed runs: leave them out of the statistics, or count each as the worst "
+                   "value of the metric among the table's finished runs. Their count is always shown.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "markdown", "json"]), default="table",
+              show_default=True, help="Output format; all but table print the notes on stderr.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Show the best K rows only.")
+@tracking_uri_option
+@handle_errors
+def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str | None, direction: str,
+                baseline: str | None, correction: str, failed_as: str, fmt: str, top: int | None,
+                tracking_uri: str | None) -> None:
+    """Rank the settings of a sweep: mean ± std and 95% CI over seeds, n finished / n expected,
+    and how many runs diverged or failed.
+
+    \b
+    With --baseline, each setting's per-seed differences to the baseline (over the
+    seeds both have): mean ± std, 95% CI, p of a two-sided paired t-test, that p
+    adjusted for the table's number of tests (--correction), * when the adjusted p < 0.05.
+    Grouping by fewer axes than the grid has pools the others (the notes name them).
+    The table format ends with notes on the statistics; other formats print them on stderr.
+    """
+    from orchestrator.analyze import compare
+    from orchestrator.analyze.report import sweep_results
+
+    store = open_store(tracking_uri, write=False)
+    _, parent = resolve_sweep(store, experiment, sweep)
+    records, expected = sweep_results(store, parent)
+    keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
+    result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
+                             baseline=baseline, top=top, correction=correction, failed_as=failed_as)
+    click.echo(compare.render(result, fmt))
+    if fmt != "table":
+        for note in compare.compare_notes(result):
+            log.info("note: %s", note)
+
+
+@click.command("report")
+@experiment_option
+@sweep_option
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex", "table", "json"]),
+              default="markdown", show_default=True, help="latex: a booktabs tabular (\\usepackage{booktabs}).")
+@click.option("--out", "out_dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
+              help="Also write the figures to DIR as PNG (created if missing).")
+@click.option("--no-figures", is_flag=True, help="Print the table only: draw and log no figures.")
+@tracking_uri_option
+@handle_errors
+def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None, no_figures: bool,
+               tracking_uri: str | None) -> None:
+    """The study's report: its table on stdout, its figures on the sweep's parent run.
+
+    \b
+    Table: one row per (setting, split) with Accuracy, F1 micro, F1 macro as
+    mean ± std over seeds, and n (seeds counted).
+    Figures, logged under report/ on the sweep's parent run (and written to --out DIR):
+    training_curves.png (loss and accuracy by epoch per setting, mean ± std over seeds),
+    quantiles.png (feature percentiles of the first validation example, first seed),
+    test_acc.png (test accuracy by norm × batch size, 95% CI error bars).
+    """
+    from pathlib import Path
+
+    from orchestrator.analyze import compare
+    from orchestrator.analyze import report as study_report
+
+    if out_dir is not None and no_figures:
+        raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
+    store = open_store(tracking_uri, write=False)
+    _, parent = resolve_sweep(store, experiment, sweep)
+    records, expected = study_report.sweep_results(store, parent)
+    click.echo(compare.report(records, expected, fmt=fmt))
+    if no_figures:
+        return
+    figures = study_report.report_figures(store, records, expected)
+    logged = study_report.publish(store, parent.info.run_id, figures, out_dir and Path(out_dir))
+    where = f" and written to {out_dir}" if out_dir is not None else ""
+    log.info("figures %s logged on run %s%s", ", ".join(logged) or "(none: no finished run)", parent.info.run_id,
+             where)
+
+
+@click.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port of the UI.")
+@click.option("--open", "open_it", is_flag=True, help="Open the newest sweep's parent run in this machine's browser.")
+@tracking_uri_option
+@handle_errors
+def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> None:
+    """Browse runs, curves, artifacts and system metrics in MLflow's UI on the configured store.
+
+    \b
+    One server worker, MLflow's job execution off, quiet logs. Once it answers, prints the
+    URL of the newest sweep's (or tuning study's) parent run on stdout. Never creates a
+    store. Exit codes: 130 Ctrl-C, 143 SIGTERM, 1 the server stopped by itself, 2 no store
+    or the port is taken.
+    """
+    from orchestrator.store import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        tracking.check_reachable(uri)
+        log.info("%s is a tracking server: open it in a browser.", uri)
+        click.echo(uri)
+        if open_it:
+            from orchestrator.cli.ui import open_browser
+
+            if not open_browser(uri):
+                log.warning("no browser found on this machine; open the URL above in yours")
+        return
+    tracking.check_store(uri, write=False)  # `mlflow ui` would create a missing store
+    from orchestrator.cli.ui import serve
+
+    sys.exit(serve(uri, host, port, open_it=open_it))

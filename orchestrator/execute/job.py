@@ -1,0 +1,98 @@
+"""A point's job and its one serialisation, used by every launcher.
+
+A :class:`Job` is what a point process needs to run one point: the run's name and run
+key, its resolved config (plain JSON: ``experiments.config.to_dict``), where to record it
+(tracking URI, experiment, parent run), its tags, and whether to continue a checkpointed
+earlier attempt. Every launcher hands jobs over in the one form :func:`encode` writes and
+:func:`decode` reads back, a JSON object on one line (the job's fields, flat):
+
+* local slots write one line per attempt to a point process's stdin, with the attempt's
+  own fields beside the job's (``encode(job, job=3, device="cuda", claim={...})``: the
+  process's id for the attempt, which its events carry back, its device, its claim; see
+  :mod:`orchestrator.execute.slots` and :mod:`orchestrator.execute.point`);
+* the PostgreSQL queue keeps ``job.to_dict()`` as the trial's user attribute
+  ``TrialAttr.JOB`` (:mod:`orchestrator.launch.queue`);
+* Slurm writes one ``encode(job)`` line per point into the job script's heredoc, which its
+  task reads back with :func:`decode` (:mod:`orchestrator.launch.slurm_task`).
+
+Fields added later get defaults, so a line written by an older orch still decodes; the
+keys that are not the job's are returned apart (the envelope), never mixed into the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from orchestrator.store.schema import Kind, Tag
+
+if TYPE_CHECKING:
+    from orchestrator.grid.load import RunSpec
+
+@dataclass(frozen=True)
+class Job:
+    """What a point process needs to run one point."""
+
+    name: str  # the run's name, e.g. "gn-bs8-s0"
+    config: dict  # the resolved config, plain JSON (experiments.config.to_dict form)
+    uri: str  # tracking URI the run logs to
+    experiment_id: str
+    parent_run_id: str | None  # the sweep's parent run (None: a run of its own)
+    tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
+    resume: bool = True  # continue a checkpointed earlier attempt of the point (False: --rerun)
+    run_key: str = ""  # what "done" is keyed on (orchestrator.execute.plan.finished_results)
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
+                  resume: bool = True) -> Job:
+        """The job of a sweep's point."""
+        from experiments.config import to_dict
+
+        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
+                   {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
+                    Tag.SETTING: spec.setting}, resume, spec.run_key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def with_tags(self, tags: Mapping[str, str]) -> Job:
+        """The job with ``tags`` added to its own (an attempt's number, its slot, its Slurm job)."""
+        return dataclasses.replace(self, tags={**self.tags, **tags})
+
+
+def encode(job: Job, /, **envelope: Any) -> str:
+    """One line of JSON (no newline): the job's fields, and the ``envelope``'s beside them."""
+    clash = set(envelope) & {f.name for f in dataclasses.fields(Job)}
+    if clash:
+        raise ValueError(f"the envelope of a job may not use the job's own keys: {', '.join(sorted(clash))}")
+    return json.dumps({**job.to_dict(), **envelope})
+
+
+def decode(line: str) -> tuple[Job, dict[str, Any]]:
+    """(the job, the envelope's fields) of a line written by :func:`encode`."""
+    data = json.loads(line)
+    names = {f.name for f in dataclasses.fields(Job)}
+    return Job.from_dict(data), {k: v for k, v in data.items() if k not in names}
+
+
+def slurm_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Slurm job this process runs in, as run tags (empty outside Slurm): a point's run
+    records where it ran from the environment its process inherited."""
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    array, index = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    tags = {Tag.SLURM_JOB_ID: job, Tag.SLURM_JOB: f"{array}_{index}" if array and index else job,
+            Tag.SLURM_RESTARTS: env.get("SLURM_RESTART_COUNT", "0")}
+    if array and index:
+        tags[Tag.SLURM_ARRAY_JOB_ID], tags[Tag.SLURM_ARRAY_TASK_ID] = array, index
+    return tags

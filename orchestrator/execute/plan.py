@@ -1,0 +1,113 @@
+"""Which points of a sweep are missing, decided once, above every launcher.
+
+"Is this point done?" has one answer, :func:`finished_results`: a point is done when its run
+key has a finished result in the experiment (:func:`orchestrator.store.schema.is_finished_result`),
+whoever finished it (this sweep, another sweep, a queue worker, a Slurm task, ``orch run
+--resume`` of one of its runs). Everything else (missing, FAILED, KILLED, or RUNNING under a
+dead process) runs again. The sweep, the dry run, the queue (at submission and at each claim)
+and Slurm (at submission and in each task) all ask it.
+
+:func:`plan_sweep` is the one planning step: it finds or creates the sweep's parent run,
+closes the runs its dead processes left RUNNING, and splits the points into done and
+missing. The launchers (:mod:`orchestrator.launch`) receive the missing ones as jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from orchestrator.execute.job import Job
+from orchestrator.store.schema import (Artifact, ExpectedPoint, Kind, Status, Tag, is_finished_result, points_json,
+                                       read_points, tag_filter)
+
+if TYPE_CHECKING:
+    from orchestrator.grid.load import RunSpec, SweepSpec
+    from orchestrator.store.locks import ParentHeartbeat
+    from orchestrator.store.tracking import TrackingStore
+
+ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed"
+
+
+def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterable[str]) -> dict[str, Any]:
+    """Run key -> a finished result of it in the experiment, for those of ``run_keys`` that are done.
+
+    One key is looked up by its tag; several by one search of the experiment's finished runs.
+    """
+    keys = set(run_keys)
+    if not keys:
+        return {}
+    where = f"attributes.status = '{Status.FINISHED}'"
+    if len(keys) == 1:
+        where += " and " + tag_filter(Tag.RUN_KEY, next(iter(keys)))
+    runs = [r for r in store.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
+    return {r.data.tags[Tag.RUN_KEY]: r for r in runs if r.data.tags[Tag.RUN_KEY] in keys}
+
+
+@dataclass
+class Plan:
+    """A sweep's parent run and its points, split into done and missing."""
+
+    spec: SweepSpec  # with the seeds earlier --until-separated rounds added (see plan_sweep)
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    resumed: bool  # the parent existed before
+    closed: bool  # the parent had FINISHED and nothing was missing: it was left as it was
+    missing: list[RunSpec]  # the grid's points without a finished result (every point with --rerun)
+    done: list[RunSpec]  # the grid's points with one
+    rerun: bool = False
+
+    def jobs(self, runs: Sequence[RunSpec] | None = None) -> list[Job]:
+        """The jobs of ``runs`` (default: the missing points)."""
+        return [Job.from_spec(r, uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+                              sweep_id=self.spec.sweep_id, resume=not self.rerun)
+                for r in (self.missing if runs is None else runs)]
+
+
+def expected_points(spec: SweepSpec) -> list[ExpectedPoint]:
+    """The sweep's points as logged in ``points.json`` (read back by ``orch compare``)."""
+    return [ExpectedPoint(name=r.name, run_key=r.run_key, point=r.point, setting=r.setting, index=r.index,
+                          added=r.point.get("seed") not in spec.seeds)
+            for r in spec.runs]
+
+
+def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
+               heartbeat: ParentHeartbeat | None = None, reopen: bool = False) -> Plan:
+    """Find or create the parent run, close orphans, and split the points into done and missing.
+
+    A parent that had FINISHED is reopened when points are missing (or with ``reopen``), else
+    left as it is (``Plan.closed``): a rerun of a finished sweep changes nothing. With ``heartbeat``,
+    first wait for (or refuse, ``SweepBusy``) a sweep of the experiment that beats elsewhere,
+    then beat on the parent from the moment it is found or created.
+    """
+    from orchestrator.analyze import separation
+
+    exp_id = store.ensure_experiment(spec.name)
+    if heartbeat is not None:
+        heartbeat.claim(exp_id)
+    parent = store.find_sweep_parent(exp_id, spec.sweep_id)
+    finished = set() if rerun else set(finished_results(store, exp_id, [r.run_key for r in spec.runs]))
+    missing = [r for r in spec.runs if r.run_key not in finished]
+    done = [r for r in spec.runs if r.run_key in finished]
+    if parent is None:
+        parent_id = store.start_run(
+            exp_id, run_name=spec.name, params={"axes": ",".join(spec.axes) or "-",
+                                                "seeds": ",".join(map(str, spec.seeds)), "n_points": len(spec.runs)},
+            tags={Tag.KIND: Kind.SWEEP, Tag.SWEEP: spec.sweep_id, Tag.GRID_FILE: spec.path,
+                  Tag.N_POINTS: str(len(spec.runs))})
+    else:
+        parent_id = parent.info.run_id
+    if heartbeat is not None:
+        heartbeat.start(parent_id)
+    closed = parent is not None and parent.info.status == Status.FINISHED and not (missing or reopen)
+    if parent is not None and not closed:
+        store.reopen_run(parent_id)
+    points = store.download_json_if_any(parent_id, Artifact.POINTS) if parent is not None else None
+    if points is None:  # a new parent, or one stopped before recording them
+        store.log_text(parent_id, spec.text, Artifact.GRID)
+        store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
+    else:  # the seeds that earlier --until-separated rounds added: in the closing table too
+        spec = separation.restore_added(spec, read_points(points))
+    store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
+    return Plan(spec, store.uri, exp_id, parent_id, parent is not None, closed, missing, done, rerun)
