@@ -101,7 +101,7 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
 
     ignore_hangup()  # a closed terminal: the sweep goes on (its output to a closed pipe is dropped, see output.py)
     if launch["slurm"] and launch["launcher"] != "slurm":
-        raise BadInput("--slurm only applies with --launcher slurm; add it or drop them")
+        raise BadInput("--slurm options only apply with --launcher slurm; add it or drop them")
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     until = _separation(spec, launch, **separation)
     uri = resolve_tracking_uri(tracking_uri)

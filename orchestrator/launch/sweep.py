@@ -93,7 +93,15 @@ class LocalLauncher:
 
 class SlurmLauncher:
     """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted, or
-    with ``wait`` once the jobs ended; the sweep is closed by Slurm's side."""
+    with ``wait`` once the jobs ended; the sweep is closed by Slurm's side.
+
+    ``slurm_sweep.check_sweep`` makes every check that needs no store (sbatch on PATH, the
+    partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
+    and raises a :class:`UserError`. ``slurm_sweep.submit_sweep`` submits ``jobs`` (the plan's
+    missing points) but those a live task holds, or with ``storage`` queues them
+    (:func:`orchestrator.launch.queue.submit`) and submits worker tasks; it says what it
+    submitted and returns the exit code. It runs under the sweep lock :func:`run_sweep` holds.
+    """
 
     runs_here = False
 

@@ -442,7 +442,7 @@ def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "slurm-opts", {"model.norm": ["bn"]})
     result = CliRunner().invoke(cli, ["sweep", str(grid), "--slurm", "partition=gpu", "--tracking-uri",
                                       f"sqlite:///{tmp_path / 'm.db'}"])
-    assert result.exit_code == 2 and "only applies with --launcher slurm" in result.output
+    assert result.exit_code == 2 and "only apply with --launcher slurm" in result.output
 
 
 # --------------------------------------------------------------------------- no cluster needed
