@@ -1,19 +1,11 @@
 """Slurm, on the submitting side: options, checks, the job script, ``sbatch`` and ``squeue``.
 
-``orch sweep GRID --launcher slurm`` writes a plain ``sbatch`` script and submits it with
-``sbatch --parsable``: the script ``--dry-run`` prints is exactly what is submitted, a task
-is an ordinary ``python -m orchestrator.launch.slurm_task`` process, and nothing is
-pickled onto the shared disk. Two kinds of array:
-
-* array mode (default): one array task per ``--runs-per-gpu`` points (one point by
-  default); the task's input (a header line, then one line per point) is in the script
-  itself, so a task needs only the tracking store, not the grid file.
-* queue mode (``--storage postgresql://…``): K array tasks, each an ``orch worker`` on the
-  queue.
-
-Every job of a sweep is named ``orch-<sweep id>``, which is how reruns, ``orch status``
-and the tasks find each other. Nothing here imports mlflow, torch or optuna: every check
-runs before anything is recorded or submitted.
+The job script is plain ``sbatch``, submitted with ``sbatch --parsable``: what ``--dry-run``
+prints is what is submitted, and a task is an ordinary ``python -m orchestrator.launch.slurm_task``
+process whose input (a header line, then one job per point, or none for a queue worker) is a
+heredoc in the script, so it needs the tracking store, not the grid file. Every job of a sweep
+is named ``orch-<sweep id>``: that is how reruns, ``orch status`` and the tasks find each
+other in squeue. Nothing here imports mlflow, torch or optuna.
 """
 
 from __future__ import annotations
@@ -38,8 +30,6 @@ NOT_SHARED = ("/tmp", "/var/tmp", "/dev/shm", "/run")  # node-local on every clu
 SHARED_ENV = "ORCH_STORE_IS_SHARED"  # "1": the store is reachable from the compute nodes as given
 COMMAND_TIMEOUT = 30  # seconds for sinfo, squeue and sbatch to answer
 INPUT_END = "ORCH_TASK"  # the heredoc delimiter of the task's input in a job script
-TIME_FORMS = ("MINUTES", "MINUTES:SECONDS", "HOURS:MINUTES:SECONDS", "DAYS-HOURS", "DAYS-HOURS:MINUTES",
-              "DAYS-HOURS:MINUTES:SECONDS")
 
 
 class SlurmError(UserError):
@@ -63,14 +53,10 @@ class SlurmOptions:
 
 @dataclass(frozen=True)
 class LiveJob:
-    """A job of the sweep that squeue still lists in a live state."""
+    """A job that squeue still lists in a live state."""
 
     id: str  # as squeue shows it: "12_3" for array task 3 of job 12
     state: str
-
-    @property
-    def array(self) -> str:
-        return self.id.split("_")[0]
 
 
 # --------------------------------------------------------------------------- checks
@@ -96,8 +82,9 @@ def parse_time(value: str) -> float | None:
         minutes = int(days or 0) * 1440 + sum(n * w for n, w in zip(numbers, weights))
         if minutes > 0:
             return minutes
-    raise SlurmError(f"--time {value!r} is not a Slurm time limit; use one of {', '.join(TIME_FORMS)} "
-                     "(e.g. --time 90, --time 1:30:00, --time 2-00:00)")
+    raise SlurmError(f"--slurm time={value} is not a Slurm time limit; use MINUTES, MINUTES:SECONDS, "
+                     "HOURS:MINUTES:SECONDS, DAYS-HOURS, DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS "
+                     "(e.g. time=90, time=1:30:00, time=2-00:00)")
 
 
 def parse_extra(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -135,7 +122,7 @@ def check(options: SlurmOptions, uri: str, *, shared: bool, storage: str | None 
             raise SlurmError(f"sinfo failed: {out.stderr.strip()[:300]}; is the controller reachable? try `sinfo`")
         known = [p.rstrip("*") for p in out.stdout.split()]
         if options.partition not in known:
-            raise SlurmError(f"--partition {options.partition!r}: no such partition; partitions: "
+            raise SlurmError(f"--slurm partition={options.partition}: no such partition; partitions: "
                              f"{', '.join(known) or 'none'} (see `sinfo`)")
     check_reachable_from_nodes(uri, shared)
     if storage and not shared and _is_loopback(urlsplit(storage).hostname):
@@ -222,7 +209,7 @@ def job_script(options: SlurmOptions, *, name: str, n_tasks: int, task_input: Se
     merged = [(k, given.pop(k) if k in given else v) for k, v in pairs if v is not None or k in given]
     merged += [(k, v) for k, v in options.extra if k in given]
     lines = ["#!/bin/bash", *(f"#SBATCH --{k}={v}" if v != "" else f"#SBATCH --{k}" for k, v in merged),
-             *(f"# {c}" for c in comment.splitlines()),
+             f"# {comment}",
              f"exec {shlex.quote(sys.executable)} -m orchestrator.launch.slurm_task <<'{INPUT_END}'",
              *task_input, INPUT_END, ""]
     return "\n".join(lines)
@@ -256,31 +243,23 @@ def live_jobs(sweep_id: str) -> list[LiveJob]:
             must never be read as "no live job": that would close a sweep, submit points
             again or take over points that still run.
     """
-    return [LiveJob(i, s) for i, s, _ in _squeue(["-n", job_name(sweep_id)])]
+    return _squeue(["-n", job_name(sweep_id)])
 
 
-def job_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """squeue's state of each job still known to it (``12_3`` or ``57``); a job missing has ended.
+def is_live(job_id: str) -> bool:
+    """Whether squeue lists job ``job_id`` (an array task's own ``SLURM_JOB_ID``, say) as live.
 
     Raises:
         SlurmError: squeue failed or did not answer.
     """
-    ids = sorted(set(job_ids))
-    if not ids or shutil.which("squeue") is None:
-        return {}
-    states = {}
-    for job, state, plain in _squeue(["-j", ",".join(i.split("_")[0] for i in ids)]):
-        states[job] = states[plain] = state  # an array task is also known by its plain job id
-    return {i: states[i] for i in ids if i in states}
+    return bool(_squeue(["-j", job_id]))
 
 
-def _squeue(args: Sequence[str]) -> list[tuple[str, str, str]]:
-    """(job id as squeue shows it, state, plain job id) of each live job squeue lists for ``args``."""
+def _squeue(args: Sequence[str]) -> list[LiveJob]:
     what = "the sweep's jobs are in an unknown state, so nothing was closed or submitted"
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%A", *args], what)
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:  # an unknown id: every job left the queue
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T", *args], what)
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:  # an unknown id: the job left the queue
         raise SlurmError(f"squeue failed ({(out.stderr or out.stdout).strip()[:300]}): {what}; try again when "
                          "Slurm answers")
-    rows = [tuple(line.strip().split("|")) for line in out.stdout.splitlines()]
-    return [row for row in rows if len(row) == 3 and row[1] in LIVE_STATES]
-
+    rows = [line.strip().split("|") for line in out.stdout.splitlines()]
+    return [LiveJob(*row) for row in rows if len(row) == 2 and row[1] in LIVE_STATES]

@@ -1,34 +1,32 @@
 """The Slurm launcher: submit a sweep's missing points as a job array, follow it, close it once.
 
 :class:`orchestrator.launch.sweep.SlurmLauncher` calls :func:`check_sweep` before anything is
-recorded and :func:`submit_sweep` with the plan's missing points (as jobs) under the sweep
-lock. Points that a live task of the sweep already holds are left out (the parent's
-``slurm/<job id>.json`` says which task holds which), so a rerun submits only what is missing.
+recorded, then :func:`submit_sweep` with the plan's missing points as jobs. Points that a live
+task of the sweep holds are left out (the parent's ``slurm/<job id>.json`` lists each task's
+points), so a rerun submits only what is missing.
 
-Closing (the summary and the parent's end, :func:`orchestrator.launch.sweep.close_sweep`) is
-:func:`close_if_done`: each array task runs it as it ends, and so do ``orch status``,
-``--wait`` and a rerun with nothing to submit. It closes only when no other job of the
-sweep is live in squeue, and the closers take turns under a lock of the sweep. squeue lags a
-task's end (it shows RUNNING for a moment after the process ended, then COMPLETING), so a
-task that finds it is not the last records on the parent that it has ended (``Tag.SLURM_ENDED``)
-before it lets the next closer in, and a closer counts neither those nor COMPLETING tasks.
-Of tasks that end together the last to take the lock closes: once, with no job of its own.
+Closing (:func:`close_if_done`: the summary, the parent's end) is done by each array task as
+it ends, and by ``orch status``, ``--wait`` and a rerun with nothing to submit, one at a time
+under a lock of the sweep. It closes only when no other job of the sweep is live in squeue.
+squeue lags a task's end (RUNNING for a moment after its process is gone, then COMPLETING,
+which a cancelled task also shows while it checkpoints), so a task that finds it is not the
+last records on the parent that it has ended (``Tag.SLURM_ENDED``) before the next closer
+looks. Of tasks that end together, the last to take the lock closes the sweep, once.
 
 Why not the close job of before (``--dependency=afterany``): ``scontrol requeue`` also takes a
-task that has ended, which satisfies ``afterany`` and then runs again, so the close job had to
-wait for COMPLETING tasks, hand the closing on to a successor after requeued ones, chain after
-earlier submissions' close jobs and be queued again when cancelled. Here a requeued task is
-simply not the last, and if a closer ends the sweep in the seconds a requeued task shows
-COMPLETING, that task closes it again when it ends (a task closes even a closed parent), as a
-rerun does after a sweep ended with points missing. Why not submitit: it pickles a function
-onto the shared disk and owns the signals, where a task here is a plain process whose script
-``--dry-run`` prints, and a sweep's closing would still be ours to write.
+task that has ended, which satisfies ``afterany`` and then runs again, so that job had to wait
+for COMPLETING tasks, hand the closing on to a successor, chain after earlier close jobs and
+be queued again when cancelled. Here a requeued task is live, so it is not the last; should a
+closer still end the sweep under it (an administrator's requeue of a task that had left
+squeue), the task closes it again as it ends, as a task closes even a closed parent. Why not
+submitit: it pickles a function onto the shared disk and owns the signals, where a task here
+is a plain process whose script ``--dry-run`` prints; and the closing would still be ours.
 
-Known limits, for ``orch status``, ``--wait`` or a rerun to close: a task killed hard
-(SIGKILL, a dead node) does not close, and tasks cancelled before they started never run.
-The lock is a file beside a SQLite store (shared with the nodes), and for a tracking server in
-``~/.cache/orch`` (:mod:`orchestrator.store.locks`): unless that is shared too, tasks on two
-nodes that end within the same second may both write the summary (the same both times).
+Left to ``orch status``, ``--wait`` or a rerun: a sweep whose last task was killed hard
+(SIGKILL, a dead node) or cancelled before it started. The lock is a file beside a SQLite
+store, and for a tracking server in ``~/.cache/orch`` (:mod:`orchestrator.store.locks`): where
+that is not shared, tasks on two nodes that end within the same second may both close the
+sweep (the same summary, twice).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
@@ -55,13 +52,6 @@ FOLLOW_POLL_SECONDS = 2.0
 ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 
-@dataclass
-class Submission:
-    job_ids: list[str]  # the array submitted now (none when nothing was missing)
-    points: int  # points submitted
-    skipped_live: int  # missing points already held by live tasks
-
-
 def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
                 device: str, max_retries: int, metric: str) -> None:  # noqa: ARG001
     """Every check before anything is recorded or submitted, down to ``sbatch --test-only``."""
@@ -69,28 +59,19 @@ def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, stora
     slurm.test_only(dry_run_script(spec, uri, options, device=device, max_retries=max_retries, storage=storage))
 
 
-def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None, wait: bool,
+def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None,
                  device: str, max_retries: int, metric: str) -> int:
-    """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); with
-    ``wait``, follow the jobs until they end. The exit code."""
-    spec, store = plan.spec, TrackingStore(plan.uri)
-    since_ms = int(time.time() * 1000)
+    """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); the exit code."""
+    store = TrackingStore(plan.uri)
     if storage:
-        sub = _submit_workers(plan, jobs, options, storage, device=device, max_retries=max_retries)
+        _submit_workers(store, plan, jobs, options, storage, device=device, max_retries=max_retries)
     else:
-        sub = _submit_points(store, plan, jobs, options, device=device, max_retries=max_retries, metric=metric)
-    if sub.job_ids:
-        log.info(f"sweep {spec.name} [{spec.sweep_id}]: submitted {sub.points} point(s) as Slurm job {sub.job_ids[0]}; "
-                 f"{len(plan.done)} already finished, {sub.skipped_live} queued or running in earlier jobs\n"
-                 f"follow it with: squeue -n {slurm.job_name(spec.sweep_id)}  or  orch status --tracking-uri "
-                 f"{plan.uri}\ntask logs: {slurm.log_dir(options)}")
-    if wait and (sub.job_ids or sub.skipped_live):
-        return wait_and_close(store, plan, sub, metric=metric, since_ms=since_ms)
+        _submit_points(store, plan, jobs, options, device=device, max_retries=max_retries, metric=metric)
     return ExitCode.OK
 
 
 def _submit_points(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *,
-                   device: str, max_retries: int, metric: str) -> Submission:
+                   device: str, max_retries: int, metric: str) -> None:
     """Array mode: the jobs that no live task holds, as one array."""
     spec = plan.spec
     live = slurm.live_jobs(spec.sweep_id)
@@ -98,18 +79,21 @@ def _submit_points(store: TrackingStore, plan: Plan, jobs: Sequence[Job], option
     todo = [job for job in jobs if job.run_key not in held]
     if todo:
         script = points_script(spec, todo, options, device=device, max_retries=max_retries, metric=metric)
-        return Submission([_submit(store, plan.parent_run_id, script, options, todo)], len(todo), len(jobs) - len(todo))
-    what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) "
-            f"{', '.join(sorted({j.array for j in live}))}" if jobs else f"all {len(spec.runs)} points are finished")
+        what = (f"{len(todo)} point(s); {len(plan.done)} already finished, {len(jobs) - len(todo)} queued or "
+                "running in earlier jobs")
+        _submit(store, plan, script, options, todo, what)
+        return
+    arrays = ", ".join(sorted({j.id.split("_")[0] for j in live}))
+    what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) {arrays}" if jobs
+            else f"all {len(spec.runs)} points are finished")
     log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
     if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
         store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
         log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=metric, wait=True))
-    return Submission([], 0, len(jobs))
 
 
-def _submit_workers(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str, *, device: str,
-                    max_retries: int) -> Submission:
+def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str,
+                    *, device: str, max_retries: int) -> None:
     """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
     from orchestrator.launch import queue
 
@@ -118,14 +102,13 @@ def _submit_workers(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions
     waiting = sub.enqueued + sub.queued_before
     live = slurm.live_jobs(spec.sweep_id)
     k = min(options.array_parallelism or 4, max(waiting, 1))
+    what = f"{sub.enqueued} point(s) queued, {sub.queued_before} already queued, {sub.done} finished"
     if not waiting or len(live) >= k:
-        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
-                 f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
-        return Submission([], sub.enqueued, sub.queued_before)
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; {len(live)} worker task(s) live; no task submitted")
+        return
     script = worker_script(spec, plan.uri, options, storage, n_tasks=k - len(live), device=device,
                            max_retries=max_retries)
-    job_id = _submit(TrackingStore(plan.uri), plan.parent_run_id, script, options, (), launcher=QUEUE)
-    return Submission([job_id], sub.enqueued, sub.queued_before)
+    _submit(store, plan, script, options, (), f"{k - len(live)} worker task(s) ({what})", QUEUE)
 
 
 def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOptions, *, device: str,
@@ -134,8 +117,7 @@ def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOpti
     per, first = options.runs_per_gpu, jobs[0]
     header = {"mode": "points", "uri": first.uri, "parent_run_id": first.parent_run_id, "per_task": per,
               "device": device, "max_retries": max_retries, "metric": metric}
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task\n"
-               f"tracking URI {first.uri}; parent run {first.parent_run_id}")
+    comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task"
     return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(jobs) // per),
                             task_input=[json.dumps(header), *map(encode, jobs)], comment=comment)
 
@@ -145,8 +127,7 @@ def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storag
     """The job script of ``n_tasks`` array tasks, each an ``orch worker`` on the sweep's queue."""
     header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
               "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries}
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue "
-               f"{storage.split('@')[-1]}")
+    comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue"
     opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
     return slurm.job_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks,
                             task_input=[json.dumps(header)], comment=comment)
@@ -163,22 +144,26 @@ def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, de
     return points_script(spec, jobs, options, device=device, max_retries=max_retries, metric=DEFAULT_OBJECTIVE)
 
 
-def _submit(store: TrackingStore, parent_run_id: str, script: str, options: slurm.SlurmOptions, jobs: Sequence[Job],
-            launcher: str = ARRAY) -> str:
-    """Submit ``script``; keep it, and which task holds which points, on the parent. The job id."""
+def _submit(store: TrackingStore, plan: Plan, script: str, options: slurm.SlurmOptions, jobs: Sequence[Job],
+            what: str, launcher: str = ARRAY) -> str:
+    """Submit ``script``; keep it, and which task holds which points, on the parent; say so. The job id."""
     slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
     try:
         job_id = slurm.submit(script)
     except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
-        store.end_run(parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
+        store.end_run(plan.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
         raise
     per = options.runs_per_gpu
     tasks = [[job.run_key for job in jobs[i:i + per]] for i in range(0, len(jobs), per)]
-    store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
-    store.log_text(parent_run_id, json.dumps({"job_id": job_id, "tasks": tasks}), f"{Artifact.SLURM_DIR}/{job_id}.json")
-    before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
-    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join([*filter(None, before.split(",")), job_id]),
-                                   Tag.LAUNCHER: launcher})
+    store.log_text(plan.parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
+    store.log_text(plan.parent_run_id, json.dumps({"job_id": job_id, "tasks": tasks}),
+                   f"{Artifact.SLURM_DIR}/{job_id}.json")
+    before = store.get_run(plan.parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
+    store.set_tags(plan.parent_run_id, {Tag.SLURM_JOBS: ",".join([*filter(None, before.split(",")), job_id]),
+                                        Tag.LAUNCHER: launcher})
+    log.info(f"sweep {plan.spec.name} [{plan.spec.sweep_id}]: submitted {what} as Slurm job {job_id}\nfollow it "
+             f"with: squeue -n {slurm.job_name(plan.spec.sweep_id)}  or  orch status --tracking-uri {plan.uri}\n"
+             f"task logs: {slurm.log_dir(options)}")
     return job_id
 
 
@@ -247,57 +232,36 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
 # --------------------------------------------------------------------------- following (--wait), orch status
 
 
-@dataclass(frozen=True)
-class _JobSlot:
-    label: str
-    index: int = 0
-    gpu: str | None = None
-
-
-def follow(store: TrackingStore, plan: Plan, display, since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
-    """Show the sweep's points starting and ending until no job of the sweep is left in Slurm."""
-    from orchestrator.execute.slots import Task
-
-    sweep_id = plan.spec.sweep_id
-    display.start(len(plan.spec.runs), [_JobSlot("slurm")])
+def follow(store: TrackingStore, plan: Plan, metric: str, since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
+    """Say each of the sweep's points as it starts and ends, until no job of the sweep is left in Slurm."""
     seen: dict[str, str] = {}
-    tasks: dict[str, Task] = {}
-    try:
-        while True:
-            live = slurm.live_jobs(sweep_id)
-            for run in sorted(store.sweep_children(plan.experiment_id, sweep_id), key=lambda r: r.info.start_time):
-                rid, status = run.info.run_id, run.info.status
-                if run.info.start_time < since_ms or seen.get(rid) == status:
-                    continue
-                if rid not in tasks:
-                    job = Job(run.info.run_name or rid, {}, plan.uri, plan.experiment_id, plan.parent_run_id, {})
-                    slot = _JobSlot(f"job {run.data.tags.get(Tag.SLURM_JOB, '?')}")
-                    tasks[rid] = Task(job, started=run.info.start_time / 1000, slot=slot)
-                    display.started(tasks[rid])
-                if status == Status.FINISHED:
-                    tasks[rid].summary = dict(run.data.metrics)
-                    display.finished(tasks[rid])
-                elif status in (Status.FAILED, Status.KILLED):
-                    display.failed(tasks[rid], run.data.tags.get(Tag.FAILURE_REASON, status))
-                seen[rid] = status
-            if not live:
-                return
-            display.tick()
-            time.sleep(poll)
-    finally:
-        display.stop()
+    while True:
+        live = slurm.live_jobs(plan.spec.sweep_id)
+        runs = store.sweep_children(plan.experiment_id, plan.spec.sweep_id)
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            status, tags = run.info.status, run.data.tags
+            if run.info.start_time < since_ms or seen.get(run.info.run_id) == status:
+                continue
+            seen[run.info.run_id] = status
+            value = run.data.metrics.get(metric)
+            what = f"{metric} {value:.4f}" if value is not None else tags.get(Tag.FAILURE_REASON, "")
+            log.info(f"  {status.lower():9} {run.info.run_name} (Slurm job {tags.get(Tag.SLURM_JOB, '?')}) {what}")
+        if not live:
+            return
+        time.sleep(poll)
 
 
-def wait_and_close(store: TrackingStore, plan: Plan, sub: Submission, *, metric: str, since_ms: int) -> int:
-    """``--wait``: follow the jobs, close the sweep if no task did, print the table; the exit code."""
+def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
+    """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
+    task did, print the table; the exit code."""
     from orchestrator.analyze import compare, sweep_summary
-    from orchestrator.execute.display import make_display
     from orchestrator.execute.plan import expected_points
 
+    store = TrackingStore(plan.uri)
     try:
-        follow(store, plan, make_display(not log.isEnabledFor(logging.INFO)), since_ms)
+        follow(store, plan, metric, since_ms)
     except KeyboardInterrupt:
-        log.info(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
+        log.info(f"stopped following; the jobs go on (scancel -n {slurm.job_name(plan.spec.sweep_id)} stops them)")
         return ExitCode.INTERRUPTED
     if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
         log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
@@ -329,9 +293,7 @@ def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[li
             latest[key] = run
     squeue = shutil.which("squeue") is not None
     live = slurm.live_jobs(sweep_id) if squeue else []
-    held = held_points(store, parent.info.run_id, live)
-    states = slurm.job_states([r.data.tags[Tag.SLURM_JOB] for r in latest.values() if Tag.SLURM_JOB in r.data.tags])
-    states.update({j.id: j.state for j in live})
+    held, states = held_points(store, parent.info.run_id, live), {j.id: j.state for j in live}
     rows = []
     for p in points:
         run = latest.get(p.run_key)

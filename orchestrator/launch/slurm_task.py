@@ -1,25 +1,19 @@
 """One Slurm array task of a sweep: ``python -m orchestrator.launch.slurm_task``, its input on stdin.
 
-The job script (:func:`orchestrator.launch.slurm.job_script`) feeds it a heredoc: a header (JSON:
-the mode, the tracking URI, the sweep's parent run, options), then, in array mode, one job per
-point in the job codec's form (:func:`orchestrator.execute.job.encode`). Two modes:
+The job script (:func:`orchestrator.launch.slurm.job_script`) feeds it a header line (JSON: the
+mode, the tracking URI, the sweep's parent run, options), then in array mode one job per point
+(:func:`orchestrator.execute.job.encode`). Array task i runs points ``[i*K, (i+1)*K)`` (K =
+``--runs-per-gpu``) with the local scheduler, each resumed from its checkpoint if an earlier
+attempt left one, and leaves out a point that is finished or RUNNING in another live job; as it
+ends, it closes the sweep if it is the sweep's last job (:mod:`orchestrator.launch.slurm_sweep`).
+In queue mode the task is an ``orch worker`` limited to the sweep.
 
-* ``points``: array task i runs points ``[i*K, (i+1)*K)`` (K = ``--runs-per-gpu``) with the
-  local scheduler, each resumed from its checkpoint when an earlier attempt left one. A point
-  that is finished, or RUNNING in another live Slurm job, is left out: a point never runs
-  twice at once. As it ends, the task closes the sweep if it is the sweep's last job
-  (:func:`orchestrator.launch.slurm_sweep.close_if_done`).
-* ``worker``: an ``orch worker`` on the PostgreSQL queue, limited to this sweep (the worker
-  that ends the sweep's last point closes it).
-
-Signals, submitit's rule, through :mod:`orchestrator.execute.stop`: Slurm's time-limit warning
-(SIGUSR1, ``--signal=B:USR1@N``) makes the running points checkpoint and end KILLED
-(``preempted (SIGUSR1)``), and the task requeues itself; its next start resumes them. SIGTERM
-(``scancel``, a preemption, which Slurm requeues by itself where the partition says so) stops
-the same way, without a requeue. A signal before the scheduler starts is kept and acted on
-alike. Slurm checks time limits about every 30 s and may send the warning up to a minute
-before the lead it was given: for limits of minutes, not hours, choose the lead with that in
-mind (``--slurm signal=B:USR1@N``).
+Signals, submitit's rule, through :mod:`orchestrator.execute.stop` (one stop request for the
+whole task, kept if it comes before the scheduler starts): Slurm's time-limit warning (SIGUSR1,
+``--signal=B:USR1@N``) makes the running points checkpoint and end KILLED, and the task
+requeues itself; its next start resumes them. SIGTERM (``scancel``, a preemption) stops the
+same way without a requeue. Slurm checks limits about every 30 s and may warn up to a minute
+before the lead it was given: with limits of minutes, choose the lead with that in mind.
 """
 
 from __future__ import annotations
@@ -57,10 +51,10 @@ def left_out(store, job: Job, me: dict[str, str]) -> str | None:
         other = tags.get(Tag.SLURM_JOB_ID)
         if other and other != me.get(Tag.SLURM_JOB_ID):
             try:
-                state = slurm.job_states([other]).get(other)
+                live = slurm.is_live(other)
             except slurm.SlurmError as err:  # unknown is not "ended": the point may be running there
                 return f"Slurm did not say whether job {other} still runs it ({err}); rerun the sweep later"
-            if state is not None:
+            if live:
                 return f"running in Slurm job {tags.get(Tag.SLURM_JOB, other)} (run {run.info.run_id})"
         if not other and not processes.is_orphan(tags.get(Tag.HOST), tags.get(Tag.PID)):
             return f"running on {tags.get(Tag.HOST)} (pid {tags.get(Tag.PID)}, run {run.info.run_id})"
@@ -119,19 +113,6 @@ def run_worker(header: dict[str, Any]) -> int:
                             tracking_uri=header["uri"], max_retries=int(header["max_retries"]), quiet=False)
 
 
-def close_sweep(header: dict[str, Any]) -> None:
-    """Close the sweep if this task is its last job (array mode)."""
-    from orchestrator.launch.slurm_sweep import close_if_done
-    from orchestrator.store.tracking import TrackingStore
-
-    me = slurm_tags().get(Tag.SLURM_JOB, "")
-    try:
-        log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
-                               own_job=me, metric=header["metric"], wait=True))
-    except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
-        log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
-
-
 def requeue(code: int) -> int:
     """Put this task back in the queue; its next start resumes its points from their checkpoints.
 
@@ -151,6 +132,19 @@ def requeue(code: int) -> int:
     return code
 
 
+def close(header: dict[str, Any]) -> None:
+    """Close the sweep if this task is its last job."""
+    from orchestrator.launch.slurm_sweep import close_if_done
+    from orchestrator.store.tracking import TrackingStore
+
+    me = slurm_tags().get(Tag.SLURM_JOB, "")
+    try:
+        log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
+                               own_job=me, metric=header["metric"], wait=True))
+    except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
+        log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
+
+
 def main() -> int:
     own_threads()
     handler = logging.StreamHandler(sys.stderr)
@@ -168,7 +162,7 @@ def main() -> int:
         if flag.signum == signal.SIGUSR1 and code == ExitCode.PREEMPTED:
             return requeue(code)
         if header["mode"] == "points":
-            close_sweep(header)
+            close(header)
         return code
 
 

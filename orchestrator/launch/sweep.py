@@ -20,10 +20,12 @@ RUNNING and runs exactly the points that did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
+import time
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
@@ -118,8 +120,14 @@ class SlurmLauncher:
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
         from orchestrator.launch import slurm_sweep
 
-        return slurm_sweep.submit_sweep(plan, jobs, self.options, storage=self.storage, wait=self.wait,
-                                        **self.settings)
+        self.since_ms = int(time.time() * 1000)
+        return slurm_sweep.submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
+
+    def follow(self, plan: Plan) -> int:
+        """With ``wait``, once the sweep lock is let go: follow the jobs until they end; the exit code."""
+        from orchestrator.launch import slurm_sweep
+
+        return slurm_sweep.wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
 
     def close(self) -> None:
         pass
@@ -137,7 +145,9 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
     """
     launcher.setup(spec, store.uri)
     heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait, say=log.info) if launcher.runs_here else None
-    with locks.hold(store.uri, spec.name, wait=wait, say=log.info), stop.handling():
+    with contextlib.ExitStack() as held:
+        held.enter_context(locks.hold(store.uri, spec.name, wait=wait, say=log.info))
+        held.enter_context(stop.handling())
         plan, outcome = None, Outcome()
         try:
             plan = plan_sweep(store, spec, rerun=rerun, heartbeat=heartbeat, reopen=until is not None)
@@ -146,7 +156,11 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
                      f"{' (resumed)' if plan.resumed else ''}")
             result = launcher.launch(plan, plan.jobs())
             if not isinstance(result, Outcome):  # handed on: whoever ends the last point closes the sweep
-                return result
+                follow = getattr(launcher, "follow", None)  # Slurm's --wait
+                if follow is None or not wait or result != ExitCode.OK:
+                    return result
+                held.close()  # the lock guarded the planning and the hand-on; following holds nothing
+                return follow(plan)
             outcome, verdict = _rounds(store, plan, launcher, result, until)
             if outcome.store_failure:
                 return _store_failed(plan, outcome, outcome.store_failure)

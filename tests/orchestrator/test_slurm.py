@@ -269,7 +269,7 @@ def test_a_squeue_that_cannot_be_asked_is_an_error_not_an_empty_queue(tmp_path, 
     with pytest.raises(slurm.SlurmError, match="squeue did not answer"):
         slurm.live_jobs("abc")
     with pytest.raises(slurm.SlurmError, match="squeue did not answer"):
-        slurm.job_states(["12_3"])
+        slurm.is_live("12")
 
 
 # --------------------------------------------------------------------------- acceptance 2, 4
