@@ -53,99 +53,88 @@ ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 
 def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
-                device: str, max_retries: int, metric: str) -> None:  # noqa: ARG001
-    """Every check before anything is recorded or submitted, down to ``sbatch --test-only``."""
+                **settings: Any) -> None:
+    """Every check before anything is recorded or submitted, down to ``sbatch --test-only``.
+
+    ``settings`` are the tasks' own: ``device``, ``max_retries`` and ``metric`` (of the summary)."""
     slurm.check(options, uri, shared=shared, storage=storage)
-    slurm.test_only(dry_run_script(spec, uri, options, device=device, max_retries=max_retries, storage=storage))
+    slurm.test_only(dry_run_script(spec, uri, options, storage=storage, **settings))
 
 
 def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None,
-                 device: str, max_retries: int, metric: str) -> int:
+                 **settings: Any) -> int:
     """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); the exit code."""
-    store = TrackingStore(plan.uri)
-    if storage:
-        _submit_workers(store, plan, jobs, options, storage, device=device, max_retries=max_retries)
-    else:
-        _submit_points(store, plan, jobs, options, device=device, max_retries=max_retries, metric=metric)
-    return ExitCode.OK
-
-
-def _submit_points(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *,
-                   device: str, max_retries: int, metric: str) -> None:
-    """Array mode: the jobs that no live task holds, as one array."""
-    spec = plan.spec
+    store, spec = TrackingStore(plan.uri), plan.spec
     live = slurm.live_jobs(spec.sweep_id)
+    if storage:
+        _submit_workers(store, plan, jobs, options, storage, live, settings)
+        return ExitCode.OK
     held = held_points(store, plan.parent_run_id, live)
     todo = [job for job in jobs if job.run_key not in held]
     if todo:
-        script = points_script(spec, todo, options, device=device, max_retries=max_retries, metric=metric)
-        what = (f"{len(todo)} point(s); {len(plan.done)} already finished, {len(jobs) - len(todo)} queued or "
-                "running in earlier jobs")
-        _submit(store, plan, script, options, todo, what)
-        return
+        note = f"{len(plan.done)} already finished, {len(jobs) - len(todo)} queued or running in earlier jobs"
+        _submit(store, plan, points_script(spec, todo, options, settings), options, todo, f"{len(todo)} point(s)", note)
+        return ExitCode.OK
     arrays = ", ".join(sorted({j.id.split("_")[0] for j in live}))
     what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) {arrays}" if jobs
             else f"all {len(spec.runs)} points are finished")
     log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
     if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
         store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
-        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=metric, wait=True))
+        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=settings.get("metric"),
+                               wait=True))
+    return ExitCode.OK
 
 
 def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str,
-                    *, device: str, max_retries: int) -> None:
+                    live: Sequence[slurm.LiveJob], settings: dict[str, Any]) -> None:
     """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
     from orchestrator.launch import queue
 
     spec = plan.spec
     sub = queue.submit(plan, jobs, storage)
     waiting = sub.enqueued + sub.queued_before
-    live = slurm.live_jobs(spec.sweep_id)
     k = min(options.array_parallelism or 4, max(waiting, 1))
     what = f"{sub.enqueued} point(s) queued, {sub.queued_before} already queued, {sub.done} finished"
     if not waiting or len(live) >= k:
         log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; {len(live)} worker task(s) live; no task submitted")
         return
-    script = worker_script(spec, plan.uri, options, storage, n_tasks=k - len(live), device=device,
-                           max_retries=max_retries)
-    _submit(store, plan, script, options, (), f"{k - len(live)} worker task(s) ({what})", QUEUE)
+    script = worker_script(spec, plan.uri, options, storage, k - len(live), settings)
+    _submit(store, plan, script, options, (), f"{k - len(live)} worker task(s)", what, QUEUE)
 
 
-def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOptions, *, device: str,
-                  max_retries: int, metric: str) -> str:
+def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOptions, settings: dict[str, Any]) -> str:
     """The job script of an array that runs ``jobs``, ``--runs-per-gpu`` of them per task."""
     per, first = options.runs_per_gpu, jobs[0]
-    header = {"mode": "points", "uri": first.uri, "parent_run_id": first.parent_run_id, "per_task": per,
-              "device": device, "max_retries": max_retries, "metric": metric}
+    header = {"mode": "points", "uri": first.uri, "parent_run_id": first.parent_run_id, "per_task": per, **settings}
     comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task"
     return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(jobs) // per),
                             task_input=[json.dumps(header), *map(encode, jobs)], comment=comment)
 
 
-def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
-                  device: str, max_retries: int) -> str:
+def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, n_tasks: int,
+                  settings: dict[str, Any]) -> str:
     """The job script of ``n_tasks`` array tasks, each an ``orch worker`` on the sweep's queue."""
     header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
-              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries}
+              "per_task": options.runs_per_gpu, **settings}
     comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue"
     opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
     return slurm.job_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks,
                             task_input=[json.dumps(header)], comment=comment)
 
 
-def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, device: str, max_retries: int,
-                   storage: str | None = None) -> str:
+def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None = None,
+                   **settings: Any) -> str:
     """The job script ``orch sweep --launcher slurm`` would submit now (every point; ids unknown)."""
     if storage:
-        return worker_script(spec, uri, options, storage, n_tasks=options.array_parallelism or 4, device=device,
-                             max_retries=max_retries)
+        return worker_script(spec, uri, options, storage, options.array_parallelism or 4, settings)
     jobs = [Job.from_spec(r, uri=uri, experiment_id="<experiment id>", parent_run_id="<parent run id>",
                           sweep_id=spec.sweep_id) for r in spec.runs]
-    return points_script(spec, jobs, options, device=device, max_retries=max_retries, metric=DEFAULT_OBJECTIVE)
+    return points_script(spec, jobs, options, settings)
 
 
 def _submit(store: TrackingStore, plan: Plan, script: str, options: slurm.SlurmOptions, jobs: Sequence[Job],
-            what: str, launcher: str = ARRAY) -> str:
+            what: str, note: str, launcher: str = ARRAY) -> str:
     """Submit ``script``; keep it, and which task holds which points, on the parent; say so. The job id."""
     slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
     try:
@@ -161,7 +150,7 @@ def _submit(store: TrackingStore, plan: Plan, script: str, options: slurm.SlurmO
     before = store.get_run(plan.parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
     store.set_tags(plan.parent_run_id, {Tag.SLURM_JOBS: ",".join([*filter(None, before.split(",")), job_id]),
                                         Tag.LAUNCHER: launcher})
-    log.info(f"sweep {plan.spec.name} [{plan.spec.sweep_id}]: submitted {what} as Slurm job {job_id}\nfollow it "
+    log.info(f"sweep {plan.spec.name} [{plan.spec.sweep_id}]: submitted {what} as Slurm job {job_id}; {note}\nfollow it "
              f"with: squeue -n {slurm.job_name(plan.spec.sweep_id)}  or  orch status --tracking-uri {plan.uri}\n"
              f"task logs: {slurm.log_dir(options)}")
     return job_id
@@ -277,7 +266,7 @@ def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
     return ExitCode.FAILED
 
 
-def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[list[dict], str | None]:
+def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
     """Per point: name, MLflow status, Slurm job (tag), its state in squeue; and what closing did."""
     import shutil
 
@@ -303,6 +292,6 @@ def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[li
                      "job": job, "slurm": states.get(job, ""), "run_id": run.info.run_id if run is not None else "",
                      "reason": tags.get(Tag.FAILURE_REASON, "")})
     closed = None
-    if close and squeue and parent.data.tags.get(Tag.LAUNCHER) == ARRAY and parent.info.status in Status.LIVE:
+    if squeue and parent.data.tags.get(Tag.LAUNCHER) == ARRAY and parent.info.status in Status.LIVE:
         closed = close_if_done(store, parent.info.run_id, by="orch status")
     return rows, closed

@@ -140,7 +140,7 @@ def close(header: dict[str, Any]) -> None:
     me = slurm_tags().get(Tag.SLURM_JOB, "")
     try:
         log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
-                               own_job=me, metric=header["metric"], wait=True))
+                               own_job=me, metric=header.get("metric"), wait=True))
     except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
         log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
 
