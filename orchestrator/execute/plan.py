@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from orchestrator.execute.job import Job
 from orchestrator.store.schema import (Artifact, ExpectedPoint, Kind, Status, Tag, is_finished_result, points_json,
-                                       read_points, tag_filter)
+                                       tag_filter)
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import RunSpec, SweepSpec
@@ -48,7 +48,7 @@ def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterabl
 class Plan:
     """A sweep's parent run and its points, split into done and missing."""
 
-    spec: SweepSpec  # with the seeds earlier --until-separated rounds added (see plan_sweep)
+    spec: SweepSpec
     uri: str
     experiment_id: str
     parent_run_id: str
@@ -81,8 +81,6 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
     first wait for (or refuse, ``SweepBusy``) a sweep of the experiment that beats elsewhere,
     then beat on the parent from the moment it is found or created.
     """
-    from orchestrator.analyze import separation
-
     exp_id = store.ensure_experiment(spec.name)
     if heartbeat is not None:
         heartbeat.claim(exp_id)
@@ -103,11 +101,8 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
     closed = parent is not None and parent.info.status == Status.FINISHED and not (missing or reopen)
     if parent is not None and not closed:
         store.reopen_run(parent_id)
-    points = store.download_json_if_any(parent_id, Artifact.POINTS) if parent is not None else None
-    if points is None:  # a new parent, or one stopped before recording them
+    if parent is None or store.download_json_if_any(parent_id, Artifact.POINTS) is None:  # stopped before this
         store.log_text(parent_id, spec.text, Artifact.GRID)
         store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
-    else:  # the seeds that earlier --until-separated rounds added: in the closing table too
-        spec = separation.restore_added(spec, read_points(points))
     store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
     return Plan(spec, store.uri, exp_id, parent_id, parent is not None, closed, missing, done, rerun)

@@ -154,6 +154,9 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
             log.info(f"sweep {spec.name} [{spec.sweep_id}]: {len(plan.missing) + len(plan.done)} points, "
                      f"{len(plan.done)} already finished, {len(plan.missing)} to run"
                      f"{' (resumed)' if plan.resumed else ''}")
+            if plan.resumed and launcher.runs_here:  # seeds earlier --until-separated rounds added: in the table too
+                points = read_points(store.download_json(plan.parent_run_id, Artifact.POINTS))
+                plan.spec = separation.restore_added(plan.spec, points)
             result = launcher.launch(plan, plan.jobs())
             if not isinstance(result, Outcome):  # handed on: whoever ends the last point closes the sweep
                 follow = getattr(launcher, "follow", None)  # Slurm's --wait
