@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from experiments.config import load
     from orchestrator.store import tracking
-    from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
+    from orchestrator.execute.stop import StopFlag
+    from orchestrator.store.checkpoints import RunCheckpoints
     from orchestrator.execute.runner import run_tracked
 
     for name in ("mlflow", "alembic"):

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.config import load
     from experiments.train import NullTracker, train
     from orchestrator.store import tracking
-    from orchestrator.store.checkpoints import StopFlag
+    from orchestrator.execute.stop import StopFlag
     from orchestrator.execute.runner import run_tracked
 
     cfg = load(None, args.overrides)

@@ -78,9 +78,15 @@ def logging_to_stderr() -> Iterator[None]:
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # Importing mlflow.pytorch calls logging.basicConfig(), which gives a root logger without
+    # handlers one that prints every propagated record again ("INFO:orchestrator…"); a root
+    # that has a handler is left alone.
+    quiet_root = logging.NullHandler()
+    logging.getLogger().addHandler(quiet_root)
     try:
         yield
     finally:
+        logging.getLogger().removeHandler(quiet_root)
         logger.removeHandler(handler)
         logger.setLevel(level)
 

@@ -179,7 +179,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
         return _close_stopped(store, run_id, stop, quiet)
     if stop is not None or state is not None or skipped is not None:
         checkpoints.remove(store, run_id)  # a finished run carries its final model, not the checkpoints it superseded
-    store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING, ""), result.summary))
+    store.set_note(run_id, run_note(cfg, run_tags.get(Tag.SETTING) or run_name or "run", result.summary))
     store.end_run(run_id, Status.FINISHED)
     return ExitCode.OK, run_id, result.summary
 
@@ -266,8 +266,8 @@ def _resume_tags(previous: str | None, state: dict | None) -> dict[str, str]:
 
 
 def run_note(cfg: RunConfig, setting: str, summary: Mapping[str, float]) -> str:
-    """A finished run's one-line description: setting, seed, best epoch, headline metrics."""
-    what = setting.replace(",", ", ") or f"{cfg.model.norm}, batch {cfg.data.batch_size}"
+    """A finished run's one-line description: setting (or run name), seed, best epoch, headline metrics."""
+    what = setting.replace(",", ", ")
     scores = ", ".join(f"{k} **{summary[k]:.4f}**" for k in (names.DEFAULT_OBJECTIVE, f"test_{names.SCORES[0]}")
                        if k in summary)
     return (f"{what}, seed {cfg.seed}: best epoch {int(summary[names.BEST_EPOCH])} of "

@@ -1,13 +1,10 @@
 """Local scheduler: points over slots, in long-lived point processes, with retries and stops.
 
 One scheduler process hands out the points, so no two slots ever claim the same point.
-A slot (:mod:`orchestrator.execute.slots`) is a GPU × runs-per-gpu position pinned through
-``CUDA_VISIBLE_DEVICES``, or one of N CPU workers with the cores divided among them. Each
-slot runs its points one after another in one long-lived process (:mod:`orchestrator.execute.point`),
-which logs straight to MLflow under the sweep's parent run and reports progress as events; a
-process that dies fails only its current point, and the slot starts a fresh one for the next.
-The loop reads like Optuna's: ask the source for a point, run it on a free slot, tell the
-source how it ended.
+Each slot (:mod:`orchestrator.execute.slots`) runs its points one after another in one
+long-lived process, which logs straight to MLflow under the sweep's parent run and reports
+progress as events. The loop reads like Optuna's: ask the source for a point, run it on a
+free slot, tell the source how it ended.
 
 Where the points come from is a :class:`PointSource`: :class:`ListSource` for a local
 sweep, :class:`orchestrator.launch.queue.QueueSource` for the multi-machine queue.

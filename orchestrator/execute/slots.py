@@ -1,18 +1,19 @@
-"""The slots' long-lived point processes: start, hand over jobs, replace, stop.
+"""Slots and their long-lived point processes: plan the slots, start, hand over jobs, replace, stop.
 
-The scheduler (:mod:`orchestrator.execute.scheduler`) decides what runs where; this module alone
-knows that a slot's points run in one ``python -m orchestrator.execute.point`` process that reads
-jobs as JSON lines on stdin and answers with events on stdout (see that module). A slot
-keeps its process from point to point, so imports, the CUDA context and compiled graphs
-are paid once per slot; a process that dies (a crash, a kill, the out-of-memory killer)
-fails only the point it was running, and the slot's next point starts a fresh one. A
-process retires by itself after ``ORCH_POINTS_PER_PROCESS`` points or past its memory
-bound. Children die with the scheduler (``PR_SET_PDEATHSIG``), however it dies.
+A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one of N
+CPU workers with the cores divided among them (:func:`plan_slots`). The scheduler
+(:mod:`orchestrator.execute.scheduler`) decides what runs where; this module alone knows that
+a slot's points run in one ``python -m orchestrator.execute.point`` process that reads jobs as
+JSON lines on stdin (:mod:`orchestrator.execute.job`) and answers with events on stdout (see
+that module). A slot keeps its process from point to point, so imports, the CUDA context and
+compiled graphs are paid once per slot; a process that dies (a crash, a kill, the
+out-of-memory killer) fails only the point it was running, and the slot's next point starts
+a fresh one. A process retires by itself after ``ORCH_POINTS_PER_PROCESS`` points or past
+its memory bound. Children die with the scheduler (``PR_SET_PDEATHSIG``), however it dies.
 
 Each process writes its chatter to one log file; when a point fails, the part of the log
 written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
 """
-
 from __future__ import annotations
 
 import contextlib

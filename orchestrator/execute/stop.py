@@ -45,14 +45,18 @@ tests and the README): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``inter
 (SIGINT)``, each optionally followed by where it stopped. Exit codes: 130 for Ctrl-C
 (SIGINT), 143 for a preemption (SIGTERM and SIGUSR1 alike).
 
-For callers that converted (launch/sweep.py, launch/slurm_task.py, launch/queue.py):
+For the callers still to convert (launch/sweep.py, launch/slurm_task.py, launch/queue.py;
+this section goes once they have):
 
 * ``sweep._Signalled`` and ``_signals_raise()`` → ``with stop.handling():`` around the open
   sweep; ``except KeyboardInterrupt`` → ``except stop.Stopped as err`` (``err.signum``,
-  ``err.exit_code``); the Scheduler no longer raises out of ``run()`` on a stop: its
+  ``err.exit_code``); the Scheduler no longer raises out of ``run()`` on a stop (only a stop
+  raised in its ``on_idle``, a worker's tuning trial, passes through): its
   :class:`~orchestrator.execute.scheduler.Outcome` says ``interrupted`` and ``signal``.
-* ``runner.interrupt_signal``/``stop_exit_code`` → ``err.exit_code`` or
-  :func:`exit_code` (``outcome.signal``).
+* ``runner.interrupt_signal``/``stop_exit_code`` (kept until then) → ``err.exit_code``, or
+  :func:`exit_code` of ``outcome.signal``.
+* ``slots.prewarm``/``started_ahead``/``release_unadopted`` do nothing now (no process is
+  started ahead): drop the calls; ``QueueSource.exhausted`` is no longer called.
 * ``slurm_task`` must not assign ``Scheduler.accept_signal`` (gone): it wraps its ``main`` in
   ``with stop.handling(accept=_accept) as flag, flag.deferred():`` so that a signal that comes
   before its scheduler starts only sets the flag (in place of ``EARLY`` and
