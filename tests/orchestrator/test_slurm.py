@@ -83,6 +83,35 @@ def task_logs(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted((folder / "slurm-logs").glob("*.out")))
 
 
+def reference_sweep(grid: Path, folder: Path, *sets: str) -> subprocess.Popen:
+    """The grid's points (``--set`` narrows them) uninterrupted in ``folder``, here, with one torch
+    thread per point as in a one-core task; to compare a resumed point with."""
+    folder.mkdir()
+    overrides = [arg for value in sets for arg in ("--set", value)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "sweep", str(grid), *overrides, "--workers", str(os.cpu_count() or 1),
+         "--quiet", "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def scancel_at_epoch(cluster: slurm_cluster.Cluster, db: Path, run_key: str, *scancel: str, epoch: int = 2,
+                     timeout: float = 400) -> str | None:
+    """Once the point ``run_key`` runs with a checkpoint of ``epoch`` epochs or more, ``scancel
+    [SCANCEL] JOB`` its task; the run id it stopped, or None if it never got there."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for run_id, status, epochs, job in ro_rows(
+                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
+                    "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r "
+                    "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
+                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, run_key)):
+            if status == Status.RUNNING and int(epochs or 0) >= epoch:
+                cluster.run("scancel", *scancel, job)
+                return run_id
+        time.sleep(0.2)
+    return None
+
+
 # --------------------------------------------------------------------------- acceptance 1
 
 
@@ -127,28 +156,12 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
     bn = next(r for r in spec.runs if r.point["model.norm"] == "bn")
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    # The reference: the bn point uninterrupted, here, with one torch thread as in a one-core task
     ref_dir = tmp_path / "reference"
-    ref_dir.mkdir()
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "sweep", str(grid), "--set", "model.norm=bn", "--workers",
-         str(os.cpu_count() or 1), "--quiet", "--tracking-uri", f"sqlite:///{ref_dir / 'mlflow.db'}"],
-        cwd=ref_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reference = reference_sweep(grid, ref_dir, "model.norm=bn")
 
     sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, cwd=tmp_path)
     assert sub.returncode == 0, sub.stderr
-    deadline = time.time() + 400
-    killed = None
-    while time.time() < deadline and killed is None:
-        for run_id, status, epoch, job in ro_rows(
-                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
-                    "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r JOIN tags t "
-                    "ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
-                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, bn.run_key)):
-            if status == Status.RUNNING and int(epoch or 0) >= 2:
-                cluster.run("scancel", job)
-                killed = run_id
-        time.sleep(0.2)
+    killed = scancel_at_epoch(cluster, db, bn.run_key)
     assert killed, f"the bn point never reached epoch 2: {task_logs(tmp_path)[-3000:]}"
     wait_until_no_jobs(cluster, spec.sweep_id)
 
@@ -292,12 +305,8 @@ def test_time_limit_warning_requeues_the_task_and_a_submission_returns_at_once(c
     (point,) = spec.runs
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    ref_dir = tmp_path / "reference"  # the point uninterrupted, with one torch thread as in a one-core task
-    ref_dir.mkdir()
-    reference = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "sweep", str(grid), "--workers", str(os.cpu_count() or 1), "--quiet",
-         "--tracking-uri", f"sqlite:///{ref_dir / 'mlflow.db'}"],
-        cwd=ref_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref_dir = tmp_path / "reference"
+    reference = reference_sweep(grid, ref_dir)
     # An existing store, as a researcher's usually is: creating a fresh SQLite store's tables
     # alone takes MLflow seconds (12 s on a loaded 2-core machine), which is not what is timed here
     MlflowClient(tracking_uri=uri).search_experiments()
@@ -309,18 +318,7 @@ def test_time_limit_warning_requeues_the_task_and_a_submission_returns_at_once(c
     assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
     assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
     # from here on no orch process runs on the submitting side: only Slurm's task
-    deadline = time.time() + 400
-    warned = None
-    while time.time() < deadline and warned is None:
-        for run_id, status, epoch, job in ro_rows(
-                db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
-                    "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r "
-                    "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
-                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, point.run_key)):
-            if status == Status.RUNNING and int(epoch or 0) >= 2:
-                cluster.run("scancel", "--signal=USR1", "--batch", job)
-                warned = run_id
-        time.sleep(0.2)
+    warned = scancel_at_epoch(cluster, db, point.run_key, "--signal=USR1", "--batch")
     assert warned, f"the point never reached epoch 2: {task_logs(tmp_path)[-3000:]}"
     deadline = time.time() + 600
     pending_since: dict[str, float] = {}
