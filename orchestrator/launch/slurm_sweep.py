@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.errors import ExitCode
+from orchestrator.execute import stop
 from orchestrator.execute.job import Job, encode
 from orchestrator.execute.plan import Plan
 from orchestrator.grid.load import SweepSpec
@@ -249,9 +250,9 @@ def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
     store = TrackingStore(plan.uri)
     try:
         follow(store, plan, metric, since_ms)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (execute.stop): the jobs are Slurm's
         log.info(f"stopped following; the jobs go on (scancel -n {slurm.job_name(plan.spec.sweep_id)} stops them)")
-        return ExitCode.INTERRUPTED
+        return stop.exit_code(stop.signal_of(err))
     if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
         log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
     spec = plan.spec

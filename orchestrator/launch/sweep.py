@@ -94,8 +94,9 @@ class LocalLauncher:
 
 
 class SlurmLauncher:
-    """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted, or
-    with ``wait`` once the jobs ended; the sweep is closed by Slurm's side.
+    """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted; the
+    sweep is closed by Slurm's side (its last task). With ``wait``, :func:`run_sweep` calls
+    :meth:`follow` once it has let go of the sweep lock, which a follower must not keep.
 
     ``slurm_sweep.check_sweep`` makes every check that needs no store (sbatch on PATH, the
     partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
@@ -145,9 +146,8 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
     """
     launcher.setup(spec, store.uri)
     heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait, say=log.info) if launcher.runs_here else None
-    with contextlib.ExitStack() as held:
+    with stop.handling(), contextlib.ExitStack() as held:
         held.enter_context(locks.hold(store.uri, spec.name, wait=wait, say=log.info))
-        held.enter_context(stop.handling())
         plan, outcome = None, Outcome()
         try:
             plan = plan_sweep(store, spec, rerun=rerun, heartbeat=heartbeat, reopen=until is not None)
