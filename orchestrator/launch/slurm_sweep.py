@@ -1,385 +1,298 @@
-"""``orch sweep --launcher slurm``: submit what is missing, follow it, close the sweep once.
+"""The Slurm launcher: submit a sweep's missing points as a job array, follow it, close it once.
 
-Submission finds or creates the sweep's parent run (as a local sweep does), leaves out
-the points that are finished and those that a live task of the sweep already covers
-(queued or running: the ``slurm/<job id>.json`` manifests on the parent say which task
-holds which points), and submits the rest as one array plus its close job. A rerun
-therefore submits only what is missing.
+:class:`orchestrator.launch.sweep.SlurmLauncher` calls :func:`check_sweep` before anything is
+recorded, then :func:`submit_sweep` with the plan's missing points as jobs. Points that a live
+task of the sweep holds are left out (the parent's ``slurm/<job id>.json`` lists each task's
+points), so a rerun submits only what is missing.
 
-Closing: the summary (summary.csv, plots) is written and the parent ended by
-:func:`close_if_done`, which acts only when no job of the sweep is left in Slurm and the
-parent is still RUNNING. The close job runs it after its array (``afterany``), each
-close job also after the close jobs submitted before it, so they never race; ``orch
-status``, a rerun and ``--wait`` run it too, which covers a close job that never ran.
+Closing (:func:`close_if_done`: the summary, the parent's end) is done by each array task as
+it ends, and by ``orch status``, ``--wait`` and a rerun with nothing to submit, one at a time
+under a lock of the sweep. It closes only when no other job of the sweep is live in squeue.
+squeue lags a task's end (RUNNING for a moment after its process is gone, then COMPLETING,
+which a cancelled task also shows while it checkpoints), so a task that finds it is not the
+last records on the parent that it has ended (``Tag.SLURM_ENDED``) before the next closer
+looks. Of tasks that end together, the last to take the lock closes the sweep, once.
+
+Why not the close job of before (``--dependency=afterany``): ``scontrol requeue`` also takes a
+task that has ended, which satisfies ``afterany`` and then runs again, so that job had to wait
+for COMPLETING tasks, hand the closing on to a successor, chain after earlier close jobs and
+be queued again when cancelled. Here a requeued task is live, so it is not the last; should a
+closer still end the sweep under it (an administrator's requeue of a task that had left
+squeue), the task closes it again as it ends, as a task closes even a closed parent. Why not
+submitit: it pickles a function onto the shared disk and owns the signals, where a task here
+is a plain process whose script ``--dry-run`` prints; and the closing would still be ours.
+
+Left to ``orch status``, ``--wait`` or a rerun: a sweep whose last task was killed hard
+(SIGKILL, a dead node) or cancelled before it started. The lock is a file beside a SQLite
+store, and for a tracking server in ``~/.cache/orch`` (:mod:`orchestrator.store.locks`): where
+that is not shared, tasks on two nodes that end within the same second may both close the
+sweep (the same summary, twice).
 """
 
 from __future__ import annotations
 
-import sys
+import json
+import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
-from orchestrator.store import locks
-from orchestrator.launch import slurm
 from orchestrator.errors import ExitCode
+from orchestrator.execute import stop
+from orchestrator.execute.job import Job, encode
+from orchestrator.execute.plan import Plan
 from orchestrator.grid.load import SweepSpec
-from orchestrator.store.schema import Artifact, Kind, Status, Tag, read_points
+from orchestrator.launch import slurm
+from orchestrator.store import locks
+from orchestrator.store.schema import Artifact, Kind, Status, Tag
 from orchestrator.store.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
 
 FOLLOW_POLL_SECONDS = 2.0
 ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 
-@dataclass
-class Submission:
-    job_ids: list[str]  # the sweep jobs submitted now (array, close job)
-    points: int  # points submitted
-    skipped_live: int  # unfinished points already covered by live tasks
-    done: int
+def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
+                **settings: Any) -> None:
+    """Every check before anything is recorded or submitted, down to ``sbatch --test-only``.
+
+    ``settings`` are the tasks' own: ``device``, ``max_retries`` and ``metric`` (of the summary)."""
+    slurm.check(options, uri, shared=shared, storage=storage)
+    slurm.test_only(dry_run_script(spec, uri, options, storage=storage, **settings))
 
 
-def covered_run_keys(store: TrackingStore, parent_run_id: str, live: Sequence[tuple[str, str, str]]) -> set[str]:
-    """Run keys of the points that live array tasks of the sweep hold (from the parent's manifests)."""
-    return set(covered_jobs(store, parent_run_id, live))
-
-
-def submit_sweep(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, *, rerun: bool = False,
-                 device: str = "auto", max_retries: int = 1, metric: str = DEFAULT_OBJECTIVE,
-                 dry_run: bool = False, wait: bool = False,
-                 say: Callable[[str], None] = print) -> tuple[Submission | None, Any]:
-    """Submit the sweep's missing points (array mode); returns (what was submitted, the sweep state).
-
-    The experiment's sweep lock is held while submitting, so two submissions of the sweep
-    never both submit a point: the second is refused (naming the holder) or, with ``wait``,
-    waits and then submits only what the first did not.
-    """
-    from orchestrator.launch.sweep import open_sweep
-
-    with locks.hold(store.uri, spec.name, wait=wait, say=say):
-        exp_id = store.ensure_experiment(spec.name)
-        parent = store.find_sweep_parent(exp_id, spec.sweep_id)
-        finished = set() if rerun else store.finished_run_keys(exp_id)
-        pending = [r for r in spec.runs if r.run_key not in finished]
-        live = slurm.live_jobs(spec.sweep_id)
-        live_arrays = sorted({j[0].split("_")[0] for j in live if j[2] == slurm.job_name(spec.sweep_id)})
-        covered = covered_run_keys(store, parent.info.run_id, live) if parent is not None and live else set()
-        todo = [r for r in pending if r.run_key not in covered]
-        if not todo:
-            if parent is not None and parent.info.status in Status.LIVE and not live:
-                say(close_if_done(store, parent, by="orch sweep (rerun)", metric=metric))
-            elif (parent is not None and parent.info.status in Status.LIVE
-                  and not any(j[2] == slurm.job_name(spec.sweep_id, close=True) for j in live)):
-                # tasks but no close job (it was cancelled): without one the parent would stay open
-                close_id = _submit_close(store, spec, options, parent.info.run_id, live_arrays, metric, say)
-                if close_id:
-                    say(f"sweep {spec.name} [{spec.sweep_id}]: no close job of it was queued; close job {close_id} "
-                        f"closes it after job(s) {', '.join(live_arrays)}")
-            what = (f"all {len(pending)} unfinished point(s) are queued or running in Slurm job(s) "
-                    f"{', '.join(live_arrays)}" if pending else f"all {len(spec.runs)} points are finished")
-            say(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
-            return Submission([], 0, len(pending), len(spec.runs) - len(pending)), None
-        state = open_sweep(store, spec, rerun=rerun)
-        per = options.runs_per_gpu
-        tasks = [todo[i:i + per] for i in range(0, len(todo), per)]
-        header = {"mode": "points", "uri": store.uri, "experiment_id": state.experiment_id,
-                  "parent_run_id": state.parent_run_id, "sweep_id": spec.sweep_id, "per_task": per,
-                  "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options), "resume": not rerun}
-        jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
-                 "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
-                          Tag.SETTING: r.setting}} for r in todo]
-        comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(todo)} point(s), {per} per array task\n"
-                   f"tracking URI {store.uri}; parent run {state.parent_run_id}")
-        script = slurm.task_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=len(tasks), header=header,
-                                   jobs=jobs, comment=comment)
-        slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-        try:
-            array_id = slurm.submit(script)
-        except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
-            store.end_run(state.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
-            raise
-        manifest = slurm.Manifest(array_id, "points", [[r.run_key for r in t] for t in tasks])
-        # after every live job of the sweep: earlier arrays too, in case their close job was cancelled
-        after = [array_id, *sorted({j[0].split("_")[0] for j in live})]
-        close_id = _submit_close(store, spec, options, state.parent_run_id, after, metric, say, record=False)
-        _record(store, state.parent_run_id, array_id, script, manifest, close_id, launcher=ARRAY)
-        return Submission([array_id] + ([close_id] if close_id else []), len(todo), len(pending) - len(todo),
-                          len(spec.runs) - len(pending)), state
-
-
-def _submit_close(store: TrackingStore, spec: SweepSpec, options: slurm.SlurmOptions, parent_run_id: str,
-                  after: Sequence[str], metric: str, say: Callable[[str], None], *, record: bool = True) -> str | None:
-    """Submit the sweep's close job, to run once every job in ``after`` has ended; its id, or None
-    (said) when Slurm refuses it."""
-    header = {"mode": "close", "uri": store.uri, "parent_run_id": parent_run_id, "metric": metric}
-    slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-    try:
-        close_id = slurm.submit(slurm.close_script(
-            options, name=slurm.job_name(spec.sweep_id, close=True), after=after, header=header,
-            comment=f"closes sweep {spec.name} [{spec.sweep_id}] once its tasks ended"))
-    except slurm.SlurmError as err:
-        say(f"warning: {err}; the tasks run, and `orch status` closes the sweep once they have ended")
-        return None
-    if record:
-        before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
-        store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join([i for i in before.split(",") if i] + [close_id])})
-    return close_id
-
-
-def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, device: str, max_retries: int,
-                   storage: str | None = None) -> str:
-    """The job script ``orch sweep --launcher slurm`` would submit now (every point; ids unknown)."""
-    per = options.runs_per_gpu
+def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None,
+                 **settings: Any) -> int:
+    """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); the exit code."""
+    store, spec = TrackingStore(plan.uri), plan.spec
+    live = slurm.live_jobs(spec.sweep_id)
     if storage:
-        return _worker_script(spec, uri, options, storage, n_tasks=options.array_parallelism or 4, device=device,
-                              max_retries=max_retries)
-    header = {"mode": "points", "uri": uri, "experiment_id": "<experiment id>", "parent_run_id": "<parent run id>",
-              "sweep_id": spec.sweep_id, "per_task": per, "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options),
-              "resume": True}
-    jobs = [{"name": r.name, "run_key": r.run_key, "config": _config(r),
-             "tags": {Tag.KIND: Kind.POINT, Tag.SWEEP: spec.sweep_id, Tag.POINT: r.point_label,
-                      Tag.SETTING: r.setting}} for r in spec.runs]
-    n_tasks = -(-len(jobs) // per)
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task "
-               "(finished points are left out at submission)\n"
-               f"tracking URI {uri}; a close job (--dependency=afterany:<this job>) writes the summary")
-    return slurm.task_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks, header=header, jobs=jobs,
-                             comment=comment)
+        _submit_workers(store, plan, jobs, options, storage, live, settings)
+        return ExitCode.OK
+    held = held_points(store, plan.parent_run_id, live)
+    todo = [job for job in jobs if job.run_key not in held]
+    if todo:
+        note = f"{len(plan.done)} already finished, {len(jobs) - len(todo)} queued or running in earlier jobs"
+        _submit(store, plan, points_script(spec, todo, options, settings), options, todo, f"{len(todo)} point(s)", note)
+        return ExitCode.OK
+    arrays = ", ".join(sorted({j.id.split("_")[0] for j in live}))
+    what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) {arrays}" if jobs
+            else f"all {len(spec.runs)} points are finished")
+    log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
+    if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
+        store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
+        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=settings.get("metric"),
+                               wait=True))
+    return ExitCode.OK
 
 
-def _worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, *, n_tasks: int,
-                   device: str, max_retries: int) -> str:
-    header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
-              "per_task": options.runs_per_gpu, "device": device, "max_retries": max_retries,
-                  "warn_seconds": slurm.warn_seconds(options)}
-    comment = (f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue "
-               f"{storage.split('@')[-1]}")
-    opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
-    return slurm.task_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks, header=header, jobs=(),
-                             comment=comment)
-
-
-def submit_workers(spec: SweepSpec, store: TrackingStore, options: slurm.SlurmOptions, storage: str, *,
-                   rerun: bool = False, device: str = "auto", max_retries: int = 1,
-                   say: Callable[[str], None] = print) -> Submission:
-    """Queue mode: queue the missing points on PostgreSQL, then K worker tasks (unless enough are live)."""
+def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str,
+                    live: Sequence[slurm.LiveJob], settings: dict[str, Any]) -> None:
+    """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
     from orchestrator.launch import queue
 
-    sub = queue.submit(spec, store, storage, rerun=rerun)
+    spec = plan.spec
+    sub = queue.submit(plan, jobs, storage)
     waiting = sub.enqueued + sub.queued_before
-    live = [j for j in slurm.live_jobs(spec.sweep_id) if j[2] == slurm.job_name(spec.sweep_id)]
     k = min(options.array_parallelism or 4, max(waiting, 1))
+    what = f"{sub.enqueued} point(s) queued, {sub.queued_before} already queued, {sub.done} finished"
     if not waiting or len(live) >= k:
-        say(f"sweep {spec.name} [{spec.sweep_id}]: {sub.enqueued} point(s) queued, {sub.queued_before} already "
-            f"queued, {sub.done} finished; {len(live)} worker task(s) live; no task submitted")
-        return Submission([], sub.enqueued, sub.queued_before, sub.done)
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; {len(live)} worker task(s) live; no task submitted")
+        return
+    script = worker_script(spec, plan.uri, options, storage, k - len(live), settings)
+    _submit(store, plan, script, options, (), f"{k - len(live)} worker task(s)", what, QUEUE)
+
+
+def points_script(spec: SweepSpec, jobs: Sequence[Job], options: slurm.SlurmOptions, settings: dict[str, Any]) -> str:
+    """The job script of an array that runs ``jobs``, ``--runs-per-gpu`` of them per task."""
+    per, first = options.runs_per_gpu, jobs[0]
+    header = {"mode": "points", "uri": first.uri, "parent_run_id": first.parent_run_id, "per_task": per, **settings}
+    comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {len(jobs)} point(s), {per} per array task"
+    return slurm.job_script(options, name=slurm.job_name(spec.sweep_id), n_tasks=-(-len(jobs) // per),
+                            task_input=[json.dumps(header), *map(encode, jobs)], comment=comment)
+
+
+def worker_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, storage: str, n_tasks: int,
+                  settings: dict[str, Any]) -> str:
+    """The job script of ``n_tasks`` array tasks, each an ``orch worker`` on the sweep's queue."""
+    header = {"mode": "worker", "uri": uri, "storage": storage, "sweep_id": spec.sweep_id,
+              "per_task": options.runs_per_gpu, **settings}
+    comment = f"orch sweep {spec.name} [{spec.sweep_id}]: {n_tasks} orch worker task(s) on the queue"
+    opts = slurm.SlurmOptions(**{**options.__dict__, "array_parallelism": None})
+    return slurm.job_script(opts, name=slurm.job_name(spec.sweep_id), n_tasks=n_tasks,
+                            task_input=[json.dumps(header)], comment=comment)
+
+
+def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None = None,
+                   **settings: Any) -> str:
+    """The job script ``orch sweep --launcher slurm`` would submit now (every point; ids unknown)."""
+    if storage:
+        return worker_script(spec, uri, options, storage, options.array_parallelism or 4, settings)
+    jobs = [Job.from_spec(r, uri=uri, experiment_id="<experiment id>", parent_run_id="<parent run id>",
+                          sweep_id=spec.sweep_id) for r in spec.runs]
+    return points_script(spec, jobs, options, settings)
+
+
+def _submit(store: TrackingStore, plan: Plan, script: str, options: slurm.SlurmOptions, jobs: Sequence[Job],
+            what: str, note: str, launcher: str = ARRAY) -> str:
+    """Submit ``script``; keep it, and which task holds which points, on the parent; say so. The job id."""
     slurm.log_dir(options).mkdir(parents=True, exist_ok=True)
-    script = _worker_script(spec, store.uri, options, storage, n_tasks=k - len(live), device=device,
-                            max_retries=max_retries)
-    job_id = slurm.submit(script)
-    parent = store.find_sweep_parent(store.ensure_experiment(spec.name), spec.sweep_id)
-    _record(store, parent.info.run_id, job_id, script, slurm.Manifest(job_id, "worker"), None, launcher=QUEUE)
-    return Submission([job_id], sub.enqueued, sub.queued_before, sub.done)
+    try:
+        job_id = slurm.submit(script)
+    except slurm.SlurmError as err:  # checked with --test-only, so rare: the parent must not stay RUNNING
+        store.end_run(plan.parent_run_id, Status.FAILED, f"submission refused by Slurm: {err}")
+        raise
+    per = options.runs_per_gpu
+    tasks = [[job.run_key for job in jobs[i:i + per]] for i in range(0, len(jobs), per)]
+    store.log_text(plan.parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
+    store.log_text(plan.parent_run_id, json.dumps({"job_id": job_id, "tasks": tasks}),
+                   f"{Artifact.SLURM_DIR}/{job_id}.json")
+    before = store.get_run(plan.parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
+    store.set_tags(plan.parent_run_id, {Tag.SLURM_JOBS: ",".join([*filter(None, before.split(",")), job_id]),
+                                        Tag.LAUNCHER: launcher})
+    log.info(f"sweep {plan.spec.name} [{plan.spec.sweep_id}]: submitted {what} as Slurm job {job_id}; {note}\nfollow it "
+             f"with: squeue -n {slurm.job_name(plan.spec.sweep_id)}  or  orch status --tracking-uri {plan.uri}\n"
+             f"task logs: {slurm.log_dir(options)}")
+    return job_id
 
 
-def _config(r) -> dict:
-    from experiments.config import to_dict
-
-    return to_dict(r.config)
-
-
-def _record(store: TrackingStore, parent_run_id: str, job_id: str, script: str, manifest: slurm.Manifest,
-            close_id: str | None, *, launcher: str) -> None:
-    """The job script and its manifest on the parent run; the job ids as a tag."""
-    store.log_text(parent_run_id, script, f"{Artifact.SLURM_DIR}/{job_id}.sh")
-    store.log_text(parent_run_id, manifest.to_json(), f"{Artifact.SLURM_DIR}/{job_id}.json")
-    before = store.get_run(parent_run_id).data.tags.get(Tag.SLURM_JOBS, "")
-    ids = [i for i in before.split(",") if i] + [job_id] + ([close_id] if close_id else [])
-    store.set_tags(parent_run_id, {Tag.SLURM_JOBS: ",".join(ids), Tag.LAUNCHER: launcher})
+def held_points(store: TrackingStore, parent_run_id: str, live: Sequence[slurm.LiveJob]) -> dict[str, str]:
+    """run key -> the live array task (``12_3``) that holds it, from the parent's manifests."""
+    held: dict[str, str] = {}
+    manifests: dict[str, Any] = {}
+    for job in live:
+        array, _, index = job.id.partition("_")
+        if array not in manifests:
+            manifests[array] = store.download_json_if_any(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json")
+        tasks = (manifests[array] or {}).get("tasks", [])
+        if index.isdigit() and int(index) < len(tasks):
+            held.update(dict.fromkeys(tasks[int(index)], job.id))
+    return held
 
 
 # --------------------------------------------------------------------------- closing
 
 
-def close_if_done(store: TrackingStore, parent, *, by: str, own_job: str = "", metric: str | None = None) -> str:
-    """Write the summary and end the parent, if no job of the sweep is left and it is still open.
+def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "",
+                  metric: str | None = None, wait: bool = False) -> str:
+    """Write the summary and end the parent if no other job of the sweep is live; what it did.
 
-    ``own_job`` (the caller's Slurm job) does not count as left. A task that is COMPLETING
-    does: it may be requeueing itself (see :func:`orchestrator.launch.slurm_task.close`).
-    Runs left RUNNING by tasks that are gone are closed FAILED first. Only a sweep
-    submitted as Slurm arrays is touched: a local sweep closes itself, and a queued one is
-    closed by the worker that ends its last point. Returns what it did.
+    ``own_job`` is the calling task (``12_3``): it does not count, and it closes the parent
+    even when another closer has ended it (see the module's docstring). ``wait``: wait for
+    a closer that holds the sweep's closing lock, else leave the closing to it.
     """
-    from orchestrator.analyze import compare
-    from orchestrator.analyze.report import sweep_records
-    from orchestrator.analyze.sweep_summary import write_summary
+    sweep_id = store.get_run(parent_run_id).data.tags[Tag.SWEEP]
+    try:
+        with locks.hold(store.uri, f"slurm-close-{sweep_id}", wait=wait, say=log.info,
+                        refusal=lambda who: f"sweep [{sweep_id}] not closed now: {who} is closing it"):
+            return _close(store, parent_run_id, by=by, own_job=own_job, metric=metric)
+    except locks.SweepBusy as err:
+        return str(err)
 
+
+def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, metric: str | None) -> str:
+    from orchestrator.launch.sweep import close_sweep
+
+    parent = store.get_run(parent_run_id)  # fresh: another closer may have ended it
     sweep_id = parent.data.tags[Tag.SWEEP]
-    parent = store.get_run(parent.info.run_id)  # fresh: another process may have closed it
     if parent.data.tags.get(Tag.LAUNCHER) != ARRAY:  # a local sweep, or the queue's: closed by their own rules
         return f"sweep [{sweep_id}] is not a Slurm array sweep; left as it is"
-    if parent.info.status not in Status.LIVE:
+    if parent.info.status not in Status.LIVE and not own_job:
         return f"sweep [{sweep_id}] already closed ({parent.info.status})"
-    live = [j for j in slurm.live_jobs(sweep_id) if j[0] != own_job]
-    if live:
-        if own_job or any(j[2] == slurm.job_name(sweep_id, close=True) for j in live):
-            return f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running; its close job closes it"
-        return (f"sweep [{sweep_id}]: {len(live)} Slurm job(s) of it still queued or running, and no close job (was it "
-                "cancelled?): rerun the sweep to queue one, or run `orch status` again once they have ended")
-    exp_id = parent.info.experiment_id
-    for run in store.sweep_children(exp_id, sweep_id):
+    live = slurm.live_jobs(sweep_id)
+    ended = set(parent.data.tags.get(Tag.SLURM_ENDED, "").split(","))
+    others = [j for j in live if j.id != own_job and not (j.id in ended and j.state in ("RUNNING", "COMPLETING"))]
+    if others:
+        if own_job:  # for the next closer: this task has ended, whatever squeue shows for a moment
+            ended = {j.id for j in live if j.id in ended} | {own_job}
+            store.set_tags(parent_run_id, {Tag.SLURM_ENDED: ",".join(sorted(ended))})
+        return f"sweep [{sweep_id}]: {len(others)} Slurm job(s) of it still queued or running; the last to end closes it"
+    for run in store.sweep_children(parent.info.experiment_id, sweep_id):
         if run.info.status in Status.LIVE:
             job = run.data.tags.get(Tag.SLURM_JOB, "?")
             store.end_run(run.info.run_id, Status.FAILED, f"its Slurm task {job} ended without closing the run")
-    points = read_points(store.download_json(parent.info.run_id, Artifact.POINTS))
-    records = sweep_records(store, exp_id, sweep_id, [p.run_key for p in points])
-    axes = [k for k in (points[0].point if points else {}) if k != "seed"]
-    write_summary(store, parent.info.run_id, records, points, axes, metric or DEFAULT_OBJECTIVE)
-    finished = {r.tags.get(Tag.RUN_KEY) for r in compare.select_finished(records)}
-    missing = [p.name for p in points if p.run_key not in finished]
-    store.set_tags(parent.info.run_id, {Tag.SUMMARIZED_BY: by})
+    store.set_tags(parent_run_id, {Tag.SUMMARIZED_BY: by})
+    missing = close_sweep(store, parent_run_id, metric=metric or DEFAULT_OBJECTIVE)
     if missing:
-        store.end_run(parent.info.run_id, Status.FAILED,
-                      f"{len(missing)} point(s) not finished ({', '.join(missing[:10])}); rerun the sweep to run them")
         return f"sweep [{sweep_id}] closed FAILED: {len(missing)} point(s) not finished; rerun the sweep to run them"
-    store.end_run(parent.info.run_id, Status.FINISHED)
-    return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent.info.run_id}"
+    return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
 
 
-# --------------------------------------------------------------------------- following (--wait)
+# --------------------------------------------------------------------------- following (--wait), orch status
 
 
-@dataclass(frozen=True)
-class _JobSlot:
-    label: str
-    index: int = 0
-    gpu: str | None = None
-
-
-def follow(store: TrackingStore, spec: SweepSpec, experiment_id: str, parent_run_id: str, total: int, display,
-           since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
-    """Show the sweep's points starting and ending until no job of the sweep is left in Slurm."""
-    from orchestrator.execute.scheduler import Job, Task
-
-    display.start(total, [_JobSlot("slurm")])
+def follow(store: TrackingStore, plan: Plan, metric: str, since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
+    """Say each of the sweep's points as it starts and ends, until no job of the sweep is left in Slurm."""
     seen: dict[str, str] = {}
-    tasks: dict[str, Task] = {}
-    try:
-        while True:
-            live = slurm.live_jobs(spec.sweep_id)
-            for run in sorted(store.sweep_children(experiment_id, spec.sweep_id), key=lambda r: r.info.start_time):
-                rid, status = run.info.run_id, run.info.status
-                if run.info.start_time < since_ms or seen.get(rid) == status:
-                    continue
-                task = tasks.get(rid)
-                if task is None:
-                    task = tasks[rid] = Task(Job(run.info.run_name or rid, {}, store.uri, experiment_id, parent_run_id,
-                                                 {}), started=run.info.start_time / 1000,
-                                             slot=_JobSlot(f"job {run.data.tags.get(Tag.SLURM_JOB, '?')}"))
-                    display.started(task)
-                if status == Status.FINISHED:
-                    task.summary = dict(run.data.metrics)
-                    display.finished(task)
-                elif status in (Status.FAILED, Status.KILLED):
-                    display.failed(task, run.data.tags.get(Tag.FAILURE_REASON, status))
-                seen[rid] = status
-            if not live:
-                return
-            display.tick()
-            time.sleep(poll)
-    finally:
-        display.stop()
+    while True:
+        live = slurm.live_jobs(plan.spec.sweep_id)
+        runs = store.sweep_children(plan.experiment_id, plan.spec.sweep_id)
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            status, tags = run.info.status, run.data.tags
+            if run.info.start_time < since_ms or seen.get(run.info.run_id) == status:
+                continue
+            seen[run.info.run_id] = status
+            value = run.data.metrics.get(metric)
+            what = f"{metric} {value:.4f}" if value is not None else tags.get(Tag.FAILURE_REASON, "")
+            log.info(f"  {status.lower():9} {run.info.run_name} (Slurm job {tags.get(Tag.SLURM_JOB, '?')}) {what}")
+        if not live:
+            return
+        time.sleep(poll)
 
 
-def wait_and_close(store: TrackingStore, spec: SweepSpec, state, sub: Submission, *, quiet: bool, metric: str,
-                   since_ms: int, say: Callable[[str], None]) -> int:
-    """``--wait``: follow the jobs, close the sweep if its close job did not, print the table; exit code."""
-    from orchestrator.analyze import compare
-    from orchestrator.execute.display import make_display
-    from orchestrator.analyze.report import sweep_records
+def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
+    """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
+    task did, print the table; the exit code."""
+    from orchestrator.analyze import compare, sweep_summary
     from orchestrator.execute.plan import expected_points
 
-    exp_id = state.experiment_id if state else store.ensure_experiment(spec.name)
-    parent = store.find_sweep_parent(exp_id, spec.sweep_id)
+    store = TrackingStore(plan.uri)
     try:
-        follow(store, spec, exp_id, parent.info.run_id, sub.points + sub.skipped_live, make_display(quiet), since_ms)
-    except KeyboardInterrupt:
-        say(f"stopped following; the jobs go on (scancel {' '.join(sub.job_ids) or 'JOBID'} stops them)")
-        return ExitCode.INTERRUPTED
-    if store.get_run(parent.info.run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
-        say(close_if_done(store, parent, by="orch sweep --wait", metric=metric))
-    records = sweep_records(store, exp_id, spec.sweep_id, [r.run_key for r in spec.runs])
-    try:
-        print(compare.render(compare.compare(records, expected_points(spec), metric), "table"))
-    except compare.CompareError:
-        pass
-    status = store.run_status(parent.info.run_id)
+        follow(store, plan, metric, since_ms)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (execute.stop): the jobs are Slurm's
+        log.info(f"stopped following; the jobs go on (scancel -n {slurm.job_name(plan.spec.sweep_id)} stops them)")
+        return stop.exit_code(stop.signal_of(err))
+    if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
+        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
+    spec = plan.spec
+    records = sweep_summary.sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    result = sweep_summary.compare_sweep(records, expected_points(spec), metric)
+    if result is not None:
+        print(compare.render(result, "table"), flush=True)
+    status = store.run_status(plan.parent_run_id)
     if status == Status.FINISHED:
         return ExitCode.OK
-    say(f"sweep {spec.name} ended {status}: {store.failure_reason(parent.info.run_id) or ''}")
+    log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(plan.parent_run_id) or ''}")
     return ExitCode.FAILED
 
 
-# --------------------------------------------------------------------------- orch status
-
-
-def status_rows(store: TrackingStore, parent, *, close: bool = True) -> tuple[list[dict], str | None]:
+def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
     """Per point: name, MLflow status, Slurm job (tag), its state in squeue; and what closing did."""
-    sweep_id = parent.data.tags[Tag.SWEEP]
-    exp_id = parent.info.experiment_id
+    import shutil
+
     from orchestrator.analyze.report import sweep_points
 
+    sweep_id = parent.data.tags[Tag.SWEEP]
     points = sweep_points(store, parent)  # none recorded: one message, exit 2
-    latest: dict[str, Any] = {}
-    for run in sorted(store.search([exp_id], f"tags.`{Tag.SWEEP}` = '{sweep_id}'"), key=lambda r: r.info.start_time):
+    latest: dict[str, Any] = {}  # run key -> its finished run, else its newest
+    for run in sorted(store.sweep_children(parent.info.experiment_id, sweep_id), key=lambda r: r.info.start_time):
         key = run.data.tags.get(Tag.RUN_KEY)
-        if key and run.data.tags.get(Tag.KIND) == Kind.POINT:
-            if latest.get(key) is None or latest[key].info.status != Status.FINISHED:
-                latest[key] = run
-    live = slurm.live_jobs(sweep_id) if _has_squeue() else []
-    covered = covered_jobs(store, parent.info.run_id, live)
-    states = slurm.job_states([r.data.tags[Tag.SLURM_JOB] for r in latest.values() if Tag.SLURM_JOB in r.data.tags])
+        if key and run.data.tags.get(Tag.KIND) == Kind.POINT and (
+                key not in latest or latest[key].info.status != Status.FINISHED):
+            latest[key] = run
+    squeue = shutil.which("squeue") is not None
+    live = slurm.live_jobs(sweep_id) if squeue else []
+    held, states = held_points(store, parent.info.run_id, live), {j.id: j.state for j in live}
     rows = []
     for p in points:
         run = latest.get(p.run_key)
-        job = run.data.tags.get(Tag.SLURM_JOB, "") if run is not None else covered.get(p.run_key, "")
+        tags = run.data.tags if run is not None else {}
+        job = tags.get(Tag.SLURM_JOB) or held.get(p.run_key, "")
         rows.append({"name": p.name, "status": run.info.status if run is not None else ("queued" if job else "missing"),
-                     "job": job, "slurm": states.get(job) or next((s for j, s, _ in live if j == job), ""),
-                     "run_id": run.info.run_id if run is not None else "",
-                     "reason": run.data.tags.get(Tag.FAILURE_REASON, "") if run is not None else ""})
+                     "job": job, "slurm": states.get(job, ""), "run_id": run.info.run_id if run is not None else "",
+                     "reason": tags.get(Tag.FAILURE_REASON, "")})
     closed = None
-    array = parent.data.tags.get(Tag.LAUNCHER) == ARRAY
-    if close and array and _has_squeue() and parent.info.status in Status.LIVE:
-        closed = close_if_done(store, parent, by="orch status")
+    if squeue and parent.data.tags.get(Tag.LAUNCHER) == ARRAY and parent.info.status in Status.LIVE:
+        closed = close_if_done(store, parent.info.run_id, by="orch status")
     return rows, closed
-
-
-def covered_jobs(store: TrackingStore, parent_run_id: str, live: Sequence[tuple[str, str, str]]) -> dict[str, str]:
-    """run key -> the live array task (``12_3``) that holds it."""
-    out: dict[str, str] = {}
-    for job, _, _ in live:
-        array, _, index = job.partition("_")
-        if not index.isdigit():
-            continue
-        try:
-            data = store.download_json(parent_run_id, f"{Artifact.SLURM_DIR}/{array}.json")
-            manifest = slurm.Manifest.from_json(data)
-        except Exception:  # noqa: BLE001 - another sweep's job, or no manifest
-            continue
-        if int(index) < len(manifest.tasks):
-            for key in manifest.tasks[int(index)]:
-                out[key] = job
-    return out
-
-
-def _has_squeue() -> bool:
-    import shutil
-
-    return shutil.which("squeue") is not None
-
-
-def say_to_stderr(quiet: bool) -> Callable[[str], None]:
-    return (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

@@ -20,10 +20,12 @@ RUNNING and runs exactly the points that did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
+import time
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
@@ -94,8 +96,9 @@ class LocalLauncher:
 
 
 class SlurmLauncher:
-    """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted, or
-    with ``wait`` once the jobs ended; the sweep is closed by Slurm's side.
+    """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted; the
+    sweep is closed by Slurm's side (its last task). With ``wait``, :func:`run_sweep` calls
+    :meth:`follow` once it has let go of the sweep lock, which a follower must not keep.
 
     ``slurm_sweep.check_sweep`` makes every check that needs no store (sbatch on PATH, the
     partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
@@ -120,8 +123,14 @@ class SlurmLauncher:
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
         from orchestrator.launch import slurm_sweep
 
-        return slurm_sweep.submit_sweep(plan, jobs, self.options, storage=self.storage, wait=self.wait,
-                                        **self.settings)
+        self.since_ms = int(time.time() * 1000)
+        return slurm_sweep.submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
+
+    def follow(self, plan: Plan) -> int:
+        """With ``wait``, once the sweep lock is let go: follow the jobs until they end; the exit code."""
+        from orchestrator.launch import slurm_sweep
+
+        return slurm_sweep.wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
 
     def close(self) -> None:
         pass
@@ -139,7 +148,8 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
     """
     launcher.setup(spec, store.uri)
     heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait, say=log.info) if launcher.runs_here else None
-    with locks.hold(store.uri, spec.name, wait=wait, say=log.info), stop.handling():
+    with stop.handling(), contextlib.ExitStack() as held:
+        held.enter_context(locks.hold(store.uri, spec.name, wait=wait, say=log.info))
         plan, outcome = None, Outcome()
         try:
             plan = plan_sweep(store, spec, rerun=rerun, heartbeat=heartbeat, reopen=until is not None)
@@ -151,7 +161,11 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
                 plan.spec = rounds.restore_added(plan.spec, points)
             result = launcher.launch(plan, plan.jobs())
             if not isinstance(result, Outcome):  # handed on: whoever ends the last point closes the sweep
-                return result
+                follow = getattr(launcher, "follow", None)  # Slurm's --wait
+                if follow is None or not wait or result != ExitCode.OK:
+                    return result
+                held.close()  # the lock guarded the planning and the hand-on; following holds nothing
+                return follow(plan)
             outcome, verdict = _rounds(store, plan, launcher, result, until)
             if outcome.store_failure:
                 return _store_failed(plan, outcome, outcome.store_failure)

@@ -67,6 +67,7 @@ class Tag:
     SLURM_ARRAY_TASK_ID = "orch.slurm_array_task_id"
     SLURM_RESTARTS = "orch.slurm_restarts"  # SLURM_RESTART_COUNT: times the task was requeued
     SLURM_JOBS = "orch.slurm_jobs"  # a sweep parent's submitted job ids, "12,15"
+    SLURM_ENDED = "orch.slurm_ended"  # a sweep parent: its array tasks that ended and may still show RUNNING
     LAUNCHER = "orch.launcher"  # a sweep parent submitted to Slurm: "slurm" (array) or "slurm-queue"
     SUMMARIZED_BY = "orch.summarized_by"  # a sweep parent: which process wrote its summary and closed it
     HEARTBEAT = "orch.heartbeat"  # a sweep parent on a server: '{"host", "pid", "time"}' of the sweep running it
