@@ -245,6 +245,7 @@ def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
     """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
     task did, print the table; the exit code."""
     from orchestrator.analyze import compare, sweep_summary
+    from orchestrator.analyze.report import sweep_records
     from orchestrator.execute.plan import expected_points
 
     store = TrackingStore(plan.uri)
@@ -256,7 +257,7 @@ def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
     if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
         log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
     spec = plan.spec
-    records = sweep_summary.sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
     result = sweep_summary.compare_sweep(records, expected_points(spec), metric)
     if result is not None:
         print(compare.render(result, "table"), flush=True)
