@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.group import (BadInput, cli, device_option, handle_errors, max_points_option, open_store, set_option,
-                               slot_options, tracking_uri_option)
+from orchestrator.cli.group import (BadInput, cli, device_option, handle_errors, max_points_option, open_store,
+                                    set_option, slot_options, tracking_uri_option)
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
