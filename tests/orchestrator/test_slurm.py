@@ -324,11 +324,9 @@ def test_time_limit_requeue_and_a_submission_that_returns_at_once(cluster, tmp_p
     # One minute (Slurm's smallest limit), warned 30 s before (the task ignores Slurm's early
     # warnings and keeps the time itself), so each start trains for well under 30 s: the point
     # needs several starts.
-    t0 = time.time()
     sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--time", "1", cwd=tmp_path)
-    seconds = time.time() - t0
     assert sub.returncode == 0, sub.stderr
-    assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
+    assert sweep_jobs(cluster, spec.sweep_id), "the submission waited for its jobs"  # it returns in 3-11 s, by load
     assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
     # from here on no orch process runs on the submitting side: only Slurm's tasks and close job
     deadline = time.time() + 840
