@@ -28,7 +28,7 @@ test: lint-imports
 
 # The unit tier and the quick integration tests: a minute or so (markers in setup.cfg).
 test-fast: lint-imports
-	$(BIN)/python -m pytest -m "unit or (integration and not slow)" -q --durations=10
+	$(BIN)/python -m pytest -m "(unit or integration) and not slow" -q --durations=10
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlruns .pytest_cache

@@ -202,9 +202,10 @@ def pytest_collection_modifyitems(config, items):
 # only: no subprocess, no tracking store), ``integration`` (a real SQLite store or real
 # subprocesses) or ``system`` (PostgreSQL, Slurm, Chromium, docker, sweeps killed and resumed).
 # A test that marks itself keeps its mark; one that uses a fixture of SYSTEM_FIXTURES is
-# ``system``; any other gets its module's tier from MODULE_TIERS. Integration modules in
-# SLOW_MODULES are also ``slow``: ``make test-fast`` ("unit or (integration and not slow)")
-# leaves them to ``make test``. A module missing from the table counts as slow integration.
+# ``system``; any other gets its module's tier from MODULE_TIERS. The tests of integration modules
+# in SLOW_MODULES are also ``slow``: ``make test-fast`` ("(unit or integration) and not slow")
+# leaves them, and every test marked slow, to ``make test``. A module missing from the table
+# counts as slow integration.
 TIERS = ("unit", "integration", "system")
 SYSTEM_FIXTURES = {"postgres_url", "mlflow_server", "cluster", "browser"}
 MODULE_TIERS = {

@@ -456,6 +456,7 @@ def test_cifar10_missing_says_how_to_fix(tmp_path):
 SUBSET = "0[01]??.jpg"  # the first 200 images of each class in each split: 4,000 of the tree's 60,000 files
 
 
+@pytest.mark.integration  # tar extracts the shipped tree
 def test_cifar10_jpeg_tree(tmp_path, capsys, monkeypatch):
     """The shipped CIFAR-10 JPEG tree as an imagefolder, on 200 images per class and split
     (small, so that a busy disk cannot make it slow: all 60,000 files took 2-5 s to write on a

@@ -193,6 +193,7 @@ def test_deep_nesting_and_giant_integers_are_refused_in_one_line(tmp_path):
 # ---------------------------------------------------------------- real processes
 
 
+@pytest.mark.integration  # a real `orch` process
 def test_orch_sweep_dry_run_on_a_bomb_exits_2_at_once(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb() + "name: b\ngrid:\n  model.norm: *a9\n")
@@ -204,6 +205,7 @@ def test_orch_sweep_dry_run_on_a_bomb_exits_2_at_once(tmp_path):
     assert "expand it to more than 100,000 values" in proc.stderr
 
 
+@pytest.mark.integration  # a real process, signalled
 def test_ctrl_c_interrupts_validation_at_once(tmp_path):
     """SIGINT during load_grid of a grid just under the limit raises KeyboardInterrupt: one that
     load_grid swallowed would leave the loop running past the wait's timeout."""

@@ -466,6 +466,7 @@ def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
 # ---------------------------------------------------------------- imports
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_grid_loading_imports_neither_torch_nor_mlflow():
     code = textwrap.dedent(f"""
         import sys
