@@ -1,9 +1,9 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The set-up commands of the README: `make demo`, `make test` (CI's) and `make test-fast`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test test-fast lint-imports install clean
 
 $(BIN)/orch: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ demo: install
 	$(BIN)/orch compare --metric val_f1_macro
 	$(BIN)/orch compare --metric val_f1_macro --baseline model.norm=bn_torch
 
-test: install
+# The layers of orchestrator/ (contracts in setup.cfg): imports only go down, no circles.
+lint-imports: install
+	$(BIN)/lint-imports --no-cache
+
+# Everything: the unit, integration and system tiers (PostgreSQL, Slurm, Chromium; see .ci/run).
+test: lint-imports
 	$(BIN)/python -m pytest
+
+# The unit tier and the quick integration tests: a minute or so (markers in setup.cfg).
+test-fast: lint-imports
+	$(BIN)/python -m pytest -m "(unit or integration) and not slow" -q --durations=10
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts mlruns .pytest_cache

@@ -196,6 +196,58 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: file order otherwise
 
 
+# --------------------------------------------------------------------------- test tiers
+
+# Every test is in one tier (the markers are described in setup.cfg): ``unit`` (in this process
+# only: no subprocess, no tracking store), ``integration`` (a real SQLite store or real
+# subprocesses) or ``system`` (PostgreSQL, Slurm, Chromium, docker, sweeps killed and resumed).
+# A test that marks itself keeps its mark; one that uses a fixture of SYSTEM_FIXTURES is
+# ``system``, one that uses :func:`store` ``integration``; any other gets its module's tier from
+# MODULE_TIERS. The tests of the modules in SLOW_MODULES are also ``slow``: ``make test-fast``
+# ("(unit or integration) and not slow") leaves them, and every test marked slow, to ``make test``.
+# A module missing from the table counts as slow integration.
+TIERS = ("unit", "integration", "system")
+SYSTEM_FIXTURES = {"postgres_url", "mlflow_server", "cluster", "browser"}
+MODULE_TIERS = {
+    # unit: what functions and commands' argument checks do, in this process
+    "test_bounded_input": "unit", "test_cli": "unit", "test_compare": "unit", "test_config": "unit",
+    "test_data": "unit", "test_grid": "unit", "test_house": "unit", "test_names": "unit", "test_norms": "unit",
+    "test_report": "unit", "test_resnet": "unit", "test_resume": "unit", "test_separation": "unit",
+    "test_study_choices": "unit", "test_train": "unit", "test_yaml_source": "unit",
+    # integration: commands on a real SQLite store, real point processes
+    "test_checkpoints": "integration", "test_closed_output": "integration", "test_docs": "integration",
+    "test_faults": "integration", "test_figure_child": "integration", "test_run": "integration",
+    "test_scheduler": "integration", "test_storage": "integration", "test_sweep": "integration",
+    "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
+    "test_ui": "integration",
+    # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
+    "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
+    "test_slurm": "system",
+}
+# each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
+# runs, a fresh SQLite store per test (MLflow's migrations take seconds), the docs site's build
+SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_figure_child",
+                "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_train", "test_tune", "test_ui"}
+
+
+def pytest_itemcollected(item):
+    """Give the test its tier (see above), and ``slow`` when its module is in SLOW_MODULES."""
+    module = item.module.__name__ if item.module is not None else ""
+    named = [mark.name for mark in item.iter_markers() if mark.name in TIERS]
+    if named:
+        tier = named[0]
+    elif SYSTEM_FIXTURES & set(item.fixturenames):
+        tier = "system"
+    elif "store" in item.fixturenames:
+        tier = "integration"
+    else:
+        tier = MODULE_TIERS.get(module, "integration")
+    if not named:
+        item.add_marker(tier)
+    if module in SLOW_MODULES or module not in MODULE_TIERS:
+        item.add_marker("slow")
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 

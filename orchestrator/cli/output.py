@@ -68,14 +68,15 @@ def logging_to_stderr() -> Iterator[None]:
     ``sys.stderr`` (as it is now: guarded, or click's CliRunner's) as bare lines, flushed.
 
     Opened once per command by the ``orch`` group; a command's ``--quiet`` raises the level to
-    WARNING. Closing it takes the handler away and puts the level back, so a test process that
-    invokes many commands, or calls the library directly, is left as it was. Records still
-    propagate to the root logger (pytest's ``caplog`` sees them).
+    WARNING. The records stop here: a library that logs through the root logger's module
+    functions (``logging.info``) gives the root a handler of its own, which would print each line
+    a second time. Closing it puts the logger back as it was, so a test process that invokes
+    many commands, or calls the library directly, is left as it found it.
     """
     logger = logging.getLogger("orchestrator")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     # Importing mlflow.pytorch calls logging.basicConfig(), which gives a root logger without
@@ -89,6 +90,7 @@ def logging_to_stderr() -> Iterator[None]:
         logging.getLogger().removeHandler(quiet_root)
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def guard() -> None:

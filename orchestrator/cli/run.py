@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 @click.option("--experiment", default="orch", show_default=True, callback=check_experiment_name,
               help="MLflow experiment name.")
 @device_option
-@click.option("--run-name", default=None, help="MLflow run name (default: the study's name of the point, e.g. gn-bs8-s0).")
+@click.option("--run-name", default=None,
+              help="MLflow run name (default: the study's name of the point, e.g. gn-bs8-s0).")
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
               help="Continue a run that was stopped or killed, from its checkpoint, in a new run.")
 @quiet_option("No per-epoch progress.")

@@ -422,6 +422,7 @@ def test_norm_constraint_error_agrees_with_construction():
                     assert str(exc.value) == err
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_checks_module_does_not_import_torch():
     code = (
         "import sys\n"

@@ -197,6 +197,8 @@ def _compile_available() -> bool:
     return hasattr(torch, "compile") and any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++"))
 
 
+@pytest.mark.integration  # inductor compiles in worker processes
+@pytest.mark.slow
 @pytest.mark.skipif(not _compile_available(), reason="torch.compile (inductor) needs a C/C++ compiler")
 def test_torch_compile_forward():
     import copy

@@ -56,7 +56,7 @@ MILLION = {"data.batch_size": values(100), "train.max_epochs": values(100), "mod
 
 def test_a_million_point_grid_is_refused_at_once_with_the_count_and_the_fix(tmp_path):
     err, seconds = refuse(load_grid, write_grid(tmp_path, MILLION))
-    assert seconds < 0.5, seconds
+    assert seconds < 0.5, seconds  # a liveness bound: 0.008 s CPU measured (2026-12-06, a loaded 2-core VM), 60x
     assert err.problem.startswith("the grid expands to 100 data.batch_size × 100 train.max_epochs × "
                                   "100 model.gn_groups × 1 seed = 1,000,000 points, over the limit of 10,000 points")
     assert "--max-points 1000000" in err.problem and "fewer values or seeds" in err.problem
@@ -108,7 +108,7 @@ def test_a_long_axis_of_seeds_is_read_in_linear_time(tmp_path):
     finally:
         gc.unfreeze()
     assert seconds[24_000] < 3 * seconds[12_000], seconds
-    assert seconds[24_000] < 5, seconds
+    assert seconds[24_000] < 10, seconds  # a liveness bound: 0.6 s CPU measured (2026-12-06, a loaded VM), 17x
 
 
 # ---------------------------------------------------------------- YAML size
@@ -119,7 +119,7 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path, reader):
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb() + "name: b\ngrid:\n  model.norm: *a9\n")
     err, seconds = refuse(reader, path)
-    assert seconds < 2, seconds
+    assert seconds < 2, seconds  # a liveness bound: 0.09 s CPU measured (2026-12-06, a loaded VM), 20x; expanded: hours
     assert err.source == str(path)
     assert "aliases (*name) expand it to more than 100,000 values" in err.problem
     assert "write the values out instead of nesting aliases" in err.problem
@@ -132,7 +132,8 @@ def test_a_merge_key_bomb_is_refused(tmp_path):
     path = tmp_path / "merge.yaml"
     path.write_text("\n".join(lines) + "\nname: b\n")
     err, seconds = refuse(load_grid, path)
-    assert "aliases (*name) expand it" in err.problem and seconds < 2
+    assert "aliases (*name) expand it" in err.problem
+    assert seconds < 2, seconds  # a liveness bound: 0.06 s CPU measured (2026-12-06, a loaded VM), 30x
 
 
 @pytest.mark.parametrize("reader", [load_grid, load], ids=["load_grid", "config.load"])
@@ -142,7 +143,7 @@ def test_a_file_over_five_megabytes_is_refused_unread(tmp_path, reader):
     err, seconds = refuse(reader, path)
     assert err.problem == ("the file is 6.0 MB, over the 5 MB limit of a YAML input; a grid or run config is a few "
                            "kilobytes, so check that this is the right file")
-    assert seconds < 0.5, seconds
+    assert seconds < 0.5, seconds  # a liveness bound: unread, it takes microseconds; reading 6 MB of YAML, seconds
 
 
 def test_too_many_values_stop_the_composer(tmp_path, monkeypatch):
@@ -168,21 +169,22 @@ def test_deep_nesting_and_giant_integers_are_refused_in_one_line(tmp_path):
 # ---------------------------------------------------------------- real processes
 
 
+@pytest.mark.integration  # a real `orch` process
 def test_orch_sweep_dry_run_on_a_bomb_exits_2_at_once(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb() + "name: b\ngrid:\n  model.norm: *a9\n")
-    t0 = time.perf_counter()
+    # liveness only: the 60-s timeout is over 20x the ~1-2 s the command takes on a loaded VM; expanded, hours
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(path), "--dry-run"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    seconds = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stderr
-    assert seconds < 2, seconds
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "expand it to more than 100,000 values" in proc.stderr
 
 
+@pytest.mark.integration  # a real process, signalled
 def test_ctrl_c_interrupts_validation_at_once(tmp_path):
-    """SIGINT during load_grid of a grid just under the limit raises KeyboardInterrupt within 1 s."""
+    """SIGINT during load_grid of a grid just under the limit raises KeyboardInterrupt: one that
+    load_grid swallowed would leave the loop running past the wait's timeout."""
     path = write_grid(tmp_path, {"data.batch_size": values(100), "train.max_epochs": values(99)})
     code = ("import sys\nfrom orchestrator.grid.load import load_grid\nprint('ready', flush=True)\n"
             f"while True:\n    load_grid({str(path)!r})\n")
@@ -195,12 +197,9 @@ def test_ctrl_c_interrupts_validation_at_once(tmp_path):
         assert proc.stdout.readline() == "ready\n"
         time.sleep(0.5)  # inside load_grid: one takes over 1 s here
         assert proc.poll() is None
-        t0 = time.perf_counter()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
-        seconds = time.perf_counter() - t0
+        proc.wait(timeout=10)  # liveness: 0.07-0.14 s measured on a loaded 2-core VM (2026-12-06), over 70x
     finally:
         proc.kill()
     stderr = proc.stderr.read()
     assert proc.returncode != 0 and stderr.rstrip().endswith("KeyboardInterrupt"), stderr[-2000:]
-    assert seconds < 1, seconds

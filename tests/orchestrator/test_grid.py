@@ -488,6 +488,7 @@ def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
 # ---------------------------------------------------------------- imports
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlflow(tmp_path):
     """The built-in entry is resolved with the grid: its config, names and checks import no torch,
     and ``orch sweep --dry-run`` on a grid whose store does not exist yet reads no store."""

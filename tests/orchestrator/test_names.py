@@ -29,6 +29,7 @@ def test_names_within_the_limits_pass(name):
     assert experiment_name_problem(name) is None
 
 
+@pytest.mark.integration  # real `orch` processes
 @pytest.mark.parametrize("name", ["x" * 300, ".."], ids=["300 characters", "dot-dot"])
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "sweep"])
 def test_the_sweep_and_its_dry_run_refuse_the_name_and_create_nothing(tmp_path, name, dry_run):
@@ -53,6 +54,8 @@ def test_tune_and_run_refuse_the_name_before_opening_the_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 
+@pytest.mark.integration  # a real sweep
+@pytest.mark.slow
 def test_the_longest_name_allowed_runs_a_sweep(tmp_path):
     name = "n" * MAX_EXPERIMENT_CHARS
     grid = write_grid(tmp_path / "grid.yaml", name, {}, base={**TINY_BASE, "train": {"max_epochs": 1, "patience": 1}})

@@ -166,6 +166,8 @@ def values_by_seed(points, metric: str, norm: str, bs: int) -> dict[str, float]:
             if r.data.params["model.norm"] == norm and r.data.params["data.batch_size"] == str(bs)}
 
 
+@pytest.mark.integration  # a real sweep (study_sweep)
+@pytest.mark.slow
 def test_report_markdown_equals_mlflow_and_figures_are_logged_and_written(study_sweep, tmp_path):
     uri, _, client, parent, points = study_sweep
     out = tmp_path / "figures"
@@ -197,6 +199,8 @@ def test_report_markdown_equals_mlflow_and_figures_are_logged_and_written(study_
     assert "logged on run" in result.stderr and str(out) in result.stderr
 
 
+@pytest.mark.integration  # a real sweep (study_sweep)
+@pytest.mark.slow
 def test_report_latex_and_no_figures(study_sweep):
     uri, _, _, _, points = study_sweep
     result = invoke("report", "--tracking-uri", uri, "--format", "latex", "--no-figures")
@@ -214,6 +218,8 @@ def test_report_latex_and_no_figures(study_sweep):
     assert "±" not in result.stdout and result.stderr == ""  # no figures, nothing said about them
 
 
+@pytest.mark.integration  # a real sweep (study_sweep)
+@pytest.mark.slow
 def test_compare_baseline_p_values_and_intervals_equal_scipy(study_sweep):
     uri, _, _, _, points = study_sweep
     result = invoke("compare", "--tracking-uri", uri, "--metric", "test_acc", "--baseline", "model.norm=bn",
@@ -243,6 +249,8 @@ def test_compare_baseline_p_values_and_intervals_equal_scipy(study_sweep):
     assert "Holm" in result.stderr and "m = 2 paired tests" in result.stderr and "2 degrees of freedom" in result.stderr
 
 
+@pytest.mark.integration  # a real sweep
+@pytest.mark.slow
 def test_compare_counts_a_real_diverged_setting_and_worst_replaces_it(tmp_path):
     """A real sweep where lr=1e6 diverges on every seed (its runs end FAILED, TrainingDiverged)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

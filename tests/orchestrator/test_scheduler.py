@@ -224,7 +224,8 @@ def test_ctrl_c_stops_running_points_and_abandons_them(tmp_path, pids):
     outcome = scheduler(tmp_path, 1, display).run(Source([job("long", epochs=2, sleep=60)], max_retries=0))
     assert outcome.interrupted and not outcome.failed and not outcome.finished
     assert abandoned == ["long"]
-    assert outcome.seconds < 30  # the child was stopped, not waited for
+    # the child was stopped, not waited for (120 s); a liveness bound, 30x the ~1 s a stop takes on a loaded VM
+    assert outcome.seconds < 30
 
 
 @pytest.mark.parametrize("signum, reason", [(signal.SIGTERM, "preempted (SIGTERM)"),

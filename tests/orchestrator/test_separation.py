@@ -155,6 +155,8 @@ def test_confirm_spec_runs_the_leader_and_the_settings_not_separated_on_fresh_se
 # --------------------------------------------------------------------------- a real sweep
 
 
+@pytest.mark.integration  # real sweeps
+@pytest.mark.slow
 def test_until_separated_adds_seeds_only_where_undecided_then_confirm_reruns_the_top_on_fresh_seeds(tmp_path):
     # lr 0.1 under precision auto and fp32 trains identically on the CPU: the two settings tie and
     # can never separate, so both go to --max-seeds. lr 1e-4 barely learns: separated from the
@@ -217,6 +219,8 @@ def test_until_separated_adds_seeds_only_where_undecided_then_confirm_reruns_the
     assert table.returncode == 0 and "2/2" in table.stdout and "†" not in table.stdout
 
 
+@pytest.mark.integration  # a real sweep
+@pytest.mark.slow
 def test_until_separated_goes_on_past_diverged_points_and_decides_on_the_settings_with_values(tmp_path):
     # lr 1e6 diverges on every seed: those settings fail (exit 1) and have no values. The two tied
     # lr 0.1 settings still get their rounds and a verdict; the diverged points are not retried in them.
@@ -242,6 +246,7 @@ def test_until_separated_goes_on_past_diverged_points_and_decides_on_the_setting
     assert verdict["looks"] == 2 and not verdict["separated"]
 
 
+@pytest.mark.integration  # opens a SQLite store
 def test_until_separated_and_confirm_refuse_bad_input_before_anything_starts(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "separate-bad", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

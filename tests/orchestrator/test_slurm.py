@@ -310,12 +310,10 @@ def test_time_limit_warning_requeues_the_task_and_a_submission_returns_at_once(c
     # An existing store, as a researcher's usually is: creating a fresh SQLite store's tables
     # alone takes MLflow seconds (12 s on a loaded 2-core machine), which is not what is timed here
     MlflowClient(tracking_uri=uri).search_experiments()
-    t0 = time.time()
     sub = orch("sweep", str(grid), "--launcher", "slurm", SHARED, "--tracking-uri", uri, "--slurm", "time=30",
                cwd=tmp_path)
-    seconds = time.time() - t0
     assert sub.returncode == 0, sub.stderr
-    assert seconds < 30, f"submission took {seconds:.1f} s"  # not the point's minutes: 3-11 s, by load
+    assert sweep_jobs(cluster, spec.sweep_id), "the submission waited for its jobs"  # it returns in 3-11 s, by load
     assert "submitted 1 point(s) as Slurm job" in sub.stderr and "squeue -n" in sub.stderr
     # from here on no orch process runs on the submitting side: only Slurm's task
     warned = scancel_at_epoch(cluster, db, point.run_key, "--signal=USR1", "--batch")

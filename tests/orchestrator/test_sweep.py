@@ -282,15 +282,13 @@ def test_every_malformed_grid_exits_2_and_creates_no_run(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # nothing was started, not even a store
 
 
-def test_dry_run_of_the_study_grids_is_fast():
+def test_dry_run_of_the_study_grids_lists_their_points():
     for grid in ("seed_norms.yaml", "seed_batch.yaml"):
-        t0 = time.perf_counter()
+        # liveness only: the 60-s timeout is over 60x the ~0.25-1 s this takes (its speed: benchmarks')
         proc = orch("sweep", str(REPO / "experiments" / "grids" / grid), "--dry-run",
-                    "--tracking-uri", "sqlite:////nonexistent/mlflow.db")
-        seconds = time.perf_counter() - t0
+                    "--tracking-uri", "sqlite:////nonexistent/mlflow.db", timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert "points" in proc.stdout
-        assert seconds < 5  # measured ~0.25 s; the budget is 1.5 s, this guards against heavy imports
 
 
 def test_gpus_with_device_cpu_is_refused_before_anything_starts(tmp_path):
