@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
 import time
 import traceback
@@ -26,15 +25,6 @@ from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Kind, Status, Tag, TrialState
 
 log = logging.getLogger(__name__)
-
-
-# Kept for orchestrator/launch/queue.py until it uses orchestrator.execute.stop.
-def interrupt_signal(err: KeyboardInterrupt) -> str:
-    return signal.Signals(stopping.signal_of(err)).name
-
-
-def stop_exit_code(name: str | None) -> int:
-    return stopping.exit_code(signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
 
 
 def cap_threads() -> None:
