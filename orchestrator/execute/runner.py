@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import sys
 import time
 import traceback
 from typing import Any, Callable, Mapping
@@ -26,15 +24,6 @@ from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Kind, Status, Tag, TrialState
 
 log = logging.getLogger(__name__)
-
-
-# Kept for orchestrator/launch/queue.py until it uses orchestrator.execute.stop.
-def interrupt_signal(err: KeyboardInterrupt) -> str:
-    return signal.Signals(stopping.signal_of(err)).name
-
-
-def stop_exit_code(name: str | None) -> int:
-    return stopping.exit_code(signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
 
 
 def cap_threads() -> None:
@@ -62,36 +51,18 @@ def device_label(device: str | None) -> tuple[str, str]:
     return "cpu", f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-class EpochPrinter:
-    """Progress of one run on stderr: a bar when interactive, else one line per epoch."""
+def epoch_logger(cfg: RunConfig, name: str) -> Callable[[int, Mapping[str, float]], None]:
+    """A run's progress, one line per epoch on this module's logger: scores and the epoch's seconds."""
+    prefix = f"[{name}] " if name else ""
+    last = [time.perf_counter()]
 
-    def __init__(self, cfg: RunConfig, quiet: bool, name: str = ""):
-        self.cfg, self.quiet, self.name = cfg, quiet, name
-        self.t0 = time.perf_counter()
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=cfg.train.max_epochs, desc=name or "epochs", unit="epoch", file=sys.stderr)
-
-    def __call__(self, epoch: int, values: Mapping[str, float]) -> None:
-        if self.quiet:
-            return
-        seconds = time.perf_counter() - self.t0
-        self.t0 = time.perf_counter()
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix({k: f"{values[k]:.3f}" for k in (names.TRAIN_LOSS, names.VAL_LOSS,
-                                                                   names.DEFAULT_OBJECTIVE)})
-            return
-        prefix = f"[{self.name}] " if self.name else ""
+    def log_epoch(epoch: int, values: Mapping[str, float]) -> None:
+        now = time.perf_counter()
+        seconds, last[0] = now - last[0], now
         scores = "  ".join(f"{k} {values[k]:.4f}" for k in names.EPOCH_SCORES if k in values)
-        print(f"{prefix}epoch {epoch:>3}/{self.cfg.train.max_epochs}  {scores}  {seconds:.1f}s",
-              file=sys.stderr, flush=True)
+        log.info(f"{prefix}epoch {epoch:>3}/{cfg.train.max_epochs}  {scores}  {seconds:.1f}s")
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return log_epoch
 
 
 def run_tracked(
@@ -157,8 +128,8 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
             store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
         if on_start:
             on_start(run_id)
-        result = _train_logged(cfg, store, run_id, dev, EpochPrinter(cfg, quiet, run_name or ""), on_epoch, stop,
-                               state, fence)
+        progress = None if quiet else epoch_logger(cfg, run_name or "")
+        result = _train_logged(cfg, store, run_id, dev, progress, on_epoch, stop, state, fence)
         if fence is not None:
             fence.check()  # before the run ends FINISHED, or KILLED with its checkpoint
     except claims.LostClaim as err:  # another process runs the point now: leave the run as it marked it
@@ -211,7 +182,8 @@ def _close_failed(store: tracking.TrackingStore, run_id: str, err: BaseException
     return ExitCode.FAILED, run_id, {}
 
 
-def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, dev: str, printer: EpochPrinter,
+def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, dev: str,
+                  progress: Callable[[int, Mapping[str, float]], None] | None,
                   on_epoch: Callable[[int, Mapping[str, float]], None] | None, stop: StopFlag | None,
                   state: dict | None, fence: claims.Fence | None = None):
     """Train with the run's tracker, system metrics and checkpoints; log the artifacts; None
@@ -222,7 +194,8 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
     def epoch_hook(epoch: int, values: Mapping[str, float]) -> None:
         if fence is not None:
             fence.check()
-        printer(epoch, values)
+        if progress:
+            progress(epoch, values)
         if on_epoch:
             on_epoch(epoch, values)
 
@@ -239,7 +212,6 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
                 log_run_artifacts(tracker, cfg, result)
         return result
     finally:
-        printer.close()
         _flush(tracker)  # the epochs logged so far reach the store before the run ends
 
 

@@ -278,15 +278,10 @@ def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Pop
         )
 
 
-# Kept for the callers in orchestrator/launch and orchestrator/cli until they drop their calls: point
-# processes are no longer started ahead of the scheduler (about 3 s per command, far below 1% of a run).
+# Kept for orchestrator/launch/slurm_task.py until it drops its calls: point processes are no
+# longer started ahead of the scheduler (about 3 s per command, far below 1% of a run).
 def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
     """Does nothing: the scheduler starts its slots' processes itself."""
-
-
-def started_ahead(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> contextlib.AbstractContextManager:  # noqa: ARG001
-    """Does nothing: the scheduler starts its slots' processes itself."""
-    return contextlib.nullcontext()
 
 
 def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001

@@ -45,24 +45,16 @@ tests and the README): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``inter
 (SIGINT)``, each optionally followed by where it stopped. Exit codes: 130 for Ctrl-C
 (SIGINT), 143 for a preemption (SIGTERM and SIGUSR1 alike).
 
-For the callers still to convert (launch/sweep.py, launch/slurm_task.py, launch/queue.py;
-this section goes once they have):
+For the one caller still to convert (launch/slurm_task.py; this section goes once it has):
 
-* ``sweep._Signalled`` and ``_signals_raise()`` → ``with stop.handling():`` around the open
-  sweep; ``except KeyboardInterrupt`` → ``except stop.Stopped as err`` (``err.signum``,
-  ``err.exit_code``); the Scheduler no longer raises out of ``run()`` on a stop (only a stop
-  raised in its ``on_idle``, a worker's tuning trial, passes through): its
-  :class:`~orchestrator.execute.scheduler.Outcome` says ``interrupted`` and ``signal``.
-* ``runner.interrupt_signal``/``stop_exit_code`` (kept until then) → ``err.exit_code``, or
-  :func:`exit_code` of ``outcome.signal``.
-* ``slots.prewarm``/``started_ahead``/``release_unadopted`` do nothing now (no process is
-  started ahead): drop the calls; ``QueueSource.exhausted`` is no longer called.
-* ``slurm_task`` must not assign ``Scheduler.accept_signal`` (gone): it wraps its ``main`` in
+* it must not assign ``Scheduler.accept_signal`` (gone): it wraps its ``main`` in
   ``with stop.handling(accept=_accept) as flag, flag.deferred():`` so that a signal that comes
   before its scheduler starts only sets the flag (in place of ``EARLY`` and
   ``_early_handler``: check ``flag.signum``); the scheduler, nested, shares that flag and the
   ``accept`` rule, and an early time-limit warning that ``_accept`` refuses is ignored
   everywhere. ``requeue()`` may keep ignoring SIGTERM with :func:`ignore` (the work is saved).
+* ``slots.prewarm`` and ``release_unadopted`` do nothing now (no process is started ahead):
+  drop the calls.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ still missing, ``n_trials`` minus the COMPLETE and PRUNED trials already in the 
 another metric, direction, fixed config or seeds is refused (exit 2): pick another ``--study``.
 
 Exit codes: 0 done (some trials may have failed: they are part of a search), 1 no trial
-of the study completed, 2 bad input (nothing started), 130 interrupted.
+of the study completed, 2 bad input (nothing started), 130 Ctrl-C, 143 SIGTERM or SIGUSR1
+(:mod:`orchestrator.execute.stop`; the trial that ran is continued by the next ``orch tune``).
 """
 
 from __future__ import annotations
