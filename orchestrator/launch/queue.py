@@ -197,9 +197,6 @@ class QueueSource(PointSource):
                     "point requeued); the trial is left to the worker that took it over")
         return False
 
-    def exhausted(self) -> bool:
-        return False  # points may be queued or requeued at any time, by any machine
-
     def unstarted(self) -> list[str]:
         return []  # a claimed point is started at once; the rest stays on the queue for others
 
