@@ -158,17 +158,8 @@ def tiny_result():
     return cfg, train(cfg, NullTracker(), device="cpu")
 
 
-def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monkeypatch):
-    """Tags go in with the run's creation, the params in one ``log_batch``, each epoch's
-    curves in one ``log_batch`` at that epoch's step, each checkpoint's tags in one; nothing
-    is written key by key."""
-    from conftest import TINY_BASE
-    from experiments.config import build, to_flat
-    from orchestrator.execute.runner import run_tracked
-    from orchestrator.store.checkpoints import StopFlag
-
-    monkeypatch.setenv("ORCH_SYSTEM_METRICS_SECONDS", "0")  # the monitor writes through a client of its own
-    cfg = build({**TINY_BASE, "train": {**TINY_BASE["train"], "checkpoint_seconds": 0}})  # a checkpoint every epoch
+def _spied(tracking, monkeypatch) -> list[tuple[str, dict]]:
+    """The write calls the store's MLflow client gets from now on: (method, keyword arguments)."""
     calls: list[tuple[str, dict]] = []
     for name in ("create_run", "log_batch", "log_metric", "log_param", "set_tag"):
         original = getattr(tracking.client, name)
@@ -178,8 +169,21 @@ def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monke
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(tracking.client, name, spy)
+    return calls
+
+
+def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monkeypatch, tiny_result):
+    """Tags go in with the run's creation, the params in one ``log_batch``, each epoch's
+    curves in one ``log_batch`` at that epoch's step, the summary in one; nothing is written
+    key by key."""
+    from experiments.config import to_flat
+    from orchestrator.execute.runner import run_tracked
+
+    monkeypatch.setenv("ORCH_SYSTEM_METRICS_SECONDS", "0")  # the monitor writes through a client of its own
+    cfg, _ = tiny_result
+    calls = _spied(tracking, monkeypatch)
     code, run_id, summary = run_tracked(cfg, store=tracking, experiment_id=tracking.ensure_experiment("batched"),
-                                        device="cpu", quiet=True, stop=StopFlag())
+                                        device="cpu", quiet=True)
     assert code == 0
     names = [name for name, _ in calls]
     assert "log_metric" not in names and "log_param" not in names
@@ -192,9 +196,17 @@ def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monke
     assert [{m.step for m in batch} for batch in epochs] == [{e + 1} for e in range(int(summary["epochs_run"]))]
     assert all(len({m.key for m in batch}) == len(batch) > 10 for batch in epochs)
     assert len(metric_batches) == len(epochs) + 1  # and the summary, in one call
-    tag_batches = [{t.key for t in kwargs["tags"]} for name, kwargs in calls if name == "log_batch" and kwargs.get("tags")]
-    assert tag_batches and all(b == {Tag.CHECKPOINT, Tag.CHECKPOINT_EPOCH, Tag.CHECKPOINT_BATCH} for b in tag_batches)
     assert [kwargs for name, kwargs in calls if name == "set_tag"] == [{}]  # the description (set_note)
+
+
+def test_a_checkpoint_writes_its_tags_in_one_call(tracking, monkeypatch):
+    from orchestrator.store.checkpoints import RunCheckpoints
+
+    run_id = tracking.start_run(tracking.ensure_experiment("checkpoint-tags"), run_name="c", params={}, tags={})
+    calls = _spied(tracking, monkeypatch)
+    RunCheckpoints(tracking, run_id, 0, None).save({"progress": {"epoch": 3, "batch": 7}})
+    assert [(name, {t.key: t.value for t in kwargs["tags"]}) for name, kwargs in calls] == [
+        ("log_batch", {Tag.CHECKPOINT: "checkpoint/ckpt-0.pt", Tag.CHECKPOINT_EPOCH: "3", Tag.CHECKPOINT_BATCH: "7"})]
 
 
 def test_a_failing_model_save_still_logs_the_figures(tmp_path, monkeypatch, tiny_result):
