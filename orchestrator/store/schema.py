@@ -209,7 +209,22 @@ def is_finished_result(status: str, tags: Mapping[str, str]) -> bool:
     return status == Status.FINISHED and Tag.RUN_KEY in tags and tags.get(Tag.TRIAL_STATE) != TrialState.PRUNED
 
 
-# ------------------------------------------------------------------- points.json
+# ------------------------------------------------------------------- plain data
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data (:func:`orchestrator.store.tracking.to_record`), what the
+    analysis reads."""
+
+    run_id: str
+    name: str  # e.g. "gn-bs8-s0"
+    status: str  # MLflow status: FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
+    params: Mapping[str, str]  # dotted config keys -> string values
+    metrics: Mapping[str, float]  # latest values: summary ("val_f1_macro") and "epoch/..." ones
+    tags: Mapping[str, str]  # Tag keys: run key, point, setting, kind, ...
+    start_time: int  # ms since epoch
+
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from orchestrator import processes
 from orchestrator.store.failures import store_errors, store_failures_raised
 from orchestrator.store.run_tracker import MlflowTracker, SystemMetrics
-from orchestrator.store.schema import TRAINING_EXPERIMENT, Artifact, Kind, Status, Tag, is_finished_result, tag_filter
+from orchestrator.store.schema import (TRAINING_EXPERIMENT, Artifact, Kind, RunRecord, Status, Tag,
+                                       is_finished_result, tag_filter)
 from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is where callers find them
     TrackingError,
     artifact_root,
@@ -374,10 +375,8 @@ class TrackingStore:
         return MlflowTracker(self, run_id)
 
 
-def to_record(run):
-    """An MLflow Run → :class:`orchestrator.analyze.compare.RunRecord`."""
-    from orchestrator.analyze.compare import RunRecord
-
+def to_record(run) -> RunRecord:
+    """An MLflow Run → :class:`~orchestrator.store.schema.RunRecord`."""
     return RunRecord(
         run_id=run.info.run_id,
         name=run.info.run_name or "",
