@@ -2,10 +2,10 @@
 
 A checkpoint (:func:`experiments.train.capture`) is written to a local temporary file,
 then uploaded as ``checkpoint/ckpt-<k>.pt`` of the run, alternating two names; only
-after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload therefore leaves the previous checkpoint named by
-the tag and intact. Through an ``mlflow server`` the artifacts are served, so a worker on
-another machine resumes from the same file. A run that finishes drops its checkpoints
-and those of the runs it continued.
+after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload
+therefore leaves the previous checkpoint named by the tag and intact. Through an ``mlflow
+server`` the artifacts are served, so a worker on another machine resumes from the same
+file. A run that finishes drops its checkpoints and those of the runs it continued.
 
 Resume rule: a point (a run key) continues from the newest run of that run key that did
 not finish and holds a checkpoint; its successor is a new run that carries the earlier
