@@ -8,30 +8,30 @@ its own process group, stopped with it.
 
 It never creates a store: the SQLite file must exist with MLflow's tables (a server that
 opened a missing or empty file would create and migrate it, racing a sweep that does the
-same). The newest parent run is looked up with sqlite3 in read-only mode, without
-importing mlflow, while a sweep may be writing.
+same). The newest parent run is looked up through MLflow's client while the server
+starts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Callable
 
-from orchestrator.errors import ExitCode, UserError
+from orchestrator.errors import ExitCode, StoreFailure, UserError
 from orchestrator.execute import stop
 from orchestrator.analyze.notes import TRAINING_VIEW, run_link
-from orchestrator.store.schema import Kind, Tag
+from orchestrator.store.schema import Kind, Tag, tag_filter
 from orchestrator.store.uri import artifact_root, initialised, sqlite_path
+
+log = logging.getLogger(__name__)
 
 READY_SECONDS = 180  # start-up limit; on these 2-core machines it takes 5-15 s
 WORKERS = 1
@@ -48,24 +48,22 @@ class UiError(UserError):
     """A store or port that ``orch ui`` cannot serve (exit 2)."""
 
 
-def newest_parent(db: Path) -> tuple[str, str, str] | None:
-    """(experiment id, run id, run name) of the newest sweep or tuning parent run, read with
-    sqlite3 ``mode=ro``; None when there is none (or the store cannot be read that way)."""
+def newest_parent(uri: str) -> tuple[str, str, str] | None:
+    """(experiment id, run id, run name) of the newest sweep or tuning parent run of the
+    store's active experiments; None when there is none (or the store fails)."""
+    from orchestrator.store.tracking import TrackingStore
+
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute(
-                "SELECT r.experiment_id, r.run_uuid, r.name FROM runs r "
-                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value IN (?, ?) "
-                "JOIN experiments e ON e.experiment_id = r.experiment_id "
-                "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' "
-                "ORDER BY r.start_time DESC LIMIT 1",
-                (Tag.KIND, Kind.SWEEP, Kind.TUNE),
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
+        store = TrackingStore(uri)
+        ids = store.experiment_ids()
+        newest = [runs[0] for kind in (Kind.SWEEP, Kind.TUNE) if ids and (runs := store.search(
+            ids, tag_filter(Tag.KIND, kind), order_by=["attributes.start_time DESC"]))]
+    except StoreFailure:
         return None
+    if not newest:
+        return None
+    run = max(newest, key=lambda r: r.info.start_time or 0)
+    return run.info.experiment_id, run.info.run_id, run.info.run_name
 
 
 def check_port(host: str, port: int) -> None:
@@ -141,8 +139,7 @@ def open_browser(url: str) -> bool:
         return False
 
 
-def serve(uri: str, host: str, port: int, *, open_it: bool = False,
-          say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> int:
+def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
     """Run MLflow's UI on the SQLite store ``uri`` until Ctrl-C or SIGTERM; the exit code.
 
     Prints (stdout) the URL of the newest sweep's or tuning study's parent run once the
@@ -171,21 +168,21 @@ def _serve(uri: str, host: str, port: int, open_it: bool, say: Callable[[str], N
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
+        parent = newest_parent(uri)  # while the server starts
         _wait_ready(proc, base, READY_SECONDS)
-        say(f"MLflow UI on {base}  (store {uri}); Ctrl-C to stop")
-        parent = newest_parent(db)
+        log.info("MLflow UI on %s  (store %s); Ctrl-C to stop", base, uri)
         url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
         if parent:
-            say(f"newest sweep: {parent[2]}")
+            log.info("newest sweep: %s", parent[2])
         print(url, flush=True)
         if open_it and not open_browser(url):
-            say("no browser found on this machine; open the URL above in yours")
+            log.warning("no browser found on this machine; open the URL above in yours")
         code = proc.wait()
-        say(f"the MLflow UI stopped by itself (exit {code})")
+        log.warning("the MLflow UI stopped by itself (exit %s)", code)
         return ExitCode.FAILED
     except ServerExited as err:
         what = f"exited with {err.code}" if err.code is not None else f"did not answer in {READY_SECONDS} s"
-        say(f"the MLflow UI {what}; its messages are above")
+        log.warning("the MLflow UI %s; its messages are above", what)
         return ExitCode.FAILED
     except stop.Stopped as err:
         return err.exit_code

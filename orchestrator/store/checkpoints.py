@@ -1,12 +1,11 @@
 """Checkpoints of a run in its MLflow artifact store: write, find, load, remove.
 
-A checkpoint (:func:`experiments.train.capture`) is written atomically to a local file
-(temporary name, then ``os.replace``), then uploaded as ``checkpoint/ckpt-<k>.pt`` of
-the run, alternating two names; only after the upload does the run's ``Tag.CHECKPOINT``
-point at it. A kill during an upload therefore leaves the previous checkpoint named by
-the tag and intact. Through an ``mlflow server`` the artifacts are served, so a worker on
-another machine resumes from the same file. A run that finishes drops its checkpoints
-and those of the runs it continued.
+A checkpoint (:func:`experiments.train.capture`) is written to a local temporary file,
+then uploaded as ``checkpoint/ckpt-<k>.pt`` of the run, alternating two names; only
+after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload
+therefore leaves the previous checkpoint named by the tag and intact. Through an ``mlflow
+server`` the artifacts are served, so a worker on another machine resumes from the same
+file. A run that finishes drops its checkpoints and those of the runs it continued.
 
 Resume rule: a point (a run key) continues from the newest run of that run key that did
 not finish and holds a checkpoint; its successor is a new run that carries the earlier
@@ -19,7 +18,6 @@ skipped checkpoint when it finishes, as it drops those it continued.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -62,11 +60,9 @@ class RunCheckpoints:
 
         name = f"ckpt-{self.count % 2}.pt"
         with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
-            final = Path(tmp) / name
-            partial = final.with_suffix(".partial")
-            torch.save(state, partial)
-            os.replace(partial, final)
-            self.store.log_artifact(self.run_id, str(final), Artifact.CHECKPOINT_DIR)
+            local = Path(tmp) / name
+            torch.save(state, local)
+            self.store.log_artifact(self.run_id, str(local), Artifact.CHECKPOINT_DIR)
         progress = state["progress"]
         self.store.set_tags(self.run_id, {Tag.CHECKPOINT: f"{Artifact.CHECKPOINT_DIR}/{name}",
                                           Tag.CHECKPOINT_EPOCH: str(progress["epoch"]),

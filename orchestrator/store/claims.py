@@ -21,12 +21,13 @@ one write lands. The README's "What happens when…" table states this window.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any, Mapping
 
 from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Status, Tag, TrialAttr
 
+log = logging.getLogger(__name__)
 _STORAGES: dict[str, Any] = {}  # a point process opens each queue's storage once
 
 
@@ -72,8 +73,7 @@ class Fence:
                      if t.number > trial.number and t.user_attrs.get(TrialAttr.RUN_KEY) == self.claim["run_key"]
                      and t.state in (TrialState.RUNNING, TrialState.COMPLETE)]  # a requeued trial that was claimed
         except Exception as err:  # noqa: BLE001 - an unreachable queue is not a lost claim: the run's status decides
-            print(f"warning: could not check the queue's claim on this point ({type(err).__name__}: {err})",
-                  file=sys.stderr, flush=True)
+            log.warning("warning: could not check the queue's claim on this point (%s: %s)", type(err).__name__, err)
             return None
         if later:
             return f"lost its claim to {later[-1].user_attrs[TrialAttr.WORKER]}"

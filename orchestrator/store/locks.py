@@ -13,17 +13,22 @@ Through a tracking server, a sweep also beats a heartbeat on its parent run
 experiment with another process's fresh heartbeat refuses or waits, as for the file
 lock: that keeps apart sweeps on two machines (or with two lock folders). A heartbeat
 older than :data:`STALE_SECONDS`, or of a process of this host that is gone, is a dead
-sweep's, and the next sweep takes over. Known window: the check and the first beat are
-two requests, not one atomic claim, so two sweeps that start within the same moment can
-both proceed, and a sweep frozen for longer than :data:`STALE_SECONDS` (a paused VM) is
-taken over while it may still wake up and run points. The PostgreSQL queue
-(``--storage``, ``orch worker``) hands out every point exactly once across machines.
+sweep's, and the next sweep takes over.
+
+Known races, left open because closing them would need an atomic claim on the server
+that MLflow does not offer: the check and the first beat are two requests, so two sweeps
+that start within the same moment can both proceed; and a sweep frozen for longer than
+:data:`STALE_SECONDS` (a paused VM) is taken over while it may still wake up and run
+points (its point processes then find their runs taken, see :mod:`orchestrator.store.claims`).
+The PostgreSQL queue (``--storage``, ``orch worker``) hands out every point exactly once
+across machines.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -35,10 +40,12 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from orchestrator import processes
 from orchestrator.errors import UserError
 from orchestrator.store.schema import Kind, Status, Tag, tag_filter
-from orchestrator.store.tracking import sqlite_path
+from orchestrator.store.uri import sqlite_path
 
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
+
+log = logging.getLogger(__name__)
 
 # A sweep through a tracking server refreshes its parent's heartbeat this often (seconds) ...
 HEARTBEAT_SECONDS = max(0.1, float(os.environ.get("ORCH_SWEEP_HEARTBEAT_SECONDS", "30")))
@@ -50,13 +57,10 @@ class SweepBusy(UserError):
     """Another orch process is running points of this experiment in this store."""
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
-
-
 def lock_path(uri: str, experiment: str) -> Path:
     db = sqlite_path(uri)
-    tag = f"{_safe(experiment)}-{hashlib.sha1(experiment.encode()).hexdigest()[:8]}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in experiment)[:80]
+    tag = f"{safe}-{hashlib.sha1(experiment.encode()).hexdigest()[:8]}"
     if db is not None:
         return db.parent / f".{db.name}.{tag}.sweep-lock"
     cache = Path(os.environ.get("ORCH_CACHE_DIR") or Path.home() / ".cache" / "orch").expanduser()
@@ -73,11 +77,10 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(uri: str, experiment: str, *, wait: bool = False, say: Callable[[str], None] = print,
-         on_wait: Callable[[], None] = lambda: None,
+def hold(uri: str, experiment: str, *, wait: bool = False,
          refusal: Callable[[str], str] | None = None) -> Iterator[None]:
-    """Hold experiment ``experiment``'s sweep lock of store ``uri`` for the block; ``on_wait`` runs
-    before waiting for another holder (which may take hours: let go of what is not needed meanwhile).
+    """Hold experiment ``experiment``'s sweep lock of store ``uri`` for the block; with ``wait``,
+    wait (maybe for hours) for another holder to let go.
 
     Raises:
         SweepBusy: another process holds it and ``wait`` is false; names that process (in
@@ -96,8 +99,7 @@ def hold(uri: str, experiment: str, *, wait: bool = False, say: Callable[[str], 
             raise SweepBusy(refusal(who) if refusal else (
                 f"experiment {experiment!r} of {uri} is being swept by {who}; wait for it to end, "
                 "or add --wait to start when it does")) from None
-        on_wait()
-        say(f"waiting for {who} to finish with experiment {experiment!r} …")
+        log.info("waiting for %s to finish with experiment %r …", who, experiment)
         lock.acquire()
     holder = path.with_suffix(".holder")
     try:
@@ -139,9 +141,8 @@ class ParentHeartbeat:
     heartbeat's last value stays on it as a record of which process ran it last.
     """
 
-    def __init__(self, store: TrackingStore, experiment: str, *, wait: bool = False,
-                 say: Callable[[str], None] = print, on_wait: Callable[[], None] = lambda: None):
-        self.store, self.experiment, self.wait, self.say, self.on_wait = store, experiment, wait, say, on_wait
+    def __init__(self, store: TrackingStore, experiment: str, *, wait: bool = False):
+        self.store, self.experiment, self.wait = store, experiment, wait
         self.enabled = sqlite_path(store.uri) is None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,8 +162,7 @@ class ParentHeartbeat:
                     "server from another machine or lock folder; wait for it to end, or add --wait to start when "
                     f"it does (a sweep that died is taken over once its heartbeat is {STALE_SECONDS:.0f} s old)")
             if not waiting:
-                self.on_wait()
-                self.say(f"waiting for {who} to finish with experiment {self.experiment!r} …")
+                log.info("waiting for %s to finish with experiment %r …", who, self.experiment)
                 waiting = True
             time.sleep(HEARTBEAT_SECONDS)
 

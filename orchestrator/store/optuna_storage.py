@@ -9,6 +9,7 @@ SQLite are refused. Every problem with a URL is found here, before any work star
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from orchestrator.errors import UserError
+from orchestrator.store.uri import unwritable
+
+log = logging.getLogger(__name__)
 
 # A running trial's worker writes a heartbeat this often, and is declared dead after the
 # grace period without one. The environment may shorten both (tests do).
@@ -118,8 +122,6 @@ def _check_sqlite_file(path: Path, url: str) -> None:
         if not os.access(path, os.W_OK):
             raise StorageError(f"storage {url}: {path} is read-only; fix its permissions or give another file")
         return
-    from orchestrator.store.uri import unwritable
-
     why = unwritable(path.parent)
     if why == "missing":
         raise StorageError(f"storage {url}: folder {path.parent} does not exist; create it or give another path")
@@ -186,7 +188,7 @@ def start_heartbeat(storage, trial) -> threading.Event:
             try:
                 storage.record_heartbeat(tid)
             except Exception as err:  # noqa: BLE001 - a missed beat is retried on the next tick
-                print(f"heartbeat of trial {trial.number} failed ({err}); retrying", flush=True)
+                log.warning("heartbeat of trial %s failed (%s); retrying", trial.number, err)
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 

@@ -3,10 +3,16 @@ artifacts and the model (:class:`MlflowTracker`), and MLflow's system metrics ar
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import time
 from typing import Any
 
-from orchestrator.store.schema import Artifact
+from orchestrator.store.failures import store_errors
+from orchestrator.store.schema import Artifact, Tag
+
+DATASET_ATTEMPTS = 5
 
 
 class SystemMetrics:
@@ -17,8 +23,6 @@ class SystemMetrics:
 
     def __enter__(self) -> SystemMetrics:
         if self.interval > 0:
-            import logging
-
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # "Skip logging GPU metrics" etc.
@@ -29,8 +33,6 @@ class SystemMetrics:
     def __exit__(self, *exc: Any) -> None:
         if self.monitor is None:
             return
-        from orchestrator.store.tracking import store_errors
-
         self.monitor.finish()
         with store_errors(self.uri):  # the last sample is written here, through MLflow's own client
             self.monitor.collect_metrics()
@@ -39,7 +41,7 @@ class SystemMetrics:
 
 
 class MlflowTracker:
-    """The training loop's Tracker, writing into one MLflow run."""
+    """The training loop's Tracker, writing into one MLflow run of ``store`` (a TrackingStore)."""
 
     wants_artifacts = True
 
@@ -49,11 +51,34 @@ class MlflowTracker:
         self._pending: list[Any] = []
 
     def log_data(self, data: dict[str, Any]) -> None:
-        self.store.log_datasets(self.run_id, data)
+        """The run's data as MLflow dataset inputs, one per split (the UI's Dataset column).
+
+        ``data``: ``name``, ``source`` (a path or a loader), ``splits``: split -> (examples,
+        content digest), as :func:`experiments.train.describe_data` gives it.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for split, (size, digest) in data["splits"].items():
+            dataset = Dataset(name=f"{data['name']}-{split}", digest=digest[:36], source_type="local",
+                              source=json.dumps({"uri": data["source"]}),
+                              profile=json.dumps({"num_rows": size, "split": split, "classes": data["classes"]}))
+            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
+        with store_errors(self.store.uri):
+            for attempt in range(DATASET_ATTEMPTS):
+                try:
+                    self.store.client.log_inputs(self.run_id, datasets=inputs)
+                    return
+                except Exception as err:
+                    if attempt == DATASET_ATTEMPTS - 1 or not _lost_dataset_race(err):
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
-        # Asynchronous: the write happens on MLflow's logging thread while the next epoch
-        # trains. flush() waits for every pending write; the run is never ended before it.
+        """One ``log_batch`` per epoch, every curve at step ``epoch``. Asynchronous: MLflow's
+        logging thread writes it while the next epoch trains (a synchronous write to a
+        SQLite store takes about 30 ms here). :meth:`flush` waits for every pending write;
+        the run is never ended before it."""
         from experiments.metric_names import epoch_key
 
         self._pending.append(self.store.log_metrics(self.run_id, {epoch_key(k): v for k, v in values.items()},
@@ -65,13 +90,17 @@ class MlflowTracker:
 
     def flush(self) -> None:
         """Wait until every asynchronous write has reached the store; raise the first error."""
-        from orchestrator.store.tracking import store_errors
-
         pending, self._pending = self._pending, []
         if not pending:
             return
-        self.store.flush_async()
         with store_errors(self.store.uri):
+            # MLflow has no public per-client flush (``mlflow.flush_async_logging()`` flushes the
+            # store of the process-wide tracking URI, which orch never sets): this is the one place
+            # that reaches into the client for it. Without it the writes still complete, after
+            # the buffer time.
+            store = getattr(getattr(self.store.client, "_tracking_client", None), "store", None)
+            if hasattr(store, "flush_async_logging"):
+                store.flush_async_logging()
             for op in pending:
                 if op is not None:
                     op.wait()
@@ -82,12 +111,7 @@ class MlflowTracker:
     def log_text(self, text: str, path: str) -> None:
         self.store.log_text(self.run_id, text, path)
 
-    def log_file(self, local_path: str, artifact_dir: str) -> None:
-        """A local file into the run's ``artifact_dir``, under its own name."""
-        self.store.log_artifact(self.run_id, local_path, artifact_dir)
-
     def log_model(self, model: Any, example: Any) -> None:
-        import logging
         import tempfile
 
         import mlflow.pytorch
@@ -108,6 +132,15 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={_version('torch')}", f"mlflow=={_version('mlflow')}"],
             )
             self.store.log_artifacts(self.run_id, path, Artifact.MODEL)
+
+
+def _lost_dataset_race(err: BaseException) -> bool:
+    """Two runs logging the same new dataset at once (the points of a sweep start together,
+    about every second round of four here): MLflow looks the dataset up, then inserts it,
+    and the slower insert hits the table's unique key. The whole call was rolled back and
+    the dataset is there now, so the call succeeds when made again."""
+    text = str(getattr(err, "message", None) or err)
+    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
 
 
 def _version(package: str) -> str:

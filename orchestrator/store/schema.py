@@ -39,7 +39,7 @@ class Tag:
     KIND = "orch.kind"  # one of Kind
     RUN_KEY = "orch.run_key"  # hash of the resolved config: what "done" is keyed on
     SWEEP = "orch.sweep"  # the sweep id
-    POINT = "orch.point"  # "model.norm=gn,data.batch_size=8,seed=0"
+    POINT = "orch.point"  # "lr=0.1,width=64,seed=0": the axes and the seed
     SETTING = "orch.setting"  # the point without its seed
     ATTEMPT = "orch.attempt"
     SLOT = "orch.slot"
@@ -209,7 +209,22 @@ def is_finished_result(status: str, tags: Mapping[str, str]) -> bool:
     return status == Status.FINISHED and Tag.RUN_KEY in tags and tags.get(Tag.TRIAL_STATE) != TrialState.PRUNED
 
 
-# ------------------------------------------------------------------- points.json
+# ------------------------------------------------------------------- plain data
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data (:func:`orchestrator.store.tracking.to_record`), what the
+    analysis reads."""
+
+    run_id: str
+    name: str  # e.g. "gn-bs8-s0"
+    status: str  # MLflow status: FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
+    params: Mapping[str, str]  # dotted config keys -> string values
+    metrics: Mapping[str, float]  # latest values: summary ("val_f1_macro") and "epoch/..." ones
+    tags: Mapping[str, str]  # Tag keys: run key, point, setting, kind, ...
+    start_time: int  # ms since epoch
+
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,7 @@ class ExpectedPoint:
     name: str  # the child run's name, e.g. "gn-bs8-s0"
     run_key: str
     point: Mapping[str, Any]  # axis -> value, including "seed"
-    setting: str  # the point without its seed: "model.norm=gn,data.batch_size=8"
+    setting: str  # the point without its seed: "lr=0.1,width=64"
     index: int = 0  # position in the sweep's (seed-major) order
     added: bool = False  # a seed --until-separated added beyond the grid's own
 

@@ -4,22 +4,30 @@ A command resolves its tracking URI, opens one :class:`TrackingStore` and passes
 down; every other module goes through it. mlflow itself is imported inside the store,
 so ``orch --help`` and grid validation never pay for it (about 2 s here). The names of
 tags, kinds and artifacts are those of :mod:`orchestrator.store.schema`.
+
+Writes are batched: a run's tags go in with its creation, its params in one
+``log_batch`` (MLflow takes at most 100 a call), each epoch's curves in one
+``log_batch`` (:class:`~orchestrator.store.run_tracker.MlflowTracker`), and
+:meth:`TrackingStore.set_tags` sends all its tags in one call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
+import logging
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator import processes
-from orchestrator.errors import StoreFailure
+from orchestrator.store.failures import store_errors, store_failures_raised
+from orchestrator.store.run_tracker import MlflowTracker, SystemMetrics
+from orchestrator.store.schema import (TRAINING_EXPERIMENT, Artifact, Kind, RunRecord, Status, Tag,
+                                       is_finished_result, tag_filter)
 from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is where callers find them
     TrackingError,
     artifact_root,
@@ -30,7 +38,10 @@ from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is wh
     resolve_tracking_uri,
     sqlite_path,
 )
-from orchestrator.store.schema import TRAINING_EXPERIMENT, Artifact, Kind, Status, Tag, is_finished_result, tag_filter
+
+PNG = {"pil_kwargs": {"compress_level": 1}}  # small figures: fast compression (drawing them costs enough)
+PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
+METRICS_PER_CALL = 1000  # ... and on metrics
 
 
 def preload() -> None:
@@ -40,9 +51,7 @@ def preload() -> None:
     from mlflow.tracking import MlflowClient  # noqa: F401
 
 
-_CONFIGURED = False
-
-
+@functools.cache
 def _configure_mlflow() -> None:
     """Process-wide MLflow settings, applied once, when the first store is opened.
 
@@ -53,17 +62,11 @@ def _configure_mlflow() -> None:
     waiting at once when flushed (without it, it polls with a one-second timeout that
     every flush waits out).
     """
-    global _CONFIGURED
-    if _CONFIGURED:
-        return
-    import logging
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
     # It also logs every failed SQL session with its traceback at ERROR; the failure
     # reaches orch as a StoreFailure, which says it in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    _CONFIGURED = True
 
 
 def runtime_tags() -> dict[str, str]:
@@ -105,108 +108,16 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def _flush_async(client: Any) -> None:
-    """Write what MLflow's async logging thread holds for ``client``'s store now.
-
-    MLflow has no public per-client flush: ``mlflow.flush_async_logging()`` flushes the
-    store of the process-wide tracking URI, which orch never sets. Without this the
-    pending writes still complete, after the buffer time (``RunOperations.wait``).
-    """
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if hasattr(store, "flush_async_logging"):
-        store.flush_async_logging()
-
-
-# --------------------------------------------------------------------------- store failures
-
-# MLflow error codes that mean "this request was wrong" (no such run, already exists, a bad
-# value), not "the store failed": those exceptions pass through unchanged.
-_REQUEST_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE", "INVALID_STATE")
-
-
-def is_store_failure(err: BaseException) -> bool:
-    """Whether an exception raised by a store call means the store itself failed.
-
-    A full disk, a vanished or locked SQLite file, an artifact folder that cannot be
-    written, a server that stopped answering: OSError, SQLite and SQLAlchemy errors, and
-    MlflowException other than the request errors above.
-    """
-    if isinstance(err, (OSError, StoreFailure)):
-        return True
-    if type(err).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
-        return True
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(err, MlflowException) and err.error_code not in _REQUEST_ERRORS
-
-
-def _cause(err: BaseException) -> str:
-    """One line saying what the store answered (SQLAlchemy appends the SQL and a link)."""
-    if isinstance(err, OSError) and err.strerror:
-        return f"{err.strerror}{f' ({err.filename})' if err.filename else ''}"
-    text = str(getattr(err, "message", None) or err).strip().splitlines()
-    line = text[0] if text else type(err).__name__
-    for prefix in ("(sqlite3.OperationalError) ", "(sqlite3.DatabaseError) "):
-        line = line.replace(prefix, "")
-    return line[:300]
-
-
-DATASET_ATTEMPTS = 5
-
-
-def _lost_dataset_race(err: BaseException) -> bool:
-    """Two runs logging the same new dataset at once (the points of a sweep start together):
-    MLflow looks the dataset up, then inserts it, and the slower insert hits the table's
-    unique key. The whole call was rolled back and the dataset is there now, so the call
-    succeeds when made again."""
-    text = str(getattr(err, "message", None) or err)
-    return "datasets" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
-
-
-@contextlib.contextmanager
-def store_errors(uri: str) -> Iterator[None]:
-    """Turn a store failure raised in the block into :class:`StoreFailure` (other errors pass)."""
-    try:
-        yield
-    except StoreFailure:
-        raise
-    except Exception as err:
-        if not is_store_failure(err):
-            raise
-        raise StoreFailure(uri, _cause(err)) from err
-
-
-def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: TrackingStore, *args: Any, **kwargs: Any) -> Any:
-        with store_errors(self.uri):
-            return method(self, *args, **kwargs)
-
-    return call
-
-
-def _store_failures_raised(cls: type) -> type:
-    """Every public method of the store raises :class:`StoreFailure` when the store fails.
-
-    This is the one place where MLflow's, SQLAlchemy's and the file system's errors become
-    orch's: callers catch ``StoreFailure`` (the scheduler and the sweep stop starting work;
-    the CLI prints one line and exits 1) without knowing which backend failed.
-    """
-    for name, attr in list(vars(cls).items()):
-        if not name.startswith("_") and callable(attr) and name not in cls.UNGUARDED:
-            setattr(cls, name, _guarded(attr))
-    return cls
-
-
 # --------------------------------------------------------------------------- the store
 
 
-@_store_failures_raised
+@store_failures_raised
 class TrackingStore:
     """One MLflow tracking store (a SQLite file or a server), opened once per command.
 
-    Its methods raise :class:`StoreFailure` when the store itself fails (see
-    :func:`is_store_failure`); MLflow's request errors (no such run, …) pass unchanged.
+    Its methods raise :class:`~orchestrator.errors.StoreFailure` when the store itself
+    fails (:mod:`orchestrator.store.failures`); MLflow's request errors (no such run, …)
+    pass unchanged.
     """
 
     UNGUARDED = ("system_metrics", "tracker")  # they return objects whose own calls are guarded
@@ -275,8 +186,8 @@ class TrackingStore:
             all_tags[Tag.PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         params_list = [Param(k, _param_str(v)) for k, v in params.items()]
-        for i in range(0, len(params_list), 100):
-            self.client.log_batch(run.info.run_id, params=params_list[i:i + 100])
+        for i in range(0, len(params_list), PARAMS_PER_CALL):
+            self.client.log_batch(run.info.run_id, params=params_list[i:i + PARAMS_PER_CALL])
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str, reason: str | None = None, details: str | None = None) -> None:
@@ -321,16 +232,15 @@ class TrackingStore:
 
     # -- writing to a run
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, v)
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        from orchestrator.store.figure_child import PIL_PNG
-
-        self.client.log_figure(run_id, figure, path, save_kwargs={"pil_kwargs": PIL_PNG})
+        self.client.log_figure(run_id, figure, path, save_kwargs=PNG)
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0, *,
                     synchronous: bool = True) -> Any:
@@ -361,36 +271,11 @@ class TrackingStore:
         """The run's description on its MLflow overview page."""
         self.client.set_tag(run_id, Tag.NOTE, markdown)
 
-    def log_datasets(self, run_id: str, data: Mapping[str, Any]) -> None:
-        """The run's data as MLflow dataset inputs, one per split (the UI's Dataset column).
-
-        ``data``: ``name``, ``source`` (a path or a loader), ``splits``: split -> (examples,
-        content digest), as :func:`experiments.train.describe_data` gives it.
-        """
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
-        inputs = []
-        for split, (size, digest) in data["splits"].items():
-            dataset = Dataset(name=f"{data['name']}-{split}", digest=digest[:36], source_type="local",
-                              source=json.dumps({"uri": data["source"]}),
-                              profile=json.dumps({"num_rows": size, "split": split, "classes": data["classes"]}))
-            inputs.append(DatasetInput(dataset, tags=[InputTag(Tag.DATA_CONTEXT, split)]))
-        for attempt in range(DATASET_ATTEMPTS):
-            try:
-                self.client.log_inputs(run_id, datasets=inputs)
-                return
-            except Exception as err:
-                if attempt == DATASET_ATTEMPTS - 1 or not _lost_dataset_race(err):
-                    raise
-                time.sleep(0.1 * (attempt + 1))
-
     def system_metrics(self, run_id: str):
         """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py)
         on this run while the block runs, sampling every ``ORCH_SYSTEM_METRICS_SECONDS``
         (default 10; 0 turns it off), with one last sample at the end so that a run shorter
         than the interval still has one."""
-        from orchestrator.store.run_tracker import SystemMetrics
-
         return SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
 
     def delete_tag(self, run_id: str, key: str) -> None:
@@ -403,11 +288,8 @@ class TrackingStore:
 
         metrics = [Metric(key, float(v), times[i], i + 1) for key, values in history.items()
                    for i, v in enumerate(values[: len(times)])]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-
-    def flush_async(self) -> None:
-        _flush_async(self.client)
+        for i in range(0, len(metrics), METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=metrics[i:i + METRICS_PER_CALL])
 
     # -- reading
     def metric_history(self, run_id: str, key: str) -> list[float]:
@@ -490,15 +372,11 @@ class TrackingStore:
 
     def tracker(self, run_id: str):
         """The training loop's tracker for one of this store's runs."""
-        from orchestrator.store.run_tracker import MlflowTracker
-
         return MlflowTracker(self, run_id)
 
 
-def to_record(run):
-    """An MLflow Run → :class:`orchestrator.analyze.compare.RunRecord`."""
-    from orchestrator.analyze.compare import RunRecord
-
+def to_record(run) -> RunRecord:
+    """An MLflow Run → :class:`~orchestrator.store.schema.RunRecord`."""
     return RunRecord(
         run_id=run.info.run_id,
         name=run.info.run_name or "",

@@ -102,8 +102,9 @@ def check_store(uri: str, *, write: bool) -> None:
                                 "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
         _check_writable_folder(db.parent, db)
         return
-    if not initialised(db):
-        _wait_for_creation(db)
+    # A store whose tables another orch process is creating right now passes: its file holds
+    # no tables yet or already MLflow's (the first migration step creates them all), and
+    # opening it waits for the creator's lock (TrackingStore).
     _check_sqlite_file(db)
     if write:
         _check_writable_folder(db.parent, db)
@@ -120,31 +121,24 @@ def init_lock_path(db: Path) -> Path:
     return db.parent / f".{db.name}.init-lock"
 
 
-def _wait_for_creation(db: Path, timeout: float = 120.0) -> None:
-    """A store whose tables another orch process is creating: wait until it has finished,
-    so that its half-made tables (or its write lock) are not taken for a broken store."""
-    lock = init_lock_path(db)
-    if not lock.exists():
-        return
-    from filelock import FileLock, Timeout
+def _tables(db: Path) -> set[str]:
+    """The names of the tables in SQLite file ``db``, from SQLite's own catalogue, read-only
+    (``mode=ro`` never creates or changes a file).
 
+    Raises:
+        sqlite3.Error: the file is not a SQLite database, or cannot be read.
+    """
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        with FileLock(lock, timeout=timeout):
-            pass
-    except (Timeout, OSError):  # a read-only folder, or a creator that hangs: check what is there
-        pass
+        return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        con.close()
 
 
 def initialised(db: Path) -> bool:
     """Whether a SQLite store file exists and holds MLflow's migration table."""
-    if not db.exists():
-        return False
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is not None
-        finally:
-            con.close()
+        return db.exists() and "alembic_version" in _tables(db)
     except sqlite3.Error:
         return False
 
@@ -176,11 +170,7 @@ def _check_writable_folder(folder: Path, db: Path) -> None:
 def _check_sqlite_file(db: Path) -> None:
     """The file is a SQLite database with MLflow's tables (or empty: MLflow creates them)."""
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
+        tables = _tables(db)
     except sqlite3.Error as err:
         raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
                             "--tracking-uri at another file") from None

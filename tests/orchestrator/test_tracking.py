@@ -1,5 +1,6 @@
 """The tracking store object: experiments open on MLflow's training view, one rule for a
-finished result, orphans closed, and no process-wide MLflow state set per call."""
+finished result, orphans closed, no process-wide MLflow state set per call, and a run's
+writes batched."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_runs_that_log_one_new_dataset_at_once_all_get_it(tracking):
         def log(run_id: str) -> None:
             barrier.wait()
             try:
-                tracking.log_datasets(run_id, data)
+                tracking.tracker(run_id).log_data(data)
             except BaseException as err:  # noqa: BLE001 - collected, then asserted on
                 errors.append(err)
 
@@ -144,3 +145,87 @@ def test_runs_that_log_one_new_dataset_at_once_all_get_it(tracking):
         finally:
             con.close()
         assert n == 2  # each split's dataset once, shared by the four runs
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    """(config, result) of the tiny digits config, trained once, nothing logged."""
+    from conftest import TINY_BASE
+    from experiments.config import build
+    from experiments.train import NullTracker, train
+
+    cfg = build(TINY_BASE)
+    return cfg, train(cfg, NullTracker(), device="cpu")
+
+
+def _spied(tracking, monkeypatch) -> list[tuple[str, dict]]:
+    """The write calls the store's MLflow client gets from now on: (method, keyword arguments)."""
+    calls: list[tuple[str, dict]] = []
+    for name in ("create_run", "log_batch", "log_metric", "log_param", "set_tag"):
+        original = getattr(tracking.client, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append((_name, kwargs))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tracking.client, name, spy)
+    return calls
+
+
+def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monkeypatch, tiny_result):
+    """Tags go in with the run's creation, the params in one ``log_batch``, each epoch's
+    curves in one ``log_batch`` at that epoch's step, the summary in one; nothing is written
+    key by key."""
+    from experiments.config import to_flat
+    from orchestrator.execute.runner import run_tracked
+
+    monkeypatch.setenv("ORCH_SYSTEM_METRICS_SECONDS", "0")  # the monitor writes through a client of its own
+    cfg, _ = tiny_result
+    calls = _spied(tracking, monkeypatch)
+    code, run_id, summary = run_tracked(cfg, store=tracking, experiment_id=tracking.ensure_experiment("batched"),
+                                        device="cpu", quiet=True)
+    assert code == 0
+    names = [name for name, _ in calls]
+    assert "log_metric" not in names and "log_param" not in names
+    (create,) = [kwargs for name, kwargs in calls if name == "create_run"]
+    assert create["tags"][Tag.RUN_KEY] and create["tags"][Tag.KIND] == Kind.RUN
+    (params,) = [kwargs["params"] for name, kwargs in calls if name == "log_batch" and kwargs.get("params")]
+    assert {p.key for p in params} == set(to_flat(cfg))
+    metric_batches = [kwargs["metrics"] for name, kwargs in calls if name == "log_batch" and kwargs.get("metrics")]
+    epochs = [batch for batch in metric_batches if batch[0].key.startswith("epoch/")]
+    assert [{m.step for m in batch} for batch in epochs] == [{e + 1} for e in range(int(summary["epochs_run"]))]
+    assert all(len({m.key for m in batch}) == len(batch) > 10 for batch in epochs)
+    assert len(metric_batches) == len(epochs) + 1  # and the summary, in one call
+    assert [kwargs for name, kwargs in calls if name == "set_tag"] == [{}]  # the description (set_note)
+
+
+def test_a_checkpoint_writes_its_tags_in_one_call(tracking, monkeypatch):
+    from orchestrator.store.checkpoints import RunCheckpoints
+
+    run_id = tracking.start_run(tracking.ensure_experiment("checkpoint-tags"), run_name="c", params={}, tags={})
+    calls = _spied(tracking, monkeypatch)
+    RunCheckpoints(tracking, run_id, 0, None).save({"progress": {"epoch": 3, "batch": 7}})
+    assert [(name, {t.key: t.value for t in kwargs["tags"]}) for name, kwargs in calls] == [
+        ("log_batch", {Tag.CHECKPOINT: "checkpoint/ckpt-0.pt", Tag.CHECKPOINT_EPOCH: "3", Tag.CHECKPOINT_BATCH: "7"})]
+
+
+def test_a_failing_model_save_still_logs_the_figures(tmp_path, monkeypatch, tiny_result):
+    """The run fails (a full disk while saving its model); its curves are what shows why."""
+    from orchestrator.store.artifacts import log_run_artifacts
+
+    cfg, result = tiny_result
+    store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = store.start_run(store.ensure_experiment("figures"), run_name="full-disk", params={}, tags={})
+    tracker = store.tracker(run_id)
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracker, "log_model", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        log_run_artifacts(tracker, cfg, result)
+    logged = {a.path for a in store.client.list_artifacts(run_id, "plots")}
+    assert logged == {"plots/curves.png", "plots/quantiles.png", "plots/confusion_test.png"}
+    for path in logged:
+        local = store.download_artifact(run_id, path, str(tmp_path))
+        assert open(local, "rb").read(4) == b"\x89PNG"
