@@ -21,15 +21,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TYPE_CHECKING, Any, Mapping, NoReturn
+from typing import Callable, Any, Mapping, NoReturn
 
 import yaml
 
-from experiments.errors import UserError
+from experiments.errors import ConfigError
+from experiments.yaml_source import YamlSource, read_yaml
 from models._checks import BIN_GATES, INIT_NAMES, NORM_NAMES, norm_constraint_error
-
-if TYPE_CHECKING:
-    from experiments.yaml_source import YamlSource
 
 DATASET_NAMES = ("digits", "cifar10", "imagefolder")
 VAL_SPLITS = ("stratified", "tail")  # how the validation set is carved from the training split
@@ -38,17 +36,6 @@ PRECISIONS = ("auto", "bf16", "fp32", "tf32")  # auto: bf16 on CUDA, fp32 on the
 PROBE_METHODS = ("interpolated", "order")  # feature percentiles: interpolated, or order statistics
 # PyYAML (YAML 1.1) reads 1e-3 as a string; numeric fields take it as the number it plainly is.
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-class ConfigError(UserError):
-    """Bad configuration input: names the source, the dotted key and the fix."""
-
-    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
-        self.key = key
-        self.source = source
-        self.problem = message
-        where = ": ".join(p for p in (source, key) if p)
-        super().__init__(f"{where}: {message}" if where else message)
 
 
 @dataclass(frozen=True)
@@ -265,10 +252,6 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _read_config_file(path: str | os.PathLike[str]) -> YamlSource:
-    # Imported here: yaml_source raises this module's ConfigError, so it imports this
-    # module, which must be complete first.
-    from experiments.yaml_source import read_yaml
-
     doc = read_yaml(path)
     if doc.data is None:
         return dataclasses.replace(doc, data={})

@@ -15,3 +15,14 @@ class UserError(ValueError):
     The message names the problem and the fix. Subclasses add context (a key, a source
     file) but every one of them maps to the same exit code.
     """
+
+
+class ConfigError(UserError):
+    """Bad configuration input: names the source, the dotted key and the fix."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.key = key
+        self.source = source
+        self.problem = message
+        where = ": ".join(p for p in (source, key) if p)
+        super().__init__(f"{where}: {message}" if where else message)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_NODES", "YamlSource", "line_of", "parse_yaml", "read_yaml"]
 

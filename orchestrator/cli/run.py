@@ -56,10 +56,15 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     from orchestrator.execute.runner import run_tracked, summary_line
 
     exp_id = store.ensure_experiment(experiment)
-    # TODO(seam): the entry names its run (grid/entry.py); until then the built-in study's rule
-    name = run_name or f"{cfg.model.norm}-bs{cfg.data.batch_size}-s{cfg.seed}"
+    if run_name is None:  # the entry names a lone run by its headline keys, e.g. gn-bs8-s0
+        from orchestrator.grid import names
+        from orchestrator.grid.entry import resolve_entry
+
+        entry = resolve_entry()
+        params = entry.params(cfg)
+        run_name = names.run_name({k: params[k] for k in (*entry.headline_keys, "seed")}, entry)
     with stop.handling() as flag:
-        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=name, device=device,
+        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=run_name, device=device,
                                             quiet=quiet, stop=flag, resume=resume_run or False)
     if code == ExitCode.OK:
         log.info("run %s FINISHED  %s", run_id, summary_line(summary))

@@ -201,7 +201,7 @@ def _launcher(launch: dict[str, Any], *, wait: bool, metric: str, quiet: bool):
 
     url = storage_mod.check(launch["storage"]) if launch["storage"] else None
     if launch["launcher"] == "slurm":
-        from orchestrator.launch.sweep import SlurmLauncher
+        from orchestrator.launch.slurm_sweep import SlurmLauncher
 
         if url and not storage_mod.is_postgres(url):
             raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "

@@ -151,10 +151,10 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
     """
     # Ctrl-C and SIGTERM stop the server (also in a shell's background job, which starts with SIGINT ignored)
     with stop.handling() as flag:
-        return _serve(uri, host, port, open_it, say, flag)
+        return _serve(uri, host, port, open_it, flag)
 
 
-def _serve(uri: str, host: str, port: int, open_it: bool, say: Callable[[str], None], flag: stop.StopFlag) -> int:
+def _serve(uri: str, host: str, port: int, open_it: bool, flag: stop.StopFlag) -> int:
     db = sqlite_path(uri)
     if db is None or not initialised(db):
         raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "

@@ -19,10 +19,12 @@ dropped, ``seed=N`` replaces the seeds. Nothing here imports torch or mlflow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from experiments.errors import ConfigError
 from experiments.yaml_source import read_yaml
 from orchestrator.grid.entry import Entry
 from orchestrator.grid.expand import RunSpec, expand_settings, resolve_settings, seed_major_runs, sweep_id
@@ -30,7 +32,7 @@ from orchestrator.grid.reader import GridReader
 from orchestrator.grid.size import DEFAULT_MAX_POINTS, check_size
 from orchestrator.grid.space import TuneSpec, read_tune
 
-__all__ = ["DEFAULT_MAX_POINTS", "RunSpec", "SweepSpec", "TuneSpec", "load_grid"]
+__all__ = ["DEFAULT_MAX_POINTS", "RunSpec", "SweepSpec", "TuneSpec", "load_grid", "tune_spec"]
 
 
 @dataclass(frozen=True)
@@ -72,3 +74,18 @@ def load_grid(path: str | Path, overrides: Sequence[str] = (), *, check_data: bo
     tune = read_tune(g, sections.tune, [s.config for s in settings], axes, check_data)
     return SweepSpec(name=sections.name, path=doc.source, text=doc.text, axes=axes, seeds=tuple(sections.seeds),
                      runs=runs, sweep_id=sweep_id(sections.name, runs), tune=tune, entry=sections.entry)
+
+
+def tune_spec(spec: SweepSpec) -> TuneSpec:
+    """What ``orch tune`` searches for ``spec``: its ``tune`` section, else ``tune: {}`` read now
+    through the same checks; ``seeds`` left out is the grid's first seed."""
+    tune = spec.tune
+    if tune is None:
+        configs = list({r.setting: r.config for r in spec.runs}.values())
+        # The data was checked (or knowingly skipped) when the grid was loaded: no I/O again.
+        tune = read_tune(GridReader(spec.path, {}, spec.entry), {}, configs, spec.axes, check_data=False)
+    metrics = spec.entry.summary_metrics
+    if tune.metric not in metrics:
+        raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of {', '.join(metrics)}",
+                          key="tune.metric", source=spec.path)
+    return dataclasses.replace(tune, seeds=tune.seeds or spec.seeds[:1])

@@ -18,18 +18,14 @@ written space naming a grid axis is refused, the default space leaves the axes o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from experiments.config import ConfigError
 from orchestrator.grid.names import format_value
 from orchestrator.grid.reader import GridReader, field_kind, suggest
 
-if TYPE_CHECKING:
-    from orchestrator.grid.load import SweepSpec
-
-__all__ = ["ParamSpace", "TuneSpec", "read_tune", "tune_spec"]
+__all__ = ["ParamSpace", "TuneSpec", "read_tune"]
 
 TUNE_KEYS = ("metric", "direction", "n_trials", "seeds", "space")
 SPACE_FIELDS = ("type", "low", "high", "log", "step", "choices")  # a range's, then a categorical's
@@ -67,21 +63,6 @@ class TuneSpec:
     n_trials: int | None
     space: tuple[ParamSpace, ...]
     seeds: tuple[int, ...] | None = None  # every trial trains each; None: the grid's first seed (tune_spec)
-
-
-def tune_spec(spec: SweepSpec) -> TuneSpec:
-    """What ``orch tune`` searches for ``spec``: its ``tune`` section, else ``tune: {}`` read now
-    through the same checks; ``seeds`` left out is the grid's first seed."""
-    tune = spec.tune
-    if tune is None:
-        configs = list({r.setting: r.config for r in spec.runs}.values())
-        # The data was checked (or knowingly skipped) when the grid was loaded: no I/O again.
-        tune = read_tune(GridReader(spec.path, {}, spec.entry), {}, configs, spec.axes, check_data=False)
-    metrics = spec.entry.summary_metrics
-    if tune.metric not in metrics:
-        raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of {', '.join(metrics)}",
-                          key="tune.metric", source=spec.path)
-    return dataclasses.replace(tune, seeds=tune.seeds or spec.seeds[:1])
 
 
 def read_tune(g: GridReader, raw: Any, configs: Sequence[Any], axes: Sequence[str], check_data: bool

@@ -297,3 +297,38 @@ def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
     if squeue and parent.data.tags.get(Tag.LAUNCHER) == ARRAY and parent.info.status in Status.LIVE:
         closed = close_if_done(store, parent.info.run_id, by="orch status")
     return rows, closed
+
+
+class SlurmLauncher:
+    """A Slurm job array (this module): returns once submitted; the
+    sweep is closed by Slurm's side (its last task). With ``wait``, :func:`run_sweep` calls
+    :meth:`follow` once it has let go of the sweep lock, which a follower must not keep.
+
+    ``check_sweep`` makes every check that needs no store (sbatch on PATH, the
+    partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
+    and raises a :class:`UserError`. ``submit_sweep`` submits ``jobs`` (the plan's
+    missing points) but those a live task holds, or with ``storage`` queues them
+    (:func:`orchestrator.launch.queue.submit`) and submits worker tasks; it says what it
+    submitted and returns the exit code. It runs under the sweep lock :func:`run_sweep` holds.
+    """
+
+    runs_here = False
+
+    def __init__(self, options: Any, *, device: str, max_retries: int, storage: str | None, shared: bool,
+                 wait: bool, metric: str):
+        self.options, self.storage, self.shared, self.wait = options, storage, shared, wait
+        self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
+
+    def setup(self, spec: SweepSpec, uri: str) -> None:
+        check_sweep(spec, uri, self.options, storage=self.storage, shared=self.shared, **self.settings)
+
+    def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
+        self.since_ms = int(time.time() * 1000)
+        return submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
+
+    def follow(self, plan: Plan) -> int:
+        """With ``wait``, once the sweep lock is let go: follow the jobs until they end; the exit code."""
+        return wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
+
+    def close(self) -> None:
+        pass

@@ -5,7 +5,7 @@ under the experiment's sweep lock (:mod:`orchestrator.store.locks`). A launcher 
 with one interface, :class:`Launcher` (after Hydra's: ``setup`` checks, ``launch`` takes the
 jobs): :class:`LocalLauncher` runs them on this machine's slots and returns once they are done,
 :class:`orchestrator.launch.queue.QueueLauncher` queues them for ``orch worker``s and
-:class:`SlurmLauncher` submits them as a Slurm array; those two return once the points are
+:class:`~orchestrator.launch.slurm_sweep.SlurmLauncher` submits them as a Slurm array; those two return once the points are
 handed on, and whoever ends the last point closes the sweep.
 
 A sweep run here ends with its summary on the parent (:mod:`orchestrator.analyze.sweep_summary`)
@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import signal
-import time
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from experiments.metric_names import DEFAULT_OBJECTIVE
@@ -93,47 +92,6 @@ class LocalLauncher:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
-
-
-class SlurmLauncher:
-    """A Slurm job array (:mod:`orchestrator.launch.slurm_sweep`): returns once submitted; the
-    sweep is closed by Slurm's side (its last task). With ``wait``, :func:`run_sweep` calls
-    :meth:`follow` once it has let go of the sweep lock, which a follower must not keep.
-
-    ``slurm_sweep.check_sweep`` makes every check that needs no store (sbatch on PATH, the
-    partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
-    and raises a :class:`UserError`. ``slurm_sweep.submit_sweep`` submits ``jobs`` (the plan's
-    missing points) but those a live task holds, or with ``storage`` queues them
-    (:func:`orchestrator.launch.queue.submit`) and submits worker tasks; it says what it
-    submitted and returns the exit code. It runs under the sweep lock :func:`run_sweep` holds.
-    """
-
-    runs_here = False
-
-    def __init__(self, options: Any, *, device: str, max_retries: int, storage: str | None, shared: bool,
-                 wait: bool, metric: str):
-        self.options, self.storage, self.shared, self.wait = options, storage, shared, wait
-        self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
-
-    def setup(self, spec: SweepSpec, uri: str) -> None:
-        from orchestrator.launch import slurm_sweep
-
-        slurm_sweep.check_sweep(spec, uri, self.options, storage=self.storage, shared=self.shared, **self.settings)
-
-    def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
-        from orchestrator.launch import slurm_sweep
-
-        self.since_ms = int(time.time() * 1000)
-        return slurm_sweep.submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
-
-    def follow(self, plan: Plan) -> int:
-        """With ``wait``, once the sweep lock is let go: follow the jobs until they end; the exit code."""
-        from orchestrator.launch import slurm_sweep
-
-        return slurm_sweep.wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
-
-    def close(self) -> None:
-        pass
 
 
 def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, rerun: bool = False,

@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterator, Mapping
 from experiments.config import build
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
-from orchestrator.grid.load import SweepSpec
-from orchestrator.grid.space import ParamSpace, TuneSpec, tune_spec
+from orchestrator.grid.load import SweepSpec, tune_spec
+from orchestrator.grid.space import ParamSpace, TuneSpec
 from orchestrator.store import optuna_storage as storage_mod
 from orchestrator.store.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore

@@ -13,7 +13,8 @@ from experiments.config import ConfigError, build, check, run_key
 from orchestrator.grid.load import SweepSpec, load_grid
 from orchestrator.grid.names import describe_point, run_name
 from experiments.study import DEFAULT_SPACE
-from orchestrator.grid.space import ParamSpace, tune_spec
+from orchestrator.grid.load import tune_spec
+from orchestrator.grid.space import ParamSpace
 
 ROOT = REPO
 GRIDS = ROOT / "experiments" / "grids"
@@ -496,7 +497,7 @@ def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlf
         import sys
         from click.testing import CliRunner
         from orchestrator.grid.load import load_grid
-        from orchestrator.grid.space import tune_spec
+        from orchestrator.grid.load import tune_spec
         spec = load_grid({str(GRIDS / 'demo.yaml')!r})
         assert len(spec.runs) == 18 and tune_spec(spec).space
         heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
