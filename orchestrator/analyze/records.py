@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
-from orchestrator.store.schema import ExpectedPoint, Status, Tag, TrialState, is_finished_result
+from orchestrator.store.schema import ExpectedPoint, RunRecord, Status, Tag, TrialState, is_finished_result
 
 SEED_KEY = "seed"
 # A run whose training stopped on a non-finite loss ends FAILED with a reason that starts
@@ -35,19 +35,6 @@ class Outcome:
     DIVERGED = "diverged"  # training stopped on a non-finite loss, or the finished value is not finite
     FAILED = "failed"  # the latest run ended FAILED for another reason (a crash, out of memory, ...)
     OPEN = "open"  # no result yet: never ran, running, killed, or finished without the metric
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One MLflow run as plain data (built by ``store.tracking.to_record``)."""
-
-    run_id: str
-    name: str  # e.g. "gn-bs8-s0"
-    status: str  # MLflow status: FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
-    params: Mapping[str, str]  # dotted config keys -> string values
-    metrics: Mapping[str, float]  # latest values: summary ("val_f1_macro") and "epoch/..." ones
-    tags: Mapping[str, str]  # schema.Tag keys: run key, point, setting, kind, ...
-    start_time: int  # ms since epoch
 
 
 # --------------------------------------------------------------------------- keys and labels

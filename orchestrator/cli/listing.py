@@ -35,7 +35,7 @@ def print_dry_run(spec: SweepSpec, uri: str) -> None:
     console = Console(width=200 if not sys.stdout.isatty() else None)
     console.print(table)
     if done is None:
-        console.print(f"{len(spec.runs)} points; status unknown (store {uri} not readable without mlflow)")
+        console.print(f"{len(spec.runs)} points; status unknown (store {uri} could not be read)")
     else:
         console.print(f"{len(spec.runs)} points: {n_done} done, {len(spec.runs) - n_done} pending  (store {uri})")
     missing = _missing_data_root(spec)

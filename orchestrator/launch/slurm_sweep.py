@@ -184,7 +184,7 @@ def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job:
     """
     sweep_id = store.get_run(parent_run_id).data.tags[Tag.SWEEP]
     try:
-        with locks.hold(store.uri, f"slurm-close-{sweep_id}", wait=wait, say=log.info,
+        with locks.hold(store.uri, f"slurm-close-{sweep_id}", wait=wait,
                         refusal=lambda who: f"sweep [{sweep_id}] not closed now: {who} is closing it"):
             return _close(store, parent_run_id, by=by, own_job=own_job, metric=metric)
     except locks.SweepBusy as err:

@@ -105,9 +105,9 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
     (:mod:`orchestrator.launch.rounds`).
     """
     launcher.setup(spec, store.uri)
-    heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait, say=log.info) if launcher.runs_here else None
+    heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait) if launcher.runs_here else None
     with stop.handling(), contextlib.ExitStack() as held:
-        held.enter_context(locks.hold(store.uri, spec.name, wait=wait, say=log.info))
+        held.enter_context(locks.hold(store.uri, spec.name, wait=wait))
         plan, outcome = None, Outcome()
         try:
             plan = plan_sweep(store, spec, rerun=rerun, heartbeat=heartbeat, reopen=until is not None)

@@ -226,7 +226,6 @@ class RunRecord:
     start_time: int  # ms since epoch
 
 
-
 @dataclass(frozen=True)
 class ExpectedPoint:
     """One point of a sweep's grid, as listed in the parent's ``points.json``."""

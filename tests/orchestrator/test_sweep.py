@@ -73,7 +73,8 @@ def test_dry_run_reports_done_without_torch(seeded_sweep):
         "import sys; from click.testing import CliRunner; from orchestrator.cli.main import cli;"
         f"r = CliRunner().invoke(cli, ['sweep', {str(grid)!r}, '--dry-run', '--tracking-uri', {uri!r}]);"
         "print(r.output); assert r.exit_code == 0, r.output;"
-        "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'heavy import'"
+        # reading an existing store goes through MLflow's client; torch is still not needed
+        "assert 'torch' not in sys.modules, 'heavy import'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr + out.stdout
