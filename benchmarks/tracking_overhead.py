@@ -110,6 +110,7 @@ def instrument(timings: Timings) -> None:
     """Wrap the tracking calls that ``run_tracked`` and ``train`` make (module attributes, looked up at call time)."""
     import experiments.plots
     from orchestrator.store import artifacts as run_artifacts
+    from orchestrator.store import provenance
     from orchestrator.store import run_tracker
     from orchestrator.store import tracking
 
@@ -130,6 +131,7 @@ def instrument(timings: Timings) -> None:
 
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
               "SystemMetrics": run_tracker.SystemMetrics, "run_artifacts": run_artifacts,
+              "provenance": provenance,
               "plots": experiments.plots, "Figure": matplotlib.figure.Figure,
               "ChildDrawing": __import__("orchestrator.store.figure_child", fromlist=["x"]).ChildDrawing,
               "RunCheckpoints": __import__("orchestrator.store.checkpoints", fromlist=["x"]).RunCheckpoints}
@@ -199,8 +201,9 @@ def sampling_cost(uri: str, run_id: str, n: int = 10) -> dict:
 # spaces run inside _log_artifacts, by four inside the row above them; unindented rows do
 # not overlap one another.
 CALLS = [
-    ("tracking", "runtime_tags", "runtime_tags (git rev-parse)"),
+    ("tracking", "runtime_tags", "runtime_tags (host, torch)"),
     ("TrackingStore", "start_run", "start_run (create_run + params)"),
+    ("provenance", "record", "provenance.record (git, packages, tags + 1-2 artifacts)"),
     ("MlflowTracker", "__init__", "MlflowTracker() (client)"),
     ("SystemMetrics", "__enter__", "system metrics: monitor start"),
     ("MlflowTracker", "log_data", "log_data (dataset inputs)"),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from experiments import metric_names as names
 from experiments.config import RunConfig, run_key, to_flat
 from orchestrator.store import checkpoints
-from orchestrator.store import claims
+from orchestrator.store import claims, provenance
 from orchestrator.store import tracking
 from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
 from orchestrator.errors import ExitCode, StoreFailure
@@ -215,6 +215,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
     printer = EpochPrinter(cfg, quiet, run_name or "")
     fence = None if claim is None else claims.Fence(store, run_id, claim)
     try:  # from here on, every ending closes the run
+        provenance.record(store, run_id, run_tags.get(Tag.ENTRY))
         if state is not None:  # the epochs before the checkpoint, with their original timestamps
             store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
         if on_start:

@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -67,26 +66,15 @@ def _configure_mlflow() -> None:
 
 
 def runtime_tags() -> dict[str, str]:
-    """Software, hardware and source version of this process, for reproducibility."""
+    """Host, process and torch of this process (the code's version: :mod:`orchestrator.store.provenance`)."""
     import torch
 
-    tags = {
+    return {
         Tag.HOST: socket.gethostname(),
         Tag.PID: str(os.getpid()),
         Tag.TORCH_VERSION: torch.__version__,
         Tag.CUDA_VERSION: torch.version.cuda or "none",
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        if commit.returncode == 0:
-            tags[Tag.GIT_SOURCE] = commit.stdout.strip()
-            tags[Tag.GIT_COMMIT] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
 
 
 def _metrics(values: Mapping[str, float], step: int) -> list:
@@ -321,8 +309,11 @@ class TrackingStore:
 
     # -- writing to a run
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, v)
+        """One write for all (MLflow takes up to 100 tags a batch): a write per tag cost 30 ms each
+        on a loaded 2-core VM, and a reader never sees half of them."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
