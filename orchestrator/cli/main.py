@@ -498,6 +498,8 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
 
 
 from orchestrator.cli import sweep as cli_sweep  # noqa: E402,F401 - registers `orch sweep` on the group
+from orchestrator.cli.diff import diff_cmd  # noqa: E402 - after the shared options it uses
+cli.add_command(diff_cmd)
 
 
 def main() -> None:
