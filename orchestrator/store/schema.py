@@ -51,9 +51,9 @@ class Tag:
     DEVICE = "orch.device"
     TORCH_VERSION = "orch.torch_version"
     CUDA_VERSION = "orch.cuda_version"
-    GIT_COMMIT = "orch.git_commit"  # the commit of the entry's repository, or "no commit" outside one
-    ENTRY = "orch.entry"  # the code the run calls, "module:name" (the built-in study: experiments.study:STUDY)
-    PYTHON_VERSION = "orch.python_version"
+    GIT_COMMIT = "orch.git_commit"  # the commit of the entry's repository, or `no commit` outside one
+    ENTRY = "orch.entry"  # the code the run calls, `module:name` (the built-in study: `experiments.study:STUDY`)
+    PYTHON_VERSION = "orch.python_version"  # the Python that ran it, e.g. `3.11.7`
     FAILURE_REASON = "orch.failure_reason"
     GRID_FILE = "orch.grid_file"
     N_POINTS = "orch.n_points"
@@ -146,7 +146,7 @@ class Artifact:
     CONFIG = "config.yaml"
     CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pt and ckpt-1.pt, written in turn
     TRACEBACK = "error/traceback.txt"
-    ENVIRONMENT = "environment.txt"  # the installed packages, one sorted name==version a line
+    ENVIRONMENT = "environment.txt"  # the installed packages, one `name==version` a line, sorted
     CODE_DIFF = "code/diff.patch"  # the entry's repository's uncommitted changes (tracked files, vs its commit)
     SLURM_DIR = "slurm"  # a sweep parent's slurm/<job id>.sh (the job script) and slurm/<job id>.json
     MODEL = "model"
