@@ -63,7 +63,8 @@ def find_run(store: TrackingStore, given: str) -> str:
             raise
     matches = [r.info.run_id for r in store.search(store.experiment_ids(), f"attributes.run_id LIKE '{given}%'")]
     if not matches:
-        raise UserError(f"no run {given!r} in {store.uri}; copy the id from the run's page (orch ui) or `orch run`'s output")
+        raise UserError(f"no run {given!r} in {store.uri}; copy the id from the run's page (orch ui) "
+                        "or `orch run`'s output")
     if len(matches) > 1:
         shown = ", ".join(sorted(matches)[:5]) + (", …" if len(matches) > 5 else "")
         raise UserError(f"run id prefix {given!r} is ambiguous: {len(matches)} runs start with it ({shown}); "
