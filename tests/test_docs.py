@@ -38,8 +38,8 @@ def site(tmp_path_factory) -> Path:
 
 def test_site_builds_strict_with_every_page(site):
     for page in ("tutorial", "how-to/own-code", "how-to/resume", "how-to/queue", "how-to/slurm", "how-to/tuning",
-                 "how-to/seeds", "how-to/ui", "reference/cli", "reference/config", "reference/grid",
-                 "reference/mlflow", "reference/exit-codes", "reference/environment", "reference/api",
+                 "how-to/seeds", "how-to/ui", "how-to/provenance", "reference/cli", "reference/config",
+                 "reference/grid", "reference/mlflow", "reference/exit-codes", "reference/environment", "reference/api",
                  "explanation/architecture", "explanation/failures", "explanation/statistics",
                  "explanation/study", "benchmarks", "development", "changelog"):
         assert (site / page / "index.html").is_file(), page

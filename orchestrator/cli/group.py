@@ -46,6 +46,7 @@ def cli(ctx: click.Context, debug: bool) -> None:  # noqa: ARG001 - read back by
     orch worker --storage URL     run queued points (several machines, PostgreSQL)
     orch status [--storage URL]   a sweep's points and Slurm jobs; the queue's state
     orch ui                       browse runs in MLflow's UI
+    orch diff RUN_A RUN_B         what differs between two runs: params, code, packages
     """
     ctx.with_resource(logging_to_stderr())
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 from orchestrator.cli.group import (BadInput, check_device, check_experiment_name, cli, device_option,
                                     handle_errors, max_points_option, open_store, quiet_option, set_option,
                                     slot_options, tracking_uri_option)
-from orchestrator.cli import output, results, run, sweep, tune, worker  # noqa: I001 - after the group's names
+from orchestrator.cli import diff, output, results, run, sweep, tune, worker  # noqa: I001 - after the group's names
 
 __all__ = ["BadInput", "check_device", "check_experiment_name", "cli", "device_option", "handle_errors", "main",
            "max_points_option", "open_store", "quiet_option", "set_option", "slot_options", "tracking_uri_option"]
 
 for command in (run.run_cmd, sweep.sweep_cmd, tune.tune_cmd, worker.worker_cmd,
-                results.status_cmd, results.compare_cmd, results.report_cmd, results.ui_cmd):
+                results.status_cmd, results.compare_cmd, results.report_cmd, results.ui_cmd, diff.diff_cmd):
     cli.add_command(command)
 
 

@@ -19,7 +19,7 @@ from experiments.config import RunConfig, run_key, to_flat
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop as stopping
 from orchestrator.execute.stop import StopFlag
-from orchestrator.store import checkpoints, claims, tracking
+from orchestrator.store import checkpoints, claims, provenance, tracking
 from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Kind, Status, Tag, TrialState
 
@@ -124,6 +124,7 @@ def _run_closed(cfg, store, experiment_id, run_name, tags, parent_run_id, device
                              parent_run_id=parent_run_id or continued_parent)
     fence = None if claim is None else claims.Fence(store, run_id, claim)
     try:  # from here on, every ending closes the run
+        provenance.record(store, run_id, run_tags.get(Tag.ENTRY))
         if state is not None:  # the epochs before the checkpoint, with their original timestamps
             store.log_history(run_id, state["progress"]["history"], state["progress"]["epoch_times"])
         if on_start:

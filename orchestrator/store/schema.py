@@ -20,6 +20,9 @@ run carries (the README's "What one run records" lists it for users):
 * a point run under Slurm also carries ``Tag.SLURM_JOB`` (``12_3``) and the job/array ids;
   its sweep parent ``Tag.SLURM_JOBS``, ``Tag.SUMMARIZED_BY`` and ``slurm/<job id>.{sh,json}``.
 * a failed or killed run: ``Tag.FAILURE_REASON`` and the artifact ``error/traceback.txt``.
+* every training run, when it starts (:mod:`orchestrator.store.provenance`): ``Tag.ENTRY``,
+  ``Tag.GIT_COMMIT``, ``Tag.PYTHON_VERSION``; artifacts ``environment.txt`` and, when the entry's
+  repository has uncommitted changes, ``code/diff.patch``.
 * a run that started from epoch 0 because the checkpoint it was to continue was unusable:
   ``Tag.CHECKPOINT_SKIPPED`` (that checkpoint, and why).
 
@@ -48,7 +51,9 @@ class Tag:
     DEVICE = "orch.device"
     TORCH_VERSION = "orch.torch_version"
     CUDA_VERSION = "orch.cuda_version"
-    GIT_COMMIT = "orch.git_commit"
+    GIT_COMMIT = "orch.git_commit"  # the commit of the entry's repository, or `no commit` outside one
+    ENTRY = "orch.entry"  # the code the run calls, `module:name` (the built-in study: `experiments.study:STUDY`)
+    PYTHON_VERSION = "orch.python_version"  # the Python that ran it, e.g. `3.11.7`
     FAILURE_REASON = "orch.failure_reason"
     GRID_FILE = "orch.grid_file"
     N_POINTS = "orch.n_points"
@@ -142,6 +147,8 @@ class Artifact:
     CONFIG = "config.yaml"
     CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pt and ckpt-1.pt, written in turn
     TRACEBACK = "error/traceback.txt"
+    ENVIRONMENT = "environment.txt"  # the installed packages, one `name==version` a line, sorted
+    CODE_DIFF = "code/diff.patch"  # the entry's repository's uncommitted changes (tracked files, vs its commit)
     SLURM_DIR = "slurm"  # a sweep parent's slurm/<job id>.sh (the job script) and slurm/<job id>.json
     MODEL = "model"
     CURVES = "plots/curves.png"

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -70,26 +69,15 @@ def _configure_mlflow() -> None:
 
 
 def runtime_tags() -> dict[str, str]:
-    """Software, hardware and source version of this process, for reproducibility."""
+    """Host, process and torch of this process (the code's version: :mod:`orchestrator.store.provenance`)."""
     import torch
 
-    tags = {
+    return {
         Tag.HOST: socket.gethostname(),
         Tag.PID: str(os.getpid()),
         Tag.TORCH_VERSION: torch.__version__,
         Tag.CUDA_VERSION: torch.version.cuda or "none",
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        if commit.returncode == 0:
-            tags[Tag.GIT_SOURCE] = commit.stdout.strip()
-            tags[Tag.GIT_COMMIT] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return tags
 
 
 def _metrics(values: Mapping[str, float], step: int) -> list:

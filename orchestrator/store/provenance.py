@@ -1,0 +1,157 @@
+"""Where a run's code and software came from, recorded when it starts, and read back for ``orch diff``.
+
+A training run carries (:func:`record`):
+
+* ``Tag.ENTRY``: the code it calls, ``module:name`` (the built-in study when none is named);
+* ``Tag.GIT_COMMIT`` (and MLflow's ``mlflow.source.git.commit``): the commit checked out in the
+  git repository that holds the entry's module, or :data:`NO_COMMIT` when there is none (git
+  missing, the module outside a repository): that never fails the run;
+* ``code/diff.patch`` when that tree is dirty: ``git diff HEAD``, i.e. the changes to tracked
+  files, staged or not, against the commit. Not included: untracked files (a new module not yet
+  ``git add``-ed), ignored files, the working trees of submodules (only their commit moves show),
+  and the contents of binary files ("Binary files differ"). The tree is read when the run
+  starts; a process that imported the code earlier runs what it imported then;
+* ``Tag.PYTHON_VERSION`` and ``environment.txt``: the installed distributions, ``name==version``
+  sorted by name, read through :mod:`importlib.metadata` (the first of a name on ``sys.path``,
+  as an import would find it).
+
+Cost at a run's start (2-core VM, 2026-12-06): the two git calls about 10 ms in this repository,
+the package list 20 ms once per process (then cached: the points a slot process runs share it),
+the three writes to a SQLite store about 30 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from orchestrator.grid.entry import BUILTIN
+from orchestrator.store.schema import Artifact, Tag
+
+NO_COMMIT = "no commit"
+GIT_SECONDS = 5  # a git call that hangs (a network file system) gives up: the run records no commit
+
+
+def record(store: Any, run_id: str, entry: str | None = None) -> None:
+    """Tag run ``run_id`` with its provenance and log ``environment.txt`` (and ``code/diff.patch``
+    when the entry's tree is dirty). ``entry``: ``module:name``; None for the built-in study.
+    Git problems are recorded as :data:`NO_COMMIT`; a store failure raises as any write does."""
+    entry = entry or BUILTIN
+    commit, patch = git_state(source_folder(entry))
+    tags = {Tag.ENTRY: entry, Tag.GIT_COMMIT: commit or NO_COMMIT, Tag.PYTHON_VERSION: platform.python_version()}
+    if commit:
+        tags[Tag.GIT_SOURCE] = commit
+    store.set_tags(run_id, tags)
+    store.log_text(run_id, environment_text(), Artifact.ENVIRONMENT)
+    if patch:
+        store.log_text(run_id, patch, Artifact.CODE_DIFF)
+
+
+def source_folder(entry: str) -> Path | None:
+    """The folder of the entry's module file, found without importing the module itself (only
+    its parent packages); None when it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(entry.partition(":")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and os.path.isfile(spec.origin):
+        return Path(spec.origin).parent
+    locations = list(spec.submodule_search_locations or [])  # a namespace package has no file
+    return Path(locations[0]) if locations else None
+
+
+def git_state(folder: Path | None) -> tuple[str | None, str | None]:
+    """(HEAD's commit, ``git diff HEAD`` or None when clean) of the repository holding ``folder``;
+    (None, None) outside a repository or without git."""
+    if folder is None:
+        return None, None
+    try:
+        head = _git(folder, "rev-parse", "--verify", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        diff = _git(folder, "diff", "HEAD", "--no-color", "--no-ext-diff", "--no-textconv")
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return head.stdout.strip(), (diff.stdout or None) if diff.returncode == 0 else None
+
+
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    # GIT_OPTIONAL_LOCKS=0: `git diff` would otherwise refresh the index under index.lock, which
+    # fails in a read-only checkout and races the user's own git commands.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=GIT_SECONDS,
+                          env=env, stdin=subprocess.DEVNULL)
+
+
+@functools.lru_cache(maxsize=1)
+def environment_text() -> str:
+    """The installed distributions, one ``name==version`` a line, sorted by name: once per process."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():  # sys.path order: the first of a name is the one imported
+        name, version = _name_version(dist)
+        if name:
+            found.setdefault(canonical_name(name), f"{name}=={version}")
+    return "".join(f"{line}\n" for _, line in sorted(found.items()))
+
+
+def _name_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """Name and version from the metadata's header alone: ``dist.metadata`` parses the whole file
+    (long descriptions included), 0.16 s for 170 distributions against 0.02 s for the headers."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version"):
+            fields[key] = value.strip()
+    return fields.get("Name"), fields.get("Version")
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503's normal form: ``Typing_Extensions`` and ``typing-extensions`` are one distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_environment(text: str) -> dict[str, str]:
+    """``environment.txt`` → name → version."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, version = line.strip().partition("==")
+        if sep:
+            out[name] = version
+    return out
+
+
+def read_provenance(store: Any, run_id: str) -> dict[str, Any]:
+    """What ``orch diff`` compares of one run (see :func:`orchestrator.analyze.diff.diff_runs`):
+    its params, entry, commit, Python version, ``code/diff.patch`` (None: none) and packages
+    (None: the run recorded none, e.g. it predates provenance)."""
+    run = store.get_run(run_id)
+    tags = run.data.tags
+    environment = _text_if_any(store, run_id, Artifact.ENVIRONMENT)
+    return {"run_id": run_id, "name": run.info.run_name, "params": dict(run.data.params),
+            "entry": tags.get(Tag.ENTRY), "commit": tags.get(Tag.GIT_COMMIT), "python": tags.get(Tag.PYTHON_VERSION),
+            "patch": _text_if_any(store, run_id, Artifact.CODE_DIFF),
+            "packages": None if environment is None else parse_environment(environment)}
+
+
+def _text_if_any(store: Any, run_id: str, path: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="orch-diff-") as tmp:
+        try:
+            local = store.download_artifact(run_id, path, tmp)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+        return Path(local).read_text(errors="replace")
