@@ -11,7 +11,9 @@ under a lock of the sweep. It closes only when no other job of the sweep is live
 squeue lags a task's end (RUNNING for a moment after its process is gone, then COMPLETING,
 which a cancelled task also shows while it checkpoints), so a task that finds it is not the
 last records on the parent that it has ended (``Tag.SLURM_ENDED``) before the next closer
-looks. Of tasks that end together, the last to take the lock closes the sweep, once.
+looks. Of tasks that end together, the last to take the lock closes the sweep, once. (Seen on
+Slurm 22.05, one node: without that record the closer after a task that had just ended still
+saw it RUNNING, and both tasks of a cancelled array, each seeing the other COMPLETING, closed.)
 
 Why not the close job of before (``--dependency=afterany``): ``scontrol requeue`` also takes a
 task that has ended, which satisfies ``afterany`` and then runs again, so that job had to wait
