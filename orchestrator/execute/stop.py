@@ -44,17 +44,6 @@ Reason texts (the ``orch.failure_reason`` of a run or parent ended by a stop, re
 tests and the README): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``interrupted
 (SIGINT)``, each optionally followed by where it stopped. Exit codes: 130 for Ctrl-C
 (SIGINT), 143 for a preemption (SIGTERM and SIGUSR1 alike).
-
-For the one caller still to convert (launch/slurm_task.py; this section goes once it has):
-
-* it must not assign ``Scheduler.accept_signal`` (gone): it wraps its ``main`` in
-  ``with stop.handling(accept=_accept) as flag, flag.deferred():`` so that a signal that comes
-  before its scheduler starts only sets the flag (in place of ``EARLY`` and
-  ``_early_handler``: check ``flag.signum``); the scheduler, nested, shares that flag and the
-  ``accept`` rule, and an early time-limit warning that ``_accept`` refuses is ignored
-  everywhere. ``requeue()`` may keep ignoring SIGTERM with :func:`ignore` (the work is saved).
-* ``slots.prewarm`` and ``release_unadopted`` do nothing now (no process is started ahead):
-  drop the calls.
 """
 
 from __future__ import annotations
