@@ -278,16 +278,6 @@ def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Pop
         )
 
 
-# Kept for orchestrator/launch/slurm_task.py until it drops its calls: point processes are no
-# longer started ahead of the scheduler (about 3 s per command, far below 1% of a run).
-def prewarm(slots: Sequence[Slot], command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
-    """Does nothing: the scheduler starts its slots' processes itself."""
-
-
-def release_unadopted(keep: Sequence[Slot] = (), command: Sequence[str] = POINT_COMMAND) -> None:  # noqa: ARG001
-    """Does nothing: no process is started ahead."""
-
-
 def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:
     deadline = time.time() + grace
     for proc in procs:
