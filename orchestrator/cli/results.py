@@ -167,7 +167,8 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
     Figures, logged under report/ on the sweep's parent run (and written to --out DIR):
     training_curves.png (loss and accuracy by epoch per setting, mean ± std over seeds),
     quantiles.png (feature percentiles of the first validation example, first seed),
-    test_acc.png (test accuracy by norm × batch size, 95% CI error bars).
+    test_acc.png (test accuracy by the grid's first axis, one bar series per value of
+    the others, 95% CI error bars).
     """
     from pathlib import Path
 

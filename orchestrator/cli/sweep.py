@@ -70,8 +70,8 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @grouped(
     "separation",
     click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
-                 help="Add seeds where settings are not yet separated on METRIC (the README says how and what "
-                      "it guarantees)."),
+                 help="Add seeds where settings are not yet separated on METRIC (docs/how-to/seeds.md says how "
+                      "and what it guarantees)."),
     click.option("--max-seeds", type=click.IntRange(min=2), default=10, metavar="N",
                  help="[separation] Seeds per setting at most (10)."),
     click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, metavar="N",

@@ -41,7 +41,7 @@ from ``KeyboardInterrupt`` so that ``except Exception`` (a run's failure handler
 the runner (:func:`orchestrator.execute.runner.run_tracked`) turns that into the run's end.
 
 Reason texts (the ``orch.failure_reason`` of a run or parent ended by a stop, relied on by
-tests and the README): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``interrupted
+tests and docs/how-to/resume.md): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``interrupted
 (SIGINT)``, each optionally followed by where it stopped. Exit codes: 130 for Ctrl-C
 (SIGINT), 143 for a preemption (SIGTERM and SIGUSR1 alike).
 """

@@ -16,7 +16,7 @@ records as a failure.
 
 Check, then write: between a check and the write it guards (one store round trip,
 milliseconds) another process can still take the point over; then the thawed process's
-one write lands. The README's "What happens when…" table states this window.
+one write lands. The table of docs/explanation/failures.md states this window.
 """
 
 from __future__ import annotations

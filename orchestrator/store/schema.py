@@ -3,7 +3,7 @@ the Optuna attributes of queued points and tuning studies, and the rule that say
 whether a run is a finished result.
 
 Every other module imports these names; none spells an ``orch.*`` key itself. What a
-run carries (the README's "What one run records" lists it for users):
+run carries (docs/reference/mlflow.md lists it for users):
 
 * sweep parent: ``Tag.KIND=sweep``, ``Tag.SWEEP``; artifacts ``grid.yaml``,
   ``points.json``, later ``summary.csv`` and ``plots/``. While a sweep through a tracking
