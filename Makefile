@@ -28,7 +28,7 @@ lint-imports: install
 test: lint-imports
 	$(BIN)/python -m pytest
 
-# The unit tier and the quick integration tests: a minute or so (markers in setup.cfg).
+# The unit tier and the quick integration tests (markers in setup.cfg; tests/conftest.py gives each module its tier).
 test-fast: lint-imports
 	$(BIN)/python -m pytest -m "(unit or integration) and not slow" -q --durations=10
 

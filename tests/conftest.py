@@ -216,7 +216,7 @@ MODULE_TIERS = {
     "test_study_choices": "unit", "test_train": "unit", "test_yaml_source": "unit",
     # integration: commands on a real SQLite store, real point processes
     "test_checkpoints": "integration", "test_closed_output": "integration", "test_docs": "integration",
-    "test_faults": "integration", "test_figure_child": "integration", "test_run": "integration",
+    "test_faults": "integration", "test_provenance": "integration", "test_run": "integration",
     "test_scheduler": "integration", "test_storage": "integration", "test_sweep": "integration",
     "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
     "test_ui": "integration",
@@ -226,7 +226,7 @@ MODULE_TIERS = {
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
 # runs, a fresh SQLite store per test (MLflow's migrations take seconds), the docs site's build
-SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_figure_child",
+SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_provenance",
                 "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_train", "test_tune", "test_ui"}
 
 

@@ -1,14 +1,18 @@
-"""The house rules of orchestrator/ (tests/house.py): size, no study keys, no fork, few signal
-handlers, no copied blocks. ``breaches()`` lists what breaks them; the house keeps none."""
+"""The house rules of orchestrator/ (tests/house.py): module and function sizes, no study keys, no
+fork, few signal handlers, and the package's total size. ``breaches()`` lists what breaks them."""
 
 from __future__ import annotations
 
 import pytest
 
+import house  # tests/house.py, beside this file (pytest puts this directory on sys.path)
 
-@pytest.mark.unit
-@pytest.mark.xfail(strict=False, reason="until the #27 branches merge")
-def test_the_house_rules_hold():
-    import house  # tests/house.py, beside this file (pytest puts this directory on sys.path)
 
-    assert house.breaches() == []
+def test_modules_functions_study_keys_fork_and_signal_handlers_keep_the_rules():
+    assert [b for b in house.breaches() if not b.startswith("orchestrator/ has ")] == []
+
+
+@pytest.mark.xfail(strict=False, reason="orchestrator/ is about 10,300 lines; the rule's 7,500 is still to reach")
+def test_orchestrator_stays_within_its_line_budget():
+    total = sum(len(p.read_text().splitlines()) for p in house.modules())
+    assert total <= house.MAX_LINES
