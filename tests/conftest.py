@@ -203,7 +203,8 @@ def pytest_collection_modifyitems(config, items):
 # subprocesses) or ``system`` (PostgreSQL, Slurm, Chromium, docker, sweeps killed and resumed).
 # A test that marks itself keeps its mark; one that uses a fixture of SYSTEM_FIXTURES is
 # ``system``, one that uses :func:`store` ``integration``; any other gets its module's tier from
-# MODULE_TIERS. The tests of the modules in SLOW_MODULES are also ``slow``: ``make test-fast``
+# MODULE_TIERS. The tests of the modules in SLOW_MODULES, and those that use :func:`store` (a
+# fresh MLflow store: its migrations take seconds), are also ``slow``: ``make test-fast``
 # ("(unit or integration) and not slow") leaves them, and every test marked slow, to ``make test``.
 # A module missing from the table counts as slow integration.
 TIERS = ("unit", "integration", "system")
@@ -225,9 +226,10 @@ MODULE_TIERS = {
     "test_slurm": "system",
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
-# runs, a fresh SQLite store per test (MLflow's migrations take seconds), the docs site's build
+# runs, fresh SQLite stores, the docs site's build
 SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_provenance",
-                "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_train", "test_tune", "test_ui"}
+                "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_tracking", "test_train",
+                "test_tune", "test_ui"}
 
 
 def pytest_itemcollected(item):
@@ -244,7 +246,7 @@ def pytest_itemcollected(item):
         tier = MODULE_TIERS.get(module, "integration")
     if not named:
         item.add_marker(tier)
-    if module in SLOW_MODULES or module not in MODULE_TIERS:
+    if module in SLOW_MODULES or module not in MODULE_TIERS or "store" in item.fixturenames:
         item.add_marker("slow")
 
 

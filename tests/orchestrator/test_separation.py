@@ -247,6 +247,7 @@ def test_until_separated_goes_on_past_diverged_points_and_decides_on_the_setting
 
 
 @pytest.mark.integration  # opens a SQLite store
+@pytest.mark.slow
 def test_until_separated_and_confirm_refuse_bad_input_before_anything_starts(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", "separate-bad", {"model.norm": ["bn", "gn"]}, seeds=(0, 1))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
