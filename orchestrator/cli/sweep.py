@@ -113,6 +113,7 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
     from orchestrator.launch.sweep import run_sweep
 
     launcher = _launcher(launch, wait=wait, metric=metric, quiet=quiet)
+    launcher.setup(spec, uri)  # before open_store, which creates a SQLite store: bad input records nothing
     sys.exit(run_sweep(spec, open_store(uri), launcher, rerun=rerun, wait=wait, until=until, metric=metric))
 
 
