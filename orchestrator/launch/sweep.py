@@ -102,9 +102,9 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
     the points run here beats a heartbeat on the parent through a tracking server: a second
     sweep of the same experiment and store is refused (``SweepBusy``, exit 2) or, with
     ``wait``, waits for this one. With ``until``, rounds of added seeds follow the grid's own
-    (:mod:`orchestrator.launch.rounds`).
+    (:mod:`orchestrator.launch.rounds`). The caller has set ``launcher`` up (:meth:`Launcher.setup`)
+    before it opened ``store``.
     """
-    launcher.setup(spec, store.uri)
     heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait) if launcher.runs_here else None
     with stop.handling(), contextlib.ExitStack() as held:
         held.enter_context(locks.hold(store.uri, spec.name, wait=wait))
