@@ -79,15 +79,10 @@ def logging_to_stderr() -> Iterator[None]:
     level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    # Importing mlflow.pytorch calls logging.basicConfig(), which gives a root logger without
-    # handlers one that prints every propagated record again ("INFO:orchestrator…"); a root
-    # that has a handler is left alone.
-    quiet_root = logging.NullHandler()
-    logging.getLogger().addHandler(quiet_root)
+    logger.propagate = False  # a root handler (mlflow.pytorch's basicConfig) would print each line again
     try:
         yield
     finally:
-        logging.getLogger().removeHandler(quiet_root)
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
