@@ -202,8 +202,8 @@ def _train_logged(cfg: RunConfig, store: tracking.TrackingStore, run_id: str, de
 
     ckpts = None
     if stop is not None:
-        ckpts = (RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds, stop) if fence is None
-                 else claims.FencedCheckpoints(fence, store, run_id, cfg.train.checkpoint_seconds, stop))
+        ckpts = (RunCheckpoints(store, run_id, cfg.train.checkpoint_seconds) if fence is None
+                 else claims.FencedCheckpoints(fence, store, run_id, cfg.train.checkpoint_seconds))
     tracker = store.tracker(run_id)
     try:
         with store.system_metrics(run_id):

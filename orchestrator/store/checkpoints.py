@@ -28,32 +28,16 @@ from orchestrator.store.schema import Artifact, Status, Tag, tag_filter
 from orchestrator.store.tracking import TrackingStore
 
 
-class StopFlag:
-    """Set by a signal handler, read by the training loop at each batch boundary.
-
-    ``busy`` is true while a run is open (from its start to its end): a signal then only
-    sets ``reason`` and the loop stops at its next batch; outside (an idle point process,
-    say) it interrupts.
-    """
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.busy = False
-
-
 class RunCheckpoints:
     """The training loop's :class:`experiments.train.Checkpoints` for one MLflow run."""
 
-    def __init__(self, store: TrackingStore, run_id: str, interval_seconds: float, stop: StopFlag):
-        self.store, self.run_id, self.interval, self.stop = store, run_id, interval_seconds, stop
+    def __init__(self, store: TrackingStore, run_id: str, interval_seconds: float):
+        self.store, self.run_id, self.interval = store, run_id, interval_seconds
         self.last = time.monotonic()
         self.count = 0
 
     def due(self) -> bool:
         return self.interval == 0 or time.monotonic() - self.last >= self.interval
-
-    def stop_requested(self) -> str | None:
-        return self.stop.reason
 
     def save(self, state: dict[str, Any]) -> None:
         import torch

@@ -20,7 +20,7 @@ from conftest import TINY_BASE, all_runs, invoke, write_grid
 from experiments.config import result_dict, to_flat
 from experiments.metric_names import epoch_key
 from experiments.train import train
-from orchestrator.store.checkpoints import RunCheckpoints, StopFlag
+from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Kind, Status, Tag
 from orchestrator.store.tracking import TrackingStore
@@ -79,7 +79,7 @@ def damaged_store(tmp: Path, grid: Path, checkpoint) -> tuple[str, dict, str]:
 
     def killed_run(cfg, run_key: str, name: str) -> tuple[str, Path]:
         run_id = store.start_run(exp, run_name=name, params=to_flat(cfg), tags={Tag.KIND: Kind.POINT, Tag.RUN_KEY: run_key})
-        RunCheckpoints(store, run_id, 0, StopFlag()).save(state)
+        RunCheckpoints(store, run_id, 0).save(state)
         store.end_run(run_id, Status.KILLED, "preempted (SIGTERM) at epoch 1, batch 1; checkpoint saved")
         return run_id, Path(urlparse(store.get_run(run_id).info.artifact_uri).path) / CHECKPOINT
 

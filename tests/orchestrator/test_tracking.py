@@ -204,7 +204,7 @@ def test_a_checkpoint_writes_its_tags_in_one_call(tracking, monkeypatch):
 
     run_id = tracking.start_run(tracking.ensure_experiment("checkpoint-tags"), run_name="c", params={}, tags={})
     calls = _spied(tracking, monkeypatch)
-    RunCheckpoints(tracking, run_id, 0, None).save({"progress": {"epoch": 3, "batch": 7}})
+    RunCheckpoints(tracking, run_id, 0).save({"progress": {"epoch": 3, "batch": 7}})
     assert [(name, {t.key: t.value for t in kwargs["tags"]}) for name, kwargs in calls] == [
         ("log_batch", {Tag.CHECKPOINT: "checkpoint/ckpt-0.pt", Tag.CHECKPOINT_EPOCH: "3", Tag.CHECKPOINT_BATCH: "7"})]
 
