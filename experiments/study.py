@@ -71,6 +71,12 @@ def default_space(settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
 class Study:
     """The ResNet normalization study (:mod:`experiments.train`) as an entry."""
 
+    name = "experiments.study:STUDY"
+    spec: dict[str, Any] = {}
+    folder = None
+    progress_keys = (metric_names.epoch_key(metric_names.DEFAULT_OBJECTIVE), metric_names.epoch_key(metric_names.VAL_LOSS),
+                     metric_names.DEFAULT_OBJECTIVE, "test_acc")
+
     fields = config.FIELD_TYPES
     related_keys = RELATED_KEYS
     name_prefixes = NAME_PREFIXES
@@ -101,6 +107,20 @@ class Study:
     @staticmethod
     def run_key(cfg: config.RunConfig) -> str:
         return config.run_key(cfg)
+
+    @staticmethod
+    def user_config(cfg: config.RunConfig) -> config.RunConfig:
+        return cfg
+
+    @staticmethod
+    def checkpoint_seconds(cfg: config.RunConfig) -> float:
+        return cfg.train.checkpoint_seconds
+
+    @staticmethod
+    def train(cfg: config.RunConfig, run: Any) -> dict[str, float] | None:
+        from experiments.study_run import train_run
+
+        return train_run(cfg, run)
 
     @staticmethod
     def default_space(settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,8 @@ length of a command, INFO and up (WARNING and up with a command's ``--quiet``).
 
 from __future__ import annotations
 
+import os
+
 import functools
 import logging
 import sys
@@ -111,6 +113,15 @@ def check_device(device: str) -> None:
 
         if not torch.cuda.is_available():
             raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+
+
+def use_device(device: str) -> None:
+    """Point code trained in this process at ``device`` (``cpu``, ``cuda:N``) through
+    CUDA_VISIBLE_DEVICES, as slots do for point processes; ``auto`` and ``cuda`` change nothing."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device.startswith("cuda:"):
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2]
 
 
 def one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from orchestrator.cli.group import (BadInput, check_device, check_experiment_name, device_option, handle_errors,
+from orchestrator.cli.group import (BadInput, check_device, check_experiment_name, use_device, device_option, handle_errors,
                                     open_store, quiet_option, set_option, tracking_uri_option)
 from orchestrator.errors import ExitCode
 
@@ -40,17 +40,21 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     from experiments.config import load
     from orchestrator.cli.output import ignore_hangup
 
+    from orchestrator.grid.entry import resolve_entry
+
     ignore_hangup()
+    entry = resolve_entry()  # orch run trains the built-in study; a grid names other entries
     store = open_store(tracking_uri)
     if resume_run:
         if config_file or overrides:
             raise BadInput("--resume continues a run with its own config; drop CONFIG.yaml and --set")
         from orchestrator.execute.runner import resumed_config
 
-        cfg, experiment, run_name = resumed_config(store, resume_run)
+        cfg, experiment, run_name = resumed_config(store, resume_run, entry)
     else:
         cfg = load(config_file, overrides)
     check_device(device)
+    use_device(device)
 
     from orchestrator.execute import stop
     from orchestrator.execute.runner import run_tracked, summary_line
@@ -58,16 +62,14 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     exp_id = store.ensure_experiment(experiment)
     if run_name is None:  # the entry names a lone run by its headline keys, e.g. gn-bs8-s0
         from orchestrator.grid import names
-        from orchestrator.grid.entry import resolve_entry
 
-        entry = resolve_entry()
         params = entry.params(cfg)
         run_name = names.run_name({k: params[k] for k in (*entry.headline_keys, "seed")}, entry)
     with stop.handling() as flag:
-        code, run_id, summary = run_tracked(cfg, store=store, experiment_id=exp_id, run_name=run_name, device=device,
+        code, run_id, summary = run_tracked(entry, cfg, store=store, experiment_id=exp_id, run_name=run_name,
                                             quiet=quiet, stop=flag, resume=resume_run or False)
     if code == ExitCode.OK:
-        log.info("run %s FINISHED  %s", run_id, summary_line(summary))
+        log.info("run %s FINISHED  %s", run_id, summary_line(entry, summary))
     elif code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):
         log.warning("continue it with: orch run --resume %s", run_id)
     sys.exit(code)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from orchestrator.cli.group import (device_option, handle_errors, max_points_option, open_store, quiet_option,
+from orchestrator.cli.group import (use_device, device_option, handle_errors, max_points_option, open_store, quiet_option,
                                     set_option, tracking_uri_option)
 
 
@@ -44,6 +44,7 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     from orchestrator.store.uri import resolve_tracking_uri
 
     ignore_hangup()
+    use_device(device)
     spec = load_grid(grid_file, overrides, max_points=max_points)
     # the Optuna storage is checked before the tracking store is opened (and perhaps created)
     storage = storage_mod.check(storage or storage_mod.default_storage(resolve_tracking_uri(tracking_uri)))

@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from orchestrator.cli.group import (device_option, handle_errors, one_queued_sweep, open_store, quiet_option,
+from orchestrator.cli.group import (use_device, device_option, handle_errors, one_queued_sweep, open_store, quiet_option,
                                     slot_options, tracking_uri_option)
 
 
@@ -44,6 +44,8 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     uri = open_store(tracking_uri).uri if tracking_uri else None
     if url.startswith("sqlite:"):
         queue.register_worker(url, stale_after=max(60.0, 3 * poll))
+    if sweep is None:
+        use_device(device)  # tuning trials train in this process
     tuning = None if sweep is not None else _serve_tuning(url, uri, device, quiet)
     code = queue.run_worker(url, slots, sweep=sweep, tracking_uri=uri, max_retries=max_retries, wait=wait,
                             poll=poll, quiet=quiet, serve_others=tuning)

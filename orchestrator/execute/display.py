@@ -11,7 +11,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
 
 if TYPE_CHECKING:
     from orchestrator.execute.slots import Slot, Task
@@ -55,8 +54,9 @@ class PlainDisplay:
     def finished(self, task: Task) -> None:
         self.n_done += 1
         secs = time.time() - task.started
-        f1 = task.summary.get(DEFAULT_OBJECTIVE)
-        score = f"  {DEFAULT_OBJECTIVE} {f1:.4f}" if isinstance(f1, (int, float)) else ""
+        key = task.score[0] if task.score else None  # the headline value's summary twin, if any
+        final = task.summary.get(key.split("/")[-1]) if key else None
+        score = f"  {key.split('/')[-1]} {final:.4f}" if isinstance(final, (int, float)) else ""
         self._say(f"  done    {task.name}  {self.count()}  {secs:.1f}s{score}")
 
     def retrying(self, task: Task, reason: str) -> None:
@@ -113,14 +113,13 @@ class LiveDisplay(PlainDisplay):
         table = Table(title=head, title_justify="left", expand=False)
         table.add_column("point")
         table.add_column("slot")
-        table.add_column("epoch", justify="right")
-        table.add_column(DEFAULT_OBJECTIVE, justify="right")
+        table.add_column("step", justify="right")
+        table.add_column("score", justify="right")
         table.add_column("time", justify="right")
         for task in self.running.values():
-            f1 = task.last_f1
-            table.add_row(task.name, task.slot.label,
-                          f"{task.epoch}/{task.max_epochs}" if task.max_epochs else "starting",
-                          f"{f1:.4f}" if isinstance(f1, float) else "", _fmt_seconds(time.time() - task.started))
+            score = f"{task.score[0]} {task.score[1]:.4f}" if task.score else ""
+            table.add_row(task.name, task.slot.label, str(task.step) if task.step else "starting", score,
+                          _fmt_seconds(time.time() - task.started))
         for text in self.notes[-5:]:
             table.add_row(f"[dim]{text}[/dim]", "", "", "", "")
         return table
@@ -134,7 +133,6 @@ class LiveDisplay(PlainDisplay):
         self._update()
 
     def progress(self, task: Task, event: dict) -> None:
-        task.last_f1 = event.get(DEFAULT_OBJECTIVE)
         self._update()
 
     def tick(self) -> None:

@@ -1,7 +1,8 @@
 """A point's job and its one serialisation, used by every launcher.
 
 A :class:`Job` is what a point process needs to run one point: the run's name and run
-key, its resolved config (plain JSON: ``experiments.config.to_dict``), where to record it
+key, the entry to call (``resolve_entry(**job.entry)``), its resolved config (the entry's
+params: dotted key → value, seed included), where to record it
 (tracking URI, experiment, parent run), its tags, and whether to continue a checkpointed
 earlier attempt. Every launcher hands jobs over in the one form :func:`encode` writes and
 :func:`decode` reads back, a JSON object on one line (the job's fields, flat):
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from orchestrator.store.schema import Kind, Tag
 
 if TYPE_CHECKING:
+    from orchestrator.grid.entry import Entry
     from orchestrator.grid.load import RunSpec
 
 @dataclass(frozen=True)
@@ -37,23 +39,22 @@ class Job:
     """What a point process needs to run one point."""
 
     name: str  # the run's name, e.g. "gn-bs8-s0"
-    config: dict  # the resolved config, plain JSON (experiments.config.to_dict form)
+    config: dict  # the resolved config as the entry's params (dotted key → value, seed included)
     uri: str  # tracking URI the run logs to
     experiment_id: str
     parent_run_id: str | None  # the sweep's parent run (None: a run of its own)
     tags: dict  # Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING, ...
     resume: bool = True  # continue a checkpointed earlier attempt of the point (False: --rerun)
     run_key: str = ""  # what "done" is keyed on (orchestrator.execute.plan.finished_results)
+    entry: dict = dataclasses.field(default_factory=dict)  # resolve_entry(**entry): {} is the built-in study
 
     @classmethod
-    def from_spec(cls, spec: RunSpec, *, uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
-                  resume: bool = True) -> Job:
+    def from_spec(cls, spec: RunSpec, entry: Entry, *, uri: str, experiment_id: str, parent_run_id: str,
+                  sweep_id: str, resume: bool = True) -> Job:
         """The job of a sweep's point."""
-        from experiments.config import to_dict
-
-        return cls(spec.name, to_dict(spec.config), uri, experiment_id, parent_run_id,
+        return cls(spec.name, entry.params(spec.config), uri, experiment_id, parent_run_id,
                    {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
-                    Tag.SETTING: spec.setting}, resume, spec.run_key)
+                    Tag.SETTING: spec.setting}, resume, spec.run_key, dict(entry.spec))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -60,7 +60,7 @@ class Plan:
 
     def jobs(self, runs: Sequence[RunSpec] | None = None) -> list[Job]:
         """The jobs of ``runs`` (default: the missing points)."""
-        return [Job.from_spec(r, uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+        return [Job.from_spec(r, self.spec.entry, uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
                               sweep_id=self.spec.sweep_id, resume=not self.rerun)
                 for r in (self.missing if runs is None else runs)]
 

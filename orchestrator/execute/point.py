@@ -50,9 +50,9 @@ def _event_stream() -> TextIO:
 
 
 def _preload() -> None:
-    """Import what every run needs (seconds of start-up), once per process."""
-    import experiments.train  # noqa: F401
-    import orchestrator.store.artifacts  # noqa: F401
+    """Import what every run needs (seconds of start-up), once per process: torch and mlflow."""
+    import torch  # noqa: F401
+
     from orchestrator.store import tracking
 
     tracking.preload()
@@ -97,25 +97,28 @@ def _rss_mb() -> float:
 
 def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
     """One point: its tracked run, with events tagged by the attempt's id; (exit code, run id, summary)."""
-    from experiments.config import build
-    from experiments.metric_names import DEFAULT_OBJECTIVE, VAL_LOSS
     from orchestrator.execute.runner import run_tracked
+    from orchestrator.grid.entry import resolve_entry
     from orchestrator.store.tracking import TrackingStore
 
-    cfg = build(job.config)
+    entry = resolve_entry(**job.entry)
     tag = {"job": attempt["job"]}
+
+    def on_log(step: int, values: dict) -> None:
+        score = next(((k, values[k]) for k in entry.progress_keys if k in values), None)
+        emit(event="step", step=step, score=score, **tag)
+
     code, run_id, summary = run_tracked(
-        cfg,
+        entry,
+        entry.build(job.config),
         store=TrackingStore(job.uri),
         experiment_id=job.experiment_id,
         run_name=job.name,
         tags=job.tags,
         parent_run_id=job.parent_run_id,
-        device=attempt.get("device", "auto"),
         quiet=False,
         on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid(), **tag),
-        on_epoch=lambda ep, v: emit(event="epoch", epoch=ep, max_epochs=cfg.train.max_epochs,
-                                    **{k: v.get(k) for k in (DEFAULT_OBJECTIVE, VAL_LOSS)}, **tag),
+        on_log=on_log,
         stop=stop,
         resume=job.resume,
         claim=attempt.get("claim") or {},  # fenced: a point another process took over writes no final state
@@ -161,7 +164,7 @@ def _serve(flag: Any, emit: Callable[..., None]) -> int:
             break
         job, attempt = decode(line)
         reset_process_state()
-        setting = json.dumps({k: v for k, v in job.config.items() if k != "seed"}, sort_keys=True)
+        setting = json.dumps([job.entry, {k: v for k, v in job.config.items() if k != "seed"}], sort_keys=True)
         if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
             _reset_compiled()
             last_setting = setting

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import PlainDisplay
@@ -256,9 +255,8 @@ class Scheduler:
         elif kind == "started":
             task.run_id = event.get("run_id")
             source.started(task)
-        elif kind == "epoch":
-            task.epoch, task.max_epochs = event.get("epoch", 0), event.get("max_epochs", 0)
-            task.last_f1 = event.get(DEFAULT_OBJECTIVE)
+        elif kind == "step":
+            task.step, task.score = event.get("step", 0), event.get("score")
             self.display.progress(task, event)
         elif kind == "end":
             task.summary = event.get("summary") or {}

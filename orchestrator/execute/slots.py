@@ -111,14 +111,13 @@ class Task:
     ticket: Any = None  # the source's handle on the claim (a queue trial)
     claim: dict | None = None  # what the point process checks its claim against (orchestrator.store.claims)
     run_id: str | None = None
-    epoch: int = 0
-    max_epochs: int = 0
+    step: int = 0  # the last step the point logged
     started: float = 0.0
     slot: Slot | None = None
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     summary: dict = field(default_factory=dict)
-    last_f1: float | None = None
+    score: tuple[str, float] | None = None  # the point's last headline value (entry.progress_keys)
     job_id: int = 0  # the point process's id for this attempt
 
     @property

@@ -37,17 +37,29 @@ class Entry(Protocol):
     # orch tune's search space when a grid names none, for settings with these params (key → range or choices)
     def default_space(self, settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]: ...
 
+    # Running a point (orchestrator.execute.runner). ``run`` is the orchestrator.client.Run of the point.
+    name: str  # the entry as a run's Tag.ENTRY records it: "module:name", or the command entry's template
+    spec: Mapping[str, Any]  # JSON: resolve_entry(**spec) rebuilds this entry in a point process
+    folder: str | None  # the folder its code lives in (provenance's git state; a command's working folder)
+    progress_keys: tuple[str, ...]  # logged metrics to show first in progress lines and run notes
 
-def resolve_entry(name: Any = None) -> Entry:
+    def user_config(self, config: Any) -> Any: ...  # what the code sees as run.config
+    def checkpoint_seconds(self, config: Any) -> float: ...  # how often save_checkpoint() writes (0: every call)
+    def train(self, config: Any, run: Any) -> Mapping[str, float] | None: ...  # summary metrics; None: stopped
+
+
+def resolve_entry(entry: Any = None, folder: str | None = None, checkpoint_seconds: float = 60.0) -> Entry:
     """The entry a grid names (``module:name``), or the built-in study for None; ConfigError
-    (key ``entry``) when it cannot be imported or is not an entry."""
+    (key ``entry``) when it cannot be imported or is not an entry. ``folder``: the grid file's
+    folder; ``checkpoint_seconds``: the grid's top-level key (both for the user's own code)."""
+    name = entry
     module, _, attribute = str(name or BUILTIN).partition(":")
     try:
-        entry = getattr(importlib.import_module(module), attribute)
+        found = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(f"cannot load {name!r} ({err}); name an importable module:name, e.g. entry: {BUILTIN}, "
                           "or leave entry out for the built-in study", key="entry") from None
-    if not isinstance(entry, Entry):
+    if not isinstance(found, Entry):
         raise ConfigError(f"{name} is not an entry: it lacks attributes of orchestrator.grid.entry.Entry; "
                           f"e.g. entry: {BUILTIN}, or leave entry out for the built-in study", key="entry")
-    return entry
+    return found

@@ -131,7 +131,7 @@ def dry_run_script(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, st
     """The job script ``orch sweep --launcher slurm`` would submit now (every point; ids unknown)."""
     if storage:
         return worker_script(spec, uri, options, storage, options.array_parallelism or 4, settings)
-    jobs = [Job.from_spec(r, uri=uri, experiment_id="<experiment id>", parent_run_id="<parent run id>",
+    jobs = [Job.from_spec(r, spec.entry, uri=uri, experiment_id="<experiment id>", parent_run_id="<parent run id>",
                           sweep_id=spec.sweep_id) for r in spec.runs]
     return points_script(spec, jobs, options, settings)
 

@@ -1,58 +1,52 @@
 """Checkpoints of a run in its MLflow artifact store: write, find, load, remove.
 
-A checkpoint (:func:`experiments.train.capture`) is written to a local temporary file,
-then uploaded as ``checkpoint/ckpt-<k>.pt`` of the run, alternating two names; only
-after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload
+A checkpoint is the state a run's code gave ``run.save_checkpoint()`` (:mod:`orchestrator.client`),
+pickled at the call inside an envelope (:func:`envelope`: format, run key, params, the last
+logged step). It is uploaded as ``checkpoint/ckpt-<k>.pkl`` of the run, alternating two names;
+only after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload
 therefore leaves the previous checkpoint named by the tag and intact. Through an ``mlflow
 server`` the artifacts are served, so a worker on another machine resumes from the same
 file. A run that finishes drops its checkpoints and those of the runs it continued.
 
 Resume rule: a point (a run key) continues from the newest run of that run key that did
 not finish and holds a checkpoint; its successor is a new run that carries the earlier
-epochs over (with their original timestamps) and is tagged with where it resumed.
-A checkpoint is checked as a whole before it is used (:func:`load`); one that is missing,
-unreadable, not a checkpoint or of another config is :class:`UnusableCheckpoint`: the
-successor then starts from epoch 0, carries ``Tag.CHECKPOINT_SKIPPED``, and drops the
-skipped checkpoint when it finishes, as it drops those it continued.
+steps' metrics over (with their original timestamps) and is tagged with where it resumed.
+A checkpoint is checked before it is used (:func:`load`); one that is missing, unreadable,
+not a checkpoint or of another run key is :class:`UnusableCheckpoint`: the successor then
+starts afresh, carries ``Tag.CHECKPOINT_SKIPPED``, and drops the skipped checkpoint when it
+finishes, as it drops those it continued. Whether the state inside fits the code is the
+code's business (the built-in study checks its own).
 """
 
 from __future__ import annotations
 
+import pickle
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from orchestrator.errors import StoreFailure
 from orchestrator.store.schema import Artifact, Status, Tag, tag_filter
 from orchestrator.store.tracking import TrackingStore
 
+FORMAT = 2
 
-class RunCheckpoints:
-    """The training loop's :class:`experiments.train.Checkpoints` for one MLflow run."""
 
-    def __init__(self, store: TrackingStore, run_id: str, interval_seconds: float):
-        self.store, self.run_id, self.interval = store, run_id, interval_seconds
-        self.last = time.monotonic()
-        self.count = 0
+def envelope(state: Any, run_key: str, params: Mapping[str, Any], step: int) -> bytes:
+    """The state as it is now, pickled with what identifies it: later changes to ``state``'s
+    tensors or lists cannot leak into a checkpoint taken before them."""
+    return pickle.dumps({"format": FORMAT, "run_key": run_key, "params": dict(params), "step": step,
+                         "state": state}, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def due(self) -> bool:
-        return self.interval == 0 or time.monotonic() - self.last >= self.interval
 
-    def save(self, state: dict[str, Any]) -> None:
-        import torch
-
-        name = f"ckpt-{self.count % 2}.pt"
-        with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
-            local = Path(tmp) / name
-            torch.save(state, local)
-            self.store.log_artifact(self.run_id, str(local), Artifact.CHECKPOINT_DIR)
-        progress = state["progress"]
-        self.store.set_tags(self.run_id, {Tag.CHECKPOINT: f"{Artifact.CHECKPOINT_DIR}/{name}",
-                                          Tag.CHECKPOINT_EPOCH: str(progress["epoch"]),
-                                          Tag.CHECKPOINT_BATCH: str(progress["batch"])})
-        self.count += 1
-        self.last = time.monotonic()
+def write(store: TrackingStore, run_id: str, blob: bytes, count: int, step: int) -> None:
+    """Upload checkpoint number ``count`` of a run (ckpt-0/ckpt-1 in turn), then point the tag at it."""
+    name = f"ckpt-{count % 2}.pkl"
+    with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
+        local = Path(tmp) / name
+        local.write_bytes(blob)
+        store.log_artifact(run_id, str(local), Artifact.CHECKPOINT_DIR)
+    store.set_tags(run_id, {Tag.CHECKPOINT: f"{Artifact.CHECKPOINT_DIR}/{name}", Tag.CHECKPOINT_STEP: str(step)})
 
 
 class UnusableCheckpoint(Exception):
@@ -70,21 +64,15 @@ class UnusableCheckpoint(Exception):
         return skipped.split("/", 1)[0].split(":", 1)[0] if skipped else None
 
 
-def load(store: TrackingStore, run_id: str, cfg: Any = None) -> dict[str, Any]:
-    """The checkpoint a run's ``Tag.CHECKPOINT`` names (torch tensors on the CPU), checked as a
-    whole (:func:`experiments.train.checkpoint_problem`) against ``cfg``, a RunConfig, or
-    without one against the run key of the run that holds it.
+def load(store: TrackingStore, run_id: str, run_key: str | None = None) -> dict[str, Any]:
+    """The envelope of the checkpoint a run's ``Tag.CHECKPOINT`` names (``state``, ``step``,
+    ``params``, ``run_key``), checked against ``run_key`` (default: the run's own).
 
     Raises:
         UnusableCheckpoint: the checkpoint is missing, cannot be read, is not a checkpoint,
-            or holds another config: whatever it is, no run can continue from it.
+            or belongs to another run key: whatever it is, no run can continue from it.
         StoreFailure: the store itself failed; the checkpoint may be fine.
     """
-    import torch
-
-    from experiments.config import build, run_key
-    from experiments.train import checkpoint_problem
-
     tags = store.get_run(run_id).data.tags
     path = tags.get(Tag.CHECKPOINT, "")
     if not path:
@@ -92,18 +80,19 @@ def load(store: TrackingStore, run_id: str, cfg: Any = None) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="orch-ckpt-") as tmp:
             local = store.download_artifact(run_id, path, tmp)
-            state = torch.load(local, weights_only=True, map_location="cpu")
-        problem = checkpoint_problem(state, cfg)
-        if problem is None and cfg is None and run_key(build(state["config"])) != tags.get(Tag.RUN_KEY):
+            data = pickle.loads(Path(local).read_bytes())  # noqa: S301 - the run's own checkpoint, in its own store
+        if not isinstance(data, dict) or data.get("format") != FORMAT or "state" not in data:
+            problem = "is not a checkpoint of this version of orch"
+        elif data.get("run_key") != (run_key or tags.get(Tag.RUN_KEY)):
             problem = "holds another config than its run's"
+        else:
+            return data
     except StoreFailure:
         raise
-    except Exception as err:  # noqa: BLE001 - missing, truncated, not a torch file: all unusable alike
-        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]  # torch's go on for lines
+    except Exception as err:  # noqa: BLE001 - missing, truncated, not a pickle: all unusable alike
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
         problem = f"cannot be read ({type(err).__name__}: {first[:200]})"
-    if problem is not None:
-        raise UnusableCheckpoint(run_id, path, problem)
-    return state
+    raise UnusableCheckpoint(run_id, path, problem)
 
 
 def resumable(store: TrackingStore, experiment_id: str, run_key: str):

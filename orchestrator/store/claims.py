@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from orchestrator.store.checkpoints import RunCheckpoints
 from orchestrator.store.schema import Status, Tag, TrialAttr
 
 log = logging.getLogger(__name__)
@@ -86,15 +85,3 @@ def _storage(url: str) -> Any:
     if url not in _STORAGES:
         _STORAGES[url] = open_storage(url)
     return _STORAGES[url]
-
-
-class FencedCheckpoints(RunCheckpoints):
-    """:class:`RunCheckpoints` that write only while the run's claim holds."""
-
-    def __init__(self, fence: Fence, *args: Any):
-        super().__init__(*args)
-        self.fence = fence
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.fence.check()
-        super().save(state)

@@ -40,12 +40,13 @@ NO_COMMIT = "no commit"
 GIT_SECONDS = 5  # a git call that hangs (a network file system) gives up: the run records no commit
 
 
-def record(store: Any, run_id: str, entry: str | None = None) -> None:
+def record(store: Any, run_id: str, entry: str | None = None, folder: str | None = None) -> None:
     """Tag run ``run_id`` with its provenance and log ``environment.txt`` (and ``code/diff.patch``
-    when the entry's tree is dirty). ``entry``: ``module:name``; None for the built-in study.
+    when the entry's tree is dirty). ``entry``: ``module:name`` or a command; None for the
+    built-in study; ``folder``: where its code lives (default: its module's folder).
     Git problems are recorded as :data:`NO_COMMIT`; a store failure raises as any write does."""
     entry = entry or BUILTIN
-    commit, patch = git_state(source_folder(entry))
+    commit, patch = git_state(Path(folder) if folder else source_folder(entry))
     tags = {Tag.ENTRY: entry, Tag.GIT_COMMIT: commit or NO_COMMIT, Tag.PYTHON_VERSION: platform.python_version()}
     if commit:
         tags[Tag.GIT_SOURCE] = commit

@@ -59,11 +59,9 @@ class Tag:
     N_POINTS = "orch.n_points"
     # checkpoints and resume
     CHECKPOINT = "orch.checkpoint"  # artifact path of the run's newest complete checkpoint
-    CHECKPOINT_EPOCH = "orch.checkpoint_epoch"  # epochs it holds
-    CHECKPOINT_BATCH = "orch.checkpoint_batch"  # batches of the next epoch it holds
+    CHECKPOINT_STEP = "orch.checkpoint_step"  # the last step the run had logged when it was taken
     RESUMED_FROM = "orch.resumed_from"  # the run whose checkpoint this run continued
-    RESUMED_EPOCH = "orch.resumed_epoch"
-    RESUMED_BATCH = "orch.resumed_batch"
+    RESUMED_STEP = "orch.resumed_step"  # the last step the continued checkpoint had logged
     CHECKPOINT_SKIPPED = "orch.checkpoint_skipped"  # "<run id>/<path>: <reason>": a checkpoint this run could not use
     # Slurm (orch sweep --launcher slurm): the job a point ran in, and who closed the sweep
     SLURM_JOB = "orch.slurm_job"  # as squeue shows it: "12_3" for array task 3 of job 12
@@ -145,7 +143,7 @@ class Artifact:
     SUMMARY = "summary.csv"
     VAL_CURVES = "plots/val_curves.png"
     CONFIG = "config.yaml"
-    CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pt and ckpt-1.pt, written in turn
+    CHECKPOINT_DIR = "checkpoint"  # checkpoint/ckpt-0.pkl and ckpt-1.pkl, written in turn
     TRACEBACK = "error/traceback.txt"
     ENVIRONMENT = "environment.txt"  # the installed packages, one `name==version` a line, sorted
     CODE_DIFF = "code/diff.patch"  # the entry's repository's uncommitted changes (tracked files, vs its commit)

@@ -6,8 +6,8 @@ so ``orch --help`` and grid validation never pay for it (about 2 s here). The na
 tags, kinds and artifacts are those of :mod:`orchestrator.store.schema`.
 
 Writes are batched: a run's tags go in with its creation, its params in one
-``log_batch`` (MLflow takes at most 100 a call), each epoch's curves in one
-``log_batch`` (:class:`~orchestrator.store.run_tracker.MlflowTracker`), and
+``log_batch`` (MLflow takes at most 100 a call), each ``run.log()`` in one
+``log_batch`` (:class:`orchestrator.client.Run`), and
 :meth:`TrackingStore.set_tags` sends all its tags in one call.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator import processes
 from orchestrator.store.failures import store_errors, store_failures_raised
-from orchestrator.store.run_tracker import MlflowTracker, SystemMetrics
+from orchestrator.store.run_tracker import SystemMetrics
 from orchestrator.store.schema import (TRAINING_EXPERIMENT, Artifact, Kind, RunRecord, Status, Tag,
                                        is_finished_result, tag_filter)
 from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is where callers find them
@@ -269,13 +269,11 @@ class TrackingStore:
     def delete_tag(self, run_id: str, key: str) -> None:
         self.client.delete_tag(run_id, key)
 
-    def log_history(self, run_id: str, history: Mapping[str, Sequence[float]], times: Sequence[int]) -> None:
-        """Per-epoch metrics of earlier epochs (a resumed run's carried epochs), each at its own
-        step and original timestamp."""
-        from mlflow.entities import Metric
-
-        metrics = [Metric(key, float(v), times[i], i + 1) for key, values in history.items()
-                   for i, v in enumerate(values[: len(times)])]
+    def copy_history(self, source: str, run_id: str, up_to_step: int) -> None:
+        """The metrics run ``source`` logged at steps up to ``up_to_step`` (a resumed run's carried
+        steps), each at its own step and original timestamp; MLflow's system metrics stay behind."""
+        metrics = [m for key in self.get_run(source).data.metrics if not key.startswith("system/")
+                   for m in self.client.get_metric_history(source, key) if m.step <= up_to_step]
         for i in range(0, len(metrics), METRICS_PER_CALL):
             self.client.log_batch(run_id, metrics=metrics[i:i + METRICS_PER_CALL])
 
@@ -357,10 +355,6 @@ class TrackingStore:
             self.end_run(run_id, status, reason, details)
             return True
         return False
-
-    def tracker(self, run_id: str):
-        """The training loop's tracker for one of this store's runs."""
-        return MlflowTracker(self, run_id)
 
 
 def to_record(run) -> RunRecord:

@@ -210,7 +210,7 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
     if own is not None and own.info.status == Status.FAILED and not _died(own):
         return None  # failed of itself (its training diverged): not retried
     if own is not None and Tag.CHECKPOINT in own.data.tags:
-        epochs = int(own.data.tags.get(Tag.CHECKPOINT_EPOCH, 0))
+        epochs = int(own.data.tags.get(Tag.CHECKPOINT_STEP, 0))
         return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= epochs}
     earlier = attrs.get(TrialAttr.RESUME_RUN)  # a continuation stopped before its first checkpoint
     run = _get_run(store, earlier) if earlier else None

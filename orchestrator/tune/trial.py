@@ -104,7 +104,7 @@ class _Trainer:
                  seeds: Sequence[int], device: str, max_epochs: int, stop: StopFlag | None):
         self.plan, self.tune, self.store, self.experiment_id = plan, tune, store, experiment_id
         self.seeds, self.device, self.max_epochs, self.stop = tuple(seeds), device, max_epochs, stop
-        self.report_key = epoch_metric(tune.metric, tune.direction)
+        self.report_key = names.epoch_key(epoch_metric(tune.metric, tune.direction))  # as the study logs it
 
     def tags(self, trial: Any, kind: str = Kind.TRIAL) -> dict[str, str]:
         return {Tag.KIND: kind, Tag.STUDY: self.plan.name, Tag.TRIAL: str(trial.number),
@@ -174,6 +174,7 @@ class _Trainer:
             Stopped: a signal stopped the training (its run KILLED, with a checkpoint).
         """
         from orchestrator.execute.runner import run_tracked
+        from orchestrator.grid.entry import resolve_entry
 
         run_ids: list[str] = []
 
@@ -183,9 +184,9 @@ class _Trainer:
                 trial.set_user_attr(TrialAttr.RUN_ID, run_id)
 
         try:
-            code, run_id, summary = run_tracked(cfg, store=self.store, experiment_id=self.experiment_id,
-                                                run_name=run_name, tags=tags, parent_run_id=parent,
-                                                device=self.device, quiet=True, on_start=on_start, on_epoch=on_epoch,
+            code, run_id, summary = run_tracked(resolve_entry(), cfg, store=self.store,
+                                                experiment_id=self.experiment_id, run_name=run_name, tags=tags,
+                                                parent_run_id=parent, quiet=True, on_start=on_start, on_log=on_epoch,
                                                 stop=self.stop, resume=resume)
         except KeyboardInterrupt:  # the run is KILLED; Optuna records the trial FAIL
             if run_ids:

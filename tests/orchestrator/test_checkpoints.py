@@ -3,8 +3,8 @@ own output and a tag on the new run, the point trains from epoch 0, and the chec
 superseded is removed; `orch run --resume` of such a run exits 2 with one message.
 
 One real checkpoint (the training loop stopped after a batch, of a config that no point
-has) is written by :class:`orchestrator.store.checkpoints.RunCheckpoints` into one KILLED run per
-point of a five-seed sweep, and each copy is then damaged on disk in its own way.
+has) is written by :func:`orchestrator.store.checkpoints.write` into one KILLED run per
+point of a four-seed sweep, and each copy is then damaged on disk in its own way.
 """
 
 from __future__ import annotations
@@ -12,26 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pickle
+
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY_BASE, all_runs, invoke, write_grid
-from experiments.config import result_dict, to_flat
+from experiments.config import to_flat
 from experiments.metric_names import epoch_key
 from experiments.train import train
-from orchestrator.store.checkpoints import RunCheckpoints
+from orchestrator.store import checkpoints
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Kind, Status, Tag
 from orchestrator.store.tracking import TrackingStore
 
-CHECKPOINT = "checkpoint/ckpt-0.pt"
+CHECKPOINT = "checkpoint/ckpt-0.pkl"
 # case -> (what is done to the checkpoint file, what the skip says in a sweep, ... and to `orch run --resume`)
 CASES = {
     "truncated": ("cannot be read", "cannot be read"),
     "deleted": ("cannot be read", "cannot be read"),  # the file is gone, the run's tags still name it
-    "tensor": ("is a Tensor, not a checkpoint", "is a Tensor, not a checkpoint"),
-    "no progress": ("lacks 'progress'", "lacks 'progress'"),
+    "not a checkpoint": ("is not a checkpoint of this version of orch", "is not a checkpoint of this version of orch"),
     "other config": ("holds another config", "holds another config than its run's"),
 }
 
@@ -76,11 +76,12 @@ def damaged_store(tmp: Path, grid: Path, checkpoint) -> tuple[str, dict, str]:
     store = TrackingStore(uri)
     exp = store.ensure_experiment("ckpt")
     spec = load_grid(grid)
+    own_key = load_grid(grid, ["seed=99"]).runs[0].run_key
 
     def killed_run(cfg, run_key: str, name: str) -> tuple[str, Path]:
         run_id = store.start_run(exp, run_name=name, params=to_flat(cfg), tags={Tag.KIND: Kind.POINT, Tag.RUN_KEY: run_key})
-        RunCheckpoints(store, run_id, 0).save(state)
-        store.end_run(run_id, Status.KILLED, "preempted (SIGTERM) at epoch 1, batch 1; checkpoint saved")
+        checkpoints.write(store, run_id, checkpoints.envelope(state, own_key, to_flat(own_cfg), 0), 0, 0)
+        store.end_run(run_id, Status.KILLED, "preempted (SIGTERM) at step 0; checkpoint saved")
         return run_id, Path(urlparse(store.get_run(run_id).info.artifact_uri).path) / CHECKPOINT
 
     runs = {}
@@ -90,12 +91,10 @@ def damaged_store(tmp: Path, grid: Path, checkpoint) -> tuple[str, dict, str]:
             file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
         elif case == "deleted":
             file.unlink()
-        elif case == "tensor":
-            torch.save(torch.zeros(3), file)
-        elif case == "no progress":  # and the point's own config: nothing else gives it away
-            torch.save({**{k: v for k, v in state.items() if k != "progress"}, "config": result_dict(run.config)}, file)
+        elif case == "not a checkpoint":  # a pickle, of the point's own run key, but no envelope
+            file.write_bytes(pickle.dumps({"run_key": run.run_key, "state": state}))
         # "other config": the checkpoint as written, of own_cfg, in a run of another point's key
-    bystander, _ = killed_run(own_cfg, load_grid(grid, ["seed=99"]).runs[0].run_key, "bystander")
+    bystander, _ = killed_run(own_cfg, own_key, "bystander")
     return uri, runs, bystander
 
 
@@ -114,7 +113,7 @@ def damaged(tmp_path_factory, grid, checkpoint):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_a_damaged_checkpoint_is_skipped_and_the_point_trains_from_epoch_0(swept, case):
+def test_a_damaged_checkpoint_is_skipped_and_the_point_starts_afresh(swept, case):
     uri, damaged, bystander, proc = swept
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -132,7 +131,7 @@ def test_a_damaged_checkpoint_is_skipped_and_the_point_trains_from_epoch_0(swept
     assert skipped.startswith(f"{where}: {CASES[case][0]}"), skipped
     (line,) = [line for line in proc.stderr.splitlines() if where in line]
     assert line.startswith(f"  warning {done.info.run_name}: the checkpoint {where} {CASES[case][0]}"), line
-    assert line.endswith("skipped, training from epoch 0"), line
+    assert line.endswith("skipped, starting afresh"), line
     # the superseded checkpoint is gone, files and tag; another run key's checkpoint stays
     assert Tag.CHECKPOINT not in old.data.tags
     assert not (Path(urlparse(old.info.artifact_uri).path) / "checkpoint").exists()
@@ -150,5 +149,5 @@ def test_orch_run_resume_of_a_damaged_checkpoint_exits_2_with_one_message(damage
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert f"run {runs[case]} cannot be resumed: its checkpoint {CHECKPOINT} {CASES[case][1]}" in line, line
-    assert "from epoch 0" in line, line
+    assert "afresh" in line, line
     assert len(all_runs(uri)) == before  # nothing started

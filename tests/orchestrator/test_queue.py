@@ -297,7 +297,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # the checkpoint tag is written synchronously after each epoch
     killed_id = _wait_for_point(mlflow_server, spec.sweep_id, victim, "worker A never checkpointed its point",
-                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 2)
+                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_STEP, 0)) >= 2)
     victim.send_signal(signal.SIGTERM)
     _, stderr = victim.communicate(timeout=60)
     assert victim.returncode == 143, stderr
@@ -314,7 +314,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     assert rescuer.returncode == 0, rescuer.stderr[-3000:]
     (resumed,) = [r for r in _point_runs(mlflow_server, spec.sweep_id) if r.info.status == Status.FINISHED]
     assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
-    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
     assert sorted(m.step for m in c.get_metric_history(resumed.info.run_id, epoch_key("val_loss"))) == list(range(1, 9))
     assert results(resumed) == results(reference)
 
@@ -335,7 +335,7 @@ def test_frozen_worker_that_lost_its_point_writes_no_final_state(postgres_url, m
     frozen = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage],
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stale_id = _wait_for_point(mlflow_server, spec.sweep_id, frozen, "worker A never checkpointed its point",
-                               lambda run: int(run.data.tags.get(Tag.CHECKPOINT_EPOCH, 0)) >= 1)
+                               lambda run: int(run.data.tags.get(Tag.CHECKPOINT_STEP, 0)) >= 1)
     (point_proc,) = point_processes_under(frozen.pid)
     point_proc.send_signal(signal.SIGSTOP)
     frozen.send_signal(signal.SIGSTOP)

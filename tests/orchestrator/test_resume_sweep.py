@@ -69,7 +69,7 @@ def wait_for_epoch(db: Path, epoch: int, *, nth_point: int = 1, timeout: float =
         rows = ro_rows(db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
                            "AND c.key = ?), (SELECT value FROM tags p WHERE p.run_uuid = r.run_uuid AND p.key = ?) "
                            "FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ? "
-                           "ORDER BY r.start_time", (Tag.CHECKPOINT_EPOCH, Tag.PID, Tag.KIND, Kind.POINT))
+                           "ORDER BY r.start_time", (Tag.CHECKPOINT_STEP, Tag.PID, Tag.KIND, Kind.POINT))
         if len(rows) >= nth_point:
             run_id, status, step, pid = rows[nth_point - 1]
             if status == Status.RUNNING and int(step or 0) >= epoch:
@@ -86,7 +86,7 @@ def assert_resumed_exactly(uri: str, killed_run: str, reference: dict) -> None:
     assert len([r for r in points(uri) if r.info.status == Status.FINISHED]) == 3  # one FINISHED per run key
     assert not [r for r in points(uri) if r.info.status == Status.RUNNING]
     (resumed,) = [r for r in done.values() if r.data.tags.get(Tag.RESUMED_FROM) == killed_run]
-    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
     steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, VAL_LOSS))
     assert steps == [1, 2, 3, 4, 5]
     for key, run in done.items():

@@ -56,7 +56,7 @@ for line in sys.stdin:  # an idle process waits here for its next job
     if plan.get("signal"):
         os.kill(os.getpid(), plan["signal"])
     for epoch in range(1, plan.get("epochs", 1) + 1):
-        print(json.dumps({"event": "epoch", "job": jid, "epoch": epoch, "max_epochs": plan.get("epochs", 1)}),
+        print(json.dumps({"event": "step", "job": jid, "step": epoch}),
               flush=True)
         deadline = time.time() + plan.get("sleep", 0)
         while time.time() < deadline and not stop:

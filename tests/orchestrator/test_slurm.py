@@ -104,7 +104,7 @@ def scancel_at_epoch(cluster: slurm_cluster.Cluster, db: Path, run_key: str, *sc
                 db, "SELECT r.run_uuid, r.status, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid "
                     "AND c.key = ?), (SELECT value FROM tags j WHERE j.run_uuid = r.run_uuid AND j.key = ?) FROM runs r "
                     "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? AND t.value = ?",
-                (Tag.CHECKPOINT_EPOCH, Tag.SLURM_JOB, Tag.RUN_KEY, run_key)):
+                (Tag.CHECKPOINT_STEP, Tag.SLURM_JOB, Tag.RUN_KEY, run_key)):
             if status == Status.RUNNING and int(epochs or 0) >= epoch:
                 cluster.run("scancel", *scancel, job)
                 return run_id
@@ -184,7 +184,7 @@ def test_scancel_mid_point_then_rerun_submits_only_it_and_resumes_exactly(cluste
     finished = [r for r in runs if r.info.status == Status.FINISHED]
     assert sorted(r.data.tags[Tag.RUN_KEY] for r in finished) == sorted(r.run_key for r in spec.runs)
     (resumed,) = [r for r in finished if r.data.tags.get(Tag.RESUMED_FROM) == killed]
-    assert int(resumed.data.tags[Tag.RESUMED_EPOCH]) >= 2
+    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
     assert results(resumed) == results(ref)
     assert parent_run(uri, spec.sweep_id).info.status == Status.FINISHED
 
@@ -207,7 +207,7 @@ def test_scancel_of_the_whole_array_ends_every_run_and_the_last_task_closes_the_
     deadline = time.time() + 400
     while time.time() < deadline and not ro_rows(
             db, "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? WHERE r.status = ?",
-            (Tag.CHECKPOINT_EPOCH, Status.RUNNING)):
+            (Tag.CHECKPOINT_STEP, Status.RUNNING)):
         time.sleep(0.2)
     assert time.time() < deadline, f"no point reached a checkpoint: {task_logs(tmp_path)[-3000:]}"
     cluster.run("scancel", array)
