@@ -113,6 +113,10 @@ class Study:
         return cfg
 
     @staticmethod
+    def check_device(cfg: config.RunConfig, device_type: str) -> None:
+        config.check_device(cfg, device_type)
+
+    @staticmethod
     def checkpoint_seconds(cfg: config.RunConfig) -> float:
         return cfg.train.checkpoint_seconds
 

@@ -1,4 +1,4 @@
-"""Sweep results → comparison tables and the study's report: the public names in one place.
+"""Sweep results → comparison tables and the report's table: the public names in one place.
 
 ``records.py`` says which record stands for each run key of the grid, ``results.py``
 computes the numbers (with ``stats.py``) (groups, mean ± std and 95% CI over seeds, ranks, paired deltas with

@@ -1,5 +1,5 @@
 """Every figure of a sweep: its summary's (a metric by each axis, validation curves) and its
-report's (training curves and feature quantiles per setting, test accuracy by setting).
+report's (training curves and feature percentiles per setting, a held-out score by setting).
 
 Each function takes plain data (a :class:`~orchestrator.analyze.results.CompareResult`, or
 per-epoch histories) and returns a bare :class:`matplotlib.figure.Figure` built without
@@ -28,7 +28,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from experiments.metric_names import QUANTILES, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
+from orchestrator.analyze.layout import Panel, curve_panels, quantile_names
 from orchestrator.analyze.records import short_name, value_text
 from orchestrator.analyze.results import CompareResult, CompareRow, resolve_key
 
@@ -46,11 +46,8 @@ FIGSIZE = (7.0, 4.2)  # inches of a one-panel figure; 100 dpi → 700×420 px PN
 PANEL_SIZE = (3.0, 2.2)  # inches per small-multiple panel; 100 dpi → 300×220 px
 WRAP = 3  # panels per row when the sweep has a single axis
 BAR_GROUP_WIDTH = 0.8  # share of one x slot that a group of series' bars fills
-# Per-epoch series of the training-curve panels: name -> (legend label, colour, line style).
-LOSS_SERIES = {TRAIN_LOSS: ("train loss", COLORS[0], "-"), VAL_LOSS: ("val loss", COLORS[1], "--")}
-ACC_SERIES = {VAL_SCORES[0]: ("val accuracy", COLORS[2], "-")}
-# The quantile panels: low percentiles blue, high ones red; the extremes dashed.
-QUANTILE_STYLE = dict(zip(QUANTILES, (("#08519c", "--"), ("#6baed6", "-"), ("#fc9272", "-"), ("#a50f15", "--"))))
+# The quantile panels, lowest percentile to highest: low ones blue, high ones red; the extremes dashed.
+QUANTILE_STYLES = (("#08519c", "--"), ("#6baed6", "-"), ("#fc9272", "-"), ("#a50f15", "--"))
 
 
 def setting_styles(settings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
@@ -170,9 +167,10 @@ def _error_bar(row: CompareRow, interval: str) -> tuple[float, float]:
     return row.mean - row.ci_low, row.ci_high - row.mean
 
 
-def val_curves(settings: Sequence["SettingCurves"], name: str) -> "Figure":
-    """Mean over seeds per epoch of the per-epoch value ``name``, one line per setting (shaded
-    ± std where ≥ 2 seeds); settings styled by their axis values (:func:`setting_styles`)."""
+def val_curves(settings: Sequence["SettingCurves"], name: str, key: str | None = None) -> "Figure":
+    """Mean over seeds per epoch of the per-epoch value ``name`` (its histories' ``key``, default
+    ``name``: ``epoch/val_acc``), one line per setting (shaded ± std where ≥ 2 seeds); settings
+    styled by their axis values (:func:`setting_styles`)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -180,8 +178,8 @@ def val_curves(settings: Sequence["SettingCurves"], name: str) -> "Figure":
     ax = fig.add_subplot()
     styles = setting_styles([tuple(value_text(v) for v in s.values.values()) for s in settings])
     for setting, style in zip(settings, styles):
-        n = sum(1 for s in setting.series(name) if len(s))
-        _band(ax, setting.series(name), alpha=0.12, label=f"{setting.label} (n={n})", markersize=4, **style)
+        n = sum(1 for s in setting.series(key or name) if len(s))
+        _band(ax, setting.series(key or name), alpha=0.12, label=f"{setting.label} (n={n})", markersize=4, **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(name)
@@ -203,7 +201,7 @@ class SettingCurves:
     label: str  # records.setting_label: "gn bs8"
     values: Mapping[str, Any]  # the setting's axis -> value, in axis order (places its panel)
     seeds: tuple[str, ...]
-    histories: tuple[Mapping[str, Sequence[float]], ...]  # per seed: per-epoch name -> values from epoch 1
+    histories: tuple[Mapping[str, Sequence[float]], ...]  # per seed: metric key -> values from step 1
 
     def series(self, name: str) -> list[Sequence[float]]:
         """The seeds' sequences of one per-epoch value (missing ones empty)."""
@@ -268,45 +266,53 @@ def _share_y(axes: Sequence["Axes"]) -> None:
         axes[0].autoscale(axis="y")  # the limits of every shared panel's data, not only the first's
 
 
-def training_curves(settings: Sequence[SettingCurves]) -> "Figure":
-    """Per setting, two panels side by side: train and val loss; val accuracy.
+def training_curves(settings: Sequence[SettingCurves], panels: Sequence[Panel] | None = None) -> "Figure":
+    """Per setting, its panels side by side (default: :func:`~orchestrator.analyze.layout.curve_panels`
+    of the names in its histories), e.g. train and val loss; val accuracy.
 
-    Mean over the setting's seeds per epoch with a ± std band; every loss panel shares
-    one y axis, every accuracy panel another.
+    Mean over the setting's seeds per epoch with a ± std band; the panels in one place of
+    every setting share one y axis. A series' colour is its place among all the panels'
+    series, its line style its place in its panel.
     """
-    fig, axes, panels = _small_multiples(settings, 2, wrap=2)
-    for setting, (loss_ax, acc_ax) in zip(settings, panels):
-        for ax, series in ((loss_ax, LOSS_SERIES), (acc_ax, ACC_SERIES)):
-            for name, (label, color, linestyle) in series.items():
-                _band(ax, setting.series(name), label=label, color=color, linestyle=linestyle, linewidth=1.5)
-        n = sum(1 for s in setting.series(VAL_LOSS) if len(s))
-        loss_ax.set_title(f"{setting.label} (n={n}): loss", fontsize=9)
-        acc_ax.set_title(f"{setting.label} (n={n}): val accuracy", fontsize=9)
-        loss_ax.set_ylabel("loss (cross-entropy)", fontsize=8)
-        acc_ax.set_ylabel("accuracy", fontsize=8)
-    _share_y([p[0] for p in panels])
-    _share_y([p[1] for p in panels])
-    _finish_grid(fig, axes, [ax for p in panels for ax in p],
+    if panels is None:
+        panels = curve_panels(sorted({name for s in settings for h in s.histories for name in h}))
+    fig, axes, placed = _small_multiples(settings, len(panels), wrap=2)
+    keys = [key for panel in panels for key, _ in panel.series]
+    for setting, row in zip(settings, placed):
+        n = sum(1 for h in setting.histories if any(len(h.get(key, ())) for key in keys))
+        color = 0
+        for ax, panel in zip(row, panels):
+            for j, (key, label) in enumerate(panel.series):
+                _band(ax, setting.series(key), label=label, color=COLORS[color % len(COLORS)],
+                      linestyle=LINESTYLES[j % len(LINESTYLES)], linewidth=1.5)
+                color += 1
+            ax.set_title(f"{setting.label} (n={n}): {panel.title}", fontsize=9)
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+    for i in range(len(panels)):
+        _share_y([row[i] for row in placed])
+    _finish_grid(fig, axes, [ax for row in placed for ax in row],
                  "Training curves per setting: mean over seeds by epoch, band ± 1 std")
     return fig
 
 
-def quantiles(settings: Sequence[SettingCurves]) -> "Figure":
-    """One panel per setting: the four feature percentiles of the first validation example
-    by epoch, from the setting's first seed (named in each panel's title). Shared axes."""
+def quantiles(settings: Sequence[SettingCurves], names: Sequence[str] | None = None) -> "Figure":
+    """One panel per setting: the percentile metrics ``names`` (default: those in the histories,
+    :func:`~orchestrator.analyze.layout.quantile_names`) by epoch, from the setting's first seed
+    (named in each panel's title). Shared axes."""
+    found = quantile_names(names if names is not None else {n for s in settings for h in s.histories for n in h})
     fig, axes, panels = _small_multiples(settings, 1, wrap=WRAP)
     for setting, (ax,) in zip(settings, panels):
         history = setting.histories[0] if setting.histories else {}
-        for name, (color, linestyle) in QUANTILE_STYLE.items():
+        for i, (name, q) in enumerate(found.items()):
+            color, linestyle = QUANTILE_STYLES[round(i * (len(QUANTILE_STYLES) - 1) / max(len(found) - 1, 1))]
             values = history.get(name, ())
-            ax.plot(range(1, len(values) + 1), values, color=color, linestyle=linestyle,
-                    label=_percentile_name(QUANTILES[name]))
+            ax.plot(range(1, len(values) + 1), values, color=color, linestyle=linestyle, label=_percentile_name(q))
         ax.set_title(f"{setting.label}, seed {setting.seeds[0] if setting.seeds else '?'}", fontsize=9)
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("feature value", fontsize=8)
     _share_y([p[0] for p in panels])
-    _finish_grid(fig, axes, [p[0] for p in panels], "Feature percentiles of the first validation example by "
-                 "epoch\n(penultimate layer; one run per setting: its first seed)")
+    _finish_grid(fig, axes, [p[0] for p in panels], "Feature percentiles by epoch\n(one run per setting: its "
+                 "first seed)")
     return fig
 
 

@@ -45,8 +45,8 @@ def _artifacts(paths: Sequence[str]) -> str:
 
 
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
-               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str, result: CompareResult | None,
-               artifacts: Sequence[str]) -> str:
+               expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str | None,
+               result: CompareResult | None, artifacts: Sequence[str]) -> str:
     """The sweep parent's description: its grid, what is done and failed, the comparison
     table of ``metric`` (``result``: None when no finished run has the metric), the best child's
     link, and the parent's artifacts."""
@@ -61,7 +61,8 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
              f"- Points: {len(expected)}: **{done} done**, {failed} failed"
              + (f", {other} not finished" if other else ""), ""]
     if result is None:
-        lines.append(f"No finished point has `{metric}` yet.")
+        lines.append(f"No finished point has `{metric}` yet." if metric else
+                     "No finished point reports a summary metric yet.")
     else:
         better = "higher" if result.direction == "max" else "lower"
         lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",

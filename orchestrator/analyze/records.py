@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from orchestrator.store.schema import ExpectedPoint, RunRecord, Status, Tag, TrialState, is_finished_result
 
 SEED_KEY = "seed"
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (CPU, memory, GPU): the machine's, not the run's
 # A run whose training stopped on a non-finite loss ends FAILED with a reason that starts
 # with the exception's name (runner._reason: "TrainingDiverged: non-finite training loss ...").
 DIVERGED_REASON = "TrainingDiverged"
@@ -61,7 +62,7 @@ def short_names(keys: Sequence[str]) -> list[str]:
 def setting_label(point: ExpectedPoint) -> str:
     """A setting's readable name: its run name without the seed's part, ``gn-bs8-s0`` → ``gn bs8``.
 
-    Run names follow the study's naming rules (one ``-``-joined part per key of the point,
+    Run names follow the grid's naming rules (one ``-``-joined part per key of the point,
     the seed last), so the label does too, whatever the axes. Where a value holds a ``-``
     itself the parts cannot be told apart, and the label keeps the name's dashes.
     """
@@ -89,6 +90,25 @@ def _latest_by_key(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
         if key not in latest or rec.start_time >= latest[key].start_time:
             latest[key] = rec
     return latest
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def is_summary(record: RunRecord, key: str) -> bool:
+    """A metric the run reports once, at its end (step 0), rather than per step; not a system metric."""
+    return record.steps.get(key, 0) == 0 and not key.startswith(SYSTEM_PREFIX)
+
+
+def summary_metric_names(records: Iterable[RunRecord]) -> list[str]:
+    """The summary metrics of the finished runs among ``records``, sorted."""
+    return sorted({k for r in records if is_result(r) for k in r.metrics if is_summary(r, k)})
+
+
+def step_metric_names(records: Iterable[RunRecord]) -> list[str]:
+    """The metrics the finished runs among ``records`` logged per step (step > 0), sorted."""
+    return sorted({k for r in records if is_result(r) for k, step in r.steps.items()
+                   if step > 0 and not k.startswith(SYSTEM_PREFIX)})
 
 
 # --------------------------------------------------------------------------- units

@@ -1,4 +1,4 @@
-"""Comparison results and the study's report as text: table, csv, markdown, json, latex.
+"""Comparison results and the report's table as text: table, csv, markdown, json, latex.
 
 The numbers come from ``results.py``; this module only lays them out, with tabulate for
 every grid of cells (imported inside the functions). ``table`` is plain text with box
@@ -25,7 +25,7 @@ import json
 import math
 from typing import Any, Iterable, Sequence
 
-from experiments.metric_names import SCORES, SPLITS
+from orchestrator.analyze.layout import score_title
 from orchestrator.analyze.records import RunRecord, short_name, short_names, value_text
 from orchestrator.analyze.results import CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats, report_stats
 from orchestrator.analyze.stats import ALPHA, CONFIDENCE, Stats
@@ -33,7 +33,6 @@ from orchestrator.store.schema import ExpectedPoint
 
 FORMATS = ("table", "csv", "markdown", "json")
 REPORT_FORMATS = ("markdown", "csv", "latex", "table", "json")
-REPORT_TITLES = dict(zip(SCORES, ("Accuracy", "F1 micro", "F1 macro")))  # score -> column title
 SMALL_N = 5  # below this many seeds (or pairs) the notes warn that the t interval/test is weak
 MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
 # The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
@@ -221,9 +220,11 @@ def _lost_note(result: CompareResult) -> list[str]:
 
 
 def report(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint], *, fmt: str = "markdown") -> str:
-    """The study's table: ``Setting | set | Accuracy | F1 micro | F1 macro | n``.
+    """The report's table: ``Setting | set | <score>... | n``, e.g. ``Accuracy | F1 micro | F1 macro``.
 
-    Three rows per setting (train, val, test), settings in grid order, the label on the
+    One row per split per setting (the splits and scores of the ``<split>_<score>`` summary
+    metrics the runs logged, :func:`orchestrator.analyze.layout.table_layout`; for the built-in
+    study train, val, test × accuracy, F1 micro, F1 macro), settings in grid order, the label on the
     first row only (markdown, latex and table; csv repeats it on every row so that the
     file stays machine-readable). Cells are means over seeds to 3 decimals, with
     ``± std`` (sample std) when more than one seed finished; ``–`` when none did. ``n``
@@ -239,20 +240,22 @@ def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> st
         raise CompareError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
     if fmt == "json":
         return json.dumps([_report_json(s.label, split) for s in settings for split in s.splits], indent=2)
-    headers = ["Setting", "set", *(REPORT_TITLES[s] for s in SCORES), "n"]
+    first = settings[0].splits if settings else ()
+    scores = list(first[0].scores) if first else []
+    headers = ["Setting", "set", *(score_title(s) for s in scores), "n"]
     body = []
     for s in settings:
         for i, split in enumerate(s.splits):
-            counts = [split.scores[score].n for score in SCORES]
+            counts = [split.scores[score].n for score in scores]
             n = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
             body.append([s.label if i == 0 or fmt == "csv" else "", split.split,
-                         *(_mean_std(split.scores[score], 3) for score in SCORES), n])
-    return _layout(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(SPLITS))
+                         *(_mean_std(split.scores[score], 3) for score in scores), n])
+    return _layout(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(first))
 
 
 def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
     row: dict[str, Any] = {"setting": label, "set": split.split}
-    for score in SCORES:
+    for score in split.scores:
         stats = split.scores[score]
         row.update({score: _json_value(stats.mean), f"{score}_std": _json_value(stats.std), f"{score}_n": stats.n})
     return row

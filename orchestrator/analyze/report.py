@@ -3,7 +3,7 @@
 :func:`sweep_results` reads what ``orch compare``, ``orch report`` and a sweep's summary
 work on: the grid points its parent recorded (``points.json``) and the records of its run
 keys. The report's table is ``render.report``'s; this module gathers what its figures need
-(the per-epoch metrics of every finished run of the sweep), asks ``figures.py`` to draw
+(the per-step metrics of every finished run of the sweep), asks ``figures.py`` to draw
 them, and logs them on the sweep's parent run under ``report/`` (the paths are
 ``schema.Artifact.REPORT_*``) and, when asked, writes them to a folder as PNG.
 
@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from experiments.metric_names import QUANTILES, TRAIN_LOSS, VAL_LOSS, VAL_SCORES, epoch_key
-from orchestrator.analyze.records import RunRecord, setting_label
-from orchestrator.analyze.results import SPLIT_SCORE, CompareError, compare, units_by_setting
+from orchestrator.analyze.layout import curve_panels, held_out_metric, quantile_names, table_layout
+from orchestrator.analyze.records import RunRecord, setting_label, step_metric_names
+from orchestrator.analyze.results import CompareError, compare, units_by_setting
 from orchestrator.errors import UserError
 from orchestrator.store.schema import Artifact, ExpectedPoint, Tag, read_points
 
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
     from orchestrator.analyze.figures import SettingCurves
     from orchestrator.store.tracking import TrackingStore
-
-CURVE_NAMES = (TRAIN_LOSS, VAL_LOSS, VAL_SCORES[0])  # per-epoch values of the training-curve panels
-TEST_ACC = SPLIT_SCORE["test", "acc"]
 
 
 class NoPointsRecorded(UserError):
@@ -92,10 +89,8 @@ def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord],
 
 def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expected: Sequence[ExpectedPoint],
                    names: Sequence[str], *, first_seed_only: bool = False) -> list["SettingCurves"]:
-    """Per setting (grid order), the per-epoch histories of ``names`` of its finished seeds.
-
-    ``names`` are per-epoch names of ``metric_names`` (``"val_loss"``); settings
-    without a finished run are left out.
+    """Per setting (grid order), the per-step histories of the metrics ``names`` (keys as logged,
+    ``"epoch/val_loss"``) of its finished seeds; settings without a finished run are left out.
     """
     from orchestrator.analyze.figures import SettingCurves
 
@@ -103,7 +98,7 @@ def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expecte
     for units in units_by_setting(records, expected):
         finished = [u for u in units if u.finished is not None][: 1 if first_seed_only else None]
         if finished:
-            histories = tuple({name: store.metric_history(u.finished.run_id, epoch_key(name)) for name in names}
+            histories = tuple({name: store.metric_history(u.finished.run_id, name) for name in names}
                               for u in finished)
             out.append(SettingCurves(setting_label(units[0].expected), units[0].setting_values(),
                                      tuple(str(u.seed()) for u in finished), histories))
@@ -112,25 +107,34 @@ def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expecte
 
 def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
                    expected: Sequence[ExpectedPoint]) -> dict[str, "Figure"]:
-    """The report's figures by artifact path; a figure without data (no finished run) is left out,
-    and so is the test-accuracy figure of a sweep without axes. Test accuracy is drawn by the
-    grid's first axis, one series per value of the others."""
+    """The report's figures by artifact path, each from the metrics the runs logged
+    (:mod:`orchestrator.analyze.layout`): the training curves of their step metrics, the
+    percentile panels when they logged ``feat_q<NN>``, and the table's held-out score (the
+    built-in study's test accuracy) by setting: by the grid's first axis, one series per value
+    of the others. A figure without data (no finished run, no such metric) is left out, and so
+    are the bars of a sweep without axes."""
     from orchestrator.analyze import figures
 
     out = {}
-    curves = setting_curves(store, records, expected, CURVE_NAMES)
+    steps = step_metric_names(records)
+    panels = curve_panels(steps)
+    curves = setting_curves(store, records, expected, [k for p in panels for k, _ in p.series]) if panels else []
     if curves:
-        out[Artifact.REPORT_CURVES] = figures.training_curves(curves)
-        quantiles = setting_curves(store, records, expected, tuple(QUANTILES), first_seed_only=True)
-        out[Artifact.REPORT_QUANTILES] = figures.quantiles(quantiles)
+        out[Artifact.REPORT_CURVES] = figures.training_curves(curves, panels)
+    percentiles = list(quantile_names(steps))
+    if percentiles:
+        first_seeds = setting_curves(store, records, expected, percentiles, first_seed_only=True)
+        if first_seeds:
+            out[Artifact.REPORT_QUANTILES] = figures.quantiles(first_seeds, percentiles)
+    held_out = held_out_metric(*table_layout(records))
     try:
-        result = compare(records, expected, TEST_ACC)
-    except CompareError:  # no finished run logged a test accuracy
+        result = compare(records, expected, held_out[0]) if held_out else None
+    except CompareError:  # no finished run logged it
         result = None
     # A sweep without axes (seeds only) has one setting: nothing to set side by side.
     if result is not None and result.group_keys and any(row.n_finished for row in result.rows):
-        out[Artifact.REPORT_TEST_ACC] = figures.metric_by_axis(result, "test accuracy", result.group_keys[0],
-                                                               interval="ci")
+        out[Artifact.report_by_setting(held_out[0])] = figures.metric_by_axis(result, held_out[1],
+                                                                              result.group_keys[0], interval="ci")
     return out
 
 

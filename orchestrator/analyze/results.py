@@ -24,13 +24,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
-from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
+from orchestrator.analyze.layout import table_layout
 from orchestrator.analyze.records import (SEED_KEY, Outcome, RunRecord, Unit, match_units, setting_label, short_name,
                                           value_text)
 from orchestrator.analyze.stats import ALPHA, PairedStats, Stats
@@ -38,8 +37,6 @@ from orchestrator.errors import UserError
 from orchestrator.store.schema import ExpectedPoint
 
 DIRECTIONS = ("max", "min")  # which end of the metric is best
-# (split, score) -> summary metric name; SPLIT_SCORES lists every split × score, split-major.
-SPLIT_SCORE = dict(zip(itertools.product(SPLITS, SCORES), SPLIT_SCORES))
 # --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
 CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
 FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
@@ -135,8 +132,8 @@ class CompareResult:
 class SplitStats:
     """One row of the report: a setting's scores on one split, over its finished seeds."""
 
-    split: str  # one of metric_names.SPLITS
-    scores: Mapping[str, Stats]  # score (metric_names.SCORES: "acc", ...) -> values over seeds
+    split: str  # a split of the table (orchestrator.analyze.layout): "train", "val", "test", ...
+    scores: Mapping[str, Stats]  # score ("acc", ...) -> values of <split>_<score> over seeds; every row has the same
 
 
 @dataclass(frozen=True)
@@ -356,12 +353,16 @@ def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPo
 
 
 def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[SettingStats]:
-    """Per setting (grid order) and split: every score over the setting's finished seeds."""
+    """Per setting (grid order) and split: every score over the setting's finished seeds; the
+    splits and scores are the ``<split>_<score>`` summary metrics the runs logged
+    (:func:`orchestrator.analyze.layout.table_layout`)."""
+    records = list(records)
+    split_names, scores = table_layout(records)
     out = []
     for units in units_by_setting(records, expected):
         def stats(split: str, score: str) -> Stats:
-            return Stats(tuple(s.value for s in _samples(units, SPLIT_SCORE[split, score])))
+            return Stats(tuple(s.value for s in _samples(units, f"{split}_{score}")))
 
-        splits = tuple(SplitStats(split, {score: stats(split, score) for score in SCORES}) for split in SPLITS)
+        splits = tuple(SplitStats(split, {score: stats(split, score) for score in scores}) for split in split_names)
         out.append(SettingStats(units[0].setting_values(), setting_label(units[0].expected), splits))
     return out

@@ -4,6 +4,10 @@ The summary is ``summary.csv``, ``plots/<metric>_by_<axis>.png``, ``plots/val_cu
 and the parent's description (:func:`orchestrator.analyze.notes.sweep_note`). Whoever closes
 the sweep writes it: a local sweep at its end, the queue worker that ends the last point,
 Slurm's close.
+
+It ranks by the sweep's metric: the one asked for (``orch sweep --metric``), else the entry's
+default metric (:func:`entry_metric`; the built-in study's ``val_f1_macro``), else the first
+summary metric the runs report (:func:`sweep_metric`), else none, and then shows no table.
 """
 
 from __future__ import annotations
@@ -12,18 +16,38 @@ import csv
 import io
 from typing import TYPE_CHECKING, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
-from orchestrator.store.schema import Artifact, ExpectedPoint, Tag
+from orchestrator.analyze.layout import bare_name, held_out_metric, is_validation, table_layout
+from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names
 from orchestrator.analyze.report import setting_curves
+from orchestrator.store.schema import Artifact, ExpectedPoint, Tag
 
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
 
 
-def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str, direction: str = "max"):
-    """The sweep's comparison on ``metric``; None when no finished run has it."""
+def entry_metric(entry) -> str | None:
+    """The metric an entry's sweeps rank by unless told (its ``default_metric``); None without one."""
+    return getattr(entry, "default_metric", None) or None
+
+
+def sweep_metric(records, metric: str | None = None) -> str | None:
+    """``metric``, else the first summary metric of the finished runs: the report's held-out score
+    when they report one (``test_acc``, :func:`orchestrator.analyze.layout.held_out_metric`),
+    else the first by name; None without any."""
+    if metric:
+        return metric
+    finished = [r for r in records if is_result(r)]
+    held_out = held_out_metric(*table_layout(finished))
+    return held_out[0] if held_out else next(iter(summary_metric_names(finished)), None)
+
+
+def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str | None, direction: str = "max"):
+    """The sweep's comparison on ``metric`` (None: :func:`sweep_metric`'s); None when no finished run has it."""
     from orchestrator.analyze import compare
 
+    metric = sweep_metric(records, metric)
+    if metric is None:
+        return None
     try:
         result = compare.compare(records, expected, metric, direction=direction)
     except compare.CompareError:
@@ -32,10 +56,15 @@ def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str, direc
 
 
 def write_summary(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
-                  axes: Sequence[str], metric: str) -> str | None:
-    """Log the summary on the parent (see the module docstring); returns the closing table's text."""
+                  axes: Sequence[str], metric: str | None, default: str | None = None) -> str | None:
+    """Log the summary on the parent (see the module docstring); returns the closing table's text.
+
+    ``metric``: the table's (None: :func:`sweep_metric`'s); ``default``: the entry's default
+    metric, whose curves the summary shows when ``metric`` has none of the validation split.
+    """
     from orchestrator.analyze import compare
 
+    metric = sweep_metric(records, metric)
     rows = compare.summary_rows(records, expected)
     logged = [Artifact.GRID, Artifact.POINTS]
     if rows:
@@ -47,32 +76,43 @@ def write_summary(store: TrackingStore, parent_run_id: str, records, expected: S
         logged.append(Artifact.SUMMARY)
     result = compare_sweep(records, expected, metric)
     if result is not None:
-        logged += _summary_plots(store, parent_run_id, records, expected, axes, metric, result)
+        logged += _summary_plots(store, parent_run_id, records, expected, axes, result, default)
     _describe_parent(store, parent_run_id, records, expected, axes, metric, result, logged)
     return None if result is None else compare.render(result, "table")
 
 
 def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
-                   axes: Sequence[str], metric: str, result) -> list[str]:
+                   axes: Sequence[str], result, default: str | None) -> list[str]:
     """The metric by each axis and the validation curves on the parent; the paths logged."""
     from orchestrator.analyze import figures
 
-    logged = []
+    logged, metric = [], result.metric
     for axis in axes:
         fig = figures.metric_by_axis(result, metric, axis)
         store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
         logged.append(Artifact.metric_by_axis(metric, axis))
-    curve_metric = metric if metric.startswith("val_") else DEFAULT_OBJECTIVE
-    curves = setting_curves(store, records, expected, [curve_metric])
+    curve = curve_metric(step_metric_names(records), metric, default)
+    curves = setting_curves(store, records, expected, [curve]) if curve else []
     if curves:
-        fig = figures.val_curves(curves, curve_metric)
+        fig = figures.val_curves(curves, bare_name(curve), curve)
         store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)
         logged.append(Artifact.VAL_CURVES)
     return logged
 
 
+def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) -> str | None:
+    """The step metric of the summary's validation curves: that of ``metric`` when it is a
+    validation metric the runs logged per step (``val_loss`` → ``epoch/val_loss``), else that of
+    ``default``, else the first validation step metric, else the first step metric; None without any."""
+    def logged(name: str | None) -> str | None:
+        return next((k for k in steps if name and bare_name(k) == name), None)
+
+    return ((logged(metric) if is_validation(metric) else None) or logged(default)
+            or next((k for k in steps if is_validation(k)), None) or next(iter(steps), None))
+
+
 def _describe_parent(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
-                     axes: Sequence[str], metric: str, result, artifacts: Sequence[str]) -> None:
+                     axes: Sequence[str], metric: str | None, result, artifacts: Sequence[str]) -> None:
     from orchestrator.analyze.notes import sweep_note
 
     parent = store.get_run(parent_run_id)

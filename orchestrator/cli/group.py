@@ -43,7 +43,7 @@ def cli(ctx: click.Context, debug: bool) -> None:  # noqa: ARG001 - read back by
     orch run [CONFIG.yaml]        train one configuration, logged to MLflow
     orch sweep GRID.yaml          run every point of a grid (resumable; --launcher slurm)
     orch compare --metric M       rank the settings of a sweep, mean ± std over seeds
-    orch report                   the study's table: accuracy and F1 per split
+    orch report                   a sweep's table of scores per split, and its figures
     orch tune GRID.yaml           tune the LR schedule with Optuna, trials as MLflow runs
     orch worker --storage URL     run queued points (several machines, PostgreSQL)
     orch status [--storage URL]   a sweep's points and Slurm jobs; the queue's state

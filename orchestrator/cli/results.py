@@ -100,7 +100,8 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
 @click.command("compare")
 @experiment_option
 @sweep_option
-@click.option("--metric", required=True, help="Summary metric to rank by, e.g. val_f1_macro or test_acc.")
+@click.option("--metric", required=True, help="Metric to rank by: any the runs logged (its summary or last value), "
+                                              "e.g. val_f1_macro or test_acc.")
 @click.option("--group-by", default=None, metavar="AXES",
               help="Comma-separated dotted keys to group by (default: the sweep's axes).")
 @click.option("--direction", type=click.Choice(["max", "min"]), default="max", show_default=True,
@@ -159,16 +160,17 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
 @handle_errors
 def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None, no_figures: bool,
                tracking_uri: str | None) -> None:
-    """The study's report: its table on stdout, its figures on the sweep's parent run.
+    """A sweep's report: its table on stdout, its figures on the sweep's parent run.
 
     \b
-    Table: one row per (setting, split) with Accuracy, F1 micro, F1 macro as
-    mean ± std over seeds, and n (seeds counted).
+    Read from the metrics the runs logged, named <split>_<score> (e.g. test_acc):
+    Table: one row per (setting, split), one column per score (the built-in study:
+    Accuracy, F1 micro, F1 macro), as mean ± std over seeds, and n (seeds counted).
     Figures, logged under report/ on the sweep's parent run (and written to --out DIR):
-    training_curves.png (loss and accuracy by epoch per setting, mean ± std over seeds),
-    quantiles.png (feature percentiles of the first validation example, first seed),
-    test_acc.png (test accuracy by the grid's first axis, one bar series per value of
-    the others, 95% CI error bars).
+    training_curves.png (losses and a validation score by step per setting, mean ± std
+    over seeds), quantiles.png (feat_qNN percentiles by step, first seed; only when
+    logged), <split>_<score>.png (the last split's first score, e.g. test_acc, by the
+    grid's first axis, one bar series per value of the others, 95% CI error bars).
     """
     from pathlib import Path
 

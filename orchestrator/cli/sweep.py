@@ -54,7 +54,9 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @click.option("--rerun", is_flag=True, help="Run every point again, finished or not.")
 @click.option("--wait", is_flag=True, help="Wait for another sweep of the experiment instead of exiting 2; "
                                            "with Slurm, follow the jobs.")
-@click.option("--metric", default="val_f1_macro", show_default=True, help="Metric of the closing table.")
+@click.option("--metric", default=None, help="Metric of the closing table (default: the entry's default metric, e.g. "
+                                             "the built-in study's val_f1_macro, else the first summary metric of "
+                                             "the runs).")
 @grouped(
     "launch", slot_options, device_option,
     click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure."),
@@ -86,7 +88,7 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @quiet_option("No progress display.")
 @handle_errors
 def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_run: bool, rerun: bool, wait: bool,
-              metric: str, launch: dict[str, Any], separation: dict[str, Any], tracking_uri: str | None,
+              metric: str | None, launch: dict[str, Any], separation: dict[str, Any], tracking_uri: str | None,
               quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
@@ -128,12 +130,12 @@ def _separation(spec: SweepSpec, launch: dict[str, Any], *, until_metric: str | 
         if given:
             raise BadInput(f"{', '.join(given)} only apply with --until-separated METRIC; add it or drop them")
         return None
-    from experiments.metric_names import SUMMARY_METRICS
     from orchestrator.analyze.separation import Separation
 
-    if until_metric not in SUMMARY_METRICS:
+    known = spec.entry.summary_metrics  # an entry that does not list them takes any name
+    if known and until_metric not in known:
         raise BadInput(f"--until-separated {until_metric}: not a summary metric; use one of "
-                       f"{', '.join(SUMMARY_METRICS)}")
+                       f"{', '.join(known)}")
     if launch["storage"] or launch["launcher"] != "local":
         raise BadInput("--until-separated runs its rounds here; it cannot queue them (--storage) or submit them "
                        "(--launcher slurm): drop one")
@@ -195,7 +197,7 @@ def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any]) -> None:
                                           max_retries=launch["max_retries"], storage=launch["storage"]), nl=False)
 
 
-def _launcher(launch: dict[str, Any], *, wait: bool, metric: str, quiet: bool):
+def _launcher(launch: dict[str, Any], *, wait: bool, metric: str | None, quiet: bool):
     """The launcher the options name (:class:`orchestrator.launch.sweep.Launcher`)."""
     from orchestrator.store import optuna_storage as storage_mod
 
@@ -211,7 +213,7 @@ def _launcher(launch: dict[str, Any], *, wait: bool, metric: str, quiet: bool):
     if url:
         from orchestrator.launch.queue import QueueLauncher
 
-        return QueueLauncher(url)
+        return QueueLauncher(url, metric)
     if launch["gpus"] and launch["device"] == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
     from orchestrator.execute.scheduler import plan_slots

@@ -19,7 +19,11 @@ BUILTIN = "experiments.study:STUDY"
 class Entry(Protocol):
     """What the grid asks of the code a sweep runs. A config is the entry's own object, which the
     grid only hands back; a bad value or config raises :class:`~experiments.config.ConfigError`
-    naming the dotted key. ``build`` takes values as ``coerce`` or ``params`` give them."""
+    naming the dotted key. ``build`` takes values as ``coerce`` or ``params`` give them.
+
+    Optional: ``check_device(config, device_type)`` (``"cpu"`` or ``"cuda"``) raises that
+    ConfigError for a config the device cannot run (the built-in study: bf16 on the CPU); a
+    sweep on local slots asks it of every point before anything is recorded."""
 
     fields: Mapping[str, Any]  # dotted config key → type: int, float, bool, str, tuple[int, ...], X | None
     related_keys: Mapping[str, tuple[str, ...]]  # key a check() problem names → keys whose values can cause it

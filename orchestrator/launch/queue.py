@@ -31,9 +31,8 @@ import signal
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
 from orchestrator.execute.display import make_display
@@ -81,8 +80,9 @@ class Submitted:
     queued_before: int
 
 
-def submit(plan: Plan, jobs: Sequence[Job], url: str) -> Submitted:
-    """Put ``jobs`` on the queue as waiting trials of the sweep's study, but those already there."""
+def submit(plan: Plan, jobs: Sequence[Job], url: str, metric: str | None = None) -> Submitted:
+    """Put ``jobs`` on the queue as waiting trials of the sweep's study, but those already there;
+    ``metric``: the one the summary of whoever closes the sweep ranks by (None: the runs' first)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -91,7 +91,8 @@ def submit(plan: Plan, jobs: Sequence[Job], url: str) -> Submitted:
                                 load_if_exists=True)
     for key, value in {StudyAttr.KIND: Kind.SWEEP, StudyAttr.NAME: spec.name, StudyAttr.SWEEP: spec.sweep_id,
                        StudyAttr.TRACKING_URI: plan.uri, StudyAttr.EXPERIMENT_ID: plan.experiment_id,
-                       StudyAttr.PARENT_RUN_ID: plan.parent_run_id, StudyAttr.N_POINTS: len(spec.runs)}.items():
+                       StudyAttr.PARENT_RUN_ID: plan.parent_run_id, StudyAttr.N_POINTS: len(spec.runs),
+                       **({StudyAttr.METRIC: metric} if metric else {})}.items():
         study.set_user_attr(key, value)
     live = {t.user_attrs.get(TrialAttr.RUN_KEY)
             for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
@@ -108,16 +109,19 @@ class QueueLauncher:
 
     runs_here = False
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, metric: str | None = None):
+        self.url, self.metric = url, metric
 
-    def setup(self, spec: SweepSpec, uri: str) -> None:  # noqa: ARG002
+    def setup(self, spec: SweepSpec, uri: str) -> None:
+        from orchestrator.analyze.sweep_summary import entry_metric
+
+        self.metric = self.metric or entry_metric(spec.entry)
         if uri.startswith("sqlite:") and storage_mod.is_postgres(self.url):
             log.warning(f"note: workers on other machines cannot reach the SQLite store {uri}; "
                         "use --tracking-uri http://HOST:5000 (an mlflow server) to share runs")
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
-        sub = submit(plan, jobs, self.url)
+        sub = submit(plan, jobs, self.url, self.metric)
         log.info(f"sweep {plan.spec.name} [{plan.spec.sweep_id}]: queued {sub.enqueued} point(s) in study {sub.study} "
                  f"({sub.done} already finished, {sub.queued_before} already queued) at "
                  f"{storage_mod.redact(self.url)}\nstart workers with: orch worker --storage URL")
@@ -174,7 +178,7 @@ class QueueSource(PointSource):
             if done is not None:  # finished meanwhile, by whoever: its result, never a second run
                 self._stop_heartbeat(trial)
                 trial.set_user_attr(TrialAttr.RUN_ID, done.info.run_id)
-                study.tell(trial, float(done.data.metrics.get(DEFAULT_OBJECTIVE, 0.0)))
+                study.tell(trial, _value(study, done.data.metrics))
                 self._maybe_close(study)
                 continue
             return Task(job, attempt=int(attrs.get(TrialAttr.ATTEMPT, 1)), ticket=(study, trial),
@@ -207,7 +211,7 @@ class QueueSource(PointSource):
     def finished(self, task: Task) -> None:
         study, trial = task.ticket
         if self._let_go(task):
-            study.tell(trial, float(task.summary.get(DEFAULT_OBJECTIVE, 0.0)))
+            study.tell(trial, _value(study, task.summary))
             self._maybe_close(study)
 
     def failed(self, task: Task, reason: str) -> bool:
@@ -270,9 +274,16 @@ class QueueSource(PointSource):
             return
         attrs = study.user_attrs
         try:  # this worker's own view of the tracking server (--tracking-uri), else the URI queued with
-            close_sweep(self.store(self.tracking_uri or attrs[StudyAttr.TRACKING_URI]), attrs[StudyAttr.PARENT_RUN_ID])
+            close_sweep(self.store(self.tracking_uri or attrs[StudyAttr.TRACKING_URI]), attrs[StudyAttr.PARENT_RUN_ID],
+                        metric=attrs.get(StudyAttr.METRIC))
         except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
             log.warning(f"could not write the summary of sweep {study.study_name} ({type(err).__name__}: {err})")
+
+
+def _value(study: Any, metrics: Mapping[str, float]) -> float:
+    """A finished point's trial value: its sweep's metric (0 without one); the queue only counts on it."""
+    metric = study.user_attrs.get(StudyAttr.METRIC)
+    return float(metrics.get(metric, 0.0)) if metric else 0.0
 
 
 def _requeue(study: Any, trial: Any, *, attempt: int) -> None:

@@ -38,7 +38,6 @@ import logging
 import time
 from typing import Any, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
 from orchestrator.execute.job import Job, encode
@@ -95,7 +94,7 @@ def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], optio
     from orchestrator.launch import queue
 
     spec = plan.spec
-    sub = queue.submit(plan, jobs, storage)
+    sub = queue.submit(plan, jobs, storage, settings.get("metric"))
     waiting = sub.enqueued + sub.queued_before
     k = min(options.array_parallelism or 4, max(waiting, 1))
     what = f"{sub.enqueued} point(s) queued, {sub.queued_before} already queued, {sub.done} finished"
@@ -215,7 +214,7 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
             job = run.data.tags.get(Tag.SLURM_JOB, "?")
             store.end_run(run.info.run_id, Status.FAILED, f"its Slurm task {job} ended without closing the run")
     store.set_tags(parent_run_id, {Tag.SUMMARIZED_BY: by})
-    missing = close_sweep(store, parent_run_id, metric=metric or DEFAULT_OBJECTIVE)
+    missing = close_sweep(store, parent_run_id, metric=metric)
     if missing:
         return f"sweep [{sweep_id}] closed FAILED: {len(missing)} point(s) not finished; rerun the sweep to run them"
     return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
@@ -224,7 +223,8 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
 # --------------------------------------------------------------------------- following (--wait), orch status
 
 
-def follow(store: TrackingStore, plan: Plan, metric: str, since_ms: int, poll: float = FOLLOW_POLL_SECONDS) -> None:
+def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
+           poll: float = FOLLOW_POLL_SECONDS) -> None:
     """Say each of the sweep's points as it starts and ends, until no job of the sweep is left in Slurm."""
     seen: dict[str, str] = {}
     while True:
@@ -235,7 +235,7 @@ def follow(store: TrackingStore, plan: Plan, metric: str, since_ms: int, poll: f
             if run.info.start_time < since_ms or seen.get(run.info.run_id) == status:
                 continue
             seen[run.info.run_id] = status
-            value = run.data.metrics.get(metric)
+            value = run.data.metrics.get(metric) if metric else None
             what = f"{metric} {value:.4f}" if value is not None else tags.get(Tag.FAILURE_REASON, "")
             log.info(f"  {status.lower():9} {run.info.run_name} (Slurm job {tags.get(Tag.SLURM_JOB, '?')}) {what}")
         if not live:
@@ -243,7 +243,7 @@ def follow(store: TrackingStore, plan: Plan, metric: str, since_ms: int, poll: f
         time.sleep(poll)
 
 
-def wait_and_close(plan: Plan, *, metric: str, since_ms: int) -> int:
+def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
     """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
     task did, print the table; the exit code."""
     from orchestrator.analyze import compare, sweep_summary
@@ -317,11 +317,14 @@ class SlurmLauncher:
     runs_here = False
 
     def __init__(self, options: Any, *, device: str, max_retries: int, storage: str | None, shared: bool,
-                 wait: bool, metric: str):
+                 wait: bool, metric: str | None):
         self.options, self.storage, self.shared, self.wait = options, storage, shared, wait
         self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
 
     def setup(self, spec: SweepSpec, uri: str) -> None:
+        from orchestrator.analyze.sweep_summary import entry_metric
+
+        self.settings["metric"] = self.settings["metric"] or entry_metric(spec.entry)
         check_sweep(spec, uri, self.options, storage=self.storage, shared=self.shared, **self.settings)
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:

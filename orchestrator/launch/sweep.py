@@ -27,7 +27,6 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from experiments.metric_names import DEFAULT_OBJECTIVE
 from orchestrator.analyze import separation, sweep_summary
 from orchestrator.analyze.report import sweep_records
 from orchestrator.launch import rounds
@@ -74,8 +73,9 @@ class LocalLauncher:
         self.scheduler: Scheduler | None = None
 
     def setup(self, spec: SweepSpec, uri: str) -> None:  # noqa: ARG002
-        from experiments.config import check_device
-
+        check_device = getattr(spec.entry, "check_device", None)  # optional: see orchestrator.grid.entry
+        if check_device is None:
+            return
         for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
             check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
 
@@ -95,8 +95,11 @@ class LocalLauncher:
 
 
 def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, rerun: bool = False,
-              wait: bool = False, until: Separation | None = None, metric: str = DEFAULT_OBJECTIVE) -> int:
+              wait: bool = False, until: Separation | None = None, metric: str | None = None) -> int:
     """Run or hand on what is missing of ``spec``; the exit code (0, 1 failures, 130 Ctrl-C, 143 SIGTERM).
+
+    ``metric``: the closing table's; None: the entry's default metric, else the first summary
+    metric of the runs (:mod:`orchestrator.analyze.sweep_summary`).
 
     Holds the experiment's sweep lock (:mod:`orchestrator.store.locks`) while it plans, and while
     the points run here beats a heartbeat on the parent through a tracking server: a second
@@ -234,9 +237,11 @@ def _interrupted(store: TrackingStore, plan: Plan, signum: int) -> int:
     return stop.exit_code(signum)
 
 
-def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str, notes: Sequence[str] = ()) -> int:
+def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str | None, notes: Sequence[str] = ()) -> int:
     """The closing table (and the separation's verdict below it); the summary and the parent's end."""
     records, expected = _records(store, plan), expected_points(plan.spec)
+    default = sweep_summary.entry_metric(plan.spec.entry)
+    metric = metric or default
     if plan.closed:  # a rerun of a finished sweep: its summary stands, nothing is written
         from orchestrator.analyze import compare
 
@@ -245,8 +250,8 @@ def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str, not
             print(compare.render(result, "table"), flush=True)
         log.info(f"nothing to do: every point is finished; browse with: orch ui --tracking-uri {store.uri}")
         return ExitCode.OK
-    for text in (sweep_summary.write_summary(store, plan.parent_run_id, records, expected, plan.spec.axes, metric),
-                 "\n".join(notes)):
+    for text in (sweep_summary.write_summary(store, plan.parent_run_id, records, expected, plan.spec.axes, metric,
+                                             default), "\n".join(notes)):
         if text:
             print(text, flush=True)
     if outcome.failed or outcome.skipped:
@@ -263,10 +268,11 @@ def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str, not
     return ExitCode.OK
 
 
-def close_sweep(store: TrackingStore, parent_run_id: str, *, metric: str = DEFAULT_OBJECTIVE) -> list[str]:
+def close_sweep(store: TrackingStore, parent_run_id: str, *, metric: str | None = None) -> list[str]:
     """Close a sweep handed on (queued, submitted) from its parent's ``points.json``: write its
-    summary and end the parent, FINISHED when every point has a finished result, else FAILED
-    naming those missing; returns the missing points' names."""
+    summary (on ``metric``; None: the first summary metric of the runs) and end the parent,
+    FINISHED when every point has a finished result, else FAILED naming those missing; returns
+    the missing points' names."""
     parent = store.get_run(parent_run_id)
     exp_id, sweep_id = parent.info.experiment_id, parent.data.tags[Tag.SWEEP]
     points = read_points(store.download_json(parent_run_id, Artifact.POINTS))

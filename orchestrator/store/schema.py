@@ -32,7 +32,7 @@ This module imports nothing heavy: the dry run reads stores through it without m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 
@@ -167,6 +167,11 @@ class Artifact:
     def metric_by_axis(metric: str, axis: str) -> str:
         return f"plots/{metric}_by_{axis}.png"
 
+    @staticmethod
+    def report_by_setting(metric: str) -> str:
+        """`orch report`'s bars of a held-out score by setting: ``report/test_acc.png`` (REPORT_TEST_ACC)."""
+        return f"report/{metric}.png"
+
 
 class TrialAttr:
     """Optuna user attributes of a queued point's trial (and of a tuning trial)."""
@@ -229,6 +234,9 @@ class RunRecord:
     metrics: Mapping[str, float]  # latest values: summary ("val_f1_macro") and "epoch/..." ones
     tags: Mapping[str, str]  # Tag keys: run key, point, setting, kind, ...
     start_time: int  # ms since epoch
+    # the step of each latest value: 0 for a summary metric (logged once, at the end), the last
+    # step for one logged per step; empty when unknown (then every metric counts as a summary)
+    steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -367,4 +367,5 @@ def to_record(run) -> RunRecord:
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
         start_time=run.info.start_time or 0,
+        steps={m.key: m.step for m in run.data.to_proto().metrics},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -25,10 +26,12 @@ from orchestrator.analyze.compare import (
     summary_rows,
 )
 from orchestrator.analyze.figures import SettingCurves, metric_by_axis, setting_styles, val_curves
+from orchestrator.analyze.layout import Panel, curve_panels, quantile_names, table_layout
 from orchestrator.analyze.records import match_units, setting_label, short_names
 from orchestrator.analyze.render import compare_notes, latex_escape, render_report
 from orchestrator.analyze.results import report_stats
 from orchestrator.analyze.stats import PairedStats, Stats
+from orchestrator.analyze.sweep_summary import curve_metric, sweep_metric
 from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState
 
 NORMS = ("bn_torch", "bn", "gn")
@@ -766,6 +769,30 @@ def test_report_latex_is_a_booktabs_tabular(sweep):
     assert "±" not in text and "–" not in text and "_" not in text.replace(r"\_", "")
     assert latex_escape("a_b & 50% #1 {x} $y ~^ \\") == (
         r"a\_b \& 50\% \#1 \{x\} \$y \textasciitilde{}\textasciicircum{} \textbackslash{}")
+
+
+def test_the_report_layout_follows_the_metric_names_the_runs_logged(sweep):
+    expected, records = sweep
+    facts = {"train_seconds": 9.0, "best_epoch": 3.0, "epoch/train_loss": 0.2}  # a run fact is no score
+    study = [dataclasses.replace(r, metrics={**r.metrics, **facts}, steps={"epoch/val_acc": 5, "epoch/train_loss": 5})
+             for r in records]
+    assert table_layout(study) == (SPLITS, SCORES)
+    assert sweep_metric(study) == "test_acc" and sweep_metric(study, "val_f1_macro") == "val_f1_macro"
+    own = [dataclasses.replace(r, metrics={"test_acc": 0.8, "val_acc": 0.7, "train_loss": 0.1, "system/cpu": 3.0},
+                               steps={"val_acc": 4, "train_loss": 4, "system/cpu": 2}) for r in records]
+    assert table_layout(own) == (("test",), ("acc",)) and sweep_metric(own) == "test_acc"
+    assert sweep_metric([dataclasses.replace(r, metrics={"reward": 1.0, "b": 2.0}) for r in records]) == "b"
+    steps = ["epoch/feat_q01", "epoch/feat_q99", "epoch/lr", "epoch/train_acc", "epoch/train_loss", "epoch/val_acc",
+             "epoch/val_f1_macro", "epoch/val_loss"]
+    assert curve_panels(steps) == (
+        Panel("loss", "loss", (("epoch/train_loss", "train loss"), ("epoch/val_loss", "val loss"))),
+        Panel("val accuracy", "accuracy", (("epoch/val_acc", "val accuracy"),)))
+    assert quantile_names(reversed(steps)) == {"epoch/feat_q01": 0.01, "epoch/feat_q99": 0.99}
+    assert curve_panels(["train_acc", "train_loss"])[1].series == (("train_acc", "train accuracy"),)
+    assert [p.title for p in curve_panels(["episode_len", "lr", "reward"])] == ["episode_len", "lr"]
+    assert curve_metric(steps, "val_f1_macro") == "epoch/val_f1_macro"
+    assert curve_metric(steps, "test_acc", "val_f1_macro") == "epoch/val_f1_macro"
+    assert curve_metric(["train_loss", "val_acc"], "test_acc") == "val_acc" and curve_metric([], "test_acc") is None
 
 
 def test_setting_styles_never_draw_two_settings_alike():

@@ -81,7 +81,7 @@ def test_training_curves_small_multiples_share_y_per_quantity():
     seqs = settings[0].series(TRAIN_LOSS)
     want = [np.mean([s[e] for s in seqs if len(s) > e]) for e in range(max(map(len, seqs)))]
     assert list(train.get_ydata()) == pytest.approx(want)
-    assert {ax.get_xlabel() for ax in visible} == {"epoch", ""} and loss[0].get_ylabel() == "loss (cross-entropy)"
+    assert {ax.get_xlabel() for ax in visible} == {"epoch", ""} and loss[0].get_ylabel() == "loss"
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["train loss", "val loss", "val accuracy"]
 
 
