@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping
 __all__ = ["ENV", "Run", "current"]
 
 ENV = "ORCH_RUN"  # a command entry's process finds its run here (JSON, see Run.child_env)
+FENCE_SECONDS = 5.0  # log() checks a fenced run's claim at most this often (a store read); a checkpoint always
 _ACTIVE: list[Run] = []  # the run of this process's running point, if any
 
 
@@ -48,6 +49,7 @@ class Run:
         self._blob_step = 0
         self._writes, self._last_write = 0, time.monotonic()
         self.last_step = 0  # the highest step logged so far
+        self._fenced = time.monotonic()
         self.pruned: BaseException | None = None  # the tuner's verdict: the run is to stop, and is not a result
 
     # -- the public API (orchestrator.client)
@@ -58,8 +60,9 @@ class Run:
         self.last_step = max(self.last_step, step)
         if self._store is None:
             return
-        if self._fence is not None:
+        if self._fence is not None and time.monotonic() - self._fenced >= FENCE_SECONDS:
             self._fence.check()
+            self._fenced = time.monotonic()
         self._pending.append(self._store.log_metrics(self.id, values, step=step, synchronous=False))
         if self._on_log is not None:
             try:
