@@ -492,7 +492,8 @@ def test_tune_spec_refuses_a_metric_that_is_not_a_summary_metric(tmp_path):
 @pytest.mark.integration  # a fresh interpreter
 def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlflow(tmp_path):
     """The built-in entry is resolved with the grid: its config, names and checks import no torch,
-    and ``orch sweep --dry-run`` on a grid whose store does not exist yet reads no store."""
+    and ``orch sweep --dry-run`` on a grid whose store does not exist yet reads no store (nor
+    draws with rich: its summary, JSON and CSV are plain text)."""
     code = textwrap.dedent(f"""
         import sys
         from click.testing import CliRunner
@@ -504,9 +505,11 @@ def test_grid_loading_and_a_dry_run_without_a_store_import_neither_torch_nor_mlf
         assert not heavy, ("load_grid", heavy)
         from orchestrator.cli.main import cli
         uri = "sqlite:///" + {str(tmp_path / 'none' / 'mlflow.db')!r}
-        result = CliRunner().invoke(cli, ["sweep", {str(GRIDS / 'demo.yaml')!r}, "--dry-run", "--tracking-uri", uri])
-        assert result.exit_code == 0 and "gn-bs8-s0" in result.output, result.output
-        heavy = [m for m in ("torch", "mlflow", "optuna") if m in sys.modules]
+        for fmt in ("table", "json", "csv"):
+            result = CliRunner().invoke(cli, ["sweep", {str(GRIDS / 'demo.yaml')!r}, "--dry-run", "--format", fmt,
+                                              "--tracking-uri", uri])
+            assert result.exit_code == 0 and "gn-bs8-s0" in result.output, result.output
+        heavy = [m for m in ("torch", "mlflow", "optuna", "rich") if m in sys.modules]
         assert not heavy, ("orch sweep --dry-run", heavy)
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
