@@ -177,6 +177,10 @@ def import_module(module: str, folder: str | None) -> Any:
     if usable:
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()  # a module written since the folder was last listed
+        cached = getattr(sys.modules.get(module), "__file__", None)
+        beside = Path(str(folder), *module.split(".")).with_suffix(".py")
+        if cached and beside.is_file() and Path(cached).resolve() != beside.resolve():
+            del sys.modules[module]  # a module of that name from another grid's folder (a worker serving both)
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:

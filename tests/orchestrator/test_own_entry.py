@@ -95,6 +95,16 @@ def test_a_function_resolves_from_the_grid_folder_and_the_folder_goes_last_on_sy
     assert resolve_entry() is resolve_entry(None)  # the built-in study, unchanged
 
 
+def test_a_module_of_the_same_name_in_another_grid_folder_is_that_folders(tmp_path):
+    name = f"same_{uuid.uuid4().hex[:8]}"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.py").write_text(f"def main(config, run):\n    return {{'{folder}': 1}}\n")
+    first, second = (resolve_entry(f"{name}:main", folder=str(tmp_path / f)) for f in ("a", "b"))
+    assert first.fn(None, None) == {"a": 1} and second.fn(None, None) == {"b": 1}
+    assert resolve_entry(f"{name}:main").fn(None, None) == {"b": 1}  # no folder: the one imported last
+
+
 def test_a_mapping_resolves_to_a_command(tmp_path):
     entry = resolve_entry({"command": "python train.py --lr {lr}"}, folder=str(tmp_path))
     assert isinstance(entry, CommandEntry) and entry.name == "python train.py --lr {lr}"
