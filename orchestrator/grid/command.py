@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.errors import ConfigError
+from orchestrator.errors import RunFailed
 from orchestrator.grid.own import OwnConfig, OwnEntry
 from orchestrator.grid.schema import OpenSchema
 
@@ -56,7 +57,7 @@ PR_SET_PDEATHSIG = 1
 _HYDRA_PLAIN = re.compile(r"[\w.\-+/:@%]+")  # a Hydra override value that needs no quotes
 
 
-class CommandFailed(RuntimeError):
+class CommandFailed(RunFailed):
     """The script ended with a non-zero exit status, or was killed by a signal nobody sent it."""
 
 

@@ -32,6 +32,7 @@ class Entry(Protocol):
     def coerce(self, key: str, value: Any) -> Any: ...  # checked against the key's type, normalised ("1e-3" → 0.001)
     def build(self, values: Mapping[str, Any]) -> Any: ...  # dotted key → value; defaults for the other keys
     def check(self, config: Any, check_paths: bool) -> None: ...  # ranges, cross-field rules; paths: the data exists
+    def check_device(self, config: Any, device_type: str) -> None: ...  # "cpu"/"cuda" slots can run it (ConfigError)
     def params(self, config: Any) -> dict[str, Any]: ...  # dotted key → value, seed included: a run's params
     def seeded(self, config: Any, seed: int) -> Any: ...  # the config with this seed
     def run_key(self, config: Any) -> str: ...  # a stable id of what the config computes, whatever wrote it

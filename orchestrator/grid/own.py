@@ -77,6 +77,9 @@ class OwnEntry:
     def check(self, config: OwnConfig, check_paths: bool) -> None:  # no data of orch's to check
         self.schema.check(dict(config.values))
 
+    def check_device(self, config: OwnConfig, device_type: str) -> None:  # the code picks its device
+        pass
+
     def params(self, config: OwnConfig) -> dict[str, Any]:
         return {**{k: as_given(v) for k, v in config.values}, "seed": config.seed}
 

@@ -555,6 +555,9 @@ class Toy:
         if config.act == "gelu" and config.width % 2:
             raise ConfigError(f"gelu needs an even width, got {config.width}", key="width")
 
+    def check_device(self, config, device_type):
+        pass
+
     def params(self, config):
         return dataclasses.asdict(config)
 
