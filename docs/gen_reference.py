@@ -43,7 +43,7 @@ UNCOMMENTED = {
     "orch.host": "the machine that ran it", "orch.pid": "the process that ran it",
     "orch.device": "the device it trained on (e.g. `cpu`, the GPU's name)",
     "orch.torch_version": "torch's version", "orch.cuda_version": "CUDA's version, when trained on a GPU",
-    "orch.failure_reason": "why the run ended FAILED or KILLED (e.g. `preempted (SIGTERM) at epoch 3, batch 10`)",
+    "orch.failure_reason": "why the run ended FAILED or KILLED (e.g. `preempted (SIGTERM) at step 3; checkpoint saved, rerun to resume`)",
     "orch.grid_file": "the grid file a sweep was started from", "orch.n_points": "a sweep's number of points",
     "orch.resumed_epoch": "epochs the continued checkpoint held",
     "orch.resumed_batch": "batches of the next epoch it held",

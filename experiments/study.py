@@ -97,6 +97,10 @@ class Study:
         config.check(cfg, check_paths=check_paths)
 
     @staticmethod
+    def check_device(cfg: config.RunConfig, device_type: str) -> None:
+        config.check_device(cfg, device_type)
+
+    @staticmethod
     def params(cfg: config.RunConfig) -> dict[str, Any]:
         return config.to_flat(cfg)
 
@@ -111,10 +115,6 @@ class Study:
     @staticmethod
     def user_config(cfg: config.RunConfig) -> config.RunConfig:
         return cfg
-
-    @staticmethod
-    def check_device(cfg: config.RunConfig, device_type: str) -> None:
-        config.check_device(cfg, device_type)
 
     @staticmethod
     def checkpoint_seconds(cfg: config.RunConfig) -> float:

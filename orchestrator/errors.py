@@ -13,7 +13,7 @@ import enum
 
 from experiments.errors import UserError
 
-__all__ = ["ExitCode", "StoreFailure", "UserError"]
+__all__ = ["ExitCode", "RunFailed", "StoreFailure", "UserError"]
 
 
 class ExitCode(enum.IntEnum):
@@ -40,3 +40,8 @@ class StoreFailure(Exception):
     def __init__(self, uri: str, cause: str):
         super().__init__(f"the tracking store {uri} failed: {cause}")
         self.uri, self.cause = uri, cause
+
+
+class RunFailed(RuntimeError):
+    """A run's failure whose message is the whole reason the run records (no exception class
+    name before it): e.g. a command entry's ``exit status 3: <its stderr's last lines>``."""

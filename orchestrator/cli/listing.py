@@ -1,58 +1,12 @@
-"""What ``orch sweep --dry-run`` and ``orch status`` print: a grid's points with whether each is
-done, the queue's sweeps, a Slurm sweep's points. rich is imported inside the functions that
-draw, and nothing here imports torch or mlflow, so ``orch sweep --dry-run`` stays fast.
+"""What ``orch status`` prints: the queue's sweeps, a Slurm sweep's points (``orch sweep
+--dry-run`` prints through :mod:`orchestrator.cli.dry_run`). rich is imported inside the
+functions that draw, and nothing here imports torch or mlflow.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    from orchestrator.grid.load import SweepSpec
-
-
-def print_dry_run(spec: SweepSpec, uri: str) -> None:
-    """Every point of the grid with whether the store already holds it finished."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from orchestrator.store import peek
-
-    done = peek.finished_keys(uri, spec.name)  # the done rule of every path: a finished result of the run key
-    columns = (*spec.axes, "seed")
-    table = Table(title=f"{spec.name} [{spec.sweep_id}]  {spec.path}", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("run name")
-    for axis in columns:
-        table.add_column(axis)
-    table.add_column("status")
-    n_done = 0
-    for r in spec.runs:
-        status = "?" if done is None else ("done" if r.run_key in done else "pending")
-        n_done += status == "done"
-        table.add_row(str(r.index), r.name, *(str(r.point.get(a, "")) for a in columns), status)
-    console = Console(width=200 if not sys.stdout.isatty() else None)
-    console.print(table)
-    if done is None:
-        console.print(f"{len(spec.runs)} points; status unknown (store {uri} could not be read)")
-    else:
-        console.print(f"{len(spec.runs)} points: {n_done} done, {len(spec.runs) - n_done} pending  (store {uri})")
-    missing = _missing_data_root(spec)
-    if missing:
-        console.print(f"note: {missing}")
-
-
-def _missing_data_root(spec: SweepSpec) -> str | None:
-    """What a real run would stop on that the dry run does not check (a missing dataset root)."""
-    from experiments.config import ConfigError, check
-
-    for r in spec.runs:
-        try:
-            check(r.config)
-        except ConfigError as err:
-            return f"a real run would stop here: {err}"
-    return None
+from typing import Any, Sequence
 
 
 def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:

@@ -50,7 +50,10 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @set_option
 @max_points_option
-@click.option("--dry-run", is_flag=True, help="List the points and whether each is done; start nothing.")
+@click.option("--dry-run", is_flag=True, help="Summarise the points and whether each is done; start nothing.")
+@click.option("--list", "list_all", is_flag=True, help="[dry run] Print every point, not the first and last few.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="[dry run] json or csv: every point, for scripts.")
 @click.option("--rerun", is_flag=True, help="Run every point again, finished or not.")
 @click.option("--wait", is_flag=True, help="Wait for another sweep of the experiment instead of exiting 2; "
                                            "with Slurm, follow the jobs.")
@@ -87,9 +90,9 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @tracking_uri_option
 @quiet_option("No progress display.")
 @handle_errors
-def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_run: bool, rerun: bool, wait: bool,
-              metric: str | None, launch: dict[str, Any], separation: dict[str, Any], tracking_uri: str | None,
-              quiet: bool) -> None:
+def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_run: bool, list_all: bool, fmt: str,
+              rerun: bool, wait: bool, metric: str | None, launch: dict[str, Any], separation: dict[str, Any],
+              tracking_uri: str | None, quiet: bool) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
@@ -104,13 +107,14 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
     ignore_hangup()  # a closed terminal: the sweep goes on (its output to a closed pipe is dropped, see output.py)
     if launch["slurm"] and launch["launcher"] != "slurm":
         raise BadInput("--slurm options only apply with --launcher slurm; add it or drop them")
+    _check_dry_run_options(dry_run, list_all, fmt, launch["launcher"])
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
     until = _separation(spec, launch, **separation)
     uri = resolve_tracking_uri(tracking_uri)
     if separation["confirm"] is not None:
         spec = _confirm_spec(spec, open_store(uri), separation["confirm"])
     if dry_run:
-        _dry_run(spec, uri, launch)
+        _dry_run(spec, uri, launch, list_all=list_all, fmt=fmt)
         return
     from orchestrator.launch.sweep import run_sweep
 
@@ -181,12 +185,25 @@ def _slurm_options(launch: dict[str, Any]):
                               runs_per_gpu=launch["runs_per_gpu"])
 
 
-def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any]) -> None:
-    """``--dry-run``: the points and whether each is done, or with Slurm the job script; no store opened."""
-    if launch["launcher"] != "slurm":
-        from orchestrator.cli.listing import print_dry_run
+def _check_dry_run_options(dry_run: bool, list_all: bool, fmt: str, launcher: str) -> None:
+    """--list and --format shape the dry run's list of points: refused anywhere else."""
+    given = [option for option, used in (("--list", list_all), (f"--format {fmt}", fmt != "table")) if used]
+    named, one = " and ".join(given), len(given) == 1
+    if given and not dry_run:
+        raise BadInput(f"{named} only appl{'ies' if one else 'y'} with --dry-run; add --dry-run or drop "
+                       f"{'it' if one else 'them'}")
+    if given and launcher == "slurm":
+        raise BadInput(f"{named} shape{'s' if one else ''} the dry run's list of points, but --launcher slurm "
+                       f"--dry-run prints the job script; drop {'it' if one else 'them'}")
 
-        print_dry_run(spec, uri)
+
+def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any], *, list_all: bool, fmt: str) -> None:
+    """``--dry-run``: the points and whether each is done, or with Slurm the job script; a store
+    that does not exist is not created."""
+    if launch["launcher"] != "slurm":
+        from orchestrator.cli.dry_run import print_dry_run
+
+        print_dry_run(spec, uri, fmt=fmt, every_row=list_all)
         return
     from orchestrator.launch import slurm, slurm_sweep
 

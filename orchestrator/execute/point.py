@@ -101,7 +101,14 @@ def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
     from orchestrator.grid.entry import resolve_entry
     from orchestrator.store.tracking import TrackingStore
 
-    entry = resolve_entry(**job.entry)
+    from orchestrator.errors import ExitCode, UserError
+
+    try:  # a worker whose folder or environment lacks the entry's code: the point fails, the process goes on
+        entry = resolve_entry(**job.entry)
+        cfg = entry.build(job.config)
+    except UserError as err:
+        logging.getLogger(__name__).error(f"error: {err}")
+        return int(ExitCode.FAILED), "", {}
     tag = {"job": attempt["job"]}
 
     def on_log(step: int, values: dict) -> None:
@@ -110,7 +117,7 @@ def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
 
     code, run_id, summary = run_tracked(
         entry,
-        entry.build(job.config),
+        cfg,
         store=TrackingStore(job.uri),
         experiment_id=job.experiment_id,
         run_name=job.name,

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 __all__ = ["ENV", "Run", "current"]
 
 ENV = "ORCH_RUN"  # a command entry's process finds its run here (JSON, see Run.child_env)
+FENCE_SECONDS = 5.0  # log() checks a fenced run's claim at most this often (a store read); a checkpoint always
 _ACTIVE: list[Run] = []  # the run of this process's running point, if any
 
 
@@ -48,6 +50,7 @@ class Run:
         self._blob_step = 0
         self._writes, self._last_write = 0, time.monotonic()
         self.last_step = 0  # the highest step logged so far
+        self._fenced = time.monotonic()
         self.pruned: BaseException | None = None  # the tuner's verdict: the run is to stop, and is not a result
 
     # -- the public API (orchestrator.client)
@@ -58,8 +61,9 @@ class Run:
         self.last_step = max(self.last_step, step)
         if self._store is None:
             return
-        if self._fence is not None:
+        if self._fence is not None and time.monotonic() - self._fenced >= FENCE_SECONDS:
             self._fence.check()
+            self._fenced = time.monotonic()
         self._pending.append(self._store.log_metrics(self.id, values, step=step, synchronous=False))
         if self._on_log is not None:
             try:
@@ -169,5 +173,9 @@ def _from_env(info: Mapping[str, Any]) -> Run:
     run = Run(info["config"], int(info["seed"]), info["artifact_dir"], store=store, run_id=info["run_id"],
               run_key=info["run_key"], params=info["params"], checkpoint_seconds=float(info["checkpoint_seconds"]),
               state=state, stop=flag.is_set)
-    atexit.register(run.finish)
+    run._stop_handling = handling  # held by the run: a collected ExitStack would restore the default handlers
+    # Before the interpreter's shutdown marks thread pools closed (concurrent.futures' own exit hook,
+    # which atexit handlers run after): MLflow's asynchronous metric writes still go through then.
+    # threading._register_atexit is private; atexit is the fallback where it is missing.
+    getattr(threading, "_register_atexit", atexit.register)(run.finish)
     return run

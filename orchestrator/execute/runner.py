@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import tempfile
 
-from orchestrator.errors import ExitCode, StoreFailure
+from orchestrator.errors import ExitCode, RunFailed, StoreFailure
 from orchestrator.execute import stop as stopping
 from orchestrator.execute.run import Run, active
 from orchestrator.execute.stop import StopFlag
@@ -293,6 +293,8 @@ def _warn(text: str) -> None:
 
 
 def _reason(err: BaseException) -> str:
+    if isinstance(err, RunFailed):
+        return str(err)
     name = type(err).__name__
     if name == "OutOfMemoryError" or "out of memory" in str(err).lower():
         return f"out of memory: {err}"

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from experiments.config import ConfigError
 from orchestrator.grid.entry import Entry, resolve_entry
-from orchestrator.grid.names import describe_point, run_name
+from orchestrator.grid.names import describe_point, join_name, name_parts
 from orchestrator.grid.reader import GridReader, GridSections
 
 
@@ -81,7 +81,8 @@ def resolve_settings(g: GridReader, sections: GridSections, settings: Sequence[S
         # Grid axes (an include entry's unset ones resolved from base) and the entry's own keys.
         keys = [k for k in all_axes if k in s.values or k in sections.axes]
         params = entry.params(s.config) if any(k not in s.values for k in keys) else {}
-        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys}
+        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys
+                   if k in s.values or k in params}  # an open config has no value for a key nobody gave
         _check_setting(g, s, check_data)
         first = first_by_key.setdefault(entry.run_key(s.config), s)
         if first is not s:
@@ -95,6 +96,8 @@ def _check_setting(g: GridReader, s: Setting, check_data: bool) -> None:
         g.entry.check(s.config, check_data)
     except ConfigError as err:
         key = err.key or ""
+        if key == "entry":  # the entry itself (a command's placeholder, its program), not a config key
+            g.fail("entry", err.problem)
         if key in s.where:
             path, problem = s.where[key], err.problem
         else:
@@ -113,8 +116,10 @@ def _check_setting(g: GridReader, s: Setting, check_data: bool) -> None:
 def seed_major_runs(entry: Entry, settings: Sequence[Setting], seeds: Sequence[int]) -> tuple[RunSpec, ...]:
     """Every setting with the first seed, then every setting with the next, ...: a sweep
     cut short still covers every setting. Names that collide get ``-<index>`` appended."""
-    runs = [run_with_seed(s.point, s.config, seed, i * len(settings) + j, entry)
-            for i, seed in enumerate(seeds) for j, s in enumerate(settings)]
+    # A setting's name parts and label are the same for every seed: made once per setting.
+    named = [(s, name_parts(s.point, entry), describe_point(s.point)) for s in settings]
+    runs = [_seeded_run(entry, s.point, s.config, seed, i * len(settings) + j, parts, setting)
+            for i, seed in enumerate(seeds) for j, (s, parts, setting) in enumerate(named)]
     counts = collections.Counter(r.name for r in runs)
     return tuple(dataclasses.replace(r, name=f"{r.name}-{r.index}") if counts[r.name] > 1 else r for r in runs)
 
@@ -123,10 +128,19 @@ def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, 
     """The run of a setting (``point`` without its seed, ``config`` its config) with ``seed``;
     ``entry``: the sweep's (``SweepSpec.entry``), default the built-in study."""
     entry = entry or resolve_entry()
+    return _seeded_run(entry, point, config, seed, index, name_parts(point, entry), describe_point(point))
+
+
+def _seeded_run(entry: Entry, point: Mapping[str, Any], config: Any, seed: int, index: int, parts: Sequence[str],
+                setting: str) -> RunSpec:
+    """:func:`run_with_seed` given the setting's name parts and label: the name is
+    ``run_name({**point, "seed": seed})``, the point label ``describe_point`` of it."""
     cfg = entry.seeded(config, seed)
-    full = {**point, "seed": seed}
-    return RunSpec(index=index, name=run_name(full, entry), point=full, setting=describe_point(point),
-                   point_label=describe_point(full), config=cfg, run_key=entry.run_key(cfg))
+    seed_point = {"seed": seed}
+    seed_label = describe_point(seed_point)
+    return RunSpec(index=index, name=join_name([*parts, *name_parts(seed_point, entry)]), point={**point, **seed_point},
+                   setting=setting, point_label=f"{setting},{seed_label}" if setting else seed_label, config=cfg,
+                   run_key=entry.run_key(cfg))
 
 
 def sweep_id(name: str, runs: Sequence[RunSpec]) -> str:

@@ -5,11 +5,11 @@ with the built-in study's name prefixes, its run is named ``gn-bs8-s0``."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from orchestrator.grid.entry import Entry, resolve_entry
 
-__all__ = ["describe_point", "experiment_name_problem", "format_value", "run_name"]
+__all__ = ["describe_point", "experiment_name_problem", "format_value", "join_name", "name_parts", "run_name"]
 
 _NAME_UNSAFE = re.compile(r"[^\w.+=-]+")
 
@@ -56,6 +56,11 @@ def run_name(point: Mapping[str, Any], entry: Entry | None = None) -> str:
     """``{"optim.lr": 0.05, "train.augment": True, "seed": 0}`` → ``"lr0.05-augment-s0"``: each
     key's part is its prefix from ``entry`` (default: the built-in study), else its last dotted
     part, then the value; a boolean reads ``key`` or ``no-key``."""
+    return join_name(name_parts(point, entry))
+
+
+def name_parts(point: Mapping[str, Any], entry: Entry | None = None) -> list[str]:
+    """:func:`run_name`'s parts, one per key: ``["lr0.05", "augment", "s0"]``."""
     prefixes = {**(entry or resolve_entry()).name_prefixes, "seed": "s"}  # every run name ends in its seed
     parts = []
     for key, value in point.items():
@@ -64,4 +69,10 @@ def run_name(point: Mapping[str, Any], entry: Entry | None = None) -> str:
             parts.append(short if value else f"no-{short}")
         else:
             parts.append(f"{short}{format_value(value)}")
+    return parts
+
+
+def join_name(parts: Sequence[str]) -> str:
+    """Run-name parts → the run name: ``-`` between them, and ``_`` for any run of characters
+    a name does not take."""
     return _NAME_UNSAFE.sub("_", "-".join(parts)) or "run"

@@ -73,11 +73,8 @@ class LocalLauncher:
         self.scheduler: Scheduler | None = None
 
     def setup(self, spec: SweepSpec, uri: str) -> None:  # noqa: ARG002
-        check_device = getattr(spec.entry, "check_device", None)  # optional: see orchestrator.grid.entry
-        if check_device is None:
-            return
-        for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
-            check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
+        for r in spec.runs:  # e.g. the study's bf16 on CPU slots: refused before anything is recorded
+            spec.entry.check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> Outcome:
         from orchestrator.execute.display import make_display

@@ -1,5 +1,5 @@
-"""Which run keys are done, for ``orch sweep --dry-run``: mlflow is imported only where a
-store exists to be read.
+"""What a store already holds of a grid's run keys, for ``orch sweep --dry-run``: mlflow is
+imported only where a store exists to be read.
 
 A grid whose SQLite store does not exist yet (or holds no tables) has nothing done, and
 the dry run says so without importing mlflow (about 2 s here). Any other store is read
@@ -12,20 +12,39 @@ from __future__ import annotations
 from orchestrator.errors import StoreFailure
 from orchestrator.store.uri import TrackingError, check_reachable, initialised, sqlite_path
 
+DONE, FAILED = "done", "failed"
 
-def finished_keys(uri: str, experiment: str, kind: str | None = None, timeout: float = 2.0) -> set[str] | None:
-    """Run keys with a finished result in ``experiment`` (of that ``Tag.KIND``); None when the
-    store cannot be read (a server that does not answer within ``timeout`` seconds, a
-    store that fails)."""
+
+def exists(uri: str) -> bool:
+    """Whether there is a store to read: a server, or a SQLite file that holds MLflow's tables."""
     db = sqlite_path(uri)
-    if db is not None and not initialised(db):
-        return set()
+    return db is None or initialised(db)
+
+
+def run_key_states(uri: str, experiment: str, timeout: float = 2.0) -> dict[str, str] | None:
+    """Run key → :data:`DONE` (a finished result in ``experiment``) or :data:`FAILED` (none finished
+    and the latest of its unfinished runs FAILED); a key not in it is pending (never run, stopped
+    or running). Empty when there is no store; None when the store cannot be read (a server that
+    does not answer within ``timeout`` seconds, a store that fails)."""
+    if not exists(uri):
+        return {}
     try:
         check_reachable(uri, timeout)
+        from orchestrator.store.schema import Status, Tag
         from orchestrator.store.tracking import TrackingStore
 
         store = TrackingStore(uri)
         experiment_id = store.experiment_id(experiment)
-        return set() if experiment_id is None else store.finished_run_keys(experiment_id, kind)
+        if experiment_id is None:
+            return {}
+        states = dict.fromkeys(store.finished_run_keys(experiment_id), DONE)
+        latest: dict[str, str] = {}  # run key → status of its latest unfinished run
+        for run in store.search([experiment_id], f"attributes.status != '{Status.FINISHED}'",
+                                order_by=["attributes.start_time ASC"]):
+            key = run.data.tags.get(Tag.RUN_KEY)
+            if key is not None:
+                latest[key] = run.info.status
+        states.update({key: FAILED for key, status in latest.items() if status == Status.FAILED and key not in states})
+        return states
     except (TrackingError, StoreFailure):
         return None

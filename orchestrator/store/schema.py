@@ -23,7 +23,7 @@ run carries (docs/reference/mlflow.md lists it for users):
 * every training run, when it starts (:mod:`orchestrator.store.provenance`): ``Tag.ENTRY``,
   ``Tag.GIT_COMMIT``, ``Tag.PYTHON_VERSION``; artifacts ``environment.txt`` and, when the entry's
   repository has uncommitted changes, ``code/diff.patch``.
-* a run that started from epoch 0 because the checkpoint it was to continue was unusable:
+* a run that started afresh because the checkpoint it was to continue was unusable:
   ``Tag.CHECKPOINT_SKIPPED`` (that checkpoint, and why).
 
 This module imports nothing heavy: the dry run reads stores through it without mlflow.

@@ -1,17 +1,16 @@
 """`orch compare`, `orch report` and a sweep's summary on the runs of a user's own entry.
 
-One real sweep of an entry written into a temporary folder (2 widths × 3 seeds): its runs log
-``val_acc`` and ``train_loss`` per step through ``run.log`` and return ``test_acc`` as their
-summary, and their params are the entry's own keys. Nothing of the built-in study is in it,
-and the entry names no default metric, so the sweep ranks by the first summary metric its
-runs report.
+One real sweep of a function entry written into a temporary folder beside its grid (2 widths ×
+3 seeds): its runs log ``val_acc`` and ``train_loss`` per step through ``run.log`` and return
+``test_acc`` as their summary, and their params are the grid's own keys. Nothing of the built-in
+study is in it, and a function names no default metric, so the sweep ranks by the first summary
+metric its runs report.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 
 import numpy as np
@@ -26,66 +25,16 @@ WIDTHS = (16, 64)
 SEEDS = (0, 1, 2)
 EPOCHS = 3
 
-OWN_ENTRY = '''
-import dataclasses
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    lr: float = 0.1
-    width: int = 16
-    epochs: int = 3
-    seed: int = 0
-
-
+OWN_TRAIN = '''
 def score(width, seed):
     return 0.6 + (0.2 if width == 64 else 0.0) + 0.01 * ((seed * 7) % 5)
 
 
-class Own:
-    fields = {"lr": float, "width": int, "epochs": int, "seed": int}
-    related_keys = {}
-    name_prefixes = {"width": "w"}
-    headline_keys = ("width",)
-    summary_metrics = ()
-    default_metric = ""
-    name, spec, folder, progress_keys = "own_entry:OWN", {"entry": "own_entry:OWN"}, None, ("val_acc",)
-
-    def coerce(self, key, value):
-        return float(value) if self.fields[key] is float else value
-
-    def build(self, values):
-        return Config(**values)
-
-    def check(self, config, check_paths):
-        pass
-
-    def params(self, config):
-        return dataclasses.asdict(config)
-
-    def seeded(self, config, seed):
-        return dataclasses.replace(config, seed=seed)
-
-    def run_key(self, config):
-        return repr(config)
-
-    def default_space(self, settings):
-        return {"lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}
-
-    def user_config(self, config):
-        return config
-
-    def checkpoint_seconds(self, config):
-        return 60.0
-
-    def train(self, config, run):
-        final = score(config.width, config.seed)
-        for step in range(1, config.epochs + 1):
-            run.log({"val_acc": final * step / config.epochs, "train_loss": 1.0 / step}, step=step)
-        return {"test_acc": final}
-
-
-OWN = Own()
+def main(config, run):
+    final = score(config["width"], run.seed)
+    for step in range(1, config["epochs"] + 1):
+        run.log({"val_acc": final * step / config["epochs"], "train_loss": 1.0 / step}, step=step)
+    return {"test_acc": final}
 '''
 
 
@@ -95,16 +44,15 @@ def score(width: int, seed: int) -> float:
 
 @pytest.fixture(scope="module")
 def own_sweep(tmp_path_factory):
-    """The sweep, once: (tracking URI, the sweep's stdout, its parent run)."""
+    """The sweep, once: (tracking URI, the sweep's stdout, its parent run, a client of the store)."""
     tmp = tmp_path_factory.mktemp("own")
-    (tmp / "own_entry.py").write_text(OWN_ENTRY)
+    (tmp / "own_train.py").write_text(OWN_TRAIN)
     (tmp / "grid.yaml").write_text(yaml.safe_dump({
-        "name": "own-study", "entry": "own_entry:OWN", "base": {"lr": 0.1, "epochs": EPOCHS},
+        "name": "own-study", "entry": "own_train:main", "base": {"lr": 0.1, "epochs": EPOCHS},
         "grid": {"width": list(WIDTHS)}, "seeds": list(SEEDS)}, sort_keys=False))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    path = os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")])  # the entry's module, as a user's
     proc = orch("sweep", "grid.yaml", "--workers", "2", "--quiet", cwd=tmp,
-                env={"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": path, "ORCH_SYSTEM_METRICS_SECONDS": "0"})
+                env={"MLFLOW_TRACKING_URI": uri, "ORCH_SYSTEM_METRICS_SECONDS": "0"})
     assert proc.returncode == 0, proc.stderr
     from mlflow.tracking import MlflowClient
 
@@ -113,7 +61,7 @@ def own_sweep(tmp_path_factory):
     (parent,) = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.SWEEP]
     points = [r for r in runs if r.data.tags.get(Tag.KIND) == Kind.POINT]
     assert len(points) == len(WIDTHS) * len(SEEDS)
-    assert {r.data.tags[Tag.ENTRY] for r in points} == {"own_entry:OWN"}
+    assert {r.data.tags[Tag.ENTRY] for r in points} == {"own_train:main"}
     return uri, proc.stdout, parent, client
 
 
@@ -163,7 +111,7 @@ def test_report_shows_the_scores_the_runs_logged_and_draws_what_exists(own_sweep
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     want = {w: statistics.mean(score(w, s) for s in SEEDS) for w in WIDTHS}
     assert [(r[0], r[1], r[2].split(" ±")[0], r[3]) for r in rows] == [
-        (f"w{w}", "test", f"{want[w]:.3f}", "3") for w in WIDTHS]
+        (f"width{w}", "test", f"{want[w]:.3f}", "3") for w in WIDTHS]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {Artifact.REPORT_CURVES, Artifact.report_by_setting("test_acc")}  # no percentiles logged
     assert sorted(p.name for p in tmp_path.iterdir()) == ["test_acc.png", "training_curves.png"]

@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+from experiments.study_run import log_datasets
 from orchestrator.store.schema import TRAINING_EXPERIMENT, Kind, Status, Tag, TrialState
 from orchestrator.store.tracking import TrackingStore, sqlite_path
 
@@ -125,7 +126,7 @@ def test_runs_that_log_one_new_dataset_at_once_all_get_it(tracking):
         def log(run_id: str) -> None:
             barrier.wait()
             try:
-                tracking.tracker(run_id).log_data(data)
+                log_datasets(tracking.uri, run_id, data)
             except BaseException as err:  # noqa: BLE001 - collected, then asserted on
                 errors.append(err)
 
@@ -178,12 +179,13 @@ def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monke
     key by key."""
     from experiments.config import to_flat
     from orchestrator.execute.runner import run_tracked
+    from orchestrator.grid.entry import resolve_entry
 
     monkeypatch.setenv("ORCH_SYSTEM_METRICS_SECONDS", "0")  # the monitor writes through a client of its own
     cfg, _ = tiny_result
     calls = _spied(tracking, monkeypatch)
-    code, run_id, summary = run_tracked(cfg, store=tracking, experiment_id=tracking.ensure_experiment("batched"),
-                                        device="cpu", quiet=True)
+    code, run_id, summary = run_tracked(resolve_entry(), cfg, store=tracking,
+                                        experiment_id=tracking.ensure_experiment("batched"), quiet=True)
     assert code == 0
     names = [name for name, _ in calls]
     assert "log_metric" not in names and "log_param" not in names
@@ -200,30 +202,31 @@ def test_a_run_writes_its_params_tags_and_each_epoch_in_one_call(tracking, monke
 
 
 def test_a_checkpoint_writes_its_tags_in_one_call(tracking, monkeypatch):
-    from orchestrator.store.checkpoints import RunCheckpoints
+    from orchestrator.store import checkpoints
 
     run_id = tracking.start_run(tracking.ensure_experiment("checkpoint-tags"), run_name="c", params={}, tags={})
     calls = _spied(tracking, monkeypatch)
-    RunCheckpoints(tracking, run_id, 0).save({"progress": {"epoch": 3, "batch": 7}})
+    checkpoints.write(tracking, run_id, checkpoints.envelope({"epoch": 3}, "key", {}, 3), 0, 3)
     assert [(name, {t.key: t.value for t in kwargs["tags"]}) for name, kwargs in calls] == [
-        ("log_batch", {Tag.CHECKPOINT: "checkpoint/ckpt-0.pt", Tag.CHECKPOINT_EPOCH: "3", Tag.CHECKPOINT_BATCH: "7"})]
+        ("log_batch", {Tag.CHECKPOINT: "checkpoint/ckpt-0.pkl", Tag.CHECKPOINT_STEP: "3"})]
 
 
 def test_a_failing_model_save_still_logs_the_figures(tmp_path, monkeypatch, tiny_result):
-    """The run fails (a full disk while saving its model); its curves are what shows why."""
-    from orchestrator.store.artifacts import log_run_artifacts
+    """The run fails (a full disk while saving its model); its curves are logged, and show why."""
+    import experiments.study_run
+    from orchestrator.execute.runner import run_tracked
+    from orchestrator.grid.entry import resolve_entry
 
-    cfg, result = tiny_result
+    cfg, _ = tiny_result
     store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = store.start_run(store.ensure_experiment("figures"), run_name="full-disk", params={}, tags={})
-    tracker = store.tracker(run_id)
 
     def full_disk(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tracker, "log_model", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        log_run_artifacts(tracker, cfg, result)
+    monkeypatch.setattr(experiments.study_run, "save_model", full_disk)
+    code, run_id, _ = run_tracked(resolve_entry(), cfg, store=store, experiment_id=store.ensure_experiment("figures"),
+                                  quiet=True)
+    assert code == 1 and "No space left" in store.failure_reason(run_id)
     logged = {a.path for a in store.client.list_artifacts(run_id, "plots")}
     assert logged == {"plots/curves.png", "plots/quantiles.png", "plots/confusion_test.png"}
     for path in logged:

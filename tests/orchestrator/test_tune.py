@@ -321,7 +321,7 @@ def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(
     err = stop_when(first, signal.SIGTERM, min_checkpoint_epoch=2)
     assert first.returncode == 143, err
     (stopped,) = [r for r in all_runs(uri) if r.info.status == "KILLED" and r.data.tags["orch.kind"] == "trial"]
-    assert stopped.data.tags["orch.failure_reason"].startswith("preempted (SIGTERM) at epoch")
+    assert stopped.data.tags["orch.failure_reason"].startswith("preempted (SIGTERM) at step")
     second = start()
     stop_when(second, signal.SIGKILL, continuing=True)
 
