@@ -98,24 +98,24 @@ def stop_with_sigterm(grid_file: Path, uri: str, step: int = 2) -> str:
 # --------------------------------------------------------------------------- the two example sweeps
 
 
-@pytest.fixture(scope="module")
-def function_sweep(tmp_path_factory):
-    grid_file, uri = copy_example("own_function", tmp_path_factory.mktemp("function"))
+def swept_example(name: str, folder: Path) -> tuple[Path, str]:
+    """The example copied to ``folder`` and swept there with two workers: (grid file, tracking URI)."""
+    grid_file, uri = copy_example(name, folder)
     started = time.perf_counter()
     proc = sweep(grid_file, uri, "--workers", "2")
-    print(f"own_function sweep: {time.perf_counter() - started:.1f} s")  # the figure the README quotes (pytest -s)
+    print(f"{name} sweep: {time.perf_counter() - started:.1f} s")  # the figure the README quotes (pytest -s)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return grid_file, uri
+
+
+@pytest.fixture(scope="module")
+def function_sweep(tmp_path_factory):
+    return swept_example("own_function", tmp_path_factory.mktemp("function"))
 
 
 @pytest.fixture(scope="module")
 def script_sweep(tmp_path_factory):
-    grid_file, uri = copy_example("own_script", tmp_path_factory.mktemp("script"))
-    started = time.perf_counter()
-    proc = sweep(grid_file, uri, "--workers", "2")
-    print(f"own_script sweep: {time.perf_counter() - started:.1f} s")  # the figure the README quotes (pytest -s)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return grid_file, uri
+    return swept_example("own_script", tmp_path_factory.mktemp("script"))
 
 
 def assert_example_runs(uri: str, entry: str, axes: dict[str, list], artifact: str) -> None:
