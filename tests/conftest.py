@@ -218,19 +218,20 @@ MODULE_TIERS = {
     "test_study_choices": "unit", "test_train": "unit", "test_yaml_source": "unit",
     # integration: commands on a real SQLite store, real point processes
     "test_checkpoints": "integration", "test_closed_output": "integration", "test_docs": "integration",
-    "test_faults": "integration", "test_own_entry_results": "integration", "test_provenance": "integration",
-    "test_run": "integration", "test_scheduler": "integration", "test_storage": "integration",
-    "test_sweep": "integration", "test_sweep_lookup": "integration", "test_tracking": "integration",
-    "test_tune": "integration", "test_ui": "integration", "test_own_sweep": "integration",
+    "test_faults": "integration", "test_provenance": "integration", "test_run": "integration",
+    "test_scheduler": "integration", "test_storage": "integration", "test_sweep": "integration",
+    "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
+    "test_ui": "integration", "test_own_sweep": "integration", "test_own_code_examples": "integration",
+    "test_own_entry_results": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
     "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
     "test_slurm": "system",
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
 # runs, fresh SQLite stores, the docs site's build
-SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_own_entry_results",
-                "test_provenance", "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_tracking",
-                "test_train", "test_tune", "test_ui"}
+SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_provenance",
+                "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_tracking", "test_train",
+                "test_tune", "test_ui", "test_own_code_examples", "test_own_entry_results"}
 
 
 def pytest_itemcollected(item):
