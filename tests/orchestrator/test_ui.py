@@ -76,7 +76,7 @@ def test_every_point_has_note_datasets_and_system_metrics(ui_sweep):
     assert len(points) == 2
     for run in points:
         note = run.data.tags[Tag.NOTE]
-        assert note.startswith(f"model.norm={run.data.params['model.norm']}, seed 0: best epoch ")
+        assert note.startswith(f"model.norm={run.data.params['model.norm']}, seed 0: val_f1_macro **")
         inputs = run.inputs.dataset_inputs
         splits = {t.value for i in inputs for t in i.tags if t.key == Tag.DATA_CONTEXT}
         assert splits == {"train", "val", "test"}
