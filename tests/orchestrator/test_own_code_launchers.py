@@ -22,18 +22,13 @@ from conftest import invoke, new_database, orch
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Status, Tag
 from test_own_code_examples import ENV, copy_example, history, points, sweep
+from test_provenance import _git
 from test_queue import FAST_HEARTBEAT, _point_runs, _wait_for_point
 from test_slurm import SHARED, parent_run, point_runs, scancel_at_epoch, task_logs, wait_restarting_requeued
 
 EPOCHS = 80  # long enough to be stopped mid-run: each epoch hands over a checkpoint (checkpoint_seconds: 0)
 ONE_POINT = {"base": {"epochs": EPOCHS, "lr": 0.05, "dropout": 0.1}, "grid": {"width": [32], "act": ["relu"]},
              "seeds": [1]}
-
-
-def _git(folder, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", *args], cwd=folder, env=env, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="module")
