@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: a real MLflow store (SQLite in a temp dir), the CLI, tiny
-grids and the runs they leave, a throwaway PostgreSQL and a real ``mlflow server``.
+grids and the runs they leave, a throwaway PostgreSQL, a real ``mlflow server`` and a one-node
+Slurm cluster.
 
 Test modules import the helpers with ``from conftest import ...`` (pytest puts this
 directory on ``sys.path``; ``pythonpath = .`` in setup.cfg keeps the packages first).
@@ -225,13 +226,14 @@ MODULE_TIERS = {
     "test_own_entry_results": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
     "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
-    "test_slurm": "system",
+    "test_slurm": "system", "test_own_code_launchers": "system",
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
 # runs, fresh SQLite stores, the docs site's build
 SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_provenance",
                 "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_tracking", "test_train",
-                "test_tune", "test_ui", "test_own_code_examples", "test_own_entry_results"}
+                "test_tune", "test_ui", "test_own_code_examples", "test_own_entry_results",
+                "test_own_code_launchers"}
 
 
 def pytest_itemcollected(item):
@@ -374,3 +376,30 @@ def mlflow_server(postgres_url, tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
         log.close()
+
+
+# --------------------------------------------------------------------------- Slurm
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A one-node Slurm cluster (tests/slurm_cluster.py) that orch subprocesses reach through SLURM_CONF."""
+    import slurm_cluster
+    why = slurm_cluster.missing()
+    if why:
+        pytest.skip(why)
+    c = slurm_cluster.start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(c.conf)
+    try:
+        yield c
+    finally:
+        try:
+            for job in c.squeue():
+                c.run("scancel", job.split()[0], check=False)
+        finally:
+            c.stop()
+            if old is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = old

@@ -1,6 +1,7 @@
 """The two examples of your own code (``examples/own_function``, ``examples/own_script``), each
 copied to a folder outside the repository and swept with the real ``orch sweep``: their runs in
-MLflow, their comparison, and stops and failures of a function entry and of a command entry.
+MLflow, their comparison, stops and failures of a function entry and of a command entry, and
+``orch diff`` between two runs of the function example.
 
 Real sweeps in real subprocesses on real SQLite stores; a store another process is writing is
 watched read-only (sqlite3 ``mode=ro``). On the CPU the function example is deterministic, so
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, all_runs, invoke, orch, ro_rows
 from orchestrator.store.schema import Kind, Status, Tag
+from test_provenance import _git
 
 EXAMPLES = REPO / "examples"
 # `python` in a command entry is the interpreter running these tests, and the copied examples
@@ -248,3 +250,43 @@ def test_script_stopped_by_sigterm_ends_killed_and_the_rerun_resumes_it_through_
     assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
     assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
     assert sorted(history(uri, resumed.info.run_id, "val_acc")) == list(range(1, 151))
+
+
+# --------------------------------------------------------------------------- provenance
+
+LOCAL_CHANGE = "LOCAL_CHANGE = 1  # an uncommitted line"
+
+
+def test_orch_diff_of_two_runs_of_the_function_example_shows_the_one_parameter_and_the_one_line(tmp_path):
+    """The example committed in a git repository (A), and a clone of it (B) with one uncommitted
+    line in train.py, each swept into one store, B with another lr: ``orch diff`` shows exactly
+    that parameter and that line."""
+    one_point = {"base": {"epochs": 2, "lr": 0.05, "dropout": 0.1}, "grid": {"width": [32], "act": ["relu"]},
+                 "seeds": [0]}
+    grid_a, _ = copy_example("own_function", tmp_path / "a", **one_point)
+    for args in (("init", "-q"), ("add", "."), ("commit", "-q", "-m", "the example")):
+        _git(grid_a.parent, *args)
+    b = tmp_path / "b"
+    _git(tmp_path, "clone", "-q", str(grid_a.parent), str(b))
+    with open(b / "train.py", "a") as train:
+        train.write(f"{LOCAL_CHANGE}\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for grid_file, extra in ((grid_a, ()), (b / "grid.yaml", ("--set", "lr=0.1"))):
+        proc = sweep(grid_file, uri, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {r.data.params["lr"]: r for r in points(uri)}
+    run_a, run_b = runs["0.05"], runs["0.1"]
+    head = _git(b, "rev-parse", "HEAD").strip()
+    assert run_a.data.tags[Tag.GIT_COMMIT] == run_b.data.tags[Tag.GIT_COMMIT] == head
+
+    proc = invoke("diff", run_a.info.run_id, run_b.info.run_id, "--tracking-uri", uri)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2:5] == ["params:", "  lr: 0.05 → 0.1", "code:"]  # that one parameter, nothing else
+    code = lines[5:lines.index(next(line for line in lines if line.startswith("packages")))]
+    assert code[:3] == ["  diff.patch: A has none, B has one", "  --- A/code/diff.patch", "  +++ B/code/diff.patch"]
+    patch = [line[3:] for line in code[3:] if line.startswith("  +")]  # B's patch, as the diff of the two adds it
+    assert "+++ b/train.py" in patch
+    changed = [line for line in patch if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == [f"+{LOCAL_CHANGE}"]  # the patch changes exactly that line; same commit: no commit line
+    assert lines[-1].startswith("packages: identical (")

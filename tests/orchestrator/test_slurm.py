@@ -1,8 +1,8 @@
 """`orch sweep --launcher slurm` on a real one-node Slurm cluster (slurmctld, slurmd, munge).
 
-The cluster (tests/slurm_cluster.py) is built once per session in a temporary folder and
-torn down afterwards; without root or Slurm's binaries these tests are skipped with the
-reason. The compute node is this machine, so a SQLite store in the test's folder is
+The cluster (tests/slurm_cluster.py, conftest's ``cluster``) is built once per session in a
+temporary folder and torn down afterwards; without root or Slurm's binaries these tests are
+skipped with the reason. The compute node is this machine, so a SQLite store in the test's folder is
 reachable from the tasks: the tests say so with --store-is-shared (the refusal itself
 is tested without it). A store that tasks are writing is read with sqlite3 ``mode=ro``.
 """
@@ -26,28 +26,6 @@ from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Kind, Status, Tag
 
 SHARED = "--store-is-shared"
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    why = slurm_cluster.missing()
-    if why:
-        pytest.skip(why)
-    c = slurm_cluster.start()
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(c.conf)  # every orch subprocess (and its tasks) talks to this cluster
-    try:
-        yield c
-    finally:
-        try:
-            for job in c.squeue():
-                c.run("scancel", job.split()[0], check=False)
-        finally:
-            c.stop()
-            if old is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = old
 
 
 def sweep_jobs(c: slurm_cluster.Cluster, sweep_id: str) -> list[str]:
@@ -110,6 +88,31 @@ def scancel_at_epoch(cluster: slurm_cluster.Cluster, db: Path, run_key: str, *sc
                 return run_id
         time.sleep(0.2)
     return None
+
+
+def wait_restarting_requeued(cluster: slurm_cluster.Cluster, sweep_id: str, folder: Path, timeout: float = 600):
+    """Until the sweep has no job in squeue, start each requeued (PENDING) job at once.
+
+    Slurm holds a requeued job for two minutes (BeginTime); the tests do not wait that out. A
+    start made under half a second after the requeue was killed by Slurm ("Job credential
+    revoked": slurmd still held the revoked credential of the start before), so a job is
+    restarted only once it has been seen pending for 2 s."""
+    deadline = time.time() + timeout
+    pending_since: dict[str, float] = {}
+    while time.time() < deadline:
+        jobs = sweep_jobs(cluster, sweep_id)
+        if not jobs:
+            return
+        for job in jobs:
+            job_id, state = job.split()[:2]
+            if state == "PENDING":
+                if time.time() - pending_since.setdefault(job_id, time.time()) >= 2:
+                    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+                    pending_since.pop(job_id)
+            else:
+                pending_since.pop(job_id, None)
+        time.sleep(2)
+    pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(folder)[-3000:]}")
 
 
 # --------------------------------------------------------------------------- acceptance 1
@@ -318,27 +321,7 @@ def test_time_limit_warning_requeues_the_task_and_a_submission_returns_at_once(c
     # from here on no orch process runs on the submitting side: only Slurm's task
     warned = scancel_at_epoch(cluster, db, point.run_key, "--signal=USR1", "--batch")
     assert warned, f"the point never reached epoch 2: {task_logs(tmp_path)[-3000:]}"
-    deadline = time.time() + 600
-    pending_since: dict[str, float] = {}
-    while time.time() < deadline:
-        jobs = sweep_jobs(cluster, spec.sweep_id)
-        if not jobs:
-            break
-        for job in jobs:
-            # Slurm holds a requeued job for two minutes (BeginTime); the test does not wait that
-            # out. A start made under half a second after the requeue was killed by Slurm ("Job
-            # credential revoked": slurmd still held the revoked credential of the start before),
-            # so the test restarts a job only once it has been seen pending for 2 s.
-            job_id, state = job.split()[:2]
-            if state == "PENDING":
-                if time.time() - pending_since.setdefault(job_id, time.time()) >= 2:
-                    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-                    pending_since.pop(job_id)
-            else:
-                pending_since.pop(job_id, None)
-        time.sleep(2)
-    else:
-        pytest.fail(f"still queued: {cluster.squeue()}\n{task_logs(tmp_path)[-3000:]}")
+    wait_restarting_requeued(cluster, spec.sweep_id, tmp_path)
     rows = ro_rows(db, "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
                        "AND t.value = ?", (Tag.KIND, Kind.SWEEP))
     assert rows == [(Status.FINISHED,)], task_logs(tmp_path)[-3000:]  # closed by the task as it ended
