@@ -1,0 +1,210 @@
+"""`orch tune` on an entry the orchestrator has never heard of: a function ``main(config, run)``.
+
+The entry (written into the test's folder, no torch) calls a plain function with a dict config;
+its summary metrics are "any metric" and it cannot say how many steps a run logs, as a user's
+function entry. The real CLI runs on a real SQLite MLflow store and Optuna storage; the results
+are read through Optuna's and MLflow's own APIs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import REPO, all_runs, orch
+
+# The user's code: a score that rises with the step, highest for lr near 0.1 (a deterministic
+# function of lr, step and seed). It resumes from its checkpoint, and when it is told to stop
+# it says so (a metric and a file among its artifacts) and returns None.
+USER_CODE = '''
+import math
+
+
+def curve(lr, step, steps, seed):
+    quality = 1.0 - (math.log10(lr) + 1.0) ** 2 / 4.0
+    return quality * step / steps + 0.01 * seed
+
+
+def main(config, run):
+    state = run.load_checkpoint()
+    start = state["step"] if state else 0
+    for step in range(start + 1, config["steps"] + 1):
+        score = curve(config["lr"], step, config["steps"], run.seed)
+        run.log({"score": score, "val_score": score}, step=step)
+        run.save_checkpoint({"step": step})
+        if run.should_stop():
+            run.log({"stopped_at": step}, step=step)
+            (run.artifact_dir / "stopped.txt").write_text(f"should_stop() at step {step}\\n")
+            return None
+    return {"score": score, "final_step": float(step)}
+'''
+
+# A protocol-complete function entry: an open dict config, any metric, no default metric or space.
+ENTRY_CODE = '''
+import hashlib
+import json
+
+from experiments.config import ConfigError
+
+DEFAULTS = {"lr": 0.1, "steps": 8, "seed": 0}
+
+
+class Function:
+    fields = {"lr": float, "steps": int, "seed": int}
+    related_keys, name_prefixes, headline_keys = {}, {}, ("lr",)
+    summary_metrics, default_metric = (), ""
+    name, spec, folder, progress_keys = "mytrain:main", {"entry": "fn_entry:FN"}, None, ("score",)
+
+    def coerce(self, key, value):
+        tp = self.fields[key]
+        value = float(value) if tp is float and isinstance(value, int) and not isinstance(value, bool) else value
+        if type(value) is not tp:
+            raise ConfigError(f"expected {tp.__name__}, got {value!r}", key=key)
+        return value
+
+    def build(self, values):
+        return {**DEFAULTS, **values}
+
+    def check(self, config, check_paths):
+        if config["lr"] <= 0:
+            raise ConfigError(f"must be greater than 0, got {config['lr']}", key="lr")
+
+    def params(self, config):
+        return dict(config)
+
+    def seeded(self, config, seed):
+        return {**config, "seed": seed}
+
+    def run_key(self, config):
+        return hashlib.sha256(json.dumps([self.name, config], sort_keys=True).encode()).hexdigest()[:16]
+
+    def default_space(self, settings):
+        return {}
+
+    def report_metric(self, metric, direction):
+        return metric
+
+    def max_steps(self, config):
+        return None
+
+    def user_config(self, config):
+        return {k: v for k, v in config.items() if k != "seed"}
+
+    def checkpoint_seconds(self, config):
+        return 60.0  # written when the run stops
+
+    def train(self, config, run):
+        import mytrain
+
+        return mytrain.main(run.config, run)
+
+
+FN = Function()
+'''
+
+SPACE = {"lr": {"type": "float", "low": 0.001, "high": 1.0, "log": True}}
+
+
+def tune_grid(tmp, metric: str = "score", **tune) -> str:
+    (tmp / "mytrain.py").write_text(USER_CODE)
+    (tmp / "fn_entry.py").write_text(ENTRY_CODE)
+    grid = tmp / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "fn", "entry": "fn_entry:FN", "base": {"steps": 8},
+                                    "tune": {"metric": metric, "direction": "maximize", "space": SPACE, **tune}}))
+    return str(grid)
+
+
+def tune(tmp, grid: str, *args: str):
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    proc = orch("tune", grid, "--tracking-uri", uri, *args, cwd=tmp, env={"PYTHONPATH": _pythonpath(tmp)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return uri, optuna.load_study(study_name="fn", storage=f"sqlite:///{tmp / 'optuna.db'}"), proc
+
+
+def _pythonpath(tmp) -> str:
+    """The test's folder (the entry and the user's module) and this checkout of orch."""
+    return os.pathsep.join(p for p in (str(tmp), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def test_tune_prunes_a_function_entry_through_should_stop_and_records_trials_as_runs(tmp_path):
+    grid = tune_grid(tmp_path)
+    uri, study, proc = tune(tmp_path, grid, "--n-trials", "8", "--pruner", "median")
+    trials = study.get_trials()
+    assert len(trials) == 8 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.state for t in trials]
+    (parent,) = [r for r in all_runs(uri) if r.data.tags.get("orch.kind") == "tune"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["orch.metric"] == "score"
+    kids = {r.info.run_id: r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(kids) == 8
+    c = MlflowClient(tracking_uri=uri)
+    for t in trials:
+        run = kids[t.user_attrs["orch.run_id"]]
+        assert run.data.tags["orch.kind"] == "trial" and run.data.tags["orch.entry"] == "mytrain:main"
+        assert float(run.data.params["lr"]) == t.params["lr"] and run.data.params["steps"] == "8"
+        assert run.data.tags["orch.trial_state"] == t.state.name
+        history = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "score")}
+        assert t.intermediate_values == {s: v for s, v in history.items() if s > 0}  # every logged value, reported
+        if t.state == TrialState.PRUNED:  # the code saw should_stop() at the step it was pruned at
+            last = max(t.intermediate_values)
+            assert run.info.status == "KILLED" and run.data.metrics["stopped_at"] == last < 8
+            assert run.data.tags["orch.failure_reason"].startswith(f"pruned by the tuner: at step {last} (score ")
+            assert "stopped.txt" in {a.path for a in c.list_artifacts(run.info.run_id)}
+            assert "orch.checkpoint" not in run.data.tags  # a pruned trial is never continued
+        else:
+            assert run.info.status == "FINISHED" and "stopped_at" not in run.data.metrics
+            assert run.data.metrics["score"] == t.value and run.data.metrics["final_step"] == 8
+    best = study.best_trial
+    assert kids[best.user_attrs["orch.run_id"]].data.metrics["score"] == best.value
+    assert parent.data.metrics["best_value"] == best.value
+    assert f"PRUNED at step {max(pruned[0].intermediate_values)}" in proc.stderr
+
+
+def test_hyperband_tunes_an_entry_that_cannot_say_its_last_step(tmp_path):
+    """The entry's max_steps is None: Hyperband's max resource is "auto" (learnt from the first trial)."""
+    grid = tune_grid(tmp_path)
+    _, study, _ = tune(tmp_path, grid, "--n-trials", "6", "--pruner", "hyperband", "--sampler", "random")
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(sorted(t.intermediate_values) == list(range(1, 9)) for t in complete)
+
+
+def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path, monkeypatch):
+    """`tune.metric` names a value the code only logs; over two seeds the steps of the second
+    follow the largest step of the first (the entry cannot say how many there are), and the
+    trial's value is the mean of each seed's last logged value. A worker joining the study
+    (serve_studies) rebuilds the entry from the study."""
+    grid = tune_grid(tmp_path, "val_score", seeds=[0, 1])
+    uri, study, _ = tune(tmp_path, grid, "--n-trials", "2", "--pruner", "none", "--sampler", "random")
+    c = MlflowClient(tracking_uri=uri)
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        seed_runs = sorted((r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == t.user_attrs[
+            "orch.run_id"]), key=lambda r: int(r.data.params["seed"]))
+        curves = [{m.step: m.value for m in c.get_metric_history(r.info.run_id, "val_score")} for r in seed_runs]
+        assert sorted(t.intermediate_values) == list(range(1, 17))
+        assert t.intermediate_values[3] == curves[0][3]
+        assert t.intermediate_values[8 + 3] == pytest.approx((curves[0][3] + curves[1][3]) / 2, rel=1e-12)
+        assert t.value == pytest.approx((curves[0][8] + curves[1][8]) / 2, rel=1e-12)
+        trial_run = c.get_run(t.user_attrs["orch.run_id"])
+        assert trial_run.data.metrics["val_score"] == pytest.approx(t.value, rel=1e-12)
+        assert math.isclose(trial_run.data.metrics["score"], t.value, rel_tol=1e-12)  # both seeds had it
+
+    from orchestrator.store import optuna_storage as storage_mod
+    from orchestrator.store.schema import StudyAttr
+    from orchestrator.tune.tuning import WorkerJob, serve_studies
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    job = WorkerJob.from_attr(study.user_attrs[StudyAttr.WORKER_JOB])
+    assert job.entry == {"entry": "fn_entry:FN"}
+    study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
+    assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu", quiet=True) == 1
+    third = optuna.load_study(study_name="fn", storage=url).trials[2]
+    assert third.state == TrialState.COMPLETE and sorted(third.intermediate_values) == list(range(1, 17))
