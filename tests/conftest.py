@@ -213,6 +213,7 @@ MODULE_TIERS = {
     # unit: what functions and commands' argument checks do, in this process
     "test_bounded_input": "unit", "test_cli": "unit", "test_compare": "unit", "test_config": "unit",
     "test_data": "unit", "test_grid": "unit", "test_house": "unit", "test_names": "unit", "test_norms": "unit",
+    "test_own_entry": "unit",
     "test_report": "unit", "test_resnet": "unit", "test_resume": "unit", "test_separation": "unit",
     "test_study_choices": "unit", "test_train": "unit", "test_yaml_source": "unit",
     # integration: commands on a real SQLite store, real point processes
@@ -220,7 +221,7 @@ MODULE_TIERS = {
     "test_faults": "integration", "test_provenance": "integration", "test_run": "integration",
     "test_scheduler": "integration", "test_storage": "integration", "test_sweep": "integration",
     "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
-    "test_tune_entry": "integration", "test_ui": "integration",
+    "test_ui": "integration", "test_own_sweep": "integration", "test_tune_entry": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
     "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
     "test_slurm": "system",

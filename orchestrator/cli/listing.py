@@ -45,11 +45,11 @@ def print_dry_run(spec: SweepSpec, uri: str) -> None:
 
 def _missing_data_root(spec: SweepSpec) -> str | None:
     """What a real run would stop on that the dry run does not check (a missing dataset root)."""
-    from experiments.config import ConfigError, check
+    from experiments.config import ConfigError
 
     for r in spec.runs:
         try:
-            check(r.config)
+            spec.entry.check(r.config, True)
         except ConfigError as err:
             return f"a real run would stop here: {err}"
     return None

@@ -1,15 +1,14 @@
-"""`orch tune` on an entry the orchestrator has never heard of: a function ``main(config, run)``.
+"""`orch tune` on the user's own code: a function entry, ``entry: mytrain:main``.
 
-The entry (written into the test's folder, no torch) calls a plain function with a dict config;
-its summary metrics are "any metric" and it cannot say how many steps a run logs, as a user's
-function entry. The real CLI runs on a real SQLite MLflow store and Optuna storage; the results
-are read through Optuna's and MLflow's own APIs.
+The function (written beside the grid in the test's folder, no torch) takes a dict config and
+the run; as for any function entry, any metric it returns or logs can be the objective, and
+orch cannot say how many steps it logs. The real CLI runs on a real SQLite MLflow store and
+Optuna storage; the results are read through Optuna's and MLflow's own APIs.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import optuna
 import pytest
@@ -17,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import REPO, all_runs, orch
+from conftest import all_runs, orch
 
 # The user's code: a score that rises with the step, highest for lr near 0.1 (a deterministic
 # function of lr, step and seed). It resumes from its checkpoint, and when it is told to stop
@@ -45,91 +44,22 @@ def main(config, run):
     return {"score": score, "final_step": float(step)}
 '''
 
-# A protocol-complete function entry: an open dict config, any metric, no default metric or space.
-ENTRY_CODE = '''
-import hashlib
-import json
-
-from experiments.config import ConfigError
-
-DEFAULTS = {"lr": 0.1, "steps": 8, "seed": 0}
-
-
-class Function:
-    fields = {"lr": float, "steps": int, "seed": int}
-    related_keys, name_prefixes, headline_keys = {}, {}, ("lr",)
-    summary_metrics, default_metric = (), ""
-    name, spec, folder, progress_keys = "mytrain:main", {"entry": "fn_entry:FN"}, None, ("score",)
-
-    def coerce(self, key, value):
-        tp = self.fields[key]
-        value = float(value) if tp is float and isinstance(value, int) and not isinstance(value, bool) else value
-        if type(value) is not tp:
-            raise ConfigError(f"expected {tp.__name__}, got {value!r}", key=key)
-        return value
-
-    def build(self, values):
-        return {**DEFAULTS, **values}
-
-    def check(self, config, check_paths):
-        if config["lr"] <= 0:
-            raise ConfigError(f"must be greater than 0, got {config['lr']}", key="lr")
-
-    def params(self, config):
-        return dict(config)
-
-    def seeded(self, config, seed):
-        return {**config, "seed": seed}
-
-    def run_key(self, config):
-        return hashlib.sha256(json.dumps([self.name, config], sort_keys=True).encode()).hexdigest()[:16]
-
-    def default_space(self, settings):
-        return {}
-
-    def report_metric(self, metric, direction):
-        return metric
-
-    def max_steps(self, config):
-        return None
-
-    def user_config(self, config):
-        return {k: v for k, v in config.items() if k != "seed"}
-
-    def checkpoint_seconds(self, config):
-        return 60.0  # written when the run stops
-
-    def train(self, config, run):
-        import mytrain
-
-        return mytrain.main(run.config, run)
-
-
-FN = Function()
-'''
-
 SPACE = {"lr": {"type": "float", "low": 0.001, "high": 1.0, "log": True}}
 
 
 def tune_grid(tmp, metric: str = "score", **tune) -> str:
     (tmp / "mytrain.py").write_text(USER_CODE)
-    (tmp / "fn_entry.py").write_text(ENTRY_CODE)
     grid = tmp / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"name": "fn", "entry": "fn_entry:FN", "base": {"steps": 8},
+    grid.write_text(yaml.safe_dump({"name": "fn", "entry": "mytrain:main", "base": {"steps": 8},
                                     "tune": {"metric": metric, "direction": "maximize", "space": SPACE, **tune}}))
     return str(grid)
 
 
 def tune(tmp, grid: str, *args: str):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    proc = orch("tune", grid, "--tracking-uri", uri, *args, cwd=tmp, env={"PYTHONPATH": _pythonpath(tmp)})
+    proc = orch("tune", grid, "--tracking-uri", uri, *args, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return uri, optuna.load_study(study_name="fn", storage=f"sqlite:///{tmp / 'optuna.db'}"), proc
-
-
-def _pythonpath(tmp) -> str:
-    """The test's folder (the entry and the user's module) and this checkout of orch."""
-    return os.pathsep.join(p for p in (str(tmp), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def test_tune_prunes_a_function_entry_through_should_stop_and_records_trials_as_runs(tmp_path):
@@ -175,7 +105,7 @@ def test_hyperband_tunes_an_entry_that_cannot_say_its_last_step(tmp_path):
     assert complete and all(sorted(t.intermediate_values) == list(range(1, 9)) for t in complete)
 
 
-def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path, monkeypatch):
+def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path):
     """`tune.metric` names a value the code only logs; over two seeds the steps of the second
     follow the largest step of the first (the entry cannot say how many there are), and the
     trial's value is the mean of each seed's last logged value. A worker joining the study
@@ -200,10 +130,9 @@ def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path, 
     from orchestrator.store.schema import StudyAttr
     from orchestrator.tune.tuning import WorkerJob, serve_studies
 
-    monkeypatch.syspath_prepend(str(tmp_path))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     job = WorkerJob.from_attr(study.user_attrs[StudyAttr.WORKER_JOB])
-    assert job.entry == {"entry": "fn_entry:FN"}
+    assert job.entry == {"entry": "mytrain:main", "folder": str(tmp_path.resolve()), "checkpoint_seconds": 60.0}
     study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
     assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu", quiet=True) == 1
     third = optuna.load_study(study_name="fn", storage=url).trials[2]
