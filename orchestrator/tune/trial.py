@@ -128,10 +128,10 @@ class _Trainer:
         trial.set_user_attr(TrialAttr.RUN_ID, trial_run)
         max_steps = entry.max_steps(cfg)
         curves: list[dict[int, float]] = []  # per finished seed: its reported values by step
-        summaries, offset = [], 0
+        summaries, reached = [], 0  # the largest step reported so far
         try:
             for i, seed in enumerate(self.seeds):
-                offset = i * max_steps if max_steps else max([offset, *(max(c) for c in curves if c)])
+                offset = i * max_steps if max_steps else reached
                 current: dict[int, float] = {}
 
                 def on_value(step: int, value: float, i: int = i, offset: int = offset,
@@ -144,6 +144,7 @@ class _Trainer:
                                         self.tags(trial, Kind.TRIAL_SEED), trial_run, on_value, is_trial_run=False)
                 summaries.append(summary)
                 curves.append(current)
+                reached = max([reached, *(offset + s for s in current)])
         except BaseException as err:
             _close_trial_run(self.store, trial_run, err)
             raise

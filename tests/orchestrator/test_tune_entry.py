@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from conftest import all_runs, orch
 
 # The user's code: a score that rises with the step, highest for lr near 0.1 (a deterministic
-# function of lr, step and seed). It resumes from its checkpoint, and when it is told to stop
-# it says so (a metric and a file among its artifacts) and returns None.
+# function of lr, step and seed); seed n runs n steps fewer. It resumes from its checkpoint,
+# and when it is told to stop it says so (a metric and a file among its artifacts) and returns None.
 USER_CODE = '''
 import math
 
@@ -33,7 +33,7 @@ def curve(lr, step, steps, seed):
 def main(config, run):
     state = run.load_checkpoint()
     start = state["step"] if state else 0
-    for step in range(start + 1, config["steps"] + 1):
+    for step in range(start + 1, config["steps"] - run.seed + 1):
         score = curve(config["lr"], step, config["steps"], run.seed)
         run.log({"score": score, "val_score": score}, step=step)
         run.save_checkpoint({"step": step})
@@ -106,25 +106,30 @@ def test_hyperband_tunes_an_entry_that_cannot_say_its_last_step(tmp_path):
 
 
 def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path):
-    """`tune.metric` names a value the code only logs; over two seeds the steps of the second
-    follow the largest step of the first (the entry cannot say how many there are), and the
-    trial's value is the mean of each seed's last logged value. A worker joining the study
-    (serve_studies) rebuilds the entry from the study."""
-    grid = tune_grid(tmp_path, "val_score", seeds=[0, 1])
+    """`tune.metric` names a value the code only logs; over three seeds (of 8, 7 and 6 steps:
+    the entry cannot say how many) each seed's steps follow the largest step reported so far,
+    the pruner sees the running mean over the seeds, and the trial's value is the mean of each
+    seed's last logged value. A worker joining the study (serve_studies) rebuilds the entry
+    from the study."""
+    grid = tune_grid(tmp_path, "val_score", seeds=[0, 1, 2])
     uri, study, _ = tune(tmp_path, grid, "--n-trials", "2", "--pruner", "none", "--sampler", "random")
     c = MlflowClient(tracking_uri=uri)
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         seed_runs = sorted((r for r in all_runs(uri) if r.data.tags.get("mlflow.parentRunId") == t.user_attrs[
             "orch.run_id"]), key=lambda r: int(r.data.params["seed"]))
-        curves = [{m.step: m.value for m in c.get_metric_history(r.info.run_id, "val_score")} for r in seed_runs]
-        assert sorted(t.intermediate_values) == list(range(1, 17))
-        assert t.intermediate_values[3] == curves[0][3]
-        assert t.intermediate_values[8 + 3] == pytest.approx((curves[0][3] + curves[1][3]) / 2, rel=1e-12)
-        assert t.value == pytest.approx((curves[0][8] + curves[1][8]) / 2, rel=1e-12)
+        c0, c1, c2 = ({m.step: m.value for m in c.get_metric_history(r.info.run_id, "val_score")} for r in seed_runs)
+        assert (sorted(c0), sorted(c1), sorted(c2)) == (list(range(1, 9)), list(range(1, 8)), list(range(1, 7)))
+        reported = t.intermediate_values
+        assert sorted(reported) == list(range(1, 8 + 7 + 6 + 1))
+        assert reported[3] == c0[3]
+        assert reported[8 + 3] == pytest.approx((c0[3] + c1[3]) / 2, rel=1e-12)
+        assert reported[8 + 7 + 3] == pytest.approx((c0[3] + c1[3] + c2[3]) / 3, rel=1e-12)
+        assert t.value == pytest.approx((c0[8] + c1[7] + c2[6]) / 3, rel=1e-12)
         trial_run = c.get_run(t.user_attrs["orch.run_id"])
         assert trial_run.data.metrics["val_score"] == pytest.approx(t.value, rel=1e-12)
-        assert math.isclose(trial_run.data.metrics["score"], t.value, rel_tol=1e-12)  # both seeds had it
+        assert trial_run.data.metrics["final_step"] == pytest.approx(7)  # every summary key all seeds have
+        assert math.isclose(trial_run.data.metrics["score"], t.value, rel_tol=1e-12)
 
     from orchestrator.store import optuna_storage as storage_mod
     from orchestrator.store.schema import StudyAttr
@@ -136,4 +141,4 @@ def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path):
     study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
     assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu", quiet=True) == 1
     third = optuna.load_study(study_name="fn", storage=url).trials[2]
-    assert third.state == TrialState.COMPLETE and sorted(third.intermediate_values) == list(range(1, 17))
+    assert third.state == TrialState.COMPLETE and sorted(third.intermediate_values) == list(range(1, 22))
