@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from orchestrator import processes
 from orchestrator.errors import StoreFailure, UserError
 from orchestrator.grid.entry import Entry
