@@ -4,8 +4,9 @@ The orchestrator runs a sweep's code through one seam, the entry
 (:class:`orchestrator.grid.entry.Entry`): a grid may name one with ``entry:``; without one,
 :data:`STUDY` is the entry. Through it the grid learns the study's config keys and their
 types, builds and checks a resolved config, blames the key a failed check comes from,
-computes run keys, names runs and picks ``orch tune``'s default search space, so that no key
-of the study is spelled in the orchestrator. Nothing here imports torch.
+computes run keys, names runs, and picks ``orch tune``'s default search space and the
+per-epoch value its pruner watches, so that no key or metric of the study is spelled in the
+orchestrator. Nothing here imports torch.
 
 Run keys are :func:`experiments.config.run_key` of the resolved config and run names follow
 :data:`NAME_PREFIXES`: stored sweeps are found again by both, so neither may change.
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from experiments import config, metric_names
 
-__all__ = ["DEFAULT_SPACE", "HEADLINE_KEYS", "NAME_PREFIXES", "RELATED_KEYS", "STUDY", "Study"]
+__all__ = ["DEFAULT_SPACE", "HEADLINE_KEYS", "NAME_PREFIXES", "RELATED_KEYS", "STUDY", "Study", "report_metric"]
 
 # check() reports a cross-field problem under one key (GroupNorm's groups must divide every
 # width, a dataset folder belongs to its dataset); when that key keeps its default, the grid
@@ -66,6 +67,26 @@ def default_space(settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
         high = min(space[STEP_SIZE]["high"], max(2, max_epochs - 1))
         space[STEP_SIZE] = {**space[STEP_SIZE], "low": min(space[STEP_SIZE]["low"], high - 1), "high": high}
     return space
+
+
+def report_metric(metric: str, direction: str) -> str:
+    """The per-epoch value (as logged: ``epoch/<name>``) that ``orch tune``'s pruner sees when a
+    study optimises summary ``metric``.
+
+    The metric itself when training reports it every epoch (``val_f1_macro``, ``val_acc``…);
+    else its validation counterpart (``test_acc`` → ``val_acc``); else, for a metric with
+    none (``train_seconds``), ``val_f1_macro`` when maximising and ``val_loss`` when
+    minimising, so that the reported value moves in the study's direction.
+    """
+    if metric in metric_names.EPOCH_SCORES:
+        name = metric
+    else:
+        split, _, rest = metric.partition("_")
+        if split in ("train", "test") and f"val_{rest}" in metric_names.EPOCH_SCORES:
+            name = f"val_{rest}"
+        else:
+            name = metric_names.DEFAULT_OBJECTIVE if direction == "maximize" else metric_names.VAL_LOSS
+    return metric_names.epoch_key(name)
 
 
 class Study:
@@ -129,6 +150,14 @@ class Study:
     @staticmethod
     def default_space(settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return default_space(settings)
+
+    @staticmethod
+    def report_metric(metric: str, direction: str) -> str:
+        return report_metric(metric, direction)
+
+    @staticmethod
+    def max_steps(cfg: config.RunConfig) -> int:
+        return cfg.train.max_epochs  # one logged step per epoch
 
 
 STUDY = Study()

@@ -223,7 +223,7 @@ MODULE_TIERS = {
     "test_scheduler": "integration", "test_storage": "integration", "test_sweep": "integration",
     "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
     "test_ui": "integration", "test_own_sweep": "integration", "test_own_code_examples": "integration",
-    "test_own_entry_results": "integration",
+    "test_own_entry_results": "integration", "test_tune_entry": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
     "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
     "test_slurm": "system", "test_own_code_launchers": "system",
@@ -232,7 +232,7 @@ MODULE_TIERS = {
 # runs, fresh SQLite stores, the docs site's build
 SLOW_MODULES = {"test_checkpoints", "test_closed_output", "test_docs", "test_faults", "test_provenance",
                 "test_resume", "test_run", "test_sweep", "test_sweep_lookup", "test_tracking", "test_train",
-                "test_tune", "test_ui", "test_own_code_examples", "test_own_entry_results",
+                "test_tune", "test_tune_entry", "test_ui", "test_own_code_examples", "test_own_entry_results",
                 "test_own_code_launchers"}
 
 

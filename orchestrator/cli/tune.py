@@ -22,7 +22,7 @@ from orchestrator.cli.group import (use_device, device_option, handle_errors, ma
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True,
               help="Optuna sampler of the search space.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
-              help="Stops unpromising trials early on their per-epoch validation metric.")
+              help="Stops unpromising trials early on the value their code logs at each step.")
 @max_points_option
 @tracking_uri_option
 @device_option
@@ -32,7 +32,7 @@ from orchestrator.cli.group import (use_device, device_option, handle_errors, ma
 def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
              study_name: str | None, sampler: str, pruner: str, max_points: int, tracking_uri: str | None,
              device: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Tune the grid's `tune.space` (default: StepLR step_size and gamma) with Optuna.
+    """Tune the grid's `tune.space` (default: its entry's default space) with Optuna.
 
     Grid axes that are not searched give one study per setting; --set fixes them.
     Every trial is a nested MLflow run under one parent run per study; rerunning with

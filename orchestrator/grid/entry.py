@@ -38,6 +38,10 @@ class Entry(Protocol):
     def run_key(self, config: Any) -> str: ...  # a stable id of what the config computes, whatever wrote it
     # orch tune's search space when a grid names none, for settings with these params (key → range or choices)
     def default_space(self, settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]: ...
+    # orch tune's pruning: the logged key whose value at each step the pruner sees when the objective is
+    # ``metric`` (a summary metric, or a logged one), and the last step a run of this config logs (None: unknown)
+    def report_metric(self, metric: str, direction: str) -> str: ...
+    def max_steps(self, config: Any) -> int | None: ...
 
     # Running a point (orchestrator.execute.runner). ``run`` is the orchestrator.client.Run of the point.
     name: str  # the entry as a run's Tag.ENTRY records it: "module:name", or the command entry's template

@@ -10,9 +10,10 @@ What every entry of the user's own code shares (:class:`OwnEntry`, also the base
 :class:`orchestrator.grid.command.CommandEntry`): the config is an :class:`OwnConfig` (dotted
 key → value, and the seed apart); a run's params are the keys as given plus ``seed``; the run
 key hashes the entry's name and those params; run names use each key's last dotted part; the
-summary metrics are whatever the code returns, so ``orch tune`` needs its ``tune.metric`` and
-``tune.space`` named; ``checkpoint_seconds`` is the grid's top-level key. ``spec`` is JSON:
-``resolve_entry(**spec)`` rebuilds the entry in a point process (the folder absolute).
+summary metrics are whatever the code returns or logs, so ``orch tune`` needs its ``tune.metric``
+and ``tune.space`` named, and its pruner watches that metric as logged at each step;
+``checkpoint_seconds`` is the grid's top-level key. ``spec`` is JSON: ``resolve_entry(**spec)``
+rebuilds the entry in a point process (the folder absolute).
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class OwnEntry:
 
     def default_space(self, settings: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         return {}  # orch tune needs tune.space
+
+    def report_metric(self, metric: str, direction: str) -> str:
+        return metric  # the pruner sees the metric itself at every step the code logs it
+
+    def max_steps(self, config: OwnConfig) -> int | None:
+        return None  # unknown: Hyperband learns it, several seeds' steps follow the largest one seen
 
     def user_config(self, config: OwnConfig) -> Any:
         return self.schema.user_config(dict(config.values), config.seed)

@@ -9,14 +9,14 @@ functions that need it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from experiments.config import ConfigError, RunConfig, to_flat
+from experiments.errors import ConfigError
 from orchestrator import processes
 from orchestrator.errors import StoreFailure, UserError
+from orchestrator.grid.entry import Entry
 from orchestrator.grid.load import SweepSpec
 from orchestrator.grid.names import run_name
 from orchestrator.store.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
@@ -29,11 +29,12 @@ PRUNERS = ("median", "hyperband", "none")
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """One study to run: a setting of the grid with its fixed config."""
+    """One study to run: a setting of the grid with its fixed config, and the entry that trains it."""
 
     name: str  # Optuna study name = MLflow parent run name
-    setting: str  # "model.norm=bn" ("" for a grid without axes)
-    config: RunConfig  # the setting's config with the first tuning seed
+    setting: str  # the setting's point, e.g. "act=relu" ("" for a grid without axes)
+    config: Any  # the setting's config (the entry's object) with the first tuning seed
+    entry: Entry  # the grid's (SweepSpec.entry): builds, checks and trains every trial's config
 
 
 # ---------------------------------------------------------------- which studies
@@ -52,7 +53,7 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | Non
     used: set[str] = set()
     for r in runs:
         point = {k: v for k, v in r.point.items() if k != "seed"}
-        label = run_name(point) if point else ""
+        label = run_name(point, spec.entry) if point else ""
         if study_name:
             name = f"{study_name}-{label}" if len(runs) > 1 else study_name
         else:
@@ -60,15 +61,15 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | Non
         if name in used:  # two settings whose names sanitise alike
             name = f"{name}-{r.index}"
         used.add(name)
-        config = r.config if seed is None else dataclasses.replace(r.config, seed=seed)
-        plans.append(StudyPlan(name=name, setting=r.setting, config=config))
+        config = r.config if seed is None else spec.entry.seeded(r.config, seed)
+        plans.append(StudyPlan(name=name, setting=r.setting, config=config, entry=spec.entry))
     return plans
 
 
-def fixed_config(cfg: RunConfig, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """The setting's flat config without the searched keys: what every trial shares."""
+def fixed_config(plan: StudyPlan, space: Sequence[ParamSpace]) -> dict[str, Any]:
+    """The setting's params (the entry's dotted keys) without the searched keys: what every trial shares."""
     searched = {p.key for p in space}
-    return {k: v for k, v in to_flat(cfg).items() if k not in searched}
+    return {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
 
 
 # ---------------------------------------------------------------- Optuna and MLflow objects
@@ -86,14 +87,15 @@ def make_sampler(name: str, seed: int, n_trials: int):
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, max_steps: int):
-    """``max_steps``: the last step a trial reports, max_epochs × the number of tuning seeds."""
+def make_pruner(name: str, max_steps: int | None):
+    """``max_steps``: the last step a trial reports (the entry's ``max_steps`` × the number of
+    tuning seeds), or None when the entry cannot say: Hyperband then learns it ("auto")."""
     import optuna
 
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps or "auto", reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
@@ -210,8 +212,8 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
     if own is not None and own.info.status == Status.FAILED and not _died(own):
         return None  # failed of itself (its training diverged): not retried
     if own is not None and Tag.CHECKPOINT in own.data.tags:
-        epochs = int(own.data.tags.get(Tag.CHECKPOINT_STEP, 0))
-        return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= epochs}
+        steps = int(own.data.tags.get(Tag.CHECKPOINT_STEP, 0))
+        return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= steps}
     earlier = attrs.get(TrialAttr.RESUME_RUN)  # a continuation stopped before its first checkpoint
     run = _get_run(store, earlier) if earlier else None
     if run is None or Tag.CHECKPOINT not in run.data.tags:

@@ -10,7 +10,7 @@ import logging
 import warnings
 from typing import Any, Sequence
 
-from orchestrator.store.schema import Artifact, StudyAttr, Tag, TrialAttr, TrialState
+from orchestrator.store.schema import Artifact, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,7 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
         best_info = {"number": best.number, "value": best.value, "params": best.params,
                      "run_id": tags[Tag.BEST_RUN_ID]}
     if trials:
-        several_seeds = len(study.user_attrs.get(StudyAttr.SEEDS) or ()) > 1
-        store.log_text(parent_id, trials_csv(trials, metric, "last_step" if several_seeds else "last_epoch"),
-                       Artifact.TRIALS)
+        store.log_text(parent_id, trials_csv(trials, metric), Artifact.TRIALS)
         logged.append(Artifact.TRIALS)
     logged += _log_plots(store, parent_id, study, counts[TrialState.COMPLETE])
     parent = store.get_run(parent_id)
@@ -49,20 +47,18 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
     return counts
 
 
-def trials_csv(trials: Sequence[Any], metric: str, last: str = "last_epoch") -> str:
-    """One row per trial: number, state, value, last step reported, seconds, params, run id.
-
-    ``last`` names the step column: ``last_epoch``, or ``last_step`` for trials over several
-    seeds, whose steps run on across seeds (seed index × max_epochs + epoch)."""
+def trials_csv(trials: Sequence[Any], metric: str) -> str:
+    """One row per trial: number, state, value, last step reported (``last_step``; over several
+    seeds the steps run on across seeds, see :mod:`orchestrator.tune.trial`), seconds, params, run id."""
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["number", "state", metric, last, "seconds", *keys, "run_id"])
+    writer.writerow(["number", "state", metric, "last_step", "seconds", *keys, "run_id"])
     for t in trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
             t.datetime_start else ""
-        last_epoch = max(t.intermediate_values) if t.intermediate_values else ""
-        writer.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value), last_epoch,
+        last_step = max(t.intermediate_values) if t.intermediate_values else ""
+        writer.writerow([t.number, t.state.name, "" if t.value is None else repr(t.value), last_step,
                          seconds and f"{seconds:.1f}", *(repr(t.params[k]) if k in t.params else "" for k in keys),
                          t.user_attrs.get(TrialAttr.RUN_ID, "")])
     return buf.getvalue()

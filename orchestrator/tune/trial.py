@@ -1,31 +1,35 @@
 """One trial of ``orch tune``: train the sampled config on every tuning seed, report to the pruner.
 
-With one seed (the default: the grid's first seed) the trial's MLflow run is its training
-run, as it always was. With several (``tune.seeds: [0, 1, 2]``) the trial gets its own run
-(``Kind.TRIAL``, child of the study's parent) holding the trial's params, ``Tag.SEEDS`` and
-the mean over the seeds of every summary metric; the seeds' training runs
-(``Kind.TRIAL_SEED``) are its children, trained one after the other. The trial's value is
-the mean over the seeds of the study's summary metric.
+A trial's config is the study's fixed params with its sampled values on top, built and checked
+by the grid's entry (:class:`orchestrator.grid.entry.Entry`), and trained through
+:func:`orchestrator.execute.runner.run_tracked`, as a sweep's point is. With one seed (the
+default: the grid's first seed) the trial's MLflow run is its training run. With several
+(``tune.seeds: [0, 1, 2]``) the trial gets its own run (``Kind.TRIAL``, child of the study's
+parent) holding the trial's params, ``Tag.SEEDS`` and the mean over the seeds of every summary
+metric all seeds have; the seeds' training runs (``Kind.TRIAL_SEED``) are its children, trained
+one after the other. The trial's value is the run's value of the study's metric (the mean over
+the seeds): the summary metric the code returned, else the last value it logged under that name.
 
-What the pruner sees. After every epoch ``e`` of the ``i``-th seed the trial reports, at
-step ``i × max_epochs + e`` (so steps rise across seeds), the mean over the seeds seen so
-far of the per-epoch value: the finished seeds' values at epoch ``e`` (their last epoch's
-value if early stopping ended them sooner) and the current seed's. Two trials at the same
-step have then trained the same seeds for the same epochs, which is what the pruner
-compares. With one seed this is the per-epoch value at step ``e``, as before.
+What the pruner sees. The code logs values with ``run.log(values, step)``; every logged value of
+the entry's ``report_metric(metric, direction)`` (the built-in study: the per-epoch value of the
+metric or of its validation counterpart; a function entry: the metric itself) is reported. At step ``s`` of the ``i``-th
+seed the trial reports, at step ``offset_i + s`` (so steps rise across seeds), the mean over the
+seeds seen so far of their values at ``s``: a finished seed's value at its last logged step up
+to ``s`` (its last value if it ended sooner) and the current seed's. ``offset_i`` is ``i ×
+max_steps`` when the entry knows the runs' last step (``max_steps(config)``), else the largest
+step reported so far. Two trials at the same step have then trained the same seeds for the same
+steps, which is what the pruner compares. With one seed this is the logged value at step ``s``.
+A pruned trial's code sees ``run.should_stop()`` true and returns; its run ends KILLED, PRUNED.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
 import socket
 from typing import Any, Callable, Mapping, Sequence
 
-from experiments import metric_names as names
-from experiments.config import RunConfig, build, check, to_flat
 from orchestrator.store import checkpoints
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
@@ -35,42 +39,27 @@ from orchestrator.store.tracking import TrackingStore
 from orchestrator.grid.space import TuneSpec
 from orchestrator.tune.study import StudyPlan
 
-__all__ = ["TrialFailed", "epoch_metric", "make_objective", "step_label", "trial_config"]
+__all__ = ["TrialFailed", "make_objective", "step_label", "trial_config"]
 
 
 class TrialFailed(RuntimeError):
     """A trial's training failed or gave no usable objective: the trial is FAIL, the study goes on."""
 
 
-def epoch_metric(metric: str, direction: str) -> str:
-    """The per-epoch value a trial reports for pruning when it optimises summary ``metric``.
-
-    The metric itself when training reports it every epoch (``val_f1_macro``, ``val_acc``…);
-    else its validation counterpart (``test_acc`` → ``val_acc``); else, for a metric with
-    none (``train_seconds``), ``val_f1_macro`` when maximising and ``val_loss`` when
-    minimising, so that the reported value moves in the study's direction.
-    """
-    if metric in names.EPOCH_SCORES:
-        return metric
-    split, _, rest = metric.partition("_")
-    if split in ("train", "test") and f"val_{rest}" in names.EPOCH_SCORES:
-        return f"val_{rest}"
-    return names.DEFAULT_OBJECTIVE if direction == "maximize" else names.VAL_LOSS
-
-
-def trial_config(fixed: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfig:
-    """The fixed config with a trial's sampled values (dotted keys) on top, checked."""
-    cfg = build({**fixed, **params})
-    check(cfg)
+def trial_config(plan: StudyPlan, fixed: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+    """The fixed params with a trial's sampled values (dotted keys) on top, built and checked by the entry."""
+    cfg = plan.entry.build({**fixed, **params})
+    plan.entry.check(cfg, True)
     return cfg
 
 
-def step_label(step: int, max_epochs: int, n_seeds: int) -> str:
-    """A reported step in words: ``"epoch 4"``, or ``"seed 2 epoch 4"`` (1-based) with several seeds."""
-    if n_seeds == 1:
-        return f"epoch {step}"
-    index, epoch = divmod(step - 1, max_epochs)
-    return f"seed {index + 1} epoch {epoch + 1}"
+def step_label(step: int, max_steps: int | None, n_seeds: int) -> str:
+    """A reported step in words: ``"step 4"``, or ``"seed 2 step 4"`` (1-based) with several seeds
+    whose runs' last step is known (``max_steps``); otherwise the step as reported."""
+    if n_seeds == 1 or not max_steps:
+        return f"step {step}"
+    index, rest = divmod(step - 1, max_steps)
+    return f"seed {index + 1} step {rest + 1}"
 
 
 def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
@@ -82,16 +71,16 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
     trial raises :class:`orchestrator.execute.stop.Stopped` (FAIL in Optuna, the study stops).
     A trial queued again for a stopped one (:func:`orchestrator.tune.study.requeue_stopped_trials`)
     continues that trial's run from its checkpoint."""
-    trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, build(fixed).train.max_epochs, stop)
+    trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, stop)
     host, pid = socket.gethostname(), str(os.getpid())
 
     def objective(trial: Any) -> float:
         trial.set_user_attr(TrialAttr.HOST, host)  # first: a trial left RUNNING by this process is then found
         trial.set_user_attr(TrialAttr.PID, pid)  # an orphan once it is gone
         params = {p.key: p.suggest(trial) for p in tune.space}
-        cfg = trial_config(fixed, params)
+        cfg = trial_config(plan, fixed, params)
         if len(seeds) == 1:  # the trial's run is its training run, as before tune.seeds
-            return trainer.one_seed(trial, dataclasses.replace(cfg, seed=seeds[0]), parent_id)
+            return trainer.one_seed(trial, plan.entry.seeded(cfg, seeds[0]), parent_id)
         return trainer.several_seeds(trial, cfg, parent_id)
 
     return objective
@@ -101,97 +90,108 @@ class _Trainer:
     """Runs the training of one trial of a study: its tracked runs and its reports to the pruner."""
 
     def __init__(self, plan: StudyPlan, tune: TuneSpec, store: TrackingStore, experiment_id: str,
-                 seeds: Sequence[int], device: str, max_epochs: int, stop: StopFlag | None):
+                 seeds: Sequence[int], device: str, stop: StopFlag | None):
         self.plan, self.tune, self.store, self.experiment_id = plan, tune, store, experiment_id
-        self.seeds, self.device, self.max_epochs, self.stop = tuple(seeds), device, max_epochs, stop
-        self.report_key = names.epoch_key(epoch_metric(tune.metric, tune.direction))  # as the study logs it
+        self.seeds, self.device, self.stop = tuple(seeds), device, stop
+        self.report_key = plan.entry.report_metric(tune.metric, tune.direction)  # a key the code logs
 
     def tags(self, trial: Any, kind: str = Kind.TRIAL) -> dict[str, str]:
         return {Tag.KIND: kind, Tag.STUDY: self.plan.name, Tag.TRIAL: str(trial.number),
                 Tag.SETTING: self.plan.setting}
 
-    def report(self, trial: Any, value: float, step: int) -> None:
+    def report(self, trial: Any, value: float, step: int, where: str) -> None:
         import optuna
 
         trial.report(value, step)
         if trial.should_prune():
-            where = step_label(step, self.max_epochs, len(self.seeds))
             raise optuna.TrialPruned(f"at {where} ({self.report_key} {value:.4g})")
 
-    def one_seed(self, trial: Any, cfg: RunConfig, parent_id: str) -> float:
+    def one_seed(self, trial: Any, cfg: Any, parent_id: str) -> float:
         """The trial as one training run, a child of the study's parent."""
-        def on_epoch(epoch: int, values: Mapping[str, float]) -> None:
-            self.report(trial, float(values[self.report_key]), epoch)
+        def on_value(step: int, value: float) -> None:
+            self.report(trial, value, step, f"step {step}")
 
         resume = trial.user_attrs.get(TrialAttr.RESUME_RUN) or False
         for step, value in sorted((int(k), v) for k, v in trial.user_attrs.get(TrialAttr.RESUME_REPORTS, {}).items()):
-            self.report(trial, value, step)  # the stopped trial's epochs, which its continued run does not train again
+            self.report(trial, value, step, f"step {step}")  # the stopped trial's steps, not trained again
         run_id, summary = self.train(trial, cfg, f"{self.plan.name}-t{trial.number}", self.tags(trial), parent_id,
-                                     on_epoch, is_trial_run=True, resume=resume)
+                                     on_value, is_trial_run=True, resume=resume)
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
-        return float(summary[self.tune.metric])
+        return summary[self.tune.metric]
 
-    def several_seeds(self, trial: Any, cfg: RunConfig, parent_id: str) -> float:
+    def several_seeds(self, trial: Any, cfg: Any, parent_id: str) -> float:
         """The trial as its own run holding the mean metrics, with one child training run per seed."""
-        name = f"{self.plan.name}-t{trial.number}"
+        entry, name = self.plan.entry, f"{self.plan.name}-t{trial.number}"
         trial_run = self.store.start_run(self.experiment_id, run_name=name, parent_run_id=parent_id,
-                                         params={k: v for k, v in to_flat(cfg).items() if k != "seed"},
+                                         params={k: v for k, v in entry.params(cfg).items() if k != "seed"},
                                          tags={**self.tags(trial), Tag.SEEDS: ",".join(map(str, self.seeds))})
         trial.set_user_attr(TrialAttr.RUN_ID, trial_run)
-        curves: list[list[float]] = []  # per finished seed: its per-epoch values, epoch 1 first
-        summaries = []
+        max_steps = entry.max_steps(cfg)
+        curves: list[dict[int, float]] = []  # per finished seed: its reported values by step
+        summaries, reached = [], 0  # the largest step reported so far
         try:
             for i, seed in enumerate(self.seeds):
-                current: list[float] = []
+                offset = i * max_steps if max_steps else reached
+                current: dict[int, float] = {}
 
-                def on_epoch(epoch: int, values: Mapping[str, float]) -> None:
-                    current.append(float(values[self.report_key]))
-                    seen = [c[min(epoch, len(c)) - 1] for c in curves] + [current[-1]]  # see the module docstring
-                    self.report(trial, math.fsum(seen) / len(seen), i * self.max_epochs + epoch)
+                def on_value(step: int, value: float, i: int = i, offset: int = offset,
+                             current: dict[int, float] = current) -> None:
+                    current[step] = value
+                    seen = [_value_at(c, step) for c in curves if c] + [value]  # see the module docstring
+                    self.report(trial, math.fsum(seen) / len(seen), offset + step, f"seed {i + 1} step {step}")
 
-                _, summary = self.train(trial, dataclasses.replace(cfg, seed=seed), f"{name}-s{seed}",
-                                        self.tags(trial, Kind.TRIAL_SEED), trial_run, on_epoch, is_trial_run=False)
+                _, summary = self.train(trial, entry.seeded(cfg, seed), f"{name}-s{seed}",
+                                        self.tags(trial, Kind.TRIAL_SEED), trial_run, on_value, is_trial_run=False)
                 summaries.append(summary)
                 curves.append(current)
+                reached = max([reached, *(offset + s for s in current)])
         except BaseException as err:
             _close_trial_run(self.store, trial_run, err)
             raise
         means = {k: math.fsum(s[k] for s in summaries) / len(summaries)
-                 for k in names.SUMMARY_METRICS if all(k in s for s in summaries)}
+                 for k in summaries[0] if all(k in s for s in summaries)}
         self.store.log_metrics(trial_run, means)
         self.store.set_tags(trial_run, {Tag.TRIAL_STATE: TrialState.COMPLETE})
         self.store.end_run(trial_run, Status.FINISHED)
         return means[self.tune.metric]
 
-    def train(self, trial: Any, cfg: RunConfig, run_name: str, tags: Mapping[str, str], parent: str,
-              on_epoch: Callable[[int, Mapping[str, float]], None], *, is_trial_run: bool,
+    def train(self, trial: Any, cfg: Any, run_name: str, tags: Mapping[str, str], parent: str,
+              on_value: Callable[[int, float], None], *, is_trial_run: bool,
               resume: str | bool = False) -> tuple[str, dict]:
         """One tracked training run (``resume``: a stopped run to continue); returns (run id,
-        summary metrics).
+        summary metrics, the study's metric among them: returned, else its last logged value).
+        ``on_value`` gets every logged value of the report key.
 
         Raises:
             TrialFailed: training failed or gave no finite value of the study's metric.
             Stopped: a signal stopped the training (its run KILLED, with a checkpoint).
         """
         from orchestrator.execute.runner import run_tracked
-        from orchestrator.grid.entry import resolve_entry
 
         run_ids: list[str] = []
+        last: dict[str, float] = {}  # the study's metric as last logged
 
         def on_start(run_id: str) -> None:
             run_ids.append(run_id)
             if is_trial_run:
                 trial.set_user_attr(TrialAttr.RUN_ID, run_id)
 
+        def on_log(step: int, values: Mapping[str, float]) -> None:
+            if self.tune.metric in values:
+                last[self.tune.metric] = float(values[self.tune.metric])
+            if self.report_key in values:
+                on_value(step, float(values[self.report_key]))
+
         try:
-            code, run_id, summary = run_tracked(resolve_entry(), cfg, store=self.store,
+            code, run_id, summary = run_tracked(self.plan.entry, cfg, store=self.store,
                                                 experiment_id=self.experiment_id, run_name=run_name, tags=tags,
-                                                parent_run_id=parent, quiet=True, on_start=on_start, on_log=on_epoch,
+                                                parent_run_id=parent, quiet=True, on_start=on_start, on_log=on_log,
                                                 stop=self.stop, resume=resume)
         except KeyboardInterrupt:  # the run is KILLED; Optuna records the trial FAIL
             if run_ids:
                 self.store.set_tags(run_ids[0], {Tag.TRIAL_STATE: TrialState.FAIL})
             raise
+        summary = {**last, **summary}
         value = summary.get(self.tune.metric)
         if code in (ExitCode.INTERRUPTED, ExitCode.PREEMPTED):  # checkpointed: a rerun continues a one-seed trial
             self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
@@ -202,13 +202,20 @@ class _Trainer:
         if code != ExitCode.OK:
             reason = self.store.failure_reason(run_id) or "training failed"
         elif value is None or not math.isfinite(value):
-            reason = f"no finite {self.tune.metric} ({value})"
+            missing = "" if value is not None else ": the code neither returned nor logged it"
+            reason = f"no finite {self.tune.metric} ({value}){missing}"
         else:
             return run_id, summary
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         checkpoints.remove(self.store, run_id)  # a failed trial is not retried
         trial.set_user_attr(TrialAttr.FAILURE_REASON, reason)
         raise TrialFailed(f"run {run_id}: {reason}")
+
+
+def _value_at(curve: Mapping[int, float], step: int) -> float:
+    """A finished seed's value at ``step``: at its last reported step up to ``step``, else its first."""
+    before = [s for s in curve if s <= step]
+    return curve[max(before)] if before else curve[min(curve)]
 
 
 def _close_trial_run(store: TrackingStore, run_id: str, err: BaseException) -> None:

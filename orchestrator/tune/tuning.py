@@ -4,19 +4,20 @@ One study per setting of the grid: the axes that are not searched (after ``--set
 held fixed, and every trial of every study trains with the same seeds, so that trials
 differ only by the searched values: ``tune.seeds`` (each trial trains every one and its
 value is their mean, :mod:`orchestrator.tune.trial`), by default the grid's first seed
-alone (a tuned optimum is then worth checking over seeds with ``orch sweep``). Without
-a ``tune`` section the default space (:data:`orchestrator.grid.space.DEFAULT_SPACE`:
-StepLR ``schedule.step_size`` and ``schedule.gamma``, less the keys that are grid axes)
-is searched for ``val_f1_macro``, maximised; :mod:`orchestrator.grid.space` reads and
-checks every space, and :mod:`orchestrator.tune.study` plans and opens the studies.
+alone (a tuned optimum is then worth checking over seeds with ``orch sweep``). The grid's
+entry (``SweepSpec.entry``) builds, checks and trains every trial's config; without a
+``tune`` section its default space, less the keys that are grid axes, is searched for its
+default metric, maximised; :mod:`orchestrator.grid.space` reads and checks every space, and
+:mod:`orchestrator.tune.study` plans and opens the studies.
 
 Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
 runs in this process through :func:`orchestrator.execute.runner.run_tracked` as a child run named
 ``<study>-t<number>`` whose params are the resolved config, so the searched keys carry the
 trial's values (with several seeds that run holds the means, and each seed trains in a
-child run ``<study>-t<number>-s<seed>``). The trial reports its per-epoch objective after
-every epoch, and the pruner may stop it: its run then ends KILLED, tagged PRUNED, and
-counts as no result for ``orch sweep``/``orch compare``.
+child run ``<study>-t<number>-s<seed>``). The trial reports the value its code logs for
+the entry's ``report_metric`` at every step, and the pruner may stop it: the code's
+``run.should_stop()`` turns true, and once it returns its run ends KILLED, tagged PRUNED,
+and counts as no result for ``orch sweep``/``orch compare``.
 
 Resuming: the study lives in an Optuna storage (default: ``optuna.db`` beside a SQLite
 MLflow store) and is loaded by name, so the same command again runs only the trials
@@ -40,9 +41,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from experiments.config import build
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
+from orchestrator.grid.entry import resolve_entry
 from orchestrator.grid.load import SweepSpec, tune_spec
 from orchestrator.grid.space import ParamSpace, TuneSpec
 from orchestrator.store import optuna_storage as storage_mod
@@ -60,9 +61,9 @@ from orchestrator.tune.study import (
     requeue_stopped_trials,
 )
 from orchestrator.tune.summary import summarize_study
-from orchestrator.tune.trial import epoch_metric, make_objective, step_label
+from orchestrator.tune.trial import make_objective, step_label
 
-__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "epoch_metric", "run_tune", "serve_studies"]
+__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "run_tune", "serve_studies"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class WorkerJob:
     pruner: str
     seed: int  # the sampler's
     seeds: tuple[int, ...] = ()  # every trial trains each; () in jobs stored before tune.seeds: the fixed seed
+    entry: dict = dataclasses.field(default_factory=dict)  # resolve_entry(**entry): {} is the built-in study
 
     def to_attr(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
@@ -147,7 +149,7 @@ def run_tune(
     # what every study's job shares; its study, parent and experiment are filled in as they open
     template = WorkerJob(tracking_uri=store.uri, experiment_id="", parent_run_id="", metric=tune.metric,
                          space=tune.space, n_trials=n_trials, study="", setting="", sampler=sampler, pruner=pruner,
-                         seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]))
+                         seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]), entry=dict(spec.entry.spec))
     # SQLite serves one process: a second orch tune would overshoot n_trials
     with tuning_held(url, refuse=True), stop.handling():
         return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout, device=device)
@@ -217,9 +219,9 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
     studies = []
     for plan in plan_studies(spec, study_name, seed=job.seeds[0]):
-        fixed = fixed_config(plan.config, tune.space)
+        fixed = fixed_config(plan, tune.space)
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
-                           make_pruner(job.pruner, plan.config.train.max_epochs * len(job.seeds)), spec.path)
+                           make_pruner(job.pruner, _max_steps(plan, len(job.seeds))), spec.path)
         # A resumed study must not replay the first session's random draws: offset the seed
         # by the trials it already has (0 for a new study, so a new study's draws are the seed's).
         n_before = len(study.get_trials(deepcopy=False))
@@ -269,7 +271,8 @@ def _progress(plan: StudyPlan, tune: TuneSpec, n_seeds: int) -> Callable[[Any, A
             what = f"COMPLETE {tune.metric} {t.value:.4f}"
         elif t.state == OptunaState.PRUNED:
             step = max(t.intermediate_values) if t.intermediate_values else None
-            what = f"PRUNED at {step_label(step, plan.config.train.max_epochs, n_seeds) if step else '?'}"
+            where = step_label(step, plan.entry.max_steps(plan.config), n_seeds) if step is not None else "?"
+            what = f"PRUNED at {where}"
         else:
             what = t.state.name
         log.info(f"[{plan.name}] trial {t.number:>3} {what:<32} {params}  {secs:.1f}s")
@@ -277,6 +280,12 @@ def _progress(plan: StudyPlan, tune: TuneSpec, n_seeds: int) -> Callable[[Any, A
             log.info(f"[{plan.name}]   {t.user_attrs[TrialAttr.FAILURE_REASON]}")
 
     return progress
+
+
+def _max_steps(plan: StudyPlan, n_seeds: int) -> int | None:
+    """The last step a trial reports (the pruner's max resource), None when the entry cannot say."""
+    steps = plan.entry.max_steps(plan.config)
+    return steps * n_seeds if steps else None
 
 
 def _finished() -> tuple:
@@ -346,14 +355,14 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         if finished >= job.n_trials:
             continue
         fixed = study.user_attrs[StudyAttr.FIXED_CONFIG]
-        config = build(fixed)
-        job = dataclasses.replace(job, seeds=job.seeds or (config.seed,))
+        entry = resolve_entry(**job.entry)
+        job = dataclasses.replace(job, seeds=job.seeds or (int(fixed.get("seed", 0)),))
         tune = TuneSpec(metric=job.metric, direction=study.direction.name.lower(), n_trials=job.n_trials,
                         space=job.space, seeds=job.seeds)
-        plan = StudyPlan(name=summary.study_name, setting=job.setting, config=config)
+        plan = StudyPlan(name=summary.study_name, setting=job.setting, config=entry.build(fixed), entry=entry)
         # Seeded apart from every other process on the study: it has drawn this many trials.
         study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
-        study.pruner = make_pruner(job.pruner, config.train.max_epochs * len(job.seeds))
+        study.pruner = make_pruner(job.pruner, _max_steps(plan, len(job.seeds)))
         uri = tracking_uri or job.tracking_uri
         store = stores.setdefault(uri, TrackingStore(uri))
         log.info(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")

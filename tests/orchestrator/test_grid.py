@@ -570,6 +570,12 @@ class Toy:
     def default_space(self, settings):
         return {"lr": {"type": "float", "low": 0.01, "high": 1.0, "log": True}}
 
+    def report_metric(self, metric, direction):
+        return metric
+
+    def max_steps(self, config):
+        return None
+
     name, spec, folder, progress_keys = "toy_entry:TOY", {"entry": "toy_entry:TOY"}, None, ("acc",)
 
     def user_config(self, config):

@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 
 from conftest import REPO, all_runs, invoke, orch, results, ro_rows
 from experiments.metric_names import epoch_key
+from experiments.study import STUDY as BUILT_IN
 from orchestrator.store import tracking
 from orchestrator.cli.main import cli
 from orchestrator.grid.load import load_grid
 from orchestrator.tune.study import plan_studies
-from orchestrator.tune.tuning import epoch_metric
 
 TUNE_GRID = REPO / "experiments" / "grids" / "tune.yaml"
 STUDY = "tune-demo-bn"  # <grid name>-<setting run name>
@@ -335,7 +335,7 @@ def test_a_trial_stopped_by_sigterm_continues_exactly_where_it_stopped_on_rerun(
     assert last.params == first_trial.params
     assert sorted(last.intermediate_values) == list(range(1, 9))  # every epoch reported once
     (resumed,) = [r for r in all_runs(uri) if r.info.run_id == last.user_attrs["orch.run_id"]]
-    assert resumed.info.status == "FINISHED" and int(resumed.data.tags["orch.resumed_epoch"]) >= 2
+    assert resumed.info.status == "FINISHED" and int(resumed.data.tags["orch.resumed_step"]) >= 2
     assert "orch.checkpoint" not in stopped.data.tags or not [  # checkpoints go once the trial finished
         r for r in all_runs(uri) if "orch.checkpoint" in r.data.tags]
 
@@ -357,7 +357,7 @@ def _running_trials(db: Path, min_checkpoint_epoch: int = 0, continuing: bool = 
     """Trial runs RUNNING in a store another process is writing, with a checkpoint of
     ``min_checkpoint_epoch`` epochs, or (``continuing``) continuing a run."""
     rows = ro_rows(db, "SELECT r.run_uuid, (SELECT value FROM tags c WHERE c.run_uuid = r.run_uuid AND "
-                       "c.key = 'orch.checkpoint_epoch'), (SELECT value FROM tags f WHERE f.run_uuid = r.run_uuid "
+                       "c.key = 'orch.checkpoint_step'), (SELECT value FROM tags f WHERE f.run_uuid = r.run_uuid "
                        "AND f.key = 'orch.resumed_from') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                        "AND t.key = 'orch.kind' AND t.value = 'trial' WHERE r.status = 'RUNNING'")
     return [run for run, epoch, source in rows
@@ -407,9 +407,9 @@ def test_study_names_and_pruning_signal(tmp_path):
     assert [p.name for p in plan_studies(spec, "mine")] == ["mine-bn", "mine-gn"]
     one = load_grid(grid, ["model.norm=gn"])
     assert [p.name for p in plan_studies(one, "mine")] == ["mine"]
-    assert epoch_metric("val_f1_macro", "maximize") == "val_f1_macro"
-    assert epoch_metric("test_acc", "maximize") == "val_acc"
-    assert epoch_metric("train_seconds", "minimize") == "val_loss"
+    assert BUILT_IN.report_metric("val_f1_macro", "maximize") == epoch_key("val_f1_macro")
+    assert BUILT_IN.report_metric("test_acc", "maximize") == epoch_key("val_acc")
+    assert BUILT_IN.report_metric("train_seconds", "minimize") == epoch_key("val_loss")
 
 
 def test_importing_tuning_stays_light():
