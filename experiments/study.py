@@ -159,5 +159,9 @@ class Study:
     def max_steps(cfg: config.RunConfig) -> int:
         return cfg.train.max_epochs  # one logged step per epoch
 
+    @staticmethod
+    def load_config(path: str | None, overrides: Sequence[str]) -> config.RunConfig:
+        return config.load(path, tuple(overrides))
+
 
 STUDY = Study()

@@ -37,7 +37,6 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     `orch run --resume RUN_ID` continues it exactly where it stopped. Exit codes: 0
     finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
-    from experiments.config import load
     from orchestrator.cli.output import ignore_hangup
 
     from orchestrator.grid.entry import resolve_entry
@@ -52,7 +51,7 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
 
         cfg, experiment, run_name = resumed_config(store, resume_run, entry)
     else:
-        cfg = load(config_file, overrides)
+        cfg = entry.load_config(config_file, overrides)
     check_device(device)
     use_device(device)
 

@@ -102,6 +102,10 @@ class OwnEntry:
     def max_steps(self, config: OwnConfig) -> int | None:
         return None  # unknown: Hyperband learns it, several seeds' steps follow the largest one seen
 
+    def load_config(self, path: str | None, overrides: Sequence[str]) -> OwnConfig:
+        raise ConfigError(f"orch run trains one config of the built-in study; sweep {self.name} with a grid "
+                          "(orch sweep grid.yaml --set key=value)", key="entry")
+
     def user_config(self, config: OwnConfig) -> Any:
         return self.schema.user_config(dict(config.values), config.seed)
 

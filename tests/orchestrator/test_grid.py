@@ -576,6 +576,9 @@ class Toy:
     def max_steps(self, config):
         return None
 
+    def load_config(self, path, overrides):
+        raise NotImplementedError
+
     name, spec, folder, progress_keys = "toy_entry:TOY", {"entry": "toy_entry:TOY"}, None, ("acc",)
 
     def user_config(self, config):
