@@ -101,6 +101,7 @@ class Run:
             return
         if self._fence is not None:
             self._fence.check()
+        self.flush()  # the steps a checkpoint holds are in the store before it is: a successor copies them
         checkpoints.write(self._store, self.id, self._blob, self._writes, self._blob_step)
         self._blob, self._writes, self._last_write = None, self._writes + 1, time.monotonic()
 

@@ -94,7 +94,7 @@ def test_default_run_is_complete(default_run):
 
 def test_progress_lines_on_stderr(default_run):
     _, proc = default_run
-    lines = [l for l in proc.stderr.splitlines() if " epoch " in l and "val_f1_macro" in l]
+    lines = [l for l in proc.stderr.splitlines() if " step " in l and "val_f1_macro" in l]
     assert len(lines) >= 1
     assert "FINISHED" in proc.stderr
 
