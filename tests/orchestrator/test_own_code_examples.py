@@ -215,18 +215,25 @@ def test_function_example_stopped_by_sigterm_resumes_bit_for_bit(tmp_path):
     (reference,) = points(reference_uri)
 
     grid_file, uri = copy_example("own_function", tmp_path / "stopped", **one_point)
-    killed_id = stop_with_sigterm(grid_file, uri)
-    rerun = sweep(grid_file, uri)
-    assert rerun.returncode == 0, rerun.stderr
-    (resumed,) = [r for r in points(uri) if r.info.status == Status.FINISHED]
-    assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
-    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
+    resumed = stopped_and_rerun(grid_file, uri)
     for metric in ("test_acc", "val_acc"):
         assert resumed.data.metrics[metric] == reference.data.metrics[metric], metric
     for metric in ("val_acc", "train_loss"):
         steps = history(uri, resumed.info.run_id, metric)
         assert steps == history(reference_uri, reference.info.run_id, metric), metric
     assert sorted(history(uri, resumed.info.run_id, "train_loss")) == list(range(1, 81))
+
+
+def stopped_and_rerun(grid_file: Path, uri: str):
+    """SIGTERM to the sweep once its point has a checkpoint, then the same command: the run that
+    finished, which continued the stopped one's checkpoint."""
+    killed_id = stop_with_sigterm(grid_file, uri)
+    rerun = sweep(grid_file, uri)
+    assert rerun.returncode == 0, rerun.stderr
+    (resumed,) = [r for r in points(uri) if r.info.status == Status.FINISHED]
+    assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
+    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
+    return resumed
 
 
 def test_failing_script_ends_failed_with_its_exit_status_and_stderr(tmp_path):
@@ -236,19 +243,14 @@ def test_failing_script_ends_failed_with_its_exit_status_and_stderr(tmp_path):
     (failed,) = points(uri)
     assert failed.info.status == Status.FAILED
     reason = failed.data.tags[Tag.FAILURE_REASON]
-    assert reason.startswith("CommandFailed: exit status 3") or "exit status 3" in reason, reason
+    assert reason.startswith("exit status 3: "), reason
     assert "--lr must be positive, got -1.0" in reason, reason
 
 
 def test_script_stopped_by_sigterm_ends_killed_and_the_rerun_resumes_it_through_the_client(tmp_path):
     grid_file, uri = copy_example("own_script", tmp_path, base={"epochs": 150}, grid={"lr": [0.05], "width": [32]},
                                   seeds=[0], checkpoint_seconds=0)
-    killed_id = stop_with_sigterm(grid_file, uri)
-    rerun = sweep(grid_file, uri)
-    assert rerun.returncode == 0, rerun.stderr
-    (resumed,) = [r for r in points(uri) if r.info.status == Status.FINISHED]
-    assert resumed.data.tags[Tag.RESUMED_FROM] == killed_id
-    assert int(resumed.data.tags[Tag.RESUMED_STEP]) >= 2
+    resumed = stopped_and_rerun(grid_file, uri)
     assert sorted(history(uri, resumed.info.run_id, "val_acc")) == list(range(1, 151))
 
 
