@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -172,5 +173,9 @@ def _from_env(info: Mapping[str, Any]) -> Run:
     run = Run(info["config"], int(info["seed"]), info["artifact_dir"], store=store, run_id=info["run_id"],
               run_key=info["run_key"], params=info["params"], checkpoint_seconds=float(info["checkpoint_seconds"]),
               state=state, stop=flag.is_set)
-    atexit.register(run.finish)
+    run._stop_handling = handling  # held by the run: a collected ExitStack would restore the default handlers
+    # Before the interpreter's shutdown marks thread pools closed (concurrent.futures' own exit hook,
+    # which atexit handlers run after): MLflow's asynchronous metric writes still go through then.
+    # threading._register_atexit is private; atexit is the fallback where it is missing.
+    getattr(threading, "_register_atexit", atexit.register)(run.finish)
     return run

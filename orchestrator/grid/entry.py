@@ -1,11 +1,11 @@
 """The entry: the code a sweep runs, and all that the grid knows about its config. A grid may name
-one (``entry: module:name``); without one the built-in study, :data:`experiments.study.STUDY`, is
-the entry. The grid reads, checks, keys and names points through it alone: it knows no study's keys.
+one (``entry: module:name``, a function or an entry object, or ``entry: {command: ...}``); without
+one the built-in study, :data:`experiments.study.STUDY`, is the entry. The grid reads, checks,
+keys and names points through it alone: it knows no study's keys.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from experiments.config import ConfigError
@@ -21,12 +21,13 @@ class Entry(Protocol):
     grid only hands back; a bad value or config raises :class:`~experiments.config.ConfigError`
     naming the dotted key. ``build`` takes values as ``coerce`` or ``params`` give them."""
 
-    fields: Mapping[str, Any]  # dotted config key → type: int, float, bool, str, tuple[int, ...], X | None
+    # dotted config key → type: int, float, bool, str, tuple[int, ...], X | None; None: open, keys taken as given
+    fields: Mapping[str, Any] | None
     related_keys: Mapping[str, tuple[str, ...]]  # key a check() problem names → keys whose values can cause it
     name_prefixes: Mapping[str, str]  # key → its run-name prefix ("" shows the value alone); others: last dotted part
     headline_keys: tuple[str, ...]  # the keys that tell runs apart at a glance (a lone run's name)
-    summary_metrics: tuple[str, ...]  # what a finished run reports: orch tune's objectives
-    default_metric: str  # orch tune's objective when a grid names none
+    summary_metrics: tuple[str, ...]  # what a finished run reports: orch tune's objectives (empty: any metric)
+    default_metric: str  # orch tune's objective when a grid names none ("": the grid must name one)
 
     def coerce(self, key: str, value: Any) -> Any: ...  # checked against the key's type, normalised ("1e-3" → 0.001)
     def build(self, values: Mapping[str, Any]) -> Any: ...  # dotted key → value; defaults for the other keys
@@ -49,17 +50,30 @@ class Entry(Protocol):
 
 
 def resolve_entry(entry: Any = None, folder: str | None = None, checkpoint_seconds: float = 60.0) -> Entry:
-    """The entry a grid names (``module:name``), or the built-in study for None; ConfigError
-    (key ``entry``) when it cannot be imported or is not an entry. ``folder``: the grid file's
-    folder; ``checkpoint_seconds``: the grid's top-level key (both for the user's own code)."""
-    name = entry
-    module, _, attribute = str(name or BUILTIN).partition(":")
-    try:
-        found = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"cannot load {name!r} ({err}); name an importable module:name, e.g. entry: {BUILTIN}, "
-                          "or leave entry out for the built-in study", key="entry") from None
-    if not isinstance(found, Entry):
-        raise ConfigError(f"{name} is not an entry: it lacks attributes of orchestrator.grid.entry.Entry; "
-                          f"e.g. entry: {BUILTIN}, or leave entry out for the built-in study", key="entry")
-    return found
+    """The entry a grid names, or the built-in study for None:
+
+    * ``"module:name"``: the object it names, imported from ``folder`` or the environment: an
+      :class:`Entry` as it is, a function ``main(config, run)`` as a
+      :class:`~orchestrator.grid.own.FunctionEntry`;
+    * ``{command: "...", overrides: hydra|argparse}``: a
+      :class:`~orchestrator.grid.command.CommandEntry`.
+
+    ``folder``: the grid file's folder; ``checkpoint_seconds``: the grid's top-level key (both
+    for the user's own code). ConfigError (key ``entry``) names what cannot be used and the fix.
+    """
+    from orchestrator.grid import command, own
+
+    if entry is None:
+        return own.load_attribute(BUILTIN, None)
+    if isinstance(entry, Mapping):
+        return command.CommandEntry(entry, folder, checkpoint_seconds)
+    if not isinstance(entry, str):
+        raise ConfigError(f"expected module:function or a mapping with a command, got {entry!r}; "
+                          f"{own.FUNCTION_EXAMPLE}, or {command.EXAMPLE}", key="entry")
+    found = own.load_attribute(entry, folder)
+    if isinstance(found, Entry):
+        return found
+    if callable(found):
+        return own.FunctionEntry(entry, found, folder, checkpoint_seconds)
+    raise ConfigError(f"{entry} is {type(found).__name__}, neither a function main(config, run) nor an entry "
+                      f"(orchestrator.grid.entry.Entry); {own.FUNCTION_EXAMPLE}", key="entry")

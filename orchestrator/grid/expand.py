@@ -81,7 +81,8 @@ def resolve_settings(g: GridReader, sections: GridSections, settings: Sequence[S
         # Grid axes (an include entry's unset ones resolved from base) and the entry's own keys.
         keys = [k for k in all_axes if k in s.values or k in sections.axes]
         params = entry.params(s.config) if any(k not in s.values for k in keys) else {}
-        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys}
+        s.point = {k: s.values[k] if k in s.values else entry.coerce(k, params[k]) for k in keys
+                   if k in s.values or k in params}  # an open config has no value for a key nobody gave
         _check_setting(g, s, check_data)
         first = first_by_key.setdefault(entry.run_key(s.config), s)
         if first is not s:
@@ -95,6 +96,8 @@ def _check_setting(g: GridReader, s: Setting, check_data: bool) -> None:
         g.entry.check(s.config, check_data)
     except ConfigError as err:
         key = err.key or ""
+        if key == "entry":  # the entry itself (a command's placeholder, its program), not a config key
+            g.fail("entry", err.problem)
         if key in s.where:
             path, problem = s.where[key], err.problem
         else:

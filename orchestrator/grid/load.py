@@ -85,7 +85,7 @@ def tune_spec(spec: SweepSpec) -> TuneSpec:
         # The data was checked (or knowingly skipped) when the grid was loaded: no I/O again.
         tune = read_tune(GridReader(spec.path, {}, spec.entry), {}, configs, spec.axes, check_data=False)
     metrics = spec.entry.summary_metrics
-    if tune.metric not in metrics:
+    if metrics and tune.metric not in metrics:  # an entry without a list takes any metric its runs log
         raise ConfigError(f"{tune.metric!r} is not a summary metric of a run; choose one of {', '.join(metrics)}",
                           key="tune.metric", source=spec.path)
     return dataclasses.replace(tune, seeds=tune.seeds or spec.seeds[:1])

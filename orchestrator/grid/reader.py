@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import yaml
@@ -17,9 +20,11 @@ from experiments.yaml_source import line_of
 from orchestrator.grid.entry import Entry, resolve_entry
 from orchestrator.grid.names import experiment_name_problem, format_value
 
-TOP_KEYS = ("name", "entry", "base", "grid", "seeds", "include", "exclude", "tune")
+TOP_KEYS = ("name", "entry", "base", "grid", "seeds", "include", "exclude", "tune", "checkpoint_seconds")
 MAX_SEED = 2**32  # numpy's legacy seeding rejects larger seeds
 SEEDS_EXAMPLE = "e.g. seeds: [0, 1, 2]"
+CHECKPOINT_SECONDS = 60.0  # the top-level checkpoint_seconds when a grid gives none
+OPEN_EXAMPLE_KEY = "lr"  # the key that messages show for an entry whose config is open
 
 Located = tuple[Any, str]  # a checked value and the key path that set it: (0.1, "grid.optim.lr")
 
@@ -45,12 +50,15 @@ def suggest(word: Any, options: Iterable[str]) -> str:
 
 
 def field_kind(entry: Entry, key: str) -> str:
-    """'int', 'float', 'bool', 'str', 'tuple' or 'other' for a config key of ``entry``."""
+    """'int', 'float', 'bool', 'str', 'tuple' or 'other' for a config key of ``entry``; 'any' when
+    its config is open (``fields`` None)."""
+    if entry.fields is None:
+        return "any"
     tp = entry.fields[key]
     for kind, py in (("int", int), ("float", float), ("bool", bool), ("str", str)):
         if tp is py:
             return kind
-    return "tuple" if "tuple" in str(tp) else "other"
+    return "tuple" if "tuple" in str(tp) or typing.get_origin(tp) is list else "other"
 
 
 class GridReader:
@@ -59,6 +67,7 @@ class GridReader:
     def __init__(self, source: str, lines: dict[str, int], entry: Entry | None = None):
         self.source = source  # the grid file
         self.lines = lines  # key path → line, from experiments.yaml_source
+        self.folder = str(Path(source).resolve().parent)  # where the entry's own code is looked for first
         self.entry = entry or resolve_entry()  # sections() takes the one the file names
 
     def fail(self, key: str | None, message: str, *, at: str | None = None, context: str = "") -> NoReturn:
@@ -71,7 +80,7 @@ class GridReader:
         """Refuse ``seed`` (``seed_problem`` says why it is wrong here) and unknown keys."""
         if key == "seed":
             self.fail(path, f"{seed_problem}; list seeds at the top level, {SEEDS_EXAMPLE}")
-        if key not in self.entry.fields:
+        if self.entry.fields is not None and key not in self.entry.fields:
             hint = suggest(key, {*self.entry.fields, *(k.split(".")[0] for k in self.entry.fields)})
             self.fail(path, f"unknown key {key!r}; {hint}valid keys: {', '.join(self.entry.fields)}")
 
@@ -101,20 +110,29 @@ class GridReader:
         if not isinstance(tree, dict):
             self.fail(path, f"expected a mapping of config keys, got {type(tree).__name__} {tree!r}; write {what}")
         out: dict[str, Located] = {}
-        for k, v in tree.items():
-            items = [(k, v)]
-            section = [key for key in self.entry.fields if key.startswith(f"{k}.")]  # k = "optim" of optim.lr
-            if section and not isinstance(v, dict):
-                sub = section[0].split(".", 1)[1]
-                self.fail(f"{path}.{k}", f"{k} is a section; give a mapping of its keys (e.g. {k}: {{{sub}: ...}}) "
-                                         f"or dotted keys (e.g. {section[0]}: ...)")
-            if section:
-                items = [(f"{k}.{sub}", subv) for sub, subv in v.items()]
-            for key, value in items:
-                if key in out:
-                    self.fail(f"{path}.{key}", f"{key} is given twice (nested and dotted); keep one of them")
-                out[key] = (read(key, value, f"{path}.{key}"), f"{path}.{key}")
+        for key, value in self._dotted(tree, path, ""):
+            if key in out:
+                self.fail(f"{path}.{key}", f"{key} is given twice (nested and dotted); keep one of them")
+            out[key] = (read(key, value, f"{path}.{key}"), f"{path}.{key}")
         return out
+
+    def _dotted(self, tree: dict, path: str, prefix: str) -> list[tuple[str, Any]]:
+        """(dotted key, value) of every leaf of ``tree``: a section's mapping is walked into (an open
+        config's every mapping is one), a value given to a section is refused."""
+        items: list[tuple[str, Any]] = []
+        for k, v in tree.items():
+            key = f"{prefix}{k}"
+            if self.entry.fields is None:
+                nested = isinstance(v, dict)
+            else:
+                section = [f for f in self.entry.fields if f.startswith(f"{key}.")]  # key = "optim" of optim.lr
+                if section and not isinstance(v, dict):
+                    sub = section[0][len(key) + 1:]
+                    self.fail(f"{path}.{key}", f"{key} is a section; give a mapping of its keys (e.g. {key}: "
+                                               f"{{{sub}: ...}}) or dotted keys (e.g. {section[0]}: ...)")
+                nested = bool(section)
+            items += self._dotted(v, path, f"{key}.") if nested else [(key, v)]
+        return items
 
     def sections(self, data: Any, overrides: Sequence[str]) -> GridSections:
         """Every section of the parsed file (None: empty), checked in file order, then ``overrides``."""
@@ -126,11 +144,16 @@ class GridReader:
             if key not in TOP_KEYS:
                 self.fail(str(key), f"unknown top-level key; {suggest(key, TOP_KEYS)}valid keys: {', '.join(TOP_KEYS)}")
         name = self.name(data)
+        seconds = self.checkpoint_seconds(data)
         try:
-            self.entry = resolve_entry(data.get("entry"))
+            self.entry = resolve_entry(data.get("entry"), folder=self.folder, checkpoint_seconds=seconds)
         except ConfigError as err:
             self.fail("entry", err.problem)
-        example = next(k for k in self.entry.fields if k != "seed")
+        if "checkpoint_seconds" in data and "checkpoint_seconds" not in self.entry.spec:
+            own = [k for k in self.entry.fields or () if k.rsplit(".", 1)[-1] == "checkpoint_seconds"]
+            fix = f"give {own[0]} under base instead" if own else "remove it"
+            self.fail("checkpoint_seconds", f"{self.entry.name} does not read a top-level checkpoint_seconds; {fix}")
+        example = next((k for k in self.entry.fields or () if k != "seed"), OPEN_EXAMPLE_KEY)
         one = "base gives one value for every run; to sweep over several values, move the key under grid"
         base = self.flatten(data.get("base"), "base", f"key: value pairs, e.g. base: {{{example}: ...}}",
                             functools.partial(self.coerce, one_value=one))
@@ -164,6 +187,14 @@ class GridReader:
         includes = [(i, e) for i, e in sections.includes if key not in e or e[key][0] == value]
         return dataclasses.replace(sections, base=base, axes=axes, includes=includes)
 
+    def checkpoint_seconds(self, data: dict[str, Any]) -> float:
+        """The top-level ``checkpoint_seconds``: how often the user's code's save_checkpoint() writes."""
+        value = data.get("checkpoint_seconds", CHECKPOINT_SECONDS)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            self.fail("checkpoint_seconds", f"expected a number of seconds, 0 or more, got {value!r}; e.g. "
+                                            "checkpoint_seconds: 60 (0: at every save_checkpoint call)")
+        return float(value)
+
     def name(self, data: dict[str, Any]) -> str:
         name = data.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -186,9 +217,9 @@ class GridReader:
         if not values:
             self.fail(path, f"the axis is empty; give at least one value, e.g. {key}: [...], or remove it")
         if field_kind(self.entry, key) == "tuple" and not any(isinstance(v, (list, tuple)) for v in values):
-            default = list(self.entry.params(self.entry.build({}))[key])
+            default = self.entry.params(self.entry.build({})).get(key)
             self.fail(path, f"{key} takes a list per run, so its axis is a list of lists; "
-                            f"write e.g. {key}: [{default}, [...]]")
+                            f"write e.g. {key}: [{list(default) if default is not None else '[...]'}, [...]]")
         one = "an axis value is a single value"
         return self.distinct(values, path, lambda value, at: self.coerce(key, value, path, at=at, one_value=one))
 

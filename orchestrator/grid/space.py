@@ -76,9 +76,12 @@ def read_tune(g: GridReader, raw: Any, configs: Sequence[Any], axes: Sequence[st
     for key in raw:
         if key not in TUNE_KEYS:
             g.fail(f"tune.{key}", f"unknown tune key; {suggest(str(key), TUNE_KEYS)}valid keys: {', '.join(TUNE_KEYS)}")
+    if "metric" not in raw and not g.entry.default_metric:
+        g.fail("tune.metric", f"missing; {g.entry.name} has no default objective: name a metric its runs log, e.g. "
+                              "tune: {metric: val_acc}")
     metric = raw.get("metric", g.entry.default_metric)
     if not isinstance(metric, str) or not metric.strip():
-        g.fail("tune.metric", f"expected a metric name, got {metric!r}; e.g. metric: {g.entry.default_metric}")
+        g.fail("tune.metric", f"expected a metric name, got {metric!r}; e.g. metric: {g.entry.default_metric or 'val_acc'}")
     direction = raw.get("direction", "maximize")
     if direction not in ("maximize", "minimize"):
         g.fail("tune.direction", f"expected maximize or minimize, got {direction!r}; e.g. direction: maximize")
@@ -91,6 +94,9 @@ def read_tune(g: GridReader, raw: Any, configs: Sequence[Any], axes: Sequence[st
     if "space" not in raw:  # the entry's default, read as if written, without the grid axes (swept, so not tuned)
         default = g.entry.default_space(reader.settings)
         space = {k: v for k, v in default.items() if k not in axes}
+        if not default:
+            g.fail("tune.space", f"missing; {g.entry.name} has no default search space: name the config keys to "
+                                 "search, e.g. tune: {space: {lr: {type: float, low: 0.001, high: 0.1, log: true}}}")
         if not space:
             g.fail("tune", f"every key of the default search space ({', '.join(default)}) is a grid axis; add a "
                            "tune.space section naming the keys to search")
@@ -134,6 +140,8 @@ class _SpaceReader:
 
         def choice(value: Any, item: str) -> Any:
             value = g.coerce(key, value, at, at=item, one_value="each choice is a single value")
+            if isinstance(value, (list, tuple)):  # an open config takes lists; Optuna's choices cannot be
+                g.fail(at, "a choice is a single value (Optuna cannot choose a list); remove that choice", at=item)
             self._check_value(key, value, at, fix="; remove that choice")
             return value
 
@@ -141,13 +149,13 @@ class _SpaceReader:
 
     def _range(self, key: str, path: str, kind: str, raw: Mapping[str, Any]) -> ParamSpace:
         g, wanted = self.g, field_kind(self.g.entry, key)
-        if wanted != kind:
+        if wanted != kind and wanted != "any":
             fix = f"use type: {wanted}" if wanted in ("int", "float") else "use type: categorical with choices"
             g.fail(f"{path}.type", f"{key} is not a {kind} field, so type: {kind} does not fit; {fix}")
         for f in ("low", "high"):
             if f not in raw:
                 g.fail(f"{path}.{f}", f"missing; a {kind} range needs low and high, {SPACE_EXAMPLE}")
-        low, high = (g.coerce(key, raw[f], f"{path}.{f}") for f in ("low", "high"))
+        low, high = (self._bound(key, kind, raw[f], f"{path}.{f}") for f in ("low", "high"))
         if low >= high:
             g.fail(f"{path}.low", f"low ({low}) must be below high ({high}); swap or fix them")
         log, step = raw.get("log", False), raw.get("step")
@@ -156,7 +164,7 @@ class _SpaceReader:
         if log and low <= 0:
             g.fail(f"{path}.low", f"a log-scale range needs low > 0, got {low}; raise low or set log: false")
         if step is not None:
-            step = g.coerce(key, step, f"{path}.step")
+            step = self._bound(key, kind, step, f"{path}.step")
             if step <= 0:
                 g.fail(f"{path}.step", f"must be above 0, got {step}; e.g. step: 1, or omit step")
             if log:
@@ -164,6 +172,16 @@ class _SpaceReader:
         self._check_value(key, low, f"{path}.low", fix="; narrow the range")
         self._check_value(key, high, f"{path}.high", fix="; narrow the range")
         return ParamSpace(key=key, type=kind, low=low, high=high, log=log, step=step)
+
+    def _bound(self, key: str, kind: str, value: Any, at: str) -> Any:
+        """A range's low, high or step as the key's type takes it; an open config's key takes the range's type."""
+        value = self.g.coerce(key, value, at)
+        if field_kind(self.g.entry, key) == "any":
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or (kind == "int" and not float(value).is_integer()):
+                self.g.fail(at, f"expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}; fix the value")
+            value = int(value) if kind == "int" else float(value)
+        return value
 
     def _check_value(self, key: str, value: Any, at: str, *, fix: str) -> None:
         """A bound or choice must give a config that passes the entry's check in every setting."""

@@ -74,10 +74,11 @@ class LocalLauncher:
         self.scheduler: Scheduler | None = None
 
     def setup(self, spec: SweepSpec, uri: str) -> None:  # noqa: ARG002
-        from experiments.config import check_device
+        from experiments.config import RunConfig, check_device
 
         for r in spec.runs:  # e.g. bf16 on CPU slots: refused before anything is recorded
-            check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
+            if isinstance(r.config, RunConfig):  # the built-in study's precision; other entries pick their device
+                check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> Outcome:
         from orchestrator.execute.display import make_display

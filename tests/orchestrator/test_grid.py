@@ -612,9 +612,10 @@ def test_the_built_in_study_is_the_entry_without_one(tmp_path):
 
 
 @pytest.mark.parametrize("entry, needle", [
-    ("nowhere_at_all:main", "cannot load 'nowhere_at_all:main' (No module named 'nowhere_at_all')"),
-    ("experiments.study:NOPE", "has no attribute 'NOPE'"),
-    ("os.path:join", "os.path:join is not an entry"),
+    ("nowhere_at_all:main", "cannot import module 'nowhere_at_all' from "),
+    ("experiments.study:NOPE", "experiments.study has no function 'NOPE'"),
+    ("experiments.config:KEYS", "experiments.config:KEYS is tuple, neither a function main(config, run) nor an entry"),
+    ("experiments", "expected module:function, got 'experiments'"),
 ])
 def test_an_entry_that_cannot_be_loaded_is_refused_with_its_line(tmp_path, entry, needle):
     err = refused(tmp_path, f"name: t\nentry: {entry}\n")
