@@ -26,7 +26,8 @@ SHARED = REPO.parent / "shared"
 # and session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
 # These modules take longest (real sweeps, workers, a cluster): they start first, so
 # that the short modules fill the gaps at the end instead of one long module running alone.
-LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_tune", "test_ui",
+LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_postgres_store", "test_tune",
+                 "test_ui",
                  "test_sweep", "test_report", "test_run", "test_separation")
 
 TINY_BASE = {  # a point in about a second: digits, the smallest ResNet, two epochs
@@ -223,8 +224,8 @@ MODULE_TIERS = {
     "test_sweep_lookup": "integration", "test_tracking": "integration", "test_tune": "integration",
     "test_ui": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
-    "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
-    "test_slurm": "system",
+    "test_docker": "system", "test_locks": "system", "test_postgres_store": "system", "test_queue": "system",
+    "test_resume_sweep": "system", "test_slurm": "system",
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
 # runs, fresh SQLite stores, the docs site's build
