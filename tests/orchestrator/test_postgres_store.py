@@ -64,6 +64,8 @@ def test_a_sweep_on_postgresql_finishes_every_point_and_compare_status_and_the_d
     rerun = orch("sweep", str(grid), "--workers", "2", "--tracking-uri", uri, cwd=tmp_path)
     assert rerun.returncode == 0 and "nothing to do" in rerun.stderr, rerun.stderr
     assert len(runs_of(uri, Kind.POINT)) == 4  # nothing ran again
+    (after,) = runs_of(uri, Kind.SWEEP)
+    assert (after.info.status, after.data.tags) == (parent.info.status, parent.data.tags)  # not even a heartbeat
 
 
 def wait_for_checkpoint(uri: str, step: int, timeout: float = 300) -> str:
