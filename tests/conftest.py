@@ -27,7 +27,8 @@ SHARED = REPO.parent / "shared"
 # and session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
 # These modules take longest (real sweeps, workers, a cluster): they start first, so
 # that the short modules fill the gaps at the end instead of one long module running alone.
-LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_tune", "test_ui",
+LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_postgres_store", "test_tune",
+                 "test_ui",
                  "test_sweep", "test_report", "test_run", "test_separation")
 
 TINY_BASE = {  # a point in about a second: digits, the smallest ResNet, two epochs
@@ -225,8 +226,8 @@ MODULE_TIERS = {
     "test_ui": "integration", "test_own_sweep": "integration", "test_own_code_examples": "integration",
     "test_own_entry_results": "integration", "test_tune_entry": "integration",
     # system: PostgreSQL, Slurm, docker, killed and resumed sweeps
-    "test_docker": "system", "test_locks": "system", "test_queue": "system", "test_resume_sweep": "system",
-    "test_slurm": "system", "test_own_code_launchers": "system",
+    "test_docker": "system", "test_locks": "system", "test_postgres_store": "system", "test_queue": "system",
+    "test_resume_sweep": "system", "test_slurm": "system", "test_own_code_launchers": "system",
 }
 # each of these takes minutes: training in this process (test_resume, test_train), real sweeps and
 # runs, fresh SQLite stores, the docs site's build

@@ -138,7 +138,7 @@ def one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -
 
 tracking_uri_option = click.option(
     "--tracking-uri", metavar="URI", envvar=None,
-    help="MLflow tracking URI (sqlite:///PATH.db or http://HOST:PORT). "
+    help="MLflow tracking URI (sqlite:///PATH.db, postgresql://USER@HOST/DB or http://HOST:PORT). "
          "Default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.",
 )
 max_points_option = click.option("--max-points", type=click.IntRange(min=1), default=10_000, show_default=True,

@@ -79,7 +79,7 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
     A parent that had FINISHED is reopened when points are missing (or with ``reopen``), else
     left as it is (``Plan.closed``): a rerun of a finished sweep changes nothing. With ``heartbeat``,
     first wait for (or refuse, ``SweepBusy``) a sweep of the experiment that beats elsewhere,
-    then beat on the parent from the moment it is found or created.
+    then beat on the parent from the moment it is found or created, unless it is left closed.
     """
     exp_id = store.ensure_experiment(spec.name)
     if heartbeat is not None:
@@ -96,9 +96,9 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
                   Tag.N_POINTS: str(len(spec.runs))})
     else:
         parent_id = parent.info.run_id
-    if heartbeat is not None:
-        heartbeat.start(parent_id)
     closed = parent is not None and parent.info.status == Status.FINISHED and not (missing or reopen)
+    if heartbeat is not None and not closed:  # a closed sweep runs nothing: its rerun writes nothing, a beat neither
+        heartbeat.start(parent_id)
     if parent is not None and not closed:
         store.reopen_run(parent_id)
     if parent is None or store.download_json_if_any(parent_id, Artifact.POINTS) is None:  # stopped before this

@@ -284,7 +284,8 @@ def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
         if key and run.data.tags.get(Tag.KIND) == Kind.POINT and (
                 key not in latest or latest[key].info.status != Status.FINISHED):
             latest[key] = run
-    squeue = shutil.which("squeue") is not None
+    # only a sweep submitted to Slurm asks squeue: a local one reads the same on a machine whose Slurm is down
+    squeue = parent.data.tags.get(Tag.LAUNCHER) in (ARRAY, QUEUE) and shutil.which("squeue") is not None
     live = slurm.live_jobs(sweep_id) if squeue else []
     held, states = held_points(store, parent.info.run_id, live), {j.id: j.state for j in live}
     rows = []

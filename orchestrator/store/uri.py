@@ -48,7 +48,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
             f"use a SQLite file such as sqlite:///{Path(path).expanduser().resolve() / 'mlflow.db'} "
             "or an http:// tracking server"
         )
-    raise TrackingError(f"{uri}: unsupported tracking URI scheme {scheme!r}; use sqlite:///PATH.db or http://HOST:PORT")
+    raise TrackingError(f"{uri}: unsupported tracking URI scheme {scheme!r}; use sqlite:///PATH.db, "
+                        "postgresql://USER@HOST/DB or http://HOST:PORT")
 
 
 def sqlite_path(uri: str) -> Path | None:
