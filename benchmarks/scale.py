@@ -80,8 +80,11 @@ def build(store: Store) -> dict:
     """The finished store of ``n`` points: from the cache, else swept now (a stopped build resumes)."""
     n, folder = store.n, store.folder
     done_file = folder / "build.json"
-    if done_file.exists():
+    if store.exists() and done_file.exists():
         return json.loads(done_file.read_text())
+    if not store.exists():  # e.g. the PostgreSQL server of an earlier run is gone: start afresh
+        for stale in (done_file, folder / "attempts.jsonl"):
+            stale.unlink(missing_ok=True)
     store.prepare()
     cmd = orch_cmd("sweep", str(store.grid), "--workers", str(WORKERS), "--tracking-uri", store.uri, "--quiet")
     print(f"  build N={n}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
