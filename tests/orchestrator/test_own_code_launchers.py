@@ -10,10 +10,6 @@ example is copied to folders outside the repository, as a user's own code would 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -23,7 +19,7 @@ from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Status, Tag
 from test_own_code_examples import ENV, copy_example, history, points, sweep
 from test_provenance import _git
-from test_queue import FAST_HEARTBEAT, _point_runs, _wait_for_point
+from test_queue import FAST_HEARTBEAT, _point_runs, preempt_worker_after_checkpoint
 from test_slurm import SHARED, parent_run, point_runs, scancel_at_epoch, task_logs, wait_restarting_requeued
 
 EPOCHS = 80  # long enough to be stopped mid-run: each epoch hands over a checkpoint (checkpoint_seconds: 0)
@@ -65,15 +61,7 @@ def test_point_preempted_on_the_queue_is_finished_exactly_by_a_worker_with_its_o
     assert queued.returncode == 0, queued.stderr[-3000:]
     assert "queued 1 point(s)" in queued.stderr
 
-    victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
-                              cwd=a_dir, env={**os.environ, **ENV, **FAST_HEARTBEAT},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed_id = _wait_for_point(mlflow_server, spec.sweep_id, victim, "worker A never checkpointed its point",
-                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_STEP, 0)) >= 2)
-    victim.send_signal(signal.SIGTERM)
-    _, stderr = victim.communicate(timeout=120)
-    assert victim.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    killed_id = preempt_worker_after_checkpoint(storage, mlflow_server, spec.sweep_id, a_dir, ENV)
     client = MlflowClient(tracking_uri=mlflow_server)
     killed = client.get_run(killed_id)
     assert killed.info.status == Status.KILLED

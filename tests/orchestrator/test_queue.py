@@ -42,6 +42,21 @@ def _wait_until_stale(storage: str, grace: float, timeout: float = 60) -> None:
     pytest.fail(f"no trial heartbeat went stale within {timeout:.0f} s")
 
 
+def preempt_worker_after_checkpoint(storage: str, server: str, sweep_id: str, folder, env=None) -> str:
+    """Start a worker in ``folder``, SIGTERM it once its point holds a checkpoint at step 2 or
+    later, check that it exited 143 without a traceback; the id of the point's run."""
+    worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
+                              cwd=folder, env={**os.environ, **(env or {}), **FAST_HEARTBEAT},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed_id = _wait_for_point(server, sweep_id, worker, "worker A never checkpointed its point",
+                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_STEP, 0)) >= 2)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    return killed_id
+
+
 def _wait_for_point(server: str, sweep_id: str, worker: subprocess.Popen, failure: str, ready) -> str:
     """The run id of the sweep's first point once it is RUNNING and ``ready(run)``; else kill the worker and fail."""
     deadline = time.time() + 180
@@ -292,16 +307,7 @@ def test_sigterm_worker_requeues_at_once_and_another_worker_resumes_its_checkpoi
     grid = write_grid(a_dir / "g.yaml", f"preempt-{uuid.uuid4().hex[:6]}", {"model.norm": ["bn"]}, base=base)
     spec = load_grid(grid)
     assert orch("sweep", str(grid), "--storage", storage, "--tracking-uri", mlflow_server, cwd=a_dir).returncode == 0
-    victim = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage, "--quiet"],
-                              cwd=a_dir, env={**os.environ, **FAST_HEARTBEAT},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # the checkpoint tag is written synchronously after each epoch
-    killed_id = _wait_for_point(mlflow_server, spec.sweep_id, victim, "worker A never checkpointed its point",
-                                lambda run: int(run.data.tags.get(Tag.CHECKPOINT_STEP, 0)) >= 2)
-    victim.send_signal(signal.SIGTERM)
-    _, stderr = victim.communicate(timeout=60)
-    assert victim.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    killed_id = preempt_worker_after_checkpoint(storage, mlflow_server, spec.sweep_id, a_dir)
 
     c = MlflowClient(tracking_uri=mlflow_server)
     killed = c.get_run(killed_id)
