@@ -39,12 +39,14 @@ class Run:
     def __init__(self, config: Any, seed: int, artifact_dir: str | Path, *, store: Any = None, run_id: str | None = None,
                  run_key: str = "", params: Mapping[str, Any] | None = None, checkpoint_seconds: float = 60.0,
                  state: Any = None, stop: Callable[[], bool] = lambda: False,
-                 on_log: Callable[[int, Mapping[str, float]], None] | None = None, fence: Any = None):
+                 on_log: Callable[[int, Mapping[str, float]], None] | None = None, fence: Any = None,
+                 resume_from: str | None = None):
         self.config, self.seed, self.artifact_dir = config, seed, Path(artifact_dir)
         self.id = run_id
         self.tracking_uri = store.uri if store is not None else None
         self._store, self._run_key, self._params = store, run_key, dict(params or {})
         self._interval, self._state, self._stop, self._on_log, self._fence = checkpoint_seconds, state, stop, on_log, fence
+        self._resume_from = resume_from  # the run whose checkpoint a command entry's process loads
         self._pending: list[Any] = []  # asynchronous metric writes not yet confirmed
         self._blob: bytes | None = None  # the last state given, pickled, and not yet written
         self._blob_step = 0
@@ -135,8 +137,6 @@ class Run:
                 "artifact_dir": str(self.artifact_dir), "run_key": self._run_key, "params": self._params,
                 "checkpoint_seconds": self._interval, "state": self._resume_from}
         return {ENV: json.dumps(info, default=str)}
-
-    _resume_from: str | None = None  # the run whose checkpoint a child process loads (set by the runner)
 
 
 @contextlib.contextmanager

@@ -129,8 +129,7 @@ def _run_closed(entry, cfg, store, experiment_id, run_name, tags, parent_run_id,
         run = Run(entry.user_config(cfg), int(params.get("seed", 0)), artifact_dir, store=store, run_id=run_id,
                   run_key=key, params=params, checkpoint_seconds=entry.checkpoint_seconds(cfg),
                   state=saved and saved["state"], stop=stop.is_set if stop is not None else (lambda: False),
-                  on_log=lambda step, values: [h(step, values) for h in hooks], fence=fence)
-        run._resume_from = previous
+                  on_log=lambda step, values: [h(step, values) for h in hooks], fence=fence, resume_from=previous)
         try:  # from here on, every ending closes the run
             provenance.record(store, run_id, entry.name, entry.folder)
             if saved is not None:  # the steps before the checkpoint, with their original timestamps
