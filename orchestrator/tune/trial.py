@@ -75,8 +75,11 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
     host, pid = socket.gethostname(), str(os.getpid())
 
     def objective(trial: Any) -> float:
-        trial.set_user_attr(TrialAttr.HOST, host)  # first: a trial left RUNNING by this process is then found
-        trial.set_user_attr(TrialAttr.PID, pid)  # an orphan once it is gone
+        # The pid first: a trial is an orphan only once its host names this host (study.fail_orphan_trials),
+        # so a process joining the study between the two writes never fails a live trial. One killed
+        # between them leaves its trial to Optuna's heartbeat (PostgreSQL); on SQLite it stays RUNNING.
+        trial.set_user_attr(TrialAttr.PID, pid)
+        trial.set_user_attr(TrialAttr.HOST, host)
         params = {p.key: p.suggest(trial) for p in tune.space}
         cfg = trial_config(plan, fixed, params)
         if len(seeds) == 1:  # the trial's run is its training run, as before tune.seeds

@@ -250,7 +250,7 @@ def test_worker_joins_a_tuning_study(postgres_url, mlflow_server, tmp_path):
     worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--storage", storage],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     outs = [p.communicate(timeout=600) for p in (tuner, worker)]
-    assert [tuner.returncode, worker.returncode] == [0, 0], [o[1][-2000:] for o in outs]
+    assert [tuner.returncode, worker.returncode] == [0, 0], "\n=====\n".join(o[1][-3000:] for o in outs)
     assert f"[{study_name}] joining the tuning study" in outs[1][1]
 
     study = optuna.load_study(study_name=study_name,
