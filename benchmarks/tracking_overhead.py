@@ -175,10 +175,10 @@ class Timings:
 
 def instrument(timings: Timings) -> None:
     """Wrap the tracking calls that ``run_tracked`` makes (looked up at call time)."""
-    from orchestrator.store import artifacts, checkpoints, claims, run_tracker, tracking
+    from orchestrator.store import artifacts, checkpoints, claims, tracking
 
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "MlflowTracker": run_tracker.MlflowTracker,
-              "SystemMetrics": run_tracker.SystemMetrics, "Fence": claims.Fence, "artifacts": artifacts,
+              "SystemMetrics": tracking.SystemMetrics, "Fence": claims.Fence, "artifacts": artifacts,
               "RunCheckpoints": checkpoints.RunCheckpoints, "checkpoints": checkpoints}
     for owner, attr, row, _ in CALLS:
         timings.wrap(owners[owner], attr, row)

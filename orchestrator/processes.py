@@ -1,4 +1,5 @@
-"""Is the process that left a run RUNNING still there? (orphan runs and trials)
+"""Is the process that left a run RUNNING still there? (orphan runs and trials) And children
+that die with the process that started them (:func:`death_signal`).
 
 A run or trial records the host and pid of the process that runs it. After a crash the
 next command on the same host finds it RUNNING with its process gone, and closes it.
@@ -9,7 +10,11 @@ shared queue, the heartbeat decides those).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from typing import Any, Callable
+
+PR_SET_PDEATHSIG = 1
 
 
 def pid_alive(pid: str | int | None) -> bool:
@@ -36,3 +41,15 @@ def is_orphan(host: str | None, pid: str | int | None) -> bool:
     A record without a host is taken as this host's (older records carried only a pid).
     """
     return (host or socket.gethostname()) == socket.gethostname() and not pid_alive(pid)
+
+
+def death_signal() -> Callable[[], Any] | None:
+    """A child's pre-exec step: SIGTERM when its parent dies, however it dies (Linux); None where
+    there is no prctl. libc is looked up here, in the parent: the child only calls prctl."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the child outlives a SIGKILLed parent
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -84,15 +84,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore:
-    """The command's tracking store: resolved, checked (:func:`tracking.check_store`), opened once.
+    """The command's tracking store: resolved, checked, opened once (``write=False``: never created)."""
+    from orchestrator.store.tracking import TrackingStore
+    from orchestrator.store.uri import check_store, resolve_tracking_uri
 
-    ``write=False`` for commands that only read: they never create a store.
-    """
-    from orchestrator.store import tracking
-
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_store(uri, write=write)
-    return tracking.TrackingStore(uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_store(uri, write=write)
+    return TrackingStore(uri)
 
 
 def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, Sequence
 
 import click
 
@@ -56,6 +57,56 @@ def _sweep_list(parents, limit: int = 20) -> str:
     return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
 
+def _console(width: int):
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def _table(columns: Sequence[str], rows) -> Any:
+    from rich.table import Table
+
+    table = Table(show_header=True)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
+    """Per queued sweep: counts, then the running points (worker, since) and the failed ones."""
+    console = _console(160)
+    if not rows:
+        console.print(f"no queued sweeps in {where}")
+        return
+    for row in rows:
+        running, failed = row["running"], row["failed"]
+        done = row["points"] - row["pending"] - len(running) - len(failed)
+        console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
+                      f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
+        if running or failed:
+            console.print(_table(("point", "state", "worker / reason", "since"), [
+                *((name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
+                  for name, who, since in running),
+                *((name, "failed", reason, "") for name, reason in failed)]))
+
+
+def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
+    """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
+    from orchestrator.store.schema import Tag
+
+    console = _console(200)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    tags = parent.data.tags
+    console.print(f"[bold]{parent.info.run_name}[/bold] [{tags.get(Tag.SWEEP, '')}]  parent {parent.info.status}  "
+                  f"points {len(rows)}: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print(_table(("point", "status", "slurm job", "slurm state", "run", "reason"),
+                         [(r["name"], r["status"], r["job"], r["slurm"], r["run_id"], r["reason"][:80]) for r in rows]))
+
+
 @click.command("status")
 @click.option("--storage", default=None, metavar="URL", help="The queue's database (queued sweeps).")
 @click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough); without --storage: "
@@ -70,8 +121,6 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
     status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
     ended but which nobody closed gets its summary written and its parent run closed.
     """
-    from orchestrator.cli.listing import print_queue_status
-
     if storage:
         from orchestrator.launch import queue
         from orchestrator.store import optuna_storage as storage_mod
@@ -86,7 +135,6 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
             one_queued_sweep(sweep, queue.queued_sweeps(url))
         print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
         return
-    from orchestrator.cli.listing import print_sweep_status
     from orchestrator.launch.slurm_sweep import status_rows
 
     store = open_store(tracking_uri, write=False)
@@ -207,11 +255,11 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
     store. Exit codes: 130 Ctrl-C, 143 SIGTERM, 1 the server stopped by itself, 2 no store
     or the port is taken.
     """
-    from orchestrator.store import tracking
+    from orchestrator.store.uri import check_reachable, check_store, resolve_tracking_uri
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        tracking.check_reachable(uri)
+        check_reachable(uri)
         log.info("%s is a tracking server: open it in a browser.", uri)
         click.echo(uri)
         if open_it:
@@ -220,7 +268,7 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
             if not open_browser(uri):
                 log.warning("no browser found on this machine; open the URL above in yours")
         return
-    tracking.check_store(uri, write=False)  # `mlflow ui` would create a missing store
+    check_store(uri, write=False)  # `mlflow ui` would create a missing store
     from orchestrator.cli.ui import serve
 
     sys.exit(serve(uri, host, port, open_it=open_it))

@@ -40,6 +40,7 @@ from typing import Any
 
 from experiments.errors import ConfigError
 from orchestrator.errors import RunFailed
+from orchestrator.processes import death_signal
 from orchestrator.grid.own import OwnConfig, OwnEntry
 from orchestrator.grid.schema import OpenSchema
 
@@ -53,7 +54,6 @@ KILL_AFTER_SECONDS = 15.0  # SIGKILL a script that outlives its SIGTERM by this 
 # its point processes 20 s after a stop: orchestrator.execute.slots.STOP_GRACE_SECONDS)
 STDERR_LINES = 15  # of a failed script's stderr, in the run's failure reason
 OUTPUT = "output"  # the artifact folder of the script's stdout.txt and stderr.txt
-PR_SET_PDEATHSIG = 1
 _HYDRA_PLAIN = re.compile(r"[\w.\-+/:@%]+")  # a Hydra override value that needs no quotes
 
 
@@ -107,7 +107,7 @@ class CommandEntry(OwnEntry):
         with open(out / "stdout.txt", "wb") as stdout, open(out / "stderr.txt", "wb") as stderr:
             child = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **run.child_env()}, stdin=subprocess.DEVNULL,
                                      stdout=stdout, stderr=stderr,
-                                     preexec_fn=_death_signal())  # noqa: PLW1509 - it calls prctl alone
+                                     preexec_fn=death_signal())  # noqa: PLW1509 - it calls prctl alone
             asked = wait(child, run)
         seconds = time.monotonic() - started
         if asked or run.should_stop():
@@ -248,14 +248,3 @@ def failure(returncode: int, stderr: Path) -> str:
     tail = "\n".join(lines[-STDERR_LINES:]).strip()
     return f"{what}: {tail}" if tail else f"{what} (nothing on stderr)"
 
-
-def _death_signal() -> Any:
-    """The child's pre-exec step: SIGTERM when the point process dies, however it dies (Linux),
-    so that a script never trains on after its point. libc is looked up here, in the parent."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: the script outlives a SIGKILLed point process
-        return None
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

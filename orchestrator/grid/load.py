@@ -20,6 +20,7 @@ dropped, ``seed=N`` replaces the seeds. Nothing here imports torch or mlflow.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,12 @@ from experiments.errors import ConfigError
 from experiments.yaml_source import read_yaml
 from orchestrator.grid.entry import Entry
 from orchestrator.grid.expand import RunSpec, expand_settings, resolve_settings, seed_major_runs, sweep_id
-from orchestrator.grid.reader import GridReader
-from orchestrator.grid.size import DEFAULT_MAX_POINTS, check_size
+from orchestrator.grid.reader import GridReader, GridSections
 from orchestrator.grid.space import TuneSpec, read_tune
 
 __all__ = ["DEFAULT_MAX_POINTS", "RunSpec", "SweepSpec", "TuneSpec", "load_grid", "tune_spec"]
+
+DEFAULT_MAX_POINTS = 10_000  # about 2 s of validation here (build + check of every setting)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,24 @@ def load_grid(path: str | Path, overrides: Sequence[str] = (), *, check_data: bo
     tune = read_tune(g, sections.tune, [s.config for s in settings], axes, check_data)
     return SweepSpec(name=sections.name, path=doc.source, text=doc.text, axes=axes, seeds=tuple(sections.seeds),
                      runs=runs, sweep_id=sweep_id(sections.name, runs), tune=tune, entry=sections.entry)
+
+
+def check_size(g: GridReader, sections: GridSections, max_points: int | None) -> None:
+    """Refuse a grid of more than ``max_points`` points (None: no limit), counted before anything
+    is expanded and before ``exclude`` (which bounds the expansion, a walk of the whole product),
+    saying how they arise: ``"(7 optim.lr × 2 train.max_epochs + 1 included) × 3 seeds = 45 points"``."""
+    axes = {key: len(values) for key, (values, _) in sections.axes.items()}
+    product_used = bool(axes) or not sections.includes  # without axes, include entries are the settings
+    included, seeds = len(sections.includes), len(sections.seeds)
+    bound = ((math.prod(axes.values()) if product_used else 0) + included) * seeds
+    if max_points is None or bound <= max_points:
+        return
+    terms = " × ".join(f"{n:,} {key}" for key, n in axes.items()) or ("1 base setting" if product_used else "")
+    if included:
+        terms = f"({terms} + {included:,} included)" if terms else f"{included:,} included"
+    count = f"{terms} × {seeds:,} seed{'s' if seeds != 1 else ''} = {bound:,} points"
+    g.fail(None, f"the grid expands to {count}{' before exclude' if sections.excludes else ''}, over the limit of "
+                 f"{max_points:,} points; give fewer values or seeds, or raise the limit with --max-points {bound}")
 
 
 def tune_spec(spec: SweepSpec) -> TuneSpec:

@@ -24,19 +24,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator import processes
 from orchestrator.store.failures import store_errors, store_failures_raised
-from orchestrator.store.run_tracker import SystemMetrics
 from orchestrator.store.schema import (TRAINING_EXPERIMENT, Artifact, Kind, RunRecord, Status, Tag,
                                        is_finished_result, tag_filter)
-from orchestrator.store.uri import (  # noqa: F401 - re-exported: tracking is where callers find them
-    TrackingError,
-    artifact_root,
-    check_reachable,
-    check_store,
-    init_lock_path,
-    initialised,
-    resolve_tracking_uri,
-    sqlite_path,
-)
+from orchestrator.store.uri import artifact_root, init_lock_path, initialised, sqlite_path
 
 PNG = {"pil_kwargs": {"compress_level": 1}}  # small figures: fast compression (drawing them costs enough)
 PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch
@@ -96,7 +86,31 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-# --------------------------------------------------------------------------- the store
+class SystemMetrics:
+    """Context manager around ``mlflow.system_metrics.SystemMetricsMonitor``."""
+
+    def __init__(self, uri: str, run_id: str, interval: float):
+        self.uri, self.run_id, self.interval, self.monitor = uri, run_id, interval, None
+
+    def __enter__(self) -> SystemMetrics:
+        if self.interval > 0:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)  # "Skip logging GPU metrics" etc.
+            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.interval, tracking_uri=self.uri)
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.finish()
+        with store_errors(self.uri):  # the last sample is written here, through MLflow's own client
+            self.monitor.collect_metrics()
+            self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+            self.monitor.mlflow_logger.flush()
+
+
 
 
 @store_failures_raised

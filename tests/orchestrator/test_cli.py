@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import group, main, results, run, sweep, tune, worker
-from orchestrator.cli.main import cli, handle_errors
+from orchestrator.cli.group import handle_errors
+from orchestrator.cli.main import cli
 from orchestrator.errors import ExitCode, StoreFailure, UserError
 
 

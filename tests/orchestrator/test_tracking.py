@@ -15,7 +15,8 @@ import pytest
 
 from experiments.study_run import log_datasets
 from orchestrator.store.schema import TRAINING_EXPERIMENT, Kind, Status, Tag, TrialState
-from orchestrator.store.tracking import TrackingStore, sqlite_path
+from orchestrator.store.tracking import TrackingStore
+from orchestrator.store.uri import sqlite_path
 
 
 @pytest.fixture(scope="module")
