@@ -1,9 +1,5 @@
-"""``orch diff RUN_A RUN_B``: what differs between two runs (parameters, code, packages).
-
-The command reads each run's params and provenance (:mod:`orchestrator.store.provenance`) and
-prints :func:`orchestrator.analyze.diff.diff_runs`. Registered on the ``orch`` group in
-:mod:`orchestrator.cli.main` (import the command through that module).
-"""
+"""``orch diff RUN_A RUN_B``: what differs between two runs (params, code, packages), read through
+:mod:`orchestrator.store.provenance` and printed by :func:`orchestrator.analyze.diff.diff_runs`."""
 
 from __future__ import annotations
 
@@ -46,11 +42,7 @@ def diff_cmd(run_a: str, run_b: str, tracking_uri: str | None) -> None:
 
 
 def find_run(store: TrackingStore, given: str) -> str:
-    """The id of the run ``given`` names: its id, or a prefix of one id alone.
-
-    Raises:
-        UserError: no such run, or the prefix is shared by several.
-    """
+    """The id of the run ``given`` names: its id, or a prefix of one id alone (else UserError)."""
     from mlflow.exceptions import MlflowException
 
     given = given.strip().lower()

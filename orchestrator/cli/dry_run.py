@@ -53,7 +53,8 @@ class DryRun:
         the key :data:`_UNSET` gathers the runs that do not set an include-only key."""
         groups: dict[Any, list[int]] = {}
         for r in self.spec.runs:
-            groups.setdefault(_hashable(r.point.get(axis, _UNSET)), []).append(r.index)
+            value = r.point.get(axis, _UNSET)
+            groups.setdefault(tuple(value) if isinstance(value, list) else value, []).append(r.index)
         return groups
 
 
@@ -207,6 +208,3 @@ def _cell(point: dict[str, Any], key: str) -> str:
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value

@@ -1,14 +1,9 @@
 """The ``orch`` group and what its commands share: the error mapping, options, the store, logging.
 
-Exit codes (:class:`orchestrator.errors.ExitCode`): 0 done, 1 some work failed, 2 bad
-input (nothing was started), 130 Ctrl-C, 143 SIGTERM. Every error the user must fix derives from
-:class:`orchestrator.errors.UserError`; :func:`handle_errors` turns it into one line and
-exit 2. Heavy imports (torch, mlflow, optuna) happen inside the commands that need them,
-so ``orch --help`` and grid validation stay fast.
-
-Progress goes through :mod:`logging`: every module logs to its own ``logging.getLogger(__name__)``
-and the group prints the ``orchestrator`` logger's records on stderr as bare lines for the
-length of a command, INFO and up (WARNING and up with a command's ``--quiet``).
+:func:`handle_errors` turns a :class:`~orchestrator.errors.UserError` into one line and exit 2
+(:class:`~orchestrator.errors.ExitCode`). Heavy imports (torch, mlflow, optuna) stay inside the
+commands, so ``orch --help`` stays fast. The ``orchestrator`` logger's records (INFO and up,
+WARNING with ``--quiet``) print on stderr as bare lines for the length of a command.
 """
 
 from __future__ import annotations
@@ -95,12 +90,11 @@ def open_store(tracking_uri: str | None, *, write: bool = True) -> TrackingStore
 
 def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
     """An ``--experiment`` that would create an experiment: refused before anything is created."""
-    from orchestrator.grid.names import experiment_name_problem
+    from orchestrator.grid.names import experiment_name_problem, shown_name
 
     problem = experiment_name_problem(value) if value is not None else None
     if problem:
-        shown = value if len(value) <= 40 else f"{value[:20]}…{value[-20:]}"
-        raise BadInput(f"--experiment {shown!r} {problem}")
+        raise BadInput(f"--experiment {shown_name(value)} {problem}")
     return value
 
 

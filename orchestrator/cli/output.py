@@ -1,18 +1,9 @@
 """Standard output and error that a reader who went away cannot break.
 
-``orch sweep grid.yaml | head -1`` closes the pipe after one line, and a closed terminal
-makes every later write fail with EIO. Python ignores SIGPIPE, so such a write raises
-(``BrokenPipeError``, ``OSError``) wherever it happens: in the middle of a sweep, which then
-dies with its runs left RUNNING. The work and its records must not depend on whoever reads
-the output, so :func:`guard` wraps ``sys.stdout`` and ``sys.stderr``: the first write that
-fails points that file descriptor at ``/dev/null`` (the idiom of the Python docs' note on
-SIGPIPE) and the command goes on, its further output dropped. :func:`ignore_hangup`
-(:mod:`orchestrator.execute.stop`) keeps a command that records runs working when its
-terminal closes (as ``nohup`` would). :func:`logging_to_stderr` prints the ``orchestrator``
-logger's records on stderr for the length of one command, as bare lines.
-
-The point processes never write to these streams: their stdout is the scheduler's event
-pipe and their stderr a log file.
+A closed pipe (``orch sweep grid.yaml | head -1``) or terminal makes a write raise wherever it
+happens, e.g. mid-sweep, leaving runs RUNNING. :func:`guard` wraps ``sys.stdout`` and
+``sys.stderr``: the first failing write points that descriptor at ``/dev/null`` and the command
+goes on. :func:`logging_to_stderr` prints the ``orchestrator`` logger's records for one command.
 """
 
 from __future__ import annotations
@@ -64,15 +55,9 @@ class _Guarded:
 
 @contextlib.contextmanager
 def logging_to_stderr() -> Iterator[None]:
-    """While it is open, the ``orchestrator`` logger prints its records at INFO and up on
-    ``sys.stderr`` (as it is now: guarded, or click's CliRunner's) as bare lines, flushed.
-
-    Opened once per command by the ``orch`` group; a command's ``--quiet`` raises the level to
-    WARNING. The records stop here: a library that logs through the root logger's module
-    functions (``logging.info``) gives the root a handler of its own, which would print each line
-    a second time. Closing it puts the logger back as it was, so a test process that invokes
-    many commands, or calls the library directly, is left as it found it.
-    """
+    """While open, the ``orchestrator`` logger prints INFO and up on ``sys.stderr`` (as it is now)
+    as bare lines, flushed, and does not propagate (a root handler would print each line twice);
+    closing it puts the logger back as it was (a test process invoking many commands)."""
     logger = logging.getLogger("orchestrator")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

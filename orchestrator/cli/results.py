@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import click
 
 from orchestrator.cli.group import BadInput, handle_errors, one_queued_sweep, open_store, tracking_uri_option
+from orchestrator.store.schema import Tag
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,6 @@ sweep_option = click.option("--sweep", default="latest", show_default=True,
 
 def resolve_sweep(store, experiment: str | None, sweep: str):
     """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
-    from orchestrator.store.schema import Tag
-
     if experiment:
         exp_id = store.experiment_id(experiment)
         if exp_id is None:
@@ -51,8 +50,6 @@ def resolve_sweep(store, experiment: str | None, sweep: str):
 
 def _sweep_list(parents, limit: int = 20) -> str:
     """``0a1f… (norm-study), …`` for a message; newest first."""
-    from orchestrator.store.schema import Tag
-
     shown = ", ".join(f"{p.data.tags.get(Tag.SWEEP)} ({p.info.run_name})" for p in parents[:limit])
     return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
@@ -94,8 +91,6 @@ def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
 
 def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
     """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
-    from orchestrator.store.schema import Tag
-
     console = _console(200)
     counts: dict[str, int] = {}
     for row in rows:

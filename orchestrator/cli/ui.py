@@ -1,15 +1,8 @@
 """``orch ui``: MLflow's UI on a SQLite store, sized for one person's browser tab.
 
-``mlflow ui`` alone starts four uvicorn workers and the job runner's consumers (GenAI
-jobs, unused by orch): about 3 GB resident here. orch starts it with one worker, job
-execution off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``) and uvicorn's own lines at
-warning level; ``benchmarks/ui_footprint.py`` measures both. The server runs as a child in
-its own process group, stopped with it.
-
-It never creates a store: the SQLite file must exist with MLflow's tables (a server that
-opened a missing or empty file would create and migrate it, racing a sweep that does the
-same). The newest parent run is looked up through MLflow's client while the server
-starts.
+One uvicorn worker (``mlflow ui`` starts four, about 3 GB; ``benchmarks/ui_footprint.py``), job
+execution off, quiet logs; a child in its own process group, stopped with it. It never creates
+a store: a server that opened a missing or empty file would migrate it, racing a sweep.
 """
 
 from __future__ import annotations
@@ -140,15 +133,9 @@ def open_browser(url: str) -> bool:
 
 
 def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
-    """Run MLflow's UI on the SQLite store ``uri`` until Ctrl-C or SIGTERM; the exit code.
-
-    Prints (stdout) the URL of the newest sweep's or tuning study's parent run once the
-    server answers. Exit codes: 130 after Ctrl-C, 143 after SIGTERM, 1 when the server
-    stops by itself or does not start.
-
-    Raises:
-        UiError: no store at ``uri`` (or one without MLflow's tables), or the port is taken.
-    """
+    """Run MLflow's UI on the SQLite store ``uri`` until Ctrl-C (130) or SIGTERM (143), or 1 when
+    the server stops by itself; prints the newest parent run's URL once it answers. UiError: no
+    store at ``uri`` (or without MLflow's tables), or the port is taken."""
     # Ctrl-C and SIGTERM stop the server (also in a shell's background job, which starts with SIGINT ignored)
     with stop.handling() as flag:
         return _serve(uri, host, port, open_it, flag)

@@ -1,26 +1,12 @@
-"""A command entry: an unmodified script, started once per point::
+"""A command entry: an unmodified script, started once per point (docs/how-to/own-code.md)::
 
-    entry: {command: "python train.py --lr {lr} --width {width} --seed {seed}"}
-    entry: {command: "python train.py", overrides: hydra}      # appends key=value for every config key
-    entry: {command: "python train.py", overrides: argparse}   # appends --key value for every config key
+    entry: {command: "python train.py --lr {lr} --seed {seed}", overrides: hydra}  # or argparse, or none
 
-The command is an argv template, split like a shell line (:func:`shlex.split`) and run without
-a shell. In each word, ``{key}`` is replaced by the value of a dotted config key of the point
-(``{optim.lr}``), or ``{seed}`` by its seed; a format spec may follow (``{lr:.0e}``) and ``{{``
-is a literal brace. Nothing else is added to the argv. Values are written as YAML reads them
-back: ``true``/``false``, ``null``, a list as ``16,32`` inside a word (``overrides: hydra``:
-``[16,32]``; ``argparse``: one word per item, for ``nargs``). The config is open: every key the
-grid gives is passed. Checked when the grid is read, before anything is recorded: each
-placeholder names a key of every point, and the program exists (on ``PATH``, or a path
-relative to the grid file's folder).
-
-The script runs in the grid file's folder with the environment of orch plus ``ORCH_RUN``
-(:meth:`orchestrator.client.Run.child_env`): its :func:`orchestrator.client.current` writes to
-the point's run. Its stdout and stderr go to ``output/stdout.txt`` and ``output/stderr.txt`` in
-the run's artifacts. A stop request (preemption, Ctrl-C, a worker's shutdown) is passed on as
-one SIGTERM, then SIGKILL after :data:`KILL_AFTER_SECONDS`; the run then ends KILLED with the
-checkpoint the script saved through the client. A non-zero exit status fails the run with the
-tail of its stderr; a clean exit gives the summary metrics ``exit_status`` and ``wall_seconds``.
+The argv template is split like a shell line and run without a shell; ``{key}`` takes a point's
+dotted config key or ``{seed}`` (format specs allowed), values written as YAML reads them back;
+``overrides`` appends every config key. Checked when the grid is read. The script runs in the
+grid file's folder with ``ORCH_RUN`` set (:func:`orchestrator.client.current`), its output in the
+run's ``output/`` artifacts; a stop is one SIGTERM, then SIGKILL after :data:`KILL_AFTER_SECONDS`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from orchestrator.grid.entry import Entry, resolve_entry
 
-__all__ = ["describe_point", "experiment_name_problem", "format_value", "join_name", "name_parts", "run_name"]
+__all__ = ["describe_point", "experiment_name_problem", "format_value", "join_name", "name_parts", "run_name", "shown_name"]
 
 _NAME_UNSAFE = re.compile(r"[^\w.+=-]+")
 
@@ -34,6 +34,11 @@ def experiment_name_problem(name: str) -> str | None:
                 f"and a run, so it may have at most {MAX_EXPERIMENT_CHARS} characters and {MAX_EXPERIMENT_BYTES} "
                 "bytes: shorten it")
     return None
+
+
+def shown_name(name: str) -> str:
+    """``repr`` of a name for a message, its middle cut when longer than 40 characters."""
+    return repr(name if len(name) <= 40 else f"{name[:20]}…{name[-20:]}")
 
 
 def format_value(value: Any) -> str:

@@ -1,19 +1,10 @@
 """A sweep's own code as an entry: ``entry: mytrain:main`` names a function ``main(config, run)``.
 
-:func:`orchestrator.grid.entry.resolve_entry` imports the module (from the grid file's folder,
-which goes first on ``sys.path`` while it is imported, or from the environment) and takes the
-attribute: an object that already is an :class:`~orchestrator.grid.entry.Entry` is used as it
-is, a plain function becomes a :class:`FunctionEntry`. Its config schema is the dataclass its
-``config`` parameter is annotated with, else open (:mod:`orchestrator.grid.schema`).
-
 What every entry of the user's own code shares (:class:`OwnEntry`, also the base of
-:class:`orchestrator.grid.command.CommandEntry`): the config is an :class:`OwnConfig` (dotted
-key → value, and the seed apart); a run's params are the keys as given plus ``seed``; the run
-key hashes the entry's name and those params; run names use each key's last dotted part; the
-summary metrics are whatever the code returns or logs, so ``orch tune`` needs its ``tune.metric``
-and ``tune.space`` named, and its pruner watches that metric as logged at each step;
-``checkpoint_seconds`` is the grid's top-level key. ``spec`` is JSON: ``resolve_entry(**spec)``
-rebuilds the entry in a point process (the folder absolute).
+:class:`~orchestrator.grid.command.CommandEntry`): an :class:`OwnConfig` (dotted key → value, the
+seed apart); params are the keys as given plus ``seed``, hashed with the entry's name into the run
+key; summary metrics are whatever the code returns or logs (``orch tune`` needs ``tune.metric`` and
+``tune.space``). ``spec`` is JSON: ``resolve_entry(**spec)`` rebuilds the entry in a point process.
 """
 
 from __future__ import annotations

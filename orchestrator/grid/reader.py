@@ -18,7 +18,7 @@ import yaml
 from experiments.config import ConfigError
 from experiments.yaml_source import line_of
 from orchestrator.grid.entry import Entry, resolve_entry
-from orchestrator.grid.names import experiment_name_problem, format_value
+from orchestrator.grid.names import experiment_name_problem, format_value, shown_name
 
 TOP_KEYS = ("name", "entry", "base", "grid", "seeds", "include", "exclude", "tune", "checkpoint_seconds")
 MAX_SEED = 2**32  # numpy's legacy seeding rejects larger seeds
@@ -204,8 +204,7 @@ class GridReader:
         name = name.strip()
         problem = experiment_name_problem(name)
         if problem:
-            shown = repr(name) if len(name) <= 40 else repr(f"{name[:20]}…{name[-20:]}")  # not 300 characters
-            self.fail("name", f"the experiment name {shown} {problem}")
+            self.fail("name", f"the experiment name {shown_name(name)} {problem}")
         return name
 
     def _axis(self, key: str, values: Any, path: str) -> list[Any]:

@@ -1,17 +1,10 @@
 """The config of a sweep's own code (:mod:`orchestrator.grid.own`): open, or a dataclass's fields.
 
-A function ``main(config, run)`` whose ``config`` parameter is annotated with a dataclass has
-that dataclass as its schema (:class:`DataclassSchema`): its fields, nested dataclasses giving
-dotted keys (``optim.lr``), are the only keys a grid may set; values are checked against their
-types and every field without a default must be given. Any other function, and a command
-entry, has an open config (:class:`OpenSchema`): every key the grid gives is taken as given,
-and the code sees a nested dict mirroring the YAML (``config["optim"]["lr"]``).
-
-A value is a number, a string, true/false, null or a list of them (kept as a tuple here so that
-values can be compared and hashed, handed back as a list); ``1e-3`` is read as the number
-it is (PyYAML, a YAML 1.1 reader, would give the string). The seed is no config key: it is
-``run.seed`` (and a dataclass's top-level ``seed`` field, if it has one). Nothing here imports
-the user's code: the schema is read off the class the function names.
+A ``config`` parameter annotated with a dataclass makes it the schema (:class:`DataclassSchema`:
+its fields, nested ones as dotted keys, type-checked, required without a default); otherwise the
+config is open (:class:`OpenSchema`: a nested dict mirroring the YAML). Values are scalars or
+lists (tuples here, hashable); ``1e-3`` is a number. The seed is ``run.seed``, not a config key.
+Nothing here imports the user's code.
 """
 
 from __future__ import annotations

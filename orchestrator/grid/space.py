@@ -1,19 +1,9 @@
 """What ``orch tune`` searches: a grid's ``tune`` section, or the entry's default space, checked once.
 
-A grid's ``tune`` section (every key optional)::
-
-    tune:
-      metric: val_f1_macro    # a summary metric of a run (default: the entry's default_metric)
-      direction: maximize     # or minimize
-      n_trials: 30            # per study (default: --n-trials, else 20)
-      seeds: [0, 1, 2]        # every trial trains each; its value is their mean (default: the grid's first seed)
-      space:                  # dotted config key → a range or a list of choices
-        optim.lr: {type: float, low: 0.01, high: 0.5, step: 0.01}
-        optim.momentum: {type: categorical, choices: [0.0, 0.9]}
-
-A written ``space`` and the entry's default one go through the same checks: a config key, and
-every bound and choice passes the entry's check in every setting. A key is swept or tuned: a
-written space naming a grid axis is refused, the default space leaves the axes out.
+``tune: {metric, direction, n_trials, seeds, space: {optim.lr: {type: float, low: 0.01, high: 0.5}}}``,
+every key optional (docs/how-to/tuning.md). A written and a default space pass the same checks
+(a config key; every bound and choice valid in every setting). A key is swept or tuned: a written
+space naming a grid axis is refused; the default space leaves the axes out.
 """
 
 from __future__ import annotations

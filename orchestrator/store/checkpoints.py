@@ -1,21 +1,10 @@
 """Checkpoints of a run in its MLflow artifact store: write, find, load, remove.
 
-A checkpoint is the state a run's code gave ``run.save_checkpoint()`` (:mod:`orchestrator.client`),
-pickled at the call inside an envelope (:func:`envelope`: format, run key, params, the last
-logged step). It is uploaded as ``checkpoint/ckpt-<k>.pkl`` of the run, alternating two names;
-only after the upload does the run's ``Tag.CHECKPOINT`` point at it. A kill during an upload
-therefore leaves the previous checkpoint named by the tag and intact. Through an ``mlflow
-server`` the artifacts are served, so a worker on another machine resumes from the same
-file. A run that finishes drops its checkpoints and those of the runs it continued.
-
-Resume rule: a point (a run key) continues from the newest run of that run key that did
-not finish and holds a checkpoint; its successor is a new run that carries the earlier
-steps' metrics over (with their original timestamps) and is tagged with where it resumed.
-A checkpoint is checked before it is used (:func:`load`); one that is missing, unreadable,
-not a checkpoint or of another run key is :class:`UnusableCheckpoint`: the successor then
-starts afresh, carries ``Tag.CHECKPOINT_SKIPPED``, and drops the skipped checkpoint when it
-finishes, as it drops those it continued. Whether the state inside fits the code is the
-code's business (the built-in study checks its own).
+A checkpoint (an :func:`envelope`) is uploaded as ``checkpoint/ckpt-<k>.pkl``, alternating two
+names, and only then named by ``Tag.CHECKPOINT``: a kill mid-upload leaves the previous one
+intact. A point resumes from the newest unfinished run of its run key that holds one; an unusable
+checkpoint (:class:`UnusableCheckpoint`) makes the successor start afresh with
+``Tag.CHECKPOINT_SKIPPED``. A finished run drops the checkpoints of the runs it superseded.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
-"""Fencing: a point process that has lost its claim on a point writes no checkpoint and no
-final state.
+"""Fencing: a point process that has lost its claim on a point writes no checkpoint and no final state.
 
-A point process holds its point while its MLflow run is RUNNING and, for a point taken
-from the queue, while its Optuna trial is RUNNING. Whoever takes a point over ends the
-earlier claim before running the point again: the queue's reaper fails the silent worker's
-trial, marks its run FAILED, then requeues the point; a Slurm task (and a resumed sweep)
-marks a run left RUNNING by a process that looks gone FAILED before resuming its
-checkpoint. A process that was not gone but frozen (SIGSTOP, a paused VM, a closed laptop
-lid, a network partition) goes on where it stopped when it thaws; it checks its claim at
-each epoch's end, before each checkpoint and before its run ends FINISHED, and a lost
-claim raises :class:`LostClaim`: the run stays as the other process marked it (a run still
-RUNNING ends KILLED, ``lost its claim to <worker>``) and the process reports
-:attr:`~orchestrator.errors.ExitCode.LOST_CLAIM`, which its scheduler neither retries nor
-records as a failure.
-
-Check, then write: between a check and the write it guards (one store round trip,
-milliseconds) another process can still take the point over; then the thawed process's
-one write lands. The table of docs/explanation/failures.md states this window.
+Whoever takes a point over (the queue's reaper, a Slurm task, a resumed sweep) ends the earlier
+run first; a frozen process that thaws checks its claim at each epoch's end, before each
+checkpoint and before it ends FINISHED, and raises :class:`LostClaim` (exit LOST_CLAIM, neither
+retried nor a failure). A takeover between a check and its write (one round trip) still lets
+that one write land: docs/explanation/failures.md states this window.
 """
 
 from __future__ import annotations

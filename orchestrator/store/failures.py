@@ -1,10 +1,6 @@
-"""When the store itself fails: MLflow's, SQLAlchemy's and the file system's errors become
-one :class:`~orchestrator.errors.StoreFailure`.
-
-Callers catch ``StoreFailure`` (the scheduler and the sweep stop starting work; the CLI
-prints one line and exits 1) without knowing which backend failed. MLflow's request
-errors (no such run, already exists, a bad value) are not store failures: they pass
-unchanged.
+"""When the store itself fails: MLflow's, SQLAlchemy's and the file system's errors become one
+:class:`~orchestrator.errors.StoreFailure`, caught without knowing the backend. MLflow's request
+errors (no such run, already exists, a bad value) pass unchanged.
 """
 
 from __future__ import annotations
@@ -20,12 +16,8 @@ _REQUEST_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALI
 
 
 def is_store_failure(err: BaseException) -> bool:
-    """Whether an exception raised by a store call means the store itself failed.
-
-    A full disk, a vanished or locked SQLite file, an artifact folder that cannot be
-    written, a server that stopped answering: OSError, SQLite and SQLAlchemy errors, and
-    MlflowException other than the request errors above.
-    """
+    """Whether an exception of a store call means the store itself failed (full disk, locked file,
+    silent server): OSError, SQLite and SQLAlchemy errors, MlflowException but request errors."""
     if isinstance(err, (OSError, StoreFailure)):
         return True
     if type(err).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):

@@ -1,27 +1,11 @@
 """One orchestrator per experiment of a store at a time, on this machine or a shared disk.
 
-A sweep holds an exclusive file lock for its experiment while it runs points. Points are
-keyed by run key within an experiment, so a grid and its extension (same name, shared
-points) never run a shared point twice, while sweeps of other experiments go on beside
-it. The kernel releases the lock when its process dies, however it dies. Beside a
-SQLite store the lock lives next to the file (so it also works on a shared filesystem
-with POSIX locks); for a tracking server it lives in this machine's cache folder.
-
-Through a tracking server, a sweep also beats a heartbeat on its parent run
-(:class:`ParentHeartbeat`: host, pid and time in ``Tag.HEARTBEAT``, every
-:data:`HEARTBEAT_SECONDS`), and a sweep that finds a RUNNING sweep parent of its
-experiment with another process's fresh heartbeat refuses or waits, as for the file
-lock: that keeps apart sweeps on two machines (or with two lock folders). A heartbeat
-older than :data:`STALE_SECONDS`, or of a process of this host that is gone, is a dead
-sweep's, and the next sweep takes over.
-
-Known races, left open because closing them would need an atomic claim on the server
-that MLflow does not offer: the check and the first beat are two requests, so two sweeps
-that start within the same moment can both proceed; and a sweep frozen for longer than
-:data:`STALE_SECONDS` (a paused VM) is taken over while it may still wake up and run
-points (its point processes then find their runs taken, see :mod:`orchestrator.store.claims`).
-The PostgreSQL queue (``--storage``, ``orch worker``) hands out every point exactly once
-across machines.
+A sweep holds an exclusive file lock per experiment (beside a SQLite store, else in this machine's
+cache folder), released by the kernel however its process dies. Through a tracking server it
+also beats a heartbeat on its parent run (:class:`ParentHeartbeat`), which other machines respect
+until it is :data:`STALE_SECONDS` old. Races left open (MLflow has no atomic claim): two sweeps
+starting at the same moment, and a sweep frozen past the stale time; points are still fenced
+(:mod:`orchestrator.store.claims`), and the PostgreSQL queue hands out every point exactly once.
 """
 from __future__ import annotations
 
@@ -79,13 +63,8 @@ def _holder(path: Path) -> str:
 @contextlib.contextmanager
 def hold(uri: str, experiment: str, *, wait: bool = False,
          refusal: Callable[[str], str] | None = None) -> Iterator[None]:
-    """Hold experiment ``experiment``'s sweep lock of store ``uri`` for the block; with ``wait``,
-    wait (maybe for hours) for another holder to let go.
-
-    Raises:
-        SweepBusy: another process holds it and ``wait`` is false; names that process (in
-            ``refusal(holder)``'s words, when given).
-    """
+    """Hold the experiment's sweep lock of store ``uri`` for the block; with ``wait``, wait (maybe
+    hours) for another holder, else raise :class:`SweepBusy` naming it (in ``refusal(holder)``'s words)."""
     from filelock import FileLock, Timeout
 
     path = lock_path(uri, experiment)
@@ -113,12 +92,8 @@ def hold(uri: str, experiment: str, *, wait: bool = False,
 
 
 def heartbeat_holder(store: TrackingStore, experiment_id: str) -> str | None:
-    """Which other process sweeps experiment ``experiment_id`` ("pid 7 on host gpu2
-    (heartbeat 12 s ago)"), by the heartbeats on its RUNNING sweep parents; None when none does.
-
-    Not counted: this process's own heartbeat, one older than :data:`STALE_SECONDS`, and one
-    of a process of this host that is gone (a sweep killed here is taken over at once).
-    """
+    """Which other process sweeps the experiment ("pid 7 on host gpu2 (heartbeat 12 s ago)"), by
+    fresh heartbeats on its RUNNING sweep parents (not its own, nor a gone process's of this host)."""
     where = f"{tag_filter(Tag.KIND, Kind.SWEEP)} and attributes.status = '{Status.RUNNING}'"
     for run in store.search([experiment_id], where):
         try:
@@ -133,13 +108,9 @@ def heartbeat_holder(store: TrackingStore, experiment_id: str) -> str | None:
 
 
 class ParentHeartbeat:
-    """The heartbeat of a sweep through a tracking server on its parent run (see the module
-    docstring); does nothing for a SQLite store, whose file lock is seen by every process.
-
-    ``claim`` before touching the experiment's runs, ``start`` with the parent run once it is
-    found or created, ``stop`` when the sweep ends. A closed parent holds nothing, so the
-    heartbeat's last value stays on it as a record of which process ran it last.
-    """
+    """A sweep's heartbeat on its parent run through a tracking server (nothing for SQLite):
+    ``claim`` before touching runs, ``start`` with the parent, ``stop`` at the end. The last beat
+    stays on a closed parent as a record of which process ran it."""
 
     def __init__(self, store: TrackingStore, experiment: str, *, wait: bool = False):
         self.store, self.experiment, self.wait = store, experiment, wait
@@ -148,12 +119,8 @@ class ParentHeartbeat:
         self._thread: threading.Thread | None = None
 
     def claim(self, experiment_id: str) -> None:
-        """Return once no other process beats on a sweep of the experiment; with ``wait``, poll
-        every :data:`HEARTBEAT_SECONDS` until that sweep ends or its heartbeat goes stale.
-
-        Raises:
-            SweepBusy: another process's heartbeat is fresh and ``wait`` is false.
-        """
+        """Return once no other process beats on a sweep of the experiment (with ``wait``, poll);
+        else raise :class:`SweepBusy`."""
         waiting = False
         while self.enabled and (who := heartbeat_holder(self.store, experiment_id)) is not None:
             if not self.wait:
@@ -170,7 +137,7 @@ class ParentHeartbeat:
         """Beat on ``parent_run_id`` now and then every :data:`HEARTBEAT_SECONDS` from a thread."""
         if not self.enabled:
             return
-        self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: _beat()})
+        self._beat(parent_run_id)
         self._thread = threading.Thread(target=self._beat_until_stopped, args=(parent_run_id,),
                                         name="orch-sweep-heartbeat", daemon=True)
         self._thread.start()
@@ -178,15 +145,16 @@ class ParentHeartbeat:
     def _beat_until_stopped(self, parent_run_id: str) -> None:
         while not self._stopped.wait(HEARTBEAT_SECONDS):
             try:
-                self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: _beat()})
+                self._beat(parent_run_id)
             except Exception:  # noqa: BLE001 - retried at the next beat; a failing store is the sweep's to report
                 pass
+
+    def _beat(self, parent_run_id: str) -> None:
+        self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 1)})})
 
     def stop(self) -> None:
         self._stopped.set()
         if self._thread is not None:  # a beat stuck in a dead server's retries does not hold up the exit
             self._thread.join(timeout=5)
 
-
-def _beat() -> str:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": round(time.time(), 1)})

@@ -1,10 +1,6 @@
-"""What a store already holds of a grid's run keys, for ``orch sweep --dry-run``: mlflow is
-imported only where a store exists to be read.
-
-A grid whose SQLite store does not exist yet (or holds no tables) has nothing done, and
-the dry run says so without importing mlflow (about 2 s here). Any other store is read
-through :class:`~orchestrator.store.tracking.TrackingStore`, MLflow's public client, with
-the rule every command uses (:func:`orchestrator.store.schema.is_finished_result`).
+"""What a store already holds of a grid's run keys, for ``orch sweep --dry-run``. A SQLite store
+that does not exist (or holds no tables) has nothing done, said without importing mlflow (about
+2 s); any other is read through :class:`~orchestrator.store.tracking.TrackingStore`.
 """
 
 from __future__ import annotations

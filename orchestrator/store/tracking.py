@@ -1,14 +1,8 @@
-"""MLflow, and only here: the tracking store of one command, run lifecycle, lookups.
+"""MLflow, and only here: the tracking store of one command (:class:`TrackingStore`), run lifecycle, lookups.
 
-A command resolves its tracking URI, opens one :class:`TrackingStore` and passes it
-down; every other module goes through it. mlflow itself is imported inside the store,
-so ``orch --help`` and grid validation never pay for it (about 2 s here). The names of
-tags, kinds and artifacts are those of :mod:`orchestrator.store.schema`.
-
-Writes are batched: a run's tags go in with its creation, its params in one
-``log_batch`` (MLflow takes at most 100 a call), each ``run.log()`` in one
-``log_batch`` (:class:`orchestrator.client.Run`), and
-:meth:`TrackingStore.set_tags` sends all its tags in one call.
+mlflow is imported inside the store, so ``orch --help`` and grid validation never pay for it
+(about 2 s). Writes are batched: tags with a run's creation, params and each ``run.log()`` in one
+``log_batch`` (at most 100 params a call), :meth:`TrackingStore.set_tags` in one call.
 """
 
 from __future__ import annotations
@@ -42,15 +36,9 @@ def preload() -> None:
 
 @functools.cache
 def _configure_mlflow() -> None:
-    """Process-wide MLflow settings, applied once, when the first store is opened.
-
-    MLflow reads these from the environment only. orch downloads only small JSON
-    artifacts, and MLflow's progress bar for them would land in the middle of printed
-    tables; creating a new store's tables is not news either. The async buffer makes
-    MLflow's logging thread gather a couple of seconds of epochs into one write and stop
-    waiting at once when flushed (without it, it polls with a one-second timeout that
-    every flush waits out).
-    """
+    """Process-wide MLflow settings (read from the environment only), once: no progress bar in the
+    middle of printed tables; the async buffer gathers a couple of seconds of epochs into one
+    write and stops waiting at once when flushed (else every flush waits out a 1 s poll)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "2")
     # It also logs every failed SQL session with its traceback at ERROR; the failure
@@ -78,16 +66,8 @@ def _metrics(values: Mapping[str, float], step: int) -> list:
     return [Metric(k, float(v), now, step) for k, v in values.items()]
 
 
-def _param_str(value: Any) -> str:
-    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
 class SystemMetrics:
-    """Context manager around ``mlflow.system_metrics.SystemMetricsMonitor``."""
+    """MLflow's system metrics around a run's code: ``mlflow.system_metrics.SystemMetricsMonitor``."""
 
     def __init__(self, uri: str, run_id: str, interval: float):
         self.uri, self.run_id, self.interval, self.monitor = uri, run_id, interval, None
@@ -115,12 +95,9 @@ class SystemMetrics:
 
 @store_failures_raised
 class TrackingStore:
-    """One MLflow tracking store (a SQLite file or a server), opened once per command.
-
-    Its methods raise :class:`~orchestrator.errors.StoreFailure` when the store itself
-    fails (:mod:`orchestrator.store.failures`); MLflow's request errors (no such run, …)
-    pass unchanged.
-    """
+    """One MLflow tracking store (a SQLite file or a server), opened once per command. Its methods
+    raise :class:`~orchestrator.errors.StoreFailure` when the store itself fails; MLflow's request
+    errors (no such run, …) pass unchanged."""
 
     UNGUARDED = ("system_metrics", "tracker")  # they return objects whose own calls are guarded
 
@@ -144,10 +121,8 @@ class TrackingStore:
 
     # -- experiments
     def ensure_experiment(self, name: str) -> str:
-        """The id of experiment ``name``, created (artifacts beside a SQLite store) if missing.
-
-        A deleted experiment of that name is restored rather than shadowed.
-        """
+        """The id of experiment ``name``, created (artifacts beside a SQLite store) if missing; a
+        deleted one of that name is restored rather than shadowed."""
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
@@ -158,8 +133,9 @@ class TrackingStore:
                 self.client.set_experiment_tag(exp.experiment_id, Tag.EXPERIMENT_KIND, TRAINING_EXPERIMENT)
             return exp.experiment_id
         root = artifact_root(self.uri)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
         try:
-            return self.client.create_experiment(name, artifact_location=root and f"{root}/{_safe(name)}",
+            return self.client.create_experiment(name, artifact_location=root and f"{root}/{safe}",
                                                  tags={Tag.EXPERIMENT_KIND: TRAINING_EXPERIMENT})
         except MlflowException:  # created concurrently by another process
             exp = self.client.get_experiment_by_name(name)
@@ -187,7 +163,8 @@ class TrackingStore:
         if parent_run_id:
             all_tags[Tag.PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-        params_list = [Param(k, _param_str(v)) for k, v in params.items()]
+        params_list = [Param(k, json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v))
+                       for k, v in params.items()]
         for i in range(0, len(params_list), PARAMS_PER_CALL):
             self.client.log_batch(run.info.run_id, params=params_list[i:i + PARAMS_PER_CALL])
         return run.info.run_id
@@ -259,11 +236,7 @@ class TrackingStore:
         return self.client.download_artifacts(run_id, path, dst)
 
     def delete_artifacts(self, run_id: str, path: str) -> None:
-        """Remove an artifact folder of a run.
-
-        MlflowClient has no delete; the run's artifact repository does (local folders and
-        an ``mlflow server``'s proxied artifacts both implement it).
-        """
+        """Remove an artifact folder of a run (through its artifact repository: MlflowClient has no delete)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         repo = get_artifact_repository(self.get_run(run_id).info.artifact_uri, tracking_uri=self.uri)
@@ -274,10 +247,8 @@ class TrackingStore:
         self.client.set_tag(run_id, Tag.NOTE, markdown)
 
     def system_metrics(self, run_id: str):
-        """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py)
-        on this run while the block runs, sampling every ``ORCH_SYSTEM_METRICS_SECONDS``
-        (default 10; 0 turns it off), with one last sample at the end so that a run shorter
-        than the interval still has one."""
+        """MLflow's system metrics on this run while the block runs, every ``ORCH_SYSTEM_METRICS_SECONDS``
+        (default 10; 0: off), with one last sample at the end for a run shorter than that."""
         return SystemMetrics(self.uri, run_id, float(os.environ.get("ORCH_SYSTEM_METRICS_SECONDS", "10")))
 
     def delete_tag(self, run_id: str, key: str) -> None:

@@ -1,8 +1,5 @@
-"""Tracking URIs and the checks a store passes before any work: no mlflow import here.
-
-``--tracking-uri`` (or ``MLFLOW_TRACKING_URI``) resolves to an absolute ``sqlite:///``
-file or a server URL; :func:`check_store` refuses, within a second, a store that cannot
-be used as the command needs it.
+"""Tracking URIs (:func:`resolve_tracking_uri`) and the checks a store passes before any work
+(:func:`check_store`, within a second): no mlflow import here.
 """
 
 from __future__ import annotations
@@ -22,12 +19,9 @@ class TrackingError(UserError):
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``.
-
-    SQLite paths are made absolute so that child processes started elsewhere agree. A
-    bare path or ``file:`` URI would select MLflow's file store, which MLflow 3.13+
-    refuses; a path ending in ``.db`` is taken as SQLite, anything else is an error.
-    """
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``; SQLite
+    paths made absolute (child processes agree); a bare path or ``file:`` URI is SQLite if it ends
+    in ``.db``, else refused (MLflow 3.13+ refuses its file store)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
         return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -78,19 +72,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def check_store(uri: str, *, write: bool) -> None:
-    """Refuse, within a second and before any work, a store that cannot be used as asked.
-
-    A server must answer its health check. A SQLite store must be a file (not a folder)
-    that SQLite can read and that holds MLflow's tables; with ``write`` (every command that
-    records runs) its folder must take new files (SQLite writes a journal beside it, MLflow
-    the artifacts folder) and the file must be writable; a missing file is created later
-    by MLflow. Without ``write`` (compare, report, status, ui) a missing file is an error:
-    reading never creates a store. MLflow itself would retry a locked or read-only SQLite
-    file with back-off for about 100 s and then print a long traceback.
-
-    Raises:
-        TrackingError: naming the path and the fix.
-    """
+    """Refuse (:class:`TrackingError`, naming the path and the fix) a store that cannot be used as
+    asked, where MLflow would retry for about 100 s: a server must answer; a SQLite file must be
+    readable with MLflow's tables (or none yet); with ``write`` its folder must take files and it
+    must be writable (missing: MLflow creates it); without, a missing file is an error."""
     db = sqlite_path(uri)
     if db is None:
         check_reachable(uri)
@@ -123,12 +108,8 @@ def init_lock_path(db: Path) -> Path:
 
 
 def _tables(db: Path) -> set[str]:
-    """The names of the tables in SQLite file ``db``, from SQLite's own catalogue, read-only
-    (``mode=ro`` never creates or changes a file).
-
-    Raises:
-        sqlite3.Error: the file is not a SQLite database, or cannot be read.
-    """
+    """The tables of SQLite file ``db``, read-only (``mode=ro`` never creates or changes a file);
+    sqlite3.Error when it is no SQLite database or cannot be read."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
