@@ -57,17 +57,9 @@ class Entry(Protocol):
 
 
 def resolve_entry(entry: Any = None, folder: str | None = None, checkpoint_seconds: float = 60.0) -> Entry:
-    """The entry a grid names, or the built-in study for None:
-
-    * ``"module:name"``: the object it names, imported from ``folder`` or the environment: an
-      :class:`Entry` as it is, a function ``main(config, run)`` as a
-      :class:`~orchestrator.grid.own.FunctionEntry`;
-    * ``{command: "...", overrides: hydra|argparse}``: a
-      :class:`~orchestrator.grid.command.CommandEntry`.
-
-    ``folder``: the grid file's folder; ``checkpoint_seconds``: the grid's top-level key (both
-    for the user's own code). ConfigError (key ``entry``) names what cannot be used and the fix.
-    """
+    """The entry a grid names (None: the built-in study): ``"module:name"`` imported from ``folder``
+    (the grid's) or the environment, an :class:`Entry` as it is or a function as a FunctionEntry;
+    ``{command: ...}`` a CommandEntry. ConfigError (key ``entry``) names the problem and the fix."""
     from orchestrator.grid import command, own
 
     if entry is None:

@@ -1,20 +1,9 @@
-"""YAML grid → validated :class:`SweepSpec` → one :class:`RunSpec` per run.
+"""YAML grid → validated :class:`SweepSpec` → one :class:`RunSpec` per run (docs/reference/grid.md).
 
-A grid names an MLflow experiment, optionally the ``entry`` every run calls (default: the
-built-in study), a ``base`` config, ``grid`` axes, ``seeds``, ``include``/``exclude`` points
-and a ``tune`` section::
-
-    grid: {model.norm: [bn, gn], data.batch_size: [8, 128]}
-    exclude: [{model.norm: gn, data.batch_size: 128}]
-    include: [{model.norm: gn, model.gn_groups: 8}]
-
-Settings are the product of the axes in file order (the first varies slowest) minus the points
-that match an ``exclude`` entry, then the ``include`` entries, each on top of ``base`` (with no
-axes, ``base`` alone, or the include entries if any). A point carries the grid axes (an include
-entry's unset ones at their base values), then the keys include entries add. Runs are
-seed-major, so a sweep cut short still covers every setting. ``--set key=value`` pins a key: an
-axis shrinks to that value, another key overrides ``base``, include entries that disagree are
-dropped, ``seed=N`` replaces the seeds. Nothing here imports torch or mlflow.
+Settings are the product of the ``grid`` axes in file order (the first varies slowest) minus the
+``exclude`` matches, then the ``include`` entries, each on top of ``base``. Runs are seed-major,
+so a sweep cut short still covers every setting. ``--set key=value`` pins a key (an axis shrinks
+to it, include entries that disagree are dropped). Nothing here imports torch or mlflow.
 """
 
 from __future__ import annotations

@@ -54,14 +54,9 @@ class UnusableCheckpoint(Exception):
 
 
 def load(store: TrackingStore, run_id: str, run_key: str | None = None) -> dict[str, Any]:
-    """The envelope of the checkpoint a run's ``Tag.CHECKPOINT`` names (``state``, ``step``,
-    ``params``, ``run_key``), checked against ``run_key`` (default: the run's own).
-
-    Raises:
-        UnusableCheckpoint: the checkpoint is missing, cannot be read, is not a checkpoint,
-            or belongs to another run key: whatever it is, no run can continue from it.
-        StoreFailure: the store itself failed; the checkpoint may be fine.
-    """
+    """The envelope of the checkpoint the run's ``Tag.CHECKPOINT`` names, checked against ``run_key``
+    (default: the run's own). UnusableCheckpoint: missing, unreadable, not one, or of another run
+    key; StoreFailure: the store failed (the checkpoint may be fine)."""
     tags = store.get_run(run_id).data.tags
     path = tags.get(Tag.CHECKPOINT, "")
     if not path:

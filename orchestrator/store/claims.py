@@ -23,11 +23,8 @@ class LostClaim(Exception):
 
 
 class Fence:
-    """The claim of one run: :meth:`check` raises :class:`LostClaim` once it is lost.
-
-    ``claim`` is what the queue hands a point process with its job (:func:`trial_claim`):
-    the storage, study and trial it claimed. Without it only the run's status is checked.
-    """
+    """The claim of one run: :meth:`check` raises :class:`LostClaim` once it is lost. ``claim``: the
+    queue's storage, study and trial handed with the job; without it only the run's status counts."""
 
     def __init__(self, store: Any, run_id: str, claim: Mapping[str, Any] | None = None):
         self.store, self.run_id, self.claim = store, run_id, claim

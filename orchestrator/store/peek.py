@@ -18,10 +18,8 @@ def exists(uri: str) -> bool:
 
 
 def run_key_states(uri: str, experiment: str, timeout: float = 2.0) -> dict[str, str] | None:
-    """Run key → :data:`DONE` (a finished result in ``experiment``) or :data:`FAILED` (none finished
-    and the latest of its unfinished runs FAILED); a key not in it is pending (never run, stopped
-    or running). Empty when there is no store; None when the store cannot be read (a server that
-    does not answer within ``timeout`` seconds, a store that fails)."""
+    """Run key → :data:`DONE` (a finished result) or :data:`FAILED` (none, and the latest run FAILED);
+    other keys are pending. Empty without a store; None when it cannot be read within ``timeout``."""
     if not exists(uri):
         return {}
     try:

@@ -27,10 +27,8 @@ GIT_SECONDS = 5  # a git call that hangs (a network file system) gives up: the r
 
 
 def record(store: Any, run_id: str, entry: str | None = None, folder: str | None = None) -> None:
-    """Tag run ``run_id`` with its provenance and log ``environment.txt`` (and ``code/diff.patch``
-    when the entry's tree is dirty). ``entry``: ``module:name`` or a command; None for the
-    built-in study; ``folder``: where its code lives (default: its module's folder).
-    Git problems are recorded as :data:`NO_COMMIT`; a store failure raises as any write does."""
+    """Tag the run with its provenance and log its artifacts; ``entry``: ``module:name``, a command or
+    None (built-in study); ``folder``: where its code lives (default: its module's folder)."""
     entry = entry or BUILTIN
     commit, patch = git_state(Path(folder) if folder else source_folder(entry))
     tags = {Tag.ENTRY: entry, Tag.GIT_COMMIT: commit or NO_COMMIT, Tag.PYTHON_VERSION: platform.python_version()}
