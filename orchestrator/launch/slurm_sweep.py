@@ -156,9 +156,6 @@ def held_points(store: TrackingStore, parent_run_id: str, live: Sequence[slurm.L
     return held
 
 
-# --------------------------------------------------------------------------- closing
-
-
 def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "",
                   metric: str | None = None, wait: bool = False) -> str:
     """Write the summary and end the parent if no other job of the sweep is live; what it did.
@@ -199,9 +196,6 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
     if missing:
         return f"sweep [{sweep_id}] closed FAILED: {len(missing)} point(s) not finished; rerun the sweep to run them"
     return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
-
-
-# --------------------------------------------------------------------------- following (--wait), orch status
 
 
 def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
