@@ -59,8 +59,7 @@ class PointSource(Protocol):
 
 
 class ListSource(PointSource):
-    """A fixed list of points; a failed point goes back to the front until its retries run out. The
-    other calls are the protocol's no-ops (an interrupted sweep is resumed by running it again)."""
+    """A fixed list of points; a failed point goes back to the front until its retries run out."""
 
     def __init__(self, jobs: Sequence[Job], max_retries: int):
         self.pending = [Task(j) for j in jobs]
@@ -70,11 +69,23 @@ class ListSource(PointSource):
     def claim(self) -> Task | None:
         return self.pending.pop(0) if self.pending else None
 
+    def started(self, task: Task) -> None:
+        pass  # the run id lives on the task; nothing to record
+
+    def finished(self, task: Task) -> None:
+        pass
+
     def failed(self, task: Task, reason: str) -> bool:
         if task.attempt <= self.max_retries:
             self.pending.insert(0, Task(task.job, attempt=task.attempt + 1))
             return True
         return False
+
+    def abandon(self, task: Task) -> None:
+        pass  # an interrupted sweep is resumed by running it again
+
+    def lost(self, task: Task, reason: str) -> None:
+        pass
 
     def unstarted(self) -> list[str]:
         return [t.name for t in self.pending]
