@@ -14,9 +14,6 @@ entry's script, or any code under either, calls :func:`current`::
         if run.should_stop():            # preemption, Ctrl-C, or the pruner under `orch tune`
             break
 
-The object (:class:`Run`) has ``config``, ``seed``, ``artifact_dir`` (files written there are
-logged with the run), ``id`` and ``tracking_uri`` (the MLflow run), and four methods:
-``log(metrics, step)``, ``should_stop()``, ``save_checkpoint(state)``, ``load_checkpoint()``.
 This module is the API orch keeps stable; see docs/how-to/own-code.md.
 """
 

@@ -233,7 +233,7 @@ def _launcher(launch: dict[str, Any], *, wait: bool, metric: str | None, quiet: 
         return QueueLauncher(url, metric)
     if launch["gpus"] and launch["device"] == "cpu":
         raise BadInput("--gpus and --device cpu contradict each other; drop one")
-    from orchestrator.execute.scheduler import plan_slots
+    from orchestrator.execute.slots import plan_slots
     from orchestrator.launch.sweep import LocalLauncher
 
     slots = plan_slots(launch["workers"], launch["gpus"], launch["runs_per_gpu"], launch["device"])

@@ -32,7 +32,7 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     of the storage that still want trials.
     """
     from orchestrator.cli.output import ignore_hangup
-    from orchestrator.execute.scheduler import plan_slots
+    from orchestrator.execute.slots import plan_slots
     from orchestrator.launch import queue
     from orchestrator.store import optuna_storage as storage_mod
 

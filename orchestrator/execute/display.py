@@ -1,9 +1,5 @@
-"""The progress of a running sweep on a terminal.
-
-:class:`PlainDisplay` writes one line per event (logs, CI, pipes); :class:`LiveDisplay`
-keeps a live table on a terminal; :func:`make_display` picks one. rich is imported inside
-the functions that draw.
-"""
+"""A running sweep's progress: one line per event (:class:`PlainDisplay`) or a live table
+(:class:`LiveDisplay`, rich imported inside the functions that draw)."""
 
 from __future__ import annotations
 

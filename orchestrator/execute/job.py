@@ -1,23 +1,9 @@
 """A point's job and its one serialisation, used by every launcher.
 
-A :class:`Job` is what a point process needs to run one point: the run's name and run
-key, the entry to call (``resolve_entry(**job.entry)``), its resolved config (the entry's
-params: dotted key → value, seed included), where to record it
-(tracking URI, experiment, parent run), its tags, and whether to continue a checkpointed
-earlier attempt. Every launcher hands jobs over in the one form :func:`encode` writes and
-:func:`decode` reads back, a JSON object on one line (the job's fields, flat):
-
-* local slots write one line per attempt to a point process's stdin, with the attempt's
-  own fields beside the job's (``encode(job, job=3, device="cuda", claim={...})``: the
-  process's id for the attempt, which its events carry back, its device, its claim; see
-  :mod:`orchestrator.execute.slots` and :mod:`orchestrator.execute.point`);
-* the PostgreSQL queue keeps ``job.to_dict()`` as the trial's user attribute
-  ``TrialAttr.JOB`` (:mod:`orchestrator.launch.queue`);
-* Slurm writes one ``encode(job)`` line per point into the job script's heredoc, which its
-  task reads back with :func:`decode` (:mod:`orchestrator.launch.slurm_task`).
-
-Fields added later get defaults, so a line written by an older orch still decodes; the
-keys that are not the job's are returned apart (the envelope), never mixed into the job.
+:func:`encode` writes a job as one JSON line (its fields, flat, with an attempt's envelope
+fields beside them) and :func:`decode` reads it back, job and envelope apart: local slots write
+one per attempt to a point process, Slurm one per point into the job script; the queue keeps
+``job.to_dict()`` as the trial's ``TrialAttr.JOB``.
 """
 
 from __future__ import annotations
@@ -36,8 +22,6 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Job:
-    """What a point process needs to run one point."""
-
     name: str  # the run's name, e.g. "gn-bs8-s0"
     config: dict  # the resolved config as the entry's params (dotted key → value, seed included)
     uri: str  # tracking URI the run logs to
@@ -51,7 +35,6 @@ class Job:
     @classmethod
     def from_spec(cls, spec: RunSpec, entry: Entry, *, uri: str, experiment_id: str, parent_run_id: str,
                   sweep_id: str, resume: bool = True) -> Job:
-        """The job of a sweep's point."""
         return cls(spec.name, entry.params(spec.config), uri, experiment_id, parent_run_id,
                    {Tag.KIND: Kind.POINT, Tag.SWEEP: sweep_id, Tag.POINT: spec.point_label,
                     Tag.SETTING: spec.setting}, resume, spec.run_key, dict(entry.spec))
@@ -65,7 +48,7 @@ class Job:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def with_tags(self, tags: Mapping[str, str]) -> Job:
-        """The job with ``tags`` added to its own (an attempt's number, its slot, its Slurm job)."""
+        """The job with ``tags`` added to its own."""
         return dataclasses.replace(self, tags={**self.tags, **tags})
 
 
@@ -85,8 +68,7 @@ def decode(line: str) -> tuple[Job, dict[str, Any]]:
 
 
 def slurm_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Slurm job this process runs in, as run tags (empty outside Slurm): a point's run
-    records where it ran from the environment its process inherited."""
+    """The Slurm job this process runs in, as run tags (empty outside Slurm)."""
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID")
     if not job:

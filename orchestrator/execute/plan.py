@@ -1,15 +1,8 @@
 """Which points of a sweep are missing, decided once, above every launcher.
 
-"Is this point done?" has one answer, :func:`finished_results`: a point is done when its run
-key has a finished result in the experiment (:func:`orchestrator.store.schema.is_finished_result`),
-whoever finished it (this sweep, another sweep, a queue worker, a Slurm task, ``orch run
---resume`` of one of its runs). Everything else (missing, FAILED, KILLED, or RUNNING under a
-dead process) runs again. The sweep, the dry run, the queue (at submission and at each claim)
-and Slurm (at submission and in each task) all ask it.
-
-:func:`plan_sweep` is the one planning step: it finds or creates the sweep's parent run,
-closes the runs its dead processes left RUNNING, and splits the points into done and
-missing. The launchers (:mod:`orchestrator.launch`) receive the missing ones as jobs.
+"Is this point done?" has one answer, :func:`finished_results`: its run key has a finished result
+in the experiment, whoever finished it; anything else runs again. :func:`plan_sweep` finds or
+creates the parent, closes the runs dead processes left RUNNING, and splits done from missing.
 """
 
 from __future__ import annotations
@@ -30,10 +23,7 @@ ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when t
 
 
 def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterable[str]) -> dict[str, Any]:
-    """Run key -> a finished result of it in the experiment, for those of ``run_keys`` that are done.
-
-    One key is looked up by its tag; several by one search of the experiment's finished runs.
-    """
+    """Run key -> a finished result of it in the experiment, for those of ``run_keys`` that are done."""
     keys = set(run_keys)
     if not keys:
         return {}
@@ -46,8 +36,6 @@ def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterabl
 
 @dataclass
 class Plan:
-    """A sweep's parent run and its points, split into done and missing."""
-
     spec: SweepSpec
     uri: str
     experiment_id: str
@@ -76,10 +64,8 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
                heartbeat: ParentHeartbeat | None = None, reopen: bool = False) -> Plan:
     """Find or create the parent run, close orphans, and split the points into done and missing.
 
-    A parent that had FINISHED is reopened when points are missing (or with ``reopen``), else
-    left as it is (``Plan.closed``): a rerun of a finished sweep changes nothing. With ``heartbeat``,
-    first wait for (or refuse, ``SweepBusy``) a sweep of the experiment that beats elsewhere,
-    then beat on the parent from the moment it is found or created, unless it is left closed.
+    A FINISHED parent is reopened when points are missing (or with ``reopen``), else left as it is
+    (``Plan.closed``). ``heartbeat``: wait for (or refuse) a sweep beating elsewhere, then beat.
     """
     exp_id = store.ensure_experiment(spec.name)
     if heartbeat is not None:

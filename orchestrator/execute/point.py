@@ -1,29 +1,13 @@
 """A slot's point process: ``python -m orchestrator.execute.point`` runs points one after another.
 
-It imports torch, mlflow and the training code once, then reads jobs from stdin, one
-JSON object per line (written by :mod:`orchestrator.execute.slots`), and runs each
-through :func:`orchestrator.execute.runner.run_tracked`. It reports to the scheduler as JSON
-lines on the original stdout, every event carrying the job's id: ``warning`` (a line for
-the sweep's own output: a skipped checkpoint), ``started`` (the run id), ``epoch``, and
-``end`` (the run's exit code and summary, and whether this process retires after it;
-``store_failure`` when the tracking store failed, which ends the process). Every run is
-fenced (:mod:`orchestrator.store.claims`): code :attr:`~orchestrator.errors.ExitCode.LOST_CLAIM`
-says another process took the point over (the job's ``claim``, if any, is the queue trial
-it was claimed with). Everything else that would go to stdout (library chatter) goes to
-stderr, which the scheduler keeps as the process's log.
-
-Imports, the CUDA context and cuDNN's autotuning are thus paid once per slot, and the
-compiled graphs once per setting (the seeds of a setting reuse them). A point's results
-do not depend on what ran before it in the process: the state a
-run could leave behind (default dtype, cuDNN and determinism flags, TF32, matplotlib's
-settings, MLflow's active run) is reset before every job, and training seeds every
-generator itself. The process retires (exits after its ``end`` event) after
-``ORCH_POINTS_PER_PROCESS`` points (default 50; 1 gives one process per point) or when
-its resident memory passes ``ORCH_PROCESS_MAX_RSS_MB`` (default 8192).
-
-SIGTERM, SIGINT and SIGUSR1 make the running point checkpoint and end KILLED
-(preempted); the process then exits instead of taking another job. An empty line or the
-end of stdin ends an idle process with exit code 0.
+It reads jobs from stdin (one JSON line each, :mod:`orchestrator.execute.slots`), runs each with
+:func:`orchestrator.execute.runner.run_tracked` and reports JSON events on the original stdout,
+each with the job's id: ``warning``, ``started``, ``step``, and ``end`` (exit code, summary,
+``retire``, ``store_failure``); everything else goes to stderr, the process's log. Runs are fenced
+(:mod:`orchestrator.store.claims`). Results do not depend on earlier points: the state a run can
+leave behind is reset before every job. It retires after ``ORCH_POINTS_PER_PROCESS`` points
+(default 50) or past ``ORCH_PROCESS_MAX_RSS_MB`` (default 8192). A stop signal makes the running
+point checkpoint and end KILLED, then the process exits; an empty line or end of stdin ends it.
 """
 
 from __future__ import annotations
@@ -35,6 +19,8 @@ import os
 import sys
 from typing import Any, Callable, TextIO
 
+from orchestrator.errors import ExitCode, StoreFailure, UserError
+from orchestrator.execute import stop
 from orchestrator.execute.job import Job, decode
 
 POINTS_PER_PROCESS = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50"))
@@ -42,20 +28,11 @@ MAX_RSS_MB = float(os.environ.get("ORCH_PROCESS_MAX_RSS_MB", "8192"))
 
 
 def _event_stream() -> TextIO:
-    """Keep a private handle on stdout for events; point fd 1 at stderr for everything else."""
+    """A private handle on stdout for events; fd 1 then points at stderr."""
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return events
-
-
-def _preload() -> None:
-    """Import what every run needs (seconds of start-up), once per process: torch and mlflow."""
-    import torch  # noqa: F401
-
-    from orchestrator.store import tracking
-
-    tracking.preload()
 
 
 def reset_process_state() -> None:
@@ -81,27 +58,18 @@ def reset_process_state() -> None:
 
 
 def _reset_compiled() -> None:
-    """Drop torch.compile's graphs and guards: the seeds of one setting reuse them, another
-    setting starts clean (so no point falls back to eager after dynamo's recompile limit)."""
+    """Drop torch.compile's graphs: a new setting starts clean (no eager fallback at dynamo's recompile limit)."""
     if "torch._dynamo" in sys.modules:
         import torch._dynamo
 
         torch._dynamo.reset()
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
-    """One point: its tracked run, with events tagged by the attempt's id; (exit code, run id, summary)."""
+    """One point's tracked run, its events tagged with the attempt's id; (exit code, run id, summary)."""
     from orchestrator.execute.runner import run_tracked
     from orchestrator.grid.entry import resolve_entry
     from orchestrator.store.tracking import TrackingStore
-
-    from orchestrator.errors import ExitCode, UserError
 
     try:  # a worker whose folder or environment lacks the entry's code: the point fails, the process goes on
         entry = resolve_entry(**job.entry)
@@ -145,8 +113,6 @@ def main() -> int:
         except OSError:  # the scheduler is gone (broken pipe): its PR_SET_PDEATHSIG stops the run, not this
             pass
 
-    from orchestrator.execute import stop
-
     with stop.handling() as flag:  # idle, a signal ends the process; in a run, it stops the run (runner)
         try:
             return _serve(flag, emit)
@@ -156,14 +122,14 @@ def main() -> int:
 
 def _serve(flag: Any, emit: Callable[..., None]) -> int:
     """Run the jobs of stdin until its end, a retirement or a stop."""
-    from orchestrator.errors import ExitCode, StoreFailure
-    from orchestrator.execute.stop import Stopped
-
-    _preload()
-    gc.freeze()  # see below
-    threads = int(os.environ.get("ORCH_THREADS", "0"))
+    import psutil
     import torch
 
+    from orchestrator.store import tracking
+
+    tracking.preload()  # with torch above: seconds of imports, once per process
+    gc.freeze()  # see below
+    threads = int(os.environ.get("ORCH_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
     done, last_setting = 0, None
@@ -173,11 +139,8 @@ def _serve(flag: Any, emit: Callable[..., None]) -> int:
         job, attempt = decode(line)
         reset_process_state()
         if done == 1:
-            # What the imports (the preload's, and those a first run makes lazily) built lives as long
-            # as the process: kept out of later collections, the full collection before each point
-            # scans only what the points left (with 430,000 objects it took 0.67 s a point on two
-            # shared cores, half a trivial point's slot time; benchmarks/scale.py). A first point's
-            # object that outlives it, in a reference cycle, is never collected: one point's at most.
+            # what the imports built lives as long as the process: frozen, the collection before each
+            # point skips it (0.67 s a point before; benchmarks/scale.py); a cycle of point 1 leaks, once
             gc.freeze()
         setting = json.dumps([job.entry, {k: v for k, v in job.config.items() if k != "seed"}], sort_keys=True)
         if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
@@ -185,7 +148,7 @@ def _serve(flag: Any, emit: Callable[..., None]) -> int:
             last_setting = setting
         try:
             code, run_id, summary = run_job(job, attempt, flag, emit)
-        except Stopped as err:  # a second signal, or one before training started: the run is KILLED
+        except stop.Stopped as err:  # a second signal, or one before training started: the run is KILLED
             emit(event="end", job=attempt["job"], code=err.exit_code, retire=True)
             return err.exit_code
         except StoreFailure as err:  # the store, not the point: the scheduler starts nothing more
@@ -193,7 +156,7 @@ def _serve(flag: Any, emit: Callable[..., None]) -> int:
             emit(event="end", job=attempt["job"], code=int(ExitCode.FAILED), store_failure=str(err), retire=True)
             return ExitCode.FAILED
         done += 1
-        retire = flag.is_set() or done >= POINTS_PER_PROCESS or _rss_mb() > MAX_RSS_MB
+        retire = flag.is_set() or done >= POINTS_PER_PROCESS or psutil.Process().memory_info().rss / 2**20 > MAX_RSS_MB
         emit(event="end", job=attempt["job"], code=code, run_id=run_id, summary=summary, retire=retire)
         if retire:
             return flag.exit_code if flag.is_set() else ExitCode.OK
@@ -204,6 +167,5 @@ if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Every run of this process is closed and its writes flushed by now; skipping the
-    # interpreter's teardown (seconds of library atexit work) lets a preempted slot exit at once.
+    # every run is closed and flushed: skipping the interpreter's teardown lets a preempted slot exit at once
     os._exit(int(code))

@@ -1,12 +1,9 @@
 """The run object that a point's code talks to; public as :mod:`orchestrator.client`.
 
-The runner (:mod:`orchestrator.execute.runner`) makes one :class:`Run` per point and hands it to
-the entry's ``train(config, run)``; a function entry's code gets it as its second argument, and
-any code in that process reaches it through :func:`current`. A command entry's process gets a
-:class:`Run` of its own from :func:`current`, built from the ``ORCH_RUN`` variable the point
-wrote (:meth:`Run.child_env`): it writes to the same MLflow run and the same checkpoints. Where
-no orch run is active (a script run by hand), :func:`current` gives a stand-in that records
-nothing, so the script works alone. Nothing here imports mlflow or torch until a run writes.
+A function entry gets it as ``train(config, run)``'s second argument; any code in the process,
+and a command entry's own process (from the ``ORCH_RUN`` variable, :meth:`Run.child_env`),
+gets it from :func:`current`, which gives a stand-in that records nothing where no orch run is
+active. Nothing here imports mlflow or torch until a run writes.
 """
 
 from __future__ import annotations
@@ -115,8 +112,7 @@ class Run:
         if not pending or self._store is None:
             return
         with store_errors(self._store.uri):
-            # MLflow has no public per-client flush (``mlflow.flush_async_logging()`` flushes the
-            # process-wide tracking URI's store, which orch never sets): the one reach into its client.
+            # no public per-client flush (mlflow.flush_async_logging() flushes the process-wide URI's)
             store = getattr(getattr(self._store.client, "_tracking_client", None), "store", None)
             if hasattr(store, "flush_async_logging"):
                 store.flush_async_logging()
@@ -175,8 +171,7 @@ def _from_env(info: Mapping[str, Any]) -> Run:
               run_key=info["run_key"], params=info["params"], checkpoint_seconds=float(info["checkpoint_seconds"]),
               state=state, stop=flag.is_set)
     run._stop_handling = handling  # held by the run: a collected ExitStack would restore the default handlers
-    # Before the interpreter's shutdown marks thread pools closed (concurrent.futures' own exit hook,
-    # which atexit handlers run after): MLflow's asynchronous metric writes still go through then.
-    # threading._register_atexit is private; atexit is the fallback where it is missing.
+    # before thread pools close at shutdown (atexit runs after), so MLflow's async writes still go
+    # through; threading._register_atexit is private, atexit the fallback
     getattr(threading, "_register_atexit", atexit.register)(run.finish)
     return run

@@ -1,24 +1,21 @@
-"""Run one point's code (its entry) as one tracked MLflow run, whatever started it.
-
-``orch run`` calls :func:`run_tracked` in its own process; a sweep, a worker and the tuner
-call it in a child process per point (``python -m orchestrator.execute.point``). The run always
-ends in a final state: FINISHED, FAILED (with the reason as a tag and the traceback as
-an artifact) or KILLED (interrupted by Ctrl-C or SIGTERM).
+"""Run one point's code (its entry) as one tracked MLflow run, whatever started it (``orch run``
+in its own process, the point processes of sweeps, workers and the tuner). The run always ends
+FINISHED, FAILED (reason tag, traceback artifact) or KILLED (a stop).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import time
 import traceback
 from typing import Any, Callable, Mapping
 
-import tempfile
-
-from orchestrator.errors import ExitCode, RunFailed, StoreFailure
+from orchestrator.errors import ExitCode, RunFailed, StoreFailure, UserError
 from orchestrator.execute import stop as stopping
 from orchestrator.execute.run import Run, active
+from orchestrator.execute.slots import cpu_threads
 from orchestrator.execute.stop import StopFlag
 from orchestrator.grid.entry import Entry
 from orchestrator.store import checkpoints, claims, provenance, tracking
@@ -28,18 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def cap_threads() -> None:
-    """At most as many torch threads as the CPUs this process may use. Torch's default counts
-    the affinity mask, which leaves out a Slurm allocation on a cluster that does not bind
-    CPUs: ``orch run`` in a 4-CPU job on a 64-core node would otherwise run 64 threads."""
+    """At most as many torch threads as usable CPUs: torch's default counts the affinity mask,
+    which leaves out a Slurm allocation on a cluster that does not bind CPUs."""
     import torch
-
-    from orchestrator.execute.slots import cpu_threads
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cpu_threads(1))))
 
 
 def device_label() -> str:
-    """The device this process trains on, as far as torch sees it (after the slot's CUDA_VISIBLE_DEVICES)."""
+    """The device this process trains on, as torch sees it."""
     import platform
 
     import torch
@@ -49,16 +43,20 @@ def device_label() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _headline(entry: Entry, values: Mapping[str, Any], n: int) -> list[str]:
+    """The first ``n`` keys of ``values`` to show: the entry's progress keys first."""
+    return list(dict.fromkeys([k for k in (*entry.progress_keys, *values) if k in values][:n]))
+
+
 def step_logger(entry: Entry, name: str) -> Callable[[int, Mapping[str, float]], None]:
-    """A run's progress, one line per logged step on this module's logger: its first values and seconds."""
+    """A run's progress, one line per logged step: its first values and seconds."""
     prefix = f"[{name}] " if name else ""
     last = [time.perf_counter()]
 
     def log_step(step: int, values: Mapping[str, float]) -> None:
         now = time.perf_counter()
         seconds, last[0] = now - last[0], now
-        keys = [k for k in (*entry.progress_keys, *values) if k in values][:4]
-        scores = "  ".join(f"{k} {values[k]:.4g}" for k in dict.fromkeys(keys))
+        scores = "  ".join(f"{k} {values[k]:.4g}" for k in _headline(entry, values, 4))
         log.info(f"{prefix}step {step:>3}  {scores}  {seconds:.1f}s")
 
     return log_step
@@ -81,31 +79,23 @@ def run_tracked(
     claim: Mapping[str, Any] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> tuple[int, str, dict[str, float]]:
-    """Run ``entry.train(cfg, run)`` inside a new MLflow run; returns (exit code, run id, summary metrics).
+    """Run ``entry.train(cfg, run)`` inside a new MLflow run; (exit code, run id, summary metrics).
 
-    ``run`` is an :class:`orchestrator.client.Run` over the new run. Exceptions from the code end
-    the run FAILED and give exit code 1; an interrupt (a second signal) ends it KILLED and is
-    re-raised; a :class:`StoreFailure` (the store, not the point, failed) is re-raised after one
-    attempt to end the run FAILED. ``on_log`` sees every ``run.log()``; it may raise the tuner's
-    ``TrialPruned``, which makes ``run.should_stop()`` true and is re-raised once the run is closed.
-
-    With ``stop`` (the flag of :func:`orchestrator.execute.stop.handling`) a signal makes
-    ``run.should_stop()`` true; when the code returns, the run ends KILLED (``preempted (SIGTERM)
-    at step …``) with its last checkpoint written and exit code 143 (130 for SIGINT): this is the
-    one place a stop request becomes a run's end state. ``resume=True`` continues the newest
-    unfinished run of the same run key that holds a checkpoint (if any); a run id continues that
-    run. A checkpoint that cannot be used is skipped: the run starts afresh, is tagged
-    ``Tag.CHECKPOINT_SKIPPED``, and ``on_warning`` (default: a warning on this module's logger)
-    gets one line saying so.
-
-    A point process passes ``claim`` (its queue trial, or ``{}``): the run is then fenced
-    (:mod:`orchestrator.store.claims`) and, once another process has taken the point over, writes
-    no checkpoint and no final state and gives :attr:`ExitCode.LOST_CLAIM`.
+    The code's exceptions end the run FAILED (exit 1); a second signal ends it KILLED and is
+    re-raised; a :class:`StoreFailure` is re-raised after one try to end the run FAILED. ``on_log``
+    sees every ``run.log()`` and may raise the tuner's ``TrialPruned`` (re-raised once the run is
+    closed). With ``stop``, a signal makes ``run.should_stop()`` true and, once the code returns,
+    the run ends KILLED with its checkpoint and exit 143 (130 for SIGINT): the one place a stop
+    becomes a run's end. ``resume``: True continues the newest checkpointed run of the run key, a
+    run id that run; an unusable checkpoint is skipped (tagged, and one line to ``on_warning``).
+    With ``claim`` the run is fenced (:mod:`orchestrator.store.claims`): once another process took
+    the point over it writes no checkpoint nor final state and gives :attr:`ExitCode.LOST_CLAIM`.
     """
     deferral = stop.deferred() if stop is not None else contextlib.nullcontext()
     with deferral:  # a signal now only asks the code to checkpoint and stop: the run is always closed
         return _run_closed(entry, cfg, store, experiment_id, run_name, tags, parent_run_id, quiet, on_start,
-                           on_log, stop, resume, claim, on_warning or _warn)
+                           on_log, stop, resume, claim,
+                           on_warning or (lambda text: log.warning(f"warning: {text}")))
 
 
 def _run_closed(entry, cfg, store, experiment_id, run_name, tags, parent_run_id, quiet, on_start, on_log,
@@ -118,7 +108,8 @@ def _run_closed(entry, cfg, store, experiment_id, run_name, tags, parent_run_id,
         on_warning(f"the checkpoint {skipped.where} {skipped.reason}: skipped, starting afresh")
     identity, continued_parent = _identity(store, resume)
     run_tags = {Tag.KIND: Kind.RUN, **identity, **(tags or {}), Tag.RUN_KEY: key, Tag.DEVICE: device_label(),
-                **tracking.runtime_tags(), **_resume_tags(previous, saved),
+                **tracking.runtime_tags(),
+                **({Tag.RESUMED_FROM: previous, Tag.RESUMED_STEP: str(saved["step"])} if saved is not None else {}),
                 **({Tag.CHECKPOINT_SKIPPED: str(skipped)} if skipped else {})}
     run_id = store.start_run(experiment_id, run_name=run_name, params=params, tags=run_tags,
                              parent_run_id=parent_run_id or continued_parent)
@@ -218,38 +209,24 @@ IDENTITY_TAGS = (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING)  # what makes a ru
 
 
 def _identity(store: tracking.TrackingStore, resume: bool | str) -> tuple[dict[str, str], str | None]:
-    """(tags, parent run id) that the continuation of run ``resume`` (a run id: ``orch run
-    --resume``) takes over: the continuation of a sweep's point is that point's run, under
-    its sweep's parent, so every path counts it as the point's result. Tags and a parent the
-    caller passes win (a tuning trial names its own)."""
+    """(tags, parent run id) the continuation of run ``resume`` (a run id) takes over, so that a
+    sweep point's continuation counts as the point's result; the caller's own tags and parent win."""
     if not isinstance(resume, str):
         return {}, None
     tags = store.get_run(resume).data.tags
     return {k: tags[k] for k in IDENTITY_TAGS if k in tags}, tags.get(Tag.PARENT_RUN_ID)
 
 
-def _resume_tags(previous: str | None, saved: dict | None) -> dict[str, str]:
-    if saved is None:
-        return {}
-    return {Tag.RESUMED_FROM: previous, Tag.RESUMED_STEP: str(saved["step"])}
-
-
 def run_note(entry: Entry, params: Mapping[str, Any], setting: str, summary: Mapping[str, float]) -> str:
     """A finished run's one-line description: setting (or run name), seed, headline metrics."""
     what = setting.replace(",", ", ")
-    keys = [k for k in (*entry.progress_keys, *summary) if k in summary][:2]
-    scores = ", ".join(f"{k} **{summary[k]:.4g}**" for k in dict.fromkeys(keys))
+    scores = ", ".join(f"{k} **{summary[k]:.4g}**" for k in _headline(entry, summary, 2))
     return f"{what}, seed {params.get('seed', 0)}" + (f": {scores}" if scores else "")
 
 
 def resumed_config(store: tracking.TrackingStore, run_id: str, entry: Entry) -> tuple[Any, str, str]:
-    """(config, experiment name, run name) of a run to continue with ``orch run --resume``.
-
-    Raises:
-        UserError: no such run, or it holds no checkpoint (it finished, or never wrote one).
-    """
-    from orchestrator.errors import UserError
-
+    """(config, experiment name, run name) of a run to continue with ``orch run --resume``; a
+    :class:`UserError` when there is no such run or it holds no checkpoint."""
     try:
         run = store.get_run(run_id)
     except StoreFailure:
@@ -287,10 +264,6 @@ def _resume_point(store: tracking.TrackingStore, experiment_id: str, key: str, r
         return None, None, err
 
 
-def _warn(text: str) -> None:
-    log.warning(f"warning: {text}")
-
-
 def _reason(err: BaseException) -> str:
     if isinstance(err, RunFailed):
         return str(err)
@@ -301,5 +274,4 @@ def _reason(err: BaseException) -> str:
 
 
 def summary_line(entry: Entry, summary: Mapping[str, Any]) -> str:
-    keys = [k for k in (*entry.progress_keys, *summary) if k in summary][:6]
-    return "  ".join(f"{k} {summary[k]:.4g}" for k in dict.fromkeys(keys))
+    return "  ".join(f"{k} {summary[k]:.4g}" for k in _headline(entry, summary, 6))

@@ -1,27 +1,10 @@
-"""Local scheduler: points over slots, in long-lived point processes, with retries and stops.
+"""Local scheduler: points from a :class:`PointSource` over slots, with retries and stops.
 
-One scheduler process hands out the points, so no two slots ever claim the same point.
-Each slot (:mod:`orchestrator.execute.slots`) runs its points one after another in one
-long-lived process, which logs straight to MLflow under the sweep's parent run and reports
-progress as events. The loop reads like Optuna's: ask the source for a point, run it on a
-free slot, tell the source how it ended.
-
-Where the points come from is a :class:`PointSource`: :class:`ListSource` for a local
-sweep, :class:`orchestrator.launch.queue.QueueSource` for the multi-machine queue.
-
-Ctrl-C, SIGTERM or SIGUSR1 (:mod:`orchestrator.execute.stop`) stops the scheduler: the signal
-goes on to every point process, whose point checkpoints and ends KILLED
-(``preempted``/``interrupted``); a second signal kills them at once. :attr:`Outcome.interrupted`
-and :attr:`Outcome.signal` say so: ``run()`` returns (a stop raised in ``on_idle``, e.g. in a
-tuning trial a worker runs, propagates once the points are stopped). Children die with the scheduler:
-a SIGKILLed sweep leaves no orphans, only runs left RUNNING, which the next invocation marks
-FAILED and resumes from their last periodic checkpoint.
-
-A tracking store that fails (:class:`StoreFailure`, raised by the scheduler's own writes
-or reported by a point process) stops the scheduler the way a failure stops it under
-``fail_fast``: no point is started any more, the running ones end, and nothing more is
-written to the store; :attr:`Outcome.store_failure` says why. What could not be written
-(runs left RUNNING) is closed by the next invocation.
+One process hands out the points, so no two slots claim the same one. A stop signal
+(:mod:`orchestrator.execute.stop`) goes on to every point process, whose point checkpoints
+and ends KILLED; a second kills them. Children die with the scheduler: a SIGKILLed sweep leaves
+only runs left RUNNING, which the next invocation fails and resumes. A store failure stops it
+as ``fail_fast`` does: nothing more is started or written (:attr:`Outcome.store_failure`).
 """
 
 from __future__ import annotations
@@ -34,27 +17,22 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.execute.job import Job
-from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task, plan_slots  # noqa: F401 - re-exported
+from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task
 from orchestrator.store.schema import Status
-
-if TYPE_CHECKING:
-    from orchestrator.store.tracking import TrackingStore
+from orchestrator.store.tracking import TrackingStore
 
 EVENT_WAIT_SECONDS = 0.5  # the display ticks at least this often while points run
 STOP_CODES = (ExitCode.INTERRUPTED, ExitCode.PREEMPTED)  # a point stopped by a signal, checkpointed
 
 
 class PointSource(Protocol):
-    """Where a scheduler gets its points, and whom it tells how each one went.
-
-    The scheduler calls these methods and nothing else; a source never sees a process.
-    """
+    """Where a scheduler gets its points, and whom it tells how each went; it never sees a process."""
 
     total: int | None  # points to run (the display's denominator); None: not known (a queue)
 
@@ -65,20 +43,19 @@ class PointSource(Protocol):
         """The task's MLflow run exists (``task.run_id`` is set)."""
 
     def finished(self, task: Task) -> None:
-        """The task's process exited 0: its run is FINISHED (``task.summary`` holds its metrics)."""
+        """Its run is FINISHED (``task.summary`` holds its metrics)."""
 
     def failed(self, task: Task, reason: str) -> bool:
         """The task failed for ``reason``; True when the source will offer the point again."""
 
     def abandon(self, task: Task) -> None:
-        """The task was interrupted by a stop of the scheduler: not a failure of the point."""
+        """A stop of the scheduler interrupted it: not the point's failure."""
 
     def lost(self, task: Task, reason: str) -> None:
-        """Another process took the task's point over (:mod:`orchestrator.store.claims`): the point is
-        that process's now, neither finished nor failed here."""
+        """Another process took the point over (:mod:`orchestrator.store.claims`): neither finished nor failed."""
 
     def unstarted(self) -> list[str]:
-        """Names of the points that remain unclaimed when the scheduler ends."""
+        """Names of the points left unclaimed at the end."""
 
 
 class ListSource(PointSource):
@@ -114,6 +91,14 @@ class ListSource(PointSource):
         return [t.name for t in self.pending]
 
 
+class Stores(dict):
+    """Tracking stores by URI, each opened once: ``stores[uri]``."""
+
+    def __missing__(self, uri: str) -> TrackingStore:
+        store = self[uri] = TrackingStore(uri)
+        return store
+
+
 @dataclass
 class Outcome:
     finished: list[str] = field(default_factory=list)  # point names
@@ -127,14 +112,12 @@ class Outcome:
 
 
 class Scheduler:
-    """Runs the points of a source over slots, in long-lived point processes; reports through ``display``.
+    """Runs a source's points over slots; reports through ``display``.
 
-    Failed attempts keep their logs in ``log_dir`` (default: a new ``orch-logs-*`` folder in
-    the temporary directory, removed at the end when nothing failed). ``idle_poll``: seconds
-    between claims while idle (None: stop when idle); ``on_idle`` is called while idle and
-    returns True when it did some work (then the scheduler looks again at once).
-    ``keep_processes``: keep the slots' processes when a run ends cleanly, for the next run
-    (a sweep's rounds of added seeds); the owner then calls :meth:`close`.
+    Failed attempts keep their logs in ``log_dir`` (default: a temporary ``orch-logs-*``, removed
+    when nothing failed). ``idle_poll``: seconds between claims while idle (None: stop when idle);
+    ``on_idle()`` runs while idle, True when it did some work. ``keep_processes``: keep the slots'
+    processes after a clean run for the next one; the owner then calls :meth:`close`.
     """
 
     def __init__(self, *, slots: list[Slot], fail_fast: bool = False, display: PlainDisplay | None = None,
@@ -151,18 +134,9 @@ class Scheduler:
         self.store_failure: str | None = None  # the first store failure: start nothing, write nothing more
         self.running: dict[int, Task] = {}  # slot index -> task
         self.free: list[Slot] = []
-        self._stores: dict[str, TrackingStore] = {}
-
-    def store(self, uri: str) -> TrackingStore:
-        """The tracking store of a job's URI, opened once per scheduler."""
-        from orchestrator.store.tracking import TrackingStore
-
-        if uri not in self._stores:
-            self._stores[uri] = TrackingStore(uri)
-        return self._stores[uri]
+        self.stores = Stores()
 
     def run(self, source: PointSource) -> Outcome:
-        """Run points until the source has none (or, with ``idle_poll``, until stopped)."""
         outcome = Outcome()
         self.running, self.free, self.store_failure = {}, list(self.slots), None
         t0 = time.time()
@@ -191,7 +165,6 @@ class Scheduler:
             self.log_dir.rmdir()  # only when empty: nothing failed
 
     def _loop(self, source: PointSource, outcome: Outcome) -> None:
-        """Ask the source for points while slots are free, run them, tell it how each ended."""
         while not self.flag.is_set():
             self._fill_slots(source, outcome)
             if not self.running:
@@ -210,7 +183,7 @@ class Scheduler:
         return self.store_failure is not None or (self.fail_fast and bool(outcome.failed))
 
     def _use_store(self, call: Callable[[], Any]) -> Any:
-        """``call()`` (a store access) unless the store already failed; a failure is kept, not raised."""
+        """``call()`` unless the store already failed; a failure is kept, not raised."""
         if self.store_failure is not None:
             return None
         try:
@@ -275,7 +248,7 @@ class Scheduler:
     def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
                       died: bool = False) -> None:
         if code == ExitCode.LOST_CLAIM and not died:  # its run is as the process that took it over left it
-            marked = task.run_id and self._use_store(lambda: self.store(task.job.uri).failure_reason(task.run_id))
+            marked = task.run_id and self._use_store(lambda: self.stores[task.job.uri].failure_reason(task.run_id))
             reason = f"lost its claim: another process took the point over ({marked or 'its run was ended'})"
             source.lost(task, reason)
             outcome.lost[task.name] = reason
@@ -306,7 +279,7 @@ class Scheduler:
         if not task.run_id or self.store_failure is not None:
             return False
         try:
-            run = self.store(task.job.uri).get_run(task.run_id)
+            run = self.stores[task.job.uri].get_run(task.run_id)
         except StoreFailure as err:
             self.store_failure = str(err)
             return False
@@ -320,7 +293,7 @@ class Scheduler:
     def _close_dead_run(self, task: Task, code: int, died: bool) -> str:
         """Make sure the run of a point that did not finish is closed, and say why."""
         uri, run_id = task.job.uri, task.run_id
-        recorded = self._use_store(lambda: self.store(uri).failure_reason(run_id)) if run_id and not died else None
+        recorded = self._use_store(lambda: self.stores[uri].failure_reason(run_id)) if run_id and not died else None
         if code in STOP_CODES and not died:
             return recorded or "stopped by a signal"
         if not died:
@@ -330,7 +303,7 @@ class Scheduler:
         else:
             reason = f"process exited with code {code}"
         if run_id:
-            self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.FAILED, reason, _log_tail(task)))
+            self._use_store(lambda: self.stores[uri].close_if_live(run_id, Status.FAILED, reason, _log_tail(task)))
         elif died:
             reason += " before its MLflow run started"
             tail = _log_tail(task).strip().splitlines()
@@ -339,7 +312,7 @@ class Scheduler:
         return reason
 
     def _stop_all(self, source: PointSource) -> None:
-        """Pass the stop signal to every process, wait for their points to close their runs, then make sure."""
+        """Pass the stop on, let the points close their runs, then close what they left."""
         self.processes.stop(self.flag.signum or signal.SIGTERM)
         while True:  # the events the processes sent while stopping: run ids and ends
             try:
@@ -355,7 +328,7 @@ class Scheduler:
         for task in list(self.running.values()):
             if task.run_id:
                 uri, run_id = task.job.uri, task.run_id
-                self._use_store(lambda: self.store(uri).close_if_live(run_id, Status.KILLED, reason))
+                self._use_store(lambda: self.stores[uri].close_if_live(run_id, Status.KILLED, reason))
             source.abandon(task)
         self.running = {}
 

@@ -1,18 +1,11 @@
 """Slots and their long-lived point processes: plan the slots, start, hand over jobs, replace, stop.
 
-A slot is a GPU × runs-per-gpu position pinned through ``CUDA_VISIBLE_DEVICES``, or one of N
-CPU workers with the cores divided among them (:func:`plan_slots`). The scheduler
-(:mod:`orchestrator.execute.scheduler`) decides what runs where; this module alone knows that
-a slot's points run in one ``python -m orchestrator.execute.point`` process that reads jobs as
-JSON lines on stdin (:mod:`orchestrator.execute.job`) and answers with events on stdout (see
-that module). A slot keeps its process from point to point, so imports, the CUDA context and
-compiled graphs are paid once per slot; a process that dies (a crash, a kill, the
-out-of-memory killer) fails only the point it was running, and the slot's next point starts
-a fresh one. A process retires by itself after ``ORCH_POINTS_PER_PROCESS`` points or past
-its memory bound. Children die with the scheduler (``PR_SET_PDEATHSIG``), however it dies.
-
-Each process writes its chatter to one log file; when a point fails, the part of the log
-written while it ran is kept as ``<point>-attempt<n>.log``. The rest is removed.
+A slot is a GPU × runs-per-gpu position (``CUDA_VISIBLE_DEVICES``) or one of N CPU workers
+sharing the cores. A slot's points run one after another in one ``python -m
+orchestrator.execute.point`` process (jobs in on stdin, events out on stdout), so imports and
+the CUDA context are paid once; a process that dies fails only its point. Children die with
+the scheduler (``PR_SET_PDEATHSIG``). A failed point's part of the log is kept as
+``<point>-attempt<n>.log``; the rest is removed.
 """
 from __future__ import annotations
 
@@ -38,9 +31,6 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
-
-
-# --------------------------------------------------------------------------- slots
 
 
 @dataclass(frozen=True)
@@ -71,10 +61,8 @@ def _count(name: str) -> int | None:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (taskset, cpusets), narrowed in a
-    Slurm job to what Slurm allocated on this node (``SLURM_CPUS_ON_NODE``: the batch script
-    of a job of several tasks has them all), which a cluster without CPU binding does not
-    put in the mask."""
+    """The CPUs this process may run on: its affinity mask, narrowed in a Slurm job to
+    ``SLURM_CPUS_ON_NODE`` (a cluster without CPU binding leaves it out of the mask)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -85,8 +73,7 @@ def usable_cpus() -> int:
 
 
 def cpu_threads(workers: int) -> int:
-    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when the user set it (e.g. for several
-    ``orch worker``s sharing one machine), else the usable CPUs divided among the slots."""
+    """Torch threads per CPU slot: ``OMP_NUM_THREADS`` when set, else the usable CPUs shared out."""
     return _count("OMP_NUM_THREADS") or max(1, usable_cpus() // max(1, workers))
 
 
@@ -125,9 +112,6 @@ class Task:
         return self.job.name
 
 
-# --------------------------------------------------------------------------- their processes
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the scheduler dies, however it dies."""
     try:
@@ -137,17 +121,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def job_line(task: Task, slot: Slot, job_id: int) -> str:
-    """The line a point process reads for ``task`` (:func:`orchestrator.execute.job.encode`;
-    see :mod:`orchestrator.execute.point`)."""
-    job = task.job.with_tags({Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()})
-    return encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
-
-
 @dataclass
 class SlotProcess:
-    """One slot's point process."""
-
     proc: subprocess.Popen
     log_path: Path
     job_offset: int = 0  # the log's size when its current job was handed over
@@ -155,11 +130,8 @@ class SlotProcess:
 
 
 class PointProcesses:
-    """The slots' point processes; their events arrive on ``events`` as (slot index, process, event).
-
-    An event of None says that process has exited. ``command`` is the child's command line:
-    anything that reads jobs as JSON lines on stdin and speaks :mod:`orchestrator.execute.point`'s events.
-    """
+    """The slots' point processes; their events arrive on ``events`` as (slot index, process, event),
+    None once the process exited. ``command`` speaks :mod:`orchestrator.execute.point`'s protocol."""
 
     def __init__(self, log_dir: Path, *, command: Sequence[str] = POINT_COMMAND):
         self.log_dir, self.command = log_dir, list(command)
@@ -200,7 +172,8 @@ class PointProcesses:
     def launch(self, task: Task, slot: Slot) -> int:
         """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
         job_id = next(self._ids)
-        payload = job_line(task, slot, job_id)
+        job = task.job.with_tags({Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()})
+        payload = encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
         current = self.slots.get(slot.index)
         for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
             if current is None or current.retiring or current.proc.poll() is not None:
@@ -219,7 +192,6 @@ class PointProcesses:
         return job_id
 
     def exited(self, index: int, proc: subprocess.Popen) -> None:
-        """Forget a process that has exited."""
         current = self.slots.get(index)
         if current is not None and current.proc is proc:
             del self.slots[index]

@@ -1,49 +1,24 @@
 """Stop requests: the one module that turns signals into a stop, a reason and an exit code.
 
-Which signals: SIGTERM (a preemption, ``scancel``, ``kill``), SIGINT (Ctrl-C) and SIGUSR1
-(Slurm's time-limit warning, ``--signal=B:USR1@N``) each ask the process to stop. SIGHUP
-(a closed terminal) is ignored by the commands that record runs (:func:`ignore_hangup`):
-their work and its records must not depend on who reads their output.
-
-Usage, modelled on submitit's one ``SignalHandler`` and Optuna's/MLflow's context managers::
-
-    from orchestrator.execute import stop
+SIGTERM (preemption, ``scancel``), SIGINT (Ctrl-C) and SIGUSR1 (Slurm's time-limit warning) ask
+for a stop; commands that record runs ignore SIGHUP (:func:`ignore_hangup`). Usage::
 
     with stop.handling() as flag:          # installs the handlers; restores the previous ones after
         prepare()                          # a signal here raises stop.Stopped where it lands
-        with flag.deferred():              # work that stops by itself: a signal only sets the flag
-            train(cfg, should_stop=flag.is_set)   # polled at every batch; checkpoint, then return
-        if flag.is_set():
-            return flag.exit_code
+        with flag.deferred():              # a signal only sets the flag: the work polls it and stops
+            train(cfg, should_stop=flag.is_set)
 
-The rules, all here:
+* The first signal sets the flag; outside :meth:`StopFlag.deferred` it also raises
+  :class:`Stopped`, so code that does not poll ends in a defined state.
+* A second signal while deferred raises :class:`Stopped`, or calls the deferral's ``on_second``.
+* The same signal again within :data:`REPEAT_WINDOW_SECONDS` is the same request: a dying
+  parent sends its ``PR_SET_PDEATHSIG`` once per exiting thread.
+* ``handling()`` nests: inner blocks share the outermost one's flag and ``accept(signum)``
+  (a refused signal is ignored); outside the main thread nothing is installed.
 
-* The first signal sets the flag (``flag.signum``). Outside :meth:`StopFlag.deferred` it also
-  raises :class:`Stopped` where it lands, so that code which does not poll ends in a defined
-  state (a sweep opening its store, a tuner between trials); inside, the work polls
-  :meth:`StopFlag.is_set` and ends itself (a training loop checkpoints at its next batch).
-* A second signal while deferred raises :class:`Stopped` at once ("a second Ctrl-C stops at
-  once"), or calls the deferral's ``on_second`` instead (the scheduler kills its point
-  processes, and lets its own clean-up finish).
-* The same signal again within :data:`REPEAT_WINDOW_SECONDS` of the first is the same
-  request: a parent that dies sends its ``PR_SET_PDEATHSIG`` once per exiting thread.
-* ``handling()`` nests: an inner block shares the outer block's flag and handlers, so a
-  scheduler inside a sweep, or a tuning trial inside a worker, sees the process's one stop
-  request; only the outermost block installs and restores handlers. Outside the main thread
-  nothing is installed (Python allows handlers there only) and no signal sets the flag.
-* What a signal means is the outermost block's ``accept(signum) -> bool``: a signal it
-  refuses is ignored. Default: every stop signal counts.
-
-The one stop type is :class:`Stopped` (``.signum``, ``.reason``, ``.exit_code``). It derives
-from ``KeyboardInterrupt`` so that ``except Exception`` (a run's failure handler, Optuna's
-``catch``) never takes a stop for a failure. ``experiments/`` cannot import this module: its
-``train()`` gets ``should_stop=flag.is_set``, checkpoints and returns None when it is true, and
-the runner (:func:`orchestrator.execute.runner.run_tracked`) turns that into the run's end.
-
-Reason texts (the ``orch.failure_reason`` of a run or parent ended by a stop, relied on by
-tests and docs/how-to/resume.md): ``preempted (SIGTERM)``, ``preempted (SIGUSR1)``, ``interrupted
-(SIGINT)``, each optionally followed by where it stopped. Exit codes: 130 for Ctrl-C
-(SIGINT), 143 for a preemption (SIGTERM and SIGUSR1 alike).
+:class:`Stopped` derives from ``KeyboardInterrupt`` so that ``except Exception`` never takes a
+stop for a failure. Reasons (relied on by tests and docs/how-to/resume.md): ``preempted
+(SIGTERM)``, ``preempted (SIGUSR1)``, ``interrupted (SIGINT)``; exit codes 130 (SIGINT), 143.
 """
 
 from __future__ import annotations
@@ -56,10 +31,9 @@ from typing import Callable, Iterator
 
 from orchestrator.errors import ExitCode
 
-__all__ = ["REPEAT_WINDOW_SECONDS", "SIGNALS", "StopFlag", "Stopped", "exit_code", "handling", "ignore",
-           "ignore_hangup", "reason", "signal_of"]
+__all__ = ["REPEAT_WINDOW_SECONDS", "SIGNALS", "StopFlag", "Stopped", "exit_code", "handling", "ignore_hangup",
+           "reason", "signal_of"]
 
-# Ctrl-C, a preemption (scancel, kill), and Slurm's time-limit warning: each asks for a stop
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 REPEAT_WINDOW_SECONDS = 1.0  # the same signal again within this is the same request
 
@@ -76,8 +50,7 @@ def exit_code(signum: int | None) -> int:
 
 
 def signal_of(err: KeyboardInterrupt) -> int:
-    """The signal behind an interrupt: a :class:`Stopped`'s own, SIGINT for Python's (Ctrl-C
-    where no handler of this module was installed)."""
+    """The signal behind an interrupt: a :class:`Stopped`'s own, else SIGINT (Python's Ctrl-C)."""
     return getattr(err, "signum", signal.SIGINT)
 
 
@@ -149,9 +122,7 @@ _current: StopFlag | None = None  # the flag of the outermost handling() block, 
 
 @contextlib.contextmanager
 def handling(accept: Callable[[int], bool] | None = None) -> Iterator[StopFlag]:
-    """Stop signals set (and, outside a deferral, raise) the yielded flag for the block.
-
-    A block inside another shares its flag (``accept`` then is the outer one's)."""
+    """Stop signals set (and, outside a deferral, raise) the yielded flag; an inner block shares it."""
     global _current
     if _current is not None:
         yield _current
@@ -168,12 +139,6 @@ def handling(accept: Callable[[int], bool] | None = None) -> Iterator[StopFlag]:
             if handler is not None:  # None: a handler not installed from Python, which cannot be restored
                 signal.signal(sig, handler)
         _current = None
-
-
-def ignore(*signums: int) -> None:
-    """Ignore these signals from now on in this process (and the children it starts)."""
-    for signum in signums:
-        signal.signal(signum, signal.SIG_IGN)
 
 
 def ignore_hangup() -> None:

@@ -1,25 +1,13 @@
-"""Multi-machine work queue: a sweep's points as waiting trials of an Optuna study.
+"""Multi-machine work queue: a sweep's points as WAITING trials of the Optuna study ``orch-sweep-<id>``.
 
-``orch sweep GRID --storage postgresql://…`` (:class:`QueueLauncher`) enqueues the sweep's
-missing points as WAITING trials of the study ``orch-sweep-<sweep id>`` (the user attribute
-``TrialAttr.JOB`` carries the point's job, :mod:`orchestrator.execute.job`) and returns.
-``orch worker`` on any number of machines claims trials through ``Study.ask()``; the
-worker that ends a sweep's last point closes it. On PostgreSQL the claim is a
-row-locked state change, so each point is claimed exactly once. A worker keeps a
-heartbeat on each trial it runs; when a worker dies, the next worker to look fails the
-stale trial, marks its MLflow run FAILED and requeues the point (Optuna's
-RetryHeartbeatStaleTrialCallback).
-
-``ask()`` on a study with no waiting trial makes a fresh, empty trial; a worker that raced
-another to the last point gets one of those, recognises it (no job) and
-discards it. A claimed point that is done meanwhile
-(:func:`orchestrator.execute.plan.finished_results`: another worker, a sweep or ``orch run
---resume`` finished it) is completed with that result, not trained again.
-
-Fencing (:mod:`orchestrator.store.claims`): a worker that was frozen past the grace period (a
-paused VM, SIGSTOP) has lost its trial to the reaper. Its point process, thawed, finds that
-out at its next epoch, checkpoint or end and stops without a final state; the worker checks
-the trial before every ``tell`` and leaves a trial it no longer holds to its new owner.
+``orch worker``s claim trials with ``Study.ask()`` (on PostgreSQL a row-locked state change: each
+point is claimed exactly once) and keep a heartbeat on each; the next worker to look fails a
+dead worker's stale trial, marks its run FAILED and requeues the point. ``ask()`` on an empty
+queue makes a fresh trial: a worker that raced to the last point discards it. A claimed point
+finished meanwhile is completed with that result, not trained again. The worker that ends a
+sweep's last point closes it. Fencing (:mod:`orchestrator.store.claims`): a worker frozen past
+the grace period has lost its trial; its point stops without a final state, and the worker
+checks the trial before every ``tell``.
 """
 
 from __future__ import annotations
@@ -38,21 +26,16 @@ from orchestrator.execute import stop
 from orchestrator.execute.display import make_display
 from orchestrator.execute.job import Job
 from orchestrator.execute.plan import Plan, finished_results
-from orchestrator.execute.scheduler import PointSource, Scheduler
+from orchestrator.execute.scheduler import PointSource, Scheduler, Stores
 from orchestrator.execute.slots import Slot, Task
 from orchestrator.store import optuna_storage as storage_mod
 from orchestrator.store.schema import Kind, Status, StudyAttr, TrialAttr
-from orchestrator.store.tracking import TrackingStore
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
 
 log = logging.getLogger(__name__)
 STUDY_PREFIX = "orch-sweep-"
-
-
-def study_name(sweep_id: str) -> str:
-    return f"{STUDY_PREFIX}{sweep_id}"
 
 
 def worker_id() -> str:
@@ -81,13 +64,12 @@ class Submitted:
 
 
 def submit(plan: Plan, jobs: Sequence[Job], url: str, metric: str | None = None) -> Submitted:
-    """Put ``jobs`` on the queue as waiting trials of the sweep's study, but those already there;
-    ``metric``: the one the summary of whoever closes the sweep ranks by (None: the runs' first)."""
+    """Queue ``jobs`` but those already there; ``metric``: the closing summary's (None: the runs' first)."""
     import optuna
     from optuna.trial import TrialState
 
     spec = plan.spec
-    study = optuna.create_study(storage=storage_mod.open_storage(url), study_name=study_name(spec.sweep_id),
+    study = optuna.create_study(storage=storage_mod.open_storage(url), study_name=STUDY_PREFIX + spec.sweep_id,
                                 load_if_exists=True)
     for key, value in {StudyAttr.KIND: Kind.SWEEP, StudyAttr.NAME: spec.name, StudyAttr.SWEEP: spec.sweep_id,
                        StudyAttr.TRACKING_URI: plan.uri, StudyAttr.EXPERIMENT_ID: plan.experiment_id,
@@ -104,8 +86,7 @@ def submit(plan: Plan, jobs: Sequence[Job], url: str, metric: str | None = None)
 
 
 class QueueLauncher:
-    """The PostgreSQL queue: the missing points become waiting trials for ``orch worker``s;
-    returns once they are queued (idempotent: a point already waiting or running stays once)."""
+    """The PostgreSQL queue: returns once the points are queued (a point already there stays once)."""
 
     runs_here = False
 
@@ -132,11 +113,8 @@ class QueueLauncher:
 
 
 class QueueSource(PointSource):
-    """Claims points from the sweep studies of a storage, one trial at a time.
-
-    A task's ticket is its ``(study, trial)``. While a task runs, a heartbeat thread keeps
-    its trial alive; every outcome ends the trial (``tell``) and stops the heartbeat.
-    """
+    """Claims points from a storage's sweep studies; a task's ticket is its ``(study, trial)``, kept
+    alive by a heartbeat thread until its outcome ends the trial (``tell``)."""
 
     def __init__(self, url: str, *, sweep: str | None = None, tracking_uri: str | None = None,
                  max_retries: int = 1):
@@ -145,10 +123,9 @@ class QueueSource(PointSource):
         self.storage = storage_mod.open_storage(url, heartbeat=True, on_stale=self._on_stale)
         self.total = None  # a queue does not know how many points will come
         self.beats: dict[int, threading.Event] = {}  # id(trial) -> stops its heartbeat
-        self._stores: dict[str, TrackingStore] = {}
+        self.stores = Stores()
 
     def studies(self) -> list[Any]:
-        """The sweep studies this worker serves, in name order."""
         import optuna
 
         names = [s.study_name for s in optuna.get_all_study_summaries(self.storage, include_best_trial=False)]
@@ -174,7 +151,7 @@ class QueueSource(PointSource):
             job = Job.from_dict(attrs[TrialAttr.JOB])
             if self.tracking_uri:
                 job = dataclasses.replace(job, uri=self.tracking_uri)
-            done = finished_results(self.store(job.uri), job.experiment_id, [job.run_key]).get(job.run_key)
+            done = finished_results(self.stores[job.uri], job.experiment_id, [job.run_key]).get(job.run_key)
             if done is not None:  # finished meanwhile, by whoever: its result, never a second run
                 self._stop_heartbeat(trial)
                 trial.set_user_attr(TrialAttr.RUN_ID, done.info.run_id)
@@ -187,10 +164,8 @@ class QueueSource(PointSource):
         return None
 
     def _let_go(self, task: Task) -> bool:
-        """Stop the task's heartbeat; True when this worker still holds its trial (the reaper
-        fails a trial whose heartbeat went silent, e.g. while this worker was frozen, and
-        requeues its point). Check, then tell: a reaper acting between the two makes ``tell``
-        raise, as before."""
+        """Stop the heartbeat; True when this worker still holds the trial (the reaper may have failed
+        it while the worker was frozen). A reaper acting between this check and ``tell`` makes it raise."""
         from optuna.trial import TrialState
 
         _, trial = task.ticket
@@ -229,7 +204,6 @@ class QueueSource(PointSource):
         return False
 
     def abandon(self, task: Task) -> None:
-        """Interrupted: give the point back to the queue for another worker."""
         from optuna.trial import TrialState
 
         study, trial = task.ticket
@@ -238,7 +212,6 @@ class QueueSource(PointSource):
             _requeue(study, trial, attempt=task.attempt)
 
     def lost(self, task: Task, reason: str) -> None:
-        """Another worker took the point over: its trial is the reaper's and the new owner's."""
         self._stop_heartbeat(task.ticket[1])
 
     def _stop_heartbeat(self, trial: Any) -> None:
@@ -247,22 +220,17 @@ class QueueSource(PointSource):
             beat.set()
 
     def _on_stale(self, study, trial) -> None:
-        """A worker stopped beating: its MLflow run is FAILED (the point is requeued by Optuna)."""
+        """A worker stopped beating: its run is FAILED (Optuna requeues the point)."""
         run_id = trial.user_attrs.get(TrialAttr.RUN_ID)
         if not run_id:
             return
         uri = self.tracking_uri or study.user_attrs.get(StudyAttr.TRACKING_URI)
         who = trial.user_attrs.get(TrialAttr.WORKER, "a worker")
         try:
-            self.store(uri).end_run(run_id, Status.FAILED,
+            self.stores[uri].end_run(run_id, Status.FAILED,
                                     f"worker {who} stopped sending heartbeats; the point was requeued")
         except Exception as err:  # noqa: BLE001 - the requeue matters more than the record
             log.warning(f"could not mark run {run_id} FAILED ({type(err).__name__}: {err}); the point is requeued")
-
-    def store(self, uri: str) -> TrackingStore:
-        if uri not in self._stores:
-            self._stores[uri] = TrackingStore(uri)
-        return self._stores[uri]
 
     def _maybe_close(self, study) -> None:
         """The worker that finishes a sweep's last point writes its summary and closes its parent."""
@@ -274,20 +242,19 @@ class QueueSource(PointSource):
             return
         attrs = study.user_attrs
         try:  # this worker's own view of the tracking server (--tracking-uri), else the URI queued with
-            close_sweep(self.store(self.tracking_uri or attrs[StudyAttr.TRACKING_URI]), attrs[StudyAttr.PARENT_RUN_ID],
+            close_sweep(self.stores[self.tracking_uri or attrs[StudyAttr.TRACKING_URI]], attrs[StudyAttr.PARENT_RUN_ID],
                         metric=attrs.get(StudyAttr.METRIC))
         except Exception as err:  # noqa: BLE001 - the work is done; the summary can be redone
             log.warning(f"could not write the summary of sweep {study.study_name} ({type(err).__name__}: {err})")
 
 
 def _value(study: Any, metrics: Mapping[str, float]) -> float:
-    """A finished point's trial value: its sweep's metric (0 without one); the queue only counts on it."""
+    """A finished point's trial value: its sweep's metric, else 0."""
     metric = study.user_attrs.get(StudyAttr.METRIC)
     return float(metrics.get(metric, 0.0)) if metric else 0.0
 
 
 def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
-    """Put a point back on the queue as a new WAITING trial with the same job."""
     attrs = {k: v for k, v in trial.user_attrs.items() if k not in (TrialAttr.RUN_ID, TrialAttr.WORKER)}
     attrs[TrialAttr.ATTEMPT] = attempt
     study.enqueue_trial({}, user_attrs=attrs)
@@ -296,14 +263,10 @@ def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
 def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tracking_uri: str | None = None,
                max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False,
                serve_others: Callable[[], bool] | None = None, stopped: list[int] | None = None) -> int:
-    """Claim and run points on ``slots`` (:func:`orchestrator.execute.scheduler.plan_slots`) until the
-    queue is empty (or forever with ``wait``); the exit code.
+    """Claim and run points on ``slots`` until the queue is empty (forever with ``wait``); the exit code.
 
-    ``serve_others()`` runs other work of the storage (``orch worker`` joins the tuning studies
-    that want trials: the CLI composes the two) before the points, after them, and whenever the
-    worker is idle; True when it did some. ``stopped`` receives the signal that stopped the
-    worker, if one did (a Slurm task requeues itself after SIGUSR1, its time-limit warning).
-    """
+    ``serve_others()`` (the tuning studies that want trials) runs before the points, after them and
+    while idle; True when it did some. ``stopped`` receives the signal that stopped the worker."""
     serve = serve_others or (lambda: False)
     source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
     scheduler = Scheduler(slots=list(slots), display=make_display(quiet), idle_poll=poll if wait else None,

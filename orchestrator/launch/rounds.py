@@ -1,14 +1,8 @@
 """The rounds of ``orch sweep --until-separated`` and the points of ``--confirm N``.
 
-:mod:`orchestrator.analyze.separation` decides which settings are separated from the
-leader; this module turns the verdict into runs. The leader and the rivals not separated
-get the next ``per_round`` seeds. Added seeds are the integers after the grid's largest
-seed, in order, so a rerun picks the same ones: an added point is an ordinary point (same
-run key rules, resume from its checkpoint, listed in the parent's ``points.json`` for
-``orch compare``, marked there as added). :func:`confirm_spec` builds ``--confirm N``'s
-points: the leader and the settings not separated from it, on N seeds no earlier run of
-the sweep used. Settings are looked up in an index built once per call, so a round costs
-one pass over the sweep's runs however many settings it has.
+The leader and the rivals not yet separated (:mod:`orchestrator.analyze.separation`) get the
+next ``per_round`` seeds: the integers after the grid's largest seed, in order, so a rerun picks
+the same ones; an added point is an ordinary point, marked as added in ``points.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from orchestrator.store.schema import ExpectedPoint
 
 
 class ConfirmError(UserError):
-    """``--confirm`` has no separation verdict to confirm, or the grid lost one of its settings."""
+    """No separation verdict to confirm, or the grid lost one of its settings."""
 
 
 def _setting(point: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -34,7 +28,7 @@ def _setting(point: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _runs_by_setting(spec: SweepSpec) -> dict[tuple[tuple[str, str], ...], list[RunSpec]]:
-    """The sweep's runs of each setting, built once (a lookup per row, not a scan of the sweep)."""
+    """The sweep's runs of each setting, indexed once (a round costs one pass over the runs)."""
     out: dict[tuple[tuple[str, str], ...], list[RunSpec]] = {}
     for run in spec.runs:
         out.setdefault(_setting(run.point), []).append(run)
@@ -42,16 +36,13 @@ def _runs_by_setting(spec: SweepSpec) -> dict[tuple[tuple[str, str], ...], list[
 
 
 def _with_seed(template: RunSpec, seed: int, index: int) -> RunSpec:
-    """The run of ``template``'s setting with another seed."""
     return run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config, seed, index)
 
 
 def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
-    """This round's runs: for the leader and each rival not yet separated, its planned seeds
-    that have not finished (a stopped round resumes them), then new seeds, ``per_round`` at
-    most and never past ``max_seeds`` finished; none once every rival is separated.
-    ``finished``: the run keys with a FINISHED run (a finished run whose metric is not
-    finite is done too, though it adds nothing). Runs not yet in ``spec`` are new RunSpecs."""
+    """This round's runs: for the leader and each rival not separated, its unfinished planned seeds,
+    then new seeds, ``per_round`` at most and never past ``max_seeds`` finished (``finished``: run
+    keys with a FINISHED run); none once every rival is separated."""
     if verdict.leader is None or not verdict.undecided:
         return []
     todo: list[RunSpec] = []
@@ -88,14 +79,8 @@ def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec
 
 
 def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[ExpectedPoint], n: int) -> SweepSpec:
-    """``orch sweep --confirm N``'s sweep: the leader and the settings not separated from it
-    (``decision``: the separation sweep's ``separation.json``), each on ``n`` seeds after the
-    largest seed of the separation sweep's ``points`` (seeds no earlier run used). Its
-    points are ordinary points, seed-major, under a sweep id of their own.
-
-    Raises:
-        ConfirmError: the decision names no leader, or a setting the grid no longer has.
-    """
+    """``--confirm N``'s sweep: the leader and the settings not separated from it (``decision``:
+    ``separation.json``), on ``n`` seeds no run of ``points`` used, seed-major, under their own sweep id."""
     if not decision.get("leader"):
         raise ConfirmError("--confirm: the separation sweep declared no leader (fewer than two settings had a value)")
     top = [decision["leader"]["setting"], *(e["setting"] for e in decision.get("not_separated", []))]

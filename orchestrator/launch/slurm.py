@@ -1,11 +1,9 @@
 """Slurm, on the submitting side: options, checks, the job script, ``sbatch`` and ``squeue``.
 
-The job script is plain ``sbatch``, submitted with ``sbatch --parsable``: what ``--dry-run``
-prints is what is submitted, and a task is an ordinary ``python -m orchestrator.launch.slurm_task``
-process whose input (a header line, then one job per point, or none for a queue worker) is a
-heredoc in the script, so it needs the tracking store, not the grid file. Every job of a sweep
-is named ``orch-<sweep id>``: that is how reruns, ``orch status`` and the tasks find each
-other in squeue. Nothing here imports mlflow, torch or optuna.
+The job script is plain ``sbatch`` (what ``--dry-run`` prints is what is submitted); a task is a
+``python -m orchestrator.launch.slurm_task`` whose input is a heredoc in the script. Every job of a
+sweep is named ``orch-<sweep id>``: reruns, ``orch status`` and tasks find each other by it.
+Nothing here imports mlflow, torch or optuna.
 """
 
 from __future__ import annotations
@@ -33,13 +31,11 @@ INPUT_END = "ORCH_TASK"  # the heredoc delimiter of the task's input in a job sc
 
 
 class SlurmError(UserError):
-    """A Slurm option or the cluster cannot be used as given: names the problem and the fix."""
+    """A Slurm option or the cluster cannot be used as given."""
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """What ``orch sweep --launcher slurm`` asks of Slurm."""
-
     partition: str | None = None
     time: str | None = None  # Slurm's time format, checked by parse_time
     array_parallelism: int | None = None  # tasks running at once (array mode); tasks (queue mode)
@@ -53,21 +49,12 @@ class SlurmOptions:
 
 @dataclass(frozen=True)
 class LiveJob:
-    """A job that squeue still lists in a live state."""
-
     id: str  # as squeue shows it: "12_3" for array task 3 of job 12
     state: str
 
 
-# --------------------------------------------------------------------------- checks
-
-
 def parse_time(value: str) -> float | None:
-    """Slurm's ``--time`` formats → minutes (None for ``infinite``/``unlimited``).
-
-    Raises:
-        SlurmError: the value is not one of Slurm's forms.
-    """
+    """Slurm's ``--time`` formats → minutes (None for ``infinite``/``unlimited``); else a SlurmError."""
     text = value.strip().lower()
     if text in ("infinite", "unlimited"):
         return None
@@ -135,13 +122,8 @@ def _is_loopback(host: str | None) -> bool:
 
 
 def check_reachable_from_nodes(uri: str, shared: bool) -> None:
-    """Refuse a tracking URI that compute nodes cannot reach, when that can be told from here.
-
-    A SQLite file must be on a filesystem the nodes share (not /tmp, /var/tmp, /dev/shm,
-    /run or a tmpfs); a server or database must not be named by a loopback address.
-    ``shared`` (``--store-is-shared``) says the nodes reach it as given: a one-machine
-    cluster, say.
-    """
+    """Refuse a tracking URI the compute nodes cannot reach (a SQLite file on a node-local
+    filesystem or tmpfs, a loopback address) unless ``shared`` (``--store-is-shared``)."""
     if shared:
         return
     escape = f"if the compute nodes do reach it as given (one machine), add --store-is-shared or set {SHARED_ENV}=1"
@@ -177,16 +159,12 @@ def _on_tmpfs(path: Path) -> bool:
     return fstype in ("tmpfs", "ramfs")
 
 
-# --------------------------------------------------------------------------- the job script
-
-
 def job_name(sweep_id: str) -> str:
     return f"orch-{sweep_id}"
 
 
 def warn_seconds(options: SlurmOptions) -> int:
-    """The time-limit warning's lead: 120 s, or half of a limit under four minutes (a ``--slurm
-    signal=…`` replaces orch's directive, lead and all)."""
+    """The time-limit warning's lead: 120 s, or half of a limit under four minutes."""
     minutes = options.minutes()
     return WARN_SECONDS if minutes is None else int(max(10, min(WARN_SECONDS, minutes * 30)))
 
@@ -196,11 +174,8 @@ def log_dir(options: SlurmOptions) -> Path:
 
 
 def job_script(options: SlurmOptions, *, name: str, n_tasks: int, task_input: Sequence[str], comment: str) -> str:
-    """The sbatch script of an array of ``n_tasks``: its directives, then the tasks' input as a heredoc.
-
-    Each of orch's sbatch options is replaced by a ``--slurm`` option of the same key; the
-    other ``--slurm`` options follow.
-    """
+    """The sbatch script of an array of ``n_tasks``: directives (a ``--slurm`` option replaces orch's
+    of the same key; the others follow), then the tasks' input as a heredoc."""
     array = f"0-{n_tasks - 1}" + (f"%{options.array_parallelism}" if options.array_parallelism else "")
     pairs = [("job-name", name), ("partition", options.partition), ("output", str(log_dir(options) / "%x-%A_%a.out")),
              ("open-mode", "append"), ("chdir", str(Path.cwd())), ("export", "ALL"), ("array", array),
@@ -213,9 +188,6 @@ def job_script(options: SlurmOptions, *, name: str, n_tasks: int, task_input: Se
              f"exec {shlex.quote(sys.executable)} -m orchestrator.launch.slurm_task <<'{INPUT_END}'",
              *task_input, INPUT_END, ""]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- sbatch, squeue
 
 
 def test_only(script: str) -> None:
@@ -236,22 +208,13 @@ def submit(script: str) -> str:
 
 
 def live_jobs(sweep_id: str) -> list[LiveJob]:
-    """The sweep's jobs that squeue lists in a live state (an array's pending tasks one by one).
-
-    Raises:
-        SlurmError: squeue failed or did not answer. The jobs' states are then unknown, which
-            must never be read as "no live job": that would close a sweep, submit points
-            again or take over points that still run.
-    """
+    """The sweep's live jobs (an array's pending tasks one by one). A SlurmError when squeue fails:
+    unknown states must never read as "no live job" (a sweep closed, points run twice)."""
     return _squeue(["-n", job_name(sweep_id)])
 
 
 def is_live(job_id: str) -> bool:
-    """Whether squeue lists job ``job_id`` (an array task's own ``SLURM_JOB_ID``, say) as live.
-
-    Raises:
-        SlurmError: squeue failed or did not answer.
-    """
+    """Whether squeue lists job ``job_id`` as live; a SlurmError when squeue fails."""
     return bool(_squeue(["-j", job_id]))
 
 

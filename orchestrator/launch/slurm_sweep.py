@@ -1,49 +1,36 @@
 """The Slurm launcher: submit a sweep's missing points as a job array, follow it, close it once.
 
-:class:`orchestrator.launch.sweep.SlurmLauncher` calls :func:`check_sweep` before anything is
-recorded, then :func:`submit_sweep` with the plan's missing points as jobs. Points that a live
-task of the sweep holds are left out (the parent's ``slurm/<job id>.json`` lists each task's
-points), so a rerun submits only what is missing.
-
-Closing (:func:`close_if_done`: the summary, the parent's end) is done by each array task as
-it ends, and by ``orch status``, ``--wait`` and a rerun with nothing to submit, one at a time
-under a lock of the sweep. It closes only when no other job of the sweep is live in squeue.
-squeue lags a task's end (RUNNING for a moment after its process is gone, then COMPLETING,
-which a cancelled task also shows while it checkpoints), so a task that finds it is not the
-last records on the parent that it has ended (``Tag.SLURM_ENDED``) before the next closer
-looks. Of tasks that end together, the last to take the lock closes the sweep, once. (Seen on
-Slurm 22.05, one node: without that record the closer after a task that had just ended still
-saw it RUNNING, and both tasks of a cancelled array, each seeing the other COMPLETING, closed.)
-
-Why not the close job of before (``--dependency=afterany``): ``scontrol requeue`` also takes a
-task that has ended, which satisfies ``afterany`` and then runs again, so that job had to wait
-for COMPLETING tasks, hand the closing on to a successor, chain after earlier close jobs and
-be queued again when cancelled. Here a requeued task is live, so it is not the last; should a
-closer still end the sweep under it (an administrator's requeue of a task that had left
-squeue), the task closes it again as it ends, as a task closes even a closed parent. Why not
-submitit: it pickles a function onto the shared disk and owns the signals, where a task here
-is a plain process whose script ``--dry-run`` prints; and the closing would still be ours.
-
-Left to ``orch status``, ``--wait`` or a rerun: a sweep whose last task was killed hard
-(SIGKILL, a dead node) or cancelled before it started. The lock is a file beside a SQLite
-store, and for a tracking server in ``~/.cache/orch`` (:mod:`orchestrator.store.locks`): where
-that is not shared, tasks on two nodes that end within the same second may both close the
-sweep (the same summary, twice).
+Points a live task holds (the parent's ``slurm/<job id>.json``) are not submitted again.
+:func:`close_if_done` runs in each array task as it ends, and in ``orch status``, ``--wait``
+and a rerun, one at a time under the sweep's lock; it closes only when no other job of the
+sweep is live. squeue lags a task's end (RUNNING, then COMPLETING, which a cancelled task
+also shows), so a task that is not the last records ``Tag.SLURM_ENDED`` on the parent first;
+of tasks ending together the last to take the lock closes, once (seen on Slurm 22.05: without
+that record, both tasks of a cancelled array closed). Not a ``--dependency=afterany`` close
+job: ``scontrol requeue`` of an ended task satisfies ``afterany``; a requeued task is live,
+and one closed under it closes the sweep again as it ends. Left to ``orch status``,
+``--wait`` or a rerun: a sweep whose last task was killed hard or cancelled before it
+started. Where the lock (:mod:`orchestrator.store.locks`) is not shared, tasks on two nodes
+ending within a second may both close the sweep (the same summary, twice).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from typing import Any, Sequence
 
+from orchestrator.analyze.render import render
+from orchestrator.analyze.report import sweep_points, sweep_records
+from orchestrator.analyze.sweep_summary import compare_sweep, entry_metric
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
 from orchestrator.execute.job import Job, encode
-from orchestrator.execute.plan import Plan
+from orchestrator.execute.plan import Plan, expected_points
 from orchestrator.grid.load import SweepSpec
-from orchestrator.launch import slurm
+from orchestrator.launch import queue, slurm
 from orchestrator.store import locks
 from orchestrator.store.schema import Artifact, Kind, Status, Tag
 from orchestrator.store.tracking import TrackingStore
@@ -56,9 +43,8 @@ ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
                 **settings: Any) -> None:
-    """Every check before anything is recorded or submitted, down to ``sbatch --test-only``.
-
-    ``settings`` are the tasks' own: ``device``, ``max_retries`` and ``metric`` (of the summary)."""
+    """Every check before anything is recorded, down to ``sbatch --test-only``; ``settings``:
+    the tasks' ``device``, ``max_retries`` and ``metric``."""
     slurm.check(options, uri, shared=shared, storage=storage)
     slurm.test_only(dry_run_script(spec, uri, options, storage=storage, **settings))
 
@@ -91,8 +77,6 @@ def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *
 def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str,
                     live: Sequence[slurm.LiveJob], settings: dict[str, Any]) -> None:
     """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
-    from orchestrator.launch import queue
-
     spec = plan.spec
     sub = queue.submit(plan, jobs, storage, settings.get("metric"))
     waiting = sub.enqueued + sub.queued_before
@@ -172,17 +156,11 @@ def held_points(store: TrackingStore, parent_run_id: str, live: Sequence[slurm.L
     return held
 
 
-# --------------------------------------------------------------------------- closing
-
-
 def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str = "",
                   metric: str | None = None, wait: bool = False) -> str:
     """Write the summary and end the parent if no other job of the sweep is live; what it did.
-
-    ``own_job`` is the calling task (``12_3``): it does not count, and it closes the parent
-    even when another closer has ended it (see the module's docstring). ``wait``: wait for
-    a closer that holds the sweep's closing lock, else leave the closing to it.
-    """
+    ``own_job`` (``12_3``) does not count, and closes even a closed parent; ``wait``: wait for
+    a closer holding the lock, else leave the closing to it."""
     sweep_id = store.get_run(parent_run_id).data.tags[Tag.SWEEP]
     try:
         with locks.hold(store.uri, f"slurm-close-{sweep_id}", wait=wait,
@@ -193,7 +171,7 @@ def close_if_done(store: TrackingStore, parent_run_id: str, *, by: str, own_job:
 
 
 def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, metric: str | None) -> str:
-    from orchestrator.launch.sweep import close_sweep
+    from orchestrator.launch.sweep import close_sweep  # not at the top: it imports numpy
 
     parent = store.get_run(parent_run_id)  # fresh: another closer may have ended it
     sweep_id = parent.data.tags[Tag.SWEEP]
@@ -220,9 +198,6 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
     return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
 
 
-# --------------------------------------------------------------------------- following (--wait), orch status
-
-
 def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
            poll: float = FOLLOW_POLL_SECONDS) -> None:
     """Say each of the sweep's points as it starts and ends, until no job of the sweep is left in Slurm."""
@@ -244,12 +219,7 @@ def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
 
 
 def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
-    """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
-    task did, print the table; the exit code."""
-    from orchestrator.analyze import compare, sweep_summary
-    from orchestrator.analyze.report import sweep_records
-    from orchestrator.execute.plan import expected_points
-
+    """``--wait``: follow the sweep's jobs, close the sweep if no task did, print the table; the exit code."""
     store = TrackingStore(plan.uri)
     try:
         follow(store, plan, metric, since_ms)
@@ -260,9 +230,9 @@ def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
         log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
     spec = plan.spec
     records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
-    result = sweep_summary.compare_sweep(records, expected_points(spec), metric)
+    result = compare_sweep(records, expected_points(spec), metric)
     if result is not None:
-        print(compare.render(result, "table"), flush=True)
+        print(render(result, "table"), flush=True)
     status = store.run_status(plan.parent_run_id)
     if status == Status.FINISHED:
         return ExitCode.OK
@@ -272,10 +242,6 @@ def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
 
 def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
     """Per point: name, MLflow status, Slurm job (tag), its state in squeue; and what closing did."""
-    import shutil
-
-    from orchestrator.analyze.report import sweep_points
-
     sweep_id = parent.data.tags[Tag.SWEEP]
     points = sweep_points(store, parent)  # none recorded: one message, exit 2
     latest: dict[str, Any] = {}  # run key -> its finished run, else its newest
@@ -303,17 +269,8 @@ def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
 
 
 class SlurmLauncher:
-    """A Slurm job array (this module): returns once submitted; the
-    sweep is closed by Slurm's side (its last task). With ``wait``, :func:`run_sweep` calls
-    :meth:`follow` once it has let go of the sweep lock, which a follower must not keep.
-
-    ``check_sweep`` makes every check that needs no store (sbatch on PATH, the
-    partition, the time limit, ``sbatch --test-only`` of the script, nodes that reach the store)
-    and raises a :class:`UserError`. ``submit_sweep`` submits ``jobs`` (the plan's
-    missing points) but those a live task holds, or with ``storage`` queues them
-    (:func:`orchestrator.launch.queue.submit`) and submits worker tasks; it says what it
-    submitted and returns the exit code. It runs under the sweep lock :func:`run_sweep` holds.
-    """
+    """A Slurm job array: returns once submitted; its last task closes the sweep. With ``wait``,
+    :func:`run_sweep` calls :meth:`follow` once it has let go of the sweep lock."""
 
     runs_here = False
 
@@ -323,8 +280,6 @@ class SlurmLauncher:
         self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
 
     def setup(self, spec: SweepSpec, uri: str) -> None:
-        from orchestrator.analyze.sweep_summary import entry_metric
-
         self.settings["metric"] = self.settings["metric"] or entry_metric(spec.entry)
         check_sweep(spec, uri, self.options, storage=self.storage, shared=self.shared, **self.settings)
 
@@ -333,7 +288,6 @@ class SlurmLauncher:
         return submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
 
     def follow(self, plan: Plan) -> int:
-        """With ``wait``, once the sweep lock is let go: follow the jobs until they end; the exit code."""
         return wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
 
     def close(self) -> None:

@@ -1,18 +1,10 @@
 """One Slurm array task of a sweep: ``python -m orchestrator.launch.slurm_task``, its input on stdin.
 
-The job script (:func:`orchestrator.launch.slurm.job_script`) feeds it a header line (JSON: the
-mode, the tracking URI, the sweep's parent run, options), then in array mode one job per point
-(:func:`orchestrator.execute.job.encode`). Array task i runs points ``[i*K, (i+1)*K)`` (K =
-``--runs-per-gpu``) with the local scheduler, each resumed from its checkpoint if an earlier
-attempt left one, and leaves out a point that is finished or RUNNING in another live job; as it
-ends, it closes the sweep if it is the sweep's last job (:mod:`orchestrator.launch.slurm_sweep`).
-In queue mode the task is an ``orch worker`` limited to the sweep.
-
-Signals, submitit's rule, through :mod:`orchestrator.execute.stop` (one stop request for the
-whole task, kept if it comes before the scheduler starts): Slurm's time-limit warning (SIGUSR1,
-``--signal=B:USR1@N``) makes the running points checkpoint and end KILLED, and the task
-requeues itself; its next start resumes them. SIGTERM (``scancel``, a preemption) stops the
-same way without a requeue. Slurm checks limits about every 30 s and may warn up to a minute
+Input: a JSON header (mode, tracking URI, parent run, options), then in array mode one job per
+point; task i runs points ``[i*K, (i+1)*K)`` (K = ``--runs-per-gpu``), leaving out those finished
+or RUNNING in another live job, and closes the sweep if it is the last job. In queue mode it is an
+``orch worker`` of the sweep. SIGUSR1 (the time-limit warning) makes the points checkpoint and the
+task requeue itself; SIGTERM stops the same way without a requeue. Slurm may warn up to a minute
 before the lead it was given: with limits of minutes, choose the lead with that in mind.
 """
 
@@ -25,24 +17,25 @@ import signal
 import sys
 from typing import Any
 
+from orchestrator import processes
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
+from orchestrator.execute.display import PlainDisplay
 from orchestrator.execute.job import Job, decode, slurm_tags
-from orchestrator.launch import slurm
+from orchestrator.execute.plan import finished_results
+from orchestrator.execute.scheduler import ListSource, Scheduler
+from orchestrator.execute.slots import plan_slots
+from orchestrator.launch import queue, slurm
+from orchestrator.launch.slurm_sweep import close_if_done
 from orchestrator.store.schema import Status, Tag, tag_filter
+from orchestrator.store.tracking import TrackingStore
 
 log = logging.getLogger("orchestrator.launch.slurm_task")  # not __name__: it runs as __main__
 
 
 def left_out(store, job: Job, me: dict[str, str]) -> str | None:
-    """Why this task must not run the job's point (finished, or running in another live job), or None.
-
-    A run left RUNNING by a task that is gone (this task's own earlier start, killed before it
-    could close it, or a dead job) is closed FAILED, so that its checkpoint can be resumed.
-    """
-    from orchestrator import processes
-    from orchestrator.execute.plan import finished_results
-
+    """Why this task must not run the job's point (finished, or running in another live job), or None;
+    a run left RUNNING by a task or process that is gone is closed FAILED, to be resumed."""
     if finished_results(store, job.experiment_id, [job.run_key]):
         return "already finished"
     for run in store.search([job.experiment_id], f"{tag_filter(Tag.RUN_KEY, job.run_key)} and "
@@ -65,10 +58,6 @@ def left_out(store, job: Job, me: dict[str, str]) -> str | None:
 
 def run_points(header: dict[str, Any], lines: list[str]) -> int:
     """Array mode: this task's points; the exit code."""
-    from orchestrator.execute.display import PlainDisplay
-    from orchestrator.execute.scheduler import ListSource, Scheduler
-    from orchestrator.store.tracking import TrackingStore
-
     per = int(header["per_task"])
     index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     store, me = TrackingStore(header["uri"]), slurm_tags()
@@ -91,35 +80,26 @@ def run_points(header: dict[str, Any], lines: list[str]) -> int:
 
 
 def task_slots(n_points: int, per: int, device: str) -> list:
-    """The slots of a task's ``n_points``: its CPU slots share the CPUs Slurm gave the task
-    (:func:`orchestrator.execute.scheduler.usable_cpus`)."""
-    from orchestrator.execute.scheduler import plan_slots
-
+    """The slots of a task's ``n_points``; CPU slots share the CPUs Slurm gave the task."""
     return plan_slots(max(1, n_points), None, per, device)
 
 
 def own_threads() -> None:
-    """Forget the submitting shell's ``OMP_NUM_THREADS`` (``--export=ALL`` passes it on, e.g. a
-    ``1`` set for workers sharing a login node): the task's points divide what Slurm gave it."""
+    """Forget the submitting shell's ``OMP_NUM_THREADS`` (``--export=ALL`` passes it on): the task's
+    points divide what Slurm gave it."""
     os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def run_worker(header: dict[str, Any]) -> int:
     """Queue mode: an ``orch worker`` for this sweep; the exit code."""
-    from orchestrator.launch import queue
-
     per = int(header["per_task"])
     return queue.run_worker(header["storage"], task_slots(per, per, header["device"]), sweep=header["sweep_id"],
                             tracking_uri=header["uri"], max_retries=int(header["max_retries"]), quiet=False)
 
 
 def requeue(code: int) -> int:
-    """Put this task back in the queue; its next start resumes its points from their checkpoints.
-
-    ``scontrol requeue`` ends this job at once (SIGTERM to its processes), so the task becomes
-    that command (exec) as its last act: the work is saved, nothing is left to stop. Returns
-    only when scontrol cannot be started.
-    """
+    """Requeue this task; its next start resumes its points. ``scontrol requeue`` ends the job at once,
+    so the task execs it as its last act, the work saved; returns only when scontrol cannot start."""
     job = os.environ.get("SLURM_JOB_ID")
     if job:
         log.info("time limit near: points checkpointed; task requeued, its next start resumes them")
@@ -134,9 +114,6 @@ def requeue(code: int) -> int:
 
 def close(header: dict[str, Any]) -> None:
     """Close the sweep if this task is its last job."""
-    from orchestrator.launch.slurm_sweep import close_if_done
-    from orchestrator.store.tracking import TrackingStore
-
     me = slurm_tags().get(Tag.SLURM_JOB, "")
     try:
         log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",

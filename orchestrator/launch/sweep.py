@@ -1,21 +1,10 @@
 """A sweep from start to end: plan it, hand its missing points to a launcher, close it.
 
-Which points are missing is decided once, by :func:`orchestrator.execute.plan.plan_sweep`,
-under the experiment's sweep lock (:mod:`orchestrator.store.locks`). A launcher is an adapter
-with one interface, :class:`Launcher` (after Hydra's: ``setup`` checks, ``launch`` takes the
-jobs): :class:`LocalLauncher` runs them on this machine's slots and returns once they are done,
-:class:`orchestrator.launch.queue.QueueLauncher` queues them for ``orch worker``s and
-:class:`~orchestrator.launch.slurm_sweep.SlurmLauncher` submits them as a Slurm array; those two return once the points are
-handed on, and whoever ends the last point closes the sweep.
-
-A sweep run here ends with its summary on the parent (:mod:`orchestrator.analyze.sweep_summary`)
-and the parent FINISHED or FAILED; a rerun that finds every point finished and the parent
-FINISHED prints the table and changes nothing. A store that fails during the sweep
-(:class:`StoreFailure`: full disk, a vanished or locked store) ends it with one message and
-exit 1, wherever it happens: while opening the sweep, in the scheduler (which then starts no
-more points and lets the running ones end), or while writing the summary and closing the
-parent. Nothing more is written after the failure; the next invocation closes the runs left
-RUNNING and runs exactly the points that did not finish.
+:func:`orchestrator.execute.plan.plan_sweep` decides what is missing, once, under the sweep
+lock. :class:`LocalLauncher` runs the points here; the queue's and Slurm's launchers hand them
+on, and whoever ends the last point closes the sweep. A store that fails (:class:`StoreFailure`)
+ends the sweep with one message and exit 1 wherever it happens; nothing more is written, and
+the next invocation closes the runs left RUNNING and runs exactly the points not finished.
 """
 
 from __future__ import annotations
@@ -28,14 +17,16 @@ import signal
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from orchestrator.analyze import separation, sweep_summary
+from orchestrator.analyze.render import render
 from orchestrator.analyze.report import sweep_records
-from orchestrator.launch import rounds
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
+from orchestrator.execute.display import make_display
 from orchestrator.execute.job import Job
 from orchestrator.execute.plan import Plan, expected_points, finished_results, plan_sweep
 from orchestrator.execute.scheduler import ListSource, Outcome, Scheduler
 from orchestrator.execute.slots import Slot
+from orchestrator.launch import rounds
 from orchestrator.store import locks
 from orchestrator.store.schema import Artifact, Status, Tag, points_json, read_points
 
@@ -48,9 +39,8 @@ log = logging.getLogger(__name__)
 
 
 class Launcher(Protocol):
-    """Where a sweep's missing points run. ``setup`` refuses (a :class:`UserError`) what the
-    launcher cannot take, before anything is recorded; ``launch`` runs or hands on the jobs of
-    a plan; ``close`` lets go of what ``launch`` kept for a next call (a sweep's rounds)."""
+    """Where a sweep's missing points run. ``setup`` refuses (:class:`UserError`) what it cannot
+    take, before anything is recorded; ``close`` lets go of what ``launch`` kept for a next round."""
 
     runs_here: bool  # launch() returns once the points ran here (an Outcome), else once handed on
 
@@ -63,8 +53,7 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    """This machine's slots (:class:`Scheduler`): returns once the points ran. Its slots keep
-    their processes from one launch to the next (a sweep's rounds) until :meth:`close`."""
+    """This machine's slots: returns once the points ran; the slots' processes last until :meth:`close`."""
 
     runs_here = True
 
@@ -77,8 +66,6 @@ class LocalLauncher:
             spec.entry.check_device(r.config, "cuda" if self.slots[0].gpu is not None else "cpu")
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> Outcome:
-        from orchestrator.execute.display import make_display
-
         if not jobs:
             return Outcome()
         if self.scheduler is None:
@@ -95,15 +82,10 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
               wait: bool = False, until: Separation | None = None, metric: str | None = None) -> int:
     """Run or hand on what is missing of ``spec``; the exit code (0, 1 failures, 130 Ctrl-C, 143 SIGTERM).
 
-    ``metric``: the closing table's; None: the entry's default metric, else the first summary
-    metric of the runs (:mod:`orchestrator.analyze.sweep_summary`).
-
-    Holds the experiment's sweep lock (:mod:`orchestrator.store.locks`) while it plans, and while
-    the points run here beats a heartbeat on the parent through a tracking server: a second
-    sweep of the same experiment and store is refused (``SweepBusy``, exit 2) or, with
-    ``wait``, waits for this one. With ``until``, rounds of added seeds follow the grid's own
-    (:mod:`orchestrator.launch.rounds`). The caller has set ``launcher`` up (:meth:`Launcher.setup`)
-    before it opened ``store``.
+    Holds the experiment's sweep lock while it plans, and while points run here beats on the
+    parent: a second sweep of the experiment is refused (``SweepBusy``, exit 2) or, with ``wait``,
+    waits. ``until``: rounds of added seeds follow. ``metric``: the table's (None: the entry's, else
+    the runs' first). ``launcher`` is set up (:meth:`Launcher.setup`) before ``store`` is opened.
     """
     heartbeat = locks.ParentHeartbeat(store, spec.name, wait=wait) if launcher.runs_here else None
     with stop.handling(), contextlib.ExitStack() as held:
@@ -145,12 +127,8 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
 
 def _rounds(store: TrackingStore, plan: Plan, launcher: LocalLauncher, outcome: Outcome,
             until: Separation | None) -> tuple[Outcome, Any]:
-    """``--until-separated``: rounds of added seeds after the grid's; (the sweep's outcome, the last verdict).
-
-    Rounds go on past failed points (a setting that diverges on some seeds just has fewer
-    values; one with none is not compared) and stop after L looks, the number the level
-    alpha/L is spent over, so that seeds failing again and again cannot loop for ever.
-    """
+    """``--until-separated``: rounds of added seeds; (the sweep's outcome, the last verdict). Rounds
+    go on past failed points and stop after L looks (alpha/L is spent over them): no endless loop."""
     verdict, looks = None, 0
     while until is not None and not (outcome.interrupted or outcome.store_failure
                                      or (launcher.fail_fast and outcome.failed)):
@@ -164,8 +142,7 @@ def _rounds(store: TrackingStore, plan: Plan, launcher: LocalLauncher, outcome: 
 
 
 def _merged(before: Outcome, after: Outcome) -> Outcome:
-    """The sweep's outcome over rounds: a point failed in one round and finished in a later one
-    (a retried planned seed) counts as finished."""
+    """The outcome over rounds: a point failed in one and finished in a later one counts as finished."""
     failed = {name: why for name, why in before.failed.items() if name not in after.finished}
     return dataclasses.replace(after, finished=before.finished + after.finished,
                                failed={**failed, **after.failed}, lost={**before.lost, **after.lost},
@@ -173,10 +150,9 @@ def _merged(before: Outcome, after: Outcome) -> Outcome:
 
 
 def _next_round(store: TrackingStore, plan: Plan, until: Separation):
-    """(the round's runs, this look's verdict or None), with ``plan.spec`` holding the round's new
-    points; no runs once every rival is separated or at the maximum."""
+    """(the round's runs, this look's verdict or None); ``plan.spec`` gains the round's new points."""
     spec = plan.spec
-    records = _records(store, plan)
+    records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
     result = sweep_summary.compare_sweep(records, expected_points(spec), until.metric, until.direction)
     if result is None:
         return [], None
@@ -193,13 +169,8 @@ def _next_round(store: TrackingStore, plan: Plan, until: Separation):
     return todo, verdict
 
 
-def _records(store: TrackingStore, plan: Plan):
-    return sweep_records(store, plan.experiment_id, plan.spec.sweep_id,
-                                       [r.run_key for r in plan.spec.runs])
-
-
 def _record_separation(store: TrackingStore, plan: Plan, verdict, until: Separation) -> list[str]:
-    """Keep the separation's verdict on the parent as ``separation.json``; returns the summary's lines."""
+    """Keep the verdict on the parent as ``separation.json``; the summary's lines."""
     store.log_text(plan.parent_run_id, json.dumps(separation.verdict_json(verdict, until), indent=1),
                    Artifact.SEPARATION)
     return separation.summary_lines(verdict, until)
@@ -236,18 +207,18 @@ def _interrupted(store: TrackingStore, plan: Plan, signum: int) -> int:
 
 def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str | None, notes: Sequence[str] = ()) -> int:
     """The closing table (and the separation's verdict below it); the summary and the parent's end."""
-    records, expected = _records(store, plan), expected_points(plan.spec)
-    default = sweep_summary.entry_metric(plan.spec.entry)
+    spec = plan.spec
+    records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+    expected = expected_points(spec)
+    default = sweep_summary.entry_metric(spec.entry)
     metric = metric or default
     if plan.closed:  # a rerun of a finished sweep: its summary stands, nothing is written
-        from orchestrator.analyze import compare
-
         result = sweep_summary.compare_sweep(records, expected, metric)
         if result is not None:
-            print(compare.render(result, "table"), flush=True)
+            print(render(result, "table"), flush=True)
         log.info(f"nothing to do: every point is finished; browse with: orch ui --tracking-uri {store.uri}")
         return ExitCode.OK
-    for text in (sweep_summary.write_summary(store, plan.parent_run_id, records, expected, plan.spec.axes, metric,
+    for text in (sweep_summary.write_summary(store, plan.parent_run_id, records, expected, spec.axes, metric,
                                              default), "\n".join(notes)):
         if text:
             print(text, flush=True)
@@ -266,10 +237,8 @@ def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str | No
 
 
 def close_sweep(store: TrackingStore, parent_run_id: str, *, metric: str | None = None) -> list[str]:
-    """Close a sweep handed on (queued, submitted) from its parent's ``points.json``: write its
-    summary (on ``metric``; None: the first summary metric of the runs) and end the parent,
-    FINISHED when every point has a finished result, else FAILED naming those missing; returns
-    the missing points' names."""
+    """Close a sweep handed on (queued, submitted): its summary from ``points.json``, and the parent
+    ended FINISHED, or FAILED naming the points without a finished result; their names."""
     parent = store.get_run(parent_run_id)
     exp_id, sweep_id = parent.info.experiment_id, parent.data.tags[Tag.SWEEP]
     points = read_points(store.download_json(parent_run_id, Artifact.POINTS))

@@ -20,7 +20,8 @@ from conftest import REPO
 
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.launch.queue import QueueSource
-from orchestrator.execute.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task, plan_slots
+from orchestrator.execute.scheduler import Job, ListSource, PointSource, Scheduler, Slot, Task
+from orchestrator.execute.slots import plan_slots
 
 STAND_IN = r"""
 import json, os, signal, sys, time
@@ -302,7 +303,7 @@ def test_slots_are_gpus_times_runs_per_gpu_or_cpu_workers():
 
 def _threads_in(env: dict, *prefix: str, workers: int = 1, code: str = "") -> int:
     """A fresh interpreter's thread count per slot for ``workers`` CPU slots."""
-    code = code or f"from orchestrator.execute.scheduler import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
+    code = code or f"from orchestrator.execute.slots import plan_slots; print(plan_slots({workers}, None, 1, 'cpu')[0].threads)"
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "SLURM_CPUS_ON_NODE")}
     out = subprocess.run([*prefix, sys.executable, "-c", code], env={**clean, **env}, cwd=REPO,
                          capture_output=True, text=True, check=True)
