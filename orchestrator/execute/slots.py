@@ -10,12 +10,10 @@ the scheduler (``PR_SET_PDEATHSIG``). A failed point's part of the log is kept a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -25,9 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.execute.job import Job, encode, slurm_tags
+from orchestrator.processes import death_signal
 from orchestrator.store.schema import Tag
 
-PR_SET_PDEATHSIG = 1
 STOP_GRACE_SECONDS = 20.0  # a signalled point checkpoints and closes its run KILLED within this, or is killed
 IDLE_EXIT_SECONDS = 2.0  # an idle process exits at once on end of input; one still importing is killed after this
 POINT_COMMAND = (sys.executable, "-m", "orchestrator.execute.point")
@@ -110,15 +108,6 @@ class Task:
     @property
     def name(self) -> str:
         return self.job.name
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the scheduler dies, however it dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # no glibc (not Linux): children then outlive a SIGKILLed scheduler
-        pass
 
 
 @dataclass
@@ -245,7 +234,7 @@ def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Pop
             list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=PointProcesses.slot_env(slot),
             text=True,
             start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
-            preexec_fn=_die_with_parent,
+            preexec_fn=death_signal(),
         )
 
 
