@@ -16,9 +16,13 @@ import csv
 import io
 from typing import TYPE_CHECKING, Sequence
 
+from orchestrator.analyze import figures
 from orchestrator.analyze.layout import bare_name, held_out_metric, is_validation, table_layout
-from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names
+from orchestrator.analyze.notes import sweep_note
+from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names, summary_rows
+from orchestrator.analyze.render import render
 from orchestrator.analyze.report import setting_curves
+from orchestrator.analyze.results import CompareError, compare
 from orchestrator.store.schema import Artifact, ExpectedPoint, Tag
 
 if TYPE_CHECKING:
@@ -43,14 +47,12 @@ def sweep_metric(records, metric: str | None = None) -> str | None:
 
 def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str | None, direction: str = "max"):
     """The sweep's comparison on ``metric`` (None: :func:`sweep_metric`'s); None when no finished run has it."""
-    from orchestrator.analyze import compare
-
     metric = sweep_metric(records, metric)
     if metric is None:
         return None
     try:
-        result = compare.compare(records, expected, metric, direction=direction)
-    except compare.CompareError:
+        result = compare(records, expected, metric, direction=direction)
+    except CompareError:
         return None
     return result if any(row.n_finished for row in result.rows) else None
 
@@ -62,10 +64,8 @@ def write_summary(store: TrackingStore, parent_run_id: str, records, expected: S
     ``metric``: the table's (None: :func:`sweep_metric`'s); ``default``: the entry's default
     metric, whose curves the summary shows when ``metric`` has none of the validation split.
     """
-    from orchestrator.analyze import compare
-
     metric = sweep_metric(records, metric)
-    rows = compare.summary_rows(records, expected)
+    rows = summary_rows(records, expected)
     logged = [Artifact.GRID, Artifact.POINTS]
     if rows:
         buf = io.StringIO()
@@ -78,14 +78,12 @@ def write_summary(store: TrackingStore, parent_run_id: str, records, expected: S
     if result is not None:
         logged += _summary_plots(store, parent_run_id, records, expected, axes, result, default)
     _describe_parent(store, parent_run_id, records, expected, axes, metric, result, logged)
-    return None if result is None else compare.render(result, "table")
+    return None if result is None else render(result, "table")
 
 
 def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                    axes: Sequence[str], result, default: str | None) -> list[str]:
     """The metric by each axis and the validation curves on the parent; the paths logged."""
-    from orchestrator.analyze import figures
-
     logged, metric = [], result.metric
     for axis in axes:
         fig = figures.metric_by_axis(result, metric, axis)
@@ -113,8 +111,6 @@ def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) 
 
 def _describe_parent(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                      axes: Sequence[str], metric: str | None, result, artifacts: Sequence[str]) -> None:
-    from orchestrator.analyze.notes import sweep_note
-
     parent = store.get_run(parent_run_id)
     store.set_note(parent_run_id, sweep_note(
         name=parent.info.run_name or "", sweep_id=parent.data.tags.get(Tag.SWEEP, ""),

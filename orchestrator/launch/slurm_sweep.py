@@ -246,7 +246,7 @@ def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
 def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
     """``--wait``, once the sweep lock is let go: follow the sweep's jobs, close the sweep if no
     task did, print the table; the exit code."""
-    from orchestrator.analyze import compare, sweep_summary
+    from orchestrator.analyze import render, sweep_summary
     from orchestrator.analyze.report import sweep_records
     from orchestrator.execute.plan import expected_points
 
@@ -262,7 +262,7 @@ def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
     records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
     result = sweep_summary.compare_sweep(records, expected_points(spec), metric)
     if result is not None:
-        print(compare.render(result, "table"), flush=True)
+        print(render.render(result, "table"), flush=True)
     status = store.run_status(plan.parent_run_id)
     if status == Status.FINISHED:
         return ExitCode.OK

@@ -240,11 +240,11 @@ def _finish(store: TrackingStore, plan: Plan, outcome: Outcome, metric: str | No
     default = sweep_summary.entry_metric(plan.spec.entry)
     metric = metric or default
     if plan.closed:  # a rerun of a finished sweep: its summary stands, nothing is written
-        from orchestrator.analyze import compare
+        from orchestrator.analyze.render import render
 
         result = sweep_summary.compare_sweep(records, expected, metric)
         if result is not None:
-            print(compare.render(result, "table"), flush=True)
+            print(render(result, "table"), flush=True)
         log.info(f"nothing to do: every point is finished; browse with: orch ui --tracking-uri {store.uri}")
         return ExitCode.OK
     for text in (sweep_summary.write_summary(store, plan.parent_run_id, records, expected, plan.spec.axes, metric,
