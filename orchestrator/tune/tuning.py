@@ -106,7 +106,6 @@ def run_tune(
     template = WorkerJob(tracking_uri=store.uri, experiment_id="", parent_run_id="", metric=tune.metric,
                          space=tune.space, n_trials=n_trials, study="", setting="", sampler=sampler, pruner=pruner,
                          seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]), entry=dict(spec.entry.spec))
-    # SQLite serves one process: a second orch tune would overshoot n_trials
     with tuning_held(url, refuse=True), stop.handling():
         return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout, device=device)
 
