@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from orchestrator.analyze import figures
+from orchestrator.analyze.figures import SettingCurves
 from orchestrator.analyze.layout import curve_panels, held_out_metric, quantile_names, table_layout
 from orchestrator.analyze.records import RunRecord, setting_label, step_metric_names
 from orchestrator.analyze.results import CompareError, compare, units_by_setting
@@ -16,7 +18,6 @@ from orchestrator.store.schema import Artifact, ExpectedPoint, Tag, read_points
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from orchestrator.analyze.figures import SettingCurves
     from orchestrator.store.tracking import TrackingStore
 
 
@@ -60,10 +61,8 @@ def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord],
 
 
 def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expected: Sequence[ExpectedPoint],
-                   names: Sequence[str], *, first_seed_only: bool = False) -> list["SettingCurves"]:
+                   names: Sequence[str], *, first_seed_only: bool = False) -> list[SettingCurves]:
     """Per setting with a finished run (grid order), its finished seeds' histories of ``names``."""
-    from orchestrator.analyze.figures import SettingCurves
-
     out = []
     for units in units_by_setting(records, expected):
         finished = [u for u in units if u.finished is not None][: 1 if first_seed_only else None]
@@ -79,8 +78,6 @@ def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
                    expected: Sequence[ExpectedPoint]) -> dict[str, "Figure"]:
     """The report's figures by artifact path: training curves, percentiles, and the held-out score
     by setting; a figure without data is left out, and so are the bars of a sweep without axes."""
-    from orchestrator.analyze import figures
-
     out = {}
     steps = step_metric_names(records)
     panels = curve_panels(steps)
