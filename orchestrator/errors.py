@@ -1,10 +1,6 @@
-"""Errors and exit codes of ``orch``: one base for bad input, one table of exit codes.
-
-Every error that the user must fix derives from :class:`UserError` (config, grid, data,
-tracking store, storage URL, comparison arguments); the CLI catches that base and exits
-with :attr:`ExitCode.BAD_INPUT`. Nothing else is mapped to exit 2. A tracking store that
-fails while a command works (full disk, a store that vanished or stays locked, a server
-that stopped answering) is a :class:`StoreFailure`: exit 1, one message, no traceback.
+"""Errors and exit codes of ``orch``: every error the user must fix derives from :class:`UserError`
+(exit 2, and nothing else is); a tracking store failing during the work is a :class:`StoreFailure`
+(exit 1, one message, no traceback).
 """
 
 from __future__ import annotations
@@ -28,14 +24,8 @@ class ExitCode(enum.IntEnum):
 
 
 class StoreFailure(Exception):
-    """The tracking store failed during the work: a write or read raised from the store itself.
-
-    Raised by :class:`orchestrator.store.tracking.TrackingStore` in place of MLflow's, SQLAlchemy's
-    or the file system's exception (kept as ``__cause__``), so that the orchestrator can stop
-    starting work and say what happened, instead of crashing half-way through closing runs.
-    What could not be written is repaired by the next invocation (orphaned RUNNING runs are
-    closed, unfinished points run again). Exit code: :attr:`ExitCode.FAILED`.
-    """
+    """The tracking store failed during the work (the store's own exception is ``__cause__``); the
+    next invocation repairs what could not be written."""
 
     def __init__(self, uri: str, cause: str):
         super().__init__(f"the tracking store {uri} failed: {cause}")

@@ -1,11 +1,6 @@
-"""Is the process that left a run RUNNING still there? (orphan runs and trials) And children
-that die with the process that started them (:func:`death_signal`).
-
-A run or trial records the host and pid of the process that runs it. After a crash the
-next command on the same host finds it RUNNING with its process gone, and closes it.
-Runs of another host are left alone: a worker there may still be running them (on a
-shared queue, the heartbeat decides those).
-"""
+"""Is the process that left a run or trial RUNNING still there? Only this host's are judged:
+another host's worker may still run them (on a shared queue, the heartbeat decides). And
+children that die with the process that started them (:func:`death_signal`)."""
 
 from __future__ import annotations
 

@@ -167,8 +167,8 @@ def results(run) -> dict:
 
 
 def run_record(ep, metrics: dict, *, status="FINISHED", start=0, run_id=None, tags=None):
-    """A :class:`~orchestrator.analyze.compare.RunRecord` of one expected point, as a store would give it."""
-    from orchestrator.analyze.compare import RunRecord
+    """A :class:`~orchestrator.analyze.records.RunRecord` of one expected point, as a store would give it."""
+    from orchestrator.analyze.records import RunRecord
     from orchestrator.store.schema import Kind, Tag
 
     p = ep.point

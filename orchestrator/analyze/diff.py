@@ -1,9 +1,5 @@
-"""What differs between two runs (``orch diff``): parameters, code and installed packages.
-
-Pure: it compares two dicts as :func:`orchestrator.store.provenance.read_provenance` reads them
-(``run_id``, ``name``, ``params``, ``entry``, ``commit``, ``python``, ``patch`` (None: the tree
-was clean), ``packages`` (None: not recorded)) and returns the lines to print. A section whose
-two runs agree says so in one line; the others list what differs, run A first.
+"""What differs between two runs (``orch diff``): params, code and packages, as lines to print.
+Pure: it compares two dicts as :func:`orchestrator.store.provenance.read_provenance` reads them.
 """
 
 from __future__ import annotations
@@ -32,9 +28,8 @@ def diff_params(a: Mapping[str, str], b: Mapping[str, str]) -> list[str]:
 
 
 def diff_code(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Entry, commit and Python version when they differ; which run has a ``diff.patch``; and,
-    when the patches differ, a unified diff of the two patches (what one run's uncommitted
-    changes have that the other's lack)."""
+    """Entry, commit and Python version where they differ; and when the patches differ, which run
+    has one and a unified diff of the two."""
     lines = [f"{key}: {_shown(a.get(key))} → {_shown(b.get(key))}" for key in ("entry", "commit", "python")
              if a.get(key) != b.get(key)]
     patch_a, patch_b = a.get("patch"), b.get("patch")
@@ -58,7 +53,6 @@ def diff_packages(a: Mapping[str, str] | None, b: Mapping[str, str] | None) -> l
 
 def _changes(a: Mapping[str, str], b: Mapping[str, str], only_a: str, only_b: str, changed: str,
              order: Callable[[str], Any] | None = None) -> list[str]:
-    """One line per key that differs, by key: a template filled with ``key`` and the values."""
     lines = []
     for key in sorted({*a, *b}, key=order):
         if key not in b:

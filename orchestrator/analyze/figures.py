@@ -1,24 +1,7 @@
-"""Every figure of a sweep: its summary's (a metric by each axis, validation curves) and its
-report's (training curves and feature percentiles per setting, a held-out score by setting).
-
-Each function takes plain data (a :class:`~orchestrator.analyze.results.CompareResult`, or
-per-epoch histories) and returns a bare :class:`matplotlib.figure.Figure` built without
-pyplot: no GUI backend is needed, the process-wide backend is left alone and no figure
-lingers in pyplot's registry when a caller forgets to close it. The caller logs it (e.g.
-``store.log_figure(parent_run_id, fig, "plots/val_curves.png")``). Matplotlib (≈0.3 s to
-import) is imported inside the functions, so importing this module is free.
-
-Settings are told apart by their values on the sweep's axes, in axis order: a setting's
-colour comes from its first value, its line style from the second, its marker from the
-third, so the legend reads as a small table (matplotlib's default cycle of ten colours
-drew ``bn_torch bs8`` and ``gn bs8`` alike). The report's small multiples put one panel
-per setting in a grid whose rows are the values of the first axis and whose columns are
-the values of the others; a one-axis sweep wraps its settings into a few columns.
-
-Example::
-
-    fig = metric_by_axis(compare(records, expected, "val_acc"), None, "model.norm")
-    fig.savefig("val_acc_by_norm.png")
+"""Every figure of a sweep's summary and report, as a bare matplotlib ``Figure`` built without
+pyplot (no GUI backend, no figure left in pyplot's registry); matplotlib is imported inside.
+A setting's colour, line style and marker come from its first, second and third axis value, so
+the legend reads as a small table; small multiples put the first axis in rows, the others in columns.
 """
 
 from __future__ import annotations
@@ -51,14 +34,8 @@ QUANTILE_STYLES = (("#08519c", "--"), ("#6baed6", "-"), ("#fc9272", "-"), ("#a50
 
 
 def setting_styles(settings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
-    """One distinct ``color``/``linestyle``/``marker`` (keyword arguments of ``plot``) per setting.
-
-    Args:
-        settings: each setting's values on the sweep's axes, as text, in axis order
-            (``("gn", "bs8")``); a setting with fewer values is drawn solid, unmarked. Where
-            colour × line style × marker by value still gives two settings one look (more
-            values than colours), every setting gets the next combination in turn instead.
-    """
+    """One distinct ``color``/``linestyle``/``marker`` per setting (its axis values as text, in
+    axis order); where that gives two settings one look, each gets the next combination instead."""
     firsts, seconds, thirds = (list(dict.fromkeys(s[i] for s in settings if len(s) > i)) for i in range(3))
     styles = [{"color": COLORS[firsts.index(parts[0]) % len(COLORS)] if parts else COLORS[0],
                "linestyle": LINESTYLES[seconds.index(parts[1]) % len(LINESTYLES)] if len(parts) > 1 else "-",
@@ -73,12 +50,8 @@ def setting_styles(settings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
 
 
 def epoch_mean_std(seeds: Sequence[Sequence[float]]):
-    """Per epoch: ``(epochs, mean, std, count)`` over the seeds' sequences, as numpy arrays.
-
-    Early stopping makes the sequences of different lengths, so epoch ``e`` (from 1)
-    averages the seeds that reached it; NaN counts as missing. ``std`` is the sample std
-    (NaN where fewer than two seeds count). Empty input gives empty arrays.
-    """
+    """Per epoch (from 1): ``(epochs, mean, std, count)`` over the seeds that reached it (NaN is
+    missing), as numpy arrays; ``std`` is the sample std, NaN below two seeds."""
     import numpy as np
 
     seeds = [s for s in seeds if len(s)]
@@ -100,22 +73,10 @@ def _band(ax: "Axes", seeds: Sequence[Sequence[float]], alpha: float = 0.2, **st
                         linewidth=0)
 
 
-# --------------------------------------------------------------------------- one panel
-
-
 def metric_by_axis(result: CompareResult, metric: str | None, axis: str, *, interval: str = "std") -> "Figure":
-    """Bars of the mean over seeds, one slot per value of ``axis``.
-
-    When the rows are grouped by other keys too, each combination of their values is one
-    series (colour, then hatch) with its own bar in every slot. Groups without a value get
-    no bar. Error bars: ± std (``interval="std"``) or the 95% CI of the mean (Student t,
-    ``"ci"``), where a group has two values or more.
-
-    Args:
-        result: a comparison grouped by ``axis`` and possibly other keys.
-        metric: axis label and title; ``None`` takes the result's metric.
-        axis: the grouping key on the x axis (dotted or short name, e.g. ``norm``).
-    """
+    """Bars of the mean over seeds, one slot per value of ``axis``, one series per combination of
+    the other grouping keys; error bars ± std (``interval="std"``) or the 95% Student t CI (``"ci"``).
+    ``metric``: label and title (None: the result's)."""
     from matplotlib.figure import Figure
 
     metric = metric or result.metric
@@ -168,9 +129,8 @@ def _error_bar(row: CompareRow, interval: str) -> tuple[float, float]:
 
 
 def val_curves(settings: Sequence["SettingCurves"], name: str, key: str | None = None) -> "Figure":
-    """Mean over seeds per epoch of the per-epoch value ``name`` (its histories' ``key``, default
-    ``name``: ``epoch/val_acc``), one line per setting (shaded ± std where ≥ 2 seeds); settings
-    styled by their axis values (:func:`setting_styles`)."""
+    """Mean over seeds per epoch of ``name`` (history ``key``, default ``name``), one line per
+    setting, shaded ± std."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -191,9 +151,6 @@ def val_curves(settings: Sequence["SettingCurves"], name: str, key: str | None =
     return fig
 
 
-# --------------------------------------------------------------------------- small multiples
-
-
 @dataclass(frozen=True)
 class SettingCurves:
     """One setting's per-epoch histories: one mapping per seed, seeds in grid order."""
@@ -209,9 +166,8 @@ class SettingCurves:
 
 
 def panel_grid(settings: Sequence[Mapping[str, Any]], wrap: int = WRAP) -> tuple[int, int, list[tuple[int, int]]]:
-    """``(rows, columns, (row, column) per setting)``: rows by the value of the first axis,
-    columns by the values of the others. With one axis, or settings with different axes,
-    the settings fill ``wrap`` columns row by row instead."""
+    """``(rows, columns, (row, column) per setting)``: rows by the first axis, columns by the others;
+    with one axis (or differing axes) the settings fill ``wrap`` columns instead."""
     keys = list(settings[0]) if settings else []
     if len(keys) > 1 and all(list(s) == keys for s in settings):
         parts = [tuple(value_text(s[k]) for k in keys) for s in settings]
@@ -222,8 +178,8 @@ def panel_grid(settings: Sequence[Mapping[str, Any]], wrap: int = WRAP) -> tuple
 
 
 def _small_multiples(settings: Sequence[SettingCurves], per_setting: int, wrap: int):
-    """A figure with ``per_setting`` panels side by side for each setting, placed by
-    :func:`panel_grid`; returns it, its axes array and each setting's panels."""
+    """A figure with ``per_setting`` panels per setting placed by :func:`panel_grid`: (figure, axes,
+    each setting's panels)."""
     from matplotlib.figure import Figure
 
     nrows, ncols, where = panel_grid([s.values for s in settings], wrap)
@@ -267,13 +223,8 @@ def _share_y(axes: Sequence["Axes"]) -> None:
 
 
 def training_curves(settings: Sequence[SettingCurves], panels: Sequence[Panel] | None = None) -> "Figure":
-    """Per setting, its panels side by side (default: :func:`~orchestrator.analyze.layout.curve_panels`
-    of the names in its histories), e.g. train and val loss; val accuracy.
-
-    Mean over the setting's seeds per epoch with a ± std band; the panels in one place of
-    every setting share one y axis. A series' colour is its place among all the panels'
-    series, its line style its place in its panel.
-    """
+    """Per setting, its ``panels`` (default: ``curve_panels`` of its histories) side by side: mean
+    over seeds per epoch ± std; a panel's place shares one y axis across settings."""
     if panels is None:
         panels = curve_panels(sorted({name for s in settings for h in s.histories for name in h}))
     fig, axes, placed = _small_multiples(settings, len(panels), wrap=2)
@@ -296,9 +247,8 @@ def training_curves(settings: Sequence[SettingCurves], panels: Sequence[Panel] |
 
 
 def quantiles(settings: Sequence[SettingCurves], names: Sequence[str] | None = None) -> "Figure":
-    """One panel per setting: the percentile metrics ``names`` (default: those in the histories,
-    :func:`~orchestrator.analyze.layout.quantile_names`) by epoch, from the setting's first seed
-    (named in each panel's title). Shared axes."""
+    """One panel per setting: the percentile metrics ``names`` (default: those in the histories) by
+    epoch, from the setting's first seed; shared axes."""
     found = quantile_names(names if names is not None else {n for s in settings for h in s.histories for n in h})
     fig, axes, panels = _small_multiples(settings, 1, wrap=WRAP)
     for setting, (ax,) in zip(settings, panels):
@@ -306,7 +256,10 @@ def quantiles(settings: Sequence[SettingCurves], names: Sequence[str] | None = N
         for i, (name, q) in enumerate(found.items()):
             color, linestyle = QUANTILE_STYLES[round(i * (len(QUANTILE_STYLES) - 1) / max(len(found) - 1, 1))]
             values = history.get(name, ())
-            ax.plot(range(1, len(values) + 1), values, color=color, linestyle=linestyle, label=_percentile_name(q))
+            n = round(100 * q)  # 0.01 → "1st percentile"
+            suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+            ax.plot(range(1, len(values) + 1), values, color=color, linestyle=linestyle,
+                    label=f"{n}{suffix} percentile")
         ax.set_title(f"{setting.label}, seed {setting.seeds[0] if setting.seeds else '?'}", fontsize=9)
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("feature value", fontsize=8)
@@ -314,10 +267,3 @@ def quantiles(settings: Sequence[SettingCurves], names: Sequence[str] | None = N
     _finish_grid(fig, axes, [p[0] for p in panels], "Feature percentiles by epoch\n(one run per setting: its "
                  "first seed)")
     return fig
-
-
-def _percentile_name(q: float) -> str:
-    """0.01 → ``"1st percentile"``, 0.2 → ``"20th percentile"``."""
-    n = round(100 * q)
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix} percentile"

@@ -1,22 +1,6 @@
-"""What a report shows, read from the names of the metrics the runs logged: any entry's runs.
-
-The orchestrator knows no entry's metrics. It reads them by a common naming convention:
-
-* ``<split>_<score>`` (``test_acc``, ``val_f1_macro``): a score on a data split, the split one
-  of :data:`SPLITS`. Summary metrics of this form (logged once, at step 0, without a namespace)
-  make the report's table, one row per split and one column per score (:func:`table_layout`);
-  step metrics of this form, and ``<split>_loss``, make its training curves
-  (:func:`curve_panels`), where a prefix before a ``/`` is a namespace (``epoch/val_loss``).
-* ``feat_q<NN>``, logged per step: the NN-th percentile of a probed feature vector; the report
-  draws them when they exist (:func:`quantile_names`).
-
-Metrics of other names are compared by ``orch compare --metric NAME`` and shown in the sweep's
-summary all the same; only the report's layout needs the convention.
-
-Example::
-
-    splits, scores = table_layout(records)        # ("train", "val", "test"), ("acc", "f1_micro", ...)
-    panels = curve_panels(step_metric_names(records))
+"""What a report shows, read from the metric names the runs logged (the orchestrator knows no
+entry's metrics): ``<split>_<score>`` summary metrics make the table, such step metrics and
+``<split>_loss`` the training curves (``epoch/`` is a namespace), ``feat_q<NN>`` the percentiles.
 """
 
 from __future__ import annotations
@@ -38,7 +22,7 @@ MAX_OTHER_PANELS = 2  # curves of other step metrics, when none is a loss or a s
 
 
 def bare_name(key: str) -> str:
-    """``"epoch/val_loss"`` → ``"val_loss"``: a metric's name without its namespace."""
+    """``"epoch/val_loss"`` → ``"val_loss"``."""
     return key.rsplit("/", 1)[-1]
 
 
@@ -55,12 +39,12 @@ def is_validation(key: str) -> bool:
 
 
 def score_title(score: str) -> str:
-    """A score's column title: ``"acc"`` → ``"Accuracy"``; other scores as named."""
+    """``"acc"`` → ``"Accuracy"``; other scores as named."""
     return SCORE_TITLES.get(score, score)
 
 
 def series_label(split: str, score: str) -> str:
-    """``("val", "acc")`` → ``"val accuracy"``: a score on a split, as a legend says it."""
+    """``("val", "acc")`` → ``"val accuracy"``."""
     title = score_title(score)
     return f"{split} {title[:1].lower()}{title[1:]}"
 
@@ -70,13 +54,9 @@ def _score_order(score: str) -> tuple[int, str]:
     return (known.index(score) if score in known else len(known), score)
 
 
-# --------------------------------------------------------------------------- the table
-
-
 def table_layout(records: Iterable[RunRecord]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(splits, scores) of the report's table: the ``<split>_<score>`` summary metrics the runs
-    logged. A score counts when two splits or more have it (``train_seconds`` alone is a run
-    fact, not a score), or, when none is shared, every score does."""
+    """(splits, scores) of the report's table; a score counts when two splits have it
+    (``train_seconds`` is no score), or, when none is shared, every score does."""
     found = {parsed for r in records for k in r.metrics
              if "/" not in k and is_summary(r, k) and (parsed := split_score(k))}
     by_score: dict[str, set[str]] = {}
@@ -88,14 +68,11 @@ def table_layout(records: Iterable[RunRecord]) -> tuple[tuple[str, ...], tuple[s
 
 
 def held_out_metric(splits: Sequence[str], scores: Sequence[str]) -> tuple[str, str] | None:
-    """(metric, label) of the table's last split's first score, ``("test_acc", "test accuracy")``:
-    the report's bars by setting. None for an empty table."""
+    """(metric, label) of the last split's first score, ``("test_acc", "test accuracy")``; None
+    for an empty table."""
     if not splits or not scores:
         return None
     return f"{splits[-1]}_{scores[0]}", series_label(splits[-1], scores[0])
-
-
-# --------------------------------------------------------------------------- the curves
 
 
 @dataclass(frozen=True)
@@ -108,10 +85,8 @@ class Panel:
 
 
 def curve_panels(keys: Sequence[str]) -> tuple[Panel, ...]:
-    """The training-curve panels for these step metrics (keys as logged): the losses of every
-    split, and the first score (:data:`SCORE_TITLES` order, then by name) of the splits but
-    train (train's when only it has one); without either, up to :data:`MAX_OTHER_PANELS`
-    other step metrics, one panel each. Percentiles (:func:`quantile_names`) are left out."""
+    """The training-curve panels: every split's loss, and the first score of the splits but train
+    (train's when only it has one); without either, up to :data:`MAX_OTHER_PANELS` other metrics."""
     keys = [k for k in keys if k not in quantile_names(keys)]
     parsed = {k: split_score(k) or (None, bare_name(k)) for k in keys}
 
@@ -138,6 +113,6 @@ def curve_panels(keys: Sequence[str]) -> tuple[Panel, ...]:
 
 
 def quantile_names(keys: Iterable[str]) -> dict[str, float]:
-    """The percentile metrics among ``keys``, key → quantile, by quantile: ``feat_q01`` → 0.01."""
+    """The percentile metrics among ``keys`` by quantile: ``feat_q01`` → 0.01."""
     found = {k: int(m.group(1)) / 100 for k in keys if (m := QUANTILE.fullmatch(bare_name(k)))}
     return dict(sorted(found.items(), key=lambda item: item[1]))

@@ -1,11 +1,5 @@
-"""The descriptions (``Tag.NOTE``, markdown) of a sweep's and a tuning study's parent run.
-
-MLflow shows a run's ``mlflow.note.content`` on its overview page: there a sweep's parent
-says what the sweep found, written each time its summary is (``sweep_summary.write_summary``,
-``tune_summary.summarize_study``). The comparison table is
-``orch compare``'s own markdown (:func:`orchestrator.analyze.render.render`); nothing here
-imports mlflow, torch or optuna.
-"""
+"""The markdown descriptions (``Tag.NOTE``, on MLflow's overview page) of a sweep's and a tuning
+study's parent run."""
 
 from __future__ import annotations
 
@@ -20,15 +14,13 @@ from orchestrator.store.schema import ExpectedPoint, Status, TrialState
 _STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
-# MLflow 3.17's UI picks the GenAI or the training layout from its sidebar toggle, kept in the
-# browser (localStorage ``mlflow.workflowType``, GenAI when unset) or given by this URL
-# parameter; the experiment tag ``mlflow.experimentKind`` does not override it there.
+# MLflow 3.17's UI shows the GenAI layout unless the browser or this URL parameter says otherwise
+# (the experiment tag ``mlflow.experimentKind`` does not).
 TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A run's page in the MLflow UI's training layout, relative to the UI's own address
-    (its router is the URL fragment)."""
+    """A run's page in the MLflow UI's training layout, relative to the UI's address."""
     return f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
@@ -47,9 +39,8 @@ def _artifacts(paths: Sequence[str]) -> str:
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
                expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str | None,
                result: CompareResult | None, artifacts: Sequence[str]) -> str:
-    """The sweep parent's description: its grid, what is done and failed, the comparison
-    table of ``metric`` (``result``: None when no finished run has the metric), the best child's
-    link, and the parent's artifacts."""
+    """The sweep parent's description: grid, points done and failed, the table of ``metric``
+    (``result``; None: no finished run has it), the best run's link, the artifacts."""
     statuses = [row["status"] for row in summary_rows(records, expected)]
     done = statuses.count(Status.FINISHED)
     failed = sum(s in (Status.FAILED, Status.KILLED) for s in statuses)
@@ -86,8 +77,8 @@ def _best_sample(result: CompareResult):
 
 def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, counts: Mapping[str, int],
               best: Mapping[str, Any] | None, artifacts: Sequence[str]) -> str:
-    """A tuning study's parent description: trials by state, the best trial's value and
-    params (``best``: ``number``, ``value``, ``params``, ``run_id``), and its artifacts."""
+    """A tuning study's parent description: trials by state, the best trial (``number``,
+    ``value``, ``params``, ``run_id``), the artifacts."""
     states = ", ".join(f"{n} {_STATE_WORDS.get(s, s.lower())}" for s, n in counts.items())
     lines = [f"**Tuning study `{study}`**: {direction} `{metric}`", "",
              f"- Trials: {sum(counts.values())} ({states})", ""]

@@ -1,17 +1,6 @@
-"""Run records matched to a sweep's grid: which record stands for each run key.
-
-``store.tracking.to_record`` turns MLflow runs into :class:`RunRecord` s; this module pairs
-them with the sweep's expected points (``points.json``) and answers, per run key, "which
-record is the latest, and which is the latest finished result". It imports neither mlflow
-nor torch, so ``orch compare`` / ``orch report`` and their tests need no tracking server.
-
-What counts as a result is :func:`orchestrator.store.schema.is_finished_result`. When several
-records share one run key (``--rerun``), the one that started last wins; on equal start
-times, the one listed last. A run key without a result is counted as diverged or failed
-by its latest record (:meth:`Unit.outcome`). Pruned Optuna trials are dropped entirely
-(they are neither results nor the latest state of a point), and so are records outside
-the grid. Every step is one pass over the records with a dictionary by run key, so a
-10,000-point sweep costs no more per record than a 10-point one.
+"""Run records matched to a sweep's grid points: per run key, the latest record and the latest
+finished result (the one started last wins; on equal start times, the one listed last). Pruned
+trials and records off the grid are dropped. One pass per step: linear in the records.
 """
 
 from __future__ import annotations
@@ -24,9 +13,7 @@ from orchestrator.store.schema import ExpectedPoint, RunRecord, Status, Tag, Tri
 
 SEED_KEY = "seed"
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (CPU, memory, GPU): the machine's, not the run's
-# A run whose training stopped on a non-finite loss ends FAILED with a reason that starts
-# with the exception's name (runner._reason: "TrainingDiverged: non-finite training loss ...").
-DIVERGED_REASON = "TrainingDiverged"
+DIVERGED_REASON = "TrainingDiverged"  # the start of a FAILED run's reason when its loss went non-finite
 
 
 class Outcome:
@@ -38,18 +25,15 @@ class Outcome:
     OPEN = "open"  # no result yet: never ran, running, killed, or finished without the metric
 
 
-# --------------------------------------------------------------------------- keys and labels
-
-
 def value_text(value: Any) -> str:
-    """A grouping value as shown and matched: the string MLflow stores for a param, ``?`` when absent."""
+    """A grouping value as MLflow stores a param; ``?`` when absent."""
     if value is None:
         return "?"
     return value if isinstance(value, str) else str(value)
 
 
 def short_name(key: str) -> str:
-    """``"model.norm"`` → ``"norm"``: the last dotted part of a key."""
+    """``"model.norm"`` → ``"norm"``."""
     return key.rsplit(".", 1)[-1]
 
 
@@ -60,12 +44,8 @@ def short_names(keys: Sequence[str]) -> list[str]:
 
 
 def setting_label(point: ExpectedPoint) -> str:
-    """A setting's readable name: its run name without the seed's part, ``gn-bs8-s0`` → ``gn bs8``.
-
-    Run names follow the grid's naming rules (one ``-``-joined part per key of the point,
-    the seed last), so the label does too, whatever the axes. Where a value holds a ``-``
-    itself the parts cannot be told apart, and the label keeps the name's dashes.
-    """
+    """Its run name without the seed's part, ``gn-bs8-s0`` → ``gn bs8`` (dashes kept where a value
+    holds one)."""
     parts = point.name.split("-")
     if len(parts) == len(point.point) > 1:
         return " ".join(parts[:-1])
@@ -73,7 +53,7 @@ def setting_label(point: ExpectedPoint) -> str:
 
 
 def is_result(record: RunRecord) -> bool:
-    """A finished run that is not a pruned trial (the schema's one rule)."""
+    """A finished run that is not a pruned trial."""
     return is_finished_result(record.status, record.tags)
 
 
@@ -83,7 +63,6 @@ def select_finished(records: Iterable[RunRecord]) -> list[RunRecord]:
 
 
 def _latest_by_key(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
-    """The latest-started record per run key, in first-seen order."""
     latest: dict[str, RunRecord] = {}
     for rec in records:
         key = rec.tags.get(Tag.RUN_KEY, "")
@@ -92,26 +71,20 @@ def _latest_by_key(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
     return latest
 
 
-# --------------------------------------------------------------------------- metrics
-
-
 def is_summary(record: RunRecord, key: str) -> bool:
-    """A metric the run reports once, at its end (step 0), rather than per step; not a system metric."""
+    """A metric logged once (step 0), not a system metric."""
     return record.steps.get(key, 0) == 0 and not key.startswith(SYSTEM_PREFIX)
 
 
 def summary_metric_names(records: Iterable[RunRecord]) -> list[str]:
-    """The summary metrics of the finished runs among ``records``, sorted."""
+    """The finished runs' summary metrics, sorted."""
     return sorted({k for r in records if is_result(r) for k in r.metrics if is_summary(r, k)})
 
 
 def step_metric_names(records: Iterable[RunRecord]) -> list[str]:
-    """The metrics the finished runs among ``records`` logged per step (step > 0), sorted."""
+    """The metrics the finished runs logged per step, sorted."""
     return sorted({k for r in records if is_result(r) for k, step in r.steps.items()
                    if step > 0 and not k.startswith(SYSTEM_PREFIX)})
-
-
-# --------------------------------------------------------------------------- units
 
 
 @dataclass(frozen=True)
@@ -139,8 +112,7 @@ class Unit:
         return value_text(self.expected.point.get(SEED_KEY))
 
     def outcome(self, metric: str) -> str:
-        """An :class:`Outcome`: the finished record's value if there is one, else the latest
-        record's status (and its failure reason)."""
+        """From the finished record's value if any, else from the latest record's status and reason."""
         if self.finished is not None:
             value = self.finished.metrics.get(metric)
             if isinstance(value, (int, float)):
@@ -175,17 +147,9 @@ def match_units(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint])
     return Matched(units, tuple(axes))
 
 
-# --------------------------------------------------------------------------- summary.csv
-
-
 def summary_rows(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[dict[str, Any]]:
-    """One row per grid point for summary.csv.
-
-    Keys: ``name``, the point's keys (axes and seed), ``status`` of the latest record
-    (``"missing"`` when the point never ran), ``run_id``, then every summary metric
-    (names without ``/``) seen in any row's latest record, ``None`` where a row lacks it;
-    all rows share the same keys, so ``csv.DictWriter`` can write them directly.
-    """
+    """summary.csv: per grid point ``name``, its keys, the latest record's ``status`` (or
+    ``"missing"``) and ``run_id``, then every summary metric; every row has the same keys."""
     units = match_units(records, expected).units
     metric_names = sorted({m for u in units if u.latest is not None for m in u.latest.metrics if "/" not in m})
     point_keys = list(dict.fromkeys(k for u in units for k in u.expected.point))

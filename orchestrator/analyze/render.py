@@ -1,20 +1,5 @@
-"""Comparison results and the report's table as text: table, csv, markdown, json, latex.
-
-The numbers come from ``results.py``; this module only lays them out, with tabulate for
-every grid of cells (imported inside the functions). ``table`` is plain text with box
-lines (no colour codes), ``markdown`` a GitHub table, ``csv`` and ``json`` are for
-machines (NaN becomes an empty cell / ``null``), ``latex`` (the report only) a booktabs
-``tabular`` to paste into a paper.
-
-A comparison's table ends with its notes (how the interval and the test were computed,
-the correction for the number of tests, diverged and failed runs, pooled axes, and a
-warning at small n); for the other formats they come from :func:`compare_notes`, so that
-the output stays a table a program can read.
-
-Example::
-
-    print(render(compare(records, expected, "val_f1_macro"), "markdown"))
-    print(report(records, expected, fmt="latex"))
+"""Comparison results and the report's table as text: table (with its notes), csv, markdown,
+json, latex (the report only). The numbers are ``results.py``'s; tabulate is imported inside.
 """
 
 from __future__ import annotations
@@ -35,8 +20,7 @@ FORMATS = ("table", "csv", "markdown", "json")
 REPORT_FORMATS = ("markdown", "csv", "latex", "table", "json")
 SMALL_N = 5  # below this many seeds (or pairs) the notes warn that the t interval/test is weak
 MISSING = "–"  # shown for a value that does not exist (no run, or std of one seed)
-# The statistics of a JSON/CSV comparison row, in column order after rank and grouping keys;
-# each is an attribute of CompareRow.
+# A JSON/CSV comparison row's statistics (CompareRow attributes), after rank and grouping keys.
 ROW_STATS = ("mean", "std", "n_finished", "n_expected", "n_diverged", "n_failed", "min", "max", "ci_low", "ci_high")
 DELTA_STATS = ("delta_mean", "delta_std", "n_pairs",  # only with a baseline
                "delta_ci_low", "delta_ci_high", "p_value", "significant")
@@ -50,15 +34,11 @@ LOST_TITLE = "div/fail"  # run keys that diverged / failed otherwise (records.Ou
 CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
 
 
-# --------------------------------------------------------------------------- cells
-
-
 def _num(x: float, digits: int = 4, sign: str = "") -> str:
     return MISSING if math.isnan(x) else f"{x:{sign}.{digits}f}"
 
 
 def _mean_std(stats: Stats, digits: int = 4, sign: str = "") -> str:
-    """Mean over the values, ``± std`` from two values on, ``–`` without any."""
     if stats.n == 0:
         return MISSING
     mean = _num(stats.mean, digits, sign)
@@ -81,13 +61,10 @@ def _json_value(x: Any) -> Any:
 
 
 def _csv_cell(x: Any) -> str:
-    """As in the JSON, flattened: null → empty, true/false, lists joined with ``;``."""
+    """The JSON value flattened: null → empty, true/false, lists joined with ``;``."""
     if isinstance(x, list):
         return ";".join(value_text(v) for v in x)
     return "" if x is None else str(x).lower() if isinstance(x, bool) else str(x)
-
-
-# --------------------------------------------------------------------------- compare
 
 
 def render(result: CompareResult, fmt: str = "table") -> str:
@@ -110,7 +87,6 @@ def render(result: CompareResult, fmt: str = "table") -> str:
 
 
 def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    """Headers and string cells shared by the table and markdown formats."""
     adjusted = _adjusted_field(result)
     headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", LOST_TITLE, CI_TITLE]
     if result.baseline_key is not None:
@@ -129,15 +105,14 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
 
 
 def _adjusted_field(result: CompareResult) -> str | None:
-    """``p_holm`` / ``p_bonferroni``: the adjusted p's JSON/CSV name; None without a baseline or correction."""
+    """``p_holm`` / ``p_bonferroni``; None without a baseline or correction."""
     if result.baseline_key is None or CORRECTIONS[result.correction] is None:
         return None
     return f"p_{result.correction}"
 
 
 def machine_rows(result: CompareResult) -> list[dict[str, Any]]:
-    """Flat, JSON-ready rows: rank, grouping keys, statistics (NaN → None), per-seed values,
-    the pooled axes (the same on every row), and ``extra_seeds`` where some row has them."""
+    """Flat, JSON-ready rows (NaN → None)."""
     fields = list(ROW_STATS)
     if result.baseline_key is not None:
         fields += DELTA_STATS
@@ -156,8 +131,8 @@ def machine_rows(result: CompareResult) -> list[dict[str, Any]]:
 
 
 def compare_notes(result: CompareResult) -> list[str]:
-    """One line each: how the interval (and the test, and its correction) were computed;
-    diverged and failed runs; pooled axes; a warning at small n."""
+    """One line each: how the interval, test and correction were computed; lost runs; pooled axes;
+    a warning at small n."""
     notes = [f"{CI_TITLE}: Student t over seeds, mean ± t(0.975, n-1)·s/√n; {MISSING} below 2 seeds."]
     counts = [r.stats.n for r in result.rows]
     what = "seeds: the t interval assumes roughly normal per-seed values"
@@ -216,21 +191,9 @@ def _lost_note(result: CompareResult) -> list[str]:
             f"worst value); {what}."]
 
 
-# --------------------------------------------------------------------------- report
-
-
 def report(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint], *, fmt: str = "markdown") -> str:
-    """The report's table: ``Setting | set | <score>... | n``, e.g. ``Accuracy | F1 micro | F1 macro``.
-
-    One row per split per setting (the splits and scores of the ``<split>_<score>`` summary
-    metrics the runs logged, :func:`orchestrator.analyze.layout.table_layout`; for the built-in
-    study train, val, test × accuracy, F1 micro, F1 macro), settings in grid order, the label on the
-    first row only (markdown, latex and table; csv repeats it on every row so that the
-    file stays machine-readable). Cells are means over seeds to 3 decimals, with
-    ``± std`` (sample std) when more than one seed finished; ``–`` when none did. ``n``
-    is the number of seeds in the row's cells (``2–3`` where a diverged run's value is
-    missing from some of them).
-    """
+    """The report's table ``Setting | set | <score>... | n``: one row per split per setting, cells the
+    mean ± sample std over seeds (3 decimals), ``n`` the seeds counted (``2–3`` where they differ)."""
     return render_report(report_stats(records, expected), fmt)
 
 
@@ -261,13 +224,10 @@ def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
     return row
 
 
-# --------------------------------------------------------------------------- formats
-
-
 def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
             right: Sequence[bool] = (), group: int = 0) -> str:
-    """String cells as ``markdown``, ``csv``, ``latex`` or ``table``; ``right``: which columns
-    hold numbers, ``group``: a rule (table) or a little space (latex) after every that many rows."""
+    """String cells in ``fmt``; ``right``: the number columns, ``group``: a rule after every that
+    many rows."""
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([headers, *body])
@@ -289,7 +249,7 @@ def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
 
 
 def github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table of string cells (also the runs' descriptions in MLflow, ``notes.py``)."""
+    """A GitHub markdown table of string cells."""
     return _layout(headers, body, "markdown")
 
 
@@ -306,8 +266,7 @@ def latex_escape(text: str) -> str:
 
 
 def _latex_tabular(headers: Sequence[str], body: Sequence[Sequence[str]], right: Sequence[bool], group: int) -> str:
-    r"""A booktabs ``tabular`` (``\usepackage{booktabs}``): rules at top, under the header and at
-    the bottom, a little space after every ``group`` rows; text columns left, numbers right."""
+    r"""A booktabs ``tabular``, a little space after every ``group`` rows."""
     spec = "".join("r" if r else "l" for r in right)
     lines = [r"% needs \usepackage{booktabs}; cells: mean $\pm$ sample std over n seeds",
              rf"\begin{{tabular}}{{{spec}}}", r"\toprule",

@@ -1,20 +1,5 @@
-"""A sweep's results read from the tracking store, and ``orch report``'s figures published.
-
-:func:`sweep_results` reads what ``orch compare``, ``orch report`` and a sweep's summary
-work on: the grid points its parent recorded (``points.json``) and the records of its run
-keys. The report's table is ``render.report``'s; this module gathers what its figures need
-(the per-step metrics of every finished run of the sweep), asks ``figures.py`` to draw
-them, and logs them on the sweep's parent run under ``report/`` (the paths are
-``schema.Artifact.REPORT_*``) and, when asked, writes them to a folder as PNG.
-
-The sweep's parent is orch's own record of the sweep, so a report that only reads the
-results still (re)writes these figures there: rerunning ``orch report`` replaces them.
-
-Example::
-
-    records, expected = sweep_results(store, parent)
-    figures = report_figures(store, records, expected)
-    publish(store, parent.info.run_id, figures, Path("figures"))
+"""A sweep's results read from the tracking store, and ``orch report``'s figures logged on the
+sweep's parent under ``report/`` (a rerun replaces them), and written to a folder when asked.
 """
 
 from __future__ import annotations
@@ -22,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from orchestrator.analyze import figures
+from orchestrator.analyze.figures import SettingCurves
 from orchestrator.analyze.layout import curve_panels, held_out_metric, quantile_names, table_layout
 from orchestrator.analyze.records import RunRecord, setting_label, step_metric_names
 from orchestrator.analyze.results import CompareError, compare, units_by_setting
@@ -31,7 +18,6 @@ from orchestrator.store.schema import Artifact, ExpectedPoint, Tag, read_points
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from orchestrator.analyze.figures import SettingCurves
     from orchestrator.store.tracking import TrackingStore
 
 
@@ -40,11 +26,7 @@ class NoPointsRecorded(UserError):
 
 
 def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
-    """The grid points recorded on the sweep's parent run (``parent``, an MLflow Run).
-
-    Raises:
-        NoPointsRecorded: the parent has no ``points.json``.
-    """
+    """The grid points recorded on the sweep's parent run; NoPointsRecorded without them."""
     data = store.download_json_if_any(parent.info.run_id, Artifact.POINTS)
     if data is None:
         tags = parent.data.tags
@@ -57,13 +39,8 @@ def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
 
 def sweep_records(store: "TrackingStore", experiment_id: str, sweep_id: str,
                   run_keys: Sequence[str] = ()) -> list[RunRecord]:
-    """The sweep's own runs, plus the finished results of its run keys that others finished.
-
-    A point is a run key: a sweep skips a point whose run key has a finished result in the
-    experiment, whoever finished it (editing a grid, e.g. adding a seed, makes a new sweep
-    that reruns nothing done), so its results are found by run key, not only among its own
-    children.
-    """
+    """The sweep's own runs, plus the finished results of its run keys that others finished (a
+    sweep skips a point finished by anyone)."""
     from orchestrator.store.tracking import to_record
 
     runs = store.sweep_children(experiment_id, sweep_id)
@@ -76,11 +53,7 @@ def sweep_records(store: "TrackingStore", experiment_id: str, sweep_id: str,
 
 
 def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord], list[ExpectedPoint]]:
-    """The records and grid points of the sweep whose parent run is ``parent`` (an MLflow Run).
-
-    Raises:
-        NoPointsRecorded: the parent has no ``points.json``.
-    """
+    """The records and grid points of the sweep whose parent run is ``parent``."""
     points = sweep_points(store, parent)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],
                             [p.run_key for p in points])
@@ -88,12 +61,8 @@ def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord],
 
 
 def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expected: Sequence[ExpectedPoint],
-                   names: Sequence[str], *, first_seed_only: bool = False) -> list["SettingCurves"]:
-    """Per setting (grid order), the per-step histories of the metrics ``names`` (keys as logged,
-    ``"epoch/val_loss"``) of its finished seeds; settings without a finished run are left out.
-    """
-    from orchestrator.analyze.figures import SettingCurves
-
+                   names: Sequence[str], *, first_seed_only: bool = False) -> list[SettingCurves]:
+    """Per setting with a finished run (grid order), its finished seeds' histories of ``names``."""
     out = []
     for units in units_by_setting(records, expected):
         finished = [u for u in units if u.finished is not None][: 1 if first_seed_only else None]
@@ -107,14 +76,8 @@ def setting_curves(store: "TrackingStore", records: Sequence[RunRecord], expecte
 
 def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
                    expected: Sequence[ExpectedPoint]) -> dict[str, "Figure"]:
-    """The report's figures by artifact path, each from the metrics the runs logged
-    (:mod:`orchestrator.analyze.layout`): the training curves of their step metrics, the
-    percentile panels when they logged ``feat_q<NN>``, and the table's held-out score (the
-    built-in study's test accuracy) by setting: by the grid's first axis, one series per value
-    of the others. A figure without data (no finished run, no such metric) is left out, and so
-    are the bars of a sweep without axes."""
-    from orchestrator.analyze import figures
-
+    """The report's figures by artifact path: training curves, percentiles, and the held-out score
+    by setting; a figure without data is left out, and so are the bars of a sweep without axes."""
     out = {}
     steps = step_metric_names(records)
     panels = curve_panels(steps)
@@ -131,7 +94,6 @@ def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
         result = compare(records, expected, held_out[0]) if held_out else None
     except CompareError:  # no finished run logged it
         result = None
-    # A sweep without axes (seeds only) has one setting: nothing to set side by side.
     if result is not None and result.group_keys and any(row.n_finished for row in result.rows):
         out[Artifact.report_by_setting(held_out[0])] = figures.metric_by_axis(result, held_out[1],
                                                                               result.group_keys[0], interval="ci")
@@ -140,10 +102,7 @@ def report_figures(store: "TrackingStore", records: Sequence[RunRecord],
 
 def publish(store: "TrackingStore", parent_run_id: str, figures: dict[str, "Figure"],
             out_dir: Path | None = None) -> list[str]:
-    """Log each figure on the parent run at its path; with ``out_dir``, also save it there as PNG.
-
-    Returns the artifact paths logged.
-    """
+    """Log each figure on the parent run (and save it in ``out_dir``); returns the paths logged."""
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     for path, fig in figures.items():

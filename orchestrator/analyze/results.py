@@ -1,24 +1,6 @@
-"""Sweep results as numbers: groups of runs, mean ± std over seeds, ranks, paired deltas,
-and the report's statistics per (setting, split). Formatting is ``render.py``'s job.
-
-Every number a table shows comes from a :class:`~orchestrator.analyze.stats.Stats` (one
-value per seed, or one paired difference per seed): a comparison row holds one for the
-metric and a :class:`~orchestrator.analyze.stats.PairedStats` for the deltas to the
-baseline; a report cell is one.
-
-A comparison with a baseline runs one paired test per row; their p-values are adjusted
-for the table's number of tests (Holm by default, statsmodels' ``multipletests``) and the
-row's ``significant`` follows the adjusted value.
-
-A run key without a finite result is counted per row as diverged or failed
-(:class:`orchestrator.analyze.records.Outcome`); ``failed_as="drop"`` leaves it out of the
-statistics, ``failed_as="worst"`` counts it as the worst finite value of the metric among
-all the table's runs (the lowest for ``direction="max"``, the highest for ``"min"``).
-
-Example::
-
-    best = compare(records, expected, "val_f1_macro", baseline="model.norm=bn_torch").rows[0]
-    print(best.label, best.mean, best.stats.ci95, best.delta_mean, best.p_adjusted, best.significant)
+"""Sweep results as numbers: groups of runs, mean ± std over seeds, ranks, paired deltas to a
+baseline with p-values adjusted for the table's number of tests (Holm by default: family-wise
+error at most ALPHA), and the report's statistics per (setting, split).
 """
 
 from __future__ import annotations
@@ -44,9 +26,6 @@ FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
 
 class CompareError(UserError):
     """A comparison that cannot be made as asked: names what exists instead."""
-
-
-# --------------------------------------------------------------------------- data model
 
 
 @dataclass(frozen=True)
@@ -86,7 +65,6 @@ class CompareRow:
                      doc="``key=value,...`` in grouping-key order.")
     values = property(lambda self: tuple(s.value for s in self.samples))
     seeds = property(lambda self: tuple(s.seed for s in self.samples))
-    # The row's numbers under their table names; ``stats`` and ``delta`` compute them.
     mean = property(lambda self: self.stats.mean, doc="NaN when no finished run.")
     std = property(lambda self: self.stats.std, doc="Sample std (ddof=1); NaN below two finished runs.")
     min = property(lambda self: self.stats.min)
@@ -143,9 +121,6 @@ class SettingStats:
     values: Mapping[str, Any]  # setting key -> value, grid order
     label: str  # records.setting_label: "gn bs8"
     splits: tuple[SplitStats, ...]
-
-
-# --------------------------------------------------------------------------- compare
 
 
 def compare(
@@ -207,7 +182,6 @@ def compare(
 
 
 def _check_options(direction: str, top: int | None, correction: str, failed_as: str) -> None:
-    """Raise on any value the comparison cannot take."""
     for name, value, allowed in (("direction", direction, DIRECTIONS), ("correction", correction, CORRECTIONS),
                                  ("failed_as", failed_as, FAILED_AS)):
         if value not in allowed:
@@ -238,7 +212,6 @@ def resolve_key(key: str, known: Sequence[str], what: str) -> str:
 
 
 def _group_keys(group_by: Sequence[str] | None, axes: Sequence[str], records: Sequence[RunRecord]) -> tuple[str, ...]:
-    """The axes by default, else the requested keys (axes, any param, or the seed)."""
     if not group_by:
         return tuple(axes)
     known = list(dict.fromkeys([*axes, *sorted({k for r in records for k in r.params}), SEED_KEY]))
@@ -255,8 +228,8 @@ def group_units(units: Iterable[Unit], keys: Sequence[str]) -> list[tuple[dict[s
 
 
 def _samples(units: Sequence[Unit], metric: str, stand_in: float | None = None) -> tuple[Sample, ...]:
-    """The finished runs' finite values of ``metric``, in grid order; with ``stand_in``,
-    also that value for each diverged or failed run key."""
+    """The finished runs' finite values, in grid order; with ``stand_in``, that value for each
+    diverged or failed run key."""
     out = []
     for u in units:
         outcome = u.outcome(metric)
@@ -286,7 +259,7 @@ def _rows(groups: Sequence[tuple[dict[str, Any], list[Unit]]], metric: str, dire
 
 
 def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[CompareRow]) -> tuple[str, str] | None:
-    """Parse ``key=value``; the key must be a grouping key and the value one of its values."""
+    """Parse ``key=value`` of a grouping key and one of its values."""
     if text is None:
         return None
     if "=" not in text:
@@ -303,8 +276,7 @@ def _baseline(text: str | None, group_keys: Sequence[str], rows: Sequence[Compar
 
 
 def paired_deltas(rows: Sequence[CompareRow], key: str, value: str) -> list[CompareRow]:
-    """Each row with ``delta``: its samples minus the baseline's (``key=value``) sample that has
-    the same other grouping values and the same point off ``key``."""
+    """Each row with ``delta``: its samples minus the baseline's with the same point off ``key``."""
     def pair_key(row: CompareRow, sample: Sample) -> tuple:
         others = tuple(value_text(v) for k, v in row.group.items() if k != key)
         return others, tuple(sorted((k, value_text(v)) for k, v in sample.point.items() if k != key))
@@ -318,8 +290,7 @@ def paired_deltas(rows: Sequence[CompareRow], key: str, value: str) -> list[Comp
 
 
 def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[CompareRow]:
-    """Each row with ``correction`` and, over the rows that have a p (the table's m tests),
-    ``p_adjusted`` from ``statsmodels.stats.multitest.multipletests``."""
+    """Each row with ``correction`` and ``p_adjusted`` over the table's m tests (statsmodels)."""
     rows = [dataclasses.replace(r, correction=correction) for r in rows]
     tested = [i for i, r in enumerate(rows) if not math.isnan(r.p_value)]
     method = CORRECTIONS[correction]
@@ -340,22 +311,14 @@ def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
     return [dataclasses.replace(r, rank=i + 1 if r.stats.n else None) for i, r in enumerate(ordered)]
 
 
-# --------------------------------------------------------------------------- report
-
-
 def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[list[Unit]]:
-    """The units of each setting (its seeds), settings and units in grid order.
-
-    Sweeps run seed-major, so a setting's first unit is its first seed.
-    """
+    """The units of each setting, in grid order (a setting's first unit is its first seed)."""
     matched = match_units(records, expected)
     return [units for _, units in group_units(matched.units, matched.axes)]
 
 
 def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[SettingStats]:
-    """Per setting (grid order) and split: every score over the setting's finished seeds; the
-    splits and scores are the ``<split>_<score>`` summary metrics the runs logged
-    (:func:`orchestrator.analyze.layout.table_layout`)."""
+    """Per setting and split: every score over the setting's finished seeds."""
     records = list(records)
     split_names, scores = table_layout(records)
     out = []

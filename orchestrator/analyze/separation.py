@@ -1,32 +1,13 @@
-"""``orch sweep --until-separated METRIC``: add seeds where the ranking is still uncertain,
-and say which settings are separated from the leader with a stated error guarantee.
+"""``orch sweep --until-separated METRIC``: add seeds where the ranking is uncertain, and say which
+settings are separated from the leader (the best mean).
 
-After the grid's own seeds, each look compares the settings on ``METRIC``. The leader is
-the setting with the best mean. Every ordered pair of settings (i, j) gets a one-sided
-paired t-test of "i is better than j" on the seeds both have (``scipy.stats.ttest_rel``
-with ``alternative="greater"``); the K·(K−1) p-values of a look are Holm-adjusted
-together and compared with ``alpha / L``, where L is the number of seed counts a setting
-can hold (the grid's n, then + ``per_round`` up to ``max_seeds``: 3, 5, 7, 9, 10 is L = 5).
-A rival is *separated* when the pair (leader, rival) is rejected. The leader and the
-rivals not separated get the next ``per_round`` seeds; the rounds stop when every rival
-is separated, or when those left hold ``max_seeds`` seeds.
-
-Guarantee (strong family-wise error control, for any true means, not only equal ones):
-the chance that a sweep ever declares a setting separated from a leader that is not
-truly better than it is at most ``alpha``. Why: a false declaration rejects a true
-hypothesis "μ_i ≤ μ_j"; Holm rejects one only if some true hypothesis has a p-value
-below alpha / (L·m0) (m0 = the number of true ones); a pair's common seeds are always the
-first n of one seed sequence, and n takes at most L values, so by the union bound over
-the m0 hypotheses and the L values of n the chance is at most m0 · L · alpha / (L·m0) =
-alpha, however the seeds were allocated and however the leader was chosen. It assumes
-per-seed paired differences that are independent across seeds and roughly normal (the
-t-test's assumption) and finite values on every seed (each round stopped and resumed
-can add a look at one more n per pair, and alpha / L to the bound). The price is power: with many
-settings the first Holm step is at alpha / (L·K·(K−1)), so only large gaps separate
-(``benchmarks/separation_error.py`` measures it).
-
-Which runs a round adds, and ``orch sweep --confirm N``'s points, are
-:mod:`orchestrator.launch.rounds`'s: this module decides, it does not plan runs.
+Rule: at each look, every ordered pair gets a one-sided paired t-test of "i better than j" on
+their common seeds; the K·(K−1) p-values are Holm-adjusted and compared with ``alpha / L`` (L:
+the seed counts a setting can hold). A rival is separated when (leader, rival) is rejected; the
+leader and the rivals left get ``per_round`` more seeds, up to ``max_seeds``.
+Guarantee: for any true means, the chance of ever declaring a setting separated from a leader
+not truly better is at most ``alpha`` (independent, roughly normal per-seed differences, finite
+values; each stopped-and-resumed round can add alpha / L). Why: docs/explanation/statistics.md.
 """
 
 from __future__ import annotations
@@ -58,13 +39,10 @@ class Separation:
 
 
 def guarantee(alpha: float) -> str:
-    """The rule's promise in one line (help, summary, docs say the same)."""
+    """The rule's promise in one line."""
     return (f"for any true means, the chance that a sweep declares some setting separated from a leader "
             f"that is not truly better than it is at most {alpha:g} (independent, roughly normal per-seed "
             f"differences)")
-
-
-# --------------------------------------------------------------------------- the decision
 
 
 @dataclass(frozen=True)
@@ -78,13 +56,8 @@ class Decision:
 
 
 def paired_p(values: np.ndarray) -> np.ndarray:
-    """One-sided paired t-test p of "i is better than j" for every ordered pair.
-
-    ``values``: (..., K, n), one column per seed, NaN where a setting lacks the seed;
-    pairs use the seeds both have. Returns (..., K, K); 1 on the diagonal, below two
-    common seeds, and where every difference is 0. Equals
-    ``scipy.stats.ttest_rel(x_i, x_j, alternative="greater").pvalue`` on the common seeds.
-    """
+    """(..., K, K) one-sided paired t-test p of "i better than j" on common seeds of ``values``
+    (..., K, n; NaN: missing), as ``scipy.stats.ttest_rel(alternative="greater")``; 1 where undefined."""
     from scipy import stats
 
     d = values[..., :, None, :] - values[..., None, :, :]  # (..., K, K, n)
@@ -100,11 +73,7 @@ def paired_p(values: np.ndarray) -> np.ndarray:
 
 
 def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-adjusted p-values over the last axis (NaN entries are not hypotheses, stay NaN).
-
-    The running maximum of ``min(1, (m − k) · p_(k))`` over the sorted values, as
-    ``statsmodels.stats.multitest.multipletests(p, method="holm")``.
-    """
+    """Holm-adjusted p-values over the last axis, as statsmodels' ``multipletests``; NaN stays NaN."""
     m = (~np.isnan(p)).sum(-1, keepdims=True)
     order = np.argsort(np.where(np.isnan(p), np.inf, p), axis=-1)
     ranked = np.take_along_axis(p, order, -1)
@@ -116,16 +85,8 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def separate(values: np.ndarray, *, alpha: float, looks: int, direction: str = "max") -> Decision:
-    """Which settings are separated from the leader: the rule ``orch sweep --until-separated`` runs.
-
-    Args:
-        values: (..., K, n) per-seed values of K settings, one column per seed (the same
-            seed in every row), NaN where a setting lacks that seed's value. Leading axes
-            are independent studies (the benchmark stacks thousands).
-        alpha: the family-wise error over all looks and all pairs.
-        looks: L, the number of seed counts a setting can hold over the sweep.
-        direction: ``"max"`` or ``"min"``: which end is best.
-    """
+    """Which settings are separated from the leader (the module's rule). ``values``: (..., K, n), one
+    column per seed, NaN where missing; leading axes are independent studies."""
     v = np.asarray(values, dtype=float)
     v = v if direction == "max" else -v
     k = v.shape[-2]
@@ -140,9 +101,6 @@ def separate(values: np.ndarray, *, alpha: float, looks: int, direction: str = "
     p_leader = np.where(np.isnan(p_leader), 1.0, p_leader)
     level = alpha / looks
     return Decision(leader=leader, separated=p_leader <= level, p_holm=p_leader, level=level)
-
-
-# --------------------------------------------------------------------------- a look at a sweep
 
 
 @dataclass(frozen=True)
@@ -172,9 +130,6 @@ def decide(result: CompareResult, sep: Separation) -> Verdict:
     rivals = [(i, r) for i, r in enumerate(rows) if i != lead and r.n_finished]
     return Verdict(rows[lead], tuple((r, float(d.p_holm[i])) for i, r in rivals if d.separated[i]),
                    tuple((r, float(d.p_holm[i])) for i, r in rivals if not d.separated[i]), len(rows), d.level)
-
-
-# --------------------------------------------------------------------------- the record
 
 
 def verdict_json(verdict: Verdict, sep: Separation) -> dict[str, Any]:

@@ -1,10 +1,5 @@
-"""The statistics every table shows: a sample over seeds and paired differences to a baseline.
-
-A :class:`Stats` holds one value per seed and gives its mean, sample std, range and the
-95% confidence interval of the mean (Student t); a :class:`PairedStats` holds one
-difference per seed that both settings have and adds the paired t-test's p. A new
-statistic is one more property here, and every comparison row and report cell has it.
-scipy computes the interval and the test; it is imported when they are first read.
+"""The statistics every table shows: a sample over seeds (:class:`Stats`) and paired differences
+to a baseline (:class:`PairedStats`); scipy is imported when first needed.
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ ALPHA = 0.05  # a paired difference is significant when its (adjusted) t-test's 
 
 
 @functools.cache
-def _t_quantile(df: int) -> float:
-    """The (1 + CONFIDENCE)/2 quantile of Student's t: one scipy call per df, not one per row."""
+def _t_quantile(df: int) -> float:  # cached: one scipy call per df, not one per row
     from scipy import stats
 
     return float(stats.t.ppf((1 + CONFIDENCE) / 2, df))
@@ -56,11 +50,8 @@ class Stats:
 
     @cached_property
     def ci95(self) -> tuple[float, float]:
-        """95% confidence interval of the mean, Student t over the values: mean ± t·s/√n.
-
-        ``t`` is the 0.975 quantile of Student's t with n − 1 degrees of freedom
-        (``scipy.stats.t.ppf``). It assumes roughly normal values; (NaN, NaN) below two.
-        """
+        """95% CI of the mean, mean ± t(0.975, n − 1)·s/√n; assumes roughly normal values.
+        (NaN, NaN) below two."""
         if self.n < 2:
             return math.nan, math.nan
         half = _t_quantile(self.n - 1) * self.std / math.sqrt(self.n)
@@ -72,11 +63,7 @@ class Stats:
 
 @dataclass(frozen=True)
 class PairedStats(Stats):
-    """Paired differences ``own - baseline`` (one per seed both have) and their t-test.
-
-    ``values`` are the differences, so mean, std and :attr:`ci95` are those of the
-    differences; ``own`` and ``baseline`` keep the pairs for the test.
-    """
+    """Paired differences ``own - baseline`` (one per seed both have) as ``values``, and their t-test."""
 
     own: tuple[float, ...] = ()
     baseline: tuple[float, ...] = ()
@@ -89,10 +76,8 @@ class PairedStats(Stats):
 
     @cached_property
     def p_value(self) -> float:
-        """Two-sided p of the paired t-test (``scipy.stats.ttest_rel(own, baseline)``).
-
-        NaN below two pairs, and when every difference is 0 (the baseline against itself).
-        """
+        """Two-sided paired t-test p (``scipy.stats.ttest_rel``); assumes roughly normal differences.
+        NaN below two pairs and when every difference is 0."""
         if self.n < 2:
             return math.nan
         from scipy import stats

@@ -1,13 +1,5 @@
-"""A sweep's results and the summary written on its parent run.
-
-The summary is ``summary.csv``, ``plots/<metric>_by_<axis>.png``, ``plots/val_curves.png``
-and the parent's description (:func:`orchestrator.analyze.notes.sweep_note`). Whoever closes
-the sweep writes it: a local sweep at its end, the queue worker that ends the last point,
-Slurm's close.
-
-It ranks by the sweep's metric: the one asked for (``orch sweep --metric``), else the entry's
-default metric (:func:`entry_metric`; the built-in study's ``val_f1_macro``), else the first
-summary metric the runs report (:func:`sweep_metric`), else none, and then shows no table.
+"""The summary on a sweep's parent run (``summary.csv``, plots, description), written by whoever
+closes the sweep; it ranks by ``--metric``, else the entry's default, else the first summary metric.
 """
 
 from __future__ import annotations
@@ -16,9 +8,13 @@ import csv
 import io
 from typing import TYPE_CHECKING, Sequence
 
+from orchestrator.analyze import figures
 from orchestrator.analyze.layout import bare_name, held_out_metric, is_validation, table_layout
-from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names
+from orchestrator.analyze.notes import sweep_note
+from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names, summary_rows
+from orchestrator.analyze.render import render
 from orchestrator.analyze.report import setting_curves
+from orchestrator.analyze.results import CompareError, compare
 from orchestrator.store.schema import Artifact, ExpectedPoint, Tag
 
 if TYPE_CHECKING:
@@ -26,14 +22,12 @@ if TYPE_CHECKING:
 
 
 def entry_metric(entry) -> str | None:
-    """The metric an entry's sweeps rank by unless told (its ``default_metric``); None without one."""
+    """The entry's ``default_metric``, or None."""
     return getattr(entry, "default_metric", None) or None
 
 
 def sweep_metric(records, metric: str | None = None) -> str | None:
-    """``metric``, else the first summary metric of the finished runs: the report's held-out score
-    when they report one (``test_acc``, :func:`orchestrator.analyze.layout.held_out_metric`),
-    else the first by name; None without any."""
+    """``metric``, else the held-out score the finished runs report, else their first summary metric."""
     if metric:
         return metric
     finished = [r for r in records if is_result(r)]
@@ -42,30 +36,23 @@ def sweep_metric(records, metric: str | None = None) -> str | None:
 
 
 def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str | None, direction: str = "max"):
-    """The sweep's comparison on ``metric`` (None: :func:`sweep_metric`'s); None when no finished run has it."""
-    from orchestrator.analyze import compare
-
+    """The comparison on ``metric`` (None: :func:`sweep_metric`'s); None when no finished run has it."""
     metric = sweep_metric(records, metric)
     if metric is None:
         return None
     try:
-        result = compare.compare(records, expected, metric, direction=direction)
-    except compare.CompareError:
+        result = compare(records, expected, metric, direction=direction)
+    except CompareError:
         return None
     return result if any(row.n_finished for row in result.rows) else None
 
 
 def write_summary(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                   axes: Sequence[str], metric: str | None, default: str | None = None) -> str | None:
-    """Log the summary on the parent (see the module docstring); returns the closing table's text.
-
-    ``metric``: the table's (None: :func:`sweep_metric`'s); ``default``: the entry's default
-    metric, whose curves the summary shows when ``metric`` has none of the validation split.
-    """
-    from orchestrator.analyze import compare
-
+    """Log the summary on the parent; returns the closing table. ``default``: the entry's metric,
+    whose curves are shown when ``metric`` has no validation curve."""
     metric = sweep_metric(records, metric)
-    rows = compare.summary_rows(records, expected)
+    rows = summary_rows(records, expected)
     logged = [Artifact.GRID, Artifact.POINTS]
     if rows:
         buf = io.StringIO()
@@ -78,14 +65,11 @@ def write_summary(store: TrackingStore, parent_run_id: str, records, expected: S
     if result is not None:
         logged += _summary_plots(store, parent_run_id, records, expected, axes, result, default)
     _describe_parent(store, parent_run_id, records, expected, axes, metric, result, logged)
-    return None if result is None else compare.render(result, "table")
+    return None if result is None else render(result, "table")
 
 
 def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                    axes: Sequence[str], result, default: str | None) -> list[str]:
-    """The metric by each axis and the validation curves on the parent; the paths logged."""
-    from orchestrator.analyze import figures
-
     logged, metric = [], result.metric
     for axis in axes:
         fig = figures.metric_by_axis(result, metric, axis)
@@ -101,9 +85,8 @@ def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: 
 
 
 def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) -> str | None:
-    """The step metric of the summary's validation curves: that of ``metric`` when it is a
-    validation metric the runs logged per step (``val_loss`` → ``epoch/val_loss``), else that of
-    ``default``, else the first validation step metric, else the first step metric; None without any."""
+    """The step metric of the validation curves: ``metric``'s when it is a validation one, else
+    ``default``'s, else the first validation step metric, else the first step metric."""
     def logged(name: str | None) -> str | None:
         return next((k for k in steps if name and bare_name(k) == name), None)
 
@@ -113,8 +96,6 @@ def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) 
 
 def _describe_parent(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
                      axes: Sequence[str], metric: str | None, result, artifacts: Sequence[str]) -> None:
-    from orchestrator.analyze.notes import sweep_note
-
     parent = store.get_run(parent_run_id)
     store.set_note(parent_run_id, sweep_note(
         name=parent.info.run_name or "", sweep_id=parent.data.tags.get(Tag.SWEEP, ""),

@@ -176,18 +176,19 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     Grouping by fewer axes than the grid has pools the others (the notes name them).
     The table format ends with notes on the statistics; other formats print them on stderr.
     """
-    from orchestrator.analyze import compare
+    from orchestrator.analyze.render import compare_notes, render
     from orchestrator.analyze.report import sweep_results
+    from orchestrator.analyze.results import compare
 
     store = open_store(tracking_uri, write=False)
     _, parent = resolve_sweep(store, experiment, sweep)
     records, expected = sweep_results(store, parent)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
-    result = compare.compare(records, expected, metric, group_by=keys, direction=direction,
-                             baseline=baseline, top=top, correction=correction, failed_as=failed_as)
-    click.echo(compare.render(result, fmt))
+    result = compare(records, expected, metric, group_by=keys, direction=direction,
+                     baseline=baseline, top=top, correction=correction, failed_as=failed_as)
+    click.echo(render(result, fmt))
     if fmt != "table":
-        for note in compare.compare_notes(result):
+        for note in compare_notes(result):
             log.info("note: %s", note)
 
 
@@ -217,15 +218,15 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
     """
     from pathlib import Path
 
-    from orchestrator.analyze import compare
     from orchestrator.analyze import report as study_report
+    from orchestrator.analyze.render import report
 
     if out_dir is not None and no_figures:
         raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
     store = open_store(tracking_uri, write=False)
     _, parent = resolve_sweep(store, experiment, sweep)
     records, expected = study_report.sweep_results(store, parent)
-    click.echo(compare.report(records, expected, fmt=fmt))
+    click.echo(report(records, expected, fmt=fmt))
     if no_figures:
         return
     figures = study_report.report_figures(store, records, expected)

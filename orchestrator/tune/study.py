@@ -1,11 +1,4 @@
-"""One tuning study's objects: its plan, its Optuna sampler, pruner and study, and its MLflow parent run.
-
-``orch tune`` (:mod:`orchestrator.tune.tuning`) runs one study per setting of the grid. This
-module says which studies there are (:func:`plan_studies`), what every trial of a study
-shares (:func:`fixed_config`), and opens a study in its Optuna storage, refusing to resume
-one that optimises something else (:func:`open_study`). optuna is imported inside the
-functions that need it.
-"""
+"""One tuning study's objects: its plan, Optuna sampler, pruner and study, and MLflow parent run."""
 
 from __future__ import annotations
 
@@ -37,16 +30,9 @@ class StudyPlan:
     entry: Entry  # the grid's (SweepSpec.entry): builds, checks and trains every trial's config
 
 
-# ---------------------------------------------------------------- which studies
-
-
 def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | None = None) -> list[StudyPlan]:
-    """One study per distinct setting of the grid, its config with ``seed`` (default: the
-    grid's first seed; :func:`orchestrator.grid.space.tune_spec` gives the first tuning seed).
-
-    Names: ``<grid name>-<setting run name>`` (``tune-demo-bn``; the grid name alone when the
-    grid has no axes), or ``--study`` (suffixed ``-<setting run name>`` with several settings).
-    """
+    """One study per setting of the grid, its config with ``seed`` (default: the grid's first), named
+    ``<grid name or --study>-<setting run name>`` (without the suffix for a single setting)."""
     first_seed = spec.seeds[0]
     runs = [r for r in spec.runs if r.point.get("seed") == first_seed]
     plans: list[StudyPlan] = []
@@ -67,17 +53,14 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | Non
 
 
 def fixed_config(plan: StudyPlan, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """The setting's params (the entry's dotted keys) without the searched keys: what every trial shares."""
+    """The setting's params without the searched keys: what every trial shares."""
     searched = {p.key for p in space}
     return {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
 
 
-# ---------------------------------------------------------------- Optuna and MLflow objects
-
-
 def make_sampler(name: str, seed: int, n_trials: int):
-    """TPE (its random start-up shortened to half the trials, 3 to 10, so that short
-    studies still get model-based suggestions) or random, both seeded with ``seed``."""
+    """TPE (random start-up: half the trials, 3 to 10, so short studies get model-based
+    suggestions) or random, seeded with ``seed``."""
     import optuna
 
     if name == "tpe":
@@ -88,8 +71,7 @@ def make_sampler(name: str, seed: int, n_trials: int):
 
 
 def make_pruner(name: str, max_steps: int | None):
-    """``max_steps``: the last step a trial reports (the entry's ``max_steps`` × the number of
-    tuning seeds), or None when the entry cannot say: Hyperband then learns it ("auto")."""
+    """``max_steps``: a trial's last reported step; None lets Hyperband learn it."""
     import optuna
 
     if name == "median":
@@ -103,12 +85,8 @@ def make_pruner(name: str, max_steps: int | None):
 
 def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str, Any], sampler: Any, pruner: Any,
                grid_path: str):
-    """Create the study, or load it and check that it optimises the same thing.
-
-    Raises:
-        ConfigError: the stored study was made for another metric, direction, fixed
-            config or seeds, or not by ``orch tune``.
-    """
+    """Create the study, or load it; ConfigError when the stored one was not made by ``orch tune``
+    or for another metric, direction, fixed config or seeds."""
     import optuna
 
     study = optuna.create_study(study_name=plan.name, storage=storage, sampler=sampler, pruner=pruner,
@@ -120,15 +98,13 @@ def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str
                               "choose another --study", key="--study", source=grid_path)
         for key, value in ((StudyAttr.KIND, Kind.TUNE), (StudyAttr.METRIC, tune.metric),
                            (StudyAttr.SETTING, plan.setting), (StudyAttr.FIXED_CONFIG, dict(fixed)),
-                           (StudyAttr.SEEDS, list(tune.seeds or ()))):
+                           (StudyAttr.SEEDS, list(tune.seeds))):
             study.set_user_attr(key, value)
         return study
     problems = _changes(study, tune, fixed)
     if problems:
         raise ConfigError(f"study {plan.name!r} was started with {'; '.join(problems)}; resuming would mix "
                           "them, so choose another --study (or restore the grid)", key="--study", source=grid_path)
-    if StudyAttr.SEEDS not in attrs:  # made before tune.seeds existed: the same seed, now written down
-        study.set_user_attr(StudyAttr.SEEDS, list(tune.seeds or ()))
     return study
 
 
@@ -147,16 +123,14 @@ def _changes(study: Any, tune: TuneSpec, fixed: Mapping[str, Any]) -> list[str]:
                if stored.get(k) != now.get(k)]
     if changed:
         problems.append("fixed config " + ", ".join(changed[:5]) + (" …" if len(changed) > 5 else ""))
-    stored_seeds = attrs.get(StudyAttr.SEEDS) or [stored.get("seed")]  # older studies: the fixed seed
-    if list(tune.seeds or ()) != stored_seeds:
-        problems.append(f"tune.seeds {stored_seeds}, not {list(tune.seeds or ())}")
+    if list(tune.seeds) != attrs.get(StudyAttr.SEEDS):
+        problems.append(f"tune.seeds {attrs.get(StudyAttr.SEEDS)}, not {list(tune.seeds)}")
     return problems
 
 
 def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process on this host is gone (a killed ``orch tune``),
-    and their MLflow runs FAILED; trials of live processes or other hosts are left alone
-    (with PostgreSQL, Optuna's heartbeat fails those)."""
+    """Mark FAIL (runs FAILED) the RUNNING trials whose process on this host is gone; other hosts'
+    trials are left to Optuna's heartbeat (PostgreSQL)."""
     from optuna.trial import TrialState as OptunaState
 
     failed = []
@@ -176,15 +150,10 @@ def fail_orphan_trials(store: TrackingStore, study: Any) -> list[int]:
 
 
 def requeue_stopped_trials(store: TrackingStore, study: Any, n_seeds: int) -> list[int]:
-    """Queue again, with the same params, every FAIL trial whose training was stopped with a
-    checkpoint (a signal; a process that died after a periodic checkpoint), so that the
-    study's next trial continues that run exactly where it stopped instead of sampling anew.
-
-    A continuation that itself failed before it wrote a checkpoint (killed at once, say)
-    hands on the checkpoint it was to continue from, so a stopped trial is never lost; a
-    trial that failed for a reason of its own (its training diverged) is not retried.
-    Returns the numbers of the trials queued again. A trial over several seeds is not
-    continued: the study samples a new one."""
+    """Queue again, same params, every one-seed FAIL trial stopped with a checkpoint, so that the
+    next trial continues its run; returns their numbers. A continuation that failed before its
+    own checkpoint hands on the one it continued, so a stopped trial is never lost; a trial that
+    failed of itself (diverged) is not retried."""
     from optuna.trial import TrialState as OptunaState
 
     if n_seeds != 1:
@@ -209,7 +178,8 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
     """(run to continue, the pruner reports up to its checkpoint) of a FAIL trial, or None."""
     own_id, attrs = trial.user_attrs.get(TrialAttr.RUN_ID), trial.user_attrs
     own = _get_run(store, own_id) if own_id else None
-    if own is not None and own.info.status == Status.FAILED and not _died(own):
+    if own is not None and own.info.status == Status.FAILED and \
+            not own.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING"):
         return None  # failed of itself (its training diverged): not retried
     if own is not None and Tag.CHECKPOINT in own.data.tags:
         steps = int(own.data.tags.get(Tag.CHECKPOINT_STEP, 0))
@@ -219,10 +189,6 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
     if run is None or Tag.CHECKPOINT not in run.data.tags:
         return None
     return earlier, {int(k): v for k, v in attrs.get(TrialAttr.RESUME_REPORTS, {}).items()}
-
-
-def _died(run: Any) -> bool:
-    return run.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING")
 
 
 def _get_run(store: TrackingStore, run_id: str) -> Any | None:

@@ -1,6 +1,5 @@
-"""What a tuning study's MLflow parent shows: best params and value, trial counts,
-``trials.csv``, Optuna's optimization-history and parameter-importance plots, and a
-description (:func:`orchestrator.analyze.notes.tune_note`) that sums them up."""
+"""What a tuning study's MLflow parent shows: best params and value, trial counts, ``trials.csv``,
+Optuna's plots and a description."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import logging
 import warnings
 from typing import Any, Sequence
 
+from orchestrator.analyze.notes import tune_note
 from orchestrator.store.schema import Artifact, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
 
@@ -20,8 +20,6 @@ STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: str) -> dict[str, int]:
     """Best params/value, plots, trials.csv and the description on the parent; returns the counts by state."""
-    from orchestrator.analyze.notes import tune_note
-
     trials = study.get_trials(deepcopy=False)
     logged = [Artifact.GRID, Artifact.SPACE]
     best_info = None
@@ -48,8 +46,7 @@ def summarize_study(store: TrackingStore, parent_id: str, study: Any, metric: st
 
 
 def trials_csv(trials: Sequence[Any], metric: str) -> str:
-    """One row per trial: number, state, value, last step reported (``last_step``; over several
-    seeds the steps run on across seeds, see :mod:`orchestrator.tune.trial`), seconds, params, run id."""
+    """One row per trial: number, state, value, last step reported, seconds, params, run id."""
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -65,12 +62,12 @@ def trials_csv(trials: Sequence[Any], metric: str) -> str:
 
 
 def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int) -> list[str]:
-    """Optuna's plots on the parent, those that the study's trials allow; the paths logged."""
+    """Optuna's plots that the study's trials allow, on the parent; the paths logged."""
     import matplotlib
 
-    # Optuna draws through pyplot, the one place in orch that does (orch's own figures are
-    # bare Figures): pin the file-only backend so that no GUI window is ever attempted.
+    # Optuna draws through pyplot (orch's own figures do not): no GUI backend, ever.
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
     from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as ovm
@@ -96,11 +93,5 @@ def _log_plots(store: TrackingStore, parent_id: str, study: Any, n_complete: int
         fig.tight_layout()
         store.log_figure(parent_id, fig, path)
         logged.append(path)
-        _close(fig)
+        plt.close(fig)  # pyplot keeps a figure alive until it is closed
     return logged
-
-
-def _close(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)  # pyplot keeps a figure alive until it is closed

@@ -1,25 +1,12 @@
 """One trial of ``orch tune``: train the sampled config on every tuning seed, report to the pruner.
 
-A trial's config is the study's fixed params with its sampled values on top, built and checked
-by the grid's entry (:class:`orchestrator.grid.entry.Entry`), and trained through
-:func:`orchestrator.execute.runner.run_tracked`, as a sweep's point is. With one seed (the
-default: the grid's first seed) the trial's MLflow run is its training run. With several
-(``tune.seeds: [0, 1, 2]``) the trial gets its own run (``Kind.TRIAL``, child of the study's
-parent) holding the trial's params, ``Tag.SEEDS`` and the mean over the seeds of every summary
-metric all seeds have; the seeds' training runs (``Kind.TRIAL_SEED``) are its children, trained
-one after the other. The trial's value is the run's value of the study's metric (the mean over
-the seeds): the summary metric the code returned, else the last value it logged under that name.
-
-What the pruner sees. The code logs values with ``run.log(values, step)``; every logged value of
-the entry's ``report_metric(metric, direction)`` (the built-in study: the per-epoch value of the
-metric or of its validation counterpart; a function entry: the metric itself) is reported. At step ``s`` of the ``i``-th
-seed the trial reports, at step ``offset_i + s`` (so steps rise across seeds), the mean over the
-seeds seen so far of their values at ``s``: a finished seed's value at its last logged step up
-to ``s`` (its last value if it ended sooner) and the current seed's. ``offset_i`` is ``i ×
-max_steps`` when the entry knows the runs' last step (``max_steps(config)``), else the largest
-step reported so far. Two trials at the same step have then trained the same seeds for the same
-steps, which is what the pruner compares. With one seed this is the logged value at step ``s``.
-A pruned trial's code sees ``run.should_stop()`` true and returns; its run ends KILLED, PRUNED.
+With one seed the trial's MLflow run is its training run; with several the trial gets its own run
+(``Kind.TRIAL``) holding the mean of each summary metric, its seeds' runs (``Kind.TRIAL_SEED``)
+its children, trained in turn. The trial's value is the study's metric (mean over seeds).
+The pruner gets, at step ``offset_i + s`` of the ``i``-th seed, the mean over the seeds so far of
+the entry's ``report_metric`` at ``s`` (a finished seed's last value up to ``s``); ``offset_i`` is
+``i × max_steps`` when the entry knows it, else the largest step reported so far. So two trials at
+one step have trained the same seeds for the same steps, which is what the pruner compares.
 """
 
 from __future__ import annotations
@@ -33,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 from orchestrator.store import checkpoints
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
+from orchestrator.execute.runner import run_tracked
 from orchestrator.execute.stop import StopFlag
 from orchestrator.store.schema import Kind, Status, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
@@ -54,8 +42,7 @@ def trial_config(plan: StudyPlan, fixed: Mapping[str, Any], params: Mapping[str,
 
 
 def step_label(step: int, max_steps: int | None, n_seeds: int) -> str:
-    """A reported step in words: ``"step 4"``, or ``"seed 2 step 4"`` (1-based) with several seeds
-    whose runs' last step is known (``max_steps``); otherwise the step as reported."""
+    """``"step 4"``, or ``"seed 2 step 4"`` with several seeds whose ``max_steps`` is known."""
     if n_seeds == 1 or not max_steps:
         return f"step {step}"
     index, rest = divmod(step - 1, max_steps)
@@ -66,11 +53,7 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
                    experiment_id: str, parent_id: str, seeds: Sequence[int], device: str,
                    stop: StopFlag | None = None) -> Callable[[Any], float]:
     """The Optuna objective of a study: a trial trains ``seeds`` in turn, pruned on the running mean.
-
-    ``stop`` (set by a signal): the running training checkpoints and ends KILLED, and the
-    trial raises :class:`orchestrator.execute.stop.Stopped` (FAIL in Optuna, the study stops).
-    A trial queued again for a stopped one (:func:`orchestrator.tune.study.requeue_stopped_trials`)
-    continues that trial's run from its checkpoint."""
+    On ``stop`` the training checkpoints, ends KILLED and the trial raises Stopped."""
     trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, stop)
     host, pid = socket.gethostname(), str(os.getpid())
 
@@ -82,7 +65,7 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
         trial.set_user_attr(TrialAttr.HOST, host)
         params = {p.key: p.suggest(trial) for p in tune.space}
         cfg = trial_config(plan, fixed, params)
-        if len(seeds) == 1:  # the trial's run is its training run, as before tune.seeds
+        if len(seeds) == 1:  # the trial's run is its training run
             return trainer.one_seed(trial, plan.entry.seeded(cfg, seeds[0]), parent_id)
         return trainer.several_seeds(trial, cfg, parent_id)
 
@@ -90,7 +73,7 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
 
 
 class _Trainer:
-    """Runs the training of one trial of a study: its tracked runs and its reports to the pruner."""
+    """One trial's training: its tracked runs and its reports to the pruner."""
 
     def __init__(self, plan: StudyPlan, tune: TuneSpec, store: TrackingStore, experiment_id: str,
                  seeds: Sequence[int], device: str, stop: StopFlag | None):
@@ -161,16 +144,9 @@ class _Trainer:
     def train(self, trial: Any, cfg: Any, run_name: str, tags: Mapping[str, str], parent: str,
               on_value: Callable[[int, float], None], *, is_trial_run: bool,
               resume: str | bool = False) -> tuple[str, dict]:
-        """One tracked training run (``resume``: a stopped run to continue); returns (run id,
-        summary metrics, the study's metric among them: returned, else its last logged value).
-        ``on_value`` gets every logged value of the report key.
-
-        Raises:
-            TrialFailed: training failed or gave no finite value of the study's metric.
-            Stopped: a signal stopped the training (its run KILLED, with a checkpoint).
-        """
-        from orchestrator.execute.runner import run_tracked
-
+        """One tracked training run (``resume``: a stopped run to continue); returns (run id, summary
+        metrics with the study's metric: returned, else last logged). ``on_value`` gets every
+        logged value of the report key. Raises TrialFailed (no finite metric) or Stopped."""
         run_ids: list[str] = []
         last: dict[str, float] = {}  # the study's metric as last logged
 
@@ -216,7 +192,6 @@ class _Trainer:
 
 
 def _value_at(curve: Mapping[int, float], step: int) -> float:
-    """A finished seed's value at ``step``: at its last reported step up to ``step``, else its first."""
     before = [s for s in curve if s <= step]
     return curve[max(before)] if before else curve[min(curve)]
 

@@ -1,33 +1,9 @@
-"""``orch tune``: Optuna studies over a grid's ``tune.space``, every trial a nested MLflow run.
-
-One study per setting of the grid: the axes that are not searched (after ``--set``) are
-held fixed, and every trial of every study trains with the same seeds, so that trials
-differ only by the searched values: ``tune.seeds`` (each trial trains every one and its
-value is their mean, :mod:`orchestrator.tune.trial`), by default the grid's first seed
-alone (a tuned optimum is then worth checking over seeds with ``orch sweep``). The grid's
-entry (``SweepSpec.entry``) builds, checks and trains every trial's config; without a
-``tune`` section its default space, less the keys that are grid axes, is searched for its
-default metric, maximised; :mod:`orchestrator.grid.space` reads and checks every space, and
-:mod:`orchestrator.tune.study` plans and opens the studies.
-
-Each study has one MLflow parent run (kind ``tune``) in the grid's experiment; each trial
-runs in this process through :func:`orchestrator.execute.runner.run_tracked` as a child run named
-``<study>-t<number>`` whose params are the resolved config, so the searched keys carry the
-trial's values (with several seeds that run holds the means, and each seed trains in a
-child run ``<study>-t<number>-s<seed>``). The trial reports the value its code logs for
-the entry's ``report_metric`` at every step, and the pruner may stop it: the code's
-``run.should_stop()`` turns true, and once it returns its run ends KILLED, tagged PRUNED,
-and counts as no result for ``orch sweep``/``orch compare``.
-
-Resuming: the study lives in an Optuna storage (default: ``optuna.db`` beside a SQLite
-MLflow store) and is loaded by name, so the same command again runs only the trials
-still missing, ``n_trials`` minus the COMPLETE and PRUNED trials already in the study
-(FAILED trials are retried), under the same parent run. A study that was started with
-another metric, direction, fixed config or seeds is refused (exit 2): pick another ``--study``.
-
-Exit codes: 0 done (some trials may have failed: they are part of a search), 1 no trial
-of the study completed, 2 bad input (nothing started), 130 Ctrl-C, 143 SIGTERM or SIGUSR1
-(:mod:`orchestrator.execute.stop`; the trial that ran is continued by the next ``orch tune``).
+"""``orch tune``: one Optuna study per setting of the grid over its ``tune.space``, every trial a
+nested MLflow run. Trials of a study differ only by the searched values: each trains the same
+``tune.seeds`` (default: the grid's first seed; :mod:`orchestrator.tune.trial`). Rerunning the same
+command resumes: the study is loaded by name and only the missing trials run (``n_trials`` minus
+COMPLETE and PRUNED); a study started with another metric, direction, fixed config or seeds is
+refused (exit 2). Exit codes: 0 done, 1 no trial completed, 2 bad input, 130/143 stopped by a signal.
 """
 
 from __future__ import annotations
@@ -46,6 +22,7 @@ from orchestrator.execute import stop
 from orchestrator.grid.entry import resolve_entry
 from orchestrator.grid.load import SweepSpec, tune_spec
 from orchestrator.grid.space import ParamSpace, TuneSpec
+from orchestrator.store import locks
 from orchestrator.store import optuna_storage as storage_mod
 from orchestrator.store.schema import Kind, Status, StudyAttr, Tag, TrialAttr, TrialState
 from orchestrator.store.tracking import TrackingStore
@@ -73,11 +50,7 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count 
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """What an ``orch worker`` needs to join a tuning study, stored with the study.
-
-    Written by ``orch tune`` as one user attribute of the study (:meth:`to_attr`) and
-    read back by :func:`serve_studies` (:meth:`from_attr`): the one serialisation.
-    """
+    """What an ``orch worker`` needs to join a tuning study: a user attribute of the study."""
 
     tracking_uri: str
     experiment_id: str
@@ -90,7 +63,7 @@ class WorkerJob:
     sampler: str
     pruner: str
     seed: int  # the sampler's
-    seeds: tuple[int, ...] = ()  # every trial trains each; () in jobs stored before tune.seeds: the fixed seed
+    seeds: tuple[int, ...]  # every trial trains each
     entry: dict = dataclasses.field(default_factory=dict)  # resolve_entry(**entry): {} is the built-in study
 
     def to_attr(self) -> dict[str, Any]:
@@ -102,11 +75,8 @@ class WorkerJob:
         values = {k: v for k, v in attr.items() if k in fields}
         values["space"] = tuple(ParamSpace(**{**p, "choices": tuple(p["choices"]) if p.get("choices") else None})
                                 for p in attr["space"])
-        values["seeds"] = tuple(attr.get("seeds") or ())
+        values["seeds"] = tuple(attr["seeds"])
         return cls(**values)
-
-
-# ---------------------------------------------------------------- running
 
 
 def run_tune(
@@ -124,49 +94,29 @@ def run_tune(
 ) -> int:
     """Tune ``spec``'s search space, one study per setting; returns the exit code.
 
-    Args:
-        spec: a loaded grid (``--set`` already applied); every trial trains its ``tune.seeds``
-            (default: its first seed).
-        store: the MLflow tracking store (reachable).
-        n_trials: trials per study, counting COMPLETE and PRUNED trials already in a resumed
-            study (default: the grid's ``tune.n_trials``, else 20).
-        timeout: stop starting trials after this many seconds, over all studies together.
-        storage: Optuna storage URL, checked (:func:`orchestrator.store.optuna_storage.check`);
-            default: ``optuna.db`` beside a SQLite MLflow store, checked here.
-        study_name: ``--study``; with several settings each study gets ``-<setting>`` appended.
-        sampler: ``tpe`` or ``random``, seeded with the grid's first seed (plus the number of
-            trials already in a resumed study, so that it draws new points).
-        pruner: ``median``, ``hyperband`` or ``none``.
-
-    Raises:
-        UserError: an unusable storage URL, an unknown metric, sampler or pruner, or a
-            stored study that optimises something else (all found before anything starts).
+    ``n_trials`` counts the COMPLETE and PRUNED trials of a resumed study; ``timeout`` is over all
+    studies together; ``storage`` defaults to ``optuna.db`` beside a SQLite MLflow store.
+    Raises UserError (before anything starts) on a bad storage, metric, sampler or pruner, or a
+    stored study that optimises something else.
     """
     tune = tune_spec(spec)
     n_trials = n_trials or tune.n_trials or DEFAULT_N_TRIALS
     make_sampler(sampler, spec.seeds[0], n_trials)  # refuses an unknown name before anything starts
     url = storage or storage_mod.check(storage_mod.default_storage(store.uri))
-    # what every study's job shares; its study, parent and experiment are filled in as they open
     template = WorkerJob(tracking_uri=store.uri, experiment_id="", parent_run_id="", metric=tune.metric,
                          space=tune.space, n_trials=n_trials, study="", setting="", sampler=sampler, pruner=pruner,
                          seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]), entry=dict(spec.entry.spec))
-    # SQLite serves one process: a second orch tune would overshoot n_trials
     with tuning_held(url, refuse=True), stop.handling():
         return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout, device=device)
 
 
 @contextlib.contextmanager
 def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
-    """Hold a SQLite storage's tuning for the block; True when held (always with PostgreSQL).
-    SQLite serves one process: two would each start trials up to ``n_trials`` and finish more
-    than were asked; several processes tune one study through PostgreSQL.
-    Another process holding it: :class:`orchestrator.store.locks.SweepBusy` with ``refuse``, else False
-    (an ``orch worker`` then leaves the study to that process)."""
+    """Hold a SQLite storage's tuning for the block (two processes would overshoot ``n_trials``);
+    True when held, always with PostgreSQL. Held elsewhere: SweepBusy with ``refuse``, else False."""
     if not url.startswith("sqlite:"):
         yield True
         return
-    from orchestrator.store import locks
-
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(locks.hold(url, "orch tune", refusal=lambda who: (
@@ -183,9 +133,8 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
 
 def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template: WorkerJob, url: str,
                  study_name: str | None, *, timeout: float | None, device: str) -> int:
-    """Open every study, then run each in turn under its parent run. A stop, wherever it lands
-    (in a trial, between trials, while a summary is written), ends the open parent KILLED
-    here and nowhere else."""
+    """Open every study, then run each under its parent run. A stop, wherever it lands, ends the
+    open parent KILLED here and nowhere else."""
     deadline = time.monotonic() + timeout if timeout else None
     settings = {Tag.SAMPLER: template.sampler, Tag.PRUNER: template.pruner, Tag.N_TRIALS: str(template.n_trials),
                 Tag.SEED: str(template.seed), Tag.SEEDS: ",".join(map(str, template.seeds))}
@@ -215,15 +164,13 @@ def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template
 
 def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None,
                   job: WorkerJob) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
-    """Every study of the grid, created or loaded and checked."""
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
     studies = []
     for plan in plan_studies(spec, study_name, seed=job.seeds[0]):
         fixed = fixed_config(plan, tune.space)
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
                            make_pruner(job.pruner, _max_steps(plan, len(job.seeds))), spec.path)
-        # A resumed study must not replay the first session's random draws: offset the seed
-        # by the trials it already has (0 for a new study, so a new study's draws are the seed's).
+        # A resumed study must not replay its first session's draws: offset the seed by its trials.
         n_before = len(study.get_trials(deepcopy=False))
         if n_before:
             study.sampler = make_sampler(job.sampler, job.seed + n_before, job.n_trials)
@@ -233,13 +180,8 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
               job: WorkerJob, *, remaining: int, timeout: float | None, device: str) -> None:
-    """Run trials of ``study`` in this process until it has ``job.n_trials`` finished ones
-    (counted over every process on the study).
-
-    Raises:
-        Stopped: a signal stopped them; one whose exception Python dropped (in a finalizer)
-            still stops them after the current trial.
-    """
+    """Run trials here until the study has ``job.n_trials`` finished ones (over every process).
+    Raises Stopped on a signal, even one whose exception Python dropped (in a finalizer)."""
     import optuna
 
     with stop.handling() as flag:  # this process's flag: the caller's, or the worker's scheduler's
@@ -261,7 +203,6 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
 
 
 def _progress(plan: StudyPlan, tune: TuneSpec, n_seeds: int) -> Callable[[Any, Any], None]:
-    """The study callback that logs one line per trial."""
     from optuna.trial import TrialState as OptunaState
 
     def progress(study: Any, t: Any) -> None:
@@ -283,7 +224,6 @@ def _progress(plan: StudyPlan, tune: TuneSpec, n_seeds: int) -> Callable[[Any, A
 
 
 def _max_steps(plan: StudyPlan, n_seeds: int) -> int | None:
-    """The last step a trial reports (the pruner's max resource), None when the entry cannot say."""
     steps = plan.entry.max_steps(plan.config)
     return steps * n_seeds if steps else None
 
@@ -300,8 +240,8 @@ def _n_finished(study: Any) -> int:
 
 def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
                job: WorkerJob, *, resumed: bool, timeout: float | None, device: str) -> int:
-    """The study's missing trials, then its summary on the parent, which ends FINISHED (or FAILED
-    when no trial completed)."""
+    """The study's missing trials, then its summary; the parent ends FINISHED, or FAILED without a
+    completed trial."""
     orphans = fail_orphan_trials(store, study)
     if orphans:
         log.info(f"[{plan.name}] trial(s) {', '.join(map(str, orphans))} were left RUNNING by a dead process: now FAIL")
@@ -331,16 +271,9 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
 
 def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto",
                   quiet: bool = False) -> int:  # noqa: ARG001 - --quiet sets this module's logger's level
-    """``orch worker``'s share of tuning: join every ``orch tune`` study of the storage that
-    still wants trials and run trials of it here until it has its ``n_trials``.
-
-    The study, its MLflow parent and what a trial needs (:class:`WorkerJob`, the fixed
-    config) were stored by ``orch tune``; Optuna's heartbeat on the storage fails the
-    trials of a worker that dies. ``storage``: an open Optuna storage
-    (:func:`orchestrator.store.optuna_storage.open_storage` with ``heartbeat=True``). Returns how many
-    studies this call joined. A signal checkpoints the running trial's training, as in
-    ``orch tune``, and raises :class:`~orchestrator.execute.stop.Stopped` to the caller.
-    """
+    """``orch worker``'s share of tuning: join every ``orch tune`` study of ``storage`` (opened with
+    ``heartbeat=True``, which fails a dead worker's trials) that still wants trials and run them
+    here; returns how many studies it joined. A signal raises Stopped, as in ``orch tune``."""
     import optuna
 
     joined = 0
@@ -356,7 +289,6 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
             continue
         fixed = study.user_attrs[StudyAttr.FIXED_CONFIG]
         entry = resolve_entry(**job.entry)
-        job = dataclasses.replace(job, seeds=job.seeds or (int(fixed.get("seed", 0)),))
         tune = TuneSpec(metric=job.metric, direction=study.direction.name.lower(), n_trials=job.n_trials,
                         space=job.space, seeds=job.seeds)
         plan = StudyPlan(name=summary.study_name, setting=job.setting, config=entry.build(fixed), entry=entry)
@@ -378,9 +310,8 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
 
 @contextlib.contextmanager
 def _quiet_expected_failures():
-    """Drop Optuna's report of a TrialFailed (the progress line gives its reason) or of an
-    interrupt, and its redundant "failed with value None"; any other exception in a trial
-    is unexpected and keeps Optuna's report with the traceback."""
+    """Drop Optuna's report of a TrialFailed or an interrupt (the progress line says why) and its
+    "failed with value None"; any other exception keeps Optuna's traceback."""
     logger = logging.getLogger("optuna.study._optimize")
 
     def keep(record: logging.LogRecord) -> bool:

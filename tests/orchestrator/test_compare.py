@@ -15,21 +15,11 @@ from statsmodels.stats.multitest import multipletests
 
 from conftest import run_record
 from experiments.metric_names import SCORES, SPLIT_SCORES, SPLITS
-from orchestrator.analyze.compare import (
-    FORMATS,
-    CompareError,
-    CompareResult,
-    RunRecord,
-    compare,
-    render,
-    report,
-    summary_rows,
-)
 from orchestrator.analyze.figures import SettingCurves, metric_by_axis, setting_styles, val_curves
 from orchestrator.analyze.layout import Panel, curve_panels, quantile_names, table_layout
-from orchestrator.analyze.records import match_units, setting_label, short_names
-from orchestrator.analyze.render import compare_notes, latex_escape, render_report
-from orchestrator.analyze.results import report_stats
+from orchestrator.analyze.records import RunRecord, match_units, setting_label, short_names, summary_rows
+from orchestrator.analyze.render import FORMATS, compare_notes, latex_escape, render, render_report, report
+from orchestrator.analyze.results import CompareError, CompareResult, compare, report_stats
 from orchestrator.analyze.stats import PairedStats, Stats
 from orchestrator.analyze.sweep_summary import curve_metric, sweep_metric
 from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState

@@ -23,7 +23,7 @@ from statsmodels.stats.multitest import multipletests
 from conftest import orch, run_record, write_grid
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
 from orchestrator.cli.main import cli
-from orchestrator.analyze.compare import compare
+from orchestrator.analyze.results import compare
 from orchestrator.analyze.figures import SettingCurves, metric_by_axis, panel_grid, quantiles, training_curves
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Tag
 

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from statsmodels.stats.multitest import multipletests
 
 from conftest import REPO, TINY_BASE, children, invoke, orch, parents, run_record, write_grid
-from orchestrator.analyze.compare import compare, render
+from orchestrator.analyze.render import render
+from orchestrator.analyze.results import compare
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
 from orchestrator.analyze.separation import Separation, holm, paired_p, separate

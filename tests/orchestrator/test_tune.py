@@ -520,13 +520,3 @@ def test_a_worker_joining_the_study_trains_every_seed(seeded):
     seed_runs = children_of(uri, trial.user_attrs["orch.run_id"])
     assert sorted(r.data.params["seed"] for r in seed_runs) == ["0", "1"]
     assert trial.value == pytest.approx(sum(r.data.metrics["val_f1_macro"] for r in seed_runs) / 2)
-
-
-def test_worker_jobs_stored_before_tune_seeds_still_load():
-    from orchestrator.tune.tuning import WorkerJob
-
-    job = WorkerJob(tracking_uri="u", experiment_id="1", parent_run_id="p", metric="val_f1_macro", space=(),
-                    n_trials=2, study="s", setting="", sampler="tpe", pruner="none", seed=0, seeds=(3, 4))
-    assert WorkerJob.from_attr(job.to_attr()) == job
-    old = {k: v for k, v in job.to_attr().items() if k != "seeds"}
-    assert WorkerJob.from_attr(old).seeds == ()
