@@ -17,13 +17,12 @@ def cpu_model() -> str:
 
 
 def run_parser(doc: str) -> argparse.ArgumentParser:
-    """The options of the in-process benchmarks: --repeats, --set, --device."""
+    """The options of the in-process benchmarks: --repeats, --set."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as orch run --set (repeatable)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     return parser
 
 
