@@ -18,6 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+# One torch thread per process: the tests' models are tiny, and on a 2-core host two threads
+# per process spin against each other and against the test's other processes (a small run
+# takes about twice as long). Tests of the thread rule set or clear OMP_NUM_THREADS themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
