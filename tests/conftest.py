@@ -49,6 +49,18 @@ RESUME_BASE = {  # long enough to be stopped mid-run: five epochs of small batch
 
 
 @pytest.fixture
+def frozen_heap():
+    """For tests that call statsmodels' Holm correction many times: it runs ``gc.collect()`` on
+    every call, which in this long-lived process walks everything earlier tests left behind
+    (0.2–1 s a call). Frozen, those objects are skipped; the test's own are still collected."""
+    import gc
+
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store; MLFLOW_TRACKING_URI points at it for the test."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -24,6 +24,8 @@ from orchestrator.analyze.stats import PairedStats, Stats
 from orchestrator.analyze.sweep_summary import curve_metric, sweep_metric
 from orchestrator.store.schema import ExpectedPoint, Kind, Tag, TrialState
 
+pytestmark = pytest.mark.usefixtures("frozen_heap")  # compare() runs statsmodels' Holm: see conftest
+
 NORMS = ("bn_torch", "bn", "gn")
 BATCHES = (8, 128)
 SEEDS = (0, 1, 2)

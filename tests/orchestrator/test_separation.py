@@ -40,7 +40,7 @@ def test_paired_p_is_scipys_one_sided_paired_t_test_on_the_common_seeds():
                 assert p[i, j] == pytest.approx(want, abs=1e-12)
 
 
-def test_holm_matches_statsmodels():
+def test_holm_matches_statsmodels(frozen_heap):
     rng = np.random.default_rng(4)
     for p in rng.uniform(size=(20, 12)) ** 4:
         assert np.allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-12)
