@@ -201,10 +201,10 @@ def instrument(timings: Timings) -> None:
 
     from experiments import plots, study_run
     from orchestrator.execute.run import Run
-    from orchestrator.store import checkpoints, claims, provenance, run_tracker, tracking
+    from orchestrator.store import checkpoints, claims, provenance, tracking
 
     owners = {"tracking": tracking, "TrackingStore": tracking.TrackingStore, "provenance": provenance,
-              "study_run": study_run, "SystemMetrics": run_tracker.SystemMetrics, "Run": Run, "Fence": claims.Fence,
+              "study_run": study_run, "SystemMetrics": tracking.SystemMetrics, "Run": Run, "Fence": claims.Fence,
               "checkpoints": checkpoints, "plots": plots, "Figure": Figure}
     functions: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for owner, attr, row, group in CALLS:
