@@ -30,8 +30,6 @@ from orchestrator.processes import death_signal
 from orchestrator.grid.own import OwnConfig, OwnEntry
 from orchestrator.grid.schema import OpenSchema
 
-__all__ = ["CommandEntry", "CommandFailed"]
-
 OVERRIDES = ("hydra", "argparse")
 ENTRY_KEYS = ("command", "overrides")
 EXAMPLE = 'e.g. entry: {command: "python train.py --lr {lr} --seed {seed}"}'

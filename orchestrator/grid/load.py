@@ -21,8 +21,6 @@ from orchestrator.grid.expand import RunSpec, expand_settings, resolve_settings,
 from orchestrator.grid.reader import GridReader, GridSections
 from orchestrator.grid.space import TuneSpec, read_tune
 
-__all__ = ["DEFAULT_MAX_POINTS", "RunSpec", "SweepSpec", "TuneSpec", "load_grid", "tune_spec"]
-
 DEFAULT_MAX_POINTS = 10_000  # about 2 s of validation here (build + check of every setting)
 
 

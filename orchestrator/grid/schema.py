@@ -18,8 +18,6 @@ from typing import Any, Literal
 
 from experiments.errors import ConfigError
 
-__all__ = ["DataclassSchema", "OpenSchema", "plain"]
-
 SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 VALUE_KINDS = "a number, a string, true/false, null or a list of them"
 
