@@ -188,7 +188,6 @@ class GridReader:
         return dataclasses.replace(sections, base=base, axes=axes, includes=includes)
 
     def checkpoint_seconds(self, data: dict[str, Any]) -> float:
-        """The top-level ``checkpoint_seconds``: how often the user's code's save_checkpoint() writes."""
         value = data.get("checkpoint_seconds", CHECKPOINT_SECONDS)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             self.fail("checkpoint_seconds", f"expected a number of seconds, 0 or more, got {value!r}; e.g. "

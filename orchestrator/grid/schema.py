@@ -35,7 +35,6 @@ def plain(value: Any, key: str) -> Any:
 
 
 def as_given(value: Any) -> Any:
-    """A held value as the code gets it: tuples back to lists."""
     return [as_given(v) for v in value] if isinstance(value, tuple) else value
 
 
