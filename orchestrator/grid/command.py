@@ -11,6 +11,7 @@ run's ``output/`` artifacts; a stop is one SIGTERM, then SIGKILL after :data:`KI
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -196,11 +197,9 @@ def wait(child: subprocess.Popen, run: Any) -> bool:
     asked = None
     try:
         while True:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=POLL_SECONDS)
                 return asked is not None
-            except subprocess.TimeoutExpired:
-                pass
             if asked is None and run.should_stop():
                 child.send_signal(signal.SIGTERM)
                 asked = time.monotonic()

@@ -55,9 +55,8 @@ def field_kind(entry: Entry, key: str) -> str:
     if entry.fields is None:
         return "any"
     tp = entry.fields[key]
-    for kind, py in (("int", int), ("float", float), ("bool", bool), ("str", str)):
-        if tp is py:
-            return kind
+    if any(tp is py for py in (int, float, bool, str)):
+        return tp.__name__
     return "tuple" if "tuple" in str(tp) or typing.get_origin(tp) is list else "other"
 
 

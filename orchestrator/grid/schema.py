@@ -9,6 +9,7 @@ Nothing here imports the user's code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import types
@@ -97,10 +98,8 @@ class DataclassSchema:
             self.fields[key] = tp
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                try:
+                with contextlib.suppress(ConfigError):  # a default no grid writes (an object): the dataclass applies it
                     self.defaults[key] = plain(default, key)
-                except ConfigError:  # a default no grid could write (an object): the dataclass applies it
-                    pass
             else:
                 self.required.append(key)
 
@@ -162,10 +161,8 @@ def coerce_type(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         for arg in (a for a in args if a is not type(None)):
-            try:
+            with contextlib.suppress(ConfigError):
                 return coerce_type(arg, value, key)
-            except ConfigError:
-                pass
         raise bad
     if origin is Literal:
         if value in args and all(type(value) is type(a) for a in args if a == value):

@@ -168,10 +168,8 @@ class TrackingStore:
         elif status == Status.FINISHED:
             self._drop_failure_reason(run_id)
         if details:
-            try:
+            with contextlib.suppress(MlflowException, OSError):  # the status matters more than the artifact
                 self.client.log_text(run_id, details, Artifact.TRACEBACK)
-            except (MlflowException, OSError):  # the status matters more than the artifact
-                pass
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:
