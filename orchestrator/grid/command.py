@@ -28,9 +28,7 @@ from typing import Any
 from experiments.errors import ConfigError
 from orchestrator.errors import RunFailed
 from orchestrator.processes import death_signal
-from orchestrator.grid.names import format_value
 from orchestrator.grid.own import OwnConfig, OwnEntry
-from orchestrator.grid.reader import suggest
 from orchestrator.grid.schema import OpenSchema
 
 OVERRIDES = ("hydra", "argparse")
@@ -107,8 +105,10 @@ class CommandEntry(OwnEntry):
 def read_entry(entry: Mapping[str, Any]) -> tuple[str, str | None]:
     for key in entry:
         if key not in ENTRY_KEYS:
-            raise ConfigError(f"unknown key {key!r} in the entry mapping; {suggest(key, ENTRY_KEYS)}valid keys: "
-                              f"{', '.join(ENTRY_KEYS)}", key="entry")
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"unknown key {key!r} in the entry mapping; {hint}valid keys: {', '.join(ENTRY_KEYS)}",
+                              key="entry")
     command, overrides = entry.get("command"), entry.get("overrides")
     if not isinstance(command, str) or not command.strip():
         raise ConfigError(f"expected a command line as command, got {command!r}; {EXAMPLE}", key="entry")
@@ -163,7 +163,13 @@ def _fill(parts: list[tuple[str, str | None, str]], values: Mapping[str, Any]) -
 
 def _text(value: Any) -> str:
     """A value as a word: YAML's spelling of true, false and null; a list's items joined by commas."""
-    return ",".join(map(_text, value)) if isinstance(value, list) else format_value(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return ",".join(map(_text, value))
+    return str(value)
 
 
 def _hydra(value: Any) -> str:
