@@ -36,7 +36,7 @@ class SweepSpec:
     runs: tuple[RunSpec, ...]
     sweep_id: str  # 12 hex chars over the name and the sorted run keys
     entry: Entry  # what every run calls and how the grid reads its config (orchestrator.grid.entry)
-    tune: TuneSpec | None = None  # the tune section; None without one (see orchestrator.grid.space.tune_spec)
+    tune: TuneSpec | None = None  # the tune section; None without one (see tune_spec)
 
 
 def load_grid(path: str | Path, overrides: Sequence[str] = (), *, check_data: bool = True,
