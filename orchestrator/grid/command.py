@@ -11,6 +11,7 @@ run's ``output/`` artifacts; a stop is one SIGTERM, then SIGKILL after :data:`KI
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -29,8 +30,6 @@ from orchestrator.errors import RunFailed
 from orchestrator.processes import death_signal
 from orchestrator.grid.own import OwnConfig, OwnEntry
 from orchestrator.grid.schema import OpenSchema
-
-__all__ = ["CommandEntry", "CommandFailed"]
 
 OVERRIDES = ("hydra", "argparse")
 ENTRY_KEYS = ("command", "overrides")
@@ -104,7 +103,6 @@ class CommandEntry(OwnEntry):
 
 
 def read_entry(entry: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(command, overrides) of the grid's ``entry`` mapping, checked."""
     for key in entry:
         if key not in ENTRY_KEYS:
             close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
@@ -205,11 +203,9 @@ def wait(child: subprocess.Popen, run: Any) -> bool:
     asked = None
     try:
         while True:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=POLL_SECONDS)
                 return asked is not None
-            except subprocess.TimeoutExpired:
-                pass
             if asked is None and run.should_stop():
                 child.send_signal(signal.SIGTERM)
                 asked = time.monotonic()

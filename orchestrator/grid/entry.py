@@ -10,8 +10,6 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from experiments.config import ConfigError
 
-__all__ = ["BUILTIN", "Entry", "resolve_entry"]
-
 BUILTIN = "experiments.study:STUDY"
 
 

@@ -118,25 +118,21 @@ def seed_major_runs(entry: Entry, settings: Sequence[Setting], seeds: Sequence[i
     cut short still covers every setting. Names that collide get ``-<index>`` appended."""
     # A setting's name parts and label are the same for every seed: made once per setting.
     named = [(s, name_parts(s.point, entry), describe_point(s.point)) for s in settings]
-    runs = [_seeded_run(entry, s.point, s.config, seed, i * len(settings) + j, parts, setting)
+    runs = [run_with_seed(s.point, s.config, seed, i * len(settings) + j, entry, parts, setting)
             for i, seed in enumerate(seeds) for j, (s, parts, setting) in enumerate(named)]
     counts = collections.Counter(r.name for r in runs)
     return tuple(dataclasses.replace(r, name=f"{r.name}-{r.index}") if counts[r.name] > 1 else r for r in runs)
 
 
-def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, entry: Entry | None = None) -> RunSpec:
-    """The run of a setting (``point`` without its seed, ``config`` its config) with ``seed``;
-    ``entry``: the sweep's (``SweepSpec.entry``), default the built-in study."""
+def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, entry: Entry | None = None,
+                  parts: Sequence[str] | None = None, setting: str | None = None) -> RunSpec:
+    """The run of a setting (``point`` without its seed, ``config`` its config) with ``seed``, named
+    ``run_name({**point, "seed": seed})``; ``entry``: the sweep's (``SweepSpec.entry``), default the
+    built-in study; ``parts`` and ``setting``: the setting's name parts and label, when already made."""
     entry = entry or resolve_entry()
-    return _seeded_run(entry, point, config, seed, index, name_parts(point, entry), describe_point(point))
-
-
-def _seeded_run(entry: Entry, point: Mapping[str, Any], config: Any, seed: int, index: int, parts: Sequence[str],
-                setting: str) -> RunSpec:
-    """:func:`run_with_seed` given the setting's name parts and label: the name is
-    ``run_name({**point, "seed": seed})``, the point label ``describe_point`` of it."""
-    cfg = entry.seeded(config, seed)
-    seed_point = {"seed": seed}
+    parts = name_parts(point, entry) if parts is None else parts
+    setting = describe_point(point) if setting is None else setting
+    cfg, seed_point = entry.seeded(config, seed), {"seed": seed}
     seed_label = describe_point(seed_point)
     return RunSpec(index=index, name=join_name([*parts, *name_parts(seed_point, entry)]), point={**point, **seed_point},
                    setting=setting, point_label=f"{setting},{seed_label}" if setting else seed_label, config=cfg,

@@ -21,8 +21,6 @@ from orchestrator.grid.expand import RunSpec, expand_settings, resolve_settings,
 from orchestrator.grid.reader import GridReader, GridSections
 from orchestrator.grid.space import TuneSpec, read_tune
 
-__all__ = ["DEFAULT_MAX_POINTS", "RunSpec", "SweepSpec", "TuneSpec", "load_grid", "tune_spec"]
-
 DEFAULT_MAX_POINTS = 10_000  # about 2 s of validation here (build + check of every setting)
 
 
@@ -38,7 +36,7 @@ class SweepSpec:
     runs: tuple[RunSpec, ...]
     sweep_id: str  # 12 hex chars over the name and the sorted run keys
     entry: Entry  # what every run calls and how the grid reads its config (orchestrator.grid.entry)
-    tune: TuneSpec | None = None  # the tune section; None without one (see orchestrator.grid.space.tune_spec)
+    tune: TuneSpec | None = None  # the tune section; None without one (see tune_spec)
 
 
 def load_grid(path: str | Path, overrides: Sequence[str] = (), *, check_data: bool = True,

@@ -9,8 +9,6 @@ from typing import Any, Mapping, Sequence
 
 from orchestrator.grid.entry import Entry, resolve_entry
 
-__all__ = ["describe_point", "experiment_name_problem", "format_value", "join_name", "name_parts", "run_name", "shown_name"]
-
 _NAME_UNSAFE = re.compile(r"[^\w.+=-]+")
 
 MAX_EXPERIMENT_CHARS = 250  # MLflow's SQL schema: runs.name is VARCHAR(250) (experiments.name 256)

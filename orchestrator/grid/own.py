@@ -26,8 +26,6 @@ from typing import Any
 from experiments.errors import ConfigError
 from orchestrator.grid.schema import DataclassSchema, OpenSchema, as_given
 
-__all__ = ["FunctionEntry", "OwnConfig", "OwnEntry", "load_attribute"]
-
 FUNCTION_EXAMPLE = "e.g. entry: mytrain:main for def main(config, run) in mytrain.py beside the grid file"
 
 

@@ -55,9 +55,8 @@ def field_kind(entry: Entry, key: str) -> str:
     if entry.fields is None:
         return "any"
     tp = entry.fields[key]
-    for kind, py in (("int", int), ("float", float), ("bool", bool), ("str", str)):
-        if tp is py:
-            return kind
+    if any(tp is py for py in (int, float, bool, str)):
+        return tp.__name__
     return "tuple" if "tuple" in str(tp) or typing.get_origin(tp) is list else "other"
 
 
@@ -188,7 +187,6 @@ class GridReader:
         return dataclasses.replace(sections, base=base, axes=axes, includes=includes)
 
     def checkpoint_seconds(self, data: dict[str, Any]) -> float:
-        """The top-level ``checkpoint_seconds``: how often the user's code's save_checkpoint() writes."""
         value = data.get("checkpoint_seconds", CHECKPOINT_SECONDS)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
             self.fail("checkpoint_seconds", f"expected a number of seconds, 0 or more, got {value!r}; e.g. "

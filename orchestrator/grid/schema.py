@@ -9,6 +9,7 @@ Nothing here imports the user's code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import types
@@ -17,8 +18,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from experiments.errors import ConfigError
-
-__all__ = ["DataclassSchema", "OpenSchema", "plain"]
 
 SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 VALUE_KINDS = "a number, a string, true/false, null or a list of them"
@@ -37,7 +36,6 @@ def plain(value: Any, key: str) -> Any:
 
 
 def as_given(value: Any) -> Any:
-    """A held value as the code gets it: tuples back to lists."""
     return [as_given(v) for v in value] if isinstance(value, tuple) else value
 
 
@@ -100,10 +98,8 @@ class DataclassSchema:
             self.fields[key] = tp
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                try:
+                with contextlib.suppress(ConfigError):  # a default no grid writes (an object): the dataclass applies it
                     self.defaults[key] = plain(default, key)
-                except ConfigError:  # a default no grid could write (an object): the dataclass applies it
-                    pass
             else:
                 self.required.append(key)
 
@@ -165,10 +161,8 @@ def coerce_type(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         for arg in (a for a in args if a is not type(None)):
-            try:
+            with contextlib.suppress(ConfigError):
                 return coerce_type(arg, value, key)
-            except ConfigError:
-                pass
         raise bad
     if origin is Literal:
         if value in args and all(type(value) is type(a) for a in args if a == value):

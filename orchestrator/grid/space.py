@@ -15,8 +15,6 @@ from experiments.config import ConfigError
 from orchestrator.grid.names import format_value
 from orchestrator.grid.reader import GridReader, field_kind, suggest
 
-__all__ = ["ParamSpace", "TuneSpec", "read_tune"]
-
 TUNE_KEYS = ("metric", "direction", "n_trials", "seeds", "space")
 SPACE_FIELDS = ("type", "low", "high", "log", "step", "choices")  # a range's, then a categorical's
 SPACE_TYPES = ("int", "float", "categorical")

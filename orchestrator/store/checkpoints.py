@@ -47,11 +47,6 @@ class UnusableCheckpoint(Exception):
         self.where = f"{run_id}/{path}" if path else run_id
         super().__init__(f"{self.where}: {self.reason}")
 
-    @staticmethod
-    def run_of(skipped: str | None) -> str | None:
-        """The run id in a ``Tag.CHECKPOINT_SKIPPED`` value (run ids hold neither ``/`` nor ``:``)."""
-        return skipped.split("/", 1)[0].split(":", 1)[0] if skipped else None
-
 
 def load(store: TrackingStore, run_id: str, run_key: str | None = None) -> dict[str, Any]:
     """The envelope of the checkpoint the run's ``Tag.CHECKPOINT`` names, checked against ``run_key``
@@ -104,4 +99,5 @@ def remove(store: TrackingStore, run_id: str) -> None:
         if Tag.CHECKPOINT in tags:
             store.delete_artifacts(run_id, Artifact.CHECKPOINT_DIR)
             store.delete_tag(run_id, Tag.CHECKPOINT)
-        todo += [tags.get(Tag.RESUMED_FROM), UnusableCheckpoint.run_of(tags.get(Tag.CHECKPOINT_SKIPPED))]
+        skipped = tags.get(Tag.CHECKPOINT_SKIPPED, "")  # "<run id>/<path>: <reason>"; run ids hold neither / nor :
+        todo += [tags.get(Tag.RESUMED_FROM), skipped.split("/", 1)[0].split(":", 1)[0]]

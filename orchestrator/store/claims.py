@@ -9,13 +9,13 @@ that one write land: docs/explanation/failures.md states this window.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Mapping
 
 from orchestrator.store.schema import Status, Tag, TrialAttr
 
 log = logging.getLogger(__name__)
-_STORAGES: dict[str, Any] = {}  # a point process opens each queue's storage once
 
 
 class LostClaim(Exception):
@@ -64,9 +64,8 @@ class Fence:
         return f"lost its claim: its queue trial {trial.number} is {trial.state.name} (the point was requeued)"
 
 
+@functools.cache  # a point process opens each queue's storage once
 def _storage(url: str) -> Any:
     from orchestrator.store.optuna_storage import open_storage
 
-    if url not in _STORAGES:
-        _STORAGES[url] = open_storage(url)
-    return _STORAGES[url]
+    return open_storage(url)

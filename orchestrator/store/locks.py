@@ -144,10 +144,8 @@ class ParentHeartbeat:
 
     def _beat_until_stopped(self, parent_run_id: str) -> None:
         while not self._stopped.wait(HEARTBEAT_SECONDS):
-            try:
+            with contextlib.suppress(Exception):  # retried at the next beat; a failing store is the sweep's to report
                 self._beat(parent_run_id)
-            except Exception:  # noqa: BLE001 - retried at the next beat; a failing store is the sweep's to report
-                pass
 
     def _beat(self, parent_run_id: str) -> None:
         self.store.set_tags(parent_run_id, {Tag.HEARTBEAT: json.dumps(

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from orchestrator.errors import UserError
-from orchestrator.store.uri import unwritable
+from orchestrator.store.uri import sqlite_path, unwritable
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,14 @@ class StorageError(UserError):
 
 
 def default_storage(tracking_uri: str) -> str:
-    """``sqlite:///<dir of the MLflow SQLite store>/optuna.db``, else ``./optuna.db``."""
-    if tracking_uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
-    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    """``optuna.db`` beside the MLflow SQLite store, else in the current folder."""
+    db = sqlite_path(tracking_uri)
+    return f"sqlite:///{(db.parent if db else Path.cwd()) / 'optuna.db'}"
 
 
 def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
 
 
 def is_postgres(url: str) -> bool:
@@ -76,8 +73,7 @@ def check(url: str) -> str:
     if url.startswith("sqlite:"):
         _check_sqlite_file(Path(url[len("sqlite:///"):]), url)
         return url
-    scheme = url.split("://", 1)[0]
-    module = scheme.split("+", 1)[1] if "+" in scheme else "psycopg"  # the driver's module name
+    module = url.split("://", 1)[0].partition("+")[2]  # the driver's module name (normalize names one)
     if importlib.util.find_spec(module) is None:
         raise StorageError(
             f"storage {redact(url)}: the PostgreSQL driver {module!r} is not installed; "

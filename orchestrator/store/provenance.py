@@ -14,22 +14,19 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from orchestrator.grid.entry import BUILTIN
 from orchestrator.store.schema import Artifact, Tag
 
 NO_COMMIT = "no commit"
 GIT_SECONDS = 5  # a git call that hangs (a network file system) gives up: the run records no commit
 
 
-def record(store: Any, run_id: str, entry: str | None = None, folder: str | None = None) -> None:
-    """Tag the run with its provenance and log its artifacts; ``entry``: ``module:name``, a command or
-    None (built-in study); ``folder``: where its code lives (default: its module's folder)."""
-    entry = entry or BUILTIN
+def record(store: Any, run_id: str, entry: str, folder: str | None = None) -> None:
+    """Tag the run with its provenance and log its artifacts; ``entry``: ``module:name`` or a command
+    (``Entry.name``); ``folder``: where its code lives (default: its module's folder)."""
     commit, patch = git_state(Path(folder) if folder else source_folder(entry))
     tags = {Tag.ENTRY: entry, Tag.GIT_COMMIT: commit or NO_COMMIT, Tag.PYTHON_VERSION: platform.python_version()}
     if commit:
@@ -107,7 +104,6 @@ def canonical_name(name: str) -> str:
 
 
 def parse_environment(text: str) -> dict[str, str]:
-    """``environment.txt`` → name → version."""
     out = {}
     for line in text.splitlines():
         name, sep, version = line.strip().partition("==")
@@ -122,21 +118,8 @@ def read_provenance(store: Any, run_id: str) -> dict[str, Any]:
     (None: the run recorded none, e.g. it predates provenance)."""
     run = store.get_run(run_id)
     tags = run.data.tags
-    environment = _text_if_any(store, run_id, Artifact.ENVIRONMENT)
+    environment = store.download_text(run_id, Artifact.ENVIRONMENT, missing_ok=True)
     return {"run_id": run_id, "name": run.info.run_name, "params": dict(run.data.params),
             "entry": tags.get(Tag.ENTRY), "commit": tags.get(Tag.GIT_COMMIT), "python": tags.get(Tag.PYTHON_VERSION),
-            "patch": _text_if_any(store, run_id, Artifact.CODE_DIFF),
+            "patch": store.download_text(run_id, Artifact.CODE_DIFF, missing_ok=True),
             "packages": None if environment is None else parse_environment(environment)}
-
-
-def _text_if_any(store: Any, run_id: str, path: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="orch-diff-") as tmp:
-        try:
-            local = store.download_artifact(run_id, path, tmp)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return None
-        return Path(local).read_text(errors="replace")

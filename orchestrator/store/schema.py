@@ -257,7 +257,6 @@ class ExpectedPoint:
 
 
 def points_json(points: Iterable[ExpectedPoint]) -> str:
-    """The text of ``points.json``."""
     return json.dumps([p.to_json() for p in points], indent=1)
 
 

@@ -7,11 +7,13 @@ mlflow is imported inside the store, so ``orch --help`` and grid validation neve
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -58,14 +60,6 @@ def runtime_tags() -> dict[str, str]:
     }
 
 
-def _metrics(values: Mapping[str, float], step: int) -> list:
-    """MLflow Metric entities for one step, stamped now."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items()]
-
-
 class SystemMetrics:
     """MLflow's system metrics around a run's code: ``mlflow.system_metrics.SystemMetricsMonitor``."""
 
@@ -91,32 +85,27 @@ class SystemMetrics:
             self.monitor.mlflow_logger.flush()
 
 
-
-
 @store_failures_raised
 class TrackingStore:
     """One MLflow tracking store (a SQLite file or a server), opened once per command. Its methods
     raise :class:`~orchestrator.errors.StoreFailure` when the store itself fails; MLflow's request
     errors (no such run, …) pass unchanged."""
 
-    UNGUARDED = ("system_metrics", "tracker")  # they return objects whose own calls are guarded
+    UNGUARDED = ("system_metrics",)  # it returns an object whose own calls are guarded
 
     def __init__(self, uri: str):
         _configure_mlflow()
+        from filelock import FileLock
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         db = sqlite_path(uri)
         with store_errors(uri):
-            if db is not None and not initialised(db):
-                # MLflow creates a new store's tables when a client first opens it; two processes
-                # doing that at once race in the migration and one crashes. The first opens it
-                # under this lock, the second waits and finds the tables made.
-                from filelock import FileLock
-
-                with FileLock(init_lock_path(db)):
-                    self.client = MlflowClient(tracking_uri=uri)
-            else:
+            # MLflow creates a new store's tables when a client first opens it; two processes
+            # doing that at once race in the migration and one crashes. The first opens it
+            # under this lock, the second waits and finds the tables made.
+            fresh = db is not None and not initialised(db)
+            with FileLock(init_lock_path(db)) if fresh else contextlib.nullcontext():
                 self.client = MlflowClient(tracking_uri=uri)
 
     # -- experiments
@@ -179,10 +168,8 @@ class TrackingStore:
         elif status == Status.FINISHED:
             self._drop_failure_reason(run_id)
         if details:
-            try:
+            with contextlib.suppress(MlflowException, OSError):  # the status matters more than the artifact
                 self.client.log_text(run_id, details, Artifact.TRACEBACK)
-            except (MlflowException, OSError):  # the status matters more than the artifact
-                pass
         self.client.set_terminated(run_id, status=status)
 
     def reopen_run(self, run_id: str) -> None:
@@ -223,8 +210,12 @@ class TrackingStore:
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0, *,
                     synchronous: bool = True) -> Any:
-        """Metrics on a run at one step; asynchronous writes return a handle to ``wait()`` on."""
-        return self.client.log_batch(run_id, metrics=_metrics(values, step), synchronous=synchronous)
+        """Metrics on a run at one step, stamped now; asynchronous writes return a handle to ``wait()`` on."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        return self.client.log_batch(run_id, metrics=metrics, synchronous=synchronous)
 
     def log_artifacts(self, run_id: str, local_dir: str, path: str) -> None:
         self.client.log_artifacts(run_id, local_dir, path)
@@ -243,7 +234,6 @@ class TrackingStore:
         repo.delete_artifacts(path)
 
     def set_note(self, run_id: str, markdown: str) -> None:
-        """The run's description on its MLflow overview page."""
         self.client.set_tag(run_id, Tag.NOTE, markdown)
 
     def system_metrics(self, run_id: str):
@@ -267,22 +257,25 @@ class TrackingStore:
         hist = self.client.get_metric_history(run_id, key)
         return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
-    def download_json(self, run_id: str, path: str) -> Any:
-        import mlflow.artifacts
+    def download_text(self, run_id: str, path: str, *, missing_ok: bool = False) -> str | None:
+        """An artifact's text; with ``missing_ok``, None when the run has no such artifact."""
+        from mlflow.exceptions import MlflowException
 
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=self.uri)
-        return json.loads(Path(local).read_text())
+        with tempfile.TemporaryDirectory(prefix="orch-artifact-") as tmp:
+            try:
+                return Path(self.client.download_artifacts(run_id, path, tmp)).read_text(errors="replace")
+            except MlflowException as err:
+                if not missing_ok or err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                return None
+
+    def download_json(self, run_id: str, path: str) -> Any:
+        return json.loads(self.download_text(run_id, path))
 
     def download_json_if_any(self, run_id: str, path: str) -> Any | None:
         """:meth:`download_json`, or None when the run has no such artifact."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.download_json(run_id, path)
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return None
+        text = self.download_text(run_id, path, missing_ok=True)
+        return None if text is None else json.loads(text)
 
     def search(self, experiment_ids: Sequence[str], filter_string: str = "", order_by: Sequence[str] = ()):
         """All matching runs (every page)."""
@@ -311,7 +304,6 @@ class TrackingStore:
         return runs[0] if runs else None
 
     def sweep_parents(self, experiment_ids: Iterable[str]):
-        """Sweep parent runs, newest first."""
         ids = list(experiment_ids)
         if not ids:
             return []
@@ -335,7 +327,6 @@ class TrackingStore:
         return failed
 
     def close_if_live(self, run_id: str, status: str, reason: str, details: str | None = None) -> bool:
-        """End a run that is still RUNNING; True when it was."""
         if self.run_status(run_id) in Status.LIVE:
             self.end_run(run_id, status, reason, details)
             return True
@@ -343,7 +334,6 @@ class TrackingStore:
 
 
 def to_record(run) -> RunRecord:
-    """An MLflow Run → :class:`~orchestrator.store.schema.RunRecord`."""
     return RunRecord(
         run_id=run.info.run_id,
         name=run.info.run_name or "",

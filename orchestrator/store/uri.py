@@ -47,7 +47,6 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` URI, else None."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
@@ -91,7 +90,14 @@ def check_store(uri: str, *, write: bool) -> None:
     # A store whose tables another orch process is creating right now passes: its file holds
     # no tables yet or already MLflow's (the first migration step creates them all), and
     # opening it waits for the creator's lock (TrackingStore).
-    _check_sqlite_file(db)
+    try:
+        tables = _tables(db)
+    except sqlite3.Error as err:
+        raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
+                            "--tracking-uri at another file") from None
+    if tables and "experiments" not in tables:
+        raise TrackingError(f"{db} is a SQLite database but not an MLflow store (no experiments table); "
+                            "point --tracking-uri at another file")
     if write:
         _check_writable_folder(db.parent, db)
         if not os.access(db, os.W_OK):
@@ -147,15 +153,3 @@ def _check_writable_folder(folder: Path, db: Path) -> None:
     if why:
         raise TrackingError(f"cannot write in {folder} ({why}), where the store {db.name} and its "
                             "artifacts live; choose a writable --tracking-uri")
-
-
-def _check_sqlite_file(db: Path) -> None:
-    """The file is a SQLite database with MLflow's tables (or empty: MLflow creates them)."""
-    try:
-        tables = _tables(db)
-    except sqlite3.Error as err:
-        raise TrackingError(f"{db} is not a usable SQLite database ({err}); move it away, or point "
-                            "--tracking-uri at another file") from None
-    if tables and "experiments" not in tables:
-        raise TrackingError(f"{db} is a SQLite database but not an MLflow store (no experiments table); "
-                            "point --tracking-uri at another file")
