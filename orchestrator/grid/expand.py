@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from experiments.config import ConfigError
-from orchestrator.grid.entry import Entry, resolve_entry
+from orchestrator.grid.entry import Entry
 from orchestrator.grid.names import describe_point, join_name, name_parts
 from orchestrator.grid.reader import GridReader, GridSections
 
@@ -124,12 +124,11 @@ def seed_major_runs(entry: Entry, settings: Sequence[Setting], seeds: Sequence[i
     return tuple(dataclasses.replace(r, name=f"{r.name}-{r.index}") if counts[r.name] > 1 else r for r in runs)
 
 
-def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, entry: Entry | None = None,
+def run_with_seed(point: Mapping[str, Any], config: Any, seed: int, index: int, entry: Entry,
                   parts: Sequence[str] | None = None, setting: str | None = None) -> RunSpec:
     """The run of a setting (``point`` without its seed, ``config`` its config) with ``seed``, named
-    ``run_name({**point, "seed": seed})``; ``entry``: the sweep's (``SweepSpec.entry``), default the
-    built-in study; ``parts`` and ``setting``: the setting's name parts and label, when already made."""
-    entry = entry or resolve_entry()
+    ``run_name({**point, "seed": seed})``; ``entry``: the sweep's (``SweepSpec.entry``); ``parts`` and
+    ``setting``: the setting's name parts and label, when already made."""
     parts = name_parts(point, entry) if parts is None else parts
     setting = describe_point(point) if setting is None else setting
     cfg, seed_point = entry.seeded(config, seed), {"seed": seed}

@@ -35,8 +35,9 @@ def _runs_by_setting(spec: SweepSpec) -> dict[tuple[tuple[str, str], ...], list[
     return out
 
 
-def _with_seed(template: RunSpec, seed: int, index: int) -> RunSpec:
-    return run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config, seed, index)
+def _with_seed(spec: SweepSpec, template: RunSpec, seed: int, index: int) -> RunSpec:
+    return run_with_seed({k: v for k, v in template.point.items() if k != "seed"}, template.config, seed, index,
+                         spec.entry)
 
 
 def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set[str]) -> list[RunSpec]:
@@ -57,7 +58,7 @@ def next_round(spec: SweepSpec, verdict: Verdict, sep: Separation, finished: set
         seed = max(spec.seeds) + 1
         while runs and len(chosen) < want:
             if seed not in taken:
-                chosen.append(_with_seed(runs[0], seed, index))
+                chosen.append(_with_seed(spec, runs[0], seed, index))
                 index += 1
             seed += 1
         todo += chosen
@@ -72,7 +73,7 @@ def restore_added(spec: SweepSpec, points: Sequence[ExpectedPoint]) -> SweepSpec
     for p in points:
         templates = by_setting.get(_setting(p.point)) if p.run_key not in known else None
         if templates:  # else a point of the grid, or of an older version of it
-            run = _with_seed(templates[0], int(p.point["seed"]), len(spec.runs) + len(extra))
+            run = _with_seed(spec, templates[0], int(p.point["seed"]), len(spec.runs) + len(extra))
             if run.run_key == p.run_key:
                 extra.append(run)
     return dataclasses.replace(spec, runs=spec.runs + tuple(extra)) if extra else spec
@@ -93,6 +94,6 @@ def confirm_spec(spec: SweepSpec, decision: Mapping[str, Any], points: Sequence[
         templates.append(by_setting[_setting(setting)][0])
     first = max([*spec.seeds, *(int(p.point["seed"]) for p in points)]) + 1
     seeds = tuple(range(first, first + n))
-    runs = tuple(_with_seed(t, seed, i * len(templates) + j)
+    runs = tuple(_with_seed(spec, t, seed, i * len(templates) + j)
                  for i, seed in enumerate(seeds) for j, t in enumerate(templates))
     return dataclasses.replace(spec, seeds=seeds, runs=runs, sweep_id=sweep_id(spec.name, runs))

@@ -21,7 +21,7 @@ from orchestrator.analyze.results import compare
 from orchestrator.grid.load import load_grid
 from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, read_points
 from orchestrator.analyze.separation import Separation, holm, paired_p, separate
-from orchestrator.launch.rounds import ConfirmError, confirm_spec
+from orchestrator.launch.rounds import ConfirmError, confirm_spec, restore_added
 
 # --------------------------------------------------------------------------- the decision
 
@@ -151,6 +151,29 @@ def test_confirm_spec_runs_the_leader_and_the_settings_not_separated_on_fresh_se
         confirm_spec(spec, {**decision, "leader": {"setting": {"optim.lr": 0.5}}}, added, 2)
     with pytest.raises(ConfirmError, match="no leader"):
         confirm_spec(spec, {**decision, "leader": None}, added, 2)
+
+
+def test_added_seeds_of_a_users_own_entry_are_that_entrys_runs(tmp_path):
+    """--confirm and a rerun's restored seeds (as the rounds) build their runs through the grid's own
+    entry: the same names and run keys as a grid that lists those seeds itself."""
+    (tmp_path / "own_rounds.py").write_text("def main(config, run):\n    return {'score': config['lr']}\n")
+
+    def spec(seeds):
+        text = f"name: own\nentry: own_rounds:main\ngrid:\n  lr: [0.1, 0.2]\nseeds: {list(seeds)}\n"
+        (tmp_path / "g.yaml").write_text(text)
+        return load_grid(tmp_path / "g.yaml")
+
+    def runs(of):
+        return sorted((r.point["lr"], r.point["seed"], r.name, r.run_key) for r in of.runs)
+
+    planned, listed = spec((0, 1)), spec((0, 1, 5, 6))
+    decision = {"leader": {"setting": {"lr": 0.2}}, "not_separated": [{"setting": {"lr": 0.1}}]}
+    confirm = confirm_spec(planned, decision, [], 2)  # seeds 2 and 3, the leader first
+    assert [r.point["lr"] for r in confirm.runs] == [0.2, 0.1, 0.2, 0.1]
+    assert runs(confirm) == runs(spec((2, 3)))
+    added = [ExpectedPoint(name=r.name, run_key=r.run_key, point=r.point, setting=r.setting)
+             for r in listed.runs if r.point["seed"] in (5, 6)]
+    assert runs(restore_added(planned, added)) == runs(listed)
 
 
 # --------------------------------------------------------------------------- a real sweep
