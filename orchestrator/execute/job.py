@@ -47,10 +47,6 @@ class Job:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def with_tags(self, tags: Mapping[str, str]) -> Job:
-        """The job with ``tags`` added to its own."""
-        return dataclasses.replace(self, tags={**self.tags, **tags})
-
 
 def encode(job: Job, /, **envelope: Any) -> str:
     """One line of JSON (no newline): the job's fields, and the ``envelope``'s beside them."""
