@@ -9,6 +9,7 @@ as ``fail_fast`` does: nothing more is started or written (:attr:`Outcome.store_
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import queue
 import signal
@@ -216,7 +217,6 @@ class Scheduler:
         task = self.running.get(index)
         if event is None:  # a process exited
             if task is not None and task.proc is proc:  # in the middle of a point: it died
-                self._release(task)
                 self._on_point_end(task, proc.returncode, source, outcome, died=True)
             self.processes.exited(index, proc)
             return
@@ -237,16 +237,12 @@ class Scheduler:
                 self.store_failure = event["store_failure"]
             if event.get("retire"):
                 self.processes.mark_retiring(index, proc)
-            self._release(task)
             self._on_point_end(task, int(event.get("code", ExitCode.FAILED)), source, outcome)
-
-    def _release(self, task: Task) -> None:
-        del self.running[task.slot.index]
-        self.free.append(task.slot)
-        self.free.sort(key=lambda s: s.index)
 
     def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
                       died: bool = False) -> None:
+        del self.running[task.slot.index]  # its slot is free again
+        bisect.insort(self.free, task.slot, key=lambda s: s.index)
         if code == ExitCode.LOST_CLAIM and not died:  # its run is as the process that took it over left it
             marked = task.run_id and self._use_store(lambda: self.stores[task.job.uri].failure_reason(task.run_id))
             reason = f"lost its claim: another process took the point over ({marked or 'its run was ended'})"
