@@ -24,6 +24,7 @@ from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.execute.job import Job
+from orchestrator.execute.plan import find_run
 from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task
 from orchestrator.store.schema import Status
 from orchestrator.store.tracking import TrackingStore
@@ -272,16 +273,8 @@ class Scheduler:
 
     def _finished_anyway(self, task: Task) -> bool:
         """The point's run is FINISHED although its process did not report so: never run it twice."""
-        if not task.run_id or self.store_failure is not None:
-            return False
-        try:
-            run = self.stores[task.job.uri].get_run(task.run_id)
-        except StoreFailure as err:
-            self.store_failure = str(err)
-            return False
-        except Exception:  # noqa: BLE001 - no such run: it never reached the store
-            return False
-        if run.info.status != Status.FINISHED:
+        run = self._use_store(lambda: find_run(self.stores[task.job.uri], task.run_id)) if task.run_id else None
+        if run is None or run.info.status != Status.FINISHED:  # None: it never reached the store
             return False
         task.summary = task.summary or dict(run.data.metrics)
         return True
