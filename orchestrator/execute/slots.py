@@ -158,7 +158,7 @@ class PointProcesses:
         job_id = next(self._ids)
         tags = {**task.job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()}
         job = replace(task.job, tags=tags)
-        payload = encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
+        payload = encode(job, job=job_id, claim=task.claim) + "\n"
         current = self.slots.get(slot.index)
         for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
             if current is None or current.retiring or current.proc.poll() is not None:
