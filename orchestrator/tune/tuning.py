@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
+from orchestrator.execute.scheduler import Stores
 from orchestrator.grid.entry import resolve_entry
 from orchestrator.grid.load import SweepSpec, tune_spec
 from orchestrator.grid.space import ParamSpace, TuneSpec
@@ -39,8 +40,6 @@ from orchestrator.tune.study import (
 )
 from orchestrator.tune.summary import summarize_study
 from orchestrator.tune.trial import make_objective, step_label
-
-__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "run_tune", "serve_studies"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +117,7 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
         yield True
         return
     with contextlib.ExitStack() as stack:
+        held = True
         try:
             stack.enter_context(locks.hold(url, "orch tune", refusal=lambda who: (
                 f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
@@ -126,8 +126,6 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
             if refuse:
                 raise
             held = False
-        else:
-            held = True
         yield held
 
 
@@ -171,9 +169,7 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
                            make_pruner(job.pruner, _max_steps(plan, len(job.seeds))), spec.path)
         # A resumed study must not replay its first session's draws: offset the seed by its trials.
-        n_before = len(study.get_trials(deepcopy=False))
-        if n_before:
-            study.sampler = make_sampler(job.sampler, job.seed + n_before, job.n_trials)
+        study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
         studies.append((plan, fixed, study))
     return studies
 
@@ -276,8 +272,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
     here; returns how many studies it joined. A signal raises Stopped, as in ``orch tune``."""
     import optuna
 
-    joined = 0
-    stores: dict[str, TrackingStore] = {}
+    joined, stores = 0, Stores()
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attr = summary.user_attrs.get(StudyAttr.WORKER_JOB)
         if summary.user_attrs.get(StudyAttr.KIND) != Kind.TUNE or not attr:
@@ -295,8 +290,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         # Seeded apart from every other process on the study: it has drawn this many trials.
         study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
         study.pruner = make_pruner(job.pruner, _max_steps(plan, len(job.seeds)))
-        uri = tracking_uri or job.tracking_uri
-        store = stores.setdefault(uri, TrackingStore(uri))
+        store = stores[tracking_uri or job.tracking_uri]
         log.info(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
         _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
