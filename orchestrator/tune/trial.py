@@ -188,12 +188,11 @@ def _value_at(curve: Mapping[int, float], step: int) -> float:
 
 def _close_trial_run(store: TrackingStore, run_id: str, err: BaseException) -> None:
     """End a trial's own run when one of its seeds stopped it: pruned, interrupted or failed."""
-    if type(err).__name__ == "TrialPruned":
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
+    pruned = type(err).__name__ == "TrialPruned"
+    store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED if pruned else TrialState.FAIL})
+    if pruned:
         store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
     elif isinstance(err, KeyboardInterrupt):
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.KILLED, stop.reason(stop.signal_of(err)))
     else:
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.FAILED, str(err) or type(err).__name__)
