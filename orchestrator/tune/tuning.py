@@ -44,7 +44,6 @@ from orchestrator.tune.trial import make_objective, step_label
 log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
 
 
 @dataclass(frozen=True)
@@ -227,7 +226,7 @@ def _max_steps(plan: StudyPlan, n_seeds: int) -> int | None:
 def _finished() -> tuple:
     from optuna.trial import TrialState as OptunaState
 
-    return tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
+    return OptunaState.COMPLETE, OptunaState.PRUNED  # the trials that count towards n_trials
 
 
 def _n_finished(study: Any) -> int:
