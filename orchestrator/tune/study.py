@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from experiments.errors import ConfigError
 from orchestrator import processes
@@ -15,7 +15,7 @@ from orchestrator.grid.load import SweepSpec
 from orchestrator.grid.names import run_name
 from orchestrator.store.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
 from orchestrator.store.tracking import TrackingStore
-from orchestrator.grid.space import ParamSpace, TuneSpec
+from orchestrator.grid.space import TuneSpec
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,6 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | Non
         config = r.config if seed is None else spec.entry.seeded(r.config, seed)
         plans.append(StudyPlan(name=name, setting=r.setting, config=config, entry=spec.entry))
     return plans
-
-
-def fixed_config(plan: StudyPlan, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """The setting's params without the searched keys: what every trial shares."""
-    searched = {p.key for p in space}
-    return {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
 
 
 def make_sampler(name: str, seed: int, n_trials: int):

@@ -30,7 +30,6 @@ from orchestrator.store.tracking import TrackingStore
 from orchestrator.tune.study import (
     StudyPlan,
     fail_orphan_trials,
-    fixed_config,
     make_pruner,
     make_sampler,
     open_parent,
@@ -162,9 +161,10 @@ def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template
 def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None,
                   job: WorkerJob) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
-    studies = []
+    studies, searched = [], {p.key for p in tune.space}
     for plan in plan_studies(spec, study_name, seed=job.seeds[0]):
-        fixed = fixed_config(plan, tune.space)
+        # the setting's params but the searched ones: what every trial shares
+        fixed = {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
                            make_pruner(job.pruner, _max_steps(plan, len(job.seeds))), spec.path)
         # A resumed study must not replay its first session's draws: offset the seed by its trials.
