@@ -120,40 +120,35 @@ class LiveDisplay(PlainDisplay):
             table.add_row(f"[dim]{text}[/dim]", "", "", "", "")
         return table
 
-    def _update(self) -> None:
+    def tick(self) -> None:
         if self.live is not None:
             self.live.update(self._render())
 
     def started(self, task: Task) -> None:
         self.running[task.name] = task
-        self._update()
+        self.tick()
 
     def progress(self, task: Task, event: dict) -> None:
-        self._update()
-
-    def tick(self) -> None:
-        self._update()
+        self.tick()
 
     def finished(self, task: Task) -> None:
         self.running.pop(task.name, None)
         self.durations.append(time.time() - task.started)
         self.n_done += 1
-        self._update()
+        self.tick()
 
     def retrying(self, task: Task, reason: str) -> None:
         self.running.pop(task.name, None)
-        self.notes.append(f"retry {task.name}: {reason}")
-        self._update()
+        self.note(f"retry {task.name}: {reason}")
 
     def failed(self, task: Task, reason: str) -> None:
         self.running.pop(task.name, None)
         self.n_failed += 1
-        self.notes.append(f"FAILED {task.name}: {reason}")
-        self._update()
+        self.note(f"FAILED {task.name}: {reason}")
 
     def note(self, text: str) -> None:
         self.notes.append(text)
-        self._update()
+        self.tick()
 
     def warning(self, task: Task, text: str) -> None:
         if self.live is None:
@@ -162,7 +157,7 @@ class LiveDisplay(PlainDisplay):
 
     def stop(self) -> None:
         if self.live is not None:
-            self._update()
+            self.tick()
             self.live.stop()
 
 

@@ -47,16 +47,9 @@ class Job:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def with_tags(self, tags: Mapping[str, str]) -> Job:
-        """The job with ``tags`` added to its own."""
-        return dataclasses.replace(self, tags={**self.tags, **tags})
-
 
 def encode(job: Job, /, **envelope: Any) -> str:
-    """One line of JSON (no newline): the job's fields, and the ``envelope``'s beside them."""
-    clash = set(envelope) & {f.name for f in dataclasses.fields(Job)}
-    if clash:
-        raise ValueError(f"the envelope of a job may not use the job's own keys: {', '.join(sorted(clash))}")
+    """One line of JSON (no newline): the job's fields, and the ``envelope``'s (other names) beside them."""
     return json.dumps({**job.to_dict(), **envelope})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from orchestrator.errors import StoreFailure
 from orchestrator.execute.job import Job
 from orchestrator.store.schema import (Artifact, ExpectedPoint, Kind, Status, Tag, is_finished_result, points_json,
                                        tag_filter)
@@ -32,6 +33,16 @@ def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterabl
         where += " and " + tag_filter(Tag.RUN_KEY, next(iter(keys)))
     runs = [r for r in store.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
     return {r.data.tags[Tag.RUN_KEY]: r for r in runs if r.data.tags[Tag.RUN_KEY] in keys}
+
+
+def find_run(store: TrackingStore, run_id: str) -> Any | None:
+    """The run, or None when the tracking store does not hold it (another store, or deleted)."""
+    try:
+        return store.get_run(run_id)
+    except StoreFailure:
+        raise
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
+        return None
 
 
 @dataclass

@@ -12,12 +12,13 @@ point checkpoint and end KILLED, then the process exits; an empty line or end of
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
 import sys
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 from orchestrator.errors import ExitCode, StoreFailure, UserError
 from orchestrator.execute import stop
@@ -25,14 +26,6 @@ from orchestrator.execute.job import Job, decode
 
 POINTS_PER_PROCESS = int(os.environ.get("ORCH_POINTS_PER_PROCESS", "50"))
 MAX_RSS_MB = float(os.environ.get("ORCH_PROCESS_MAX_RSS_MB", "8192"))
-
-
-def _event_stream() -> TextIO:
-    """A private handle on stdout for events; fd 1 then points at stderr."""
-    events = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return events
 
 
 def reset_process_state() -> None:
@@ -55,14 +48,6 @@ def reset_process_state() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _reset_compiled() -> None:
-    """Drop torch.compile's graphs: a new setting starts clean (no eager fallback at dynamo's recompile limit)."""
-    if "torch._dynamo" in sys.modules:
-        import torch._dynamo
-
-        torch._dynamo.reset()
 
 
 def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
@@ -91,7 +76,6 @@ def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
         run_name=job.name,
         tags=job.tags,
         parent_run_id=job.parent_run_id,
-        quiet=False,
         on_start=lambda rid: emit(event="started", run_id=rid, pid=os.getpid(), **tag),
         on_log=on_log,
         stop=stop,
@@ -103,15 +87,15 @@ def run_job(job: Job, attempt: dict, stop: Any, emit) -> tuple[int, str, dict]:
 
 
 def main() -> int:
-    events = _event_stream()
+    events = os.fdopen(os.dup(1), "w", buffering=1)  # a private handle on stdout; fd 1 then points at stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # into the slot's log
 
     def emit(**event: Any) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the scheduler is gone (broken pipe): its PR_SET_PDEATHSIG stops the run
             events.write(json.dumps(event) + "\n")
             events.flush()
-        except OSError:  # the scheduler is gone (broken pipe): its PR_SET_PDEATHSIG stops the run, not this
-            pass
 
     with stop.handling() as flag:  # idle, a signal ends the process; in a run, it stops the run (runner)
         try:
@@ -143,9 +127,10 @@ def _serve(flag: Any, emit: Callable[..., None]) -> int:
             # point skips it (0.67 s a point before; benchmarks/scale.py); a cycle of point 1 leaks, once
             gc.freeze()
         setting = json.dumps([job.entry, {k: v for k, v in job.config.items() if k != "seed"}], sort_keys=True)
-        if setting != last_setting:  # graphs compiled for another setting: dynamo's recompile limit is small
-            _reset_compiled()
-            last_setting = setting
+        if setting != last_setting and "torch._dynamo" in sys.modules:
+            # drop torch.compile's graphs of another setting: no eager fallback at dynamo's small recompile limit
+            torch._dynamo.reset()
+        last_setting = setting
         try:
             code, run_id, summary = run_job(job, attempt, flag, emit)
         except stop.Stopped as err:  # a second signal, or one before training started: the run is KILLED

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from orchestrator.errors import ExitCode, RunFailed, StoreFailure, UserError
 from orchestrator.execute import stop as stopping
+from orchestrator.execute.plan import find_run
 from orchestrator.execute.run import Run, active
 from orchestrator.execute.slots import cpu_threads
 from orchestrator.execute.stop import StopFlag
@@ -114,8 +115,7 @@ def _run_closed(entry, cfg, store, experiment_id, run_name, tags, parent_run_id,
     run_id = store.start_run(experiment_id, run_name=run_name, params=params, tags=run_tags,
                              parent_run_id=parent_run_id or continued_parent)
     fence = None if claim is None else claims.Fence(store, run_id, claim)
-    progress = None if quiet else step_logger(entry, run_name or "")
-    hooks = [h for h in (progress, on_log) if h]
+    hooks = [h for h in (None if quiet else step_logger(entry, run_name or ""), on_log) if h]
     with tempfile.TemporaryDirectory(prefix="orch-artifacts-") as artifact_dir:
         run = Run(entry.user_config(cfg), int(params.get("seed", 0)), artifact_dir, store=store, run_id=run_id,
                   run_key=key, params=params, checkpoint_seconds=entry.checkpoint_seconds(cfg),
@@ -205,16 +205,14 @@ def _close_failed(store: tracking.TrackingStore, run_id: str, err: BaseException
     return ExitCode.FAILED, run_id, {}
 
 
-IDENTITY_TAGS = (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING)  # what makes a run a sweep's point
-
-
 def _identity(store: tracking.TrackingStore, resume: bool | str) -> tuple[dict[str, str], str | None]:
     """(tags, parent run id) the continuation of run ``resume`` (a run id) takes over, so that a
     sweep point's continuation counts as the point's result; the caller's own tags and parent win."""
     if not isinstance(resume, str):
         return {}, None
     tags = store.get_run(resume).data.tags
-    return {k: tags[k] for k in IDENTITY_TAGS if k in tags}, tags.get(Tag.PARENT_RUN_ID)
+    identity = (Tag.KIND, Tag.SWEEP, Tag.POINT, Tag.SETTING)  # what makes a run a sweep's point
+    return {k: tags[k] for k in identity if k in tags}, tags.get(Tag.PARENT_RUN_ID)
 
 
 def run_note(entry: Entry, params: Mapping[str, Any], setting: str, summary: Mapping[str, float]) -> str:
@@ -227,12 +225,9 @@ def run_note(entry: Entry, params: Mapping[str, Any], setting: str, summary: Map
 def resumed_config(store: tracking.TrackingStore, run_id: str, entry: Entry) -> tuple[Any, str, str]:
     """(config, experiment name, run name) of a run to continue with ``orch run --resume``; a
     :class:`UserError` when there is no such run or it holds no checkpoint."""
-    try:
-        run = store.get_run(run_id)
-    except StoreFailure:
-        raise
-    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
-        raise UserError(f"no run {run_id!r} in {store.uri}; copy the id from the run's page or `orch run` output") from None
+    run = find_run(store, run_id)
+    if run is None:
+        raise UserError(f"no run {run_id!r} in {store.uri}; copy the id from the run's page or `orch run` output")
     if Tag.CHECKPOINT not in run.data.tags:
         state = "it finished" if run.info.status == Status.FINISHED else "it wrote no checkpoint"
         raise UserError(f"run {run_id} cannot be resumed: {state}; start it again with `orch run`")

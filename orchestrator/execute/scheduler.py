@@ -9,6 +9,7 @@ as ``fail_fast`` does: nothing more is started or written (:attr:`Outcome.store_
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import queue
 import signal
@@ -23,6 +24,7 @@ from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import PlainDisplay
 from orchestrator.execute.job import Job
+from orchestrator.execute.plan import find_run
 from orchestrator.execute.slots import POINT_COMMAND, PointProcesses, Slot, Task
 from orchestrator.store.schema import Status
 from orchestrator.store.tracking import TrackingStore
@@ -216,7 +218,6 @@ class Scheduler:
         task = self.running.get(index)
         if event is None:  # a process exited
             if task is not None and task.proc is proc:  # in the middle of a point: it died
-                self._release(task)
                 self._on_point_end(task, proc.returncode, source, outcome, died=True)
             self.processes.exited(index, proc)
             return
@@ -237,16 +238,12 @@ class Scheduler:
                 self.store_failure = event["store_failure"]
             if event.get("retire"):
                 self.processes.mark_retiring(index, proc)
-            self._release(task)
             self._on_point_end(task, int(event.get("code", ExitCode.FAILED)), source, outcome)
-
-    def _release(self, task: Task) -> None:
-        del self.running[task.slot.index]
-        self.free.append(task.slot)
-        self.free.sort(key=lambda s: s.index)
 
     def _on_point_end(self, task: Task, code: int, source: PointSource, outcome: Outcome, *,
                       died: bool = False) -> None:
+        del self.running[task.slot.index]  # its slot is free again
+        bisect.insort(self.free, task.slot, key=lambda s: s.index)
         if code == ExitCode.LOST_CLAIM and not died:  # its run is as the process that took it over left it
             marked = task.run_id and self._use_store(lambda: self.stores[task.job.uri].failure_reason(task.run_id))
             reason = f"lost its claim: another process took the point over ({marked or 'its run was ended'})"
@@ -276,16 +273,8 @@ class Scheduler:
 
     def _finished_anyway(self, task: Task) -> bool:
         """The point's run is FINISHED although its process did not report so: never run it twice."""
-        if not task.run_id or self.store_failure is not None:
-            return False
-        try:
-            run = self.stores[task.job.uri].get_run(task.run_id)
-        except StoreFailure as err:
-            self.store_failure = str(err)
-            return False
-        except Exception:  # noqa: BLE001 - no such run: it never reached the store
-            return False
-        if run.info.status != Status.FINISHED:
+        run = self._use_store(lambda: find_run(self.stores[task.job.uri], task.run_id)) if task.run_id else None
+        if run is None or run.info.status != Status.FINISHED:  # None: it never reached the store
             return False
         task.summary = task.summary or dict(run.data.metrics)
         return True

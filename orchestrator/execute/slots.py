@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -129,23 +129,18 @@ class PointProcesses:
         self._ids = itertools.count(1)
         self._n_started = 0
 
-    @staticmethod
-    def slot_env(slot: Slot) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
-        else:
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            env["ORCH_THREADS"] = str(slot.threads)
-            env["OMP_NUM_THREADS"] = str(slot.threads)
-        return env
-
     def _start(self, slot: Slot) -> SlotProcess:
         self._n_started += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)  # a scheduler removes it when a run leaves it empty
         log_path = self.log_dir / f"slot{slot.index}-process{self._n_started}.log"
-        proc = _spawn(self.command, slot, log_path)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": slot.gpu if slot.gpu is not None else ""}
+        if slot.gpu is None:
+            env["ORCH_THREADS"] = env["OMP_NUM_THREADS"] = str(slot.threads)
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
+                preexec_fn=death_signal())
         threading.Thread(target=self._read_events, args=(slot.index, proc), daemon=True).start()
         return SlotProcess(proc, log_path)
 
@@ -161,8 +156,9 @@ class PointProcesses:
     def launch(self, task: Task, slot: Slot) -> int:
         """Hand ``task`` to the slot's process (started if it has none); returns the job id."""
         job_id = next(self._ids)
-        job = task.job.with_tags({Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()})
-        payload = encode(job, job=job_id, device="cuda" if slot.gpu is not None else "cpu", claim=task.claim) + "\n"
+        tags = {**task.job.tags, Tag.ATTEMPT: str(task.attempt), Tag.SLOT: slot.label, **slurm_tags()}
+        job = replace(task.job, tags=tags)
+        payload = encode(job, job=job_id, claim=task.claim) + "\n"
         current = self.slots.get(slot.index)
         for attempt in range(2):  # an idle process can die between poll() and the write: then a fresh one
             if current is None or current.retiring or current.proc.poll() is not None:
@@ -226,16 +222,6 @@ class PointProcesses:
         then kill what outlives :data:`STOP_GRACE_SECONDS`."""
         self.send(signum)
         _wait_or_kill([s.proc for s in self.slots.values()], STOP_GRACE_SECONDS)
-
-
-def _spawn(command: Sequence[str], slot: Slot, log_path: Path) -> subprocess.Popen:
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=PointProcesses.slot_env(slot),
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the scheduler only; it stops children itself
-            preexec_fn=death_signal(),
-        )
 
 
 def _wait_or_kill(procs: Sequence[subprocess.Popen], grace: float) -> None:

@@ -13,8 +13,8 @@ for a stop; commands that record runs ignore SIGHUP (:func:`ignore_hangup`). Usa
 * A second signal while deferred raises :class:`Stopped`, or calls the deferral's ``on_second``.
 * The same signal again within :data:`REPEAT_WINDOW_SECONDS` is the same request: a dying
   parent sends its ``PR_SET_PDEATHSIG`` once per exiting thread.
-* ``handling()`` nests: inner blocks share the outermost one's flag and ``accept(signum)``
-  (a refused signal is ignored); outside the main thread nothing is installed.
+* ``handling()`` nests: inner blocks share the outermost one's flag; outside the main thread
+  nothing is installed.
 
 :class:`Stopped` derives from ``KeyboardInterrupt`` so that ``except Exception`` never takes a
 stop for a failure. Reasons (relied on by tests and docs/how-to/resume.md): ``preempted
@@ -30,9 +30,6 @@ import time
 from typing import Callable, Iterator
 
 from orchestrator.errors import ExitCode
-
-__all__ = ["REPEAT_WINDOW_SECONDS", "SIGNALS", "StopFlag", "Stopped", "exit_code", "handling", "ignore_hangup",
-           "reason", "signal_of"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 REPEAT_WINDOW_SECONDS = 1.0  # the same signal again within this is the same request
@@ -73,9 +70,8 @@ class Stopped(KeyboardInterrupt):
 class StopFlag:
     """The process's stop request: set by the first accepted signal, read by the work."""
 
-    def __init__(self, accept: Callable[[int], bool] | None = None):
+    def __init__(self):
         self.signum: int | None = None
-        self.accept = accept
         self._at = 0.0  # when the first signal came (time.monotonic())
         self._deferrals: list[Callable[[], None] | None] = []  # innermost last: its on_second
 
@@ -101,8 +97,6 @@ class StopFlag:
             self._deferrals.pop()
 
     def _on_signal(self, signum: int, frame) -> None:  # noqa: ARG002
-        if self.accept is not None and not self.accept(signum):
-            return
         now = time.monotonic()
         if self.signum is None:
             self.signum, self._at = signum, now
@@ -121,16 +115,16 @@ _current: StopFlag | None = None  # the flag of the outermost handling() block, 
 
 
 @contextlib.contextmanager
-def handling(accept: Callable[[int], bool] | None = None) -> Iterator[StopFlag]:
+def handling() -> Iterator[StopFlag]:
     """Stop signals set (and, outside a deferral, raise) the yielded flag; an inner block shares it."""
     global _current
     if _current is not None:
         yield _current
         return
     if threading.current_thread() is not threading.main_thread():
-        yield StopFlag(accept)
+        yield StopFlag()
         return
-    flag = _current = StopFlag(accept)
+    flag = _current = StopFlag()
     previous = {sig: signal.signal(sig, flag._on_signal) for sig in SIGNALS}
     try:
         yield flag

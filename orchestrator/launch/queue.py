@@ -48,7 +48,6 @@ def _serves(name: str, sweep: str | None) -> bool:
 
 
 def queued_sweeps(url: str) -> list[str]:
-    """The ids of the sweeps queued in storage ``url``."""
     import optuna
 
     names = optuna.get_all_study_names(storage_mod.open_storage(url))
@@ -262,11 +261,11 @@ def _requeue(study: Any, trial: Any, *, attempt: int) -> None:
 
 def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tracking_uri: str | None = None,
                max_retries: int = 1, wait: bool = False, poll: float = 5.0, quiet: bool = False,
-               serve_others: Callable[[], bool] | None = None, stopped: list[int] | None = None) -> int:
+               serve_others: Callable[[], bool] | None = None) -> int:
     """Claim and run points on ``slots`` until the queue is empty (forever with ``wait``); the exit code.
 
     ``serve_others()`` (the tuning studies that want trials) runs before the points, after them and
-    while idle; True when it did some. ``stopped`` receives the signal that stopped the worker."""
+    while idle; True when it did some."""
     serve = serve_others or (lambda: False)
     source = QueueSource(url, sweep=sweep, tracking_uri=tracking_uri, max_retries=max_retries)
     scheduler = Scheduler(slots=list(slots), display=make_display(quiet), idle_poll=poll if wait else None,
@@ -284,8 +283,6 @@ def run_worker(url: str, slots: Sequence[Slot], *, sweep: str | None = None, tra
                   "to the queue; fix the store and start the worker again")
         return ExitCode.FAILED
     if outcome.interrupted:  # its points checkpointed and went back on the queue at once
-        if stopped is not None and outcome.signal is not None:
-            stopped.append(outcome.signal)
         return stop.exit_code(outcome.signal or signal.SIGINT)
     return ExitCode.FAILED if outcome.failed else ExitCode.OK
 
@@ -319,11 +316,8 @@ def status_rows(url: str, sweep: str | None = None) -> list[dict]:
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(TrialAttr.DISCARDED)]
-        latest: dict[str, Any] = {}
-        for t in trials:  # the latest attempt of each point decides its state
-            key = t.user_attrs.get(TrialAttr.RUN_KEY)
-            if key and (key not in latest or t.number > latest[key].number):
-                latest[key] = t
+        latest = {t.user_attrs[TrialAttr.RUN_KEY]: t for t in sorted(trials, key=lambda t: t.number)
+                  if t.user_attrs.get(TrialAttr.RUN_KEY)}  # the latest attempt of each point decides its state
         by_state = {s: [t for t in latest.values() if t.state == s] for s in TrialState}
         rows.append({
             "sweep": name[len(STUDY_PREFIX):],

@@ -146,17 +146,13 @@ def check_reachable_from_nodes(uri: str, shared: bool) -> None:
 
 
 def _on_tmpfs(path: Path) -> bool:
-    """Whether the deepest mount point holding ``path`` is a tmpfs (from /proc/mounts)."""
-    try:
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return False
-    best, fstype = "", ""
+    """Whether the deepest mount point holding ``path`` is a tmpfs (the last mounted, of several there)."""
+    import psutil
+
     target = str(path.parent)
-    for point, kind in mounts:
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, fstype = point, kind
-    return fstype in ("tmpfs", "ramfs")
+    mounts = [p for p in psutil.disk_partitions(all=True)
+              if target == p.mountpoint or target.startswith(p.mountpoint.rstrip("/") + "/")]
+    return bool(mounts) and max(reversed(mounts), key=lambda p: len(p.mountpoint)).fstype in ("tmpfs", "ramfs")
 
 
 def job_name(sweep_id: str) -> str:
@@ -200,7 +196,6 @@ def test_only(script: str) -> None:
 
 
 def submit(script: str) -> str:
-    """``sbatch --parsable`` the script; returns the job id."""
     out = _run(["sbatch", "--parsable"], "whether the job was submitted is unknown (see `squeue`)", input=script)
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {out.stderr.strip()[:500]}")

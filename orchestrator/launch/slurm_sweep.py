@@ -41,39 +41,6 @@ FOLLOW_POLL_SECONDS = 2.0
 ARRAY, QUEUE = "slurm", "slurm-queue"  # Tag.LAUNCHER of a sweep parent
 
 
-def check_sweep(spec: SweepSpec, uri: str, options: slurm.SlurmOptions, *, storage: str | None, shared: bool,
-                **settings: Any) -> None:
-    """Every check before anything is recorded, down to ``sbatch --test-only``; ``settings``:
-    the tasks' ``device``, ``max_retries`` and ``metric``."""
-    slurm.check(options, uri, shared=shared, storage=storage)
-    slurm.test_only(dry_run_script(spec, uri, options, storage=storage, **settings))
-
-
-def submit_sweep(plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, *, storage: str | None,
-                 **settings: Any) -> int:
-    """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); the exit code."""
-    store, spec = TrackingStore(plan.uri), plan.spec
-    live = slurm.live_jobs(spec.sweep_id)
-    if storage:
-        _submit_workers(store, plan, jobs, options, storage, live, settings)
-        return ExitCode.OK
-    held = held_points(store, plan.parent_run_id, live)
-    todo = [job for job in jobs if job.run_key not in held]
-    if todo:
-        note = f"{len(plan.done)} already finished, {len(jobs) - len(todo)} queued or running in earlier jobs"
-        _submit(store, plan, points_script(spec, todo, options, settings), options, todo, f"{len(todo)} point(s)", note)
-        return ExitCode.OK
-    arrays = ", ".join(sorted({j.id.split("_")[0] for j in live}))
-    what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) {arrays}" if jobs
-            else f"all {len(spec.runs)} points are finished")
-    log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
-    if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
-        store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
-        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=settings.get("metric"),
-                               wait=True))
-    return ExitCode.OK
-
-
 def _submit_workers(store: TrackingStore, plan: Plan, jobs: Sequence[Job], options: slurm.SlurmOptions, storage: str,
                     live: Sequence[slurm.LiveJob], settings: dict[str, Any]) -> None:
     """Queue mode: queue the jobs on PostgreSQL, then K worker tasks (unless enough are live)."""
@@ -198,8 +165,7 @@ def _close(store: TrackingStore, parent_run_id: str, *, by: str, own_job: str, m
     return f"sweep [{sweep_id}] closed FINISHED: summary written on run {parent_run_id}"
 
 
-def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
-           poll: float = FOLLOW_POLL_SECONDS) -> None:
+def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int) -> None:
     """Say each of the sweep's points as it starts and ends, until no job of the sweep is left in Slurm."""
     seen: dict[str, str] = {}
     while True:
@@ -215,29 +181,7 @@ def follow(store: TrackingStore, plan: Plan, metric: str | None, since_ms: int,
             log.info(f"  {status.lower():9} {run.info.run_name} (Slurm job {tags.get(Tag.SLURM_JOB, '?')}) {what}")
         if not live:
             return
-        time.sleep(poll)
-
-
-def wait_and_close(plan: Plan, *, metric: str | None, since_ms: int) -> int:
-    """``--wait``: follow the sweep's jobs, close the sweep if no task did, print the table; the exit code."""
-    store = TrackingStore(plan.uri)
-    try:
-        follow(store, plan, metric, since_ms)
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (execute.stop): the jobs are Slurm's
-        log.info(f"stopped following; the jobs go on (scancel -n {slurm.job_name(plan.spec.sweep_id)} stops them)")
-        return stop.exit_code(stop.signal_of(err))
-    if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
-        log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
-    spec = plan.spec
-    records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
-    result = compare_sweep(records, expected_points(spec), metric)
-    if result is not None:
-        print(render(result, "table"), flush=True)
-    status = store.run_status(plan.parent_run_id)
-    if status == Status.FINISHED:
-        return ExitCode.OK
-    log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(plan.parent_run_id) or ''}")
-    return ExitCode.FAILED
+        time.sleep(FOLLOW_POLL_SECONDS)
 
 
 def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
@@ -280,15 +224,55 @@ class SlurmLauncher:
         self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
 
     def setup(self, spec: SweepSpec, uri: str) -> None:
+        """Every check before anything is recorded, down to ``sbatch --test-only``."""
         self.settings["metric"] = self.settings["metric"] or entry_metric(spec.entry)
-        check_sweep(spec, uri, self.options, storage=self.storage, shared=self.shared, **self.settings)
+        slurm.check(self.options, uri, shared=self.shared, storage=self.storage)
+        slurm.test_only(dry_run_script(spec, uri, self.options, storage=self.storage, **self.settings))
 
     def launch(self, plan: Plan, jobs: Sequence[Job]) -> int:
+        """Submit ``jobs`` as an array (or, with ``storage``, queue them for worker tasks); the exit code."""
         self.since_ms = int(time.time() * 1000)
-        return submit_sweep(plan, jobs, self.options, storage=self.storage, **self.settings)
+        store, spec, options, settings = TrackingStore(plan.uri), plan.spec, self.options, self.settings
+        live = slurm.live_jobs(spec.sweep_id)
+        if self.storage:
+            _submit_workers(store, plan, jobs, options, self.storage, live, settings)
+            return ExitCode.OK
+        held = held_points(store, plan.parent_run_id, live)
+        todo = [job for job in jobs if job.run_key not in held]
+        if todo:
+            note = f"{len(plan.done)} already finished, {len(jobs) - len(todo)} queued or running in earlier jobs"
+            _submit(store, plan, points_script(spec, todo, options, settings), options, todo, f"{len(todo)} point(s)",
+                    note)
+            return ExitCode.OK
+        arrays = ", ".join(sorted({j.id.split("_")[0] for j in live}))
+        what = (f"all {len(jobs)} unfinished point(s) are queued or running in Slurm job(s) {arrays}" if jobs
+                else f"all {len(spec.runs)} points are finished")
+        log.info(f"sweep {spec.name} [{spec.sweep_id}]: {what}; nothing submitted")
+        if not live and not plan.closed:  # nothing missing, nothing running, the parent open: close it now
+            store.set_tags(plan.parent_run_id, {Tag.LAUNCHER: ARRAY})
+            log.info(close_if_done(store, plan.parent_run_id, by="orch sweep (rerun)", metric=settings.get("metric"),
+                                   wait=True))
+        return ExitCode.OK
 
     def follow(self, plan: Plan) -> int:
-        return wait_and_close(plan, metric=self.settings["metric"], since_ms=self.since_ms)
+        """``--wait``: follow the sweep's jobs, close the sweep if no task did, print the table; the exit code."""
+        store, metric, spec = TrackingStore(plan.uri), self.settings["metric"], plan.spec
+        try:
+            follow(store, plan, metric, self.since_ms)
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (execute.stop): the jobs are Slurm's
+            log.info(f"stopped following; the jobs go on (scancel -n {slurm.job_name(spec.sweep_id)} stops them)")
+            return stop.exit_code(stop.signal_of(err))
+        if store.get_run(plan.parent_run_id).data.tags.get(Tag.LAUNCHER) == ARRAY:  # the queue's worker closes its own
+            log.info(close_if_done(store, plan.parent_run_id, by="orch sweep --wait", metric=metric, wait=True))
+        records = sweep_records(store, plan.experiment_id, spec.sweep_id, [r.run_key for r in spec.runs])
+        result = compare_sweep(records, expected_points(spec), metric)
+        if result is not None:
+            print(render(result, "table"), flush=True)
+        status = store.run_status(plan.parent_run_id)
+        if status == Status.FINISHED:
+            return ExitCode.OK
+        log.info(f"sweep {spec.name} ended {status}: {store.failure_reason(plan.parent_run_id) or ''}")
+        return ExitCode.FAILED
 
     def close(self) -> None:
         pass

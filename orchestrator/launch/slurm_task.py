@@ -112,16 +112,6 @@ def requeue(code: int) -> int:
     return code
 
 
-def close(header: dict[str, Any]) -> None:
-    """Close the sweep if this task is its last job."""
-    me = slurm_tags().get(Tag.SLURM_JOB, "")
-    try:
-        log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
-                               own_job=me, metric=header.get("metric"), wait=True))
-    except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
-        log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
-
-
 def main() -> int:
     own_threads()
     handler = logging.StreamHandler(sys.stderr)
@@ -138,8 +128,14 @@ def main() -> int:
             return ExitCode.FAILED
         if flag.signum == signal.SIGUSR1 and code == ExitCode.PREEMPTED:
             return requeue(code)
-        if header["mode"] == "points":
-            close(header)
+        if header["mode"] == "worker":
+            return code
+        me = slurm_tags().get(Tag.SLURM_JOB, "")  # the sweep closes if this task is its last job
+        try:
+            log.info(close_if_done(TrackingStore(header["uri"]), header["parent_run_id"], by=f"Slurm task {me}",
+                                   own_job=me, metric=header.get("metric"), wait=True))
+        except slurm.SlurmError as err:  # squeue failed: the sweep's jobs are in an unknown state
+            log.warning(f"error: {err}; `orch status` or a rerun closes the sweep once Slurm answers")
         return code
 
 

@@ -111,7 +111,10 @@ def run_sweep(spec: SweepSpec, store: TrackingStore, launcher: Launcher, *, reru
                 return _store_failed(plan, outcome, outcome.store_failure)
             if outcome.interrupted:
                 return _interrupted(store, plan, outcome.signal or signal.SIGINT)
-            notes = _record_separation(store, plan, verdict, until) if verdict is not None else []
+            if verdict is not None:  # kept on the parent; its lines go below the table
+                store.log_text(plan.parent_run_id, json.dumps(separation.verdict_json(verdict, until), indent=1),
+                               Artifact.SEPARATION)
+            notes = separation.summary_lines(verdict, until) if verdict is not None else []
             return _finish(store, plan, outcome, metric, notes)
         except StoreFailure as err:
             return _store_failed(plan, outcome, str(err))
@@ -167,13 +170,6 @@ def _next_round(store: TrackingStore, plan: Plan, until: Separation):
         log.info(f"until separated on {until.metric}: {len(verdict.separated)} of {rivals} rival(s) separated from "
                  f"{verdict.leader.label}; {len(todo)} more point(s): {', '.join(r.name for r in todo)}")
     return todo, verdict
-
-
-def _record_separation(store: TrackingStore, plan: Plan, verdict, until: Separation) -> list[str]:
-    """Keep the verdict on the parent as ``separation.json``; the summary's lines."""
-    store.log_text(plan.parent_run_id, json.dumps(separation.verdict_json(verdict, until), indent=1),
-                   Artifact.SEPARATION)
-    return separation.summary_lines(verdict, until)
 
 
 def _store_failed(plan: Plan | None, outcome: Outcome, failure: str) -> int:

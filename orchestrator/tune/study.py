@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from experiments.errors import ConfigError
 from orchestrator import processes
-from orchestrator.errors import StoreFailure, UserError
+from orchestrator.errors import UserError
+from orchestrator.execute.plan import find_run
 from orchestrator.grid.entry import Entry
 from orchestrator.grid.load import SweepSpec
 from orchestrator.grid.names import run_name
 from orchestrator.store.schema import Artifact, Kind, Status, StudyAttr, Tag, TrialAttr, TrialState, tag_filter
 from orchestrator.store.tracking import TrackingStore
-from orchestrator.grid.space import ParamSpace, TuneSpec
-
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
+from orchestrator.grid.space import TuneSpec
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,6 @@ def plan_studies(spec: SweepSpec, study_name: str | None = None, seed: int | Non
     return plans
 
 
-def fixed_config(plan: StudyPlan, space: Sequence[ParamSpace]) -> dict[str, Any]:
-    """The setting's params without the searched keys: what every trial shares."""
-    searched = {p.key for p in space}
-    return {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
-
-
 def make_sampler(name: str, seed: int, n_trials: int):
     """TPE (random start-up: half the trials, 3 to 10, so short studies get model-based
     suggestions) or random, seeded with ``seed``."""
@@ -67,7 +59,7 @@ def make_sampler(name: str, seed: int, n_trials: int):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, n_trials // 2)))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    raise UserError(f"unknown sampler {name!r}; choose one of tpe, random")
 
 
 def make_pruner(name: str, max_steps: int | None):
@@ -80,7 +72,7 @@ def make_pruner(name: str, max_steps: int | None):
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps or "auto", reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise UserError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    raise UserError(f"unknown pruner {name!r}; choose one of median, hyperband, none")
 
 
 def open_study(storage: Any, plan: StudyPlan, tune: TuneSpec, fixed: Mapping[str, Any], sampler: Any, pruner: Any,
@@ -177,7 +169,7 @@ def requeue_stopped_trials(store: TrackingStore, study: Any, n_seeds: int) -> li
 def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, float]] | None:
     """(run to continue, the pruner reports up to its checkpoint) of a FAIL trial, or None."""
     own_id, attrs = trial.user_attrs.get(TrialAttr.RUN_ID), trial.user_attrs
-    own = _get_run(store, own_id) if own_id else None
+    own = find_run(store, own_id) if own_id else None
     if own is not None and own.info.status == Status.FAILED and \
             not own.data.tags.get(Tag.FAILURE_REASON, "").startswith("left RUNNING"):
         return None  # failed of itself (its training diverged): not retried
@@ -185,20 +177,10 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
         steps = int(own.data.tags.get(Tag.CHECKPOINT_STEP, 0))
         return own_id, {step: v for step, v in trial.intermediate_values.items() if step <= steps}
     earlier = attrs.get(TrialAttr.RESUME_RUN)  # a continuation stopped before its first checkpoint
-    run = _get_run(store, earlier) if earlier else None
+    run = find_run(store, earlier) if earlier else None
     if run is None or Tag.CHECKPOINT not in run.data.tags:
         return None
     return earlier, {int(k): v for k, v in attrs.get(TrialAttr.RESUME_REPORTS, {}).items()}
-
-
-def _get_run(store: TrackingStore, run_id: str) -> Any | None:
-    """The run, or None when the tracking store does not hold it (another store, or deleted)."""
-    try:
-        return store.get_run(run_id)
-    except StoreFailure:
-        raise
-    except Exception:  # noqa: BLE001 - MLflow raises its own exception types for a missing run
-        return None
 
 
 def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,

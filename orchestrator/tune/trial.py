@@ -27,18 +27,9 @@ from orchestrator.store.tracking import TrackingStore
 from orchestrator.grid.space import TuneSpec
 from orchestrator.tune.study import StudyPlan
 
-__all__ = ["TrialFailed", "make_objective", "step_label", "trial_config"]
-
 
 class TrialFailed(RuntimeError):
     """A trial's training failed or gave no usable objective: the trial is FAIL, the study goes on."""
-
-
-def trial_config(plan: StudyPlan, fixed: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
-    """The fixed params with a trial's sampled values (dotted keys) on top, built and checked by the entry."""
-    cfg = plan.entry.build({**fixed, **params})
-    plan.entry.check(cfg, True)
-    return cfg
 
 
 def step_label(step: int, max_steps: int | None, n_seeds: int) -> str:
@@ -63,8 +54,8 @@ def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, st
         # between them leaves its trial to Optuna's heartbeat (PostgreSQL); on SQLite it stays RUNNING.
         trial.set_user_attr(TrialAttr.PID, pid)
         trial.set_user_attr(TrialAttr.HOST, host)
-        params = {p.key: p.suggest(trial) for p in tune.space}
-        cfg = trial_config(plan, fixed, params)
+        cfg = plan.entry.build({**fixed, **{p.key: p.suggest(trial) for p in tune.space}})  # sampled keys on top
+        plan.entry.check(cfg, True)
         if len(seeds) == 1:  # the trial's run is its training run
             return trainer.one_seed(trial, plan.entry.seeded(cfg, seeds[0]), parent_id)
         return trainer.several_seeds(trial, cfg, parent_id)
@@ -97,11 +88,10 @@ class _Trainer:
         def on_value(step: int, value: float) -> None:
             self.report(trial, value, step, f"step {step}")
 
-        resume = trial.user_attrs.get(TrialAttr.RESUME_RUN) or False
         for step, value in sorted((int(k), v) for k, v in trial.user_attrs.get(TrialAttr.RESUME_REPORTS, {}).items()):
-            self.report(trial, value, step, f"step {step}")  # the stopped trial's steps, not trained again
+            on_value(step, value)  # the stopped trial's steps, not trained again
         run_id, summary = self.train(trial, cfg, f"{self.plan.name}-t{trial.number}", self.tags(trial), parent_id,
-                                     on_value, is_trial_run=True, resume=resume)
+                                     on_value, is_trial_run=True, resume=trial.user_attrs.get(TrialAttr.RESUME_RUN))
         self.store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
         return summary[self.tune.metric]
 
@@ -143,7 +133,7 @@ class _Trainer:
 
     def train(self, trial: Any, cfg: Any, run_name: str, tags: Mapping[str, str], parent: str,
               on_value: Callable[[int, float], None], *, is_trial_run: bool,
-              resume: str | bool = False) -> tuple[str, dict]:
+              resume: str | None = None) -> tuple[str, dict]:
         """One tracked training run (``resume``: a stopped run to continue); returns (run id, summary
         metrics with the study's metric: returned, else last logged). ``on_value`` gets every
         logged value of the report key. Raises TrialFailed (no finite metric) or Stopped."""
@@ -165,7 +155,7 @@ class _Trainer:
             code, run_id, summary = run_tracked(self.plan.entry, cfg, store=self.store,
                                                 experiment_id=self.experiment_id, run_name=run_name, tags=tags,
                                                 parent_run_id=parent, quiet=True, on_start=on_start, on_log=on_log,
-                                                stop=self.stop, resume=resume)
+                                                stop=self.stop, resume=resume or False)
         except KeyboardInterrupt:  # the run is KILLED; Optuna records the trial FAIL
             if run_ids:
                 self.store.set_tags(run_ids[0], {Tag.TRIAL_STATE: TrialState.FAIL})
@@ -198,12 +188,11 @@ def _value_at(curve: Mapping[int, float], step: int) -> float:
 
 def _close_trial_run(store: TrackingStore, run_id: str, err: BaseException) -> None:
     """End a trial's own run when one of its seeds stopped it: pruned, interrupted or failed."""
-    if type(err).__name__ == "TrialPruned":
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
+    pruned = type(err).__name__ == "TrialPruned"
+    store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED if pruned else TrialState.FAIL})
+    if pruned:
         store.end_run(run_id, Status.KILLED, f"pruned by the tuner: {err}")
     elif isinstance(err, KeyboardInterrupt):
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.KILLED, stop.reason(stop.signal_of(err)))
     else:
-        store.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
         store.end_run(run_id, Status.FAILED, str(err) or type(err).__name__)

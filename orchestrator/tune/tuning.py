@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from orchestrator.errors import ExitCode
 from orchestrator.execute import stop
+from orchestrator.execute.scheduler import Stores
 from orchestrator.grid.entry import resolve_entry
 from orchestrator.grid.load import SweepSpec, tune_spec
 from orchestrator.grid.space import ParamSpace, TuneSpec
@@ -29,7 +30,6 @@ from orchestrator.store.tracking import TrackingStore
 from orchestrator.tune.study import (
     StudyPlan,
     fail_orphan_trials,
-    fixed_config,
     make_pruner,
     make_sampler,
     open_parent,
@@ -40,12 +40,9 @@ from orchestrator.tune.study import (
 from orchestrator.tune.summary import summarize_study
 from orchestrator.tune.trial import make_objective, step_label
 
-__all__ = ["DEFAULT_N_TRIALS", "WorkerJob", "run_tune", "serve_studies"]
-
 log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # trials that count towards n_trials
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,7 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
         yield True
         return
     with contextlib.ExitStack() as stack:
+        held = True
         try:
             stack.enter_context(locks.hold(url, "orch tune", refusal=lambda who: (
                 f"the Optuna storage {url} is in use by {who}; SQLite serves one process: wait for it to end, "
@@ -126,8 +124,6 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
             if refuse:
                 raise
             held = False
-        else:
-            held = True
         yield held
 
 
@@ -165,15 +161,14 @@ def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template
 def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | None,
                   job: WorkerJob) -> list[tuple[StudyPlan, dict[str, Any], Any]]:
     optuna_storage = storage_mod.open_storage(url, heartbeat=True)
-    studies = []
+    studies, searched = [], {p.key for p in tune.space}
     for plan in plan_studies(spec, study_name, seed=job.seeds[0]):
-        fixed = fixed_config(plan, tune.space)
+        # the setting's params but the searched ones: what every trial shares
+        fixed = {k: v for k, v in plan.entry.params(plan.config).items() if k not in searched}
         study = open_study(optuna_storage, plan, tune, fixed, make_sampler(job.sampler, job.seed, job.n_trials),
                            make_pruner(job.pruner, _max_steps(plan, len(job.seeds))), spec.path)
         # A resumed study must not replay its first session's draws: offset the seed by its trials.
-        n_before = len(study.get_trials(deepcopy=False))
-        if n_before:
-            study.sampler = make_sampler(job.sampler, job.seed + n_before, job.n_trials)
+        study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
         studies.append((plan, fixed, study))
     return studies
 
@@ -231,7 +226,7 @@ def _max_steps(plan: StudyPlan, n_seeds: int) -> int | None:
 def _finished() -> tuple:
     from optuna.trial import TrialState as OptunaState
 
-    return tuple(getattr(OptunaState, s) for s in FINISHED_STATES)
+    return OptunaState.COMPLETE, OptunaState.PRUNED  # the trials that count towards n_trials
 
 
 def _n_finished(study: Any) -> int:
@@ -276,8 +271,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
     here; returns how many studies it joined. A signal raises Stopped, as in ``orch tune``."""
     import optuna
 
-    joined = 0
-    stores: dict[str, TrackingStore] = {}
+    joined, stores = 0, Stores()
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attr = summary.user_attrs.get(StudyAttr.WORKER_JOB)
         if summary.user_attrs.get(StudyAttr.KIND) != Kind.TUNE or not attr:
@@ -295,8 +289,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         # Seeded apart from every other process on the study: it has drawn this many trials.
         study.sampler = make_sampler(job.sampler, job.seed + len(study.get_trials(deepcopy=False)), job.n_trials)
         study.pruner = make_pruner(job.pruner, _max_steps(plan, len(job.seeds)))
-        uri = tracking_uri or job.tracking_uri
-        store = stores.setdefault(uri, TrackingStore(uri))
+        store = stores[tracking_uri or job.tracking_uri]
         log.info(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
         _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,

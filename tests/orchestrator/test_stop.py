@@ -58,12 +58,3 @@ def test_nested_blocks_share_one_flag_and_the_outer_restores_the_handlers():
     assert {sig: signal.getsignal(sig) for sig in stop.SIGNALS} == before
     with stop.handling() as fresh:  # a new block starts with no request
         assert not fresh.is_set()
-
-
-def test_a_signal_the_outer_block_refuses_is_ignored():
-    with stop.handling(accept=lambda signum: signum != signal.SIGUSR1) as flag, flag.deferred():
-        with stop.handling():
-            send(signal.SIGUSR1)
-        assert not flag.is_set()
-        send(signal.SIGTERM)
-        assert flag.signum == signal.SIGTERM
