@@ -6,6 +6,7 @@ None of them creates a store; each names the sweep it reads with ``--experiment`
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ sweep_option = click.option("--sweep", default="latest", show_default=True,
 
 
 def resolve_sweep(store, experiment: str | None, sweep: str):
-    """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
+    """The parent run of the sweep --experiment/--sweep name, with messages listing what exists."""
     if experiment:
         exp_id = store.experiment_id(experiment)
         if exp_id is None:
@@ -38,10 +39,10 @@ def resolve_sweep(store, experiment: str | None, sweep: str):
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
     if sweep in ("latest", None):
-        return parents[0].info.experiment_id, parents[0]
+        return parents[0]
     matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
     if len(matches) == 1 and sweep:
-        return matches[0].info.experiment_id, matches[0]
+        return matches[0]
     if not matches:
         raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
     raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
@@ -63,9 +64,7 @@ def _console(width: int):
 def _table(columns: Sequence[str], rows) -> Any:
     from rich.table import Table
 
-    table = Table(show_header=True)
-    for column in columns:
-        table.add_column(column)
+    table = Table(*columns)
     for row in rows:
         table.add_row(*row)
     return table
@@ -92,9 +91,7 @@ def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
 def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
     """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
     console = _console(200)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = collections.Counter(row["status"] for row in rows)
     tags = parent.data.tags
     console.print(f"[bold]{parent.info.run_name}[/bold] [{tags.get(Tag.SWEEP, '')}]  parent {parent.info.status}  "
                   f"points {len(rows)}: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -123,17 +120,15 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
 
         url = storage_mod.check(storage)
         db = sqlite_path(url)
-        if db is not None and not db.exists():  # reading never creates a queue
-            print_queue_status([], storage_mod.redact(url))
-            return
-        if sweep is not None:
+        exists = db is None or db.exists()  # reading never creates a queue
+        if sweep is not None and exists:
             one_queued_sweep(sweep, queue.queued_sweeps(url))
-        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
+        print_queue_status(queue.status_rows(url, sweep) if exists else [], storage_mod.redact(url))
         return
     from orchestrator.launch.slurm_sweep import status_rows
 
     store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
+    parent = resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
     print_sweep_status(rows, parent)
     if closed:
@@ -181,7 +176,7 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     from orchestrator.analyze.results import compare
 
     store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, sweep)
+    parent = resolve_sweep(store, experiment, sweep)
     records, expected = sweep_results(store, parent)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare(records, expected, metric, group_by=keys, direction=direction,
@@ -224,7 +219,7 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
     if out_dir is not None and no_figures:
         raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
     store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, sweep)
+    parent = resolve_sweep(store, experiment, sweep)
     records, expected = study_report.sweep_results(store, parent)
     click.echo(report(records, expected, fmt=fmt))
     if no_figures:

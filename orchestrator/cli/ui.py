@@ -86,27 +86,20 @@ def _relay(stream, out) -> None:
             out.flush()
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, seconds: float) -> None:
+def _wait_ready(proc: subprocess.Popen, url: str, seconds: float) -> str | None:
+    """None once the server answers; else what went wrong."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerExited(proc.returncode)
+            return f"exited with {proc.returncode}"
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return None
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise ServerExited(None)
-
-
-class ServerExited(Exception):
-    """The server died (``code``) or did not answer in time (None)."""
-
-    def __init__(self, code: int | None):
-        super().__init__(code)
-        self.code = code
+    return f"did not answer in {seconds} s"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -138,42 +131,37 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
     store at ``uri`` (or without MLflow's tables), or the port is taken."""
     # Ctrl-C and SIGTERM stop the server (also in a shell's background job, which starts with SIGINT ignored)
     with stop.handling() as flag:
-        return _serve(uri, host, port, open_it, flag)
-
-
-def _serve(uri: str, host: str, port: int, open_it: bool, flag: stop.StopFlag) -> int:
-    db = sqlite_path(uri)
-    if db is None or not initialised(db):
-        raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
-                      "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
-    check_port(host, port)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    base = f"http://{shown}:{port}"
-    proc = None
-    try:
-        proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
-        parent = newest_parent(uri)  # while the server starts
-        _wait_ready(proc, base, READY_SECONDS)
-        log.info("MLflow UI on %s  (store %s); Ctrl-C to stop", base, uri)
-        url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
-        if parent:
-            log.info("newest sweep: %s", parent[2])
-        print(url, flush=True)
-        if open_it and not open_browser(url):
-            log.warning("no browser found on this machine; open the URL above in yours")
-        code = proc.wait()
-        log.warning("the MLflow UI stopped by itself (exit %s)", code)
-        return ExitCode.FAILED
-    except ServerExited as err:
-        what = f"exited with {err.code}" if err.code is not None else f"did not answer in {READY_SECONDS} s"
-        log.warning("the MLflow UI %s; its messages are above", what)
-        return ExitCode.FAILED
-    except stop.Stopped as err:
-        return err.exit_code
-    finally:
-        if proc is not None:
-            with flag.deferred(on_second=lambda: None):  # a second Ctrl-C does not cut the server's stop short
-                _stop(proc)
+        db = sqlite_path(uri)
+        if db is None or not initialised(db):
+            raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
+                          "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
+        check_port(host, port)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base = f"http://{shown}:{port}"
+        proc = None
+        try:
+            proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
+            parent = newest_parent(uri)  # while the server starts
+            problem = _wait_ready(proc, base, READY_SECONDS)
+            if problem:
+                log.warning("the MLflow UI %s; its messages are above", problem)
+                return ExitCode.FAILED
+            log.info("MLflow UI on %s  (store %s); Ctrl-C to stop", base, uri)
+            url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
+            if parent:
+                log.info("newest sweep: %s", parent[2])
+            print(url, flush=True)
+            if open_it and not open_browser(url):
+                log.warning("no browser found on this machine; open the URL above in yours")
+            code = proc.wait()
+            log.warning("the MLflow UI stopped by itself (exit %s)", code)
+            return ExitCode.FAILED
+        except stop.Stopped as err:
+            return err.exit_code
+        finally:
+            if proc is not None:
+                with flag.deferred(on_second=lambda: None):  # a second Ctrl-C does not cut the server's stop short
+                    _stop(proc)
