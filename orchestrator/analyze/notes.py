@@ -28,10 +28,6 @@ def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
     return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
 
 
-def _param(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else value_text(value)
-
-
 def _artifacts(paths: Sequence[str]) -> str:
     return ", ".join(f"`{p}`" for p in paths)
 
@@ -58,21 +54,13 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
         better = "higher" if result.direction == "max" else "lower"
         lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",
                   render(result, "markdown").rstrip(), ""]
-        best = _best_sample(result)
-        if best is not None:
-            lines.append(f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
-                         f"({metric} {best.value:.4f})")
-            lines.append("")
+        samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
+        if samples:
+            best = (max if result.direction == "max" else min)(samples, key=lambda s: s.value)
+            lines += [f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
+                      f"({metric} {best.value:.4f})", ""]
     lines.append(f"Artifacts: {_artifacts(artifacts)}")
     return "\n".join(lines) + "\n"
-
-
-def _best_sample(result: CompareResult):
-    samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
-    if not samples:
-        return None
-    pick = max if result.direction == "max" else min
-    return pick(samples, key=lambda s: s.value)
 
 
 def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, counts: Mapping[str, int],
@@ -87,8 +75,8 @@ def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, co
     else:
         link = (f"[trial {best['number']}]({run_link(experiment_id, best['run_id'])})" if best.get("run_id")
                 else f"trial {best['number']}")
+        params = [[f"`{k}`", f"{v:.4g}" if isinstance(v, float) else value_text(v)] for k, v in best["params"].items()]
         lines += [f"Best: {link}, {metric} **{best['value']:.4f}**", "",
-                  github_table(["parameter", "best value"],
-                               [[f"`{k}`", _param(v)] for k, v in best["params"].items()]).rstrip()]
+                  github_table(["parameter", "best value"], params).rstrip()]
     lines += ["", f"Artifacts: {_artifacts(artifacts)}"]
     return "\n".join(lines) + "\n"

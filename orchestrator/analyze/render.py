@@ -249,7 +249,6 @@ def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
 
 
 def github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table of string cells."""
     return _layout(headers, body, "markdown")
 
 

@@ -166,10 +166,10 @@ def compare(
     """
     _check_options(direction, top, correction, failed_as)
     records = list(records)
-    matched = match_units(records, expected)
-    _check_metric(matched.units, metric)
-    group_keys = _group_keys(group_by, matched.axes, records)
-    rows, worst = _rows(group_units(matched.units, group_keys), metric, direction, failed_as)
+    units, axes = match_units(records, expected)
+    _check_metric(units, metric)
+    group_keys = _group_keys(group_by, axes, records)
+    rows, worst = _rows(group_units(units, group_keys), metric, direction, failed_as)
     base_key, base_value = _baseline(baseline, group_keys, rows) or (None, None)
     if base_key is not None:
         rows = adjust_p_values(paired_deltas(rows, base_key, base_value), correction)
@@ -177,7 +177,7 @@ def compare(
         metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rank_rows(rows, direction)[:top]),
         baseline_key=base_key, baseline_value=base_value, correction=correction,
         n_tests=sum(not math.isnan(r.p_value) for r in rows), failed_as=failed_as, worst=worst,
-        pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
+        pooled_axes=tuple(a for a in axes if a not in group_keys),
     )
 
 
@@ -313,8 +313,7 @@ def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
 
 def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[list[Unit]]:
     """The units of each setting, in grid order (a setting's first unit is its first seed)."""
-    matched = match_units(records, expected)
-    return [units for _, units in group_units(matched.units, matched.axes)]
+    return [units for _, units in group_units(*match_units(records, expected))]
 
 
 def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[SettingStats]:
