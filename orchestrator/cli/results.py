@@ -246,6 +246,7 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
     store. Exit codes: 130 Ctrl-C, 143 SIGTERM, 1 the server stopped by itself, 2 no store
     or the port is taken.
     """
+    from orchestrator.cli.ui import open_browser, serve
     from orchestrator.store.uri import check_reachable, check_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -253,13 +254,8 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
         check_reachable(uri)
         log.info("%s is a tracking server: open it in a browser.", uri)
         click.echo(uri)
-        if open_it:
-            from orchestrator.cli.ui import open_browser
-
-            if not open_browser(uri):
-                log.warning("no browser found on this machine; open the URL above in yours")
+        if open_it and not open_browser(uri):
+            log.warning("no browser found on this machine; open the URL above in yours")
         return
     check_store(uri, write=False)  # `mlflow ui` would create a missing store
-    from orchestrator.cli.ui import serve
-
     sys.exit(serve(uri, host, port, open_it=open_it))
