@@ -322,9 +322,7 @@ def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]
     split_names, scores = table_layout(records)
     out = []
     for units in units_by_setting(records, expected):
-        def stats(split: str, score: str) -> Stats:
-            return Stats(tuple(s.value for s in _samples(units, f"{split}_{score}")))
-
-        splits = tuple(SplitStats(split, {score: stats(split, score) for score in scores}) for split in split_names)
+        splits = tuple(SplitStats(split, {score: Stats(tuple(s.value for s in _samples(units, f"{split}_{score}")))
+                                          for score in scores}) for split in split_names)
         out.append(SettingStats(units[0].setting_values(), setting_label(units[0].expected), splits))
     return out

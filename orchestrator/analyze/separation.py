@@ -117,9 +117,8 @@ class Verdict:
 def decide(result: CompareResult, sep: Separation) -> Verdict:
     """:func:`separate` on a sweep's comparison (rows × seeds as values)."""
     rows = list(result.rows)
-    seeds = list(dict.fromkeys(s for r in rows for s in r.seeds))
-    column = {s: i for i, s in enumerate(seeds)}
-    values = np.full((len(rows), len(seeds)), np.nan)
+    column = {s: i for i, s in enumerate(dict.fromkeys(s for r in rows for s in r.seeds))}
+    values = np.full((len(rows), len(column)), np.nan)
     for i, row in enumerate(rows):
         for sample in row.samples:
             values[i, column[sample.seed]] = sample.value
