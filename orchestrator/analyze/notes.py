@@ -28,10 +28,6 @@ def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
     return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
 
 
-def _artifacts(paths: Sequence[str]) -> str:
-    return ", ".join(f"`{p}`" for p in paths)
-
-
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
                expected: Sequence[ExpectedPoint], axes: Sequence[str], metric: str | None,
                result: CompareResult | None, artifacts: Sequence[str]) -> str:
@@ -59,7 +55,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
             best = (max if result.direction == "max" else min)(samples, key=lambda s: s.value)
             lines += [f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
                       f"({metric} {best.value:.4f})", ""]
-    lines.append(f"Artifacts: {_artifacts(artifacts)}")
+    lines.append("Artifacts: " + ", ".join(f"`{p}`" for p in artifacts))
     return "\n".join(lines) + "\n"
 
 
@@ -78,5 +74,5 @@ def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, co
         params = [[f"`{k}`", f"{v:.4g}" if isinstance(v, float) else value_text(v)] for k, v in best["params"].items()]
         lines += [f"Best: {link}, {metric} **{best['value']:.4f}**", "",
                   github_table(["parameter", "best value"], params).rstrip()]
-    lines += ["", f"Artifacts: {_artifacts(artifacts)}"]
+    lines += ["", "Artifacts: " + ", ".join(f"`{p}`" for p in artifacts)]
     return "\n".join(lines) + "\n"

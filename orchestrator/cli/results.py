@@ -24,8 +24,10 @@ sweep_option = click.option("--sweep", default="latest", show_default=True,
                             help="Sweep id (a prefix is enough) or 'latest'.")
 
 
-def resolve_sweep(store, experiment: str | None, sweep: str):
-    """The parent run of the sweep --experiment/--sweep name, with messages listing what exists."""
+def open_sweep(tracking_uri: str | None, experiment: str | None, sweep: str):
+    """The store (never created) and the parent run of the sweep --experiment/--sweep name, with
+    messages listing what exists."""
+    store = open_store(tracking_uri, write=False)
     if experiment:
         exp_id = store.experiment_id(experiment)
         if exp_id is None:
@@ -39,10 +41,10 @@ def resolve_sweep(store, experiment: str | None, sweep: str):
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
     if sweep in ("latest", None):
-        return parents[0]
+        return store, parents[0]
     matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
     if len(matches) == 1 and sweep:
-        return matches[0]
+        return store, matches[0]
     if not matches:
         raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
     raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
@@ -127,8 +129,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         return
     from orchestrator.launch.slurm_sweep import status_rows
 
-    store = open_store(tracking_uri, write=False)
-    parent = resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
+    store, parent = open_sweep(tracking_uri, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
     print_sweep_status(rows, parent)
     if closed:
@@ -175,8 +176,7 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     from orchestrator.analyze.report import sweep_results
     from orchestrator.analyze.results import compare
 
-    store = open_store(tracking_uri, write=False)
-    parent = resolve_sweep(store, experiment, sweep)
+    store, parent = open_sweep(tracking_uri, experiment, sweep)
     records, expected = sweep_results(store, parent)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare(records, expected, metric, group_by=keys, direction=direction,
@@ -218,8 +218,7 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
 
     if out_dir is not None and no_figures:
         raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
-    store = open_store(tracking_uri, write=False)
-    parent = resolve_sweep(store, experiment, sweep)
+    store, parent = open_sweep(tracking_uri, experiment, sweep)
     records, expected = study_report.sweep_results(store, parent)
     click.echo(report(records, expected, fmt=fmt))
     if no_figures:
