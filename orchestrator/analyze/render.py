@@ -30,8 +30,6 @@ EXTRA_SEEDS = "extra_seeds"  # only when some row got seeds from --until-separat
 EXTRA_MARK = "†"  # after n in the table: the row got seeds from --until-separated
 CI_TITLE = f"{CONFIDENCE:.0%} CI"
 LOST_TITLE = "div/fail"  # run keys that diverged / failed otherwise (records.Outcome)
-# The adjusted p's column title, and its JSON/CSV name after p_value: p_holm, p_bonferroni.
-CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
 
 
 def _num(x: float, digits: int = 4, sign: str = "") -> str:
@@ -91,7 +89,7 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", LOST_TITLE, CI_TITLE]
     if result.baseline_key is not None:
         headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs", f"Δ {CI_TITLE}",
-                    "p (paired t)", *([f"p ({CORRECTION_NAMES[result.correction]})"] if adjusted else []), "*"]
+                    "p (paired t)", *([f"p ({result.correction.capitalize()})"] if adjusted else []), "*"]
     body = []
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank), *(value_text(r.group[k]) for k in result.group_keys),
@@ -167,7 +165,7 @@ def _correction_note(result: CompareResult) -> str:
     if CORRECTIONS[result.correction] is None:
         return (f"* = p < {ALPHA}, not corrected for {tests}: if no setting differs from the baseline, "
                 f"the chance of at least one false * grows with m (up to m × {ALPHA:.0%}).")
-    name = CORRECTION_NAMES[result.correction]
+    name = result.correction.capitalize()  # Holm, Bonferroni
     how = "Holm's step-down adjustment" if result.correction == "holm" else "Bonferroni's adjustment (p × m)"
     return (f"p ({name}): {how} over {tests} (statsmodels multipletests); * = p ({name}) < {ALPHA}: "
             f"if no setting differs from the baseline, the chance of any * is at most {ALPHA:.0%} "

@@ -101,9 +101,8 @@ class CompareResult:
     worst: float = math.nan  # the stand-in value with failed_as="worst"; NaN when no run has a value
     pooled_axes: tuple[str, ...] = ()  # grid axes that are not grouping keys: their runs share a row
 
-    @property
-    def baseline(self) -> str | None:
-        return None if self.baseline_key is None else f"{self.baseline_key}={self.baseline_value}"
+    baseline = property(lambda self: None if self.baseline_key is None
+                        else f"{self.baseline_key}={self.baseline_value}")
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,8 @@ class Separation:
     alpha: float = ALPHA  # family-wise error over all looks and all pairs
     grid_seeds: int = 3  # the grid's seeds per setting: the first look's n
 
-    @property
-    def looks(self) -> int:
-        """L: how many seed counts a setting can hold (grid_seeds, + per_round, …, max_seeds)."""
-        return 1 + max(0, math.ceil((self.max_seeds - self.grid_seeds) / self.per_round))
+    looks = property(lambda self: 1 + max(0, math.ceil((self.max_seeds - self.grid_seeds) / self.per_round)),
+                     doc="L: how many seed counts a setting can hold (grid_seeds, + per_round, …, max_seeds).")
 
 
 def guarantee(alpha: float) -> str:

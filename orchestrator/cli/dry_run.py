@@ -36,9 +36,7 @@ class DryRun:
     store: str  # "read", "absent" (no store yet: nothing done) or "unreadable"
     states: tuple[str, ...]  # per run, in order: one of STATES
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (*self.spec.axes, "seed")
+    columns = property(lambda self: (*self.spec.axes, "seed"))
 
     def counts(self, indices: Sequence[int] | None = None) -> dict[str, int]:
         """How many of the runs (all, or those at ``indices``) are in each state."""

@@ -144,8 +144,7 @@ def quiet_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 def split_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:  # noqa: ARG001
     """``--gpus 0,1`` -> ["0", "1"]; None when not given (every visible GPU)."""
-    gpus = [g.strip() for g in value.split(",") if g.strip()] if value else []
-    return gpus or None
+    return ([g.strip() for g in value.split(",") if g.strip()] or None) if value else None
 
 
 def slot_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -37,10 +37,11 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     `orch run --resume RUN_ID` continues it exactly where it stopped. Exit codes: 0
     finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
-    from orchestrator.execute.stop import ignore_hangup
+    from orchestrator.execute import stop
+    from orchestrator.grid import names
     from orchestrator.grid.entry import resolve_entry
 
-    ignore_hangup()
+    stop.ignore_hangup()
     entry = resolve_entry()  # orch run trains the built-in study; a grid names other entries
     store = open_store(tracking_uri)
     if resume_run:
@@ -57,14 +58,10 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
         if not torch.cuda.is_available():
             raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
     use_device(device)
-
-    from orchestrator.execute import stop
     from orchestrator.execute.runner import run_tracked, summary_line
 
     exp_id = store.ensure_experiment(experiment)
     if run_name is None:  # the entry names a lone run by its headline keys, e.g. gn-bs8-s0
-        from orchestrator.grid import names
-
         params = entry.params(cfg)
         run_name = names.run_name({k: params[k] for k in (*entry.headline_keys, "seed")}, entry)
     with stop.handling() as flag:

@@ -27,7 +27,6 @@ from orchestrator.store.uri import artifact_root, initialised, sqlite_path
 log = logging.getLogger(__name__)
 
 READY_SECONDS = 180  # start-up limit; on these 2-core machines it takes 5-15 s
-WORKERS = 1
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no huey consumers: orch queues no GenAI jobs
     "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",  # MLflow's import, not ours to fix
@@ -71,7 +70,7 @@ def check_port(host: str, port: int) -> None:
 def server_command(uri: str, host: str, port: int) -> list[str]:
     """The ``mlflow ui`` command line: one worker, quiet uvicorn, artifacts beside the store."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", str(WORKERS), "--uvicorn-opts", UVICORN_OPTS]
+           "--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", UVICORN_OPTS]
     root = artifact_root(uri)
     if root:
         cmd += ["--artifacts-destination", root]
