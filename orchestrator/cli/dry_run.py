@@ -71,18 +71,12 @@ def print_dry_run(spec: SweepSpec, uri: str, *, fmt: str = "table", every_row: b
     elif fmt == "csv":
         click.echo(as_csv(plan), nl=False)
     else:
-        click.echo(as_text(plan, every_row=every_row or len(spec.runs) <= SHOW_ALL))
-
-
-def as_text(plan: DryRun, *, every_row: bool) -> str:
-    spec = plan.spec
-    n, seeds = len(spec.runs), len(spec.seeds)
-    lines = [f"{spec.name} [{spec.sweep_id}]  {spec.path}",
-             f"{n:,} points = {n // seeds:,} setting{'s' if n // seeds != 1 else ''} × {seeds} "
-             f"seed{'s' if seeds != 1 else ''}", "", "points per axis value:"]
-    lines += _axis_table(plan)
-    lines += ["", *_point_table(plan, every_row), _totals(plan), *_missing_data_root(spec)]
-    return "\n".join(lines)
+        n, seeds = len(spec.runs), len(spec.seeds)
+        click.echo("\n".join([f"{spec.name} [{spec.sweep_id}]  {spec.path}",
+                              f"{n:,} points = {n // seeds:,} setting{'s' if n // seeds != 1 else ''} × {seeds} "
+                              f"seed{'s' if seeds != 1 else ''}", "", "points per axis value:", *_axis_table(plan),
+                              "", *_point_table(plan, every_row or n <= SHOW_ALL), _totals(plan),
+                              *_missing_data_root(spec)]))
 
 
 def _axis_table(plan: DryRun) -> list[str]:

@@ -63,7 +63,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             if isinstance(err, UserError):
                 raise BadInput(str(err)) from None
-            # the store failed mid-command; the next invocation repairs
             click.echo(f"error: {err}; fix the store and run the command again", err=True)
             sys.exit(ExitCode.FAILED)
         except KeyboardInterrupt:  # Ctrl-C before any run exists (reading, validating, opening the store)

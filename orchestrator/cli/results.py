@@ -72,35 +72,6 @@ def _table(columns: Sequence[str], rows) -> Any:
     return table
 
 
-def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
-    """Per queued sweep: counts, then the running points (worker, since) and the failed ones."""
-    console = _console(160)
-    if not rows:
-        console.print(f"no queued sweeps in {where}")
-        return
-    for row in rows:
-        running, failed = row["running"], row["failed"]
-        done = row["points"] - row["pending"] - len(running) - len(failed)
-        console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
-                      f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
-        if running or failed:
-            console.print(_table(("point", "state", "worker / reason", "since"), [
-                *((name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
-                  for name, who, since in running),
-                *((name, "failed", reason, "") for name, reason in failed)]))
-
-
-def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
-    """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
-    console = _console(200)
-    counts = collections.Counter(row["status"] for row in rows)
-    tags = parent.data.tags
-    console.print(f"[bold]{parent.info.run_name}[/bold] [{tags.get(Tag.SWEEP, '')}]  parent {parent.info.status}  "
-                  f"points {len(rows)}: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    console.print(_table(("point", "status", "slurm job", "slurm state", "run", "reason"),
-                         [(r["name"], r["status"], r["job"], r["slurm"], r["run_id"], r["reason"][:80]) for r in rows]))
-
-
 @click.command("status")
 @click.option("--storage", default=None, metavar="URL", help="The queue's database (queued sweeps).")
 @click.option("--sweep", default=None, help="Only this sweep id (a prefix is enough); without --storage: "
@@ -125,13 +96,33 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         exists = db is None or db.exists()  # reading never creates a queue
         if sweep is not None and exists:
             one_queued_sweep(sweep, queue.queued_sweeps(url))
-        print_queue_status(queue.status_rows(url, sweep) if exists else [], storage_mod.redact(url))
+        rows = queue.status_rows(url, sweep) if exists else []
+        console = _console(160)
+        if not rows:
+            console.print(f"no queued sweeps in {storage_mod.redact(url)}")
+        for row in rows:  # counts, then the running points (worker, since) and the failed ones
+            running, failed = row["running"], row["failed"]
+            done = row["points"] - row["pending"] - len(running) - len(failed)
+            console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
+                          f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
+            if running or failed:
+                console.print(_table(("point", "state", "worker / reason", "since"), [
+                    *((name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
+                      for name, who, since in running),
+                    *((name, "failed", reason, "") for name, reason in failed)]))
         return
     from orchestrator.launch.slurm_sweep import status_rows
 
+    # the points: MLflow status, Slurm job (array task) and its state in squeue
     store, parent = open_sweep(tracking_uri, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
-    print_sweep_status(rows, parent)
+    counts = collections.Counter(row["status"] for row in rows)
+    console = _console(200)
+    console.print(f"[bold]{parent.info.run_name}[/bold] [{parent.data.tags.get(Tag.SWEEP, '')}]  parent "
+                  f"{parent.info.status}  points {len(rows)}: "
+                  + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print(_table(("point", "status", "slurm job", "slurm state", "run", "reason"),
+                         [(r["name"], r["status"], r["job"], r["slurm"], r["run_id"], r["reason"][:80]) for r in rows]))
     if closed:
         log.info(closed)
 
