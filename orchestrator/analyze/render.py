@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.analyze.layout import score_title
 from orchestrator.analyze.records import RunRecord, short_name, short_names, value_text
-from orchestrator.analyze.results import CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats, report_stats
+from orchestrator.analyze.results import (CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats,
+                                          report_stats)
 from orchestrator.analyze.stats import ALPHA, CONFIDENCE, Stats
 from orchestrator.store.schema import ExpectedPoint
 

@@ -57,12 +57,6 @@ def _sweep_list(parents, limit: int = 20) -> str:
     return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
 
-def _console(width: int):
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else width)
-
-
 def _table(columns: Sequence[str], rows) -> Any:
     from rich.table import Table
 
@@ -86,6 +80,8 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
     status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
     ended but which nobody closed gets its summary written and its parent run closed.
     """
+    from rich.console import Console
+
     if storage:
         from orchestrator.launch import queue
         from orchestrator.store import optuna_storage as storage_mod
@@ -97,7 +93,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
         if sweep is not None and exists:
             one_queued_sweep(sweep, queue.queued_sweeps(url))
         rows = queue.status_rows(url, sweep) if exists else []
-        console = _console(160)
+        console = Console(width=None if sys.stdout.isatty() else 160)
         if not rows:
             console.print(f"no queued sweeps in {storage_mod.redact(url)}")
         for row in rows:  # counts, then the running points (worker, since) and the failed ones
@@ -117,7 +113,7 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
     store, parent = open_sweep(tracking_uri, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
     counts = collections.Counter(row["status"] for row in rows)
-    console = _console(200)
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(f"[bold]{parent.info.run_name}[/bold] [{parent.data.tags.get(Tag.SWEEP, '')}]  parent "
                   f"{parent.info.status}  points {len(rows)}: "
                   + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -58,15 +58,6 @@ def newest_parent(uri: str) -> tuple[str, str, str] | None:
     return run.info.experiment_id, run.info.run_id, run.info.run_name
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse a port that something already listens on, before anything starts."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as err:
-            raise UiError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
-
-
 def server_command(uri: str, host: str, port: int) -> list[str]:
     """The ``mlflow ui`` command line: one worker, quiet uvicorn, artifacts beside the store."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
@@ -134,7 +125,11 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
         if db is None or not initialised(db):
             raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
                           "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
-        check_port(host, port)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:  # a port in use: refused
+            try:
+                s.bind((host, port))
+            except OSError as err:
+                raise UiError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         base = f"http://{shown}:{port}"
         proc = None
