@@ -7,7 +7,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
-from orchestrator.analyze.render import github_table, render
+from orchestrator.analyze.render import render, table_text
 from orchestrator.analyze.results import CompareResult
 from orchestrator.store.schema import ExpectedPoint, Status, TrialState
 
@@ -73,6 +73,6 @@ def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, co
                 else f"trial {best['number']}")
         params = [[f"`{k}`", f"{v:.4g}" if isinstance(v, float) else value_text(v)] for k, v in best["params"].items()]
         lines += [f"Best: {link}, {metric} **{best['value']:.4f}**", "",
-                  github_table(["parameter", "best value"], params).rstrip()]
+                  table_text(["parameter", "best value"], params, "markdown").rstrip()]
     lines += ["", "Artifacts: " + ", ".join(f"`{p}`" for p in artifacts)]
     return "\n".join(lines) + "\n"

@@ -73,16 +73,16 @@ def render(result: CompareResult, fmt: str = "table") -> str:
     if fmt == "csv":
         rows = machine_rows(result)
         fields = list(rows[0]) if rows else ["rank", *result.group_keys]
-        return _layout(fields, [[_csv_cell(r[k]) for k in fields] for r in rows], "csv")
+        return table_text(fields, [[_csv_cell(r[k]) for k in fields] for r in rows], "csv")
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     headers, body = _display_table(result)
     right = [i == 0 or i > len(result.group_keys) for i in range(len(headers))]  # rank and numbers
     if fmt == "markdown":
-        return _layout(headers, body, fmt)
+        return table_text(headers, body, fmt)
     title = f"{result.metric} ({'higher' if result.direction == 'max' else 'lower'} is better)"
     notes = "".join(f"{note}\n" for note in compare_notes(result))  # one line each, for grep
-    return f"{title}\n{_layout(headers, body, fmt, right=right)}{notes}"
+    return f"{title}\n{table_text(headers, body, fmt, right=right)}{notes}"
 
 
 def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
@@ -212,7 +212,7 @@ def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> st
             n = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
             body.append([s.label if i == 0 or fmt == "csv" else "", split.split,
                          *(_mean_std(split.scores[score], 3) for score in scores), n])
-    return _layout(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(first))
+    return table_text(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(first))
 
 
 def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
     return row
 
 
-def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
+def table_text(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
             right: Sequence[bool] = (), group: int = 0) -> str:
     """String cells in ``fmt``; ``right``: the number columns, ``group``: a rule after every that
     many rows."""
@@ -245,10 +245,6 @@ def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
         rows.append(cells)
     return tabulate(rows, headers=list(headers), tablefmt="simple_outline", disable_numparse=True,
                     colalign=["right" if r else "left" for r in right] or None) + "\n"
-
-
-def github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    return _layout(headers, body, "markdown")
 
 
 # LaTeX's special characters, and the report's two non-ASCII ones, as LaTeX source.

@@ -37,7 +37,6 @@ class Separation:
 
 
 def guarantee(alpha: float) -> str:
-    """The rule's promise in one line."""
     return (f"for any true means, the chance that a sweep declares some setting separated from a leader "
             f"that is not truly better than it is at most {alpha:g} (independent, roughly normal per-seed "
             f"differences)")
