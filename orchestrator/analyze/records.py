@@ -69,11 +69,6 @@ def is_summary(record: RunRecord, key: str) -> bool:
     return record.steps.get(key, 0) == 0 and not key.startswith(SYSTEM_PREFIX)
 
 
-def summary_metric_names(records: Iterable[RunRecord]) -> list[str]:
-    """The finished runs' summary metrics, sorted."""
-    return sorted({k for r in records if is_result(r) for k in r.metrics if is_summary(r, k)})
-
-
 def step_metric_names(records: Iterable[RunRecord]) -> list[str]:
     """The metrics the finished runs logged per step, sorted."""
     return sorted({k for r in records if is_result(r) for k, step in r.steps.items()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 from orchestrator.analyze import figures
 from orchestrator.analyze.layout import bare_name, held_out_metric, is_validation, table_layout
 from orchestrator.analyze.notes import sweep_note
-from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names, summary_rows
+from orchestrator.analyze.records import is_result, is_summary, step_metric_names, summary_rows
 from orchestrator.analyze.render import render
 from orchestrator.analyze.report import publish, setting_curves
 from orchestrator.analyze.results import CompareError, compare
@@ -31,7 +31,7 @@ def sweep_metric(records, metric: str | None = None) -> str | None:
         return metric
     finished = [r for r in records if is_result(r)]
     held_out = held_out_metric(*table_layout(finished))
-    return held_out[0] if held_out else next(iter(summary_metric_names(finished)), None)
+    return held_out[0] if held_out else min((k for r in finished for k in r.metrics if is_summary(r, k)), default=None)
 
 
 def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str | None, direction: str = "max"):
