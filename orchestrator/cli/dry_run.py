@@ -40,8 +40,7 @@ class DryRun:
 
     def counts(self, indices: Sequence[int] | None = None) -> dict[str, int]:
         """How many of the runs (all, or those at ``indices``) are in each state."""
-        states = self.states if indices is None else [self.states[i] for i in indices]
-        found = collections.Counter(states)
+        found = collections.Counter(self.states if indices is None else [self.states[i] for i in indices])
         return {state: found[state] for state in STATES}
 
     def by_value(self, axis: str) -> dict[Any, list[int]]:
