@@ -29,7 +29,6 @@ class StoreFailure(Exception):
 
     def __init__(self, uri: str, cause: str):
         super().__init__(f"the tracking store {uri} failed: {cause}")
-        self.uri, self.cause = uri, cause
 
 
 class RunFailed(RuntimeError):

@@ -12,30 +12,27 @@ from typing import Any, Callable
 PR_SET_PDEATHSIG = 1
 
 
-def pid_alive(pid: str | int | None) -> bool:
-    """Whether a process with this pid runs on this host (a zombie does not count)."""
-    pid = str(pid or "")
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not running anything
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def is_orphan(host: str | None, pid: str | int | None) -> bool:
-    """True when (host, pid) names a process of this host that is gone.
+    """True when (host, pid) names a process of this host that is gone (a zombie counts as gone).
 
     A record without a host is taken as this host's (older records carried only a pid).
     """
-    return (host or socket.gethostname()) == socket.gethostname() and not pid_alive(pid)
+    if (host or socket.gethostname()) != socket.gethostname():
+        return False
+    pid = str(pid or "")
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not running anything
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def death_signal() -> Callable[[], Any] | None:

@@ -49,9 +49,9 @@ def setting_styles(settings: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
     return styles
 
 
-def epoch_mean_std(seeds: Sequence[Sequence[float]]):
-    """Per epoch (from 1): ``(epochs, mean, std, count)`` over the seeds that reached it (NaN is
-    missing), as numpy arrays; ``std`` is the sample std, NaN below two seeds."""
+def _band(ax: "Axes", seeds: Sequence[Sequence[float]], alpha: float = 0.2, **style: Any) -> None:
+    """Mean over the seeds that reached each epoch (from 1), shaded ± the sample std where at least
+    two did."""
     import numpy as np
 
     seeds = [s for s in seeds if len(s)]
@@ -59,15 +59,11 @@ def epoch_mean_std(seeds: Sequence[Sequence[float]]):
     for i, s in enumerate(seeds):
         grid[i, : len(s)] = np.asarray(s, dtype=float)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch with no seed, or one: NaN, as documented
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch with no seed, or one: NaN
         mean, std = np.nanmean(grid, axis=0), np.nanstd(grid, axis=0, ddof=1)
-    return np.arange(1, grid.shape[1] + 1), mean, std, (~np.isnan(grid)).sum(axis=0)
-
-
-def _band(ax: "Axes", seeds: Sequence[Sequence[float]], alpha: float = 0.2, **style: Any) -> None:
-    """Mean over seeds by epoch, shaded ± std where at least two seeds reached the epoch."""
-    epochs, mean, std, count = epoch_mean_std(seeds)
+    count = (~np.isnan(grid)).sum(axis=0)
     if count.any():
+        epochs = np.arange(1, grid.shape[1] + 1)
         (line,) = ax.plot(epochs, mean, **style)
         ax.fill_between(epochs, mean - std, mean + std, where=count > 1, color=line.get_color(), alpha=alpha,
                         linewidth=0)
@@ -93,7 +89,9 @@ def metric_by_axis(result: CompareResult, metric: str | None, axis: str, *, inte
     lows, highs = [], []
     for i, (key, mine) in enumerate(series.items()):
         pos = [xs.index(value_text(r.group[axis])) + (i - (len(series) - 1) / 2) * width for r in mine]
-        errors = [_error_bar(r, interval) for r in mine]
+        # (below, above) the mean: the std or the CI's ends; 0 below two values
+        errors = [(0.0, 0.0) if r.stats.n < 2 else (r.std, r.std) if interval == "std"
+                  else (r.mean - r.ci_low, r.ci_high - r.mean) for r in mine]
         lows += [r.mean - below for r, (below, _) in zip(mine, errors)]
         highs += [r.mean + above for r, (_, above) in zip(mine, errors)]
         bars = ax.bar(pos, [r.mean for r in mine], width * 0.95, yerr=list(zip(*errors)), capsize=3,
@@ -117,15 +115,6 @@ def metric_by_axis(result: CompareResult, metric: str | None, axis: str, *, inte
         ax.legend(title=", ".join(short_name(k) for k in others), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return fig
-
-
-def _error_bar(row: CompareRow, interval: str) -> tuple[float, float]:
-    """(below, above) the mean: the std or the CI's ends; 0 below two values."""
-    if row.stats.n < 2:
-        return 0.0, 0.0
-    if interval == "std":
-        return row.std, row.std
-    return row.mean - row.ci_low, row.ci_high - row.mean
 
 
 def val_curves(settings: Sequence["SettingCurves"], name: str, key: str | None = None) -> "Figure":

@@ -16,7 +16,6 @@ SPLITS = ("train", "val", "valid", "validation", "dev", "test")  # in the table'
 SCORE_TITLES = {"acc": "Accuracy", "f1_micro": "F1 micro", "f1_macro": "F1 macro"}
 VALIDATION = ("val", "valid", "validation", "dev")
 LOSS = "loss"
-TRAIN = "train"
 QUANTILE = re.compile(r"feat_q(\d{2})")
 MAX_OTHER_PANELS = 2  # curves of other step metrics, when none is a loss or a split's score
 
@@ -96,7 +95,7 @@ def curve_panels(keys: Sequence[str]) -> tuple[Panel, ...]:
 
     losses = sorted((k for k in keys if parsed[k][1] == LOSS), key=order)
     scored = [k for k in keys if parsed[k][0] is not None and parsed[k][1] != LOSS]
-    held_out = [k for k in scored if parsed[k][0] != TRAIN] or scored
+    held_out = [k for k in scored if parsed[k][0] != "train"] or scored
     panels = []
     if losses:
         panels.append(Panel(LOSS, LOSS, tuple((k, f"{parsed[k][0]} loss" if parsed[k][0] else bare_name(k))

@@ -7,7 +7,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
-from orchestrator.analyze.render import github_table, render
+from orchestrator.analyze.render import render, table_text
 from orchestrator.analyze.results import CompareResult
 from orchestrator.store.schema import ExpectedPoint, Status, TrialState
 
@@ -26,14 +26,6 @@ def run_link(experiment_id: str, run_id: str) -> str:
 
 def _values(points: Sequence[ExpectedPoint], key: str) -> list[str]:
     return list(dict.fromkeys(value_text(p.point[key]) for p in points if key in p.point))
-
-
-def _param(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else value_text(value)
-
-
-def _artifacts(paths: Sequence[str]) -> str:
-    return ", ".join(f"`{p}`" for p in paths)
 
 
 def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequence[Any],
@@ -58,21 +50,13 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
         better = "higher" if result.direction == "max" else "lower"
         lines += [f"**{metric}** over seeds ({better} is better; n = finished / expected):", "",
                   render(result, "markdown").rstrip(), ""]
-        best = _best_sample(result)
-        if best is not None:
-            lines.append(f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
-                         f"({metric} {best.value:.4f})")
-            lines.append("")
-    lines.append(f"Artifacts: {_artifacts(artifacts)}")
+        samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
+        if samples:
+            best = (max if result.direction == "max" else min)(samples, key=lambda s: s.value)
+            lines += [f"Best run: [{best.run_name}]({run_link(experiment_id, best.run_id)}) "
+                      f"({metric} {best.value:.4f})", ""]
+    lines.append("Artifacts: " + ", ".join(f"`{p}`" for p in artifacts))
     return "\n".join(lines) + "\n"
-
-
-def _best_sample(result: CompareResult):
-    samples = [s for row in result.rows for s in row.samples if math.isfinite(s.value)]
-    if not samples:
-        return None
-    pick = max if result.direction == "max" else min
-    return pick(samples, key=lambda s: s.value)
 
 
 def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, counts: Mapping[str, int],
@@ -87,8 +71,8 @@ def tune_note(*, study: str, experiment_id: str, metric: str, direction: str, co
     else:
         link = (f"[trial {best['number']}]({run_link(experiment_id, best['run_id'])})" if best.get("run_id")
                 else f"trial {best['number']}")
+        params = [[f"`{k}`", f"{v:.4g}" if isinstance(v, float) else value_text(v)] for k, v in best["params"].items()]
         lines += [f"Best: {link}, {metric} **{best['value']:.4f}**", "",
-                  github_table(["parameter", "best value"],
-                               [[f"`{k}`", _param(v)] for k, v in best["params"].items()]).rstrip()]
-    lines += ["", f"Artifacts: {_artifacts(artifacts)}"]
+                  table_text(["parameter", "best value"], params, "markdown").rstrip()]
+    lines += ["", "Artifacts: " + ", ".join(f"`{p}`" for p in artifacts)]
     return "\n".join(lines) + "\n"

@@ -27,9 +27,7 @@ class Outcome:
 
 def value_text(value: Any) -> str:
     """A grouping value as MLflow stores a param; ``?`` when absent."""
-    if value is None:
-        return "?"
-    return value if isinstance(value, str) else str(value)
+    return "?" if value is None else str(value)
 
 
 def short_name(key: str) -> str:
@@ -57,11 +55,6 @@ def is_result(record: RunRecord) -> bool:
     return is_finished_result(record.status, record.tags)
 
 
-def select_finished(records: Iterable[RunRecord]) -> list[RunRecord]:
-    """Finished, non-pruned records, one per run key (the latest start wins)."""
-    return list(_latest_by_key(r for r in records if is_result(r)).values())
-
-
 def _latest_by_key(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
     latest: dict[str, RunRecord] = {}
     for rec in records:
@@ -74,11 +67,6 @@ def _latest_by_key(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
 def is_summary(record: RunRecord, key: str) -> bool:
     """A metric logged once (step 0), not a system metric."""
     return record.steps.get(key, 0) == 0 and not key.startswith(SYSTEM_PREFIX)
-
-
-def summary_metric_names(records: Iterable[RunRecord]) -> list[str]:
-    """The finished runs' summary metrics, sorted."""
-    return sorted({k for r in records if is_result(r) for k in r.metrics if is_summary(r, k)})
 
 
 def step_metric_names(records: Iterable[RunRecord]) -> list[str]:
@@ -124,16 +112,10 @@ class Unit:
         return Outcome.OPEN
 
 
-@dataclass(frozen=True)
-class Matched:
-    """Records matched to a grid: one unit per run key, in grid order."""
-
-    units: tuple[Unit, ...]
-    axes: tuple[str, ...]  # the setting's keys (no seed), in grid order
-
-
-def match_units(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> Matched:
-    """Match records to the grid's points by run key (pruned trials and records off the grid dropped)."""
+def match_units(records: Iterable[RunRecord],
+                expected: Sequence[ExpectedPoint]) -> tuple[tuple[Unit, ...], tuple[str, ...]]:
+    """(one unit per run key, the setting's keys without the seed), both in grid order: records matched
+    to the grid's points by run key (pruned trials and records off the grid dropped)."""
     by_key: dict[str, ExpectedPoint] = {}
     axes: dict[str, None] = {}
     for ep in expected:
@@ -144,22 +126,20 @@ def match_units(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint])
     latest = _latest_by_key(on_grid)
     finished = _latest_by_key(r for r in on_grid if is_result(r))
     units = tuple(Unit(ep, finished.get(k), latest.get(k)) for k, ep in by_key.items())
-    return Matched(units, tuple(axes))
+    return units, tuple(axes)
 
 
 def summary_rows(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[dict[str, Any]]:
     """summary.csv: per grid point ``name``, its keys, the latest record's ``status`` (or
     ``"missing"``) and ``run_id``, then every summary metric; every row has the same keys."""
-    units = match_units(records, expected).units
+    units, _ = match_units(records, expected)
     metric_names = sorted({m for u in units if u.latest is not None for m in u.latest.metrics if "/" not in m})
     point_keys = list(dict.fromkeys(k for u in units for k in u.expected.point))
     rows = []
     for u in units:
         rec = u.latest
-        row: dict[str, Any] = {"name": u.expected.name}
-        row.update({k: u.expected.point.get(k) for k in point_keys})
-        row["status"] = rec.status if rec is not None else "missing"
-        row["run_id"] = rec.run_id if rec is not None else None
-        row.update({m: (rec.metrics.get(m) if rec is not None else None) for m in metric_names})
-        rows.append(row)
+        rows.append({"name": u.expected.name, **{k: u.expected.point.get(k) for k in point_keys},
+                     "status": rec.status if rec is not None else "missing",
+                     "run_id": rec.run_id if rec is not None else None,
+                     **{m: rec.metrics.get(m) if rec is not None else None for m in metric_names}})
     return rows

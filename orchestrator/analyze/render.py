@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.analyze.layout import score_title
 from orchestrator.analyze.records import RunRecord, short_name, short_names, value_text
-from orchestrator.analyze.results import CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats, report_stats
+from orchestrator.analyze.results import (CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats,
+                                          report_stats)
 from orchestrator.analyze.stats import ALPHA, CONFIDENCE, Stats
 from orchestrator.store.schema import ExpectedPoint
 
@@ -30,8 +31,6 @@ EXTRA_SEEDS = "extra_seeds"  # only when some row got seeds from --until-separat
 EXTRA_MARK = "†"  # after n in the table: the row got seeds from --until-separated
 CI_TITLE = f"{CONFIDENCE:.0%} CI"
 LOST_TITLE = "div/fail"  # run keys that diverged / failed otherwise (records.Outcome)
-# The adjusted p's column title, and its JSON/CSV name after p_value: p_holm, p_bonferroni.
-CORRECTION_NAMES = {"holm": "Holm", "bonferroni": "Bonferroni"}
 
 
 def _num(x: float, digits: int = 4, sign: str = "") -> str:
@@ -74,16 +73,16 @@ def render(result: CompareResult, fmt: str = "table") -> str:
     if fmt == "csv":
         rows = machine_rows(result)
         fields = list(rows[0]) if rows else ["rank", *result.group_keys]
-        return _layout(fields, [[_csv_cell(r[k]) for k in fields] for r in rows], "csv")
+        return table_text(fields, [[_csv_cell(r[k]) for k in fields] for r in rows], "csv")
     if fmt not in FORMATS:
         raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     headers, body = _display_table(result)
     right = [i == 0 or i > len(result.group_keys) for i in range(len(headers))]  # rank and numbers
     if fmt == "markdown":
-        return _layout(headers, body, fmt)
+        return table_text(headers, body, fmt)
     title = f"{result.metric} ({'higher' if result.direction == 'max' else 'lower'} is better)"
     notes = "".join(f"{note}\n" for note in compare_notes(result))  # one line each, for grep
-    return f"{title}\n{_layout(headers, body, fmt, right=right)}{notes}"
+    return f"{title}\n{table_text(headers, body, fmt, right=right)}{notes}"
 
 
 def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
@@ -91,7 +90,7 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     headers = ["rank", *short_names(result.group_keys), f"{result.metric} mean ± std", "n", LOST_TITLE, CI_TITLE]
     if result.baseline_key is not None:
         headers += [f"Δ vs {short_name(result.baseline_key)}={result.baseline_value}", "pairs", f"Δ {CI_TITLE}",
-                    "p (paired t)", *([f"p ({CORRECTION_NAMES[result.correction]})"] if adjusted else []), "*"]
+                    "p (paired t)", *([f"p ({result.correction.capitalize()})"] if adjusted else []), "*"]
     body = []
     for r in result.rows:
         cells = [MISSING if r.rank is None else str(r.rank), *(value_text(r.group[k]) for k in result.group_keys),
@@ -167,7 +166,7 @@ def _correction_note(result: CompareResult) -> str:
     if CORRECTIONS[result.correction] is None:
         return (f"* = p < {ALPHA}, not corrected for {tests}: if no setting differs from the baseline, "
                 f"the chance of at least one false * grows with m (up to m × {ALPHA:.0%}).")
-    name = CORRECTION_NAMES[result.correction]
+    name = result.correction.capitalize()  # Holm, Bonferroni
     how = "Holm's step-down adjustment" if result.correction == "holm" else "Bonferroni's adjustment (p × m)"
     return (f"p ({name}): {how} over {tests} (statsmodels multipletests); * = p ({name}) < {ALPHA}: "
             f"if no setting differs from the baseline, the chance of any * is at most {ALPHA:.0%} "
@@ -213,7 +212,7 @@ def render_report(settings: Sequence[SettingStats], fmt: str = "markdown") -> st
             n = str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
             body.append([s.label if i == 0 or fmt == "csv" else "", split.split,
                          *(_mean_std(split.scores[score], 3) for score in scores), n])
-    return _layout(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(first))
+    return table_text(headers, body, fmt, right=[i >= 2 for i in range(len(headers))], group=len(first))
 
 
 def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
@@ -224,7 +223,7 @@ def _report_json(label: str, split: SplitStats) -> dict[str, Any]:
     return row
 
 
-def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
+def table_text(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
             right: Sequence[bool] = (), group: int = 0) -> str:
     """String cells in ``fmt``; ``right``: the number columns, ``group``: a rule after every that
     many rows."""
@@ -246,11 +245,6 @@ def _layout(headers: Sequence[str], body: Sequence[Sequence[str]], fmt: str, *,
         rows.append(cells)
     return tabulate(rows, headers=list(headers), tablefmt="simple_outline", disable_numparse=True,
                     colalign=["right" if r else "left" for r in right] or None) + "\n"
-
-
-def github_table(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table of string cells."""
-    return _layout(headers, body, "markdown")
 
 
 # LaTeX's special characters, and the report's two non-ASCII ones, as LaTeX source.

@@ -21,16 +21,13 @@ if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
 
 
-class NoPointsRecorded(UserError):
-    """A sweep's parent run without ``points.json``: the sweep stopped before recording its grid."""
-
-
 def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
-    """The grid points recorded on the sweep's parent run; NoPointsRecorded without them."""
+    """The grid points recorded on the sweep's parent run; UserError without them (the sweep stopped
+    before recording its grid)."""
     data = store.download_json_if_any(parent.info.run_id, Artifact.POINTS)
     if data is None:
         tags = parent.data.tags
-        raise NoPointsRecorded(
+        raise UserError(
             f"sweep {tags.get(Tag.SWEEP, '?')} ({parent.info.run_name}, parent run {parent.info.run_id}) has no "
             f"points recorded: it stopped before writing {Artifact.POINTS}; rerun `orch sweep "
             f"{tags.get(Tag.GRID_FILE, 'GRID.yaml')}` to record them, or pick another sweep with --sweep")
@@ -38,22 +35,19 @@ def sweep_points(store: "TrackingStore", parent: Any) -> list[ExpectedPoint]:
 
 
 def sweep_records(store: "TrackingStore", experiment_id: str, sweep_id: str,
-                  run_keys: Sequence[str] = ()) -> list[RunRecord]:
+                  run_keys: Sequence[str]) -> list[RunRecord]:
     """The sweep's own runs, plus the finished results of its run keys that others finished (a
     sweep skips a point finished by anyone)."""
     from orchestrator.store.tracking import to_record
 
     runs = store.sweep_children(experiment_id, sweep_id)
-    if run_keys:
-        own = {r.info.run_id for r in runs}
-        wanted = set(run_keys)
-        runs += [r for r in store.finished_runs(experiment_id)
-                 if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
+    own, wanted = {r.info.run_id for r in runs}, set(run_keys)
+    runs += [r for r in store.finished_runs(experiment_id)
+             if r.data.tags[Tag.RUN_KEY] in wanted and r.info.run_id not in own]
     return [to_record(r) for r in runs]
 
 
 def sweep_results(store: "TrackingStore", parent: Any) -> tuple[list[RunRecord], list[ExpectedPoint]]:
-    """The records and grid points of the sweep whose parent run is ``parent``."""
     points = sweep_points(store, parent)
     records = sweep_records(store, parent.info.experiment_id, parent.data.tags[Tag.SWEEP],
                             [p.run_key for p in points])

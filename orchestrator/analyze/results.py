@@ -101,9 +101,8 @@ class CompareResult:
     worst: float = math.nan  # the stand-in value with failed_as="worst"; NaN when no run has a value
     pooled_axes: tuple[str, ...] = ()  # grid axes that are not grouping keys: their runs share a row
 
-    @property
-    def baseline(self) -> str | None:
-        return None if self.baseline_key is None else f"{self.baseline_key}={self.baseline_value}"
+    baseline = property(lambda self: None if self.baseline_key is None
+                        else f"{self.baseline_key}={self.baseline_value}")
 
 
 @dataclass(frozen=True)
@@ -166,10 +165,10 @@ def compare(
     """
     _check_options(direction, top, correction, failed_as)
     records = list(records)
-    matched = match_units(records, expected)
-    _check_metric(matched.units, metric)
-    group_keys = _group_keys(group_by, matched.axes, records)
-    rows, worst = _rows(group_units(matched.units, group_keys), metric, direction, failed_as)
+    units, axes = match_units(records, expected)
+    _check_metric(units, metric)
+    group_keys = _group_keys(group_by, axes, records)
+    rows, worst = _rows(group_units(units, group_keys), metric, direction, failed_as)
     base_key, base_value = _baseline(baseline, group_keys, rows) or (None, None)
     if base_key is not None:
         rows = adjust_p_values(paired_deltas(rows, base_key, base_value), correction)
@@ -177,7 +176,7 @@ def compare(
         metric=metric, direction=direction, group_keys=group_keys, rows=tuple(rank_rows(rows, direction)[:top]),
         baseline_key=base_key, baseline_value=base_value, correction=correction,
         n_tests=sum(not math.isnan(r.p_value) for r in rows), failed_as=failed_as, worst=worst,
-        pooled_axes=tuple(a for a in matched.axes if a not in group_keys),
+        pooled_axes=tuple(a for a in axes if a not in group_keys),
     )
 
 
@@ -313,8 +312,7 @@ def rank_rows(rows: Sequence[CompareRow], direction: str) -> list[CompareRow]:
 
 def units_by_setting(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[list[Unit]]:
     """The units of each setting, in grid order (a setting's first unit is its first seed)."""
-    matched = match_units(records, expected)
-    return [units for _, units in group_units(matched.units, matched.axes)]
+    return [units for _, units in group_units(*match_units(records, expected))]
 
 
 def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]) -> list[SettingStats]:
@@ -323,9 +321,7 @@ def report_stats(records: Iterable[RunRecord], expected: Sequence[ExpectedPoint]
     split_names, scores = table_layout(records)
     out = []
     for units in units_by_setting(records, expected):
-        def stats(split: str, score: str) -> Stats:
-            return Stats(tuple(s.value for s in _samples(units, f"{split}_{score}")))
-
-        splits = tuple(SplitStats(split, {score: stats(split, score) for score in scores}) for split in split_names)
+        splits = tuple(SplitStats(split, {score: Stats(tuple(s.value for s in _samples(units, f"{split}_{score}")))
+                                          for score in scores}) for split in split_names)
         out.append(SettingStats(units[0].setting_values(), setting_label(units[0].expected), splits))
     return out

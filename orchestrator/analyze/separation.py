@@ -32,14 +32,11 @@ class Separation:
     alpha: float = ALPHA  # family-wise error over all looks and all pairs
     grid_seeds: int = 3  # the grid's seeds per setting: the first look's n
 
-    @property
-    def looks(self) -> int:
-        """L: how many seed counts a setting can hold (grid_seeds, + per_round, …, max_seeds)."""
-        return 1 + max(0, math.ceil((self.max_seeds - self.grid_seeds) / self.per_round))
+    looks = property(lambda self: 1 + max(0, math.ceil((self.max_seeds - self.grid_seeds) / self.per_round)),
+                     doc="L: how many seed counts a setting can hold (grid_seeds, + per_round, …, max_seeds).")
 
 
 def guarantee(alpha: float) -> str:
-    """The rule's promise in one line."""
     return (f"for any true means, the chance that a sweep declares some setting separated from a leader "
             f"that is not truly better than it is at most {alpha:g} (independent, roughly normal per-seed "
             f"differences)")
@@ -117,9 +114,8 @@ class Verdict:
 def decide(result: CompareResult, sep: Separation) -> Verdict:
     """:func:`separate` on a sweep's comparison (rows × seeds as values)."""
     rows = list(result.rows)
-    seeds = list(dict.fromkeys(s for r in rows for s in r.seeds))
-    column = {s: i for i, s in enumerate(seeds)}
-    values = np.full((len(rows), len(seeds)), np.nan)
+    column = {s: i for i, s in enumerate(dict.fromkeys(s for r in rows for s in r.seeds))}
+    values = np.full((len(rows), len(column)), np.nan)
     for i, row in enumerate(rows):
         for sample in row.samples:
             values[i, column[sample.seed]] = sample.value

@@ -85,6 +85,3 @@ class PairedStats(Stats):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # identical pairs: scipy warns, returns NaN
             return float(stats.ttest_rel(self.own, self.baseline).pvalue)
-
-    significant = property(lambda self: None if math.isnan(self.p_value) else bool(self.p_value < ALPHA),
-                           doc="p < :data:`ALPHA` (uncorrected); None where there is no p.")

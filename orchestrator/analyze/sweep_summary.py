@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Sequence
 from orchestrator.analyze import figures
 from orchestrator.analyze.layout import bare_name, held_out_metric, is_validation, table_layout
 from orchestrator.analyze.notes import sweep_note
-from orchestrator.analyze.records import is_result, step_metric_names, summary_metric_names, summary_rows
+from orchestrator.analyze.records import is_result, is_summary, step_metric_names, summary_rows
 from orchestrator.analyze.render import render
-from orchestrator.analyze.report import setting_curves
+from orchestrator.analyze.report import publish, setting_curves
 from orchestrator.analyze.results import CompareError, compare
 from orchestrator.store.schema import Artifact, ExpectedPoint, Tag
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 
 def entry_metric(entry) -> str | None:
-    """The entry's ``default_metric``, or None."""
     return getattr(entry, "default_metric", None) or None
 
 
@@ -32,7 +31,7 @@ def sweep_metric(records, metric: str | None = None) -> str | None:
         return metric
     finished = [r for r in records if is_result(r)]
     held_out = held_out_metric(*table_layout(finished))
-    return held_out[0] if held_out else next(iter(summary_metric_names(finished)), None)
+    return held_out[0] if held_out else min((k for r in finished for k in r.metrics if is_summary(r, k)), default=None)
 
 
 def compare_sweep(records, expected: Sequence[ExpectedPoint], metric: str | None, direction: str = "max"):
@@ -63,25 +62,18 @@ def write_summary(store: TrackingStore, parent_run_id: str, records, expected: S
         logged.append(Artifact.SUMMARY)
     result = compare_sweep(records, expected, metric)
     if result is not None:
-        logged += _summary_plots(store, parent_run_id, records, expected, axes, result, default)
-    _describe_parent(store, parent_run_id, records, expected, axes, metric, result, logged)
+        plots = {Artifact.metric_by_axis(metric, axis): figures.metric_by_axis(result, metric, axis) for axis in axes}
+        curve = curve_metric(step_metric_names(records), metric, default)
+        curves = setting_curves(store, records, expected, [curve]) if curve else []
+        if curves:
+            plots[Artifact.VAL_CURVES] = figures.val_curves(curves, bare_name(curve), curve)
+        logged += publish(store, parent_run_id, plots)
+    parent = store.get_run(parent_run_id)
+    store.set_note(parent_run_id, sweep_note(
+        name=parent.info.run_name or "", sweep_id=parent.data.tags.get(Tag.SWEEP, ""),
+        experiment_id=parent.info.experiment_id, records=records, expected=expected, axes=axes, metric=metric,
+        result=result, artifacts=logged))
     return None if result is None else render(result, "table")
-
-
-def _summary_plots(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
-                   axes: Sequence[str], result, default: str | None) -> list[str]:
-    logged, metric = [], result.metric
-    for axis in axes:
-        fig = figures.metric_by_axis(result, metric, axis)
-        store.log_figure(parent_run_id, fig, Artifact.metric_by_axis(metric, axis))
-        logged.append(Artifact.metric_by_axis(metric, axis))
-    curve = curve_metric(step_metric_names(records), metric, default)
-    curves = setting_curves(store, records, expected, [curve]) if curve else []
-    if curves:
-        fig = figures.val_curves(curves, bare_name(curve), curve)
-        store.log_figure(parent_run_id, fig, Artifact.VAL_CURVES)
-        logged.append(Artifact.VAL_CURVES)
-    return logged
 
 
 def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) -> str | None:
@@ -92,12 +84,3 @@ def curve_metric(steps: Sequence[str], metric: str, default: str | None = None) 
 
     return ((logged(metric) if is_validation(metric) else None) or logged(default)
             or next((k for k in steps if is_validation(k)), None) or next(iter(steps), None))
-
-
-def _describe_parent(store: TrackingStore, parent_run_id: str, records, expected: Sequence[ExpectedPoint],
-                     axes: Sequence[str], metric: str | None, result, artifacts: Sequence[str]) -> None:
-    parent = store.get_run(parent_run_id)
-    store.set_note(parent_run_id, sweep_note(
-        name=parent.info.run_name or "", sweep_id=parent.data.tags.get(Tag.SWEEP, ""),
-        experiment_id=parent.info.experiment_id, records=records, expected=expected, axes=axes, metric=metric,
-        result=result, artifacts=artifacts))

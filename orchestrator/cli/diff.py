@@ -14,8 +14,6 @@ from orchestrator.errors import UserError
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
 
-RUN_ID = re.compile(r"[0-9a-f]+")  # MLflow's run ids are 32 hex digits; a prefix of one is searched for
-
 
 @click.command("diff")
 @click.argument("run_a")
@@ -46,7 +44,7 @@ def find_run(store: TrackingStore, given: str) -> str:
     from mlflow.exceptions import MlflowException
 
     given = given.strip().lower()
-    if not RUN_ID.fullmatch(given):
+    if not re.fullmatch(r"[0-9a-f]+", given):  # MLflow's run ids are 32 hex digits; a prefix is searched for
         raise UserError(f"{given!r} is not a run id (hex digits); copy one from the run's page (orch ui)")
     try:
         return store.get_run(given).info.run_id

@@ -20,8 +20,6 @@ from orchestrator.grid.names import format_value
 if TYPE_CHECKING:
     from orchestrator.grid.load import SweepSpec
 
-__all__ = ["DryRun", "print_dry_run", "read_states"]
-
 STATES = ("done", "pending", "failed", "unknown")  # unknown: the store could not be read
 SHOW_ALL = 20  # a grid of at most this many points shows every row
 HEAD = TAIL = 5  # a larger one: its first and last rows
@@ -38,14 +36,11 @@ class DryRun:
     store: str  # "read", "absent" (no store yet: nothing done) or "unreadable"
     states: tuple[str, ...]  # per run, in order: one of STATES
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return (*self.spec.axes, "seed")
+    columns = property(lambda self: (*self.spec.axes, "seed"))
 
     def counts(self, indices: Sequence[int] | None = None) -> dict[str, int]:
         """How many of the runs (all, or those at ``indices``) are in each state."""
-        states = self.states if indices is None else [self.states[i] for i in indices]
-        found = collections.Counter(states)
+        found = collections.Counter(self.states if indices is None else [self.states[i] for i in indices])
         return {state: found[state] for state in STATES}
 
     def by_value(self, axis: str) -> dict[Any, list[int]]:
@@ -58,44 +53,29 @@ class DryRun:
         return groups
 
 
-def read_states(spec: SweepSpec, uri: str) -> DryRun:
-    """The grid's runs with their states in the store at ``uri`` (see :mod:`orchestrator.store.peek`)."""
+def print_dry_run(spec: SweepSpec, uri: str, *, fmt: str = "table", every_row: bool = False) -> None:
+    """The grid's runs with their states in the store at ``uri`` (see :mod:`orchestrator.store.peek`).
+    ``fmt`` table: the summary, with every row when ``every_row`` or the grid is small; json or csv:
+    every point, for scripts."""
     from orchestrator.store import peek
 
     known = peek.run_key_states(uri, spec.name)
     if known is None:
-        return DryRun(spec, uri, "unreadable", ("unknown",) * len(spec.runs))
-    store = "read" if peek.exists(uri) else "absent"
-    return DryRun(spec, uri, store, tuple(known.get(r.run_key, "pending") for r in spec.runs))
-
-
-def print_dry_run(spec: SweepSpec, uri: str, *, fmt: str = "table", every_row: bool = False) -> None:
-    """``fmt`` table: the summary, with every row when ``every_row`` or the grid is small; json
-    or csv: every point, for scripts."""
-    plan = read_states(spec, uri)
+        plan = DryRun(spec, uri, "unreadable", ("unknown",) * len(spec.runs))
+    else:
+        store = "read" if peek.exists(uri) else "absent"
+        plan = DryRun(spec, uri, store, tuple(known.get(r.run_key, "pending") for r in spec.runs))
     if fmt == "json":
-        click.echo(json_text(as_json(plan)))
+        click.echo(as_json(plan))
     elif fmt == "csv":
         click.echo(as_csv(plan), nl=False)
     else:
-        click.echo(as_text(plan, every_row=every_row or len(spec.runs) <= SHOW_ALL))
-
-
-# ---------------------------------------------------------------- text
-
-
-def as_text(plan: DryRun, *, every_row: bool) -> str:
-    spec = plan.spec
-    n, seeds = len(spec.runs), len(spec.seeds)
-    lines = [f"{spec.name} [{spec.sweep_id}]  {spec.path}",
-             f"{n:,} points = {n // seeds:,} setting{'s' if n // seeds != 1 else ''} × {seeds} "
-             f"seed{'s' if seeds != 1 else ''}", "", "points per axis value:"]
-    lines += _axis_table(plan)
-    lines += ["", *_point_table(plan, every_row), _totals(plan)]
-    missing = _missing_data_root(spec)
-    if missing:
-        lines.append(f"note: {missing}")
-    return "\n".join(lines)
+        n, seeds = len(spec.runs), len(spec.seeds)
+        click.echo("\n".join([f"{spec.name} [{spec.sweep_id}]  {spec.path}",
+                              f"{n:,} points = {n // seeds:,} setting{'s' if n // seeds != 1 else ''} × {seeds} "
+                              f"seed{'s' if seeds != 1 else ''}", "", "points per axis value:", *_axis_table(plan),
+                              "", *_point_table(plan, every_row or n <= SHOW_ALL), _totals(plan),
+                              *_missing_data_root(spec)]))
 
 
 def _axis_table(plan: DryRun) -> list[str]:
@@ -151,41 +131,35 @@ def _aligned(rows: list[list[str]], right: Sequence[int], indent: str = "") -> l
     return lines
 
 
-def _missing_data_root(spec: SweepSpec) -> str | None:
-    """What a real run would stop on that the dry run does not check (a missing dataset root);
-    checked once per setting: seeds do not change it."""
+def _missing_data_root(spec: SweepSpec) -> list[str]:
+    """A note on what a real run would stop on that the dry run does not check (a missing dataset
+    root); checked once per setting: seeds do not change it."""
     from experiments.errors import ConfigError
 
     for config in {r.setting: r.config for r in spec.runs}.values():
         try:
             spec.entry.check(config, True)
         except ConfigError as err:
-            return f"a real run would stop here: {err}"
-    return None
+            return [f"note: a real run would stop here: {err}"]
+    return []
 
 
-# ---------------------------------------------------------------- json, csv
-
-
-def as_json(plan: DryRun) -> dict[str, Any]:
-    """The summary and every point; values as the grid gives them (a list for a tuple)."""
+def as_json(plan: DryRun) -> str:
+    """The summary and every point, indented, but each point on one line: 10,000 of them read (and
+    print) well; values as the grid gives them (a list for a tuple)."""
     spec = plan.spec
-    axes = {axis: [{**({"unset": True} if value is _UNSET else {"value": _plain(value)}), "points": len(indices),
+    axes = {axis: [{**({"unset": True} if value is _UNSET else {"value": value}), "points": len(indices),
                     **plan.counts(indices)} for value, indices in plan.by_value(axis).items()]
             for axis in plan.columns}
     summary = {"points": len(spec.runs), "settings": len(spec.runs) // len(spec.seeds), "seeds": list(spec.seeds),
                **plan.counts(), "axes": axes}
     points = [{"index": r.index, "name": r.name, "run_key": r.run_key, "setting": r.setting, "seed": r.point["seed"],
-               "state": state, "values": {a: _plain(r.point[a]) for a in spec.axes if a in r.point}}
+               "state": state, "values": {a: r.point[a] for a in spec.axes if a in r.point}}
               for r, state in zip(spec.runs, plan.states)]
-    return {"name": spec.name, "sweep_id": spec.sweep_id, "grid": spec.path,
-            "store": {"uri": plan.uri, "state": plan.store}, "summary": summary, "points": points}
-
-
-def json_text(doc: dict[str, Any]) -> str:
-    """``doc`` indented, but each of its points on one line: 10,000 of them read (and print) well."""
-    head = json.dumps({**doc, "points": []}, indent=2).removesuffix("[]\n}")  # the points go last
-    body = ",\n".join(f"    {json.dumps(point)}" for point in doc["points"])
+    head = json.dumps({"name": spec.name, "sweep_id": spec.sweep_id, "grid": spec.path,
+                       "store": {"uri": plan.uri, "state": plan.store}, "summary": summary, "points": []},
+                      indent=2).removesuffix("[]\n}")  # the points go last
+    body = ",\n".join(f"    {json.dumps(point)}" for point in points)
     return f"{head}[\n{body}\n  ]\n}}"
 
 
@@ -203,8 +177,4 @@ def as_csv(plan: DryRun) -> str:
 
 def _cell(point: dict[str, Any], key: str) -> str:
     return format_value(point[key]) if key in point else ""
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 

@@ -8,10 +8,9 @@ WARNING with ``--quiet``) print on stderr as bare lines for the length of a comm
 
 from __future__ import annotations
 
-import os
-
 import functools
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,10 +23,7 @@ from orchestrator.errors import ExitCode, StoreFailure, UserError
 if TYPE_CHECKING:
     from orchestrator.store.tracking import TrackingStore
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@click.group("orch", context_settings=CONTEXT)
+@click.group("orch", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="orch")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for input errors.")
 @click.pass_context
@@ -62,13 +58,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as err:
+        except (UserError, StoreFailure) as err:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
-            raise BadInput(str(err)) from None
-        except StoreFailure as err:  # the store failed mid-command; the next invocation repairs
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
+            if isinstance(err, UserError):
+                raise BadInput(str(err)) from None
             click.echo(f"error: {err}; fix the store and run the command again", err=True)
             sys.exit(ExitCode.FAILED)
         except KeyboardInterrupt:  # Ctrl-C before any run exists (reading, validating, opening the store)
@@ -96,15 +90,6 @@ def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str
     if problem:
         raise BadInput(f"--experiment {shown_name(value)} {problem}")
     return value
-
-
-def check_device(device: str) -> None:
-    """``--device cuda`` on a machine without a visible GPU is a usage mistake (imports torch)."""
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
 
 
 def use_device(device: str) -> None:
@@ -158,8 +143,7 @@ def quiet_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 def split_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:  # noqa: ARG001
     """``--gpus 0,1`` -> ["0", "1"]; None when not given (every visible GPU)."""
-    gpus = [g.strip() for g in value.split(",") if g.strip()] if value else []
-    return gpus or None
+    return ([g.strip() for g in value.split(",") if g.strip()] or None) if value else None
 
 
 def slot_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 from orchestrator.cli import diff, output, results, run, sweep, tune, worker
 from orchestrator.cli.group import cli
 
-__all__ = ["cli", "main"]
-
 for command in (run.run_cmd, sweep.sweep_cmd, tune.tune_cmd, worker.worker_cmd,
                 results.status_cmd, results.compare_cmd, results.report_cmd, results.ui_cmd, diff.diff_cmd):
     cli.add_command(command)
@@ -17,7 +15,3 @@ def main() -> None:
     """The ``orch`` console script (and ``python -m orchestrator``)."""
     output.guard()  # a closed pipe or terminal must not end a command half-way through its records
     cli(prog_name="orch")
-
-
-if __name__ == "__main__":
-    main()

@@ -14,17 +14,12 @@ import os
 import sys
 from typing import Any, Iterator, TextIO
 
-from orchestrator.execute.stop import ignore_hangup  # the commands import it from here
-
-__all__ = ["guard", "ignore_hangup", "logging_to_stderr"]
-
 
 class _Guarded:
     """A text stream whose failed writes are dropped, and every later one with them."""
 
     def __init__(self, stream: TextIO):
         self._stream = stream
-        self.closed_reader = False  # a write failed: the reader has gone
 
     def write(self, text: str) -> int:
         try:
@@ -41,7 +36,6 @@ class _Guarded:
 
     def _drop(self) -> None:
         """Point the descriptor at /dev/null: what is still buffered, and all that follows, goes there."""
-        self.closed_reader = True
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             try:

@@ -6,6 +6,7 @@ None of them creates a store; each names the sweep it reads with ``--experiment`
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 from typing import Any, Sequence
@@ -23,8 +24,10 @@ sweep_option = click.option("--sweep", default="latest", show_default=True,
                             help="Sweep id (a prefix is enough) or 'latest'.")
 
 
-def resolve_sweep(store, experiment: str | None, sweep: str):
-    """(experiment id, parent run) for --experiment/--sweep, with messages listing what exists."""
+def open_sweep(tracking_uri: str | None, experiment: str | None, sweep: str):
+    """The store (never created) and the parent run of the sweep --experiment/--sweep name, with
+    messages listing what exists."""
+    store = open_store(tracking_uri, write=False)
     if experiment:
         exp_id = store.experiment_id(experiment)
         if exp_id is None:
@@ -38,10 +41,10 @@ def resolve_sweep(store, experiment: str | None, sweep: str):
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")
     if sweep in ("latest", None):
-        return parents[0].info.experiment_id, parents[0]
+        return store, parents[0]
     matches = [p for p in parents if p.data.tags.get(Tag.SWEEP, "").startswith(sweep)]
     if len(matches) == 1 and sweep:
-        return matches[0].info.experiment_id, matches[0]
+        return store, matches[0]
     if not matches:
         raise BadInput(f"no sweep {sweep!r}; sweeps: {_sweep_list(parents)}")
     raise BadInput(f"--sweep {sweep!r} matches {len(matches)} sweeps: {_sweep_list(matches)}; "
@@ -54,52 +57,13 @@ def _sweep_list(parents, limit: int = 20) -> str:
     return shown + (f", … ({len(parents) - limit} more)" if len(parents) > limit else "")
 
 
-def _console(width: int):
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else width)
-
-
 def _table(columns: Sequence[str], rows) -> Any:
     from rich.table import Table
 
-    table = Table(show_header=True)
-    for column in columns:
-        table.add_column(column)
+    table = Table(*columns)
     for row in rows:
         table.add_row(*row)
     return table
-
-
-def print_queue_status(rows: Sequence[dict[str, Any]], where: str) -> None:
-    """Per queued sweep: counts, then the running points (worker, since) and the failed ones."""
-    console = _console(160)
-    if not rows:
-        console.print(f"no queued sweeps in {where}")
-        return
-    for row in rows:
-        running, failed = row["running"], row["failed"]
-        done = row["points"] - row["pending"] - len(running) - len(failed)
-        console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
-                      f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
-        if running or failed:
-            console.print(_table(("point", "state", "worker / reason", "since"), [
-                *((name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
-                  for name, who, since in running),
-                *((name, "failed", reason, "") for name, reason in failed)]))
-
-
-def print_sweep_status(rows: Sequence[dict[str, Any]], parent: Any) -> None:
-    """A sweep's points: MLflow status, Slurm job (array task) and its state in squeue."""
-    console = _console(200)
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    tags = parent.data.tags
-    console.print(f"[bold]{parent.info.run_name}[/bold] [{tags.get(Tag.SWEEP, '')}]  parent {parent.info.status}  "
-                  f"points {len(rows)}: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    console.print(_table(("point", "status", "slurm job", "slurm state", "run", "reason"),
-                         [(r["name"], r["status"], r["job"], r["slurm"], r["run_id"], r["reason"][:80]) for r in rows]))
 
 
 @click.command("status")
@@ -116,6 +80,8 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
     status and its Slurm job (array task) and state; a Slurm sweep whose jobs have all
     ended but which nobody closed gets its summary written and its parent run closed.
     """
+    from rich.console import Console
+
     if storage:
         from orchestrator.launch import queue
         from orchestrator.store import optuna_storage as storage_mod
@@ -123,19 +89,36 @@ def status_cmd(storage: str | None, sweep: str | None, experiment: str | None, t
 
         url = storage_mod.check(storage)
         db = sqlite_path(url)
-        if db is not None and not db.exists():  # reading never creates a queue
-            print_queue_status([], storage_mod.redact(url))
-            return
-        if sweep is not None:
+        exists = db is None or db.exists()  # reading never creates a queue
+        if sweep is not None and exists:
             one_queued_sweep(sweep, queue.queued_sweeps(url))
-        print_queue_status(queue.status_rows(url, sweep), storage_mod.redact(url))
+        rows = queue.status_rows(url, sweep) if exists else []
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        if not rows:
+            console.print(f"no queued sweeps in {storage_mod.redact(url)}")
+        for row in rows:  # counts, then the running points (worker, since) and the failed ones
+            running, failed = row["running"], row["failed"]
+            done = row["points"] - row["pending"] - len(running) - len(failed)
+            console.print(f"[bold]{row['name']}[/bold] [{row['sweep']}]  points {row['points']}: "
+                          f"pending {row['pending']}  running {len(running)}  done {done}  failed {len(failed)}")
+            if running or failed:
+                console.print(_table(("point", "state", "worker / reason", "since"), [
+                    *((name, "running", who, since.strftime("%Y-%m-%d %H:%M:%S") if since else "")
+                      for name, who, since in running),
+                    *((name, "failed", reason, "") for name, reason in failed)]))
         return
     from orchestrator.launch.slurm_sweep import status_rows
 
-    store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, "latest" if sweep is None else sweep)
+    # the points: MLflow status, Slurm job (array task) and its state in squeue
+    store, parent = open_sweep(tracking_uri, experiment, "latest" if sweep is None else sweep)
     rows, closed = status_rows(store, parent)
-    print_sweep_status(rows, parent)
+    counts = collections.Counter(row["status"] for row in rows)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(f"[bold]{parent.info.run_name}[/bold] [{parent.data.tags.get(Tag.SWEEP, '')}]  parent "
+                  f"{parent.info.status}  points {len(rows)}: "
+                  + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    console.print(_table(("point", "status", "slurm job", "slurm state", "run", "reason"),
+                         [(r["name"], r["status"], r["job"], r["slurm"], r["run_id"], r["reason"][:80]) for r in rows]))
     if closed:
         log.info(closed)
 
@@ -180,8 +163,7 @@ def compare_cmd(experiment: str | None, sweep: str, metric: str, group_by: str |
     from orchestrator.analyze.report import sweep_results
     from orchestrator.analyze.results import compare
 
-    store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, sweep)
+    store, parent = open_sweep(tracking_uri, experiment, sweep)
     records, expected = sweep_results(store, parent)
     keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
     result = compare(records, expected, metric, group_by=keys, direction=direction,
@@ -223,8 +205,7 @@ def report_cmd(experiment: str | None, sweep: str, fmt: str, out_dir: str | None
 
     if out_dir is not None and no_figures:
         raise BadInput("--out writes the figures and --no-figures draws none; drop one of them")
-    store = open_store(tracking_uri, write=False)
-    _, parent = resolve_sweep(store, experiment, sweep)
+    store, parent = open_sweep(tracking_uri, experiment, sweep)
     records, expected = study_report.sweep_results(store, parent)
     click.echo(report(records, expected, fmt=fmt))
     if no_figures:
@@ -251,6 +232,7 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
     store. Exit codes: 130 Ctrl-C, 143 SIGTERM, 1 the server stopped by itself, 2 no store
     or the port is taken.
     """
+    from orchestrator.cli.ui import open_browser, serve
     from orchestrator.store.uri import check_reachable, check_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -258,13 +240,8 @@ def ui_cmd(host: str, port: int, open_it: bool, tracking_uri: str | None) -> Non
         check_reachable(uri)
         log.info("%s is a tracking server: open it in a browser.", uri)
         click.echo(uri)
-        if open_it:
-            from orchestrator.cli.ui import open_browser
-
-            if not open_browser(uri):
-                log.warning("no browser found on this machine; open the URL above in yours")
+        if open_it and not open_browser(uri):
+            log.warning("no browser found on this machine; open the URL above in yours")
         return
     check_store(uri, write=False)  # `mlflow ui` would create a missing store
-    from orchestrator.cli.ui import serve
-
     sys.exit(serve(uri, host, port, open_it=open_it))

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from orchestrator.cli.group import (BadInput, check_device, check_experiment_name, use_device, device_option, handle_errors,
-                                    open_store, quiet_option, set_option, tracking_uri_option)
+from orchestrator.cli.group import (BadInput, check_experiment_name, device_option, handle_errors, open_store,
+                                    quiet_option, set_option, tracking_uri_option, use_device)
 from orchestrator.errors import ExitCode
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,11 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
     `orch run --resume RUN_ID` continues it exactly where it stopped. Exit codes: 0
     finished, 1 failed (recorded FAILED), 2 bad input, 130 Ctrl-C, 143 SIGTERM.
     """
-    from orchestrator.cli.output import ignore_hangup
-
+    from orchestrator.execute import stop
+    from orchestrator.grid import names
     from orchestrator.grid.entry import resolve_entry
 
-    ignore_hangup()
+    stop.ignore_hangup()
     entry = resolve_entry()  # orch run trains the built-in study; a grid names other entries
     store = open_store(tracking_uri)
     if resume_run:
@@ -52,16 +52,16 @@ def run_cmd(config_file: str | None, overrides: tuple[str, ...], tracking_uri: s
         cfg, experiment, run_name = resumed_config(store, resume_run, entry)
     else:
         cfg = entry.load_config(config_file, overrides)
-    check_device(device)
-    use_device(device)
+    if device == "cuda":  # on a machine without a visible GPU: a usage mistake
+        import torch
 
-    from orchestrator.execute import stop
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+    use_device(device)
     from orchestrator.execute.runner import run_tracked, summary_line
 
     exp_id = store.ensure_experiment(experiment)
     if run_name is None:  # the entry names a lone run by its headline keys, e.g. gn-bs8-s0
-        from orchestrator.grid import names
-
         params = entry.params(cfg)
         run_name = names.run_name({k: params[k] for k in (*entry.headline_keys, "seed")}, entry)
     with stop.handling() as flag:

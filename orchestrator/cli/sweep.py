@@ -7,9 +7,8 @@ The points run on this machine's slots (the default), go on the PostgreSQL queue
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,27 +22,6 @@ if TYPE_CHECKING:
 # --slurm keys orch reads itself (checks the partition and time; array-parallelism and logs are its own); the
 # other keys are sbatch options, passed on as given
 SLURM_OWN_KEYS = ("partition", "time", "array-parallelism", "logs")
-
-
-def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[..., Any]]):
-    """Options whose values reach the command as one dict ``name`` (parameter name -> value)."""
-    def probe() -> None: ...
-
-    for decorate in decorators:
-        probe = decorate(probe)
-    names = [param.name for param in probe.__click_params__]
-
-    def decorate_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def command(*args: Any, **kwargs: Any) -> Any:
-            kwargs[name] = {key: kwargs.pop(key) for key in names}
-            return fn(*args, **kwargs)
-
-        for decorate in reversed(decorators):
-            command = decorate(command)
-        return command
-
-    return decorate_command
 
 
 @click.command("sweep")
@@ -60,39 +38,37 @@ def grouped(name: str, *decorators: Callable[[Callable[..., Any]], Callable[...,
 @click.option("--metric", default=None, help="Metric of the closing table (default: the entry's default metric, e.g. "
                                              "the built-in study's val_f1_macro, else the first summary metric of "
                                              "the runs).")
-@grouped(
-    "launch", slot_options, device_option,
-    click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure."),
-    click.option("--storage", default=None, metavar="URL",
-                 help="Queue the points in this database (postgresql://…) for `orch worker`s and return."),
-    click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-                 help="Run the points here, or submit them as a Slurm job array."),
-    click.option("--slurm", multiple=True, metavar="KEY=VALUE",
-                 help="[slurm] An sbatch option (partition=gpu, time=2:00:00, gpus-per-task=1, mem=32G, "
-                      "account=lab, …), or orch's array-parallelism=K (tasks at once) or logs=DIR."),
-    click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
-                 help="[slurm] The nodes reach the store as given, though it looks local."))
-@grouped(
-    "separation",
-    click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
-                 help="Add seeds where settings are not yet separated on METRIC (docs/how-to/seeds.md says how "
-                      "and what it guarantees)."),
-    click.option("--max-seeds", type=click.IntRange(min=2), default=10, metavar="N",
-                 help="[separation] Seeds per setting at most (10)."),
-    click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, metavar="N",
-                 help="[separation] Seeds added per round (2)."),
-    click.option("--separation-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
-                 metavar="A", help="[separation] Chance of any false separation (0.05)."),
-    click.option("--direction", type=click.Choice(["max", "min"]), default="max",
-                 help="[separation] Which end of METRIC is best (max)."),
-    click.option("--confirm", type=click.IntRange(min=1), default=None, metavar="N",
-                 help="Rerun an --until-separated sweep's leader and close rivals on N fresh seeds."))
+@slot_options
+@device_option
+@click.option("--fail-fast", is_flag=True, help="Start no new point after the first failure.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Queue the points in this database (postgresql://…) for `orch worker`s and return.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Run the points here, or submit them as a Slurm job array.")
+@click.option("--slurm", multiple=True, metavar="KEY=VALUE",
+              help="[slurm] An sbatch option (partition=gpu, time=2:00:00, gpus-per-task=1, mem=32G, "
+                   "account=lab, …), or orch's array-parallelism=K (tasks at once) or logs=DIR.")
+@click.option("--store-is-shared", is_flag=True, envvar="ORCH_STORE_IS_SHARED",
+              help="[slurm] The nodes reach the store as given, though it looks local.")
+@click.option("--until-separated", "until_metric", default=None, metavar="METRIC",
+              help="Add seeds where settings are not yet separated on METRIC (docs/how-to/seeds.md says how "
+                   "and what it guarantees).")
+@click.option("--max-seeds", type=click.IntRange(min=2), default=10, metavar="N",
+              help="[separation] Seeds per setting at most (10).")
+@click.option("--seeds-per-round", type=click.IntRange(min=1), default=2, metavar="N",
+              help="[separation] Seeds added per round (2).")
+@click.option("--separation-alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              metavar="A", help="[separation] Chance of any false separation (0.05).")
+@click.option("--direction", type=click.Choice(["max", "min"]), default="max",
+              help="[separation] Which end of METRIC is best (max).")
+@click.option("--confirm", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Rerun an --until-separated sweep's leader and close rivals on N fresh seeds.")
 @tracking_uri_option
 @quiet_option("No progress display.")
 @handle_errors
 def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_run: bool, list_all: bool, fmt: str,
-              rerun: bool, wait: bool, metric: str | None, launch: dict[str, Any], separation: dict[str, Any],
-              tracking_uri: str | None, quiet: bool) -> None:
+              rerun: bool, wait: bool, metric: str | None, tracking_uri: str | None, quiet: bool,
+              **launch: Any) -> None:
     """Run every point of GRID.yaml, each as a child MLflow run under one parent run.
 
     \b
@@ -100,7 +76,7 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
     the rest. Exit codes: 0 all finished, 1 some failed, 2 bad input (nothing started),
     130 Ctrl-C, 143 SIGTERM (running points checkpoint and are recorded KILLED).
     """
-    from orchestrator.cli.output import ignore_hangup
+    from orchestrator.execute.stop import ignore_hangup
     from orchestrator.grid.load import load_grid
     from orchestrator.store.uri import resolve_tracking_uri
 
@@ -109,10 +85,10 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
         raise BadInput("--slurm options only apply with --launcher slurm; add it or drop them")
     _check_dry_run_options(dry_run, list_all, fmt, launch["launcher"])
     spec = load_grid(grid_file, overrides, check_data=not dry_run, max_points=max_points)
-    until = _separation(spec, launch, **separation)
+    until = _separation(spec, launch)
     uri = resolve_tracking_uri(tracking_uri)
-    if separation["confirm"] is not None:
-        spec = _confirm_spec(spec, open_store(uri), separation["confirm"])
+    if launch["confirm"] is not None:
+        spec = _confirm_spec(spec, open_store(uri), launch["confirm"])
     if dry_run:
         _dry_run(spec, uri, launch, list_all=list_all, fmt=fmt)
         return
@@ -123,9 +99,9 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
     sys.exit(run_sweep(spec, open_store(uri), launcher, rerun=rerun, wait=wait, until=until, metric=metric))
 
 
-def _separation(spec: SweepSpec, launch: dict[str, Any], *, until_metric: str | None, max_seeds: int,
-                seeds_per_round: int, separation_alpha: float, direction: str, confirm: int | None):
+def _separation(spec: SweepSpec, launch: dict[str, Any]):
     """``--until-separated``'s settings, checked before anything starts; None without it."""
+    until_metric, max_seeds = launch["until_metric"], launch["max_seeds"]
     if until_metric is None:
         ctx = click.get_current_context()
         given = [f"--{name.replace('_', '-')}" for name in ("max_seeds", "seeds_per_round", "separation_alpha",
@@ -143,12 +119,12 @@ def _separation(spec: SweepSpec, launch: dict[str, Any], *, until_metric: str | 
     if launch["storage"] or launch["launcher"] != "local":
         raise BadInput("--until-separated runs its rounds here; it cannot queue them (--storage) or submit them "
                        "(--launcher slurm): drop one")
-    if confirm is not None:
+    if launch["confirm"] is not None:
         raise BadInput("--confirm reruns the outcome of an earlier --until-separated sweep: drop one of them")
     if max_seeds <= len(spec.seeds):
         raise BadInput(f"--max-seeds {max_seeds} leaves no room above the grid's {len(spec.seeds)} seeds; raise it")
-    return Separation(until_metric, direction, max_seeds, seeds_per_round, separation_alpha,
-                      grid_seeds=len(spec.seeds))
+    return Separation(until_metric, launch["direction"], max_seeds, launch["seeds_per_round"],
+                      launch["separation_alpha"], grid_seeds=len(spec.seeds))
 
 
 def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
@@ -158,10 +134,7 @@ def _confirm_spec(spec: SweepSpec, store: TrackingStore, n: int) -> SweepSpec:
 
     exp_id = store.experiment_id(spec.name)
     parent = store.find_sweep_parent(exp_id, spec.sweep_id) if exp_id is not None else None
-    decision = None
-    logged = {f.path for f in store.client.list_artifacts(parent.info.run_id)} if parent is not None else set()
-    if Artifact.SEPARATION in logged:
-        decision = store.download_json(parent.info.run_id, Artifact.SEPARATION)
+    decision = store.download_json_if_any(parent.info.run_id, Artifact.SEPARATION) if parent is not None else None
     if decision is None:
         raise BadInput(f"--confirm: no finished --until-separated sweep of {spec.path} in {store.uri}; run "
                        f"`orch sweep {spec.path} --until-separated METRIC` first (same grid, same --set)")

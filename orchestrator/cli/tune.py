@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from orchestrator.cli.group import (use_device, device_option, handle_errors, max_points_option, open_store, quiet_option,
-                                    set_option, tracking_uri_option)
+from orchestrator.cli.group import (device_option, handle_errors, max_points_option, open_store, quiet_option,
+                                    set_option, tracking_uri_option, use_device)
 
 
 @click.command("tune")
@@ -38,7 +38,7 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     Every trial is a nested MLflow run under one parent run per study; rerunning with
     the same study name resumes it.
     """
-    from orchestrator.cli.output import ignore_hangup
+    from orchestrator.execute.stop import ignore_hangup
     from orchestrator.grid.load import load_grid
     from orchestrator.store import optuna_storage as storage_mod
     from orchestrator.store.uri import resolve_tracking_uri

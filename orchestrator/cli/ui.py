@@ -27,7 +27,6 @@ from orchestrator.store.uri import artifact_root, initialised, sqlite_path
 log = logging.getLogger(__name__)
 
 READY_SECONDS = 180  # start-up limit; on these 2-core machines it takes 5-15 s
-WORKERS = 1
 SERVER_ENV = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no huey consumers: orch queues no GenAI jobs
     "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",  # MLflow's import, not ours to fix
@@ -59,19 +58,10 @@ def newest_parent(uri: str) -> tuple[str, str, str] | None:
     return run.info.experiment_id, run.info.run_id, run.info.run_name
 
 
-def check_port(host: str, port: int) -> None:
-    """Refuse a port that something already listens on, before anything starts."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as err:
-            raise UiError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
-
-
 def server_command(uri: str, host: str, port: int) -> list[str]:
     """The ``mlflow ui`` command line: one worker, quiet uvicorn, artifacts beside the store."""
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", str(WORKERS), "--uvicorn-opts", UVICORN_OPTS]
+           "--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", UVICORN_OPTS]
     root = artifact_root(uri)
     if root:
         cmd += ["--artifacts-destination", root]
@@ -86,27 +76,20 @@ def _relay(stream, out) -> None:
             out.flush()
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, seconds: float) -> None:
+def _wait_ready(proc: subprocess.Popen, url: str, seconds: float) -> str | None:
+    """None once the server answers; else what went wrong."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServerExited(proc.returncode)
+            return f"exited with {proc.returncode}"
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return None
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise ServerExited(None)
-
-
-class ServerExited(Exception):
-    """The server died (``code``) or did not answer in time (None)."""
-
-    def __init__(self, code: int | None):
-        super().__init__(code)
-        self.code = code
+    return f"did not answer in {seconds} s"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -138,42 +121,41 @@ def serve(uri: str, host: str, port: int, *, open_it: bool = False) -> int:
     store at ``uri`` (or without MLflow's tables), or the port is taken."""
     # Ctrl-C and SIGTERM stop the server (also in a shell's background job, which starts with SIGINT ignored)
     with stop.handling() as flag:
-        return _serve(uri, host, port, open_it, flag)
-
-
-def _serve(uri: str, host: str, port: int, open_it: bool, flag: stop.StopFlag) -> int:
-    db = sqlite_path(uri)
-    if db is None or not initialised(db):
-        raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
-                      "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
-    check_port(host, port)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    base = f"http://{shown}:{port}"
-    proc = None
-    try:
-        proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
-        parent = newest_parent(uri)  # while the server starts
-        _wait_ready(proc, base, READY_SECONDS)
-        log.info("MLflow UI on %s  (store %s); Ctrl-C to stop", base, uri)
-        url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
-        if parent:
-            log.info("newest sweep: %s", parent[2])
-        print(url, flush=True)
-        if open_it and not open_browser(url):
-            log.warning("no browser found on this machine; open the URL above in yours")
-        code = proc.wait()
-        log.warning("the MLflow UI stopped by itself (exit %s)", code)
-        return ExitCode.FAILED
-    except ServerExited as err:
-        what = f"exited with {err.code}" if err.code is not None else f"did not answer in {READY_SECONDS} s"
-        log.warning("the MLflow UI %s; its messages are above", what)
-        return ExitCode.FAILED
-    except stop.Stopped as err:
-        return err.exit_code
-    finally:
-        if proc is not None:
-            with flag.deferred(on_second=lambda: None):  # a second Ctrl-C does not cut the server's stop short
-                _stop(proc)
+        db = sqlite_path(uri)
+        if db is None or not initialised(db):
+            raise UiError(f"no MLflow store at {db or uri}; run `orch sweep` or `orch run` first, or point "
+                          "--tracking-uri (or MLFLOW_TRACKING_URI) at an existing store")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:  # a port in use: refused
+            try:
+                s.bind((host, port))
+            except OSError as err:
+                raise UiError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base = f"http://{shown}:{port}"
+        proc = None
+        try:
+            proc = subprocess.Popen(server_command(uri, host, port), env={**os.environ, **SERVER_ENV},
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+            threading.Thread(target=_relay, args=(proc.stderr, sys.stderr), daemon=True).start()
+            parent = newest_parent(uri)  # while the server starts
+            problem = _wait_ready(proc, base, READY_SECONDS)
+            if problem:
+                log.warning("the MLflow UI %s; its messages are above", problem)
+                return ExitCode.FAILED
+            log.info("MLflow UI on %s  (store %s); Ctrl-C to stop", base, uri)
+            url = f"{base}/{run_link(parent[0], parent[1])}" if parent else f"{base}/#/?{TRAINING_VIEW}"
+            if parent:
+                log.info("newest sweep: %s", parent[2])
+            print(url, flush=True)
+            if open_it and not open_browser(url):
+                log.warning("no browser found on this machine; open the URL above in yours")
+            code = proc.wait()
+            log.warning("the MLflow UI stopped by itself (exit %s)", code)
+            return ExitCode.FAILED
+        except stop.Stopped as err:
+            return err.exit_code
+        finally:
+            if proc is not None:
+                with flag.deferred(on_second=lambda: None):  # a second Ctrl-C does not cut the server's stop short
+                    _stop(proc)

@@ -7,8 +7,8 @@ from typing import Callable
 
 import click
 
-from orchestrator.cli.group import (use_device, device_option, handle_errors, one_queued_sweep, open_store, quiet_option,
-                                    slot_options, tracking_uri_option)
+from orchestrator.cli.group import (device_option, handle_errors, one_queued_sweep, open_store, quiet_option,
+                                    slot_options, tracking_uri_option, use_device)
 
 
 @click.command("worker")
@@ -31,7 +31,7 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
     its MLflow run marked FAILED. Without --sweep it also joins the `orch tune` studies
     of the storage that still want trials.
     """
-    from orchestrator.cli.output import ignore_hangup
+    from orchestrator.execute.stop import ignore_hangup
     from orchestrator.execute.slots import plan_slots
     from orchestrator.launch import queue
     from orchestrator.store import optuna_storage as storage_mod
