@@ -56,6 +56,10 @@ def left_out(store, job: Job, me: dict[str, str]) -> str | None:
     return None
 
 
+class StoreGaveOut(Exception):
+    """The store failed while the task's points ran: they were given up unfinished (the message says so)."""
+
+
 def run_points(header: dict[str, Any], lines: list[str]) -> int:
     """Array mode: this task's points; the exit code."""
     per = int(header["per_task"])
@@ -73,7 +77,7 @@ def run_points(header: dict[str, Any], lines: list[str]) -> int:
     slots = task_slots(len(jobs), per, header["device"])
     outcome = Scheduler(slots=slots, display=PlainDisplay()).run(ListSource(jobs, int(header["max_retries"])))
     if outcome.store_failure:  # its points were given up unfinished: the next run of the sweep resumes them
-        raise StoreFailure(f"{outcome.store_failure}; fix the store, then rerun the sweep to resume its points")
+        raise StoreGaveOut(f"{outcome.store_failure}; fix the store, then rerun the sweep to resume its points")
     if outcome.interrupted:
         return stop.exit_code(outcome.signal)
     return ExitCode.FAILED if outcome.failed else ExitCode.OK
@@ -123,7 +127,7 @@ def main() -> int:
     with stop.handling() as flag, flag.deferred():  # a signal only sets the flag; the work stops itself
         try:
             code = run_worker(header) if header["mode"] == "worker" else run_points(header, lines)
-        except StoreFailure as err:
+        except (StoreFailure, StoreGaveOut) as err:
             log.error(f"error: {err}")
             return ExitCode.FAILED
         if flag.signum == signal.SIGUSR1 and code == ExitCode.PREEMPTED:
