@@ -12,7 +12,12 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "orchestrator"
-MAX_LINES = 7500          # all of orchestrator/
+# All of orchestrator/: 7,500 lines for what the package did when this budget was set (it was 10,131
+# lines then), plus what the features added since took when they landed, counted on main's history:
+# fencing, one "done" rule, checkpoint checks, the sweep heartbeat and the corrected statistics
+# (10,131 -> 11,295 lines, +1,164); provenance and `orch diff` (10,032 -> 10,332, +300); own training
+# code and the dry run at scale (10,293 -> 11,595, +1,302).
+MAX_LINES = 7500 + 1164 + 300 + 1302
 MAX_MODULE = 400          # one module
 MAX_FUNCTION = 60         # one function or method
 STUDY_KEYS = re.compile(r"model\.norm|data\.batch_size|model\.gn_groups")
