@@ -68,7 +68,7 @@ class Stopped(KeyboardInterrupt):
 
 
 class StopFlag:
-    """The process's stop request: set by the first accepted signal, read by the work."""
+    """The process's stop request: set by the first signal, read by the work."""
 
     def __init__(self):
         self.signum: int | None = None

@@ -150,8 +150,11 @@ def _on_tmpfs(path: Path) -> bool:
     import psutil
 
     target = str(path.parent)
-    mounts = [p for p in psutil.disk_partitions(all=True)
-              if target == p.mountpoint or target.startswith(p.mountpoint.rstrip("/") + "/")]
+    try:
+        partitions = psutil.disk_partitions(all=True)
+    except OSError:  # no readable mount table: nothing to warn about
+        return False
+    mounts = [p for p in partitions if target == p.mountpoint or target.startswith(p.mountpoint.rstrip("/") + "/")]
     return bool(mounts) and max(reversed(mounts), key=lambda p: len(p.mountpoint)).fstype in ("tmpfs", "ramfs")
 
 
