@@ -39,7 +39,7 @@ Usage::
 
     python benchmarks/tracking_overhead.py                          # the full tree: long epochs on a CPU
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tracking_overhead.py --images-per-class 300 --epochs 3 \\
-        --out benchmarks/results/tracking_overhead_cpu.md
+        --out benchmarks/results/tracking_overhead_<machine>_cpu.md
 """
 
 from __future__ import annotations
