@@ -94,7 +94,7 @@ def sweep_cmd(grid_file: str, overrides: tuple[str, ...], max_points: int, dry_r
         return
     from orchestrator.launch.sweep import run_sweep
 
-    launcher = _launcher(launch, wait=wait, metric=metric, quiet=quiet)
+    launcher = _launcher(launch, metric=metric, quiet=quiet)
     launcher.setup(spec, uri)  # before open_store, which creates a SQLite store: bad input records nothing
     sys.exit(run_sweep(spec, open_store(uri), launcher, rerun=rerun, wait=wait, until=until, metric=metric))
 
@@ -187,7 +187,7 @@ def _dry_run(spec: SweepSpec, uri: str, launch: dict[str, Any], *, list_all: boo
                                           max_retries=launch["max_retries"], storage=launch["storage"]), nl=False)
 
 
-def _launcher(launch: dict[str, Any], *, wait: bool, metric: str | None, quiet: bool):
+def _launcher(launch: dict[str, Any], *, metric: str | None, quiet: bool):
     """The launcher the options name (:class:`orchestrator.launch.sweep.Launcher`)."""
     from orchestrator.store import optuna_storage as storage_mod
 
@@ -199,7 +199,7 @@ def _launcher(launch: dict[str, Any], *, wait: bool, metric: str | None, quiet: 
             raise BadInput("--launcher slurm --storage needs a PostgreSQL queue (postgresql://…): SQLite cannot hand "
                            "out points exactly once to several tasks")
         return SlurmLauncher(_slurm_options(launch), device=launch["device"], max_retries=launch["max_retries"],
-                             storage=url, shared=launch["store_is_shared"], wait=wait, metric=metric)
+                             storage=url, shared=launch["store_is_shared"], metric=metric)
     if url:
         from orchestrator.launch.queue import QueueLauncher
 

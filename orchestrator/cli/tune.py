@@ -31,7 +31,7 @@ from orchestrator.cli.group import (device_option, handle_errors, max_points_opt
 @handle_errors
 def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
              study_name: str | None, sampler: str, pruner: str, max_points: int, tracking_uri: str | None,
-             device: str, overrides: tuple[str, ...], quiet: bool) -> None:
+             device: str, overrides: tuple[str, ...], quiet: bool) -> None:  # noqa: ARG001 - sets the logger's level
     """Tune the grid's `tune.space` (default: its entry's default space) with Optuna.
 
     Grid axes that are not searched give one study per setting; --set fixes them.
@@ -52,4 +52,4 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     from orchestrator.tune.tuning import run_tune
 
     sys.exit(run_tune(spec, store, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
-                      sampler=sampler, pruner=pruner, device=device, quiet=quiet))
+                      sampler=sampler, pruner=pruner, device=device))

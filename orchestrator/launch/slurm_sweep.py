@@ -213,14 +213,14 @@ def status_rows(store: TrackingStore, parent) -> tuple[list[dict], str | None]:
 
 
 class SlurmLauncher:
-    """A Slurm job array: returns once submitted; its last task closes the sweep. With ``wait``,
+    """A Slurm job array: returns once submitted; its last task closes the sweep. With ``--wait``,
     :func:`run_sweep` calls :meth:`follow` once it has let go of the sweep lock."""
 
     runs_here = False
 
     def __init__(self, options: Any, *, device: str, max_retries: int, storage: str | None, shared: bool,
-                 wait: bool, metric: str | None):
-        self.options, self.storage, self.shared, self.wait = options, storage, shared, wait
+                 metric: str | None):
+        self.options, self.storage, self.shared = options, storage, shared
         self.settings = {"device": device, "max_retries": max_retries, "metric": metric}
 
     def setup(self, spec: SweepSpec, uri: str) -> None:

@@ -87,7 +87,6 @@ def run_tune(
     sampler: str = "tpe",
     pruner: str = "median",
     device: str = "auto",
-    quiet: bool = False,  # noqa: ARG001 - progress goes to this module's logger, whose level --quiet sets
 ) -> int:
     """Tune ``spec``'s search space, one study per setting; returns the exit code.
 
@@ -264,8 +263,7 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     return ExitCode.FAILED
 
 
-def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto",
-                  quiet: bool = False) -> int:  # noqa: ARG001 - --quiet sets this module's logger's level
+def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto") -> int:
     """``orch worker``'s share of tuning: join every ``orch tune`` study of ``storage`` (opened with
     ``heartbeat=True``, which fails a dead worker's trials) that still wants trials and run them
     here; returns how many studies it joined. A signal raises Stopped, as in ``orch tune``."""
