@@ -4,7 +4,6 @@ children that die with the process that started them (:func:`death_signal`)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 from typing import Any, Callable
@@ -17,21 +16,18 @@ def is_orphan(host: str | None, pid: str | int | None) -> bool:
 
     A record without a host is taken as this host's (older records carried only a pid).
     """
+    import psutil
+
     if (host or socket.gethostname()) != socket.gethostname():
         return False
     pid = str(pid or "")
     if not pid.isdigit():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
     try:  # a zombie (exited, not yet reaped) is not running anything
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
+        return psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # access denied: someone's live process
         return False
 
 

@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from orchestrator.store.locks import ParentHeartbeat
     from orchestrator.store.tracking import TrackingStore
 
-ORPHAN_REASON = "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed"
-
 
 def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterable[str]) -> dict[str, Any]:
     """Run key -> a finished result of it in the experiment, for those of ``run_keys`` that are done."""
@@ -101,5 +99,6 @@ def plan_sweep(store: TrackingStore, spec: SweepSpec, *, rerun: bool = False,
     if parent is None or store.download_json_if_any(parent_id, Artifact.POINTS) is None:  # stopped before this
         store.log_text(parent_id, spec.text, Artifact.GRID)
         store.log_text(parent_id, points_json(expected_points(spec)), Artifact.POINTS)
-    store.fail_orphans(exp_id, spec.sweep_id, ORPHAN_REASON)
+    store.fail_orphans(exp_id, spec.sweep_id,
+                       "left RUNNING by a sweep process that died; marked FAILED when the sweep resumed")
     return Plan(spec, store.uri, exp_id, parent_id, parent is not None, closed, missing, done, rerun)

@@ -31,7 +31,6 @@ from orchestrator.processes import death_signal
 from orchestrator.grid.own import OwnConfig, OwnEntry
 from orchestrator.grid.schema import OpenSchema
 
-OVERRIDES = ("hydra", "argparse")
 ENTRY_KEYS = ("command", "overrides")
 EXAMPLE = 'e.g. entry: {command: "python train.py --lr {lr} --seed {seed}"}'
 POLL_SECONDS = 0.2  # how soon a stop request reaches the script
@@ -112,7 +111,7 @@ def read_entry(entry: Mapping[str, Any]) -> tuple[str, str | None]:
     command, overrides = entry.get("command"), entry.get("overrides")
     if not isinstance(command, str) or not command.strip():
         raise ConfigError(f"expected a command line as command, got {command!r}; {EXAMPLE}", key="entry")
-    if overrides is not None and overrides not in OVERRIDES:
+    if overrides is not None and overrides not in ("hydra", "argparse"):
         raise ConfigError(f"overrides: expected hydra (key=value) or argparse (--key value), got {overrides!r}; "
                           "or leave overrides out and name the keys in the command as {key}", key="entry")
     return command, overrides
