@@ -93,12 +93,10 @@ def check_experiment_name(ctx: click.Context, param: click.Parameter, value: str
 
 
 def use_device(device: str) -> None:
-    """Point code trained in this process at ``device`` (``cpu``, ``cuda:N``) through
-    CUDA_VISIBLE_DEVICES, as slots do for point processes; ``auto`` and ``cuda`` change nothing."""
+    """``--device cpu`` hides the GPUs from code trained in this process (CUDA_VISIBLE_DEVICES), as
+    slots do for point processes; ``auto`` and ``cuda`` change nothing."""
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    elif device.startswith("cuda:"):
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2]
 
 
 def one_queued_sweep(sweep: str, queued: list[str], *, may_come: bool = False) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import click
 
 from orchestrator.cli.group import BadInput, handle_errors, one_queued_sweep, open_store, tracking_uri_option
-from orchestrator.store.schema import Tag
+from orchestrator.store.schema import Kind, Tag, tag_filter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def open_sweep(tracking_uri: str | None, experiment: str | None, sweep: str):
         exp_ids = [exp_id]
     else:
         exp_ids = store.experiment_ids()
-    parents = store.sweep_parents(exp_ids)
+    newest_first = ["attributes.start_time DESC"]
+    parents = store.search(exp_ids, tag_filter(Tag.KIND, Kind.SWEEP), newest_first) if exp_ids else []
     if not parents:
         where = f"experiment {experiment!r}" if experiment else store.uri
         raise BadInput(f"no sweep found in {where}; run `orch sweep GRID.yaml` first")

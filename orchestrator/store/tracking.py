@@ -16,7 +16,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from orchestrator import processes
 from orchestrator.store.failures import store_errors, store_failures_raised
@@ -303,18 +303,9 @@ class TrackingStore:
                            order_by=["attributes.start_time DESC"])
         return runs[0] if runs else None
 
-    def sweep_parents(self, experiment_ids: Iterable[str]):
-        ids = list(experiment_ids)
-        if not ids:
-            return []
-        return self.search(ids, tag_filter(Tag.KIND, Kind.SWEEP), order_by=["attributes.start_time DESC"])
-
     def sweep_children(self, experiment_id: str, sweep_id: str):
         return self.search([experiment_id],
                            f"{tag_filter(Tag.SWEEP, sweep_id)} and {tag_filter(Tag.KIND, Kind.SWEEP, '!=')}")
-
-    def tune_parents(self, experiment_id: str):
-        return self.search([experiment_id], tag_filter(Tag.KIND, Kind.TUNE), order_by=["attributes.start_time DESC"])
 
     def fail_orphans(self, experiment_id: str, sweep_id: str, reason: str) -> list[str]:
         """Mark FAILED the live children of a sweep whose process is gone (see :mod:`processes`)."""

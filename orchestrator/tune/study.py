@@ -186,7 +186,7 @@ def _resume_source(store: TrackingStore, trial: Any) -> tuple[str, dict[int, flo
 def open_parent(store: TrackingStore, experiment_id: str, plan: StudyPlan, spec: SweepSpec, tune: TuneSpec,
                 storage_label: str, tags: Mapping[str, str]) -> tuple[str, bool]:
     """The study's parent run, found by its tags and reopened, or created; (run id, resumed)."""
-    for run in store.tune_parents(experiment_id):
+    for run in store.search([experiment_id], tag_filter(Tag.KIND, Kind.TUNE), order_by=["attributes.start_time DESC"]):
         if run.data.tags.get(Tag.STUDY) == plan.name and run.data.tags.get(Tag.STORAGE) == storage_label:
             store.reopen_run(run.info.run_id)
             store.set_tags(run.info.run_id, tags)
