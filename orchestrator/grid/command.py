@@ -29,7 +29,7 @@ from experiments.errors import ConfigError
 from orchestrator.errors import RunFailed
 from orchestrator.processes import death_signal
 from orchestrator.grid.own import OwnConfig, OwnEntry
-from orchestrator.grid.schema import OpenSchema
+from orchestrator.grid.schema import OpenSchema, format_value
 
 ENTRY_KEYS = ("command", "overrides")
 EXAMPLE = 'e.g. entry: {command: "python train.py --lr {lr} --seed {seed}"}'
@@ -162,13 +162,7 @@ def _fill(parts: list[tuple[str, str | None, str]], values: Mapping[str, Any]) -
 
 def _text(value: Any) -> str:
     """A value as a word: YAML's spelling of true, false and null; a list's items joined by commas."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return ",".join(map(_text, value))
-    return str(value)
+    return ",".join(map(_text, value)) if isinstance(value, list) else format_value(value)
 
 
 def _hydra(value: Any) -> str:

@@ -8,6 +8,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from orchestrator.grid.entry import Entry, resolve_entry
+from orchestrator.grid.schema import format_value
 
 _NAME_UNSAFE = re.compile(r"[^\w.+=-]+")
 
@@ -37,17 +38,6 @@ def experiment_name_problem(name: str) -> str | None:
 def shown_name(name: str) -> str:
     """``repr`` of a name for a message, its middle cut when longer than 40 characters."""
     return repr(name if len(name) <= 40 else f"{name[:20]}…{name[-20:]}")
-
-
-def format_value(value: Any) -> str:
-    """A value as it appears in point labels: ``gn``, ``8``, ``0.05``, ``true``, ``16x32x64``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (tuple, list)):
-        return "x".join(format_value(v) for v in value)
-    return str(value)
 
 
 def describe_point(point: Mapping[str, Any]) -> str:

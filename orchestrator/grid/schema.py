@@ -39,6 +39,17 @@ def as_given(value: Any) -> Any:
     return [as_given(v) for v in value] if isinstance(value, tuple) else value
 
 
+def format_value(value: Any) -> str:
+    """A value as it appears in point labels: ``gn``, ``8``, ``0.05``, ``true``, ``16x32x64``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (tuple, list)):
+        return "x".join(format_value(v) for v in value)
+    return str(value)
+
+
 class OpenSchema:
     """Every key is accepted as the grid gives it (``fields`` None: the reader's open config)."""
 
