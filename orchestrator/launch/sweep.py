@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from orchestrator.analyze import separation, sweep_summary
 from orchestrator.analyze.render import render
-from orchestrator.analyze.report import sweep_records
+from orchestrator.analyze.report import sweep_records, sweep_results
 from orchestrator.errors import ExitCode, StoreFailure
 from orchestrator.execute import stop
 from orchestrator.execute.display import make_display
@@ -28,7 +28,7 @@ from orchestrator.execute.scheduler import ListSource, Outcome, Scheduler
 from orchestrator.execute.slots import Slot
 from orchestrator.launch import rounds
 from orchestrator.store import locks
-from orchestrator.store.schema import Artifact, Status, Tag, points_json, read_points
+from orchestrator.store.schema import Artifact, Status, points_json, read_points
 
 if TYPE_CHECKING:
     from orchestrator.analyze.separation import Separation
@@ -236,12 +236,10 @@ def close_sweep(store: TrackingStore, parent_run_id: str, *, metric: str | None 
     """Close a sweep handed on (queued, submitted): its summary from ``points.json``, and the parent
     ended FINISHED, or FAILED naming the points without a finished result; their names."""
     parent = store.get_run(parent_run_id)
-    exp_id, sweep_id = parent.info.experiment_id, parent.data.tags[Tag.SWEEP]
-    points = read_points(store.download_json(parent_run_id, Artifact.POINTS))
-    records = sweep_records(store, exp_id, sweep_id, [p.run_key for p in points])
+    records, points = sweep_results(store, parent)
     axes = [k for k in (points[0].point if points else {}) if k != "seed"]
     sweep_summary.write_summary(store, parent_run_id, records, points, axes, metric)
-    finished = finished_results(store, exp_id, [p.run_key for p in points])
+    finished = finished_results(store, parent.info.experiment_id, [p.run_key for p in points])
     missing = [p.name for p in points if p.run_key not in finished]
     if missing:
         store.end_run(parent_run_id, Status.FAILED,
