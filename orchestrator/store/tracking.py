@@ -288,15 +288,13 @@ class TrackingStore:
             if not token:
                 return runs
 
-    def finished_runs(self, experiment_id: str, kind: str | None = None):
-        """The experiment's finished results (:func:`schema.is_finished_result`), of one ``Tag.KIND``."""
+    def finished_runs(self, experiment_id: str):
+        """The experiment's finished results (:func:`schema.is_finished_result`)."""
         where = f"attributes.status = '{Status.FINISHED}'"
-        if kind:
-            where += " and " + tag_filter(Tag.KIND, kind)
         return [r for r in self.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
 
-    def finished_run_keys(self, experiment_id: str, kind: str | None = None) -> set[str]:
-        return {r.data.tags[Tag.RUN_KEY] for r in self.finished_runs(experiment_id, kind)}
+    def finished_run_keys(self, experiment_id: str) -> set[str]:
+        return {r.data.tags[Tag.RUN_KEY] for r in self.finished_runs(experiment_id)}
 
     def find_sweep_parent(self, experiment_id: str, sweep_id: str):
         runs = self.search([experiment_id], f"{tag_filter(Tag.SWEEP, sweep_id)} and {tag_filter(Tag.KIND, Kind.SWEEP)}",

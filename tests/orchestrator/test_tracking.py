@@ -82,7 +82,6 @@ def test_only_finished_keyed_unpruned_runs_are_results(tracking):
     _run(tracking, exp, None, Status.FINISHED)
     _run(tracking, exp, "pruned", Status.FINISHED, **{Tag.TRIAL_STATE: TrialState.PRUNED})
     assert tracking.finished_run_keys(exp) == {"done"}
-    assert tracking.finished_run_keys(exp, Kind.SWEEP) == set()
 
 
 def test_orphans_of_a_sweep_are_failed_and_live_runs_left_alone(tracking):
