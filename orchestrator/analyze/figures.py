@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from orchestrator.analyze.layout import Panel, curve_panels, quantile_names
+from orchestrator.analyze.layout import Panel, quantile_names
 from orchestrator.analyze.records import short_name, value_text
 from orchestrator.analyze.results import CompareResult, CompareRow, resolve_key
 
@@ -211,11 +211,9 @@ def _share_y(axes: Sequence["Axes"]) -> None:
         axes[0].autoscale(axis="y")  # the limits of every shared panel's data, not only the first's
 
 
-def training_curves(settings: Sequence[SettingCurves], panels: Sequence[Panel] | None = None) -> "Figure":
-    """Per setting, its ``panels`` (default: ``curve_panels`` of its histories) side by side: mean
-    over seeds per epoch ± std; a panel's place shares one y axis across settings."""
-    if panels is None:
-        panels = curve_panels(sorted({name for s in settings for h in s.histories for name in h}))
+def training_curves(settings: Sequence[SettingCurves], panels: Sequence[Panel]) -> "Figure":
+    """Per setting, its ``panels`` side by side: mean over seeds per epoch ± std; a panel's place
+    shares one y axis across settings."""
     fig, axes, placed = _small_multiples(settings, len(panels), wrap=2)
     keys = [key for panel in panels for key, _ in panel.series]
     for setting, row in zip(settings, placed):

@@ -22,6 +22,7 @@ from statsmodels.stats.multitest import multipletests
 
 from conftest import orch, run_record, write_grid
 from experiments.metric_names import QUANTILES, SCORES, SPLITS, TRAIN_LOSS, VAL_LOSS, VAL_SCORES
+from orchestrator.analyze.layout import curve_panels
 from orchestrator.cli.main import cli
 from orchestrator.analyze.results import compare
 from orchestrator.analyze.figures import SettingCurves, metric_by_axis, panel_grid, quantiles, training_curves
@@ -63,7 +64,7 @@ def test_panel_grid_rows_by_first_axis_columns_by_the_rest():
 
 def test_training_curves_small_multiples_share_y_per_quantity():
     settings = synthetic_curves([f"{n} bs{b}" for n in ("bn", "gn", "ln") for b in (8, 128)])
-    fig = training_curves(settings)
+    fig = training_curves(settings, curve_panels(sorted({name for s in settings for h in s.histories for name in h})))
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2 * len(settings)
     loss = [ax for ax in visible if ax.get_title().endswith(": loss")]
