@@ -44,9 +44,8 @@ class Slot:
 
 def plan_slots(workers: int, gpus: Sequence[str] | None, runs_per_gpu: int, device: str) -> list[Slot]:
     """GPUs × runs-per-gpu slots when GPUs are given or found; otherwise ``workers`` CPU slots."""
-    if device != "cpu" and not gpus:
-        gpus = visible_gpus() if device in ("auto", "cuda") else []
-    if gpus and device != "cpu":
+    gpus = (gpus or visible_gpus()) if device != "cpu" else None
+    if gpus:
         return [Slot(i, gpu, 0) for i, gpu in enumerate(g for g in gpus for _ in range(runs_per_gpu))]
     threads = cpu_threads(workers)
     return [Slot(i, None, threads) for i in range(workers)]
