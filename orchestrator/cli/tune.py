@@ -52,4 +52,4 @@ def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storag
     from orchestrator.tune.tuning import run_tune
 
     sys.exit(run_tune(spec, store, n_trials=n_trials, timeout=timeout, storage=storage, study_name=study_name,
-                      sampler=sampler, pruner=pruner, device=device))
+                      sampler=sampler, pruner=pruner))

@@ -46,13 +46,13 @@ def worker_cmd(storage: str, sweep: str | None, workers: int, gpus: list[str] | 
         queue.register_worker(url, stale_after=max(60.0, 3 * poll))
     if sweep is None:
         use_device(device)  # tuning trials train in this process
-    tuning = None if sweep is not None else _serve_tuning(url, uri, device)
+    tuning = None if sweep is not None else _serve_tuning(url, uri)
     code = queue.run_worker(url, slots, sweep=sweep, tracking_uri=uri, max_retries=max_retries, wait=wait,
                             poll=poll, quiet=quiet, serve_others=tuning)
     sys.exit(code)
 
 
-def _serve_tuning(url: str, tracking_uri: str | None, device: str) -> Callable[[], bool]:
+def _serve_tuning(url: str, tracking_uri: str | None) -> Callable[[], bool]:
     """Runs trials of the storage's ``orch tune`` studies that still want some; True when it ran one."""
     from orchestrator.store import optuna_storage as storage_mod
     from orchestrator.tune import tuning
@@ -61,6 +61,6 @@ def _serve_tuning(url: str, tracking_uri: str | None, device: str) -> Callable[[
 
     def serve() -> bool:
         with tuning.tuning_held(url, refuse=False) as held:  # SQLite: not beside an orch tune on it
-            return held and tuning.serve_studies(storage, tracking_uri=tracking_uri, device=device) > 0
+            return held and tuning.serve_studies(storage, tracking_uri=tracking_uri) > 0
 
     return serve

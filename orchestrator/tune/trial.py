@@ -41,11 +41,11 @@ def step_label(step: int, max_steps: int | None, n_seeds: int) -> str:
 
 
 def make_objective(plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-                   experiment_id: str, parent_id: str, seeds: Sequence[int], device: str,
+                   experiment_id: str, parent_id: str, seeds: Sequence[int],
                    stop: StopFlag | None = None) -> Callable[[Any], float]:
     """The Optuna objective of a study: a trial trains ``seeds`` in turn, pruned on the running mean.
     On ``stop`` the training checkpoints, ends KILLED and the trial raises Stopped."""
-    trainer = _Trainer(plan, tune, store, experiment_id, seeds, device, stop)
+    trainer = _Trainer(plan, tune, store, experiment_id, seeds, stop)
     host, pid = socket.gethostname(), str(os.getpid())
 
     def objective(trial: Any) -> float:
@@ -67,9 +67,9 @@ class _Trainer:
     """One trial's training: its tracked runs and its reports to the pruner."""
 
     def __init__(self, plan: StudyPlan, tune: TuneSpec, store: TrackingStore, experiment_id: str,
-                 seeds: Sequence[int], device: str, stop: StopFlag | None):
+                 seeds: Sequence[int], stop: StopFlag | None):
         self.plan, self.tune, self.store, self.experiment_id = plan, tune, store, experiment_id
-        self.seeds, self.device, self.stop = tuple(seeds), device, stop
+        self.seeds, self.stop = tuple(seeds), stop
         self.report_key = plan.entry.report_metric(tune.metric, tune.direction)  # a key the code logs
 
     def tags(self, trial: Any, kind: str = Kind.TRIAL) -> dict[str, str]:

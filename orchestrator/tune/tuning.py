@@ -86,7 +86,6 @@ def run_tune(
     study_name: str | None = None,
     sampler: str = "tpe",
     pruner: str = "median",
-    device: str = "auto",
 ) -> int:
     """Tune ``spec``'s search space, one study per setting; returns the exit code.
 
@@ -103,7 +102,7 @@ def run_tune(
                          space=tune.space, n_trials=n_trials, study="", setting="", sampler=sampler, pruner=pruner,
                          seed=spec.seeds[0], seeds=tuple(tune.seeds or spec.seeds[:1]), entry=dict(spec.entry.spec))
     with tuning_held(url, refuse=True), stop.handling():
-        return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout, device=device)
+        return _run_studies(spec, store, tune, template, url, study_name, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -127,7 +126,7 @@ def tuning_held(url: str, *, refuse: bool) -> Iterator[bool]:
 
 
 def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template: WorkerJob, url: str,
-                 study_name: str | None, *, timeout: float | None, device: str) -> int:
+                 study_name: str | None, *, timeout: float | None) -> int:
     """Open every study, then run each under its parent run. A stop, wherever it lands, ends the
     open parent KILLED here and nowhere else."""
     deadline = time.monotonic() + timeout if timeout else None
@@ -146,8 +145,7 @@ def _run_studies(spec: SweepSpec, store: TrackingStore, tune: TuneSpec, template
             parent_id, resumed = open_parent(store, template.experiment_id, plan, spec, tune,
                                              storage_mod.redact(url), settings)
             job = dataclasses.replace(template, parent_run_id=parent_id, study=plan.name, setting=plan.setting)
-            code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left,
-                                        device=device))
+            code = max(code, _run_study(study, plan, fixed, tune, store, job, resumed=resumed, timeout=left))
     except stop.Stopped as err:  # no summary: a second signal would cut it short; the next run writes it
         if parent_id is not None and store.run_status(parent_id) in Status.LIVE:
             store.end_run(parent_id, Status.KILLED, err.reason)
@@ -173,7 +171,7 @@ def _open_studies(url: str, spec: SweepSpec, tune: TuneSpec, study_name: str | N
 
 
 def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-              job: WorkerJob, *, remaining: int, timeout: float | None, device: str) -> None:
+              job: WorkerJob, *, remaining: int, timeout: float | None) -> None:
     """Run trials here until the study has ``job.n_trials`` finished ones (over every process).
     Raises Stopped on a signal, even one whose exception Python dropped (in a finalizer)."""
     import optuna
@@ -181,7 +179,7 @@ def _optimize(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneS
     with stop.handling() as flag:  # this process's flag: the caller's, or the worker's scheduler's
         if remaining and not flag.is_set():
             objective = make_objective(plan, fixed, tune, store, job.experiment_id, job.parent_run_id, job.seeds,
-                                       device, stop=flag)
+                                       stop=flag)
             with warnings.catch_warnings(), _quiet_expected_failures():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
@@ -233,7 +231,7 @@ def _n_finished(study: Any) -> int:
 
 
 def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: TuneSpec, store: TrackingStore,
-               job: WorkerJob, *, resumed: bool, timeout: float | None, device: str) -> int:
+               job: WorkerJob, *, resumed: bool, timeout: float | None) -> int:
     """The study's missing trials, then its summary; the parent ends FINISHED, or FAILED without a
     completed trial."""
     orphans = fail_orphan_trials(store, study)
@@ -248,7 +246,7 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     log.info(f"[{plan.name}] {job.n_trials} trials of {tune.direction} {tune.metric}: {already} already finished, "
              f"{remaining} to run{' (resumed)' if resumed else ''}")
     study.set_user_attr(StudyAttr.WORKER_JOB, job.to_attr())  # what an `orch worker` needs to join it
-    _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout, device=device)
+    _optimize(study, plan, fixed, tune, store, job, remaining=remaining, timeout=timeout)
     counts = summarize_study(store, job.parent_run_id, study, tune.metric)
     line = (f"study {plan.name}: {sum(counts.values())} trials ({counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed)")
@@ -263,7 +261,7 @@ def _run_study(study: Any, plan: StudyPlan, fixed: Mapping[str, Any], tune: Tune
     return ExitCode.FAILED
 
 
-def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str = "auto") -> int:
+def serve_studies(storage: Any, *, tracking_uri: str | None = None) -> int:
     """``orch worker``'s share of tuning: join every ``orch tune`` study of ``storage`` (opened with
     ``heartbeat=True``, which fails a dead worker's trials) that still wants trials and run them
     here; returns how many studies it joined. A signal raises Stopped, as in ``orch tune``."""
@@ -290,8 +288,7 @@ def serve_studies(storage: Any, *, tracking_uri: str | None = None, device: str 
         store = stores[tracking_uri or job.tracking_uri]
         log.info(f"[{plan.name}] joining the tuning study: {finished}/{job.n_trials} trials finished")
         joined += 1
-        _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None,
-                  device=device)
+        _optimize(study, plan, fixed, tune, store, job, remaining=job.n_trials - finished, timeout=None)
         # This worker may have run the study's last trial: bring the parent's summary up to date.
         counts = summarize_study(store, job.parent_run_id, study, tune.metric)
         if counts[TrialState.COMPLETE]:

@@ -514,7 +514,7 @@ def test_a_worker_joining_the_study_trains_every_seed(seeded):
     job = WorkerJob.from_attr(study.user_attrs[StudyAttr.WORKER_JOB])
     assert job.seeds == (0, 1)
     study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
-    assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu") == 1
+    assert serve_studies(storage_mod.open_storage(url, heartbeat=True)) == 1
     trial = optuna.load_study(study_name="ts", storage=url).trials[2]
     assert trial.state == TrialState.COMPLETE
     seed_runs = children_of(uri, trial.user_attrs["orch.run_id"])

@@ -139,6 +139,6 @@ def test_a_logged_metric_is_an_objective_and_seeds_follow_one_another(tmp_path):
     job = WorkerJob.from_attr(study.user_attrs[StudyAttr.WORKER_JOB])
     assert job.entry == {"entry": "mytrain:main", "folder": str(tmp_path.resolve()), "checkpoint_seconds": 60.0}
     study.set_user_attr(StudyAttr.WORKER_JOB, {**job.to_attr(), "n_trials": 3})  # one more trial wanted
-    assert serve_studies(storage_mod.open_storage(url, heartbeat=True), device="cpu") == 1
+    assert serve_studies(storage_mod.open_storage(url, heartbeat=True)) == 1
     third = optuna.load_study(study_name="fn", storage=url).trials[2]
     assert third.state == TrialState.COMPLETE and sorted(third.intermediate_values) == list(range(1, 22))
