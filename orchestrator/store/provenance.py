@@ -12,11 +12,12 @@ import functools
 import importlib.util
 import os
 import platform
-import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from packaging.utils import canonicalize_name
 
 from orchestrator.store.schema import Artifact, Tag
 
@@ -82,7 +83,7 @@ def environment_text() -> str:
     for dist in metadata.distributions():  # sys.path order: the first of a name is the one imported
         name, version = _name_version(dist)
         if name:
-            found.setdefault(canonical_name(name), f"{name}=={version}")
+            found.setdefault(canonicalize_name(name), f"{name}=={version}")  # Typing_Extensions = typing-extensions
     return "".join(f"{line}\n" for _, line in sorted(found.items()))
 
 
@@ -96,11 +97,6 @@ def _name_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
         if key in ("Name", "Version"):
             fields[key] = value.strip()
     return fields.get("Name"), fields.get("Version")
-
-
-def canonical_name(name: str) -> str:
-    """PEP 503's normal form: ``Typing_Extensions`` and ``typing-extensions`` are one distribution."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def parse_environment(text: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from conftest import REPO, all_runs, invoke
 from orchestrator.analyze.diff import diff_code, diff_packages, diff_params, diff_runs
@@ -91,7 +92,7 @@ def test_git_state_of_clean_dirty_and_missing_repositories(tmp_path, monkeypatch
 def test_environment_text_is_sorted_and_parses_back():
     text = provenance.environment_text()
     lines = text.splitlines()
-    assert lines == sorted(lines, key=lambda line: provenance.canonical_name(line.partition("==")[0]))
+    assert lines == sorted(lines, key=lambda line: canonicalize_name(line.partition("==")[0]))
     packages = provenance.parse_environment(text)
     assert len(packages) == len(lines) and packages["mlflow"]
     assert provenance.source_folder(BUILTIN) == REPO / "experiments"
