@@ -100,12 +100,7 @@ def _name_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
 
 
 def parse_environment(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        name, sep, version = line.strip().partition("==")
-        if sep:
-            out[name] = version
-    return out
+    return dict(line.strip().split("==", 1) for line in text.splitlines() if "==" in line)
 
 
 def read_provenance(store: Any, run_id: str) -> dict[str, Any]:
