@@ -41,10 +41,6 @@ OUTPUT = "output"  # the artifact folder of the script's stdout.txt and stderr.t
 _HYDRA_PLAIN = re.compile(r"[\w.\-+/:@%]+")  # a Hydra override value that needs no quotes
 
 
-class CommandFailed(RunFailed):
-    """The script ended with a non-zero exit status, or was killed by a signal nobody sent it."""
-
-
 class CommandEntry(OwnEntry):
     """A command line as an entry; ``entry`` is the grid's mapping (``command``, ``overrides``)."""
 
@@ -97,7 +93,7 @@ class CommandEntry(OwnEntry):
         if asked or run.should_stop():
             return None
         if child.returncode != 0:
-            raise CommandFailed(failure(child.returncode, out / "stderr.txt"))
+            raise RunFailed(failure(child.returncode, out / "stderr.txt"))
         return {"exit_status": 0.0, "wall_seconds": seconds}
 
 

@@ -13,7 +13,7 @@ from conftest import REPO, all_runs, orch
 from mlflow.tracking import MlflowClient
 
 from orchestrator.client import Run
-from orchestrator.grid.command import CommandFailed
+from orchestrator.errors import RunFailed
 from orchestrator.grid.entry import resolve_entry
 from orchestrator.store.schema import Kind, Status, Tag
 
@@ -85,12 +85,12 @@ def test_a_command_fails_with_its_exit_status_and_stderr_tail_and_keeps_its_outp
     (tmp_path / "artifacts").mkdir()
     code = "import sys; print('out'); print(*range(20), sep=chr(10), file=sys.stderr); sys.exit(3)"
     entry = resolve_entry({"command": f"{PYTHON} -c \"{code}\""}, folder=str(tmp_path))
-    with pytest.raises(CommandFailed) as info:
+    with pytest.raises(RunFailed) as info:
         entry.train(entry.build({}), stand_in(tmp_path))
     assert str(info.value) == "exit status 3: " + "\n".join(map(str, range(5, 20)))  # the last 15 lines
     assert (tmp_path / "artifacts" / "output" / "stdout.txt").read_text() == "out\n"
     killed = resolve_entry({"command": f"{PYTHON} -c \"import os; os.kill(os.getpid(), 9)\""}, folder=str(tmp_path))
-    with pytest.raises(CommandFailed, match=r"^killed by SIGKILL \(nothing on stderr\)$"):
+    with pytest.raises(RunFailed, match=r"^killed by SIGKILL \(nothing on stderr\)$"):
         killed.train(killed.build({}), stand_in(tmp_path))
 
 
