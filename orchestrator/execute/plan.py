@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from orchestrator.errors import StoreFailure
 from orchestrator.execute.job import Job
-from orchestrator.store.schema import (Artifact, ExpectedPoint, Kind, Status, Tag, is_finished_result, points_json,
-                                       tag_filter)
+from orchestrator.store.schema import Artifact, ExpectedPoint, Kind, Status, Tag, points_json
 
 if TYPE_CHECKING:
     from orchestrator.grid.load import RunSpec, SweepSpec
@@ -24,12 +23,7 @@ if TYPE_CHECKING:
 def finished_results(store: TrackingStore, experiment_id: str, run_keys: Iterable[str]) -> dict[str, Any]:
     """Run key -> a finished result of it in the experiment, for those of ``run_keys`` that are done."""
     keys = set(run_keys)
-    if not keys:
-        return {}
-    where = f"attributes.status = '{Status.FINISHED}'"
-    if len(keys) == 1:
-        where += " and " + tag_filter(Tag.RUN_KEY, next(iter(keys)))
-    runs = [r for r in store.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
+    runs = store.finished_runs(experiment_id, next(iter(keys)) if len(keys) == 1 else None) if keys else []
     return {r.data.tags[Tag.RUN_KEY]: r for r in runs if r.data.tags[Tag.RUN_KEY] in keys}
 
 

@@ -288,9 +288,10 @@ class TrackingStore:
             if not token:
                 return runs
 
-    def finished_runs(self, experiment_id: str):
-        """The experiment's finished results (:func:`schema.is_finished_result`)."""
+    def finished_runs(self, experiment_id: str, run_key: str | None = None):
+        """The experiment's finished results (:func:`schema.is_finished_result`), of one run key."""
         where = f"attributes.status = '{Status.FINISHED}'"
+        where += f" and {tag_filter(Tag.RUN_KEY, run_key)}" if run_key else ""
         return [r for r in self.search([experiment_id], where) if is_finished_result(r.info.status, r.data.tags)]
 
     def finished_run_keys(self, experiment_id: str) -> set[str]:
