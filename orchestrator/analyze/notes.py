@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from orchestrator.analyze.records import SEED_KEY, summary_rows, value_text
+from orchestrator.analyze.records import summary_rows, value_text
 from orchestrator.analyze.render import render, table_text
 from orchestrator.analyze.results import CompareResult
 from orchestrator.store.schema import ExpectedPoint, Status, TrialState
@@ -40,7 +40,7 @@ def sweep_note(*, name: str, sweep_id: str, experiment_id: str, records: Sequenc
     grid = "; ".join(f"`{a}` ∈ {{{', '.join(_values(expected, a))}}}" for a in axes) or "no axes (one setting)"
     lines = [f"**Sweep `{name}`** (`{sweep_id}`)", "",
              f"- Grid: {grid}",
-             f"- Seeds: {', '.join(_values(expected, SEED_KEY)) or '–'}",
+             f"- Seeds: {', '.join(_values(expected, 'seed')) or '–'}",
              f"- Points: {len(expected)}: **{done} done**, {failed} failed"
              + (f", {other} not finished" if other else ""), ""]
     if result is None:

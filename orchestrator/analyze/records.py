@@ -11,7 +11,6 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.store.schema import ExpectedPoint, RunRecord, Status, Tag, TrialState, is_finished_result
 
-SEED_KEY = "seed"
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (CPU, memory, GPU): the machine's, not the run's
 DIVERGED_REASON = "TrainingDiverged"  # the start of a FAILED run's reason when its loss went non-finite
 
@@ -85,7 +84,7 @@ class Unit:
 
     def setting_values(self) -> dict[str, Any]:
         """The point without seed; grid values keep their type."""
-        return {k: v for k, v in self.expected.point.items() if k != SEED_KEY}
+        return {k: v for k, v in self.expected.point.items() if k != "seed"}
 
     def value_of(self, key: str) -> Any:
         """A grouping value: the grid's value for an axis, else the record's param (None without one)."""
@@ -97,7 +96,7 @@ class Unit:
         return None
 
     def seed(self) -> str:
-        return value_text(self.expected.point.get(SEED_KEY))
+        return value_text(self.expected.point.get("seed"))
 
     def outcome(self, metric: str) -> str:
         """From the finished record's value if any, else from the latest record's status and reason."""
@@ -120,7 +119,7 @@ def match_units(records: Iterable[RunRecord],
     axes: dict[str, None] = {}
     for ep in expected:
         by_key.setdefault(ep.run_key, ep)
-        axes.update((k, None) for k in ep.point if k != SEED_KEY)
+        axes.update((k, None) for k in ep.point if k != "seed")
     on_grid = [r for r in records if r.tags.get(Tag.RUN_KEY, "") in by_key
                and r.tags.get(Tag.TRIAL_STATE) != TrialState.PRUNED]
     latest = _latest_by_key(on_grid)

@@ -12,8 +12,7 @@ from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator.analyze.layout import table_layout
-from orchestrator.analyze.records import (SEED_KEY, Outcome, RunRecord, Unit, match_units, setting_label, short_name,
-                                          value_text)
+from orchestrator.analyze.records import Outcome, RunRecord, Unit, match_units, setting_label, short_name, value_text
 from orchestrator.analyze.stats import ALPHA, PairedStats, Stats
 from orchestrator.errors import UserError
 from orchestrator.store.schema import ExpectedPoint
@@ -213,7 +212,7 @@ def resolve_key(key: str, known: Sequence[str], what: str) -> str:
 def _group_keys(group_by: Sequence[str] | None, axes: Sequence[str], records: Sequence[RunRecord]) -> tuple[str, ...]:
     if not group_by:
         return tuple(axes)
-    known = list(dict.fromkeys([*axes, *sorted({k for r in records for k in r.params}), SEED_KEY]))
+    known = list(dict.fromkeys([*axes, *sorted({k for r in records for k in r.params}), "seed"]))
     return tuple(dict.fromkeys(resolve_key(k, known, "group key") for k in group_by))
 
 
