@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 class PlainDisplay:
     """One line per event, for logs, CI and pipes."""
 
-    def __init__(self, stream=None, quiet: bool = False):
-        self.stream = stream or sys.stderr
+    def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.total: int | None = 0  # None: not known (a queue's points keep coming)
         self.n_done = 0
@@ -24,7 +23,7 @@ class PlainDisplay:
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            print(text, file=self.stream, flush=True)
+            print(text, file=sys.stderr, flush=True)
 
     def start(self, total: int | None, slots: Sequence[Slot]) -> None:
         self.total = total
@@ -60,7 +59,7 @@ class PlainDisplay:
 
     def warning(self, task: Task, text: str) -> None:
         """Something the user should know about a point (a skipped checkpoint); shown with --quiet too."""
-        print(f"  warning {task.name}: {text}", file=self.stream, flush=True)
+        print(f"  warning {task.name}: {text}", file=sys.stderr, flush=True)
 
     def failed(self, task: Task, reason: str) -> None:
         self.n_failed += 1

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -116,11 +117,8 @@ def init_lock_path(db: Path) -> Path:
 def _tables(db: Path) -> set[str]:
     """The tables of SQLite file ``db``, read-only (``mode=ro`` never creates or changes a file);
     sqlite3.Error when it is no SQLite database or cannot be read."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
         return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        con.close()
 
 
 def initialised(db: Path) -> bool:
