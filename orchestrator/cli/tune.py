@@ -31,7 +31,7 @@ from orchestrator.cli.group import (device_option, handle_errors, max_points_opt
 @handle_errors
 def tune_cmd(grid_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
              study_name: str | None, sampler: str, pruner: str, max_points: int, tracking_uri: str | None,
-             device: str, overrides: tuple[str, ...], quiet: bool) -> None:  # noqa: ARG001 - sets the logger's level
+             device: str, overrides: tuple[str, ...], quiet: bool) -> None:
     """Tune the grid's `tune.space` (default: its entry's default space) with Optuna.
 
     Grid axes that are not searched give one study per setting; --set fixes them.
