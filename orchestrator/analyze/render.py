@@ -12,8 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from orchestrator.analyze.layout import score_title
 from orchestrator.analyze.records import RunRecord, short_name, short_names, value_text
-from orchestrator.analyze.results import (CORRECTIONS, CompareError, CompareResult, SettingStats, SplitStats,
-                                          report_stats)
+from orchestrator.analyze.results import CompareError, CompareResult, SettingStats, SplitStats, report_stats
 from orchestrator.analyze.stats import ALPHA, CONFIDENCE, Stats
 from orchestrator.store.schema import ExpectedPoint
 
@@ -105,7 +104,7 @@ def _display_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
 
 def _adjusted_field(result: CompareResult) -> str | None:
     """``p_holm`` / ``p_bonferroni``; None without a baseline or correction."""
-    if result.baseline_key is None or CORRECTIONS[result.correction] is None:
+    if result.baseline_key is None or result.correction == "none":
         return None
     return f"p_{result.correction}"
 
@@ -163,7 +162,7 @@ def compare_notes(result: CompareResult) -> list[str]:
 def _correction_note(result: CompareResult) -> str:
     m = result.n_tests
     tests = f"the table's m = {m} paired test{'s' if m != 1 else ''}"
-    if CORRECTIONS[result.correction] is None:
+    if result.correction == "none":
         return (f"* = p < {ALPHA}, not corrected for {tests}: if no setting differs from the baseline, "
                 f"the chance of at least one false * grows with m (up to m × {ALPHA:.0%}).")
     name = result.correction.capitalize()  # Holm, Bonferroni

@@ -18,8 +18,7 @@ from orchestrator.errors import UserError
 from orchestrator.store.schema import ExpectedPoint
 
 DIRECTIONS = ("max", "min")  # which end of the metric is best
-# --correction -> statsmodels.stats.multitest.multipletests method (None: the raw p decides)
-CORRECTIONS = {"holm": "holm", "bonferroni": "bonferroni", "none": None}
+CORRECTIONS = ("holm", "bonferroni", "none")  # --correction: a statsmodels multipletests method, or the raw p
 FAILED_AS = ("drop", "worst")  # what a diverged or failed run key counts as
 
 
@@ -52,7 +51,7 @@ class CompareRow:
     n_diverged: int = 0  # run keys whose training diverged (Outcome.DIVERGED)
     n_failed: int = 0  # run keys whose latest run FAILED otherwise (Outcome.FAILED)
     p_adjusted: float = math.nan  # p_value adjusted over the table's tests; NaN without correction or p
-    correction: str = "none"  # a key of CORRECTIONS: which p decides ``significant``
+    correction: str = "none"  # one of CORRECTIONS: which p decides ``significant``
     extra_seeds: bool = False  # --until-separated added seeds to it: its interval is optimistic if it leads
 
     @cached_property
@@ -82,7 +81,7 @@ class CompareRow:
     @property
     def significant(self) -> bool | None:
         """The adjusted p (the raw one with ``correction="none"``) < ALPHA; None without a p."""
-        p = self.p_value if CORRECTIONS[self.correction] is None else self.p_adjusted
+        p = self.p_value if self.correction == "none" else self.p_adjusted
         return None if math.isnan(p) else bool(p < ALPHA)
 
 
@@ -94,7 +93,7 @@ class CompareResult:
     rows: tuple[CompareRow, ...]
     baseline_key: str | None = None
     baseline_value: str | None = None
-    correction: str = "none"  # a key of CORRECTIONS
+    correction: str = "none"  # one of CORRECTIONS
     n_tests: int = 0  # paired tests in the table (rows with a p, before ``top``): the correction's m
     failed_as: str = "drop"  # one of FAILED_AS
     worst: float = math.nan  # the stand-in value with failed_as="worst"; NaN when no run has a value
@@ -291,12 +290,11 @@ def adjust_p_values(rows: Sequence[CompareRow], correction: str) -> list[Compare
     """Each row with ``correction`` and ``p_adjusted`` over the table's m tests (statsmodels)."""
     rows = [dataclasses.replace(r, correction=correction) for r in rows]
     tested = [i for i, r in enumerate(rows) if not math.isnan(r.p_value)]
-    method = CORRECTIONS[correction]
-    if method is None or not tested:
+    if correction == "none" or not tested:
         return rows
     from statsmodels.stats.multitest import multipletests
 
-    adjusted = multipletests([rows[i].p_value for i in tested], alpha=ALPHA, method=method)[1]
+    adjusted = multipletests([rows[i].p_value for i in tested], alpha=ALPHA, method=correction)[1]
     for i, p in zip(tested, adjusted):
         rows[i] = dataclasses.replace(rows[i], p_adjusted=float(p))
     return rows
