@@ -93,7 +93,7 @@ class LiveDisplay(PlainDisplay):
         self.live.start()
 
     def _render(self):
-        from rich.table import Table
+        from rich.table import Column, Table
 
         elapsed = time.time() - self.t0
         eta, pending = "–", "?"  # a queue's total is not known
@@ -105,12 +105,8 @@ class LiveDisplay(PlainDisplay):
                 eta = _fmt_seconds(mean * remaining / self.slots)
         head = (f"done {self.n_done}  running {len(self.running)}  failed {self.n_failed}  "
                 f"pending {pending}   elapsed {_fmt_seconds(elapsed)}  eta {eta}")
-        table = Table(title=head, title_justify="left", expand=False)
-        table.add_column("point")
-        table.add_column("slot")
-        table.add_column("step", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("time", justify="right")
+        table = Table("point", "slot", *(Column(name, justify="right") for name in ("step", "score", "time")),
+                      title=head, title_justify="left", expand=False)
         for task in self.running.values():
             score = f"{task.score[0]} {task.score[1]:.4f}" if task.score else ""
             table.add_row(task.name, task.slot.label, str(task.step) if task.step else "starting", score,
