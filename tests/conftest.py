@@ -232,7 +232,7 @@ MODULE_TIERS = {
     # unit: what functions and commands' argument checks do, in this process
     "test_bounded_input": "unit", "test_cli": "unit", "test_compare": "unit", "test_config": "unit",
     "test_data": "unit", "test_dry_run": "unit", "test_grid": "unit", "test_house": "unit", "test_names": "unit",
-    "test_norms": "unit", "test_own_entry": "unit",
+    "test_norms": "unit", "test_own_entry": "unit", "test_plots": "unit",
     "test_report": "unit", "test_resnet": "unit", "test_resume": "unit", "test_separation": "unit",
     "test_study_choices": "unit", "test_train": "unit", "test_yaml_source": "unit",
     # integration: commands on a real SQLite store, real point processes
