@@ -24,9 +24,11 @@ demo: install
 lint-imports: install
 	$(BIN)/lint-imports --no-cache
 
-# Everything: the unit, integration and system tiers (PostgreSQL, Slurm, Chromium; see .ci/run).
+# Everything: the unit, integration and system tiers (PostgreSQL, Slurm, Chromium; see .ci/run), on two
+# pytest-xdist workers, a module to a worker (its module and session fixtures are built once there), the
+# longest modules first: the serial suite keeps about one core busy, as its tests wait on processes.
 test: lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 # The unit tier and the quick integration tests (markers in setup.cfg; tests/conftest.py gives each module its tier).
 test-fast: lint-imports

@@ -27,11 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SHARED = REPO.parent / "shared"
 
-# With pytest-xdist (in the test extra; ``make test`` runs serially) use ``-n 2 --dist
-# loadscope --no-loadscope-reorder``: each module then runs on one worker, so its module-
-# and session-scoped fixtures (a finished sweep, a server, a Slurm cluster) are built once.
-# These modules take longest (real sweeps, workers, a cluster): they start first, so
-# that the short modules fill the gaps at the end instead of one long module running alone.
+# ``make test`` runs on two pytest-xdist workers (``-n 2 --dist loadscope
+# --no-loadscope-reorder``): each module runs on one worker, so its module- and
+# session-scoped fixtures (a finished sweep, a server) are built once; a session fixture used
+# by modules on both workers (the PostgreSQL or Slurm cluster) is built once per worker, on its
+# own ports and folder. These modules take longest (real sweeps, workers, a cluster): they
+# start first, so that the short modules fill the gaps at the end instead of one long module
+# running alone.
 LONGEST_FIRST = ("test_slurm", "test_queue", "test_faults", "test_resume_sweep", "test_postgres_store", "test_tune",
                  "test_ui",
                  "test_sweep", "test_report", "test_run", "test_separation")

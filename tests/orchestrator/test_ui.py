@@ -216,6 +216,13 @@ class Page:
         self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
         el.click()
 
+    def until(self, script: str, timeout: float = WAIT):
+        """Wait until ``script`` returns a true value in the page (an image loads after its
+        element appears)."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.d, timeout).until(lambda d: d.execute_script(script))
+
     def text(self) -> str:
         return self.d.find_element("tag name", "body").text
 
@@ -273,7 +280,7 @@ def test_what_a_researcher_sees(ui_sweep, ui_server, browser, tmp_path_factory):
     page.click("//*[normalize-space(text())='curves.png']")
     page.find("//*[contains(normalize-space(.), 'plots/curves.png')]")
     page.find("//img")
-    assert browser.execute_script("return [...document.images].some(i => i.naturalWidth > 200)")
+    page.until("return [...document.images].some(i => i.naturalWidth > 200)")  # the PNG loaded
     shots.append(page.shot("4-child-artifacts"))
 
     # 5. Its System metrics tab shows charts.
