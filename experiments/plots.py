@@ -79,8 +79,8 @@ def _digit_outlines() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[st
     """The outlines of 0-9 at COUNT_SIZE (vertices in points, codes), each figure's advance,
     and the height that centres a figure vertically."""
     outline = {d: TextPath((0, 0), d, size=COUNT_SIZE) for d in "0123456789"}
-    right = {d: path.vertices[:, 0].max() for d, path in outline.items()}
-    advance = {d: TextPath((0, 0), d + "0", size=COUNT_SIZE).vertices[:, 0].max() - right["0"] for d in outline}
+    zero_right = outline["0"].vertices[:, 0].max()  # a figure's advance: where a "0" after it ends, less one "0"
+    advance = {d: TextPath((0, 0), d + "0", size=COUNT_SIZE).vertices[:, 0].max() - zero_right for d in outline}
     middle = (outline["0"].vertices[:, 1].min() + outline["0"].vertices[:, 1].max()) / 2
     return {d: (path.vertices, path.codes) for d, path in outline.items()}, advance, middle
 

@@ -15,7 +15,7 @@ from experiments import plots
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_a_count_is_matplotlibs_outline_of_its_text_moved_to_the_cell_centre(seed):
+def test_a_count_is_matplotlibs_outline_of_its_text_moved_as_one(seed):
     rng = np.random.default_rng(seed)
     for number in rng.integers(0, 10 ** rng.integers(1, 7), 20):
         text = str(number)
